@@ -1,0 +1,235 @@
+"""The one typed settings object.
+
+Every value comes from environment variables prefixed ``IMAGINEQ_`` (nested fields use ``__``, e.g.
+``IMAGINEQ_S3__BUCKET``) or from an optional ``.env`` file. This is the only module that reads the
+environment; everything else receives a ``Settings`` (or a part of it) explicitly.
+
+Accounts are given either as a JSON list in ``IMAGINEQ_ACCOUNTS`` or, for the common single-account case,
+with ``IMAGINEQ_API_KEY`` (+ ``IMAGINEQ_UPSTREAM_BASE_URL``), which becomes an account named ``default``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE_URL = "https://api.apikley.ru"
+DEFAULT_KEY_TEMPLATE = "videos/{yyyy}/{mm}/{dd}/{job_id}.mp4"
+KEY_TEMPLATE_FIELDS = {"yyyy", "mm", "dd", "job_id", "task_id", "account"}
+
+
+class ConfigError(Exception):
+    """Configuration is invalid; the message lists every bad field and why."""
+
+
+class AccountSettings(BaseModel):
+    """One upstream account (API key) and its quotas."""
+
+    model_config = {"frozen": True}
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    api_key: SecretStr
+    base_url: str = DEFAULT_BASE_URL
+    #: Upstream cap on tasks not yet terminal.
+    max_in_progress: int = Field(default=30, ge=1)
+    #: Upstream cap on creations per rolling window.
+    max_creations_per_window: int = Field(default=300, ge=1)
+    #: Length of the rolling creation window (the upstream's is an hour).
+    creation_window_s: float = Field(default=3600.0, gt=0)
+    #: recordInfo calls per second allowed for this key.
+    record_info_per_s: float = Field(default=10.0, gt=0)
+    #: Slots left free for other clients sharing the account.
+    in_progress_margin: int = Field(default=0, ge=0)
+    creations_margin: int = Field(default=0, ge=0)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _margins_below_limits(self) -> AccountSettings:
+        if self.in_progress_margin >= self.max_in_progress:
+            raise ValueError(
+                f"in_progress_margin ({self.in_progress_margin}) must be below max_in_progress "
+                f"({self.max_in_progress})"
+            )
+        if self.creations_margin >= self.max_creations_per_window:
+            raise ValueError(
+                f"creations_margin ({self.creations_margin}) must be below max_creations_per_window "
+                f"({self.max_creations_per_window})"
+            )
+        return self
+
+    @property
+    def in_progress_limit(self) -> int:
+        """The cap ImagineQ enforces: the upstream cap less the safety margin."""
+        return self.max_in_progress - self.in_progress_margin
+
+    @property
+    def creations_limit(self) -> int:
+        return self.max_creations_per_window - self.creations_margin
+
+
+class S3Settings(BaseModel):
+    bucket: str = Field(default="imagineq", min_length=3, max_length=63)
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    key_template: str = DEFAULT_KEY_TEMPLATE
+    #: Multipart part size; also the upper bound of the store worker's buffer per transfer.
+    part_size_mb: int = Field(default=8, ge=5, le=512)
+    #: Downloads larger than this are refused (bytes).
+    max_download_bytes: int = Field(default=2 * 1024**3, ge=1)
+    #: Create the bucket if it does not exist (local S3 servers).
+    create_bucket: bool = False
+
+    @field_validator("key_template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        import string
+
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name}
+        unknown = names - KEY_TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}; allowed: {sorted(KEY_TEMPLATE_FIELDS)}")
+        if "job_id" not in names:
+            raise ValueError("must contain {job_id} so every job has its own object")
+        return value
+
+
+class CallbackSettings(BaseModel):
+    #: Public base URL of the ``web`` process; callbacks are off when unset.
+    public_base_url: str | None = None
+    hmac_key: SecretStr | None = None
+    #: Reject signed callbacks whose timestamp is older than this.
+    max_age_s: int = Field(default=300, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.public_base_url is not None
+
+
+class PollSettings(BaseModel):
+    """When to ask recordInfo, following the upstream's suggestion (DESIGN §1)."""
+
+    #: ``(until_s, interval_s)`` steps: poll every ``interval_s`` while the task is younger than ``until_s``.
+    schedule: list[tuple[float, float]] = [(30.0, 2.5), (120.0, 7.5), (float("inf"), 20.0)]
+    #: Give up (``failed(timed_out)``) when the task is older than this.
+    deadline_s: float = Field(default=900.0, gt=0)
+    #: With callbacks on, polling is a safety net: first check this late, then at ``safety_interval_s``.
+    safety_first_s: float = Field(default=45.0, gt=0)
+    safety_interval_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("schedule")
+    @classmethod
+    def _sane_schedule(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if not value:
+            raise ValueError("must have at least one step")
+        if any(interval <= 0 or interval > 30 for _, interval in value):
+            raise ValueError("every interval must be in (0, 30] seconds")
+        if [until for until, _ in value] != sorted(until for until, _ in value):
+            raise ValueError("steps must be in increasing until_s order")
+        return value
+
+
+class HttpSettings(BaseModel):
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    #: Read timeout between chunks of a result download.
+    download_read_timeout_s: float = Field(default=60.0, gt=0)
+    user_agent: str = "Mozilla/5.0 (compatible; ImagineQ/0.1; +https://github.com/imagineq)"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGINEQ_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Key prefix for every Redis key ImagineQ owns (several deployments can share a Redis).
+    redis_prefix: str = Field(default="iq", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    accounts: list[AccountSettings] = []
+    #: Shortcut for one account named ``default``.
+    api_key: SecretStr | None = None
+    upstream_base_url: str = DEFAULT_BASE_URL
+
+    s3: S3Settings = S3Settings()
+    callbacks: CallbackSettings = CallbackSettings()
+    poll: PollSettings = PollSettings()
+    http: HttpSettings = HttpSettings()
+
+    #: How long terminal job records are kept.
+    job_ttl_s: int = Field(default=30 * 86400, ge=60)
+    #: Longest a submit task waits in-process for quota before re-publishing the job.
+    quota_wait_max_s: float = Field(default=20.0, gt=0)
+    #: Broker visibility timeout; must exceed every task time limit and countdown.
+    visibility_timeout_s: int = Field(default=3600, ge=60)
+
+    @model_validator(mode="after")
+    def _default_account(self) -> Settings:
+        if not self.accounts and self.api_key is not None:
+            self.accounts = [
+                AccountSettings(name="default", api_key=self.api_key, base_url=self.upstream_base_url)
+            ]
+        names = [account.name for account in self.accounts]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"account names must be unique; repeated: {duplicates}")
+        return self
+
+    def account(self, name: str) -> AccountSettings:
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise ConfigError(f"unknown account {name!r}; configured: {[a.name for a in self.accounts]}")
+
+    def require_accounts(self) -> list[AccountSettings]:
+        """The accounts, or a ConfigError for processes that talk to the upstream."""
+        if not self.accounts:
+            raise ConfigError(
+                "Invalid configuration:\n  accounts: no upstream account configured; "
+                "set IMAGINEQ_API_KEY or IMAGINEQ_ACCOUNTS"
+            )
+        return self.accounts
+
+
+def _describe(error: ValidationError) -> str:
+    lines = ["Invalid configuration:"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "settings"
+        value = item.get("input")
+        shown = "" if "key" in field.lower() or isinstance(value, dict | list) else f" (got {value!r})"
+        lines.append(f"  {field}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (plus ``overrides``); raise ConfigError listing every bad field."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, built once (entry points only: Celery app, CLI, web)."""
+    return load_settings()

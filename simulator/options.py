@@ -1,0 +1,293 @@
+"""Simulator options: the CLI flags and the run-time ``/__sim__/config`` overrides.
+
+Time scale: every *simulated* duration (generation time, quota window, result-URL TTL,
+download-url TTL, callback backoff and the ``Retry-After`` hint) is divided by ``time_scale``
+to get wall-clock seconds. ``--time-scale 60`` turns the 3600 s window into 60 s of wall time.
+Durations that protect the process itself (``callback_timeout_s``, ``delay_s``) stay in wall
+seconds. Epoch timestamps in API fields (createTime, completeTime, updateTime) are real wall-clock
+milliseconds; ``costTime`` is reported in *simulated* milliseconds (the drawn generation time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ErrorStyle = Literal["envelope", "http"]
+
+UNLIMITED_CREDITS = -1
+#: What ``chat/credit`` reports for an account with unlimited credits.
+UNLIMITED_CREDITS_REPORTED = 1_000_000_000
+
+
+@dataclass
+class SimOptions:
+    """Everything that shapes the simulator's behaviour. Mutable: ``/__sim__/config`` edits it."""
+
+    host: str = "127.0.0.1"
+    port: int = 8900
+    api_keys: list[str] = field(default_factory=lambda: ["sim-key"])
+    max_in_progress: int = 30
+    max_per_window: int = 300
+    window_s: float = 3600.0
+    credits: int = UNLIMITED_CREDITS
+    maintenance: bool = False
+    gen_time: tuple[float, float] = (10.0, 25.0)
+    fail_rate: float = 0.0
+    moderation_words: list[str] = field(default_factory=lambda: ["forbidden", "nsfw-test"])
+    error_style: ErrorStyle = "envelope"
+    hmac_key: str | None = None
+    callback_retries: int = 3
+    callback_timeout_s: float = 15.0
+    callback_backoff_s: float = 2.0
+    callback_duplicates: float = 0.0
+    url_ttl_s: float = 86400.0
+    download_url_ttl_s: float = 1200.0
+    video_bytes: int = 4 * 1024 * 1024
+    time_scale: float = 1.0
+    seed: int | None = None
+    result_base_url: str | None = None
+    # Fault switches, run-time only (see faults.py).
+    delay_s: float = 0.0
+    drop_callbacks: bool = False
+
+    def wall(self, simulated_s: float) -> float:
+        """Convert a simulated duration to wall-clock seconds."""
+        return simulated_s / self.time_scale
+
+    def public(self) -> dict[str, Any]:
+        """The effective configuration as JSON, without secrets."""
+        out = dataclasses.asdict(self)
+        out["api_keys"] = len(self.api_keys)
+        out["hmac_key"] = self.hmac_key is not None
+        out["gen_time"] = list(self.gen_time)
+        return out
+
+
+def _positive_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{name} must be a non-negative integer")
+    return v
+
+
+def _non_negative(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a non-negative number")
+    return float(v)
+
+
+def _positive(name: str, v: Any) -> float:
+    value = _non_negative(name, v)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0")
+    return value
+
+
+def _probability(name: str, v: Any) -> float:
+    value = _non_negative(name, v)
+    if value > 1:
+        raise ValueError(f"{name} must be between 0 and 1")
+    return value
+
+
+def _bool(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be a boolean")
+    return v
+
+
+def _style(name: str, v: Any) -> ErrorStyle:
+    if v == "envelope":
+        return "envelope"
+    if v == "http":
+        return "http"
+    raise ValueError(f"{name} must be 'envelope' or 'http'")
+
+
+def _gen_time(name: str, v: Any) -> tuple[float, float]:
+    if not isinstance(v, list | tuple) or len(v) != 2:
+        raise ValueError(f"{name} must be [min, max]")
+    lo, hi = _non_negative(name, v[0]), _non_negative(name, v[1])
+    if lo > hi:
+        raise ValueError(f"{name}: min must be <= max")
+    return (lo, hi)
+
+
+def _credits(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < UNLIMITED_CREDITS:
+        raise ValueError(f"{name} must be an integer >= -1 (-1 = unlimited)")
+    return v
+
+
+def _words(name: str, v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(w, str) for w in v):
+        raise ValueError(f"{name} must be a list of strings")
+    return [w.lower() for w in v if w]
+
+
+#: Fields ``/__sim__/config`` may change, with the parser that validates each value.
+_RUNTIME_FIELDS: dict[str, Any] = {
+    "max_in_progress": _positive_int,
+    "max_per_window": _positive_int,
+    "window_s": _positive,
+    "error_style": _style,
+    "fail_rate": _probability,
+    "maintenance": _bool,
+    "gen_time": _gen_time,
+    "callback_retries": _positive_int,
+    "callback_backoff_s": _non_negative,
+    "callback_timeout_s": _positive,
+    "callback_duplicates": _probability,
+    "url_ttl_s": _non_negative,
+    "download_url_ttl_s": _non_negative,
+    "video_bytes": _positive_int,
+    "time_scale": _positive,
+    "moderation_words": _words,
+    "delay_s": _non_negative,
+    "drop_callbacks": _bool,
+}
+
+
+def apply_overrides(options: SimOptions, changes: Mapping[str, Any]) -> list[str]:
+    """Validate every change first, then apply them all; return the names changed.
+
+    ``credits``, ``force_status`` are not options fields; the caller handles them.
+    Raises ValueError naming the first bad field, leaving ``options`` untouched.
+    """
+    parsed: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name in ("credits", "force_status"):
+            continue
+        parser = _RUNTIME_FIELDS.get(name)
+        if parser is None:
+            raise ValueError(f"unknown config field {name!r}")
+        parsed[name] = parser(name, value)
+    if "credits" in changes:
+        _credits("credits", changes["credits"])
+    for name, value in parsed.items():
+        setattr(options, name, value)
+    return list(parsed)
+
+
+def validate_credits(v: Any) -> int:
+    return _credits("credits", v)
+
+
+def _parse_gen_time(text: str) -> tuple[float, float]:
+    try:
+        lo_s, _, hi_s = text.partition(":")
+        lo = float(lo_s)
+        hi = float(hi_s) if hi_s else lo
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX seconds, got {text!r}") from e
+    if lo < 0 or hi < lo:
+        raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, got {text!r}")
+    return (lo, hi)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m simulator",
+        description=(
+            "Local stand-in for the Apikley market API (grok-imagine/text-to-video). "
+            "Prints 'simulator listening on http://HOST:PORT' once ready. "
+            "Durations marked (simulated) are divided by --time-scale to get wall seconds."
+        ),
+    )
+    d = SimOptions()
+    a = p.add_argument
+    a("--host", default=d.host, help="interface to bind (default %(default)s)")
+    a("--port", type=int, default=d.port, help="port; 0 picks a free one (default %(default)s)")
+    a(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        metavar="KEY",
+        help="accepted Bearer key; repeat for several accounts, each with its own quotas "
+        "and credits (default: sim-key)",
+    )
+    a("--max-in-progress", type=int, default=d.max_in_progress, metavar="N",
+      help="tasks not yet terminal per key before createTask answers 429 (default %(default)s)")
+    a("--max-per-window", type=int, default=d.max_per_window, metavar="N",
+      help="creations per key per rolling window before 429 (default %(default)s)")
+    a("--window-s", type=float, default=d.window_s, metavar="S",
+      help="rolling creation window, simulated seconds (default %(default)s)")
+    a("--credits", type=int, default=d.credits, metavar="N",
+      help="credits per key, 1 per creation, 0 left -> 402; -1 = unlimited (default %(default)s)")
+    a("--maintenance", action="store_true", help="answer every API call with 455")
+    a("--gen-time", type=_parse_gen_time, default=d.gen_time, metavar="MIN:MAX",
+      help="generation time, uniform, simulated seconds (default 10:25). First 10%% of it the "
+      "task is 'waiting', next 10%% 'queuing', then 'generating'")
+    a("--fail-rate", type=float, default=d.fail_rate, metavar="P",
+      help="fraction of tasks ending in state fail, failCode 500 (default %(default)s)")
+    a("--moderation-words", default=",".join(d.moderation_words), metavar="W1,W2",
+      help="prompts containing any of these words (case-insensitive) end in state fail with "
+      "failCode 'content_moderation' (default %(default)s; empty string disables)")
+    a("--error-style", choices=["envelope", "http"], default=d.error_style,
+      help="envelope: HTTP 200 + body code; http: HTTP status mirrors the code (default %(default)s)")
+    a("--hmac-key", default=None, metavar="KEY",
+      help="sign callbacks: X-Webhook-Timestamp (unix s) and X-Webhook-Signature = "
+      "base64(HMAC-SHA256(key, taskId + '.' + timestamp))")
+    a("--callback-retries", type=int, default=d.callback_retries, metavar="N",
+      help="retries after a failed callback delivery (default %(default)s)")
+    a("--callback-timeout-s", type=float, default=d.callback_timeout_s, metavar="S",
+      help="per-attempt callback timeout, wall seconds (default %(default)s)")
+    a("--callback-backoff-s", type=float, default=d.callback_backoff_s, metavar="S",
+      help="first retry delay, doubled each retry, simulated seconds (default %(default)s)")
+    a("--callback-duplicates", type=float, default=d.callback_duplicates, metavar="RATE",
+      help="probability that a delivered callback is sent a second time (default %(default)s)")
+    a("--url-ttl-s", type=float, default=d.url_ttl_s, metavar="S",
+      help="result URL lifetime after completion, simulated seconds (default %(default)s)")
+    a("--download-url-ttl-s", type=float, default=d.download_url_ttl_s, metavar="S",
+      help="lifetime of URLs from common/download-url, simulated seconds (default %(default)s)")
+    a("--video-bytes", type=int, default=d.video_bytes, metavar="N",
+      help="size of each result file (default %(default)s)")
+    a("--time-scale", type=float, default=d.time_scale, metavar="X",
+      help="divide every simulated duration by X (default %(default)s)")
+    a("--seed", type=int, default=None, metavar="N", help="seed for reproducible randomness")
+    a("--result-base-url", default=None, metavar="URL",
+      help="base of result file URLs (default http://HOST:PORT, 127.0.0.1 for wildcard hosts)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> SimOptions:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.time_scale <= 0:
+        parser.error("--time-scale must be > 0")
+    for name in ("fail_rate", "callback_duplicates"):
+        if not 0 <= getattr(ns, name) <= 1:
+            parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if ns.credits < UNLIMITED_CREDITS:
+        parser.error("--credits must be >= -1")
+    if ns.window_s <= 0:
+        parser.error("--window-s must be > 0")
+    return SimOptions(
+        host=ns.host,
+        port=ns.port,
+        api_keys=ns.api_keys or ["sim-key"],
+        max_in_progress=ns.max_in_progress,
+        max_per_window=ns.max_per_window,
+        window_s=ns.window_s,
+        credits=ns.credits,
+        maintenance=ns.maintenance,
+        gen_time=ns.gen_time,
+        fail_rate=ns.fail_rate,
+        moderation_words=[w.strip().lower() for w in ns.moderation_words.split(",") if w.strip()],
+        error_style=ns.error_style,
+        hmac_key=ns.hmac_key,
+        callback_retries=ns.callback_retries,
+        callback_timeout_s=ns.callback_timeout_s,
+        callback_backoff_s=ns.callback_backoff_s,
+        callback_duplicates=ns.callback_duplicates,
+        url_ttl_s=ns.url_ttl_s,
+        download_url_ttl_s=ns.download_url_ttl_s,
+        video_bytes=ns.video_bytes,
+        time_scale=ns.time_scale,
+        seed=ns.seed,
+        result_base_url=ns.result_base_url,
+    )

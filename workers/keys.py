@@ -1,0 +1,68 @@
+"""Every Redis key ImagineQ owns, in one place.
+
+All keys start with the deployment prefix (``Settings.redis_prefix``, default ``iq``), so several
+deployments can share one Redis. Lua scripts never build keys: callers pass them through KEYS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "iq"
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def job(self, job_id: str) -> str:
+        """Hash: the job record (the truth about a job)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def task_index(self, task_id: str) -> str:
+        """String: upstream taskId → job id."""
+        return f"{self.prefix}:task:{task_id}"
+
+    def idempotency(self, key: str) -> str:
+        """String: producer idempotency key → job id."""
+        return f"{self.prefix}:idem:{key}"
+
+    def state_index(self, state: str) -> str:
+        """Sorted set: job ids in ``state``, scored by the time they entered it (ms)."""
+        return f"{self.prefix}:state:{state}"
+
+    # -- quotas (per account) -----------------------------------------------------------------------
+    def creations(self, account: str) -> str:
+        """Sorted set: the sliding log of creations (member unique per creation, score = ms)."""
+        return f"{self.prefix}:quota:{account}:creations"
+
+    def leases(self, account: str) -> str:
+        """Sorted set: in-progress leases (member = job id, score = lease expiry ms)."""
+        return f"{self.prefix}:quota:{account}:leases"
+
+    def cooldown(self, account: str) -> str:
+        """String with PX expiry: submitters stay away while it exists (upstream 429/455)."""
+        return f"{self.prefix}:quota:{account}:cooldown"
+
+    def backoff(self, account: str) -> str:
+        """String: consecutive cooldowns, for exponential backoff when no Retry-After is given."""
+        return f"{self.prefix}:quota:{account}:backoff"
+
+    def pause(self, account: str) -> str:
+        """String: why the account is paused (402/433/401/505); cleared when credits return."""
+        return f"{self.prefix}:quota:{account}:pause"
+
+    def record_info_bucket(self, account: str) -> str:
+        """Hash: token bucket for recordInfo calls (tokens, ts)."""
+        return f"{self.prefix}:quota:{account}:recordinfo"
+
+    # -- batches ------------------------------------------------------------------------------------
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:jobs"
+
+    # -- counters for metrics -----------------------------------------------------------------------
+    def counters(self) -> str:
+        """Hash: monotonically increasing counters (upstream errors by code, bytes stored, ...)."""
+        return f"{self.prefix}:counters"
