@@ -1,0 +1,378 @@
+"""The Apikley market API client (Grok Imagine text-to-video), see DESIGN §1.
+
+One :class:`UpstreamClient` per account. Every call returns the response's ``data`` decoded into a
+plain value, or raises an :class:`~workers.errors.UpstreamError` built in one place
+(:func:`~workers.errors.error_from_response` for answers, :meth:`UpstreamClient._transport_error` for
+failures of ``requests``). The client never retries: quotas and the tasks own that decision, and
+the error class says which one applies.
+
+The API key travels only in the ``Authorization`` header. It is redacted from every response text
+before errors are built, and it is never logged, nor is the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.exceptions import ProxyError, SSLError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.retry import Retry
+
+from config.settings import AccountSettings, HttpSettings
+from workers.errors import (
+    CREATE_TASK,
+    CREDIT,
+    DOWNLOAD_URL,
+    RECORD_INFO,
+    OutcomeUnknown,
+    TransportError,
+    UpstreamError,
+    ValidationError,
+    error_from_response,
+)
+
+logger = logging.getLogger("imagineq.upstream")
+
+MODEL: Final = "grok-imagine/text-to-video"
+PROMPT_MAX_CHARS: Final = 5000
+ASPECT_RATIOS: Final = ("2:3", "3:2", "1:1")
+MODES: Final = ("fun", "normal", "spicy")
+DEFAULT_ASPECT_RATIO: Final = "2:3"
+DEFAULT_MODE: Final = "normal"
+
+_PATHS: Final = {
+    CREATE_TASK: "/api/v1/jobs/createTask",
+    RECORD_INFO: "/api/v1/jobs/recordInfo",
+    DOWNLOAD_URL: "/api/v1/common/download-url",
+    CREDIT: "/api/v1/chat/credit",
+}
+_REDACTED: Final = "[redacted]"
+
+#: Causes that prove a request never left: the connection itself could not be made.
+_NOT_SENT_CAUSES: Final = (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError, socket.gaierror)
+
+
+class TaskState(StrEnum):
+    """Upstream task state, as recordInfo and callbacks report it."""
+
+    #: Accepted, not yet queued.
+    WAITING = "waiting"
+    #: Queued for a generator.
+    QUEUING = "queuing"
+    #: Being generated.
+    GENERATING = "generating"
+    #: Done; ``resultJson`` holds the result URLs (valid 24 h).
+    SUCCESS = "success"
+    #: Done without a result; ``failCode``/``failMsg`` say why.
+    FAIL = "fail"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task will not change any more (its in-progress slot is free)."""
+        return self in (TaskState.SUCCESS, TaskState.FAIL)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What the upstream knows about one task (recordInfo ``data`` or a callback's ``data``)."""
+
+    task_id: str
+    state: TaskState
+    result_urls: tuple[str, ...]
+    fail_code: str
+    fail_msg: str
+    cost_time_ms: int | None
+    create_time_ms: int | None
+    complete_time_ms: int | None
+    update_time_ms: int | None
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any], *, endpoint: str = RECORD_INFO) -> TaskRecord:
+        """Parse ``data``; accepts ``taskId`` or ``task_id``, ``resultJson`` as a JSON string or a dict.
+
+        A missing or garbled task id, state or result raises :class:`TransportError` ("bad
+        response", retryable), never ``KeyError``. Optional numbers that do not parse become None.
+        """
+
+        def bad(what: str) -> TransportError:
+            return TransportError(f"bad response: {what}", endpoint=endpoint)
+
+        if not isinstance(data, Mapping):
+            raise bad(f"data is {type(data).__name__}, not an object")
+        raw_id = data.get("taskId") or data.get("task_id")
+        if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+            raw_id = str(raw_id)
+        if not isinstance(raw_id, str) or not raw_id.strip():
+            raise bad("no taskId")
+        raw_state = data.get("state")
+        try:
+            state = TaskState(str(raw_state).strip().lower() if raw_state is not None else "")
+        except ValueError:
+            raise bad(f"unknown state {str(raw_state)[:40]!r}") from None
+        fail_code = data.get("failCode")
+        fail_msg = data.get("failMsg")
+        return cls(
+            task_id=raw_id.strip(),
+            state=state,
+            result_urls=_result_urls(data.get("resultJson"), bad),
+            fail_code="" if fail_code is None else str(fail_code),
+            fail_msg="" if fail_msg is None else str(fail_msg),
+            cost_time_ms=_optional_int(data.get("costTime")),
+            create_time_ms=_optional_int(data.get("createTime")),
+            complete_time_ms=_optional_int(data.get("completeTime")),
+            update_time_ms=_optional_int(data.get("updateTime")),
+        )
+
+
+def build_session(http: HttpSettings, pool_maxsize: int = 32) -> requests.Session:
+    """A pooled session with a real User-Agent and no urllib3 retries (we decide retries)."""
+    session = requests.Session()
+    # total=0 with read=False: fail on the first error, and surface read errors as themselves
+    # (not MaxRetryError) so a failure after sending can be told from a failure to connect.
+    adapter = HTTPAdapter(pool_maxsize=pool_maxsize, max_retries=Retry(total=0, read=False, redirect=False))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["User-Agent"] = http.user_agent
+    session.headers["Accept"] = "application/json"
+    return session
+
+
+class UpstreamClient:
+    """Calls the upstream API with one account's key."""
+
+    def __init__(
+        self, account: AccountSettings, http: HttpSettings, session: requests.Session | None = None
+    ) -> None:
+        """Use ``session`` (shared, left open by :meth:`close`) or build a private one."""
+        self._account = account
+        self._owns_session = session is None
+        self._session = build_session(http) if session is None else session
+        self._timeout = (http.connect_timeout_s, http.read_timeout_s)
+        self._secret = account.api_key.get_secret_value()
+        self._headers = {"Authorization": f"Bearer {self._secret}", "User-Agent": http.user_agent}
+
+    def __repr__(self) -> str:
+        return f"UpstreamClient(account={self._account.name!r})"
+
+    @property
+    def account_name(self) -> str:
+        return self._account.name
+
+    def __enter__(self) -> UpstreamClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the session if this client built it."""
+        if self._owns_session:
+            self._session.close()
+
+    # -- endpoints ----------------------------------------------------------------------------------
+    def create_task(
+        self, *, prompt: str, aspect_ratio: str, mode: str, callback_url: str | None = None
+    ) -> str:
+        """Create a task and return its taskId.
+
+        Raises :class:`ValidationError` before sending for input the upstream would refuse, and
+        :class:`OutcomeUnknown` when the request went out but no usable answer came back.
+        """
+        _validate_task_input(prompt, aspect_ratio, mode, callback_url)
+        payload: dict[str, Any] = {
+            "model": MODEL,
+            "input": {"prompt": prompt, "aspect_ratio": aspect_ratio, "mode": mode},
+        }
+        if callback_url is not None:
+            payload["callBackUrl"] = callback_url
+        data = self._call(CREATE_TASK, "POST", json_body=payload)
+        task_id = data.get("taskId") if isinstance(data, Mapping) else None
+        if not isinstance(task_id, str) or not task_id.strip():
+            # The upstream said 200: a task most likely exists, but we cannot name it.
+            raise OutcomeUnknown("bad response: success without a taskId", endpoint=CREATE_TASK, status=200)
+        return task_id.strip()
+
+    def record_info(self, task_id: str) -> TaskRecord:
+        """The task's current state and, once successful, its result URLs."""
+        if not task_id.strip():
+            raise ValidationError("task_id", "must not be empty")
+        data = self._call(RECORD_INFO, "GET", params={"taskId": task_id})
+        if isinstance(data, Mapping) and "taskId" not in data and "task_id" not in data:
+            data = {**data, "taskId": task_id}
+        record = TaskRecord.from_payload(data, endpoint=RECORD_INFO)
+        if record.task_id != task_id:
+            raise TransportError(
+                f"bad response: asked for task {task_id}, got {record.task_id}", endpoint=RECORD_INFO
+            )
+        return record
+
+    def download_url(self, url: str) -> str:
+        """A fresh 20-minute link for an upstream-generated file (files are kept about 14 days)."""
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ValidationError("url", "must be an http(s) URL")
+        data = self._call(DOWNLOAD_URL, "POST", json_body={"url": url})
+        if isinstance(data, Mapping):
+            data = data.get("url") or data.get("downloadUrl")
+        if not isinstance(data, str) or urlsplit(data.strip()).scheme not in ("http", "https"):
+            raise TransportError("bad response: no download URL", endpoint=DOWNLOAD_URL, status=200)
+        return data.strip()
+
+    def credits(self) -> int:
+        """Credits left on the account."""
+        data = self._call(CREDIT, "GET")
+        value = _optional_int(data)
+        if value is None:
+            raise TransportError("bad response: credits is not a number", endpoint=CREDIT, status=200)
+        return value
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    def _call(
+        self,
+        endpoint: str,
+        method: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Send one request; return the body's ``data`` or raise the matching UpstreamError."""
+        url = self._account.base_url + _PATHS[endpoint]
+        status: int | None = None
+        code: Any = None
+        started = time.monotonic()
+        try:
+            try:
+                response = self._session.request(
+                    method, url, params=params, json=json_body, headers=self._headers, timeout=self._timeout
+                )
+            except requests.RequestException as failure:
+                raise self._transport_error(endpoint, failure) from failure
+            status = response.status_code
+            text = self._redact(response.content.decode("utf-8", errors="replace"))
+            body = _decode_json(text)
+            if isinstance(body, dict):
+                code = body.get("code")
+            error = error_from_response(endpoint, status, body, text, response.headers)
+            if error is not None:
+                raise error
+            return body.get("data") if isinstance(body, dict) else None  # always a dict on success
+        finally:
+            logger.debug(
+                "%s account=%s status=%s code=%s elapsed_ms=%.0f",
+                endpoint,
+                self._account.name,
+                status,
+                code,
+                (time.monotonic() - started) * 1000,
+            )
+
+    def _transport_error(self, endpoint: str, error: requests.RequestException) -> UpstreamError:
+        """Map a ``requests`` failure: not sent → TransportError; sent, no answer → OutcomeUnknown
+        for createTask (the task may exist), TransportError elsewhere (reading is harmless to repeat)."""
+        detail = self._redact(f"{type(error).__name__}: {error}")
+        if not _may_have_been_sent(error):
+            return TransportError(f"request not sent: {detail}", endpoint=endpoint)
+        if endpoint == CREATE_TASK:
+            return OutcomeUnknown(
+                f"request sent but no answer, the task may exist upstream: {detail}", endpoint=endpoint
+            )
+        return TransportError(f"no answer: {detail}", endpoint=endpoint)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, _REDACTED)
+
+
+def _may_have_been_sent(error: requests.RequestException) -> bool:
+    """False only when the connection itself failed, so the upstream cannot have seen the request.
+
+    ``requests`` wraps a refused connection and a connection reset mid-response alike in
+    ``ConnectionError``; only the cause chain tells them apart. Unknown causes count as sent, so a
+    createTask is never resubmitted blindly.
+    """
+    if isinstance(error, requests.ConnectTimeout | SSLError | ProxyError):
+        return False
+    if isinstance(error, requests.ReadTimeout):
+        return True
+    if isinstance(error, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return not any(isinstance(cause, _NOT_SENT_CAUSES) for cause in _causes(error))
+    # A body that failed to decode was received; anything else (invalid URL, ...) never went out.
+    return isinstance(error, requests.exceptions.ContentDecodingError)
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and everything it wraps (``__cause__``, ``__context__``, ``args``, urllib3's ``reason``)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [error]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = (current.__cause__, current.__context__, getattr(current, "reason", None), *current.args)
+        stack.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def _validate_task_input(prompt: str, aspect_ratio: str, mode: str, callback_url: str | None) -> None:
+    if not prompt.strip():
+        raise ValidationError("prompt", "must not be empty")
+    if len(prompt) > PROMPT_MAX_CHARS:
+        raise ValidationError("prompt", f"must be at most {PROMPT_MAX_CHARS} characters (got {len(prompt)})")
+    if aspect_ratio not in ASPECT_RATIOS:
+        raise ValidationError(
+            "aspect_ratio", f"must be one of {', '.join(ASPECT_RATIOS)} (got {aspect_ratio!r})"
+        )
+    if mode not in MODES:
+        raise ValidationError("mode", f"must be one of {', '.join(MODES)} (got {mode!r})")
+    if callback_url is not None and urlsplit(callback_url).scheme not in ("http", "https"):
+        raise ValidationError("callback_url", "must be an http(s) URL")
+
+
+def _decode_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _optional_int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _result_urls(raw: Any, bad: Callable[[str], TransportError]) -> tuple[str, ...]:
+    """``resultJson`` → its ``resultUrls``; empty (None, "", {}) means no result yet."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return ()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise bad("resultJson is not JSON") from None
+    if not isinstance(raw, Mapping):
+        raise bad("resultJson is not an object")
+    urls = raw.get("resultUrls", [])
+    if urls is None:
+        return ()
+    if not isinstance(urls, list) or not all(isinstance(url, str) and url for url in urls):
+        raise bad("resultUrls is not a list of URLs")
+    return tuple(urls)
