@@ -6,6 +6,8 @@ to get wall-clock seconds. ``--time-scale 60`` turns the 3600 s window into 60 s
 Durations that protect the process itself (``callback_timeout_s``, ``delay_s``) stay in wall
 seconds. Epoch timestamps in API fields (createTime, completeTime, updateTime) are real wall-clock
 milliseconds; ``costTime`` is reported in *simulated* milliseconds (the drawn generation time).
+Changing ``time_scale`` at run time rescales the quota window at once; tasks already created keep
+their completion time and URL lifetime.
 """
 
 from __future__ import annotations
@@ -189,9 +191,29 @@ def _parse_gen_time(text: str) -> tuple[float, float]:
     return (lo, hi)
 
 
+_EPILOG = """\
+time scale:
+  wall seconds = simulated seconds / --time-scale, for --gen-time, --window-s, --url-ttl-s,
+  --download-url-ttl-s, --callback-backoff-s and the Retry-After header (which is in wall
+  seconds, rounded up, >= 1). --callback-timeout-s and the delay_s fault are wall seconds.
+  createTime/completeTime/updateTime are real epoch milliseconds; costTime is the drawn
+  generation time in simulated milliseconds.
+
+launch contract:
+  once accepting connections, prints exactly one stdout line
+  'simulator listening on http://HOST:PORT' (flushed); SIGTERM/SIGINT stop it with exit 0.
+
+control endpoints (no auth):
+  GET /__sim__/stats, GET /__sim__/tasks, POST /__sim__/reset, GET|POST /__sim__/config,
+  GET /__sim__/files/{taskId}/sha256
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m simulator",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
         description=(
             "Local stand-in for the Apikley market API (grok-imagine/text-to-video). "
             "Prints 'simulator listening on http://HOST:PORT' once ready. "

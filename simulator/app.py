@@ -1,0 +1,196 @@
+"""HTTP routes: the upstream API under /api/v1, result files under /files, controls under /__sim__."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from simulator.callbacks import CallbackSender
+from simulator.errors import REASONS, ApiError
+from simulator.files import CHUNK_BYTES, expected_sha256, iter_chunks
+from simulator.state import Account, SimState
+
+STATE: web.AppKey[SimState] = web.AppKey("state", SimState)
+CALLBACKS: web.AppKey[CallbackSender] = web.AppKey("callbacks", CallbackSender)
+
+ApiHandler = Callable[[web.Request, SimState, Account], Awaitable[Any]]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def error_response(state: SimState, err: ApiError) -> web.Response:
+    """The upstream's error answer in the configured style (``Retry-After`` on 429 in both)."""
+    status, reason = 200, "OK"
+    if state.options.error_style == "http" and err.code >= 400:
+        status, reason = err.code, REASONS.get(err.code, "Error")
+    headers = {}
+    if err.retry_after_s is not None:
+        headers["Retry-After"] = str(err.retry_after_s)
+    return web.json_response(
+        {"code": err.code, "msg": err.msg, "data": None},
+        status=status,
+        reason=reason,
+        headers=headers,
+        dumps=_dumps,
+    )
+
+
+def api(endpoint: str, handler: ApiHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Wrap ``handler`` with the gates every API call goes through, in upstream order:
+    delay → forced fault → maintenance (455) → auth (401) → the handler (422/402/429/...)."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        if endpoint == "createTask":
+            state.stats.create_calls += 1
+        account: Account | None = None
+        try:
+            if state.options.delay_s > 0:
+                await asyncio.sleep(state.options.delay_s)
+            forced = state.faults.take(endpoint)
+            if forced is not None:
+                state.stats.forced_errors += 1
+                raise ApiError(forced.code, forced.msg, forced.retry_after_s)
+            state.check_maintenance()
+            account = state.authenticate(request.headers.get("Authorization"))
+            data = await handler(request, state, account)
+        except ApiError as err:
+            state.stats.error(err.code, account.key_id if account else None)
+            return error_response(state, err)
+        return web.json_response({"code": 200, "msg": "success", "data": data}, dumps=_dumps)
+
+    return wrapped
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(422, "request body must be valid JSON") from e
+
+
+async def create_task(request: web.Request, state: SimState, account: Account) -> Any:
+    state.stats.key(account.key_id).create_calls += 1
+    task = state.create_task(account, await _json_body(request))
+    if task.callback_url is not None:
+        request.app[CALLBACKS].schedule(task)
+    return {"taskId": task.task_id}
+
+
+async def record_info(request: web.Request, state: SimState, account: Account) -> Any:
+    return state.record_info(account, request.query.get("taskId"))
+
+
+async def download_url(request: web.Request, state: SimState, account: Account) -> Any:
+    return state.download_url(account, await _json_body(request))
+
+
+async def credit(request: web.Request, state: SimState, account: Account) -> Any:
+    return state.credit(account)
+
+
+async def serve_file(request: web.Request) -> web.StreamResponse:
+    """Stream a result file chunk by chunk; HEAD answers the headers only."""
+    state = request.app[STATE]
+    task_id = request.match_info["task_id"]
+    name = request.match_info["name"]
+    try:
+        if state.options.delay_s > 0:
+            await asyncio.sleep(state.options.delay_s)
+        forced = state.faults.take("files")
+        if forced is not None:
+            state.stats.forced_errors += 1
+            raise ApiError(forced.code, forced.msg)
+        if not name.endswith(".mp4"):
+            raise ApiError(404, "file not found")
+        task = state.file_for(task_id, name.removesuffix(".mp4"))
+    except ApiError as err:
+        state.stats.error(err.code, None)
+        return web.Response(status=err.code, reason=REASONS.get(err.code, "Error"), text=err.msg)
+    resp = web.StreamResponse(headers={"Content-Type": "video/mp4", "Accept-Ranges": "none"})
+    resp.content_length = task.video_bytes
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    state.stats.downloads += 1
+    for chunk in iter_chunks(task.task_id, task.video_bytes, CHUNK_BYTES):
+        await resp.write(chunk)
+        state.stats.bytes_served += len(chunk)
+    await resp.write_eof()
+    return resp
+
+
+# -- /__sim__ controls (no auth: local test tooling only) ------------------------------------
+
+
+async def sim_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].snapshot(), dumps=_dumps)
+
+
+async def sim_tasks(request: web.Request) -> web.Response:
+    return web.json_response({"tasks": request.app[STATE].task_list()}, dumps=_dumps)
+
+
+async def sim_reset(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.reset()
+    return web.json_response({"ok": True, "config": state.effective_config()}, dumps=_dumps)
+
+
+async def sim_config(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.method == "GET":
+        return web.json_response(state.effective_config(), dumps=_dumps)
+    try:
+        changes = json.loads(await request.read())
+        if not isinstance(changes, dict):
+            raise ValueError("body must be a JSON object")
+        config = state.configure(changes)
+    except ValueError as e:
+        return web.json_response({"ok": False, "error": str(e)}, status=422, dumps=_dumps)
+    return web.json_response(config, dumps=_dumps)
+
+
+async def sim_file_sha256(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    task_id = request.match_info["task_id"]
+    task = state.tasks.get(task_id)
+    try:
+        size = int(request.query.get("size", task.video_bytes if task else state.options.video_bytes))
+    except ValueError:
+        return web.json_response({"ok": False, "error": "size must be an integer"}, status=422)
+    return web.json_response(
+        {"taskId": task_id, "size": size, "sha256": expected_sha256(task_id, size)}, dumps=_dumps
+    )
+
+
+def build_app(state: SimState) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[STATE] = state
+    sender = CallbackSender(state)
+    app[CALLBACKS] = sender
+
+    async def callbacks_ctx(_: web.Application) -> Any:
+        await sender.start()
+        yield
+        await sender.close()
+
+    app.cleanup_ctx.append(callbacks_ctx)
+    app.router.add_post("/api/v1/jobs/createTask", api("createTask", create_task))
+    app.router.add_get("/api/v1/jobs/recordInfo", api("recordInfo", record_info))
+    app.router.add_post("/api/v1/common/download-url", api("download-url", download_url))
+    app.router.add_get("/api/v1/chat/credit", api("credit", credit))
+    app.router.add_get("/files/{task_id}/{name}", serve_file)
+    app.router.add_get("/__sim__/stats", sim_stats)
+    app.router.add_get("/__sim__/tasks", sim_tasks)
+    app.router.add_post("/__sim__/reset", sim_reset)
+    app.router.add_route("GET", "/__sim__/config", sim_config)
+    app.router.add_route("POST", "/__sim__/config", sim_config)
+    app.router.add_get("/__sim__/files/{task_id}/sha256", sim_file_sha256)
+    return app

@@ -1,0 +1,295 @@
+"""The simulator's logic, free of HTTP: accounts, tasks, quotas, credits and stats.
+
+Every method takes the time from the injected ``clock`` (wall seconds) so unit tests can drive
+it by hand. Errors are raised as :class:`ApiError`; the HTTP layer turns them into answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from simulator.errors import ApiError
+from simulator.faults import Faults, parse_force_status
+from simulator.files import FILE_PATH_RE, UrlSigner
+from simulator.options import (
+    UNLIMITED_CREDITS,
+    UNLIMITED_CREDITS_REPORTED,
+    SimOptions,
+    apply_overrides,
+    validate_credits,
+)
+from simulator.quota import InProgressSet, SlidingWindowLog
+from simulator.stats import Stats, key_stats_json
+from simulator.tasks import Task, TaskState
+from simulator.validation import validate_create
+
+MODERATION_FAIL_CODE = "content_moderation"
+INTERNAL_FAIL_CODE = "500"
+
+
+def key_id(api_key: str) -> str:
+    """Public id of an API key: never the key itself."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:10]
+
+
+@dataclass
+class Account:
+    """One API key: its own quotas and credits."""
+
+    key_id: str
+    credits: int
+    window: SlidingWindowLog = field(default_factory=SlidingWindowLog)
+    in_progress: InProgressSet = field(default_factory=InProgressSet)
+
+
+class SimState:
+    def __init__(self, options: SimOptions, clock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self.clock = clock
+        self.rng = random.Random(options.seed)
+        secret = self.rng.getrandbits(256).to_bytes(32, "big")
+        self.signer = UrlSigner(secret)
+        self.base_url = options.result_base_url or f"http://{options.host}:{options.port}"
+        self.faults = Faults()
+        self.accounts: dict[str, Account] = {}
+        self.tasks: dict[str, Task] = {}
+        self.stats = Stats()
+        self.in_progress = InProgressSet()
+        self.reset()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget tasks and stats, restore credits, clear fault rules."""
+        self.tasks = {}
+        self.stats = Stats()
+        self.in_progress = InProgressSet()
+        self.faults = Faults()
+        self.accounts = {
+            key: Account(key_id=key_id(key), credits=self.options.credits) for key in self.options.api_keys
+        }
+        for account in self.accounts.values():
+            self.stats.key(account.key_id)
+
+    def configure(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply run-time changes atomically (all or none); raises ValueError on a bad field."""
+        rules = parse_force_status(changes["force_status"]) if "force_status" in changes else None
+        apply_overrides(self.options, changes)
+        if "credits" in changes:
+            credits = validate_credits(changes["credits"])
+            self.options.credits = credits
+            for account in self.accounts.values():
+                account.credits = credits
+        if rules is not None:
+            self.faults.rules = rules
+        return self.effective_config()
+
+    def effective_config(self) -> dict[str, Any]:
+        out = self.options.public()
+        out["force_status"] = [r.public() for r in self.faults.rules]
+        out["credits_left"] = {a.key_id: a.credits for a in self.accounts.values()}
+        return out
+
+    # -- request gates -----------------------------------------------------------------------
+
+    def check_maintenance(self) -> None:
+        if self.options.maintenance:
+            raise ApiError(455, "service is under maintenance, please try again later")
+
+    def authenticate(self, authorization: str | None) -> Account:
+        scheme, _, token = (authorization or "").partition(" ")
+        account = self.accounts.get(token.strip()) if scheme.lower() == "bearer" else None
+        if account is None:
+            raise ApiError(401, "unauthorized: missing or invalid API key")
+        return account
+
+    # -- API operations ----------------------------------------------------------------------
+
+    def create_task(self, account: Account, body: Any) -> Task:
+        """Validate (422), charge (402), admit (429) and record a new task."""
+        req = validate_create(body)
+        if account.credits == 0:
+            raise ApiError(402, "insufficient credits")
+        now = self.clock()
+        opts = self.options
+        window_wall = opts.wall(opts.window_s)
+        if account.in_progress.count(now) >= opts.max_in_progress:
+            wait = account.in_progress.seconds_until_free(now)
+            raise ApiError(
+                429,
+                f"rate limited: too many tasks in progress (limit {opts.max_in_progress})",
+                retry_after_s=_retry_after(wait),
+            )
+        if account.window.count(now, window_wall) >= opts.max_per_window:
+            wait = account.window.seconds_until_free(now, window_wall)
+            raise ApiError(
+                429,
+                f"rate limited: {opts.max_per_window} creations per {opts.window_s:g} s window",
+                retry_after_s=_retry_after(wait),
+            )
+
+        lo, hi = opts.gen_time
+        gen_s = self.rng.uniform(lo, hi)
+        fails = self.rng.random() < opts.fail_rate
+        task_id = f"{self.rng.getrandbits(128):032x}"
+        while task_id in self.tasks:
+            task_id = f"{self.rng.getrandbits(128):032x}"
+        fail_code, fail_msg = "", ""
+        lowered = req.prompt.lower()
+        word = next((w for w in opts.moderation_words if w in lowered), None)
+        if word is not None:
+            fail_code = MODERATION_FAIL_CODE
+            fail_msg = f"prompt rejected by content moderation (matched {word!r})"
+        elif fails:
+            fail_code, fail_msg = INTERNAL_FAIL_CODE, "internal error"
+
+        task = Task(
+            task_id=task_id,
+            key_id=account.key_id,
+            model=req.model,
+            param=req.body,
+            callback_url=req.callback_url,
+            created_at=now,
+            complete_at=now + opts.wall(gen_s),
+            cost_ms=round(gen_s * 1000),
+            video_bytes=opts.video_bytes,
+            url_ttl_wall_s=opts.wall(opts.url_ttl_s),
+            fail_code=fail_code,
+            fail_msg=fail_msg,
+            callback_status="scheduled" if req.callback_url else "none",
+        )
+        self.tasks[task_id] = task
+        if account.credits != UNLIMITED_CREDITS:
+            account.credits -= 1
+        account.window.record(now)
+        account.in_progress.add(task.complete_at, task_id)
+        self.in_progress.add(task.complete_at, task_id)
+
+        ks = self.stats.key(account.key_id)
+        ks.created += 1
+        self.stats.created += 1
+        ks.peak_in_progress = max(ks.peak_in_progress, account.in_progress.count(now))
+        self.stats.peak_in_progress = max(self.stats.peak_in_progress, self.in_progress.count(now))
+        in_window = account.window.count(now, window_wall)
+        ks.max_creations_in_window = max(ks.max_creations_in_window, in_window)
+        return task
+
+    def record_info(self, account: Account, task_id: str | None) -> dict[str, Any]:
+        if not task_id:
+            raise ApiError(422, "taskId is required")
+        self.stats.record_info_calls += 1
+        self.stats.key(account.key_id).record_info_calls += 1
+        task = self.tasks.get(task_id)
+        if task is None or task.key_id != account.key_id:
+            raise ApiError(404, f"task not found: {task_id}")
+        task.record_info_calls += 1
+        self.stats.record_info_per_task[task_id] += 1
+        now = self.clock()
+        return task.record(now, self.result_url(task, now))
+
+    def result_url(self, task: Task, now: float) -> str | None:
+        if task.state_at(now) is not TaskState.SUCCESS:
+            return None
+        return self.base_url + self.signer.path(task.task_id, task.url_expires_at)
+
+    def download_url(self, account: Account, body: Any) -> str:
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not url:
+            raise ApiError(422, "url is required")
+        match = FILE_PATH_RE.match(urlsplit(url).path)
+        task = self.tasks.get(match["task_id"]) if match else None
+        now = self.clock()
+        if (
+            match is None
+            or task is None
+            or task.key_id != account.key_id
+            or task.state_at(now) is not TaskState.SUCCESS
+            or self.signer.check(task.task_id, match["token"], now) == "invalid"
+        ):
+            raise ApiError(404, "file not found")
+        self.stats.download_urls_issued += 1
+        expires_at = now + self.options.wall(self.options.download_url_ttl_s)
+        return self.base_url + self.signer.path(task.task_id, expires_at)
+
+    def credit(self, account: Account) -> int:
+        return UNLIMITED_CREDITS_REPORTED if account.credits == UNLIMITED_CREDITS else account.credits
+
+    def file_for(self, task_id: str, token: str) -> Task:
+        """The task whose result ``token`` grants; 404 unknown, 403 expired."""
+        task = self.tasks.get(task_id)
+        now = self.clock()
+        if task is None or task.state_at(now) is not TaskState.SUCCESS:
+            raise ApiError(404, "file not found")
+        verdict = self.signer.check(task_id, token, now)
+        if verdict == "invalid":
+            raise ApiError(404, "file not found")
+        if verdict == "expired":
+            raise ApiError(403, "link expired")
+        return task
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        s = self.stats
+        per_key: dict[str, Any] = {}
+        for account in self.accounts.values():
+            entry = key_stats_json(s.key(account.key_id))
+            entry["in_progress"] = account.in_progress.count(now)
+            entry["credits"] = account.credits
+            per_key[account.key_id] = entry
+        return {
+            "in_progress": self.in_progress.count(now),
+            "peak_in_progress": s.peak_in_progress,
+            "max_creations_in_window": max(
+                (ks.max_creations_in_window for ks in s.per_key.values()), default=0
+            ),
+            "create_calls": s.create_calls,
+            "created": s.created,
+            "rate_limited": s.rate_limited,
+            "record_info_calls": s.record_info_calls,
+            "record_info_per_task": dict(s.record_info_per_task),
+            "callbacks_sent": s.callbacks_sent,
+            "callbacks_delivered": s.callbacks_delivered,
+            "callbacks_failed": s.callbacks_failed,
+            "callbacks_abandoned": s.callbacks_abandoned,
+            "callbacks_dropped": s.callbacks_dropped,
+            "callbacks_duplicated": s.callbacks_duplicated,
+            "downloads": s.downloads,
+            "bytes_served": s.bytes_served,
+            "download_urls_issued": s.download_urls_issued,
+            "forced_errors": s.forced_errors,
+            "errors_by_code": {str(c): n for c, n in sorted(s.errors_by_code.items())},
+            "tasks": len(self.tasks),
+            "per_key": per_key,
+        }
+
+    def task_list(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [
+            {
+                "taskId": t.task_id,
+                "key_id": t.key_id,
+                "state": t.state_at(now).value,
+                "createTime": int(t.created_at * 1000),
+                "completeTime": int(t.complete_at * 1000),
+                "failCode": t.fail_code,
+                "callBackUrl": t.callback_url,
+                "callback_status": t.callback_status,
+                "callback_attempts": t.callback_attempts,
+                "record_info_calls": t.record_info_calls,
+                "video_bytes": t.video_bytes,
+            }
+            for t in self.tasks.values()
+        ]
+
+
+def _retry_after(wall_s: float) -> int:
+    return max(1, math.ceil(wall_s))

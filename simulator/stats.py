@@ -1,0 +1,72 @@
+"""What the simulator saw, for tests and benchmarks to check the client from the outside."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class KeyStats:
+    """Counters for one API key (one account)."""
+
+    create_calls: int = 0
+    created: int = 0
+    rate_limited: int = 0
+    record_info_calls: int = 0
+    peak_in_progress: int = 0
+    max_creations_in_window: int = 0
+    errors_by_code: Counter[int] = field(default_factory=Counter)
+
+
+@dataclass
+class Stats:
+    """Process-wide counters; ``per_key`` holds the per-account breakdown."""
+
+    create_calls: int = 0
+    created: int = 0
+    rate_limited: int = 0
+    peak_in_progress: int = 0
+    record_info_calls: int = 0
+    record_info_per_task: Counter[str] = field(default_factory=Counter)
+    callbacks_sent: int = 0  #: HTTP attempts, retries and duplicates included
+    callbacks_delivered: int = 0  #: attempts answered 2xx
+    callbacks_failed: int = 0  #: attempts answered non-2xx or not answered
+    callbacks_abandoned: int = 0  #: deliveries that ran out of retries
+    callbacks_dropped: int = 0  #: deliveries skipped by the drop_callbacks fault switch
+    callbacks_duplicated: int = 0  #: deliveries sent a second time on purpose
+    downloads: int = 0  #: result file GETs that started streaming
+    bytes_served: int = 0
+    download_urls_issued: int = 0
+    forced_errors: int = 0
+    errors_by_code: Counter[int] = field(default_factory=Counter)
+    per_key: dict[str, KeyStats] = field(default_factory=dict)
+
+    def key(self, key_id: str) -> KeyStats:
+        ks = self.per_key.get(key_id)
+        if ks is None:
+            ks = self.per_key[key_id] = KeyStats()
+        return ks
+
+    def error(self, code: int, key_id: str | None) -> None:
+        self.errors_by_code[code] += 1
+        if code == 429:
+            self.rate_limited += 1
+        if key_id is not None:
+            ks = self.key(key_id)
+            ks.errors_by_code[code] += 1
+            if code == 429:
+                ks.rate_limited += 1
+
+
+def key_stats_json(ks: KeyStats) -> dict[str, Any]:
+    return {
+        "create_calls": ks.create_calls,
+        "created": ks.created,
+        "rate_limited": ks.rate_limited,
+        "record_info_calls": ks.record_info_calls,
+        "peak_in_progress": ks.peak_in_progress,
+        "max_creations_in_window": ks.max_creations_in_window,
+        "errors_by_code": {str(c): n for c, n in sorted(ks.errors_by_code.items())},
+    }
