@@ -1,0 +1,324 @@
+"""The job records in Redis, and the one compare-and-set every state change goes through.
+
+Layout (keys from :class:`~workers.keys.Keys`): a hash per job (field names in :mod:`workers.jobs`), a
+sorted set per state (member = job id, score = ms the job entered it), ``task_index`` (upstream taskId →
+job id) and ``idempotency`` (producer key → job id). Every write is one Lua script in ``workers/lua/``:
+``job_create``, ``job_transition`` (state CAS), ``job_update`` (field CAS) and ``job_incr``.
+
+Expiry: a terminal job's hash and idempotency key expire after ``terminal_ttl_s``; leaving a terminal state
+(``failed → queued|downloading``) removes the expiry again. Task index keys always carry an expiry of
+``terminal_ttl_s`` plus a day from when the task id was written — far longer than a task stays in progress —
+so a replaced task id never leaks a key. State index entries are trimmed by :meth:`JobStore.cleanup_indexes`.
+
+The client may decode responses or not; both are handled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, cast
+
+import redis
+from redis.client import Pipeline
+
+from workers.jobs import (
+    MANAGED_FIELDS,
+    TIMESTAMP_PREFIX,
+    Job,
+    JobRequest,
+    JobState,
+    allowed_from,
+    new_job_id,
+)
+from workers.keys import Keys
+from workers.lua_scripts import ScriptCall, evalsha_pipeline, load_script
+
+FieldValue = str | int | float | None
+
+#: Extra life of a task index key beyond the terminal TTL (it is written before the job turns terminal).
+TASK_INDEX_SLACK_S: Final = 86400
+_SCAN_COUNT: Final = 1000
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _encode(name: str, value: str | int | float) -> str:
+    if isinstance(value, bool):
+        raise TypeError(f"field {name!r}: booleans are not stored; pass 0 or 1")
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _check_writable(fields: Mapping[str, Any]) -> None:
+    for name in fields:
+        if name in MANAGED_FIELDS or name.startswith(TIMESTAMP_PREFIX):
+            raise ValueError(f"field {name!r} is written by the store itself")
+
+
+def _field_args(fields: Mapping[str, FieldValue], incr: Mapping[str, int]) -> list[str]:
+    """``s, pairs.., d, names.., c, pairs..`` as the scripts read them; '' and None delete."""
+    _check_writable(fields)
+    _check_writable(incr)
+    set_pairs: list[str] = []
+    deletes: list[str] = []
+    for name, value in fields.items():
+        if value is None or value == "":
+            deletes.append(name)
+        else:
+            set_pairs += [name, _encode(name, value)]
+    incr_pairs: list[str] = []
+    for name, by in incr.items():
+        incr_pairs += [name, str(int(by))]
+    return [
+        str(len(set_pairs) // 2), *set_pairs,
+        str(len(deletes)), *deletes,
+        str(len(incr_pairs) // 2), *incr_pairs,
+    ]  # fmt: skip
+
+
+def _states(expect: JobState | Iterable[JobState] | None) -> frozenset[JobState] | None:
+    if expect is None:
+        return None
+    if isinstance(expect, JobState):
+        return frozenset({expect})
+    return frozenset(expect)
+
+
+class JobStore:
+    """Create, read and move jobs; all writes are atomic Lua scripts timed by the Redis clock."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, *, terminal_ttl_s: int = 30 * 86400) -> None:
+        if terminal_ttl_s < 1:
+            raise ValueError("terminal_ttl_s must be at least 1")
+        self._client = client
+        self._keys = keys
+        self.terminal_ttl_s = terminal_ttl_s
+        self._create = load_script(client, "job_create")
+        self._transition = load_script(client, "job_transition")
+        self._update = load_script(client, "job_update")
+        self._incr = load_script(client, "job_incr")
+
+    # -- create -------------------------------------------------------------------------------------
+    def create(self, request: JobRequest) -> tuple[Job, bool]:
+        """Write a queued job; ``created`` is False when the idempotency key already named a job."""
+        return self.create_many([request])[0]
+
+    def create_many(self, requests: Sequence[JobRequest], chunk: int = 500) -> list[tuple[Job, bool]]:
+        """Like :meth:`create` for many requests: one round trip per ``chunk`` (plus one to read the
+        existing jobs when a chunk repeats idempotency keys). All requests are validated first."""
+        for request in requests:
+            request.validate()
+        out: list[tuple[Job, bool]] = []
+        for start in range(0, len(requests), chunk):
+            out += self._create_chunk(requests[start : start + chunk])
+        return out
+
+    def _create_chunk(self, requests: Sequence[JobRequest]) -> list[tuple[Job, bool]]:
+        jobs = [Job.new(request, job_id=new_job_id()) for request in requests]
+        results = evalsha_pipeline(self._client, [self._create_call(job) for job in jobs])
+        out: list[tuple[Job, bool] | None] = [None] * len(jobs)
+        existing: dict[int, str] = {}
+        for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
+            if isinstance(result, Exception):
+                raise result
+            if int(result[0]) == 1:
+                job.created_at = job.updated_at = float(_text(result[2]))
+                job.timestamps[JobState.QUEUED.value] = job.created_at
+                out[i] = (job, True)
+            else:
+                existing[i] = _text(result[1])
+        if existing:
+            found = self.get_many(list(existing.values()))
+            for (i, job_id), job_found in zip(existing.items(), found, strict=True):
+                if job_found is None:
+                    # The key outlived its record (deleted by hand): take it over.
+                    out[i] = self._create_one(jobs[i], stale_id=job_id)
+                else:
+                    out[i] = (job_found, False)
+        return [item for item in out if item is not None]
+
+    def _create_one(self, job: Job, *, stale_id: str) -> tuple[Job, bool]:
+        script, keys, args = self._create_call(job, stale_id=stale_id)
+        result = script(keys, args)
+        if int(result[0]) == 1:
+            job.created_at = job.updated_at = float(_text(result[2]))
+            job.timestamps[JobState.QUEUED.value] = job.created_at
+            return job, True
+        found = self.get(_text(result[1]))
+        if found is None:
+            raise RuntimeError(f"idempotency key {job.idempotency_key!r} names a job that keeps vanishing")
+        return found, False
+
+    def _create_call(self, job: Job, *, stale_id: str = "") -> ScriptCall:
+        keys = [self._keys.job(job.id), self._keys.state_index(JobState.QUEUED.value)]
+        if job.idempotency_key is not None:
+            keys.append(self._keys.idempotency(job.idempotency_key))
+        fields = {name: value for name, value in job.to_hash().items() if name not in MANAGED_FIELDS}
+        fields.pop(TIMESTAMP_PREFIX + JobState.QUEUED.value, None)
+        args: list[str] = [job.id, stale_id]
+        for name, value in fields.items():
+            args += [name, value]
+        return self._create, keys, args
+
+    # -- read ---------------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        data = cast("dict[Any, Any]", self._client.hgetall(self._keys.job(job_id)))
+        return Job.from_hash(data) if data else None
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """The jobs in order (None where missing), in one round trip."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self._keys.job(job_id))
+            rows = pipe.execute()
+        return [Job.from_hash(row) if row else None for row in rows]
+
+    def by_task_id(self, task_id: str) -> Job | None:
+        """The job the upstream task belongs to (its ``task_id`` may since have moved on to a new task)."""
+        job_id = cast("str | bytes | None", self._client.get(self._keys.task_index(task_id)))
+        return self.get(_text(job_id)) if job_id is not None else None
+
+    def count_by_state(self) -> dict[JobState, int]:
+        with self._client.pipeline(transaction=False) as pipe:
+            for state in JobState:
+                pipe.zcard(self._keys.state_index(state.value))
+            counts = pipe.execute()
+        return {state: int(count) for state, count in zip(JobState, counts, strict=True)}
+
+    def ids_in_state(
+        self, state: JobState, *, older_than_s: float | None = None, limit: int = 1000
+    ) -> list[str]:
+        """Up to ``limit`` ids in ``state``, longest there first; only those that entered it at least
+        ``older_than_s`` ago (Redis clock) when given."""
+        top: float | str = "+inf"
+        if older_than_s is not None:
+            seconds, micros = cast("tuple[int, int]", self._client.time())
+            top = seconds * 1000 + micros // 1000 - older_than_s * 1000
+        index = self._keys.state_index(state.value)
+        ids = cast("list[str | bytes]", self._client.zrangebyscore(index, "-inf", top, start=0, num=limit))
+        return [_text(job_id) for job_id in ids]
+
+    # -- write --------------------------------------------------------------------------------------
+    def transition(
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        expect: JobState | Iterable[JobState] | None = None,
+        fields: Mapping[str, FieldValue] | None = None,
+        incr: Mapping[str, int] | None = None,
+        pipe: Pipeline | None = None,
+    ) -> bool:
+        """Move the job to ``to`` if its state is in ``expect`` (when given) and ``to`` is allowed from it.
+
+        ``fields`` are written in the same step (None or '' deletes), ``incr`` counters added; a
+        ``task_id`` field also writes the task index. Entering ``submitting`` counts one ``attempts``.
+        Returns False, having written nothing, when the job is missing or the move is refused.
+
+        With ``pipe`` exactly one script call is queued there (even for a move refused up front) and the
+        pipeline's result for it is 1 or 0; this call then returns True.
+
+        A move into a terminal state, or one that may leave a terminal state, first reads the job's
+        idempotency key (one extra round trip) so the key's expiry follows the job's; passing ``expect``
+        keeps moves such as ``submitting → queued`` to a single round trip.
+        """
+        fields = dict(fields or {})
+        incr = dict(incr or {})
+        if to is JobState.SUBMITTING:
+            incr["attempts"] = incr.get("attempts", 0) + 1
+        sources = allowed_from(to)
+        wanted = _states(expect)
+        if wanted is not None:
+            sources &= wanted
+        if not sources and pipe is None:
+            return False
+        froms = sorted(sources, key=lambda state: state.value)
+        keys = [self._keys.job(job_id), self._keys.state_index(to.value)]
+        keys += [self._keys.state_index(state.value) for state in froms]
+        idem = ""
+        if to.terminal or any(state.terminal for state in froms):
+            stored = cast("str | bytes | None", self._client.hget(self._keys.job(job_id), "idempotency_key"))
+            idem = _text(stored or "")
+            if idem:
+                keys.append(self._keys.idempotency(idem))
+        task_id = fields.get("task_id")
+        if task_id is not None and task_id != "":
+            keys.append(self._keys.task_index(str(task_id)))
+        args: list[str] = [
+            job_id,
+            to.value,
+            str(self.terminal_ttl_s if to.terminal else 0),
+            str(self.terminal_ttl_s + TASK_INDEX_SLACK_S),
+            idem,
+            str(len(froms)),
+            *(state.value for state in froms),
+            *_field_args(fields, incr),
+        ]
+        if pipe is not None:
+            self._transition(keys, args, client=pipe)
+            return True
+        return bool(self._transition(keys, args))
+
+    def update(
+        self,
+        job_id: str,
+        *,
+        expect: JobState | Iterable[JobState],
+        fields: Mapping[str, FieldValue] | None = None,
+        incr: Mapping[str, int] | None = None,
+        pipe: Pipeline | None = None,
+    ) -> bool:
+        """Write ``fields`` (None or '' deletes) and add ``incr`` if the job's state is in ``expect``.
+
+        Not for ``task_id`` (use :meth:`transition`, which keeps the task index). Returns False, having
+        written nothing, when the job is missing or in another state. ``pipe`` as in :meth:`transition`.
+        """
+        fields = fields or {}
+        if "task_id" in fields:
+            raise ValueError("task_id is written by transition(), which also keeps the task index")
+        states = sorted(_states(expect) or (), key=lambda state: state.value)
+        args = [str(len(states)), *(state.value for state in states), *_field_args(fields, incr or {})]
+        keys = [self._keys.job(job_id)]
+        if pipe is not None:
+            self._update(keys, args, client=pipe)
+            return True
+        return bool(self._update(keys, args))
+
+    def incr(self, job_id: str, field: str, by: int = 1) -> int:
+        """Add ``by`` to a counter on the record and return the new value; LookupError if no such job."""
+        _check_writable({field: by})
+        value = self._incr([self._keys.job(job_id)], [field, by])
+        if value is None:
+            raise LookupError(f"job {job_id} does not exist")
+        return int(value)
+
+    # -- housekeeping -------------------------------------------------------------------------------
+    def cleanup_indexes(self) -> int:
+        """Remove state index entries whose job hash is gone (expired); returns how many.
+
+        Costs one pipelined round trip per 1,000 index entries (every entry is checked).
+        """
+        removed = 0
+        for state in JobState:
+            index = self._keys.state_index(state.value)
+            batch: list[str] = []
+            for member, _score in self._client.zscan_iter(index, count=_SCAN_COUNT):
+                batch.append(_text(member))
+                if len(batch) >= _SCAN_COUNT:
+                    removed += self._drop_missing(index, batch)
+                    batch = []
+            if batch:
+                removed += self._drop_missing(index, batch)
+        return removed
+
+    def _drop_missing(self, index: str, job_ids: list[str]) -> int:
+        with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(self._keys.job(job_id))
+            exists = pipe.execute()
+        # A job hash never comes back once gone (ids are never reused), so this cannot drop a live entry.
+        gone = [job_id for job_id, found in zip(job_ids, exists, strict=True) if not found]
+        return cast(int, self._client.zrem(index, *gone)) if gone else 0

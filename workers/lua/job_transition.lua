@@ -1,0 +1,101 @@
+-- job_transition.lua: compare-and-set a job's state; the one way any state changes after creation.
+--
+-- The transition table lives in Python (workers/jobs.py): the caller passes the states the job may be in
+-- (those allowed to move to the target, narrowed by the caller's expectation); this script hard-codes none.
+--
+-- KEYS (all passed in, see workers/keys.py):
+--   KEYS[1]        job hash             <prefix>:job:<id>
+--   KEYS[2]        target state index   <prefix>:state:<to>   sorted set, member = id, score = ms entered
+--   KEYS[2+i]      state index of ARGV[6+i], i = 1..n (the job is removed from the one it is in)
+--   KEYS[3+n]      idempotency key      <prefix>:idem:<key>   only when ARGV[5] ~= ''
+--   then           task index key       <prefix>:task:<tid>   only when the fields set task_id
+-- ARGV:
+--   ARGV[1]  job id
+--   ARGV[2]  target state
+--   ARGV[3]  terminal TTL s: > 0 when the target is terminal (EXPIRE the hash and idempotency key);
+--            0 otherwise (a job leaving a terminal state loses its expiry: PERSIST)
+--   ARGV[4]  task index TTL s (applied when the fields set task_id)
+--   ARGV[5]  the job's idempotency key as the caller read it ('' = none). Required whenever expiry changes
+--            (target terminal, or the job currently has a TTL); checked against the record.
+--   ARGV[6]  n, then ARGV[6+1..6+n] the states the job may be in now
+--   then     s, then s pairs field, value to HSET
+--   then     d, then d field names to HDEL
+--   then     c, then c pairs field, increment to HINCRBY
+-- Effects (all or nothing): state = target, at_<target> and updated_at = Redis TIME (float s), the fields;
+--   the id moves from its current state index to the target's (score = ms); task index SET EX when task_id
+--   is written; expiry as above.
+-- Returns: 1 done; 0 refused (job missing, or its state not among ARGV[7..6+n]) with nothing written.
+
+local job, id, to = KEYS[1], ARGV[1], ARGV[2]
+local ttl, task_ttl, idem = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local n = tonumber(ARGV[6])
+
+local state = redis.call('HGET', job, 'state')
+if not state then
+  return 0
+end
+local from_index
+for i = 1, n do
+  if ARGV[6 + i] == state then
+    from_index = KEYS[2 + i]
+    break
+  end
+end
+if not from_index then
+  return 0
+end
+
+local volatile = redis.call('TTL', job) >= 0
+local stored_idem = redis.call('HGET', job, 'idempotency_key') or ''
+local k = 3 + n
+local idem_key
+if idem ~= '' then
+  if idem ~= stored_idem then
+    return redis.error_reply('job ' .. id .. ': idempotency key passed does not match the record')
+  end
+  idem_key = KEYS[k]
+  k = k + 1
+elseif stored_idem ~= '' and (ttl > 0 or volatile) then
+  return redis.error_reply('job ' .. id .. ': expiry changes but its idempotency key was not passed')
+end
+
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local a = 7 + n
+local s = tonumber(ARGV[a])
+local set = {'state', to, 'at_' .. to, now, 'updated_at', now}
+for i = a + 1, a + 2 * s, 2 do
+  set[#set + 1] = ARGV[i]
+  set[#set + 1] = ARGV[i + 1]
+  if ARGV[i] == 'task_id' then
+    redis.call('SET', KEYS[k], id, 'EX', task_ttl)
+  end
+end
+redis.call('HSET', job, unpack(set))
+a = a + 2 * s + 1
+local d = tonumber(ARGV[a])
+if d > 0 then
+  redis.call('HDEL', job, unpack(ARGV, a + 1, a + d))
+end
+a = a + d + 1
+local c = tonumber(ARGV[a])
+for i = a + 1, a + 2 * c, 2 do
+  redis.call('HINCRBY', job, ARGV[i], ARGV[i + 1])
+end
+
+redis.call('ZREM', from_index, id)
+redis.call('ZADD', KEYS[2], now_ms, id)
+if ttl > 0 then
+  redis.call('EXPIRE', job, ttl)
+  if idem_key then
+    redis.call('EXPIRE', idem_key, ttl)
+  end
+elseif volatile then
+  redis.call('PERSIST', job)
+  if idem_key then
+    redis.call('PERSIST', idem_key)
+  end
+end
+return 1

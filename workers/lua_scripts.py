@@ -1,0 +1,67 @@
+"""Load the Lua scripts kept beside the code in ``workers/lua/`` (one file per operation).
+
+``load_script(client, "job_create")`` reads ``workers/lua/job_create.lua`` once per process and registers it
+once per client (``register_script``), so callers may ask for a script on every call for free. A registered
+``Script`` re-loads itself on ``NOSCRIPT`` (a restarted or flushed Redis) when called directly or on a
+pipeline; code that sends raw ``EVALSHA`` on a pipeline (to save the pipeline's ``SCRIPT EXISTS`` round
+trip) uses :func:`evalsha_pipeline` instead, which re-sends only the commands that met ``NOSCRIPT``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+
+_lock = threading.Lock()
+_registered: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
+
+
+@cache
+def script_source(name: str) -> str:
+    """The text of ``workers/lua/{name}.lua``."""
+    return resources.files("workers").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def load_script(client: redis.Redis, name: str) -> Script:
+    """The script ``name`` registered on ``client`` (registered on first use, then cached per client)."""
+    with _lock:
+        scripts = _registered.setdefault(client, {})
+        script = scripts.get(name)
+        if script is None:
+            script = scripts[name] = client.register_script(script_source(name))
+        return script
+
+
+#: One queued call: (script, keys, args).
+ScriptCall = tuple[Script, Sequence[Any], Sequence[Any]]
+
+
+def evalsha_pipeline(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run ``calls`` in one non-transactional pipeline: one round trip when the scripts are loaded.
+
+    A result that is an exception other than ``NOSCRIPT`` is returned in place (callers decide); commands
+    that met ``NOSCRIPT`` did not run, so they are sent again once their scripts are loaded.
+    """
+    results = _send(client, calls)
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+            script.sha = str(client.script_load(script.script))
+        for i, result in zip(missing, _send(client, [calls[i] for i in missing]), strict=True):
+            results[i] = result
+    return results
+
+
+def _send(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
