@@ -215,9 +215,11 @@ def _describe(error: ValidationError) -> str:
     lines = ["Invalid configuration:"]
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "settings"
+        env_name = f"IMAGINEQ_{str(item['loc'][0]).upper()}" if item["loc"] else "IMAGINEQ_*"
         value = item.get("input")
-        shown = "" if "key" in field.lower() or isinstance(value, dict | list) else f" (got {value!r})"
-        lines.append(f"  {field}: {item['msg']}{shown}")
+        secret = "key" in field.lower() or "secret" in field.lower()
+        shown = "" if secret or isinstance(value, dict | list) else f" (got {value!r})"
+        lines.append(f"  {field} [{env_name}]: {item['msg']}{shown}")
     return "\n".join(lines)
 
 

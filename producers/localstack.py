@@ -151,6 +151,7 @@ def start_redis(log_dir: Path, *, port: int | None = None, appendonly: bool = Fa
         "--appendonly", "yes" if appendonly else "no",
         "--appendfsync", "everysec",
         "--maxmemory-policy", "noeviction",
+        "--hash-max-ziplist-value", "1024",
         "--daemonize", "no",
     ]  # fmt: skip
     service = spawn(f"redis-{port}", argv, log_dir=log_dir, url=f"redis://127.0.0.1:{port}/0")
@@ -242,3 +243,61 @@ def terminate_on_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# -- a whole deployment on local services ---------------------------------------------------------------
+
+#: moto accepts any credentials; real deployments use the default AWS chain or IMAGINEQ_S3__* settings.
+LOCAL_S3_CREDENTIALS = {"IMAGINEQ_S3__ACCESS_KEY_ID": "local", "IMAGINEQ_S3__SECRET_ACCESS_KEY": "local"}
+
+
+def deployment_env(
+    *,
+    redis_url: str,
+    s3_url: str,
+    simulator_url: str,
+    bucket: str = "imagineq-local",
+    api_key: str = "sim-key",
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """IMAGINEQ_* variables pointing every process at the local services."""
+    env = {
+        "IMAGINEQ_REDIS_URL": redis_url,
+        "IMAGINEQ_API_KEY": api_key,
+        "IMAGINEQ_UPSTREAM_BASE_URL": simulator_url,
+        "IMAGINEQ_S3__ENDPOINT_URL": s3_url,
+        "IMAGINEQ_S3__BUCKET": bucket,
+        "IMAGINEQ_S3__CREATE_BUCKET": "true",
+        **LOCAL_S3_CREDENTIALS,
+    }
+    env.update(extra or {})
+    return env
+
+
+def worker_argv(queue: str, *, concurrency: int = 2, name: str | None = None, pool: str = "prefork") -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "workers", "worker",
+        "-Q", queue, "-c", str(concurrency), "-P", pool,
+        "-n", f"{name or queue}@%h", "--without-gossip", "--without-mingle", "-l", "INFO",
+    ]  # fmt: skip
+
+
+def start_worker(
+    stack: LocalStack,
+    env: Mapping[str, str],
+    queue: str,
+    *,
+    concurrency: int = 2,
+    name: str | None = None,
+    pool: str = "prefork",
+) -> Service:
+    name = name or f"{queue}-{free_port()}"
+    service = stack.spawn(f"worker-{name}", worker_argv(queue, concurrency=concurrency, name=name, pool=pool), env)
+    _await_ready(service, lambda: "ready." in _read(service.log_path), 60)
+    return service
+
+
+def _read(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return ""
+    return path.read_text(errors="replace")

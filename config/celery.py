@@ -1,0 +1,121 @@
+"""Celery configuration for this workload, built from Settings.
+
+Why each choice (the workload: few, slow, quota-bound upstream calls; jobs whose truth is the Redis
+job record, so every task is idempotent and safe to run twice):
+
+- JSON only, ids only in messages: Flower shows arguments; prompts and keys never travel in them.
+- No result backend: the job record is the truth; task results would be a second, stale copy.
+- ``task_acks_late`` + ``task_reject_on_worker_lost`` on every queue: a worker that dies mid-task
+  (SIGKILL, OOM, deploy) leaves its message to be redelivered. Every step re-reads the job record and
+  does nothing when the job already moved on, so redelivery is safe.
+- ``worker_prefetch_multiplier = 1``: a worker reserves one message per process. The backlog stays in
+  Redis, however deep; a long store or a quota wait never strands other messages behind it.
+- Waiting for quota never uses ETA/countdown (Celery would pull the backlog into worker memory and
+  redeliver it after the visibility timeout). Only polls use countdowns, ≤ 30 s, and there are never
+  more of them than jobs in progress (bounded by the 30-per-account lease).
+- ``visibility_timeout`` (default 1 h) is longer than any task time limit and any countdown, so a
+  message is redelivered only when its worker really died.
+- Priorities: the Redis transport emulates them with one list per step; interactive jobs use priority 0
+  (served first), batch jobs 9.
+- Socket timeouts, keepalive and health checks so a worker notices a dead Redis instead of hanging.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue  # type: ignore[attr-defined]
+
+from config.settings import Settings
+
+SUBMIT_QUEUE = "submit"
+POLL_QUEUE = "poll"
+STORE_QUEUE = "store"
+QUEUES = (SUBMIT_QUEUE, POLL_QUEUE, STORE_QUEUE)
+
+#: Redis-transport priorities: lower is served first.
+PRIORITY_INTERACTIVE = 0
+PRIORITY_BATCH = 9
+
+TASK_SUBMIT = "imagineq.submit"
+TASK_POLL = "imagineq.poll"
+TASK_STORE = "imagineq.store"
+TASK_RECONCILE = "imagineq.reconcile"
+
+#: Hard time limits per task (seconds); soft limits fire a little earlier so the task can tidy up.
+SUBMIT_TIME_LIMIT_S = 120
+POLL_TIME_LIMIT_S = 90
+STORE_TIME_LIMIT_S = 3000
+
+
+def rate_limits(settings: Settings) -> dict[str, str]:
+    """Per-worker smoothing derived from the account quotas (the global guard is the Redis limiter).
+
+    Celery's ``rate_limit`` is per worker instance, so it can never be the global guard; it only
+    spreads a worker's calls out. Submit: twice the accounts' average creation rate (so one worker
+    alone can still use the whole quota). Poll: the accounts' recordInfo rate.
+    """
+    accounts = settings.accounts
+    if not accounts:
+        return {}
+    creations_per_min = sum(a.creations_limit / a.creation_window_s * 60 for a in accounts)
+    record_info_per_s = sum(a.record_info_per_s for a in accounts)
+    return {
+        TASK_SUBMIT: f"{max(1, round(2 * creations_per_min))}/m",
+        TASK_POLL: f"{max(1, round(record_info_per_s))}/s",
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    longest_task_s = max(SUBMIT_TIME_LIMIT_S, POLL_TIME_LIMIT_S, STORE_TIME_LIMIT_S)
+    if settings.visibility_timeout_s <= longest_task_s + 30:
+        raise ValueError(
+            f"visibility_timeout_s ({settings.visibility_timeout_s}) must exceed the longest task time "
+            f"limit ({longest_task_s} s) plus the longest poll countdown (30 s)"
+        )
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+            "retry_on_timeout": True,
+            "queue_order_strategy": "priority",
+            "priority_steps": [PRIORITY_INTERACTIVE, 3, 6, PRIORITY_BATCH],
+            "sep": ":",
+            "global_keyprefix": f"{settings.redis_prefix}:celery:",
+        },
+        "broker_pool_limit": 10,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_priority": PRIORITY_INTERACTIVE,
+        "task_queues": [Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
+        "task_default_queue": SUBMIT_QUEUE,
+        "task_routes": {
+            TASK_SUBMIT: {"queue": SUBMIT_QUEUE},
+            TASK_POLL: {"queue": POLL_QUEUE},
+            TASK_STORE: {"queue": STORE_QUEUE},
+            TASK_RECONCILE: {"queue": POLL_QUEUE},
+        },
+        "task_create_missing_queues": False,
+        "task_annotations": {name: {"rate_limit": limit} for name, limit in rate_limits(settings).items()},
+        "task_time_limit": STORE_TIME_LIMIT_S,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_enable_remote_control": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

@@ -1,0 +1,159 @@
+"""The Python producer API: ``enqueue``, ``enqueue_many``, ``get``, ``wait``.
+
+Validation happens before anything is written; a job record is written first and its
+``chain(submit, poll, store)`` published second, both carrying the job id only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+from celery import Celery, chain
+from celery.canvas import Signature
+
+from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE, TASK_POLL, TASK_STORE, TASK_SUBMIT
+from config.settings import Settings, get_settings
+from workers.jobs import Job, JobRequest, JobState, Priority
+from workers.jobstore import JobStore
+from workers.keys import Keys
+
+#: Jobs written and published per Redis round trip by ``enqueue_many``.
+CHUNK = 500
+
+
+def pipeline_signature(app: Celery, job_id: str, priority: Priority) -> Signature:
+    """``chain(submit, poll, store)`` for one job: ids only, immutable, at the job's priority."""
+    level = PRIORITY_BATCH if priority is Priority.BATCH else PRIORITY_INTERACTIVE
+    steps = [app.signature(name, args=(job_id,), immutable=True) for name in (TASK_SUBMIT, TASK_POLL, TASK_STORE)]
+    return chain(*steps).set(priority=level)
+
+
+class Producer:
+    """Enqueues jobs on one deployment (Redis + Celery broker from ``settings``)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: redis.Redis | None = None,
+        app: Celery | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.redis = client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        self.keys = Keys(self.settings.redis_prefix)
+        self.jobs = JobStore(self.redis, self.keys, terminal_ttl_s=self.settings.job_ttl_s)
+        if app is None:
+            from workers.celery import create_app
+
+            app = create_app(self.settings)
+        self.app = app
+
+    def enqueue(
+        self,
+        prompt: str,
+        *,
+        aspect_ratio: str = "2:3",
+        mode: str = "normal",
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        priority: Priority | str = Priority.INTERACTIVE,
+    ) -> Job:
+        """Validate, write the job, publish its chain. The same idempotency key returns the same job."""
+        request = JobRequest(
+            prompt=prompt,
+            aspect_ratio=aspect_ratio,
+            mode=mode,
+            metadata=dict(metadata or {}),
+            priority=Priority(priority),
+            idempotency_key=idempotency_key,
+        )
+        return self.enqueue_many([request])[0]
+
+    def enqueue_many(self, requests: Iterable[JobRequest | Mapping[str, Any]]) -> list[Job]:
+        """Validate every request first (nothing is written if one is bad), then write and publish in chunks."""
+        validated = [self._validated(index, item) for index, item in enumerate(requests)]
+        jobs: list[Job] = []
+        for start in range(0, len(validated), CHUNK):
+            chunk = validated[start : start + CHUNK]
+            results = self.jobs.create_many(chunk, chunk=CHUNK)
+            self._publish([job for job, created in results if created])
+            jobs.extend(job for job, _ in results)
+        return jobs
+
+    def publish(self, job: Job) -> None:
+        """(Re-)publish a job's chain, e.g. for an operator resubmit or the reconciler."""
+        self._publish([job])
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def wait(self, job_id: str, timeout: float, *, interval_s: float = 0.25) -> Job:
+        """Block until the job is terminal; TimeoutError (with its last state) after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.jobs.get(job_id)
+            if job is None:
+                raise KeyError(f"job {job_id} not found")
+            if job.state.terminal:
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.state.value} after {timeout:.0f}s")
+            time.sleep(interval_s)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def _validated(self, index: int, item: JobRequest | Mapping[str, Any]) -> JobRequest:
+        from workers.errors import ValidationError
+
+        try:
+            request = item if isinstance(item, JobRequest) else JobRequest.from_mapping(item)
+            request.validate()
+        except ValidationError as error:
+            if index or not isinstance(item, JobRequest):
+                raise ValidationError(f"requests[{index}].{error.field}", error.message) from None
+            raise
+        return request
+
+    def _publish(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        with self.app.producer_or_acquire() as producer:
+            for job in jobs:
+                try:
+                    pipeline_signature(self.app, job.id, job.priority).apply_async(producer=producer)
+                except Exception as error:
+                    self.jobs.transition(
+                        job.id, JobState.CANCELED, expect=JobState.QUEUED,
+                        fields={"reason": "enqueue_failed", "error": f"could not publish: {error}"},
+                    )  # fmt: skip
+                    raise
+
+
+_default: Producer | None = None
+
+
+def default_producer() -> Producer:
+    global _default
+    if _default is None:
+        _default = Producer()
+    return _default
+
+
+def enqueue(prompt: str, **options: Any) -> Job:
+    return default_producer().enqueue(prompt, **options)
+
+
+def enqueue_many(requests: Iterable[JobRequest | Mapping[str, Any]]) -> list[Job]:
+    return default_producer().enqueue_many(requests)
+
+
+def get(job_id: str) -> Job | None:
+    return default_producer().get(job_id)
+
+
+def wait(job_id: str, timeout: float) -> Job:
+    return default_producer().wait(job_id, timeout)

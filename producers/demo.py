@@ -1,0 +1,109 @@
+"""``make demo``: the whole pipeline on private local services, shown live.
+
+Starts a private Redis (or uses ``IMAGINEQ_REDIS_URL`` when reachable), moto's S3-compatible server, the
+Apikley simulator and one Celery worker per queue; enqueues a handful of varied prompts (one of which the
+simulator's moderation rejects); shows the job states live; prints where every video landed; tears
+everything down. Exits non-zero if a job that should have been stored was not.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from config.settings import load_settings
+from producers import localstack
+from producers.api import Producer
+from workers.jobs import Job, JobState
+
+PROMPTS: list[tuple[str, str, str]] = [
+    ("A red fox trots through fresh snow at dawn, slow tracking shot", "3:2", "normal"),
+    ("Paper boats race down a rain gutter, macro lens, playful", "1:1", "fun"),
+    ("A lighthouse beam sweeps over a stormy sea, dramatic push-in", "2:3", "spicy"),
+    ("Timelapse of a city skyline from dusk to night, lights flicker on", "3:2", "normal"),
+    ("A cat in a spacesuit floats past a porthole, gentle rotation", "2:3", "fun"),
+    ("forbidden content that the upstream moderation refuses", "1:1", "normal"),
+]
+MODERATION_WORD = "forbidden"
+DEADLINE_S = 240.0
+STATE_STYLE = {
+    "queued": "white", "submitting": "yellow", "generating": "cyan", "downloading": "blue",
+    "stored": "green", "failed": "red", "expired": "magenta", "canceled": "dim",
+}  # fmt: skip
+
+
+def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
+    title = "ImagineQ demo — results" if final else f"ImagineQ demo — {time.monotonic() - started:5.1f}s"
+    table = Table(title=title)
+    for column in ("job", "prompt", "state", "S3 URI / reason", "size", "time"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        end = job.updated_at if job.state.terminal else time.time()
+        where = job.s3_uri or (f"{job.reason}: {job.error}" if job.reason else "")
+        size = f"{job.size / 1e6:.1f} MB" if job.size else ""
+        style = STATE_STYLE.get(job.state.value, "white")
+        table.add_row(job.id[:12], job.prompt[:38], f"[{style}]{job.state.value}[/]", where[:70], size,
+                      f"{end - job.created_at:5.1f}s")  # fmt: skip
+    return table
+
+
+def main() -> int:
+    console = Console()
+    with localstack.terminate_on_signals(), localstack.LocalStack() as stack:
+        console.print("[bold]Starting private services[/] (Redis, S3 server, simulator, 3 workers)…")
+        redis_url = stack.redis(os.environ.get("IMAGINEQ_REDIS_URL"))
+        s3_url = stack.s3()
+        simulator = stack.simulator(
+            ["--gen-time", "4:9", "--video-bytes", str(2 * 1024 * 1024), "--moderation-words", MODERATION_WORD]
+        )
+        env = localstack.deployment_env(
+            redis_url=redis_url,
+            s3_url=s3_url,
+            simulator_url=simulator.url,
+            bucket="imagineq-demo",
+            extra={"IMAGINEQ_REDIS_PREFIX": f"demo-{uuid.uuid4().hex[:8]}"},
+        )
+        for queue in ("submit", "poll", "store"):
+            localstack.start_worker(stack, env, queue, concurrency=2)
+        console.print(f"  redis {redis_url}  s3 {s3_url}  simulator {simulator.url}  logs {stack.log_dir}")
+
+        os.environ.update(env)
+        settings = load_settings()
+        producer = Producer(settings)
+        started = time.monotonic()
+        jobs = [producer.enqueue(p, aspect_ratio=ar, mode=mode) for p, ar, mode in PROMPTS]
+        with Live(_table(jobs, started), console=console, refresh_per_second=4) as live:
+            while time.monotonic() - started < DEADLINE_S:
+                jobs = [producer.get(job.id) or job for job in jobs]
+                live.update(_table(jobs, started))
+                if all(job.state.terminal for job in jobs):
+                    break
+                time.sleep(0.5)
+        console.print(_table(jobs, started, final=True))
+
+        missing = [
+            job for job in jobs if MODERATION_WORD not in job.prompt and job.state is not JobState.STORED
+        ]
+        moderated = [job for job in jobs if MODERATION_WORD in job.prompt]
+        producer.close()
+        if missing:
+            console.print(f"[red]{len(missing)} job(s) that should have been stored were not.[/]")
+            console.print(f"Worker logs are in {stack.log_dir}")
+            return 1
+        if any(job.state is not JobState.FAILED for job in moderated):
+            console.print("[red]The moderated prompt was not failed by the upstream.[/]")
+            return 1
+        stored = sum(job.state is JobState.STORED for job in jobs)
+        console.print(f"[green]{stored} videos stored in S3; the moderated prompt failed with its reason.[/]")
+        console.print("Tearing down the private services…")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Settings: typed, from IMAGINEQ_ variables, every bad field reported at once, secrets never printed."""
+
+import json
+
+import pytest
+
+from config import ConfigError, load_settings
+from config.celery import celery_config
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name in list(__import__("os").environ):
+        if name.startswith("IMAGINEQ_"):
+            monkeypatch.delenv(name)
+
+
+def test_api_key_shortcut_makes_a_default_account(monkeypatch):
+    monkeypatch.setenv("IMAGINEQ_API_KEY", "sk-very-secret")
+    monkeypatch.setenv("IMAGINEQ_UPSTREAM_BASE_URL", "http://127.0.0.1:9/")
+    settings = load_settings()
+    [account] = settings.accounts
+    assert account.name == "default"
+    assert account.base_url == "http://127.0.0.1:9"
+    assert (account.max_in_progress, account.max_creations_per_window, account.record_info_per_s) == (30, 300, 10)
+    assert "sk-very-secret" not in repr(settings)
+    assert "sk-very-secret" not in str(settings.model_dump())
+
+
+def test_accounts_from_json_with_margins(monkeypatch):
+    monkeypatch.setenv(
+        "IMAGINEQ_ACCOUNTS",
+        json.dumps([{"name": "a", "api_key": "k1", "in_progress_margin": 1, "creations_margin": 5},
+                    {"name": "b", "api_key": "k2"}]),
+    )
+    settings = load_settings()
+    assert [a.name for a in settings.accounts] == ["a", "b"]
+    assert settings.account("a").in_progress_limit == 29
+    assert settings.account("a").creations_limit == 295
+
+
+def test_nested_settings_from_env(monkeypatch):
+    monkeypatch.setenv("IMAGINEQ_S3__BUCKET", "videos-prod")
+    monkeypatch.setenv("IMAGINEQ_POLL__DEADLINE_S", "600")
+    settings = load_settings()
+    assert settings.s3.bucket == "videos-prod"
+    assert settings.poll.deadline_s == 600
+
+
+def test_every_bad_field_is_listed_in_one_message(monkeypatch):
+    monkeypatch.setenv(
+        "IMAGINEQ_ACCOUNTS",
+        json.dumps([{"name": "a", "api_key": "", "max_in_progress": -1}]),
+    )
+    monkeypatch.setenv("IMAGINEQ_S3__KEY_TEMPLATE", "videos/{nope}.mp4")
+    monkeypatch.setenv("IMAGINEQ_JOB_TTL_S", "5")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("Invalid configuration:")
+    assert "accounts.0.api_key [IMAGINEQ_ACCOUNTS]: Value error, must not be empty" in message
+    assert "accounts.0.max_in_progress [IMAGINEQ_ACCOUNTS]: Input should be greater than or equal to 1 (got -1)" in message
+    assert "s3.key_template" in message and "nope" in message
+    assert "job_ttl_s [IMAGINEQ_JOB_TTL_S]: Input should be greater than or equal to 60 (got '5')" in message
+
+
+def test_missing_api_key_is_a_clear_error_for_upstream_processes():
+    settings = load_settings()
+    with pytest.raises(ConfigError, match="no upstream account configured; set IMAGINEQ_API_KEY"):
+        settings.require_accounts()
+
+
+def test_duplicate_account_names_are_refused(monkeypatch):
+    monkeypatch.setenv("IMAGINEQ_ACCOUNTS", json.dumps([{"name": "a", "api_key": "k"}] * 2))
+    with pytest.raises(ConfigError, match="account names must be unique"):
+        load_settings()
+
+
+def test_visibility_timeout_must_outlast_every_task():
+    with pytest.raises(ValueError, match="visibility_timeout_s"):
+        celery_config(load_settings(visibility_timeout_s=600))
+    config = celery_config(load_settings())
+    assert config["broker_transport_options"]["visibility_timeout"] == 3600
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["accept_content"] == ["json"]

@@ -1,0 +1,64 @@
+"""The per-process set of clients a worker uses, built once after fork from Settings."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import redis
+
+from config.settings import Settings
+from workers.jobstore import JobStore
+from workers.keys import Keys
+from workers.quota import QuotaLimiter
+from workers.storage import Storage
+from workers.upstream import UpstreamClient, build_session
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    keys: Keys
+    jobs: JobStore
+    quota: QuotaLimiter
+    storage: Storage
+    _clients: dict[str, UpstreamClient] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=30,
+            socket_connect_timeout=10,
+            socket_keepalive=True,
+            health_check_interval=25,
+            retry_on_timeout=True,
+        )
+        keys = Keys(settings.redis_prefix)
+        return cls(
+            settings=settings,
+            redis=client,
+            keys=keys,
+            jobs=JobStore(client, keys, terminal_ttl_s=settings.job_ttl_s),
+            quota=QuotaLimiter(client, keys, settings.accounts),
+            storage=Storage(settings.s3, settings.http),
+        )
+
+    def upstream(self, account: str) -> UpstreamClient:
+        """The client for ``account`` (one pooled session per account per process)."""
+        with self._lock:
+            client = self._clients.get(account)
+            if client is None:
+                client = UpstreamClient(
+                    self.settings.account(account), self.settings.http, build_session(self.settings.http)
+                )
+                self._clients[account] = client
+            return client
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self.redis.close()

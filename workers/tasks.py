@@ -1,0 +1,436 @@
+"""The three steps of a job — ``chain(submit, poll, store)`` — and their idempotency rules.
+
+Messages carry the job id only. Every step re-reads the job record (the truth), acts only when the job
+is in the state the step expects, and moves it on with a compare-and-set, so a redelivered message, a
+callback and a poll can race safely: whoever loses the CAS does nothing.
+
+Retries are decided from the error class alone (``workers.errors``): waiting for quota, cooldowns and
+pauses re-publish the job without ETA and never count against the job; transient errors count and back
+off; fatal errors fail the job with a reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from celery import Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from config.celery import TASK_POLL, TASK_STORE, TASK_SUBMIT
+from config.settings import get_settings
+from workers.celery import app
+from workers.errors import (
+    AccountError,
+    FatalError,
+    OutcomeUnknown,
+    RateLimited,
+    RetryableError,
+    Unavailable,
+    UpstreamError,
+)
+from workers.jobs import Job, JobState
+from workers.runtime import Runtime
+from workers.schedule import backoff_s, poll_delay_s, safety_poll_delay_s
+from workers.storage import ResultGone, StorageError
+from workers.upstream import TaskState
+
+log = logging.getLogger("imagineq.tasks")
+
+#: Transient failures of one step before the job fails (quota waits and cooldowns never count).
+MAX_TRANSIENT_ATTEMPTS = 6
+#: A store claim lives this long unless its heartbeat renews it (a killed worker frees it quickly).
+STORE_CLAIM_TTL_S = 30.0
+#: How often a paused account's credits are re-checked (by one submitter at a time).
+CREDITS_CHECK_INTERVAL_S = 30.0
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """This process's clients, built on first use (after the pool forks)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime.build(get_settings())
+        return _runtime
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: Any) -> None:
+    global _runtime
+    _runtime = None
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.close()
+
+
+def _stop_chain(task: Task) -> None:
+    """The job is finished with (or another actor owns it): later steps of this chain must not run."""
+    task.request.chain = None
+    task.request.callbacks = None
+
+
+def _requeue(task: Task, *, countdown: float = 0.0) -> NoReturn:
+    """Re-publish this message (same chain, same priority). countdown 0 → no ETA: back of the queue."""
+    raise task.retry(countdown=countdown, max_retries=None)
+
+
+# -- submit ---------------------------------------------------------------------------------------------
+
+
+@app.task(name=TASK_SUBMIT, bind=True, max_retries=None, soft_time_limit=100, time_limit=120)
+def submit(self: Task, job_id: str) -> str | None:
+    """Take quota, call createTask, record the taskId. Waits for quota in-process, then re-publishes."""
+    rt = runtime()
+    job = rt.jobs.get(job_id)
+    if job is None:
+        log.warning("submit: job %s not found (expired or never written)", job_id)
+        _stop_chain(self)
+        return None
+    if job.state is JobState.SUBMITTING:
+        job = _recover_interrupted_submit(rt, job)
+        if job is None:
+            _stop_chain(self)
+            return None
+    if job.state in (JobState.GENERATING, JobState.DOWNLOADING):
+        return job_id  # redelivered after createTask succeeded: carry on with the chain
+    if job.state is not JobState.QUEUED:
+        log.info("submit: job %s is %s, nothing to do", job_id, job.state.value)
+        _stop_chain(self)
+        return None
+    claim = uuid.uuid4().hex[:12]
+    if not rt.jobs.transition(job_id, JobState.SUBMITTING, expect=JobState.QUEUED, fields={"claim": claim}):
+        _stop_chain(self)  # another submitter (a duplicate message) got there first
+        return None
+
+    account = _wait_for_slot(rt, job_id)
+    if account is None:
+        rt.jobs.transition(job_id, JobState.QUEUED, expect=JobState.SUBMITTING, fields={"claim": None})
+        _requeue(self)
+
+    callback_url, token_hash = _callback_url(rt, job_id)
+    rt.jobs.update(
+        job_id,
+        expect=JobState.SUBMITTING,
+        fields={"account": account, "create_sent_at": time.time(), "callback_token_hash": token_hash},
+    )
+    client = rt.upstream(account)
+    try:
+        task_id = client.create_task(
+            prompt=job.prompt, aspect_ratio=job.aspect_ratio, mode=job.mode, callback_url=callback_url
+        )
+    except OutcomeUnknown as error:
+        rt.quota.hold(account, job_id)
+        rt.jobs.transition(
+            job_id, JobState.FAILED, expect=JobState.SUBMITTING,
+            fields={"reason": error.reason, "error": f"createTask outcome unknown ({error}); "
+                    "not resubmitted automatically: `imagineq resubmit JOB_ID` retries it"},
+        )  # fmt: skip
+        log.error("submit: job %s createTask outcome unknown on account %s", job_id, account)
+        _stop_chain(self)
+        return None
+    except (RateLimited, Unavailable) as error:
+        applied = rt.quota.cooldown(account, error.retry_after_s)
+        rt.quota.release(account, job_id)
+        _count(rt, f"upstream_error:{error.code or error.status}")
+        log.warning("submit: job %s account %s cooling down %.1fs after %s", job_id, account, applied, error)
+        _back_to_queue(rt, job_id)
+        _requeue(self)
+    except AccountError as error:
+        rt.quota.pause(account, error.reason)
+        rt.quota.release(account, job_id)
+        _count(rt, f"upstream_error:{error.code or error.status}")
+        log.error("submit: account %s paused (%s); job %s goes back to the queue", account, error, job_id)
+        _back_to_queue(rt, job_id)
+        _requeue(self)
+    except FatalError as error:
+        rt.quota.release(account, job_id)
+        _count(rt, f"upstream_error:{error.code or error.status}")
+        _fail(rt, job_id, JobState.SUBMITTING, error.reason, str(error))
+        _stop_chain(self)
+        return None
+    except RetryableError as error:
+        rt.quota.release(account, job_id)
+        _count(rt, f"upstream_error:{error.code or error.status or 'transport'}")
+        attempts = rt.jobs.incr(job_id, "submit_attempts")
+        if attempts >= MAX_TRANSIENT_ATTEMPTS:
+            _fail(rt, job_id, JobState.SUBMITTING, error.reason, f"gave up after {attempts} attempts: {error}")
+            _stop_chain(self)
+            return None
+        _back_to_queue(rt, job_id)
+        _requeue(self, countdown=backoff_s(attempts))
+
+    rt.quota.note_success(account)
+    if not rt.jobs.transition(
+        job_id, JobState.GENERATING, expect=JobState.SUBMITTING,
+        fields={"task_id": task_id, "claim": None},
+    ):  # fmt: skip
+        # Canceled or failed meanwhile: the upstream task exists, so its lease stays until it ends.
+        log.warning("submit: job %s left submitting while createTask ran (task %s)", job_id, task_id)
+    log.info("submit: job %s → task %s on account %s", job_id, task_id, account)
+    return job_id
+
+
+def _wait_for_slot(rt: Runtime, job_id: str) -> str | None:
+    """Wait in-process (bounded well below the visibility timeout) for a quota slot on any account."""
+    deadline = time.monotonic() + rt.settings.quota_wait_max_s
+    while True:
+        acquired = rt.quota.acquire_slot(job_id)
+        if acquired.account is not None:
+            return acquired.account
+        if acquired.reason == "paused":
+            _maybe_resume_paused(rt)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        time.sleep(max(0.01, min(acquired.wait_s, remaining)))
+
+
+def _maybe_resume_paused(rt: Runtime) -> None:
+    """A paused account resumes by itself once a credits check succeeds (one checker at a time)."""
+    for account in rt.settings.accounts:
+        if rt.quota.paused(account.name) is None:
+            continue
+        gate = f"{rt.keys.pause(account.name)}:check"
+        if not rt.redis.set(gate, "1", nx=True, px=int(CREDITS_CHECK_INTERVAL_S * 1000)):
+            continue
+        try:
+            credits = rt.upstream(account.name).credits()
+        except UpstreamError as error:
+            log.info("account %s still paused: credits check failed (%s)", account.name, error)
+            continue
+        if credits > 0:
+            rt.quota.resume(account.name)
+            log.warning("account %s resumed: %d credits available", account.name, credits)
+
+
+def _recover_interrupted_submit(rt: Runtime, job: Job) -> Job | None:
+    """A submit died mid-way (redelivered message or reconciler). Decide from what the record shows."""
+    if job.extra.get("create_sent_at"):
+        # createTask may have been sent: never resubmit blindly.
+        if job.account:
+            rt.quota.hold(job.account, job.id)
+        rt.jobs.transition(
+            job.id, JobState.FAILED, expect=JobState.SUBMITTING,
+            fields={"reason": "outcome_unknown", "error": "a submit worker died while createTask was in "
+                    "flight; not resubmitted automatically: `imagineq resubmit JOB_ID` retries it"},
+        )  # fmt: skip
+        return None
+    if job.account:
+        rt.quota.release(job.account, job.id)
+    if rt.jobs.transition(job.id, JobState.QUEUED, expect=JobState.SUBMITTING, fields={"claim": None}):
+        return rt.jobs.get(job.id)
+    return None
+
+
+def _back_to_queue(rt: Runtime, job_id: str) -> None:
+    rt.jobs.transition(
+        job_id, JobState.QUEUED, expect=JobState.SUBMITTING,
+        fields={"claim": None, "account": None, "create_sent_at": None},
+    )  # fmt: skip
+
+
+def _callback_url(rt: Runtime, job_id: str) -> tuple[str | None, str | None]:
+    """The job's callBackUrl with a per-job secret; the record keeps only the secret's hash."""
+    base = rt.settings.callbacks.public_base_url
+    if base is None:
+        return None, None
+    token = uuid.uuid4().hex + uuid.uuid4().hex
+    return f"{base.rstrip('/')}/v1/callbacks/{job_id}/{token}", hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- poll -----------------------------------------------------------------------------------------------
+
+
+@app.task(name=TASK_POLL, bind=True, max_retries=None, soft_time_limit=75, time_limit=90)
+def poll(self: Task, job_id: str) -> str | None:
+    """Ask recordInfo until the task is terminal; re-schedules itself with countdowns ≤ 30 s."""
+    rt = runtime()
+    job = rt.jobs.get(job_id)
+    if job is None or job.state is not JobState.GENERATING:
+        if job is not None and job.state is JobState.DOWNLOADING:
+            return job_id  # a callback got there first; store is idempotent
+        _stop_chain(self)
+        return None
+    assert job.account is not None and job.task_id is not None
+    submitted_at = job.timestamps.get(JobState.GENERATING.value, job.updated_at)
+    age_s = time.time() - submitted_at
+    if age_s > rt.settings.poll.deadline_s:
+        rt.quota.release(job.account, job_id)
+        _fail(rt, job_id, JobState.GENERATING, "timed_out",
+              f"no terminal state after {rt.settings.poll.deadline_s:.0f}s")  # fmt: skip
+        _stop_chain(self)
+        return None
+
+    _take_record_info_token(rt, job.account)
+    try:
+        record = rt.upstream(job.account).record_info(job.task_id)
+    except FatalError as error:
+        rt.quota.release(job.account, job_id)
+        _count(rt, f"upstream_error:{error.code or error.status}")
+        _fail(rt, job_id, JobState.GENERATING, error.reason, str(error))
+        _stop_chain(self)
+        return None
+    except UpstreamError as error:
+        # Transient or account-level trouble on a read: keep the lease, try again a little later.
+        _count(rt, f"upstream_error:{error.code or error.status or 'transport'}")
+        if isinstance(error, AccountError):
+            rt.quota.pause(job.account, error.reason)
+        attempts = rt.jobs.incr(job_id, "poll_errors")
+        log.warning("poll: job %s recordInfo failed (%s), attempt %d", job_id, error, attempts)
+        rt.quota.renew_lease(job.account, job_id)
+        _requeue(self, countdown=min(30.0, backoff_s(attempts, base_s=2.0, cap_s=30.0)))
+
+    rt.quota.renew_lease(job.account, job_id)
+    if record.state is TaskState.SUCCESS:
+        if not record.result_urls:
+            rt.quota.release(job.account, job_id)
+            _fail(rt, job_id, JobState.GENERATING, "generation_failed", "success without a result URL")
+            _stop_chain(self)
+            return None
+        moved = rt.jobs.transition(
+            job_id, JobState.DOWNLOADING, expect=JobState.GENERATING,
+            fields={"result_url": record.result_urls[0], "completed_ms": record.complete_time_ms},
+        )  # fmt: skip
+        rt.quota.release(job.account, job_id)
+        log.info("poll: job %s generated (task %s)", job_id, job.task_id)
+        if not moved:
+            _stop_chain(self)  # a callback moved it first and enqueued store itself
+            return None
+        return job_id
+    if record.state is TaskState.FAIL:
+        rt.quota.release(job.account, job_id)
+        rt.jobs.transition(
+            job_id, JobState.FAILED, expect=JobState.GENERATING,
+            fields={"reason": "generation_failed", "fail_code": record.fail_code, "fail_msg": record.fail_msg,
+                    "error": f"upstream generation failed: {record.fail_code} {record.fail_msg}".strip()},
+        )  # fmt: skip
+        log.info("poll: job %s failed upstream: %s %s", job_id, record.fail_code, record.fail_msg)
+        _stop_chain(self)
+        return None
+    if rt.settings.callbacks.enabled:
+        delay = safety_poll_delay_s(
+            age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s
+        )
+    else:
+        delay = poll_delay_s(age_s, rt.settings.poll.schedule)
+    _requeue(self, countdown=delay)
+
+
+def _take_record_info_token(rt: Runtime, account: str) -> None:
+    """The recordInfo token bucket is shared by every poll worker; wait (briefly) for a token."""
+    deadline = time.monotonic() + 30
+    while (wait_s := rt.quota.take_record_info_token(account)) > 0 and time.monotonic() < deadline:
+        time.sleep(min(wait_s, 1.0))
+
+
+# -- store ----------------------------------------------------------------------------------------------
+
+
+@app.task(name=TASK_STORE, bind=True, max_retries=None, soft_time_limit=2900, time_limit=3000)
+def store(self: Task, job_id: str) -> str | None:
+    """Stream the result into S3; idempotent (an existing object is not re-uploaded)."""
+    rt = runtime()
+    job = rt.jobs.get(job_id)
+    if job is None or job.state is not JobState.DOWNLOADING:
+        return None
+    with _store_claim(rt, job_id) as claimed:
+        if not claimed:
+            # Another store runs (or died < STORE_CLAIM_TTL_S ago): look again once its claim lapses.
+            _requeue(self, countdown=STORE_CLAIM_TTL_S)
+        assert job.result_url is not None
+        account = job.account
+        refresh = rt.upstream(account).download_url if account else None
+        try:
+            stored = rt.storage.store(
+                job_id=job_id,
+                task_id=job.task_id,
+                account=account,
+                url=job.result_url,
+                created_at=datetime.fromtimestamp(job.created_at, tz=UTC),
+                prompt_sha256=hashlib.sha256(job.prompt.encode()).hexdigest(),
+                sidecar=job.to_dict(),
+                refresh=refresh,
+            )
+        except ResultGone as error:
+            rt.jobs.transition(
+                job_id, JobState.EXPIRED, expect=JobState.DOWNLOADING,
+                fields={"reason": error.reason, "error": str(error)},
+            )  # fmt: skip
+            log.warning("store: job %s result is gone: %s", job_id, error)
+            return None
+        except (StorageError, UpstreamError) as error:
+            if not error.retryable:
+                _fail(rt, job_id, JobState.DOWNLOADING, error.reason, str(error))
+                return None
+            attempts = rt.jobs.incr(job_id, "store_attempts")
+            if attempts >= MAX_TRANSIENT_ATTEMPTS:
+                _fail(rt, job_id, JobState.DOWNLOADING, error.reason, f"gave up after {attempts} attempts: {error}")
+                return None
+            log.warning("store: job %s attempt %d failed: %s", job_id, attempts, error)
+            _requeue(self, countdown=backoff_s(attempts, base_s=2.0, cap_s=30.0))
+        rt.jobs.transition(
+            job_id, JobState.STORED, expect=JobState.DOWNLOADING,
+            fields={"s3_uri": stored.uri, "size": stored.size, "sha256": stored.sha256},
+        )  # fmt: skip
+        if stored.created:
+            rt.redis.hincrby(rt.keys.counters(), "bytes_stored", stored.size)
+        log.info("store: job %s stored at %s (%d bytes)", job_id, stored.uri, stored.size)
+        return job_id
+
+
+@contextlib.contextmanager
+def _store_claim(rt: Runtime, job_id: str) -> Iterator[bool]:
+    """A short-lived claim renewed by a heartbeat while the transfer runs."""
+    key = f"{rt.keys.job(job_id)}:store-claim"
+    token = uuid.uuid4().hex
+    ttl_ms = int(STORE_CLAIM_TTL_S * 1000)
+    if not rt.redis.set(key, token, nx=True, px=ttl_ms):
+        yield False
+        return
+    done = threading.Event()
+
+    def _heartbeat() -> None:
+        while not done.wait(STORE_CLAIM_TTL_S / 3):
+            with contextlib.suppress(Exception):
+                if rt.redis.get(key) == token:
+                    rt.redis.pexpire(key, ttl_ms)
+
+    beat = threading.Thread(target=_heartbeat, name=f"store-claim-{job_id}", daemon=True)
+    beat.start()
+    try:
+        yield True
+    finally:
+        done.set()
+        beat.join(timeout=5)
+        with contextlib.suppress(Exception):
+            if rt.redis.get(key) == token:
+                rt.redis.delete(key)
+
+
+# -- shared ---------------------------------------------------------------------------------------------
+
+
+def _fail(rt: Runtime, job_id: str, expect: JobState, reason: str, message: str) -> bool:
+    moved = rt.jobs.transition(
+        job_id, JobState.FAILED, expect=expect, fields={"reason": reason, "error": message[:1000]}
+    )
+    if moved:
+        log.warning("job %s failed (%s): %s", job_id, reason, message)
+    return moved
+
+
+def _count(rt: Runtime, counter: str, by: int = 1) -> None:
+    rt.redis.hincrby(rt.keys.counters(), counter, by)
