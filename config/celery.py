@@ -48,21 +48,26 @@ POLL_TIME_LIMIT_S = 90
 STORE_TIME_LIMIT_S = 3000
 
 
+#: The upstream's shortest generation time: in-progress slots cannot turn over faster than this.
+MIN_GENERATION_S = 10.0
+
+
 def rate_limits(settings: Settings) -> dict[str, str]:
     """Per-worker smoothing derived from the account quotas (the global guard is the Redis limiter).
 
     Celery's ``rate_limit`` is per worker instance, so it can never be the global guard; it only
-    spreads a worker's calls out. Submit: twice the accounts' average creation rate (so one worker
-    alone can still use the whole quota). Poll: the accounts' recordInfo rate.
+    spreads one worker's calls out. Submit: the rate at which the accounts' in-progress slots can turn
+    over (slots ÷ the shortest generation time), so one worker alone can still fill every slot. Poll:
+    the accounts' recordInfo rate. Both can be set explicitly.
     """
     accounts = settings.accounts
     if not accounts:
         return {}
-    creations_per_min = sum(a.creations_limit / a.creation_window_s * 60 for a in accounts)
+    slots_per_s = sum(a.in_progress_limit for a in accounts) / MIN_GENERATION_S
     record_info_per_s = sum(a.record_info_per_s for a in accounts)
     return {
-        TASK_SUBMIT: f"{max(1, round(2 * creations_per_min))}/m",
-        TASK_POLL: f"{max(1, round(record_info_per_s))}/s",
+        TASK_SUBMIT: settings.submit_rate_limit or f"{max(1, round(slots_per_s * 60))}/m",
+        TASK_POLL: settings.poll_rate_limit or f"{max(1, round(record_info_per_s))}/s",
     }
 
 

@@ -27,7 +27,9 @@ CHUNK = 500
 def pipeline_signature(app: Celery, job_id: str, priority: Priority) -> Signature:
     """``chain(submit, poll, store)`` for one job: ids only, immutable, at the job's priority."""
     level = PRIORITY_BATCH if priority is Priority.BATCH else PRIORITY_INTERACTIVE
-    steps = [app.signature(name, args=(job_id,), immutable=True) for name in (TASK_SUBMIT, TASK_POLL, TASK_STORE)]
+    steps = [
+        app.signature(name, args=(job_id,), immutable=True) for name in (TASK_SUBMIT, TASK_POLL, TASK_STORE)
+    ]
     return chain(*steps).set(priority=level)
 
 
@@ -73,7 +75,7 @@ class Producer:
         return self.enqueue_many([request])[0]
 
     def enqueue_many(self, requests: Iterable[JobRequest | Mapping[str, Any]]) -> list[Job]:
-        """Validate every request first (nothing is written if one is bad), then write and publish in chunks."""
+        """Validate every request first (nothing is written if one is bad), then write and publish."""
         validated = [self._validated(index, item) for index, item in enumerate(requests)]
         jobs: list[Job] = []
         for start in range(0, len(validated), CHUNK):

@@ -68,7 +68,9 @@ def _cmd_resubmit(args: argparse.Namespace) -> int:
         print(f"error: job {args.job_id} not found", file=sys.stderr)
         return EXIT_FAILED
     if job.state is not JobState.FAILED:
-        print(f"error: job {job.id} is {job.state.value}; only failed jobs can be resubmitted", file=sys.stderr)
+        print(
+            f"error: job {job.id} is {job.state.value}; only failed jobs can be resubmitted", file=sys.stderr
+        )
         return EXIT_FAILED
     if not producer.jobs.transition(
         job.id, JobState.QUEUED, expect=JobState.FAILED,
@@ -98,7 +100,9 @@ def _cmd_demo(_: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagineq", description="Text prompts to stored Grok Imagine videos.")
+    parser = argparse.ArgumentParser(
+        prog="imagineq", description="Text prompts to stored Grok Imagine videos."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     submit = commands.add_parser("submit", help="enqueue one prompt")

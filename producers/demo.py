@@ -60,7 +60,14 @@ def main() -> int:
         redis_url = stack.redis(os.environ.get("IMAGINEQ_REDIS_URL"))
         s3_url = stack.s3()
         simulator = stack.simulator(
-            ["--gen-time", "4:9", "--video-bytes", str(2 * 1024 * 1024), "--moderation-words", MODERATION_WORD]
+            [
+                "--gen-time",
+                "4:9",
+                "--video-bytes",
+                str(2 * 1024 * 1024),
+                "--moderation-words",
+                MODERATION_WORD,
+            ]
         )
         env = localstack.deployment_env(
             redis_url=redis_url,

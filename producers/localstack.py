@@ -274,7 +274,9 @@ def deployment_env(
     return env
 
 
-def worker_argv(queue: str, *, concurrency: int = 2, name: str | None = None, pool: str = "prefork") -> list[str]:
+def worker_argv(
+    queue: str, *, concurrency: int = 2, name: str | None = None, pool: str = "prefork"
+) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "workers", "worker",
         "-Q", queue, "-c", str(concurrency), "-P", pool,
@@ -292,7 +294,9 @@ def start_worker(
     pool: str = "prefork",
 ) -> Service:
     name = name or f"{queue}-{free_port()}"
-    service = stack.spawn(f"worker-{name}", worker_argv(queue, concurrency=concurrency, name=name, pool=pool), env)
+    service = stack.spawn(
+        f"worker-{name}", worker_argv(queue, concurrency=concurrency, name=name, pool=pool), env
+    )
     _await_ready(service, lambda: "ready." in _read(service.log_path), 60)
     return service
 

@@ -41,9 +41,17 @@ def error_response(state: SimState, err: ApiError) -> web.Response:
     )
 
 
+async def _delay(state: SimState) -> None:
+    if state.options.delay_s > 0:
+        await asyncio.sleep(state.options.delay_s)
+
+
 def api(endpoint: str, handler: ApiHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Wrap ``handler`` with the gates every API call goes through, in upstream order:
-    delay → forced fault → maintenance (455) → auth (401) → the handler (422/402/429/...)."""
+    forced fault → maintenance (455) → auth (401) → the handler (422/402/429/...) → delay.
+
+    The ``delay_s`` fault slows the *answer*: the work is done first, so a client that times out
+    has still created its task — exactly the unknown-outcome case clients must handle."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
@@ -51,8 +59,6 @@ def api(endpoint: str, handler: ApiHandler) -> Callable[[web.Request], Awaitable
             state.stats.create_calls += 1
         account: Account | None = None
         try:
-            if state.options.delay_s > 0:
-                await asyncio.sleep(state.options.delay_s)
             forced = state.faults.take(endpoint)
             if forced is not None:
                 state.stats.forced_errors += 1
@@ -62,7 +68,9 @@ def api(endpoint: str, handler: ApiHandler) -> Callable[[web.Request], Awaitable
             data = await handler(request, state, account)
         except ApiError as err:
             state.stats.error(err.code, account.key_id if account else None)
+            await _delay(state)
             return error_response(state, err)
+        await _delay(state)
         return web.json_response({"code": 200, "msg": "success", "data": data}, dumps=_dumps)
 
     return wrapped
@@ -122,6 +130,8 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
     for chunk in iter_chunks(task.task_id, task.video_bytes, CHUNK_BYTES):
         await resp.write(chunk)
         state.stats.bytes_served += len(chunk)
+        if state.options.file_rate_bytes_per_s > 0:
+            await asyncio.sleep(len(chunk) / state.options.file_rate_bytes_per_s)
     await resp.write_eof()
     return resp
 

@@ -56,6 +56,8 @@ class SimOptions:
     # Fault switches, run-time only (see faults.py).
     delay_s: float = 0.0
     drop_callbacks: bool = False
+    #: Throttle result-file downloads to this many bytes per wall second (0 = unthrottled).
+    file_rate_bytes_per_s: float = 0.0
 
     def wall(self, simulated_s: float) -> float:
         """Convert a simulated duration to wall-clock seconds."""
@@ -151,6 +153,7 @@ _RUNTIME_FIELDS: dict[str, Any] = {
     "moderation_words": _words,
     "delay_s": _non_negative,
     "drop_callbacks": _bool,
+    "file_rate_bytes_per_s": _non_negative,
 }
 
 

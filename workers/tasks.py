@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -30,6 +30,7 @@ from workers.celery import app
 from workers.errors import (
     AccountError,
     FatalError,
+    NotFound,
     OutcomeUnknown,
     RateLimited,
     RetryableError,
@@ -44,12 +45,11 @@ from workers.upstream import TaskState
 
 log = logging.getLogger("imagineq.tasks")
 
+MAINTENANCE = 455
 #: Transient failures of one step before the job fails (quota waits and cooldowns never count).
 MAX_TRANSIENT_ATTEMPTS = 6
 #: A store claim lives this long unless its heartbeat renews it (a killed worker frees it quickly).
-STORE_CLAIM_TTL_S = 30.0
-#: How often a paused account's credits are re-checked (by one submitter at a time).
-CREDITS_CHECK_INTERVAL_S = 30.0
+STORE_CLAIM_TTL_S = 15.0
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
@@ -141,13 +141,6 @@ def submit(self: Task, job_id: str) -> str | None:
         log.error("submit: job %s createTask outcome unknown on account %s", job_id, account)
         _stop_chain(self)
         return None
-    except (RateLimited, Unavailable) as error:
-        applied = rt.quota.cooldown(account, error.retry_after_s)
-        rt.quota.release(account, job_id)
-        _count(rt, f"upstream_error:{error.code or error.status}")
-        log.warning("submit: job %s account %s cooling down %.1fs after %s", job_id, account, applied, error)
-        _back_to_queue(rt, job_id)
-        _requeue(self)
     except AccountError as error:
         rt.quota.pause(account, error.reason)
         rt.quota.release(account, job_id)
@@ -164,9 +157,18 @@ def submit(self: Task, job_id: str) -> str | None:
     except RetryableError as error:
         rt.quota.release(account, job_id)
         _count(rt, f"upstream_error:{error.code or error.status or 'transport'}")
+        if _calls_for_cooldown(error):
+            applied = rt.quota.cooldown(account, error.retry_after_s)
+            log.warning(
+                "submit: account %s cooling down %.1fs after %s (job %s)", account, applied, error, job_id
+            )
+            _back_to_queue(rt, job_id)
+            _requeue(self)  # an account-wide wait: never counts against the job
         attempts = rt.jobs.incr(job_id, "submit_attempts")
         if attempts >= MAX_TRANSIENT_ATTEMPTS:
-            _fail(rt, job_id, JobState.SUBMITTING, error.reason, f"gave up after {attempts} attempts: {error}")
+            _fail(
+                rt, job_id, JobState.SUBMITTING, error.reason, f"gave up after {attempts} attempts: {error}"
+            )
             _stop_chain(self)
             return None
         _back_to_queue(rt, job_id)
@@ -181,6 +183,13 @@ def submit(self: Task, job_id: str) -> str | None:
         log.warning("submit: job %s left submitting while createTask ran (task %s)", job_id, task_id)
     log.info("submit: job %s → task %s on account %s", job_id, task_id, account)
     return job_id
+
+
+def _calls_for_cooldown(error: RetryableError) -> bool:
+    """429 (rate limited) and 455 (maintenance) hold every submitter of the account back."""
+    return isinstance(error, RateLimited) or (
+        isinstance(error, Unavailable) and MAINTENANCE in (error.code, error.status)
+    )
 
 
 def _wait_for_slot(rt: Runtime, job_id: str) -> str | None:
@@ -204,7 +213,7 @@ def _maybe_resume_paused(rt: Runtime) -> None:
         if rt.quota.paused(account.name) is None:
             continue
         gate = f"{rt.keys.pause(account.name)}:check"
-        if not rt.redis.set(gate, "1", nx=True, px=int(CREDITS_CHECK_INTERVAL_S * 1000)):
+        if not rt.redis.set(gate, "1", nx=True, px=int(rt.settings.pause_check_interval_s * 1000)):
             continue
         try:
             credits = rt.upstream(account.name).credits()
@@ -349,10 +358,11 @@ def store(self: Task, job_id: str) -> str | None:
     with _store_claim(rt, job_id) as claimed:
         if not claimed:
             # Another store runs (or died < STORE_CLAIM_TTL_S ago): look again once its claim lapses.
-            _requeue(self, countdown=STORE_CLAIM_TTL_S)
+            remaining_ms = rt.redis.pttl(f"{rt.keys.job(job_id)}:store-claim")
+            _requeue(self, countdown=max(remaining_ms, 0) / 1000 + 0.5)
         assert job.result_url is not None
         account = job.account
-        refresh = rt.upstream(account).download_url if account else None
+        refresh = _refresher(rt, account) if account else None
         try:
             stored = rt.storage.store(
                 job_id=job_id,
@@ -377,7 +387,13 @@ def store(self: Task, job_id: str) -> str | None:
                 return None
             attempts = rt.jobs.incr(job_id, "store_attempts")
             if attempts >= MAX_TRANSIENT_ATTEMPTS:
-                _fail(rt, job_id, JobState.DOWNLOADING, error.reason, f"gave up after {attempts} attempts: {error}")
+                _fail(
+                    rt,
+                    job_id,
+                    JobState.DOWNLOADING,
+                    error.reason,
+                    f"gave up after {attempts} attempts: {error}",
+                )
                 return None
             log.warning("store: job %s attempt %d failed: %s", job_id, attempts, error)
             _requeue(self, countdown=backoff_s(attempts, base_s=2.0, cap_s=30.0))
@@ -389,6 +405,19 @@ def store(self: Task, job_id: str) -> str | None:
             rt.redis.hincrby(rt.keys.counters(), "bytes_stored", stored.size)
         log.info("store: job %s stored at %s (%d bytes)", job_id, stored.uri, stored.size)
         return job_id
+
+
+def _refresher(rt: Runtime, account: str) -> Callable[[str], str]:
+    """download-url for an expired result link; the upstream not knowing the file means it is gone."""
+    client = rt.upstream(account)
+
+    def refresh(url: str) -> str:
+        try:
+            return client.download_url(url)
+        except NotFound as error:
+            raise ResultGone(f"the upstream no longer has the file: {error}", url=url) from error
+
+    return refresh
 
 
 @contextlib.contextmanager

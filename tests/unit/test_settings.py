@@ -23,7 +23,11 @@ def test_api_key_shortcut_makes_a_default_account(monkeypatch):
     [account] = settings.accounts
     assert account.name == "default"
     assert account.base_url == "http://127.0.0.1:9"
-    assert (account.max_in_progress, account.max_creations_per_window, account.record_info_per_s) == (30, 300, 10)
+    assert (account.max_in_progress, account.max_creations_per_window, account.record_info_per_s) == (
+        30,
+        300,
+        10,
+    )
     assert "sk-very-secret" not in repr(settings)
     assert "sk-very-secret" not in str(settings.model_dump())
 
@@ -31,8 +35,12 @@ def test_api_key_shortcut_makes_a_default_account(monkeypatch):
 def test_accounts_from_json_with_margins(monkeypatch):
     monkeypatch.setenv(
         "IMAGINEQ_ACCOUNTS",
-        json.dumps([{"name": "a", "api_key": "k1", "in_progress_margin": 1, "creations_margin": 5},
-                    {"name": "b", "api_key": "k2"}]),
+        json.dumps(
+            [
+                {"name": "a", "api_key": "k1", "in_progress_margin": 1, "creations_margin": 5},
+                {"name": "b", "api_key": "k2"},
+            ]
+        ),
     )
     settings = load_settings()
     assert [a.name for a in settings.accounts] == ["a", "b"]
@@ -60,7 +68,10 @@ def test_every_bad_field_is_listed_in_one_message(monkeypatch):
     message = str(info.value)
     assert message.startswith("Invalid configuration:")
     assert "accounts.0.api_key [IMAGINEQ_ACCOUNTS]: Value error, must not be empty" in message
-    assert "accounts.0.max_in_progress [IMAGINEQ_ACCOUNTS]: Input should be greater than or equal to 1 (got -1)" in message
+    assert (
+        "accounts.0.max_in_progress [IMAGINEQ_ACCOUNTS]: Input should be greater than or equal to 1 (got -1)"
+        in message
+    )
     assert "s3.key_template" in message and "nope" in message
     assert "job_ttl_s [IMAGINEQ_JOB_TTL_S]: Input should be greater than or equal to 60 (got '5')" in message
 

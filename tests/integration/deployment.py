@@ -1,0 +1,130 @@
+"""A whole deployment on private local services: Redis, S3 server, simulator, real Celery workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+import requests
+
+from config.settings import Settings, load_settings
+from producers import localstack
+from producers.api import Producer
+from producers.localstack import LocalStack, Service
+from workers.jobs import Job
+
+#: Fast polls for tests: every 0.3 s for 10 minutes.
+FAST_POLL = json.dumps([[600, 0.3]])
+
+
+class Deployment:
+    def __init__(self, stack: LocalStack, env: dict[str, str], simulator: Service, s3_url: str) -> None:
+        self.stack = stack
+        self.env = env
+        self.simulator = simulator
+        self.s3_url = s3_url
+        self.workers: dict[str, list[Service]] = {}
+        self.settings: Settings = _settings_from(env)
+        self.producer = Producer(self.settings)
+        self.s3 = boto3.client(
+            "s3", endpoint_url=s3_url, region_name="us-east-1",
+            aws_access_key_id="local", aws_secret_access_key="local",
+        )  # fmt: skip
+
+    # -- processes ----------------------------------------------------------------------------------
+    def start_worker(
+        self, queue: str, *, concurrency: int = 2, env: Mapping[str, str] | None = None
+    ) -> Service:
+        service = localstack.start_worker(
+            self.stack, {**self.env, **(env or {})}, queue, concurrency=concurrency
+        )
+        self.workers.setdefault(queue, []).append(service)
+        return service
+
+    # -- simulator ----------------------------------------------------------------------------------
+    def sim(self, path: str, payload: Mapping[str, Any] | None = None) -> Any:
+        url = f"{self.simulator.url}/__sim__/{path}"
+        response = (
+            requests.post(url, json=payload, timeout=10)
+            if payload is not None
+            else requests.get(url, timeout=10)
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def sim_config(self, **changes: Any) -> Any:
+        return self.sim("config", changes)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.sim("stats"))
+
+    def expected_sha256(self, task_id: str) -> str:
+        return str(self.sim(f"files/{task_id}/sha256")["sha256"])
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def wait_all(self, jobs: Sequence[Job], timeout: float = 90) -> list[Job]:
+        return [self.producer.wait(job.id, timeout=timeout) for job in jobs]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        localstack.wait_until(predicate, timeout, what, interval_s=0.1)
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def _settings_from(env: Mapping[str, str]) -> Settings:
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        return load_settings()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def deployment(
+    log_dir: Path,
+    *,
+    simulator_args: Sequence[str] = ("--gen-time", "0.3:0.8", "--video-bytes", "262144"),
+    env: Mapping[str, str] | None = None,
+    workers: Mapping[str, int] | None = None,
+    bucket: str = "imagineq-test",
+) -> Any:
+    with localstack.terminate_on_signals(), LocalStack(log_dir) as stack:
+        redis_url = stack.redis()
+        s3_url = stack.s3()
+        simulator = stack.simulator(list(simulator_args))
+        full_env = localstack.deployment_env(
+            redis_url=redis_url, s3_url=s3_url, simulator_url=simulator.url, bucket=bucket,
+            extra={"IMAGINEQ_POLL__SCHEDULE": FAST_POLL, "IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "0.5",
+                   **(env or {})},
+        )  # fmt: skip
+        deployed = Deployment(stack, full_env, simulator, s3_url)
+        from workers.storage import Storage
+
+        Storage(deployed.settings.s3, deployed.settings.http).ensure_bucket()
+        for queue, concurrency in (workers or {"submit": 2, "poll": 2, "store": 2}).items():
+            deployed.start_worker(queue, concurrency=concurrency)
+        try:
+            yield deployed
+        finally:
+            deployed.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,167 @@
+"""The whole pipeline with real worker processes: enqueue → submit → poll → store in S3."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.deployment import Deployment, deployment, wait_until
+from workers.jobs import JobState
+
+pytestmark = pytest.mark.integration
+
+DEFAULTS = {
+    "force_status": [], "delay_s": 0, "url_ttl_s": 86400, "credits": -1, "maintenance": False,
+    "fail_rate": 0.0, "file_rate_bytes_per_s": 0, "video_bytes": 262144,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def module_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployment(
+        tmp_path_factory.mktemp("pipeline"),
+        env={"IMAGINEQ_HTTP__READ_TIMEOUT_S": "2"},
+    ) as deployed:
+        yield deployed
+
+
+@pytest.fixture
+def dep(module_deployment: Deployment) -> Iterator[Deployment]:
+    yield module_deployment
+    module_deployment.sim_config(**DEFAULTS)
+
+
+def test_jobs_are_stored_with_the_bytes_the_upstream_served(dep: Deployment):
+    prompts = [f"A paper boat number {i} drifts down a stream" for i in range(8)]
+    jobs = dep.producer.enqueue_many([{"prompt": p, "aspect_ratio": "3:2"} for p in prompts])
+
+    done = dep.wait_all(jobs)
+
+    for job in done:
+        assert job.state is JobState.STORED, (job.state, job.reason, job.error)
+        assert job.sha256 == dep.expected_sha256(job.task_id)
+        assert job.size == 262144
+        bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
+        head = dep.s3.head_object(Bucket=bucket, Key=key)
+        assert head["ContentType"] == "video/mp4"
+        assert head["ContentLength"] == 262144
+        assert head["Metadata"]["job-id"] == job.id
+        body = dep.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == job.sha256
+        sidecar = json.loads(
+            dep.s3.get_object(Bucket=bucket, Key=key.removesuffix(".mp4") + ".json")["Body"].read()
+        )
+        assert sidecar["id"] == job.id and sidecar["sha256"] == job.sha256
+        assert set(job.timestamps) >= {"submitting", "generating", "downloading", "stored"}
+
+
+def test_moderated_prompt_fails_with_the_upstream_reason(dep: Deployment):
+    job = dep.producer.enqueue("forbidden scene the moderation refuses")
+    job = dep.producer.wait(job.id, timeout=60)
+    assert job.state is JobState.FAILED
+    assert job.reason == "generation_failed"
+    assert job.fail_code and "forbidden" in (job.fail_msg or "")
+
+
+def test_a_422_from_the_upstream_rejects_the_job_at_once(dep: Deployment):
+    dep.sim_config(
+        force_status={"code": 422, "count": 1, "endpoint": "createTask", "msg": "input.prompt: bad"}
+    )
+    job = dep.producer.wait(dep.producer.enqueue("A rejected prompt").id, timeout=60)
+    assert job.state is JobState.FAILED
+    assert job.reason == "rejected"
+    assert "input.prompt" in (job.error or "")
+
+
+def test_two_server_errors_then_success_is_stored(dep: Deployment):
+    dep.sim_config(force_status={"code": 500, "count": 2, "endpoint": "createTask"})
+    job = dep.producer.wait(dep.producer.enqueue("Twice unlucky, then fine").id, timeout=90)
+    assert job.state is JobState.STORED, (job.reason, job.error)
+    assert job.submit_attempts == 2
+
+
+def test_a_create_task_read_timeout_is_an_unknown_outcome_never_resubmitted_blindly(dep: Deployment):
+    created_before = dep.stats()["created"]
+    dep.sim_config(delay_s=3.5)  # read timeout is 2 s in this deployment
+    job = dep.producer.wait(dep.producer.enqueue("Slow upstream").id, timeout=60)
+    dep.sim_config(delay_s=0)
+    assert job.state is JobState.FAILED
+    assert job.reason == "outcome_unknown"
+    assert "imagineq resubmit" in (job.error or "")
+    # The upstream did create the task; nothing created it a second time.
+    wait_until(lambda: dep.stats()["created"] == created_before + 1, 10, "the delayed creation")
+    time.sleep(1.0)  # no second creation may follow: give a wrong resubmit the chance to show
+    assert dep.stats()["created"] == created_before + 1
+
+
+def test_no_credits_pauses_the_account_until_credits_return(dep: Deployment):
+    dep.sim_config(credits=0)
+    job = dep.producer.enqueue("Waits for credits")
+    wait_until(lambda: dep.producer.jobs.get_many([job.id])[0].state is JobState.QUEUED
+               and dep.stats()["errors_by_code"].get("402", 0) >= 1, 30, "a 402")  # fmt: skip
+    assert dep.producer.get(job.id).state in (JobState.QUEUED, JobState.SUBMITTING)
+    dep.sim_config(credits=100)
+    job = dep.producer.wait(job.id, timeout=60)
+    assert job.state is JobState.STORED, (job.reason, job.error)
+    assert job.submit_attempts == 0  # a pause never consumes the job's retries
+
+
+def test_an_expired_result_url_is_refreshed_and_stored(dep: Deployment):
+    dep.sim_config(url_ttl_s=0.001)
+    downloads_before = dep.stats()["download_urls_issued"]
+    job = dep.producer.wait(dep.producer.enqueue("Expired link").id, timeout=60)
+    assert job.state is JobState.STORED, (job.reason, job.error)
+    assert dep.stats()["download_urls_issued"] == downloads_before + 1
+
+
+def test_a_result_that_is_really_gone_ends_expired(dep: Deployment):
+    dep.sim_config(url_ttl_s=0.001, force_status={"code": 404, "count": -1, "endpoint": "download-url"})
+    job = dep.producer.wait(dep.producer.enqueue("Gone for good").id, timeout=60)
+    assert job.state is JobState.EXPIRED, (job.reason, job.error)
+
+
+def test_the_same_idempotency_key_creates_one_upstream_task(dep: Deployment):
+    created_before = dep.stats()["created"]
+    first = dep.producer.enqueue("Once only", idempotency_key="order-42")
+    second = dep.producer.enqueue("Once only", idempotency_key="order-42")
+    assert first.id == second.id
+    job = dep.producer.wait(first.id, timeout=60)
+    assert job.state is JobState.STORED
+    assert dep.producer.enqueue("Once only", idempotency_key="order-42").id == first.id
+    assert dep.stats()["created"] == created_before + 1
+
+
+def test_a_store_worker_killed_mid_download_still_stores_once(dep: Deployment):
+    # A slow 4 MB download gives time to SIGKILL the pool process that runs it.
+    dep.sim_config(video_bytes=4 * 1024 * 1024, file_rate_bytes_per_s=2 * 1024 * 1024)
+    job = dep.producer.enqueue("Survives a crash")
+    claim = f"{dep.producer.keys.job(job.id)}:store-claim"
+    wait_until(lambda: dep.producer.redis.exists(claim) == 1, 60, "the store to start")
+    # SIGKILL the pool processes of the store worker (one of them is mid-download).
+    for pid in _pool_children(dep.workers["store"][0].process.pid):
+        _kill(pid)
+    dep.sim_config(file_rate_bytes_per_s=0)
+    job = dep.producer.wait(job.id, timeout=120)
+    assert job.state is JobState.STORED, (job.reason, job.error)
+    assert job.timestamps["stored"] >= job.timestamps["downloading"]
+    bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
+    versions = dep.s3.list_objects_v2(Bucket=bucket, Prefix=key)
+    assert [o["Key"] for o in versions["Contents"]] == [key]
+    assert dep.s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == 4 * 1024 * 1024
+
+
+def _pool_children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
