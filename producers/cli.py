@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,9 @@ from typing import Any
 from config.settings import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Modules with a ``register(subparsers)`` function adding their commands (each handler returns an exit code).
+EXTENSIONS: tuple[str, ...] = ()
 
 
 def _job_table(job: Any) -> str:
@@ -128,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)  # fmt: skip
     demo = commands.add_parser("demo", help="run the end-to-end demo on private local services")
     demo.set_defaults(handler=_cmd_demo)
+
+    # Command groups that live in their own modules register themselves here.
+    for module_name in EXTENSIONS:
+        module = importlib.import_module(module_name)
+        module.register(commands)
     return parser
 
 
