@@ -36,6 +36,8 @@ QUEUES = (SUBMIT_QUEUE, POLL_QUEUE, STORE_QUEUE)
 #: Redis-transport priorities: lower is served first.
 PRIORITY_INTERACTIVE = 0
 PRIORITY_BATCH = 9
+PRIORITY_STEPS = (PRIORITY_INTERACTIVE, 3, 6, PRIORITY_BATCH)
+QUEUE_SEP = ":"
 
 TASK_SUBMIT = "imagineq.submit"
 TASK_POLL = "imagineq.poll"
@@ -71,6 +73,11 @@ def rate_limits(settings: Settings) -> dict[str, str]:
     }
 
 
+def broker_prefix(settings: Settings) -> str:
+    """Prefix of every broker key (queues, unacked messages), inside the deployment prefix."""
+    return f"{settings.redis_prefix}:celery:"
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     longest_task_s = max(SUBMIT_TIME_LIMIT_S, POLL_TIME_LIMIT_S, STORE_TIME_LIMIT_S)
     if settings.visibility_timeout_s <= longest_task_s + 30:
@@ -87,11 +94,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": 10,
             "socket_keepalive": True,
             "health_check_interval": 25,
-            "retry_on_timeout": True,
             "queue_order_strategy": "priority",
-            "priority_steps": [PRIORITY_INTERACTIVE, 3, 6, PRIORITY_BATCH],
-            "sep": ":",
-            "global_keyprefix": f"{settings.redis_prefix}:celery:",
+            "priority_steps": list(PRIORITY_STEPS),
+            "sep": QUEUE_SEP,
+            "global_keyprefix": broker_prefix(settings),
         },
         "broker_pool_limit": 10,
         "task_serializer": "json",
@@ -117,7 +123,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_annotations": {name: {"rate_limit": limit} for name, limit in rate_limits(settings).items()},
         "task_time_limit": STORE_TIME_LIMIT_S,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,  # one more publish per message; Flower shows received/started
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_enable_remote_control": True,

@@ -1,7 +1,9 @@
 """The Python producer API: ``enqueue``, ``enqueue_many``, ``get``, ``wait``.
 
-Validation happens before anything is written; a job record is written first and its
-``chain(submit, poll, store)`` published second, both carrying the job id only.
+Validation happens before anything is written; job records are written first (one Redis round trip per
+chunk) and their ``submit`` messages published second (one pipelined round trip per chunk, kombu's
+``Producer.batch``), both carrying the job id only. ``submit`` links ``chain(poll, store)`` once the
+upstream task exists (see ``workers.tasks``).
 """
 
 from __future__ import annotations
@@ -11,26 +13,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
-from celery import Celery, chain
-from celery.canvas import Signature
+from celery import Celery
 
-from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE, TASK_POLL, TASK_STORE, TASK_SUBMIT
+from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE, broker_prefix
 from config.settings import Settings, get_settings
-from workers.jobs import Job, JobRequest, JobState, Priority
+from workers.jobs import Job, JobRequest, Priority
 from workers.jobstore import JobStore
 from workers.keys import Keys
+from workers.messages import BrokerMessage, submit_message
 
 #: Jobs written and published per Redis round trip by ``enqueue_many``.
 CHUNK = 500
 
 
-def pipeline_signature(app: Celery, job_id: str, priority: Priority) -> Signature:
-    """``chain(submit, poll, store)`` for one job: ids only, immutable, at the job's priority."""
-    level = PRIORITY_BATCH if priority is Priority.BATCH else PRIORITY_INTERACTIVE
-    steps = [
-        app.signature(name, args=(job_id,), immutable=True) for name in (TASK_SUBMIT, TASK_POLL, TASK_STORE)
-    ]
-    return chain(*steps).set(priority=level)
+def priority_level(priority: Priority) -> int:
+    return PRIORITY_BATCH if priority is Priority.BATCH else PRIORITY_INTERACTIVE
 
 
 class Producer:
@@ -52,6 +49,7 @@ class Producer:
 
             app = create_app(self.settings)
         self.app = app
+        self._broker_prefix = broker_prefix(self.settings)
 
     def enqueue(
         self,
@@ -75,15 +73,25 @@ class Producer:
         return self.enqueue_many([request])[0]
 
     def enqueue_many(self, requests: Iterable[JobRequest | Mapping[str, Any]]) -> list[Job]:
-        """Validate every request first (nothing is written if one is bad), then write and publish."""
+        """Validate every request first (nothing is written if one is bad), then write in chunks.
+
+        Each new job's record and its ``submit`` message are written by one Lua script, ``CHUNK`` jobs
+        per Redis round trip; a repeated idempotency key returns the existing job and sends nothing.
+        """
+        return [job for job, _ in self.enqueue_many_created(requests)]
+
+    def enqueue_many_created(
+        self, requests: Iterable[JobRequest | Mapping[str, Any]]
+    ) -> list[tuple[Job, bool]]:
+        """[issue 5: HTTP ingress] :meth:`enqueue_many` with ``created`` per job (False: the idempotency
+        key named an existing job, nothing was sent)."""
         validated = [self._validated(index, item) for index, item in enumerate(requests)]
-        jobs: list[Job] = []
-        for start in range(0, len(validated), CHUNK):
-            chunk = validated[start : start + CHUNK]
-            results = self.jobs.create_many(chunk, chunk=CHUNK)
-            self._publish([job for job, created in results if created])
-            jobs.extend(job for job, _ in results)
-        return jobs
+        return self.jobs.create_many(validated, chunk=CHUNK, message=self._message)
+
+    def _message(self, job: Job) -> BrokerMessage:
+        return submit_message(
+            job.id, priority=priority_level(job.priority), broker_prefix=self._broker_prefix
+        )
 
     def publish(self, job: Job) -> None:
         """(Re-)publish a job's chain, e.g. for an operator resubmit or the reconciler."""
@@ -121,18 +129,11 @@ class Producer:
         return request
 
     def _publish(self, jobs: Sequence[Job]) -> None:
-        if not jobs:
-            return
-        with self.app.producer_or_acquire() as producer:
+        with self.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
-                try:
-                    pipeline_signature(self.app, job.id, job.priority).apply_async(producer=producer)
-                except Exception as error:
-                    self.jobs.transition(
-                        job.id, JobState.CANCELED, expect=JobState.QUEUED,
-                        fields={"reason": "enqueue_failed", "error": f"could not publish: {error}"},
-                    )  # fmt: skip
-                    raise
+                message = self._message(job)
+                pipe.lpush(message.queue_key, message.payload)
+            pipe.execute()
 
 
 _default: Producer | None = None

@@ -15,7 +15,7 @@ The client may decode responses or not; both are handled.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
 import redis
@@ -32,6 +32,10 @@ from workers.jobs import (
 )
 from workers.keys import Keys
 from workers.lua_scripts import ScriptCall, evalsha_pipeline, load_script
+from workers.messages import BrokerMessage
+
+#: Builds the broker message pushed together with a new job record.
+MessageFactory = Callable[[Job], BrokerMessage]
 
 FieldValue = str | int | float | None
 
@@ -102,23 +106,30 @@ class JobStore:
         self._incr = load_script(client, "job_incr")
 
     # -- create -------------------------------------------------------------------------------------
-    def create(self, request: JobRequest) -> tuple[Job, bool]:
+    def create(self, request: JobRequest, *, message: MessageFactory | None = None) -> tuple[Job, bool]:
         """Write a queued job; ``created`` is False when the idempotency key already named a job."""
-        return self.create_many([request])[0]
+        return self.create_many([request], message=message)[0]
 
-    def create_many(self, requests: Sequence[JobRequest], chunk: int = 500) -> list[tuple[Job, bool]]:
+    def create_many(
+        self, requests: Sequence[JobRequest], chunk: int = 500, *, message: MessageFactory | None = None
+    ) -> list[tuple[Job, bool]]:
         """Like :meth:`create` for many requests: one round trip per ``chunk`` (plus one to read the
-        existing jobs when a chunk repeats idempotency keys). All requests are validated first."""
+        existing jobs when a chunk repeats idempotency keys). All requests are validated first.
+
+        ``message(job)`` gives the broker message to push with each *new* record, in the same script:
+        a job and its message are written together or not at all."""
         for request in requests:
             request.validate()
         out: list[tuple[Job, bool]] = []
         for start in range(0, len(requests), chunk):
-            out += self._create_chunk(requests[start : start + chunk])
+            out += self._create_chunk(requests[start : start + chunk], message)
         return out
 
-    def _create_chunk(self, requests: Sequence[JobRequest]) -> list[tuple[Job, bool]]:
+    def _create_chunk(
+        self, requests: Sequence[JobRequest], message: MessageFactory | None
+    ) -> list[tuple[Job, bool]]:
         jobs = [Job.new(request, job_id=new_job_id()) for request in requests]
-        results = evalsha_pipeline(self._client, [self._create_call(job) for job in jobs])
+        results = evalsha_pipeline(self._client, [self._create_call(job, message=message) for job in jobs])
         out: list[tuple[Job, bool] | None] = [None] * len(jobs)
         existing: dict[int, str] = {}
         for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
@@ -135,13 +146,13 @@ class JobStore:
             for (i, job_id), job_found in zip(existing.items(), found, strict=True):
                 if job_found is None:
                     # The key outlived its record (deleted by hand): take it over.
-                    out[i] = self._create_one(jobs[i], stale_id=job_id)
+                    out[i] = self._create_one(jobs[i], stale_id=job_id, message=message)
                 else:
                     out[i] = (job_found, False)
         return [item for item in out if item is not None]
 
-    def _create_one(self, job: Job, *, stale_id: str) -> tuple[Job, bool]:
-        script, keys, args = self._create_call(job, stale_id=stale_id)
+    def _create_one(self, job: Job, *, stale_id: str, message: MessageFactory | None) -> tuple[Job, bool]:
+        script, keys, args = self._create_call(job, stale_id=stale_id, message=message)
         result = script(keys, args)
         if int(result[0]) == 1:
             job.created_at = job.updated_at = float(_text(result[2]))
@@ -152,13 +163,20 @@ class JobStore:
             raise RuntimeError(f"idempotency key {job.idempotency_key!r} names a job that keeps vanishing")
         return found, False
 
-    def _create_call(self, job: Job, *, stale_id: str = "") -> ScriptCall:
-        keys = [self._keys.job(job.id), self._keys.state_index(JobState.QUEUED.value)]
+    def _create_call(
+        self, job: Job, *, stale_id: str = "", message: MessageFactory | None = None
+    ) -> ScriptCall:
+        built = message(job) if message is not None else None
+        keys = [
+            self._keys.job(job.id),
+            self._keys.state_index(JobState.QUEUED.value),
+            built.queue_key if built is not None else self._keys.job(job.id),
+        ]
         if job.idempotency_key is not None:
             keys.append(self._keys.idempotency(job.idempotency_key))
         fields = {name: value for name, value in job.to_hash().items() if name not in MANAGED_FIELDS}
         fields.pop(TIMESTAMP_PREFIX + JobState.QUEUED.value, None)
-        args: list[str] = [job.id, stale_id]
+        args: list[str] = [job.id, stale_id, built.payload if built is not None else ""]
         for name, value in fields.items():
             args += [name, value]
         return self._create, keys, args

@@ -1,5 +1,9 @@
 """The three steps of a job — ``chain(submit, poll, store)`` — and their idempotency rules.
 
+A queued job's message is ``submit`` alone: the backlog can be millions of jobs deep, and a chain
+serialised into every waiting message would double its size in Redis. When submit has created the
+upstream task it links the rest, ``chain(poll, store)``, so from there on a job is one chain.
+
 Messages carry the job id only. Every step re-reads the job record (the truth), acts only when the job
 is in the state the step expects, and moves it on with a compare-and-set, so a redelivered message, a
 callback and a poll can race safely: whoever loses the CAS does nothing.
@@ -21,12 +25,13 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from celery import Task
+from celery import Task, chain
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from config.celery import TASK_POLL, TASK_STORE, TASK_SUBMIT
 from config.settings import get_settings
 from workers.celery import app
+from workers.completion import apply_early
 from workers.errors import (
     AccountError,
     FatalError,
@@ -105,7 +110,8 @@ def submit(self: Task, job_id: str) -> str | None:
             _stop_chain(self)
             return None
     if job.state in (JobState.GENERATING, JobState.DOWNLOADING):
-        return job_id  # redelivered after createTask succeeded: carry on with the chain
+        _continue(job)  # redelivered after createTask succeeded: carry on
+        return job_id
     if job.state is not JobState.QUEUED:
         log.info("submit: job %s is %s, nothing to do", job_id, job.state.value)
         _stop_chain(self)
@@ -181,8 +187,19 @@ def submit(self: Task, job_id: str) -> str | None:
     ):  # fmt: skip
         # Canceled or failed meanwhile: the upstream task exists, so its lease stays until it ends.
         log.warning("submit: job %s left submitting while createTask ran (task %s)", job_id, task_id)
+    elif rt.settings.callbacks.enabled:
+        # [issue 5] A callback that beat this move was stashed by the web: apply it now (the chain's poll
+        # then sees the new state and passes the job on to store, or stops).
+        apply_early(rt.redis, rt.keys, rt.jobs, rt.quota, job_id)
     log.info("submit: job %s → task %s on account %s", job_id, task_id, account)
+    _continue(job)
     return job_id
+
+
+def _continue(job: Job) -> None:
+    """Publish the rest of the job's chain: ``chain(poll, store)``, or ``store`` once generated."""
+    steps = [TASK_STORE] if job.state is JobState.DOWNLOADING else [TASK_POLL, TASK_STORE]
+    chain(*(app.signature(name, args=(job.id,), immutable=True) for name in steps)).apply_async()
 
 
 def _calls_for_cooldown(error: RetryableError) -> bool:
@@ -283,7 +300,14 @@ def poll(self: Task, job_id: str) -> str | None:
         _stop_chain(self)
         return None
 
+    if rt.settings.callbacks.enabled and age_s < rt.settings.poll.safety_first_s:
+        # [issue 5] Callbacks on: polling is a safety net, so the first recordInfo waits until
+        # safety_first_s (the chain runs this poll right after submit).
+        _requeue(self, countdown=safety_poll_delay_s(
+            age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s
+        ))  # fmt: skip
     _take_record_info_token(rt, job.account)
+    _count(rt, "record_info_calls")  # [issue 5] for /metrics
     try:
         record = rt.upstream(job.account).record_info(job.task_id)
     except FatalError as error:
@@ -358,7 +382,7 @@ def store(self: Task, job_id: str) -> str | None:
     with _store_claim(rt, job_id) as claimed:
         if not claimed:
             # Another store runs (or died < STORE_CLAIM_TTL_S ago): look again once its claim lapses.
-            remaining_ms = rt.redis.pttl(f"{rt.keys.job(job_id)}:store-claim")
+            remaining_ms = int(rt.redis.pttl(f"{rt.keys.job(job_id)}:store-claim"))  # type: ignore[arg-type]
             _requeue(self, countdown=max(remaining_ms, 0) / 1000 + 0.5)
         assert job.result_url is not None
         account = job.account

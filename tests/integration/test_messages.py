@@ -1,0 +1,43 @@
+"""The submit message we build equals what Celery's own send_task puts on the Redis list."""
+
+import base64
+import json
+
+import pytest
+
+from config.celery import broker_prefix
+from config.settings import load_settings
+from workers.celery import create_app
+from workers.messages import queue_key, submit_message
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("priority", [0, 9])
+def test_submit_message_matches_what_celery_sends(redis_url, redis_client, priority):
+    settings = load_settings(redis_url=redis_url, api_key="k")
+    app = create_app(settings)
+    app.send_task("imagineq.submit", args=("job-1",), priority=priority)
+    prefix = broker_prefix(settings)
+    ours = submit_message("job-1", priority=priority, broker_prefix=prefix)
+
+    # Celery put its message on the very list we push ours to.
+    theirs = json.loads(redis_client.lpop(ours.queue_key))
+    mine = json.loads(ours.payload)
+
+    assert set(mine) == set(theirs)
+    assert set(mine["headers"]) == set(theirs["headers"])
+    assert set(mine["properties"]) == set(theirs["properties"]) - {"reply_to"}
+    assert json.loads(base64.b64decode(mine["body"])) == json.loads(base64.b64decode(theirs["body"]))
+    for field in ("lang", "task", "retries", "timelimit", "argsrepr", "kwargsrepr", "eta", "expires", "group"):
+        assert mine["headers"][field] == theirs["headers"][field], field
+    for field in ("delivery_mode", "delivery_info", "priority", "body_encoding"):
+        assert mine["properties"][field] == theirs["properties"][field], field
+    assert mine["headers"]["id"] == mine["headers"]["root_id"] == mine["properties"]["correlation_id"]
+
+
+def test_queue_keys_follow_kombus_priority_lists():
+    prefix = broker_prefix(load_settings(redis_prefix="iq"))
+    assert queue_key(prefix, "submit", 0) == "iq:celery:submit"
+    assert queue_key(prefix, "submit", 9) == "iq:celery:submit:9"
+    assert queue_key(prefix, "submit", 4) == "iq:celery:submit:3"

@@ -1,0 +1,84 @@
+"""Celery ``submit`` messages built directly, so a job record and its message are written together.
+
+``enqueue_many`` must take thousands of jobs a second, and a job must never exist without its message
+(or a message without its job). So the producer builds the broker message itself — the exact Celery
+protocol-2 / kombu Redis-transport envelope that ``send_task`` would LPUSH — and ``job_create.lua``
+pushes it in the same script that writes the record, only when the record is new.
+
+The envelope is checked against Celery's own (``tests/unit/test_messages.py``) and consumed by real
+workers in every integration test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from bisect import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from config.celery import PRIORITY_STEPS, QUEUE_SEP, SUBMIT_QUEUE, TASK_SUBMIT
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@dataclass(frozen=True)
+class BrokerMessage:
+    queue_key: str
+    payload: str
+
+
+def queue_key(broker_prefix: str, queue: str, priority: int, steps: Sequence[int] = PRIORITY_STEPS) -> str:
+    """The Redis list kombu uses for ``queue`` at ``priority`` (priority-step lists: ``queue:<step>``)."""
+    step = steps[bisect(steps, priority) - 1]
+    return f"{broker_prefix}{queue}{QUEUE_SEP}{step}" if step else f"{broker_prefix}{queue}"
+
+
+def submit_message(job_id: str, *, priority: int, broker_prefix: str) -> BrokerMessage:
+    """The message ``app.send_task("imagineq.submit", args=(job_id,), priority=priority)`` would send."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps([[job_id], {}, _EMBED])
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": TASK_SUBMIT,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": repr((job_id,)),
+        "kwargsrepr": "{}",
+        "origin": _ORIGIN,
+        "ignore_result": False,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    properties = {
+        "correlation_id": task_id,
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": SUBMIT_QUEUE},
+        "priority": priority,
+        "body_encoding": "base64",
+        "delivery_tag": str(uuid.uuid4()),
+    }
+    envelope = {
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": properties,
+    }
+    return BrokerMessage(queue_key(broker_prefix, SUBMIT_QUEUE, priority), json.dumps(envelope))
+
+
+_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
