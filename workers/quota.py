@@ -1,0 +1,234 @@
+"""Per-account upstream quotas, enforced in Redis for every worker at once (DESIGN §4).
+
+Each account has, under :class:`~workers.keys.Keys`:
+
+- a sliding creation log (sorted set, one entry per createTask, score = ms), capped by
+  ``creations_limit`` over ``creation_window_s`` — one ``ZREMRANGEBYSCORE`` + ``ZCARD``, however long the
+  window (no per-second keys);
+- a lease set (member = job id, score = expiry ms), capped by ``in_progress_limit``; a slot is taken
+  *before* createTask together with its creation entry, renewed by polls and released at a terminal
+  state, so a dead worker leaks a slot for at most one lease TTL;
+- a cooldown (upstream 429/455), a pause (402/433/...) and a recordInfo token bucket.
+
+Every decision is one Lua script (``workers/lua/quota_*.lua``) timed by the Redis server clock.
+
+Test seam: ``QuotaLimiter(..., clock=...)`` passes ``clock()`` (ms) to the scripts instead of letting
+them read ``TIME``, so property tests can drive time. Production never passes a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from config.settings import AccountSettings, ConfigError
+from workers.keys import Keys
+from workers.lua_scripts import load_script
+
+#: Longest wait hint for a full in-progress set: leases expire late, but releases come at any time.
+IN_PROGRESS_HINT_CAP_S = 1.0
+#: Wait hint for a paused account (a pause has no end time; waiters re-check).
+PAUSED_RECHECK_S = 5.0
+#: Exponential cooldown when the upstream gives no Retry-After: 1, 2, 4, ... up to 60 s.
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
+#: A streak of cooldowns is forgotten after this long even without a success.
+BACKOFF_MEMORY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """The outcome of :meth:`QuotaLimiter.acquire_slot`.
+
+    With ``account`` set, the job holds a slot (creation entry + lease) on it. Otherwise ``wait_s`` (> 0)
+    is how long until the account that frees soonest may have room, and ``reason`` says what blocks it:
+    ``in_progress``, ``creations``, ``cooldown`` or ``paused``.
+    """
+
+    account: str | None
+    wait_s: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AccountQuota:
+    """One account's quota state at an instant (status and metrics)."""
+
+    account: str
+    creations_in_window: int
+    creations_limit: int
+    in_progress: int
+    in_progress_limit: int
+    cooldown_s: float
+    paused: str | None
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class QuotaLimiter:
+    """Quota slots, cooldowns, pauses and recordInfo tokens for a pool of accounts."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        accounts: Sequence[AccountSettings],
+        *,
+        lease_ttl_s: float = 120.0,
+        unknown_grace_s: float = 900.0,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self._redis = client
+        self._keys = keys
+        self._accounts = {account.name: account for account in accounts}
+        self.lease_ttl_s = lease_ttl_s
+        self.unknown_grace_s = unknown_grace_s
+        self._clock = clock
+        self._acquire = load_script(client, "quota_acquire")
+        self._renew = load_script(client, "quota_renew")
+        self._cooldown = load_script(client, "quota_cooldown")
+        self._tokens = load_script(client, "quota_tokens")
+        self._snapshot = load_script(client, "quota_snapshot")
+        self._reclaim = load_script(client, "quota_reclaim")
+
+    # -- slots ----------------------------------------------------------------------------------------
+    def acquire_slot(self, job_id: str, *, accounts: Sequence[str] | None = None) -> Acquired:
+        """Take a slot for ``job_id`` on the candidate with the most headroom (ties: the earlier one).
+
+        ``accounts`` narrows and orders the candidates (default: every account, in settings order). A job
+        that already holds a lease on a candidate gets that account back without a second creation entry;
+        if that account is cooling down or paused, the lease is dropped and the job competes like any other
+        (its creation entry stays spent: double counting is safe, undercounting is not).
+        """
+        names = list(dict.fromkeys(accounts if accounts is not None else self._accounts))
+        if not names:
+            raise ConfigError("no account to acquire a quota slot on")
+        keys: list[str] = []
+        args: list[str | int] = [
+            self._now(),
+            job_id,
+            _ms(self.lease_ttl_s),
+            _ms(IN_PROGRESS_HINT_CAP_S),
+            _ms(PAUSED_RECHECK_S),
+        ]
+        for name in names:
+            account = self._account(name)
+            keys += self._quota_keys(name)
+            args += [account.in_progress_limit, account.creations_limit, _ms(account.creation_window_s)]
+        reply = self._acquire(keys=keys, args=args)
+        if int(reply[0]) == 1:
+            return Acquired(names[int(reply[1])])
+        return Acquired(None, wait_s=int(reply[1]) / 1000, reason=_text(reply[2]))
+
+    def renew_lease(self, account: str, job_id: str, ttl_s: float | None = None) -> bool:
+        """Extend the job's lease to at least now + ``ttl_s``; False if it holds none (reclaimed/released)."""
+        self._account(account)
+        ttl = self.lease_ttl_s if ttl_s is None else ttl_s
+        return bool(self._renew(keys=[self._keys.leases(account)], args=[self._now(), job_id, _ms(ttl)]))
+
+    def release(self, account: str, job_id: str) -> None:
+        """Give the slot back (terminal state). Idempotent. The creation entry stays: it was spent."""
+        self._account(account)
+        self._redis.zrem(self._keys.leases(account), job_id)
+
+    def hold(self, account: str, job_id: str, grace_s: float | None = None) -> bool:
+        """createTask outcome unknown: the task may exist, so keep the slot for ``grace_s`` (default
+        ``unknown_grace_s``). The creation entry is never removed early anyway. False if no lease was left
+        to hold (it expired and was reclaimed); a lease is never re-added past the limit.
+        """
+        return self.renew_lease(account, job_id, self.unknown_grace_s if grace_s is None else grace_s)
+
+    def reclaim_expired(self) -> dict[str, list[str]]:
+        """Drop expired leases; return the job ids reclaimed, per account (accounts with none left out).
+
+        ``acquire_slot`` drops expired leases on its candidates too (without reporting them), so this
+        reports the ones nobody tripped over first.
+        """
+        names = list(self._accounts)
+        reply = self._reclaim(keys=[self._keys.leases(name) for name in names], args=[self._now()])
+        return {name: [_text(job) for job in jobs] for name, jobs in zip(names, reply, strict=True) if jobs}
+
+    # -- cooldowns and pauses -------------------------------------------------------------------------
+    def cooldown(self, account: str, retry_after_s: float | None) -> float:
+        """Keep every submitter off ``account`` for ``retry_after_s`` (upstream 429/455), or, without it,
+        for 1, 2, 4, ... ≤ 60 s by consecutive cooldowns. Never shortens a running cooldown; a streak only
+        grows once the running cooldown is over. Returns the seconds now in force.
+        """
+        self._account(account)
+        retry_after = "" if retry_after_s is None else _ms(retry_after_s)
+        applied = self._cooldown(
+            keys=[self._keys.cooldown(account), self._keys.backoff(account)],
+            args=[self._now(), retry_after, _ms(BACKOFF_FIRST_S), _ms(BACKOFF_MAX_S), _ms(BACKOFF_MEMORY_S)],
+        )
+        return int(applied) / 1000
+
+    def note_success(self, account: str) -> None:
+        """A createTask went through: the next cooldown starts the backoff from 1 s again."""
+        self._redis.delete(self._keys.backoff(account))
+
+    def pause(self, account: str, reason: str) -> None:
+        """Stop submitting on ``account`` until :meth:`resume` (no credits, key cap, auth...)."""
+        self._account(account)
+        self._redis.set(self._keys.pause(account), reason)
+
+    def resume(self, account: str) -> None:
+        self._redis.delete(self._keys.pause(account))
+
+    def paused(self, account: str) -> str | None:
+        """Why ``account`` is paused, or None."""
+        reason = self._redis.get(self._keys.pause(account))
+        return None if reason is None else _text(reason)
+
+    # -- recordInfo -----------------------------------------------------------------------------------
+    def take_record_info_token(self, account: str) -> float:
+        """Take a recordInfo token (shared by all poll workers): 0.0 if taken, else seconds to wait."""
+        rate = self._account(account).record_info_per_s
+        bucket = self._keys.record_info_bucket(account)
+        wait = self._tokens(keys=[bucket], args=[self._now(), repr(rate), repr(max(1.0, rate))])
+        return float(_text(wait))
+
+    # -- status ---------------------------------------------------------------------------------------
+    def snapshot(self, account: str | None = None) -> list[AccountQuota]:
+        """Every account's quota state (or one account's), read in one round trip."""
+        names = list(self._accounts) if account is None else [account]
+        settings = [self._account(name) for name in names]
+        keys = [key for name in names for key in self._quota_keys(name)]
+        args: list[str | int] = [self._now(), *(_ms(s.creation_window_s) for s in settings)]
+        reply = self._snapshot(keys=keys, args=args)
+        return [
+            AccountQuota(
+                account=s.name,
+                creations_in_window=int(created),
+                creations_limit=s.creations_limit,
+                in_progress=int(leased),
+                in_progress_limit=s.in_progress_limit,
+                cooldown_s=int(cooling) / 1000,
+                paused=None if reason is None else _text(reason),
+            )
+            for s, (created, leased, cooling, reason) in zip(settings, reply, strict=True)
+        ]
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _account(self, name: str) -> AccountSettings:
+        try:
+            return self._accounts[name]
+        except KeyError:
+            raise ConfigError(f"unknown account {name!r}; configured: {list(self._accounts)}") from None
+
+    def _quota_keys(self, name: str) -> list[str]:
+        """The four keys per account, in the order quota_acquire.lua and quota_snapshot.lua expect."""
+        keys = self._keys
+        return [keys.creations(name), keys.leases(name), keys.cooldown(name), keys.pause(name)]
+
+    def _now(self) -> str:
+        """The scripts' ``now`` argument: '' (Redis TIME) unless a test clock is set."""
+        return "" if self._clock is None else str(int(self._clock()))
