@@ -107,7 +107,8 @@ def deployment(
         full_env = localstack.deployment_env(
             redis_url=redis_url, s3_url=s3_url, simulator_url=simulator.url, bucket=bucket,
             extra={"IMAGINEQ_POLL__SCHEDULE": FAST_POLL, "IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "0.5",
-                   **(env or {})},
+                   # "{simulator}" in a value (e.g. account base URLs) stands for the simulator's URL.
+                   **{name: value.replace("{simulator}", simulator.url) for name, value in (env or {}).items()}},
         )  # fmt: skip
         deployed = Deployment(stack, full_env, simulator, s3_url)
         from workers.storage import Storage
