@@ -123,7 +123,7 @@ class QuotaLimiter:
         for name in names:
             account = self._account(name)
             keys += self._quota_keys(name)
-            args += [account.in_progress_limit, account.creations_limit, _ms(account.creation_window_s)]
+            args += [account.in_progress_limit, account.creations_limit, _ms(account.enforced_window_s)]
         reply = self._acquire(keys=keys, args=args)
         if int(reply[0]) == 1:
             return Acquired(names[int(reply[1])])
@@ -202,7 +202,7 @@ class QuotaLimiter:
         names = list(self._accounts) if account is None else [account]
         settings = [self._account(name) for name in names]
         keys = [key for name in names for key in self._quota_keys(name)]
-        args: list[str | int] = [self._now(), *(_ms(s.creation_window_s) for s in settings)]
+        args: list[str | int] = [self._now(), *(_ms(s.enforced_window_s) for s in settings)]
         reply = self._snapshot(keys=keys, args=args)
         return [
             AccountQuota(

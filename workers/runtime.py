@@ -43,7 +43,13 @@ class Runtime:
             redis=client,
             keys=keys,
             jobs=JobStore(client, keys, terminal_ttl_s=settings.job_ttl_s),
-            quota=QuotaLimiter(client, keys, settings.accounts),
+            quota=QuotaLimiter(
+                client,
+                keys,
+                settings.accounts,
+                lease_ttl_s=settings.quota_lease_ttl_s,
+                unknown_grace_s=settings.unknown_outcome_grace_s,
+            ),
             storage=Storage(settings.s3, settings.http),
         )
 

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from celery import Task, chain
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from config.celery import TASK_POLL, TASK_STORE, TASK_SUBMIT
+from config.celery import SUBMIT_TIME_LIMIT_S, TASK_POLL, TASK_STORE, TASK_SUBMIT
 from config.settings import get_settings
 from workers.celery import app
 from workers.completion import apply_early
@@ -105,6 +105,11 @@ def submit(self: Task, job_id: str) -> str | None:
         _stop_chain(self)
         return None
     if job.state is JobState.SUBMITTING:
+        # [issue 6] A duplicate message (e.g. the original of one the reconciler re-published, back after
+        # the visibility timeout) must not break a live claim: recover only once no submit can still run.
+        claimed_s = time.time() - job.timestamps.get(JobState.SUBMITTING.value, job.updated_at)
+        if claimed_s < SUBMIT_TIME_LIMIT_S:
+            _requeue(self, countdown=SUBMIT_TIME_LIMIT_S - claimed_s + 1)
         job = _recover_interrupted_submit(rt, job)
         if job is None:
             _stop_chain(self)
@@ -163,7 +168,7 @@ def submit(self: Task, job_id: str) -> str | None:
     except RetryableError as error:
         rt.quota.release(account, job_id)
         _count(rt, f"upstream_error:{error.code or error.status or 'transport'}")
-        if _calls_for_cooldown(error):
+        if _calls_for_cooldown(error) and rt.settings.quota_enforce:
             applied = rt.quota.cooldown(account, error.retry_after_s)
             log.warning(
                 "submit: account %s cooling down %.1fs after %s (job %s)", account, applied, error, job_id
@@ -211,6 +216,8 @@ def _calls_for_cooldown(error: RetryableError) -> bool:
 
 def _wait_for_slot(rt: Runtime, job_id: str) -> str | None:
     """Wait in-process (bounded well below the visibility timeout) for a quota slot on any account."""
+    if not rt.settings.quota_enforce:
+        return rt.settings.accounts[0].name  # benchmark baseline: Celery rate_limit alone
     deadline = time.monotonic() + rt.settings.quota_wait_max_s
     while True:
         acquired = rt.quota.acquire_slot(job_id)

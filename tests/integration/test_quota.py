@@ -23,7 +23,7 @@ KEYS = Keys("iqtest")
 
 
 def account(name: str = "a", **limits: Any) -> AccountSettings:
-    return AccountSettings(name=name, api_key=SecretStr("test-key"), **limits)
+    return AccountSettings(name=name, api_key=SecretStr("test-key"), **{"window_guard_s": 0.0, **limits})
 
 
 def wait_for_slot(limiter: QuotaLimiter, job_id: str, timeout_s: float) -> Acquired:

@@ -87,7 +87,7 @@ class QuotaModel:
 
     def __init__(self) -> None:
         self.accounts = {
-            s.name: ModelAccount(s.in_progress_limit, s.creations_limit, round(s.creation_window_s * 1000),
+            s.name: ModelAccount(s.in_progress_limit, s.creations_limit, round(s.enforced_window_s * 1000),
                                  s.record_info_per_s)
             for s in ACCOUNTS
         }  # fmt: skip
