@@ -39,6 +39,9 @@ class AccountSettings(BaseModel):
     max_creations_per_window: int = Field(default=300, ge=1)
     #: Length of the rolling creation window (the upstream's is an hour).
     creation_window_s: float = Field(default=3600.0, gt=0)
+    #: Added to the window on our side: our log records a creation just *before* createTask is sent,
+    #: the upstream just after it arrives, so without a guard a slot reopens a few ms early.
+    window_guard_s: float = Field(default=2.0, ge=0)
     #: recordInfo calls per second allowed for this key.
     record_info_per_s: float = Field(default=10.0, gt=0)
     #: Slots left free for other clients sharing the account.
@@ -77,6 +80,11 @@ class AccountSettings(BaseModel):
     def in_progress_limit(self) -> int:
         """The cap ImagineQ enforces: the upstream cap less the safety margin."""
         return self.max_in_progress - self.in_progress_margin
+
+    @property
+    def enforced_window_s(self) -> float:
+        """The creation window ImagineQ enforces: the upstream's plus the guard."""
+        return self.creation_window_s + self.window_guard_s
 
     @property
     def creations_limit(self) -> int:
@@ -188,6 +196,71 @@ class Settings(BaseSettings):
     pause_check_interval_s: float = Field(default=30.0, gt=0)
     #: Broker visibility timeout; must exceed every task time limit and countdown.
     visibility_timeout_s: int = Field(default=3600, ge=60)
+    #: An in-progress lease lasts this long unless a poll renews it (a dead worker frees its slot then).
+    quota_lease_ttl_s: float = Field(default=120.0, ge=1)
+    #: After an unknown createTask outcome the job's slot stays taken this long (the task may run).
+    unknown_outcome_grace_s: float = Field(default=900.0, ge=0)
+    #: Enforce the global Redis quotas. Off only for the benchmark's naive baseline (rate_limit alone).
+    quota_enforce: bool = True
+
+    # -- HTTP ingress: the ``web`` process (producers/http.py, issue 5) --------------------------------
+    #: Bearer tokens accepted on ``/v1/jobs*`` (JSON list in ``IMAGINEQ_INGRESS_TOKENS``). With none
+    #: configured every such request is refused (401): the ingress is never open by accident.
+    ingress_tokens: list[SecretStr] = []
+    #: Largest request body the web process reads (413 beyond); fits 1,000 jobs with long prompts.
+    ingress_max_body_bytes: int = Field(default=16 * 1024**2, ge=1024)
+    #: How long ``/healthz`` reuses its last worker ping (a ping waits up to 0.5 s for replies).
+    health_workers_cache_s: float = Field(default=10.0, ge=0)
+    #: How long the web keeps a callback that arrived before submit recorded the taskId.
+    early_callback_ttl_s: int = Field(default=3600, ge=60)
+    # -- end of HTTP ingress settings -------------------------------------------------------------------
+
+    # -- Batches, the nightly schedule and the reconciler (issue 6) ------------------------------------
+    #: When beat runs the nightly inbox pickup: cron (minute hour day month weekday), UTC.
+    nightly_cron: str = "0 2 * * *"
+    #: Folder or ``s3://bucket/prefix/`` the nightly run takes new ``*.jsonl`` files from; off when unset.
+    inbox: str | None = None
+    #: Where picked-up inbox files are moved (folder or s3:// prefix); unset: ``processed/`` inside the inbox.
+    processed: str | None = None
+    #: Batch lines longer than this (bytes) are reported as bad lines, never read whole into memory.
+    batch_max_line_bytes: int = Field(default=64 * 1024, ge=1024)
+    #: How often beat runs the reconciler.
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
+    #: A job ``submitting`` this long has lost its submit worker (submit's hard time limit is 120 s).
+    reconcile_submitting_stale_s: float = Field(default=300.0, ge=0)
+    #: A ``generating`` job whose lease was last renewed this long ago has no poll following it.
+    reconcile_poll_silent_s: float = Field(default=180.0, ge=0)
+    #: A ``downloading`` job this long without a running store (no store claim) gets a new ``store``.
+    reconcile_store_silent_s: float = Field(default=600.0, ge=0)
+    #: A ``timed_out`` job's task is asked again this often for a late success...
+    reconcile_salvage_interval_s: float = Field(default=600.0, ge=0)
+    #: ...for this long after the job failed (the result URL lives 24 h from completion).
+    reconcile_salvage_window_s: float = Field(default=82800.0, ge=0)
+    #: Jobs the reconciler looks at per case and run (the rest wait for the next run).
+    reconcile_limit: int = Field(default=500, ge=1)
+    #: Beat's Redis lock (celery-redbeat): a standby beat takes over this long after the active one died.
+    beat_lock_timeout_s: int = Field(default=60, ge=2)
+    # -- end of batch, schedule and reconciler settings ------------------------------------------------
+
+    @field_validator("nightly_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from celery.schedules import crontab
+
+        parts = value.split()
+        if len(parts) != 5:
+            raise ValueError("must have 5 fields: minute hour day-of-month month day-of-week")
+        try:
+            crontab(*parts)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"not a valid cron expression ({error})") from None
+        return " ".join(parts)
+
+    @model_validator(mode="after")
+    def _inbox_apart_from_processed(self) -> Settings:
+        if self.processed and self.inbox and self.processed.rstrip("/") == self.inbox.rstrip("/"):
+            raise ValueError("processed must differ from inbox (files would be picked up again)")
+        return self
 
     @model_validator(mode="after")
     def _default_account(self) -> Settings:
