@@ -11,6 +11,7 @@ through the same Redis, with the same worker processes and configuration.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -20,14 +21,16 @@ from pathlib import Path
 
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the test deployment
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # the repo root: bench reuses the test deployment
 
-from producers import localstack  # noqa: E402
-from tests.integration.deployment import deployment  # noqa: E402
+from producers import localstack
+from tests.integration.deployment import deployment
 
 UNLIMITED = json.dumps(
-    [{"name": "bench", "api_key": "sim-key", "base_url": "{simulator}", "max_in_progress": 100000, "max_creations_per_window": 10**9,
-      "record_info_per_s": 100000}]
+    [{"name": "bench", "api_key": "sim-key", "base_url": "{simulator}", "max_in_progress": 100000,
+      "max_creations_per_window": 10**9, "record_info_per_s": 100000}]
 )  # fmt: skip
 
 
@@ -59,7 +62,7 @@ def _stages(dep) -> str:  # type: ignore[no-untyped-def]
     jobs = [job for job in dep.producer.jobs.get_many(ids) if job is not None]
     for job in jobs:
         times = {**job.timestamps, "queued": job.created_at}
-        for here, after in zip(order, order[1:], strict=False):
+        for here, after in itertools.pairwise(order):
             sums[here] += times.get(after, 0) - times.get(here, 0)
     return " ".join(f"{state}={total / max(len(jobs), 1) * 1000:.0f}ms" for state, total in sums.items())
 
@@ -100,9 +103,13 @@ def run_raw_celery(jobs: int, concurrency: int, log_dir: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=2, help="processes per worker (one worker per queue)")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="processes per worker (one worker per queue)"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     raw_s = run_raw_celery(args.jobs, args.concurrency, root / "raw")

@@ -70,8 +70,10 @@ def test_a_killed_workers_leases_return_after_the_lease_ttl(tmp_path):
         workers={"submit": 1, "poll": 1},
     ) as dep:  # fmt: skip
         jobs = dep.producer.enqueue_many([{"prompt": "first"}, {"prompt": "second"}])
-        wait_until(lambda: all(j.state is JobState.GENERATING for j in dep.producer.jobs.get_many([j.id for j in jobs])),
-                   30, "both jobs generating")  # fmt: skip
+        ids = [job.id for job in jobs]
+        wait_until(
+            lambda: all(j.state is JobState.GENERATING for j in dep.producer.jobs.get_many(ids)), 30, "both generating"
+        )
         quota = QuotaLimiter(dep.producer.redis, dep.producer.keys, dep.settings.accounts, lease_ttl_s=2)
         assert quota.snapshot()[0].in_progress == 2
         # When every worker that renews those leases dies at once.
