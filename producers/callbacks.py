@@ -1,0 +1,254 @@
+"""Upstream callbacks: who may send one (per-job secret, optional HMAC, timestamp window) and what it does.
+
+Each job's ``callBackUrl`` is ``{public_base_url}/v1/callbacks/{job_id}/{token}``; the record keeps only
+``sha256(token)``. A callback is accepted when, in this order:
+
+1. the job exists (else 404);
+2. ``sha256(token)`` equals the record's ``callback_token_hash`` (constant-time; else 403) — the hash is
+   written before createTask, so the token also proves the callback is about the job's current attempt;
+3. the body is a JSON object with a ``data`` object naming the task (else 400);
+4. with an HMAC key configured: ``X-Webhook-Signature`` is base64(HMAC-SHA256(key, taskId + "." +
+   X-Webhook-Timestamp)) (else 401), and the timestamp is at most ``max_age_s`` old and at most
+   :data:`MAX_FUTURE_SKEW_S` ahead of this host's clock (else 401).
+
+Then :meth:`CallbackReceiver.receive` moves the job (``workers.completion``) and answers at once; it
+never calls the upstream. Every outcome is counted in the shared counters hash as ``callback:<outcome>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+import redis
+
+from workers.completion import CALLBACK_ENDPOINT, Applied, apply_terminal, stash_early, take_early
+from workers.errors import TransportError
+from workers.jobs import Job, JobState
+from workers.jobstore import JobStore
+from workers.keys import Keys
+from workers.quota import QuotaLimiter
+from workers.upstream import TaskRecord
+
+log = logging.getLogger("imagineq.callbacks")
+
+#: Signed timestamps may be this far ahead of our clock (the sender's clock is not ours).
+MAX_FUTURE_SKEW_S: Final = 30
+TIMESTAMP_HEADER: Final = "X-Webhook-Timestamp"
+SIGNATURE_HEADER: Final = "X-Webhook-Signature"
+
+
+class Outcome(StrEnum):
+    """What a callback did; the label of the ``imagineq_callbacks_total`` metric."""
+
+    #: Success: the job moved to ``downloading`` and ``store`` was enqueued.
+    APPLIED = "applied"
+    #: Failure: the job moved to ``failed``.
+    FAILED = "failed"
+    #: The job had already moved on (a retry, a duplicate delivery, or a poll got there first).
+    DUPLICATE = "duplicate"
+    #: The job is still ``submitting``: stashed for submit to apply right after recording the taskId.
+    EARLY = "early"
+    #: Not about the job's current task, or not a terminal state: accepted, ignored.
+    IGNORED = "ignored"
+    #: Refused: no such job.
+    UNKNOWN_JOB = "unknown_job"
+    #: Refused: the per-job secret does not match.
+    BAD_TOKEN = "bad_token"
+    #: Refused: missing or wrong HMAC signature.
+    BAD_SIGNATURE = "bad_signature"
+    #: Refused: signed timestamp outside the window.
+    STALE = "stale"
+    #: Refused: the body is not a callback.
+    BAD_BODY = "bad_body"
+
+    @property
+    def status(self) -> int:
+        """The HTTP status answered for this outcome."""
+        return _STATUS.get(self, 200)
+
+
+_STATUS: Final = {
+    Outcome.UNKNOWN_JOB: 404,
+    Outcome.BAD_TOKEN: 403,
+    Outcome.BAD_SIGNATURE: 401,
+    Outcome.STALE: 401,
+    Outcome.BAD_BODY: 400,
+}
+
+
+class CallbackRejected(Exception):
+    """The callback is refused; ``outcome`` says why (and which HTTP status to answer)."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+# -- pure checks ----------------------------------------------------------------------------------------
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_token(token: str, expected_hash: str | None) -> None:
+    """The URL's secret must hash to the record's ``callback_token_hash`` (compared in constant time)."""
+    if not expected_hash or not hmac.compare_digest(token_hash(token), expected_hash):
+        raise CallbackRejected(Outcome.BAD_TOKEN, "wrong callback secret")
+
+
+def sign(key: bytes, task_id: str, timestamp: str) -> str:
+    """base64(HMAC-SHA256(key, taskId + "." + timestamp)), as the upstream signs."""
+    digest = hmac.new(key, f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def check_signature(
+    key: bytes,
+    task_id: str,
+    timestamp: str | None,
+    signature: str | None,
+    *,
+    now_s: float,
+    max_age_s: float,
+    max_skew_s: float = MAX_FUTURE_SKEW_S,
+) -> None:
+    """Verify the HMAC headers; raise :class:`CallbackRejected` (bad_signature or stale)."""
+    if not timestamp or not signature:
+        raise CallbackRejected(Outcome.BAD_SIGNATURE, f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} required")
+    try:
+        given = base64.b64decode(signature.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise CallbackRejected(Outcome.BAD_SIGNATURE, "signature is not base64") from None
+    expected = hmac.new(key, f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(given, expected):
+        raise CallbackRejected(Outcome.BAD_SIGNATURE, "signature does not match")
+    # Checked after the signature, so an attacker learns nothing about the window from the answer.
+    try:
+        sent_s = int(timestamp.strip())
+    except ValueError:
+        raise CallbackRejected(Outcome.STALE, "timestamp is not unix seconds") from None
+    if now_s - sent_s > max_age_s:
+        raise CallbackRejected(Outcome.STALE, f"timestamp older than {max_age_s:.0f}s")
+    if sent_s - now_s > max_skew_s:
+        raise CallbackRejected(Outcome.STALE, "timestamp is in the future")
+
+
+def parse_body(body: bytes) -> tuple[Mapping[str, Any], TaskRecord]:
+    """The callback's ``data`` object and the task record it describes (``taskId`` or ``task_id``).
+
+    A body ``code`` of 501 means failure whatever ``data.state`` says.
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise CallbackRejected(Outcome.BAD_BODY, "body is not JSON") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        raise CallbackRejected(Outcome.BAD_BODY, "body must be an object with a data object")
+    data: dict[str, Any] = dict(payload["data"])
+    if payload.get("code") == 501 and str(data.get("state", "")).lower() != "fail":
+        data["state"] = "fail"
+    try:
+        record = TaskRecord.from_payload(data, endpoint=CALLBACK_ENDPOINT)
+    except TransportError as error:
+        raise CallbackRejected(Outcome.BAD_BODY, error.message.removeprefix("bad response: ")) from None
+    return data, record
+
+
+# -- the receiver ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    outcome: Outcome
+    message: str = "success"
+
+
+class CallbackReceiver:
+    """Verifies callbacks and applies them; ``enqueue_store(job)`` publishes the store task."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        jobs: JobStore,
+        quota: QuotaLimiter,
+        enqueue_store: Callable[[Job], None],
+        *,
+        hmac_key: bytes | None,
+        max_age_s: float,
+        early_ttl_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._keys = keys
+        self._jobs = jobs
+        self._quota = quota
+        self._enqueue_store = enqueue_store
+        self._hmac_key = hmac_key
+        self._max_age_s = max_age_s
+        self._early_ttl_s = early_ttl_s
+        self._clock = clock
+
+    def receive(self, job_id: str, token: str, body: bytes, headers: Mapping[str, str]) -> Received:
+        try:
+            received = self._receive(job_id, token, body, headers)
+        except CallbackRejected as rejected:
+            log.warning("callback for job %s refused: %s", job_id, rejected.message)
+            received = Received(rejected.outcome, rejected.message)
+        self._redis.hincrby(self._keys.counters(), f"callback:{received.outcome.value}", 1)
+        return received
+
+    def _receive(self, job_id: str, token: str, body: bytes, headers: Mapping[str, str]) -> Received:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise CallbackRejected(Outcome.UNKNOWN_JOB, "unknown job")
+        check_token(token, job.callback_token_hash)
+        data, record = parse_body(body)
+        if self._hmac_key is not None:
+            check_signature(
+                self._hmac_key, record.task_id, headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER),
+                now_s=self._clock(), max_age_s=self._max_age_s,
+            )  # fmt: skip
+        if not record.state.terminal:
+            return Received(Outcome.IGNORED)
+        if job.state is JobState.SUBMITTING:
+            return self._early(job, data, record)
+        return self._apply(job, record)
+
+    def _apply(self, job: Job, record: TaskRecord) -> Received:
+        applied = apply_terminal(self._jobs, self._quota, job, record)
+        if applied is Applied.DOWNLOADING:
+            self._enqueue_store(job)
+            log.info("callback: job %s generated (task %s), store enqueued", job.id, record.task_id)
+            return Received(Outcome.APPLIED)
+        if applied is Applied.FAILED:
+            log.info("callback: job %s failed upstream: %s %s", job.id, record.fail_code, record.fail_msg)
+            return Received(Outcome.FAILED)
+        if job.task_id is not None and job.task_id != record.task_id:
+            return Received(Outcome.IGNORED)
+        return Received(Outcome.DUPLICATE)
+
+    def _early(self, job: Job, data: Mapping[str, Any], record: TaskRecord) -> Received:
+        """Submit has not recorded the taskId yet: stash the callback for it, unless it just did."""
+        stash_early(self._redis, self._keys, job.id, data, self._early_ttl_s)
+        now = self._jobs.get(job.id)
+        if now is None or now.state is JobState.SUBMITTING:
+            # Submit's move to generating comes after this read, so its take_early sees the stash.
+            log.info("callback: job %s still submitting; stashed for task %s", job.id, record.task_id)
+            return Received(Outcome.EARLY)
+        stashed = take_early(self._redis, self._keys, job.id)
+        if stashed is None:
+            return Received(Outcome.EARLY)  # submit took it and applies it
+        return self._apply(now, stashed)

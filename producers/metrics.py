@@ -1,0 +1,149 @@
+"""Prometheus metrics for ``/metrics``, read from Redis at scrape time.
+
+Nothing is counted in the web process itself: workers and every web replica write to Redis (the job
+state indexes, the quota keys, the counters hash ``keys.counters()``), and a scrape reads it all in a few
+round trips, so every replica reports the same deployment-wide figures.
+
+Celery queue depth: the Redis transport keeps one list per priority step. With ``global_keyprefix``
+``{prefix}:celery:`` and ``sep`` ":", kombu's ``_q_for_pri`` names them ``{prefix}:celery:{queue}``
+(priority 0) and ``{prefix}:celery:{queue}:{3,6,9}``. Messages a worker holds (reserved, or waiting for a
+poll countdown) are in the ``unacked`` hash instead, reported as ``imagineq_celery_unacked``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from config.celery import PRIORITY_STEPS
+from workers.jobstore import JobStore
+from workers.keys import Keys
+from workers.messages import queue_key
+from workers.quota import QuotaLimiter
+
+UPSTREAM_ERROR_PREFIX = "upstream_error:"
+CALLBACK_PREFIX = "callback:"
+
+
+class RedisCollector(Collector):
+    """Yields every ImagineQ metric, read from Redis on each scrape."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        jobs: JobStore,
+        quota: QuotaLimiter,
+        queues: Iterable[str],
+        broker_prefix: str,
+        priority_steps: Sequence[int] = PRIORITY_STEPS,
+    ) -> None:
+        self._redis = client
+        self._keys = keys
+        self._jobs = jobs
+        self._quota = quota
+        self._queues = {
+            queue: {step: queue_key(broker_prefix, queue, step, priority_steps) for step in priority_steps}
+            for queue in queues
+        }
+        self._unacked = f"{broker_prefix}unacked"
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._jobs_by_state()
+        yield from self._accounts()
+        yield from self._queue_depth()
+        yield from self._counters()
+
+    def _jobs_by_state(self) -> Metric:
+        metric = GaugeMetricFamily("imagineq_jobs", "Jobs by state (state index sizes)", labels=["state"])
+        for state, count in self._jobs.count_by_state().items():
+            metric.add_metric([state.value], count)
+        return metric
+
+    def _accounts(self) -> Iterator[Metric]:
+        labels = ["account"]
+        created = GaugeMetricFamily(
+            "imagineq_account_creations_in_window", "createTask calls in the rolling window", labels=labels
+        )
+        created_limit = GaugeMetricFamily(
+            "imagineq_account_creations_limit", "creations allowed per window (less margin)", labels=labels
+        )
+        leased = GaugeMetricFamily("imagineq_account_in_progress", "in-progress leases held", labels=labels)
+        leased_limit = GaugeMetricFamily(
+            "imagineq_account_in_progress_limit", "in-progress leases allowed (less margin)", labels=labels
+        )
+        cooldown = GaugeMetricFamily(
+            "imagineq_account_cooldown_remaining_seconds", "cooldown left (upstream 429/455)", labels=labels
+        )
+        paused = GaugeMetricFamily(
+            "imagineq_account_paused",
+            "1 while the account is paused (402/433/...); no end time",
+            labels=["account", "reason"],
+        )
+        for quota in self._quota.snapshot():
+            created.add_metric([quota.account], quota.creations_in_window)
+            created_limit.add_metric([quota.account], quota.creations_limit)
+            leased.add_metric([quota.account], quota.in_progress)
+            leased_limit.add_metric([quota.account], quota.in_progress_limit)
+            cooldown.add_metric([quota.account], quota.cooldown_s)
+            paused.add_metric([quota.account, quota.paused or ""], 1 if quota.paused else 0)
+        yield from (created, created_limit, leased, leased_limit, cooldown, paused)
+
+    def _queue_depth(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "imagineq_queue_depth", "Messages waiting in a Celery queue", labels=["queue", "priority"]
+        )
+        names = [(queue, step, key) for queue, steps in self._queues.items() for step, key in steps.items()]
+        with self._redis.pipeline(transaction=False) as pipe:
+            for _, _, key in names:
+                pipe.llen(key)
+            pipe.hlen(self._unacked)
+            sizes = pipe.execute()
+        for (queue, step, _), size in zip(names, sizes, strict=False):
+            depth.add_metric([queue, str(step)], int(size))
+        yield depth
+        unacked = GaugeMetricFamily(
+            "imagineq_celery_unacked", "Messages held by workers (reserved or waiting for a countdown)"
+        )
+        unacked.add_metric([], int(sizes[-1]))
+        yield unacked
+
+    def _counters(self) -> Iterator[Metric]:
+        raw = cast("dict[Any, Any]", self._redis.hgetall(self._keys.counters()))
+        counters = {_text(name): int(value) for name, value in raw.items()}
+        errors = CounterMetricFamily(
+            "imagineq_upstream_errors",
+            "Upstream errors by code (or HTTP status, or transport)",
+            labels=["code"],
+        )
+        callbacks = CounterMetricFamily(
+            "imagineq_callbacks", "Upstream callbacks received, by outcome", labels=["outcome"]
+        )
+        for name, value in sorted(counters.items()):
+            if name.startswith(UPSTREAM_ERROR_PREFIX):
+                errors.add_metric([name.removeprefix(UPSTREAM_ERROR_PREFIX)], value)
+            elif name.startswith(CALLBACK_PREFIX):
+                callbacks.add_metric([name.removeprefix(CALLBACK_PREFIX)], value)
+        yield errors
+        yield callbacks
+        record_info = CounterMetricFamily("imagineq_record_info_calls", "recordInfo calls made by polls")
+        record_info.add_metric([], counters.get("record_info_calls", 0))
+        yield record_info
+        stored = CounterMetricFamily("imagineq_bytes_stored", "Bytes uploaded to S3")
+        stored.add_metric([], counters.get("bytes_stored", 0))
+        yield stored
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def build_registry(collector: RedisCollector) -> CollectorRegistry:
+    """A private registry (not the process-global one), so several apps can live in one process."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

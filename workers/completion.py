@@ -1,0 +1,132 @@
+"""Apply a terminal upstream record to a job: the state move shared by callbacks and submit.
+
+A callback (``producers/callbacks.py``) and a submit that finds a callback which beat its own
+``submitting → generating`` move both end here; the compare-and-set makes whichever comes second (or a
+poll that saw the same record) do nothing.
+
+A callback that arrives while the job is still ``submitting`` (createTask's answer not yet recorded) is
+*stashed* under ``<job key>:early-callback`` with a TTL. Whoever takes the stash first (``GETDEL``)
+applies it: submit right after its ``generating`` move, or the web when it sees that move already made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Final, cast
+
+import redis
+
+from config.settings import ConfigError
+from workers.errors import TransportError
+from workers.jobs import Job, JobState
+from workers.jobstore import JobStore
+from workers.keys import Keys
+from workers.quota import QuotaLimiter
+from workers.upstream import TaskRecord, TaskState
+
+log = logging.getLogger("imagineq.completion")
+
+CALLBACK_ENDPOINT: Final = "callback"
+#: Failure reasons after which a completion is still worth storing (the task did finish upstream).
+SALVAGEABLE_REASONS: Final = frozenset({"timed_out", "outcome_unknown"})
+
+
+class Applied(StrEnum):
+    #: Success: the job moved to ``downloading``; the caller makes sure ``store`` runs.
+    DOWNLOADING = "downloading"
+    #: Failure: the job moved to ``failed`` (``generation_failed``).
+    FAILED = "failed"
+    #: Nothing to do: another actor moved the job first, or the record is not about its current task.
+    NOTHING = "nothing"
+
+
+def apply_terminal(jobs: JobStore, quota: QuotaLimiter, job: Job, record: TaskRecord) -> Applied:
+    """Move ``job`` according to the terminal ``record`` and free its in-progress lease.
+
+    Acts on a ``generating`` job whose ``task_id`` is the record's, and salvages a success for a job that
+    failed ``timed_out`` or ``outcome_unknown`` (the task finished after all; ``failed → downloading``).
+    """
+    if not record.state.terminal:
+        return Applied.NOTHING
+    salvage = job.state is JobState.FAILED and job.reason in SALVAGEABLE_REASONS
+    if job.state is not JobState.GENERATING and not salvage:
+        return Applied.NOTHING
+    if job.task_id is not None and job.task_id != record.task_id:
+        log.info("job %s: record for task %s ignored (job follows %s)", job.id, record.task_id, job.task_id)
+        return Applied.NOTHING
+    if job.task_id is None and not salvage:
+        return Applied.NOTHING
+    success = record.state is TaskState.SUCCESS and bool(record.result_urls)
+    if salvage and not success:
+        return Applied.NOTHING  # a late failure changes nothing for an already failed job
+    if success:
+        fields: dict[str, Any] = {
+            "result_url": record.result_urls[0],
+            "completed_ms": record.complete_time_ms,
+            "task_id": record.task_id,
+        }
+        if salvage:
+            fields.update(reason=None, error=None)
+        moved = jobs.transition(job.id, JobState.DOWNLOADING, expect=job.state, fields=fields)
+        outcome = Applied.DOWNLOADING
+    else:
+        if record.state is TaskState.SUCCESS:
+            fail_fields = {"reason": "generation_failed", "error": "success without a result URL"}
+        else:
+            fail_fields = {
+                "reason": "generation_failed", "fail_code": record.fail_code, "fail_msg": record.fail_msg,
+                "error": f"upstream generation failed: {record.fail_code} {record.fail_msg}".strip(),
+            }  # fmt: skip
+        moved = jobs.transition(job.id, JobState.FAILED, expect=JobState.GENERATING, fields=fail_fields)
+        outcome = Applied.FAILED
+    if job.account:
+        _release(quota, job.account, job.id)
+    return outcome if moved else Applied.NOTHING
+
+
+def _release(quota: QuotaLimiter, account: str, job_id: str) -> None:
+    try:
+        quota.release(account, job_id)
+    except ConfigError:
+        # This process does not know the account (misconfigured web): the lease expires by itself.
+        log.error("job %s: cannot release the lease on unknown account %r", job_id, account)
+
+
+# -- callbacks that beat submit ---------------------------------------------------------------------------
+
+
+def early_callback_key(keys: Keys, job_id: str) -> str:
+    """String (with TTL): the ``data`` of a callback that arrived while the job was ``submitting``."""
+    return f"{keys.job(job_id)}:early-callback"
+
+
+def stash_early(client: redis.Redis, keys: Keys, job_id: str, data: Mapping[str, Any], ttl_s: int) -> None:
+    client.set(early_callback_key(keys, job_id), json.dumps(dict(data)), ex=ttl_s)
+
+
+def take_early(client: redis.Redis, keys: Keys, job_id: str) -> TaskRecord | None:
+    """The stashed record, removed so that exactly one taker applies it; None if there is none."""
+    raw = cast("str | bytes | None", client.getdel(early_callback_key(keys, job_id)))
+    if raw is None:
+        return None
+    try:
+        return TaskRecord.from_payload(json.loads(raw), endpoint=CALLBACK_ENDPOINT)
+    except (ValueError, TransportError) as error:
+        log.error("job %s: stashed callback unreadable, dropped (%s)", job_id, error)
+        return None
+
+
+def apply_early(client: redis.Redis, keys: Keys, jobs: JobStore, quota: QuotaLimiter, job_id: str) -> Applied:
+    """Apply a stashed callback to a job that is now ``generating`` (called right after that move)."""
+    record = take_early(client, keys, job_id)
+    if record is None:
+        return Applied.NOTHING
+    job = jobs.get(job_id)
+    if job is None:
+        return Applied.NOTHING
+    applied = apply_terminal(jobs, quota, job, record)
+    log.info("job %s: early callback for task %s applied: %s", job_id, record.task_id, applied.value)
+    return applied
