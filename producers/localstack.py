@@ -305,3 +305,20 @@ def _read(path: Path | None) -> str:
     if path is None or not path.exists():
         return ""
     return path.read_text(errors="replace")
+
+
+def web_argv(port: int, *, host: str = "127.0.0.1") -> list[str]:
+    """[issue 5] The ``web`` process (HTTP ingress + callbacks), as the Procfile runs it."""
+    return [
+        sys.executable, "-m", "uvicorn", "producers.http:app",
+        "--host", host, "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def start_web(stack: LocalStack, env: Mapping[str, str], *, port: int | None = None) -> Service:
+    """[issue 5] The web process on ``port`` (free if not given), ready when ``/healthz`` answers."""
+    port = port or free_port()
+    service = stack.spawn(f"web-{port}", web_argv(port), env)
+    service.url = f"http://127.0.0.1:{port}"
+    _await_ready(service, lambda: _http_ok(f"{service.url}/healthz"), 60)
+    return service
