@@ -8,11 +8,13 @@ everything down. Exits non-zero if a job that should have been stored was not.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 import uuid
 
+import requests
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -56,7 +58,7 @@ def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
 def main() -> int:
     console = Console()
     with localstack.terminate_on_signals(), localstack.LocalStack() as stack:
-        console.print("[bold]Starting private services[/] (Redis, S3 server, simulator, 3 workers)…")
+        console.print("[bold]Starting private services[/] (Redis, S3 server, simulator, web, 3 workers)…")
         redis_url = stack.redis(os.environ.get("IMAGINEQ_REDIS_URL"))
         s3_url = stack.s3()
         simulator = stack.simulator(
@@ -69,16 +71,23 @@ def main() -> int:
                 MODERATION_WORD,
             ]
         )
+        web_port = localstack.free_port()
         env = localstack.deployment_env(
             redis_url=redis_url,
             s3_url=s3_url,
             simulator_url=simulator.url,
             bucket="imagineq-demo",
-            extra={"IMAGINEQ_REDIS_PREFIX": f"demo-{uuid.uuid4().hex[:8]}"},
+            extra={
+                "IMAGINEQ_REDIS_PREFIX": f"demo-{uuid.uuid4().hex[:8]}",
+                # The simulator calls the web back when a video is ready; polling is only a safety net.
+                "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
+                "IMAGINEQ_INGRESS_TOKENS": json.dumps([uuid.uuid4().hex]),
+            },
         )
+        web = localstack.start_web(stack, env, port=web_port)
         for queue in ("submit", "poll", "store"):
             localstack.start_worker(stack, env, queue, concurrency=2)
-        console.print(f"  redis {redis_url}  s3 {s3_url}  simulator {simulator.url}  logs {stack.log_dir}")
+        console.print(f"  redis {redis_url}  s3 {s3_url}  simulator {simulator.url}  web {web.url}")
 
         os.environ.update(env)
         settings = load_settings()
@@ -99,9 +108,15 @@ def main() -> int:
         ]
         moderated = [job for job in jobs if MODERATION_WORD in job.prompt]
         producer.close()
+        stats = requests.get(f"{simulator.url}/__sim__/stats", timeout=5).json()
+        console.print(
+            f"Upstream saw {stats['created']} creations, {stats['rate_limited']} rate-limited answers, "
+            f"{stats['record_info_calls']} recordInfo calls and {stats['callbacks_delivered']} delivered callbacks."
+        )
         if missing:
             console.print(f"[red]{len(missing)} job(s) that should have been stored were not.[/]")
-            console.print(f"Worker logs are in {stack.log_dir}")
+            for service in stack.services:
+                console.print(f"[dim]--- {service.name} (last lines)[/]\n{service.log_tail(15)}")
             return 1
         if any(job.state is not JobState.FAILED for job in moderated):
             console.print("[red]The moderated prompt was not failed by the upstream.[/]")

@@ -38,6 +38,9 @@ class Runtime:
             retry_on_timeout=True,
         )
         keys = Keys(settings.redis_prefix)
+        storage = Storage(settings.s3, settings.http)
+        if settings.s3.create_bucket:
+            storage.ensure_bucket()  # local S3 servers: the first task of each process creates it
         return cls(
             settings=settings,
             redis=client,
@@ -50,7 +53,7 @@ class Runtime:
                 lease_ttl_s=settings.quota_lease_ttl_s,
                 unknown_grace_s=settings.unknown_outcome_grace_s,
             ),
-            storage=Storage(settings.s3, settings.http),
+            storage=storage,
         )
 
     def upstream(self, account: str) -> UpstreamClient:
