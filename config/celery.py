@@ -43,6 +43,8 @@ TASK_SUBMIT = "imagineq.submit"
 TASK_POLL = "imagineq.poll"
 TASK_STORE = "imagineq.store"
 TASK_RECONCILE = "imagineq.reconcile"
+#: [issue 6] The nightly pickup of batch files from the inbox (beat, ``nightly_cron``).
+TASK_INBOX = "imagineq.batch_inbox"
 
 #: Hard time limits per task (seconds); soft limits fire a little earlier so the task can tidy up.
 SUBMIT_TIME_LIMIT_S = 120
@@ -118,6 +120,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_POLL: {"queue": POLL_QUEUE},
             TASK_STORE: {"queue": STORE_QUEUE},
             TASK_RECONCILE: {"queue": POLL_QUEUE},
+            TASK_INBOX: {"queue": POLL_QUEUE},
         },
         "task_create_missing_queues": False,
         "task_annotations": {name: {"rate_limit": limit} for name, limit in rate_limits(settings).items()},

@@ -14,7 +14,7 @@ from config.settings import ConfigError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: Modules with a ``register(subparsers)`` function adding their commands (each handler returns an exit code).
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("producers.batch_cli",)
 
 
 def _job_table(job: Any) -> str:

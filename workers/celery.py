@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from config.celery import celery_config
+from config.schedule import beat_config
 from config.settings import Settings, get_settings
 
 
@@ -12,7 +13,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("imagineq", set_as_current=True)
     app.conf.update(celery_config(settings))
-    app.conf.imports = ("workers.tasks",)
+    app.conf.update(beat_config(settings))
+    app.conf.imports = ("workers.tasks", "workers.reconcile")
     return app
 
 

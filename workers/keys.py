@@ -57,10 +57,45 @@ class Keys:
 
     # -- batches ------------------------------------------------------------------------------------
     def batch(self, batch_id: str) -> str:
+        """Hash: a batch's record (source, where its manifest goes, status, line and state counters)."""
         return f"{self.prefix}:batch:{batch_id}"
 
     def batch_jobs(self, batch_id: str) -> str:
+        """List: one entry per input line, in line order (line, id, job id or the line's error)."""
         return f"{self.prefix}:batch:{batch_id}:jobs"
+
+    def batch_pending(self, batch_id: str) -> str:
+        """Set: the batch's job ids not yet counted terminal."""
+        return f"{self.prefix}:batch:{batch_id}:pending"
+
+    def batch_lock(self, batch_id: str, what: str) -> str:
+        """String with PX expiry: one reader (``read``) or finaliser (``finalise``) of a batch at a time."""
+        return f"{self.prefix}:batch:{batch_id}:lock:{what}"
+
+    def batches(self) -> str:
+        """Sorted set: every batch id, scored by when it was first submitted (ms)."""
+        return f"{self.prefix}:batches"
+
+    def batches_active(self) -> str:
+        """Set: batches read whole whose manifest is not written yet (the reconciler finalises them)."""
+        return f"{self.prefix}:batches:active"
+
+    # -- schedules and the reconciler ---------------------------------------------------------------
+    def inbox_claim(self, identity: str) -> str:
+        """String with expiry: an inbox file (by name and version) being picked up by one run."""
+        return f"{self.prefix}:inbox:{identity}"
+
+    def reconcile_lock(self) -> str:
+        """String with PX expiry: one reconciler run at a time."""
+        return f"{self.prefix}:reconcile:lock"
+
+    def reconcile_suspects(self) -> str:
+        """Set: queued job ids no broker message was found for in the last scan."""
+        return f"{self.prefix}:reconcile:suspects"
+
+    def redbeat(self) -> str:
+        """Prefix of celery-redbeat's keys (schedule entries, its lock)."""
+        return f"{self.prefix}:redbeat:"
 
     # -- counters for metrics -----------------------------------------------------------------------
     def counters(self) -> str:

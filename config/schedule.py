@@ -1,0 +1,67 @@
+"""Celery beat's schedule, kept in Redis by celery-redbeat so that only one beat ever schedules.
+
+Two entries: the reconciler every ``reconcile_interval_s`` (its messages expire after one interval, so
+a stopped poll queue never piles them up) and, when an inbox is configured, the nightly inbox pickup at
+``nightly_cron`` (UTC). Every running beat tries to take redbeat's lock (``<prefix>:redbeat:lock``); the
+one holding it schedules and renews it every loop (at most ``beat_lock_timeout_s / 5``), the others wait,
+and take over at most ``beat_lock_timeout_s`` after the holder died.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Final
+
+from celery.schedules import crontab
+
+from config.celery import TASK_INBOX, TASK_RECONCILE
+from config.settings import Settings
+
+RECONCILE_ENTRY: Final = "imagineq-reconcile"
+NIGHTLY_ENTRY: Final = "imagineq-nightly-inbox"
+SCHEDULER: Final = "redbeat.RedBeatScheduler"
+#: redbeat's own Redis client: notice a dead Redis instead of hanging; retry a lost connection for 60 s.
+REDIS_OPTIONS: Final = {
+    "socket_timeout": 30, "socket_connect_timeout": 10, "socket_keepalive": True,
+    "health_check_interval": 25, "retry_period": 60,
+}  # fmt: skip
+
+
+def nightly_crontab(expression: str) -> crontab:
+    """A crontab from ``minute hour day-of-month month day-of-week`` (already checked by Settings)."""
+    minute, hour, day_of_month, month_of_year, day_of_week = expression.split()
+    return crontab(
+        minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+        day_of_week=day_of_week,
+    )  # fmt: skip
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    interval = settings.reconcile_interval_s
+    schedule: dict[str, dict[str, Any]] = {
+        RECONCILE_ENTRY: {
+            "task": TASK_RECONCILE,
+            "schedule": timedelta(seconds=interval),
+            "options": {"expires": max(interval, 1.0)},
+        },
+    }
+    if settings.inbox:
+        schedule[NIGHTLY_ENTRY] = {"task": TASK_INBOX, "schedule": nightly_crontab(settings.nightly_cron)}
+    return schedule
+
+
+def beat_config(settings: Settings) -> dict[str, Any]:
+    """The beat part of the Celery configuration (redbeat's Redis settings given explicitly)."""
+    prefix = f"{settings.redis_prefix}:redbeat:"
+    lock_timeout = settings.beat_lock_timeout_s
+    return {
+        "beat_scheduler": SCHEDULER,
+        "beat_schedule": beat_schedule(settings),
+        # The lock is renewed every loop: loop well inside its timeout.
+        "beat_max_loop_interval": max(1.0, lock_timeout / 5),
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_redis_options": REDIS_OPTIONS,
+        "redbeat_key_prefix": prefix,
+        "redbeat_lock_key": f"{prefix}lock",
+        "redbeat_lock_timeout": lock_timeout,
+    }

@@ -1,0 +1,137 @@
+"""Batches end to end with real workers: bad lines reported, good lines stored, manifest written, re-submit
+spends nothing, the reconciler finalises a batch nobody waits for, and interactive jobs jump the backlog."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from producers.batch import BatchSubmitter
+from tests.integration.deployment import Deployment, deployment, wait_until
+from workers.batches import wait_until_finished
+from workers.jobs import JobState
+from workers.reconcile import Reconciler
+from workers.runtime import Runtime
+
+pytestmark = pytest.mark.integration
+
+BAD = {
+    7: "{broken",
+    19: json.dumps({"prompt": "", "id": "empty"}),
+    23: json.dumps({"prompt": "dup", "id": "line-3"}),
+    31: json.dumps({"prompt": "x", "mode": "wild"}),
+}
+
+
+def write_batch(path: Path, lines: int = 50) -> None:
+    rows = []
+    for number in range(1, lines + 1):
+        if number in BAD:
+            rows.append(BAD[number])
+        elif number % 2:
+            rows.append(json.dumps({"id": f"line-{number}", "prompt": f"A lighthouse number {number}",
+                                    "metadata": {"n": number}}))  # fmt: skip
+        else:
+            rows.append(json.dumps({"prompt": f"A windmill number {number}", "aspect_ratio": "1:1"}))
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployment(
+        tmp_path_factory.mktemp("batch"), workers={"submit": 2, "poll": 2, "store": 2}
+    ) as deployed:
+        yield deployed
+
+
+@pytest.fixture
+def submitter(dep: Deployment) -> Iterator[BatchSubmitter]:
+    made = BatchSubmitter(dep.settings)
+    yield made
+    made.close()
+
+
+def test_a_50_line_batch_ends_with_a_correct_manifest_and_a_resubmit_creates_nothing(
+    dep: Deployment, submitter: BatchSubmitter, tmp_path: Path
+):
+    source = tmp_path / "prompts.jsonl"
+    write_batch(source)
+    created_before = dep.stats()["created"]
+
+    result = submitter.submit(str(source))
+
+    assert result.read
+    assert (result.status.lines, result.status.good, result.status.bad) == (50, 46, 4)
+    assert {bad.line for bad in result.bad_lines} == set(BAD)
+    assert "duplicate id 'line-3' (first on line 3)" in {bad.error for bad in result.bad_lines}
+    *_, done = wait_until_finished(submitter.batches, result.status.id, submitter.files, interval_s=0.2,
+                                   timeout_s=180)  # fmt: skip
+    assert done.done and done.states == {"stored": 46}
+
+    manifest = [json.loads(line) for line in (tmp_path / "prompts.results.jsonl").read_text().splitlines()]
+    assert [row["line"] for row in manifest] == list(range(1, 51))
+    for row in manifest:
+        if row["line"] in BAD:
+            assert row["state"] == "invalid" and row["job_id"] is None and row["error"]
+        else:
+            assert row["state"] == "stored" and row["s3_uri"].startswith("s3://") and row["error"] is None
+            job = dep.producer.get(row["job_id"])
+            assert job is not None and job.batch_id == result.status.id and job.priority.value == "batch"
+    assert manifest[2]["id"] == "line-3" and manifest[1]["id"] is None
+    assert dep.stats()["created"] == created_before + 46
+
+    again = submitter.submit(str(source))
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(source.read_bytes())
+    elsewhere = submitter.submit(str(copy))  # same content, same batch
+    assert not again.read and not elsewhere.read
+    assert again.status.id == elsewhere.status.id == result.status.id
+    assert dep.stats()["created"] == created_before + 46
+
+
+def test_an_s3_batch_nobody_waits_for_is_finalised_by_the_reconciler(dep: Deployment, submitter: BatchSubmitter):
+    bucket = dep.settings.s3.bucket
+    lines = [json.dumps({"id": i, "prompt": f"A kite number {i}"}) for i in range(6)] + ["[1, 2]"]
+    dep.s3.put_object(Bucket=bucket, Key="in/kites.jsonl", Body=("\n".join(lines) + "\n").encode())
+
+    result = submitter.submit(f"s3://{bucket}/in/kites.jsonl", name="kites", priority="normal")
+
+    assert result.status.id == "kites" and result.status.bad == 1
+    jobs = [dep.producer.get(row) for row in submitter.redis.smembers(submitter.keys.batch_pending("kites"))]
+    dep.wait_all([job for job in jobs if job is not None], timeout=120)
+    reconciler = Reconciler(Runtime.build(dep.settings), dep.producer.app)
+    assert reconciler.run().get("batch_finalised") == 1
+
+    body = dep.s3.get_object(Bucket=bucket, Key="in/kites.results.jsonl")["Body"].read().decode()
+    rows = [json.loads(line) for line in body.splitlines()]
+    assert [row["state"] for row in rows] == ["stored"] * 6 + ["invalid"]
+    assert [row["id"] for row in rows[:6]] == [str(i) for i in range(6)]
+    assert submitter.batches.get("kites").done
+    assert int(submitter.redis.hget(submitter.keys.counters(), "reconcile:batch_finalised")) == 1
+
+
+def test_an_interactive_job_goes_before_2000_waiting_batch_jobs(tmp_path: Path):
+    with deployment(tmp_path / "services", workers={"poll": 1, "store": 1}) as dep:
+        source = tmp_path / "backlog.jsonl"
+        source.write_text("".join(json.dumps({"prompt": f"Backlog scene {i}"}) + "\n" for i in range(2000)))
+        submitter = BatchSubmitter(dep.settings)
+        try:
+            backlog = submitter.submit(str(source))
+            batch_jobs = list(submitter.redis.smembers(submitter.keys.batch_pending(backlog.status.id)))
+        finally:
+            submitter.close()
+        assert len(batch_jobs) == 2000
+        interactive = dep.producer.enqueue("Someone is waiting for this one")
+
+        dep.start_worker("submit", concurrency=1)  # the submit queue had no consumer until now
+
+        wait_until(lambda: dep.producer.get(interactive.id).state is not JobState.QUEUED, 60, "a submit")
+        first = dep.producer.get(interactive.id).timestamps["submitting"]
+        with dep.producer.redis.pipeline(transaction=False) as pipe:
+            for job_id in batch_jobs:
+                pipe.hget(dep.producer.keys.job(job_id), "at_submitting")
+            batch_starts = [float(at) for at in pipe.execute() if at is not None]
+        assert all(at > first for at in batch_starts), "a batch job was submitted before the interactive one"

@@ -1,0 +1,115 @@
+"""Beat with celery-redbeat: two real ``celery beat`` processes, only the lock holder schedules; the
+nightly inbox pickup submits each file once and moves it to the processed location."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import redis
+
+from config.celery import broker_prefix
+from config.settings import Settings, load_settings
+from producers import localstack
+from producers.batch import BatchSubmitter, run_inbox
+from producers.localstack import LocalStack, Service
+from tests.conftest import S3_TEST_CREDENTIALS
+from tests.integration.deployment import wait_until
+
+pytestmark = pytest.mark.integration
+
+SENT = "Sending due task imagineq-reconcile"
+
+
+def beat(stack: LocalStack, env: dict[str, str], name: str) -> Service:
+    argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", "redbeat.RedBeatScheduler",
+            "-l", "INFO"]  # fmt: skip
+    return stack.spawn(name, argv, env)
+
+
+def sends(service: Service) -> int:
+    return service.log_path.read_text(errors="replace").count(SENT) if service.log_path.exists() else 0
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[LocalStack]:
+    with localstack.terminate_on_signals(), LocalStack(tmp_path) as started:
+        yield started
+
+
+def test_two_beats_only_the_lock_holder_schedules_and_the_other_takes_over(stack: LocalStack):
+    redis_url = stack.redis()
+    env = {"IMAGINEQ_REDIS_URL": redis_url, "IMAGINEQ_REDIS_PREFIX": "beat",
+           "IMAGINEQ_RECONCILE_INTERVAL_S": "1", "IMAGINEQ_BEAT_LOCK_TIMEOUT_S": "3"}  # fmt: skip
+    first = beat(stack, env, "beat-1")
+    wait_until(lambda: sends(first) >= 1, 60, "the first beat to schedule")
+    second = beat(stack, env, "beat-2")
+    wait_until(lambda: "beat: Starting" in second.log_path.read_text() and sends(first) >= 6, 60,
+               "both beats to run a while")  # fmt: skip
+
+    assert sends(second) == 0, second.log_tail()
+    client = redis.Redis.from_url(redis_url)
+    queued = client.llen(f"{broker_prefix(load_settings(redis_prefix='beat'))}poll")
+    assert queued == sends(first)  # every message came from the one beat that holds the lock
+
+    first.kill()
+    wait_until(lambda: sends(second) >= 2, 30, "the second beat to take over")
+    assert "beat: Acquired lock" in second.log_path.read_text()
+
+
+# -- the nightly inbox ------------------------------------------------------------------------------------
+
+
+def lines(prefix: str, n: int) -> str:
+    return "".join(json.dumps({"id": f"{prefix}-{i}", "prompt": f"{prefix} scene {i}"}) + "\n" for i in range(n))
+
+
+def test_the_inbox_is_submitted_once_and_moved_to_processed(stack: LocalStack, tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "monday.jsonl").write_text(lines("monday", 3))
+    (inbox / "tuesday.jsonl").write_text(lines("tuesday", 2) + "not json\n")
+    (inbox / "old.results.jsonl").write_text("{}\n")
+    (inbox / "notes.txt").write_text("not a batch")
+    settings = load_settings(redis_url=stack.redis(), inbox=str(inbox))
+
+    picked = run_inbox(settings)
+
+    assert [Path(item.source).name for item in picked] == ["monday.jsonl", "tuesday.jsonl"]
+    assert [(item.lines, item.bad, item.created) for item in picked] == [(3, 0, 3), (3, 1, 2)]
+    assert sorted(p.name for p in inbox.iterdir()) == ["notes.txt", "old.results.jsonl", "processed"]
+    assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["monday.jsonl", "tuesday.jsonl"]
+    submitter = BatchSubmitter(settings)
+    try:
+        status = submitter.batches.get(picked[0].batch_id)
+        assert status is not None and status.results == str(inbox / "processed" / "monday.results.jsonl")
+        assert run_inbox(settings) == []  # nothing new
+
+        (inbox / "monday.jsonl").write_text(lines("monday", 3))  # dropped again: same content, same batch
+        again = run_inbox(settings, submitter)
+    finally:
+        submitter.close()
+    assert [(item.batch_id, item.read, item.created) for item in again] == [(picked[0].batch_id, False, 3)]
+    assert Path(again[0].moved_to).name.startswith("monday-")
+
+
+def test_an_s3_inbox_is_moved_under_the_processed_prefix(stack: LocalStack, s3_endpoint: str, s3_bucket: str):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS)
+    s3.put_object(Bucket=s3_bucket, Key="inbox/wednesday.jsonl", Body=lines("wednesday", 4).encode())
+    s3.put_object(Bucket=s3_bucket, Key="inbox/deeper/skip.jsonl", Body=b"{}\n")
+    settings: Settings = load_settings(
+        redis_url=stack.redis(), inbox=f"s3://{s3_bucket}/inbox/", processed=f"s3://{s3_bucket}/done/",
+        s3={"endpoint_url": s3_endpoint, "bucket": s3_bucket, "access_key_id": "testing",
+            "secret_access_key": "testing"},
+    )  # fmt: skip
+
+    picked = run_inbox(settings)
+
+    assert [(item.moved_to, item.lines) for item in picked] == [(f"s3://{s3_bucket}/done/wednesday.jsonl", 4)]
+    keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert keys == ["done/wednesday.jsonl", "inbox/deeper/skip.jsonl"]
+    assert run_inbox(settings) == []

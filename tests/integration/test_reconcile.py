@@ -1,0 +1,152 @@
+"""The reconciler re-drives jobs whose step was lost, against real workers, Redis, S3 and the simulator.
+
+Each test puts a job record in the state a lost message or a dead worker leaves behind (the record is the
+truth; no message exists for it), runs the reconciler once (thresholds 0), and checks the job then ends
+where it should, with the case counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.deployment import Deployment, deployment, wait_until
+from workers.jobs import Job, JobRequest, JobState
+from workers.reconcile import Reconciler
+from workers.runtime import Runtime
+from workers.upstream import TaskState
+
+pytestmark = pytest.mark.integration
+
+IMMEDIATE = {
+    "reconcile_submitting_stale_s": 0.0, "reconcile_poll_silent_s": 0.0, "reconcile_store_silent_s": 0.0,
+    "reconcile_salvage_interval_s": 0.0,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployment(tmp_path_factory.mktemp("reconcile")) as deployed:
+        yield deployed
+
+
+@pytest.fixture(scope="module")
+def rt(dep: Deployment) -> Iterator[Runtime]:
+    runtime = Runtime.build(dep.settings.model_copy(update=IMMEDIATE))
+    yield runtime
+    runtime.close()
+
+
+def reconcile(dep: Deployment, rt: Runtime, **options: float) -> dict[str, int]:
+    return Reconciler(rt, dep.producer.app, **options).run()
+
+
+def orphan(rt: Runtime, prompt: str) -> Job:
+    """A queued job record with no submit message (as a lost message leaves it)."""
+    job, created = rt.jobs.create(JobRequest(prompt))
+    assert created
+    return job
+
+
+def upstream_task(rt: Runtime, prompt: str, *, finished: bool = False) -> str:
+    client = rt.upstream("default")
+    task_id = client.create_task(prompt=prompt, aspect_ratio="2:3", mode="normal")
+    if finished:
+        wait_until(lambda: client.record_info(task_id).state is TaskState.SUCCESS, 30, "the upstream task")
+    return task_id
+
+
+def generating(rt: Runtime, job: Job, task_id: str) -> None:
+    assert rt.jobs.transition(job.id, JobState.SUBMITTING, expect=JobState.QUEUED)
+    assert rt.jobs.transition(job.id, JobState.GENERATING, expect=JobState.SUBMITTING,
+                              fields={"task_id": task_id, "account": "default"})  # fmt: skip
+
+
+def counter(rt: Runtime, case: str) -> int:
+    return int(rt.redis.hget(rt.keys.counters(), f"reconcile:{case}") or 0)
+
+
+def test_a_stale_submit_claim_goes_back_to_the_queue_and_is_stored(dep: Deployment, rt: Runtime):
+    job = orphan(rt, "Claimed by a worker that died")
+    rt.jobs.transition(job.id, JobState.SUBMITTING, expect=JobState.QUEUED, fields={"claim": "dead"})
+
+    assert reconcile(dep, rt).get("stale_submit_requeued") == 1
+
+    assert dep.producer.wait(job.id, timeout=60).state is JobState.STORED
+
+
+def test_a_stale_claim_after_create_task_was_sent_is_never_resubmitted(dep: Deployment, rt: Runtime):
+    created_before = dep.stats()["created"]
+    job = orphan(rt, "createTask may have gone out")
+    rt.jobs.transition(job.id, JobState.SUBMITTING, expect=JobState.QUEUED)
+    rt.jobs.update(job.id, expect=JobState.SUBMITTING, fields={"account": "default", "create_sent_at": time.time()})
+
+    assert reconcile(dep, rt).get("stale_submit_unknown") == 1
+
+    failed = rt.jobs.get(job.id)
+    assert failed.state is JobState.FAILED and failed.reason == "outcome_unknown"
+    assert dep.stats()["created"] == created_before
+
+
+def test_a_generating_job_nobody_polls_is_polled_and_stored(dep: Deployment, rt: Runtime):
+    job = orphan(rt, "Its poll message was lost")
+    generating(rt, job, upstream_task(rt, "Its poll message was lost"))
+
+    assert reconcile(dep, rt).get("silent_poll") == 1
+
+    assert dep.producer.wait(job.id, timeout=60).state is JobState.STORED
+    assert rt.redis.zscore(rt.keys.leases("default"), job.id) is None  # the lease put back is released
+
+
+def test_a_completed_job_that_was_never_stored_is_stored(dep: Deployment, rt: Runtime):
+    job = orphan(rt, "Its store message was lost")
+    task_id = upstream_task(rt, "Its store message was lost", finished=True)
+    generating(rt, job, task_id)
+    url = rt.upstream("default").record_info(task_id).result_urls[0]
+    rt.jobs.transition(job.id, JobState.DOWNLOADING, expect=JobState.GENERATING, fields={"result_url": url})
+
+    assert reconcile(dep, rt).get("unstored") == 1
+
+    assert dep.producer.wait(job.id, timeout=60).state is JobState.STORED
+
+
+def test_a_timed_out_job_that_completes_later_is_salvaged(dep: Deployment, rt: Runtime):
+    job = orphan(rt, "Slower than the deadline")
+    task_id = upstream_task(rt, "Slower than the deadline", finished=True)
+    generating(rt, job, task_id)
+    rt.jobs.transition(job.id, JobState.FAILED, expect=JobState.GENERATING,
+                       fields={"reason": "timed_out", "error": "no terminal state after 900s"})  # fmt: skip
+
+    assert reconcile(dep, rt).get("salvaged") == 1
+
+    stored = dep.producer.wait(job.id, timeout=60)
+    assert stored.state is JobState.STORED and stored.reason is None
+    assert counter(rt, "salvaged") >= 1
+
+
+def test_leases_of_terminal_jobs_are_released_but_unknown_outcomes_stay_held(dep: Deployment, rt: Runtime):
+    done = dep.producer.wait(dep.producer.enqueue("Finished long ago").id, timeout=60)
+    unknown = orphan(rt, "Outcome unknown")
+    rt.jobs.transition(unknown.id, JobState.SUBMITTING, expect=JobState.QUEUED)
+    rt.jobs.transition(unknown.id, JobState.FAILED, expect=JobState.SUBMITTING, fields={"reason": "outcome_unknown"})
+    leases = rt.keys.leases("default")
+    far = (time.time() + 3600) * 1000
+    rt.redis.zadd(leases, {done.id: far, unknown.id: far, "vanished-job": far})
+
+    assert reconcile(dep, rt).get("terminal_lease") == 2
+
+    assert rt.redis.zscore(leases, done.id) is None and rt.redis.zscore(leases, "vanished-job") is None
+    assert rt.redis.zscore(leases, unknown.id) is not None
+
+
+def test_a_queued_job_without_a_message_is_republished_after_two_scans(dep: Deployment, rt: Runtime):
+    job = orphan(rt, "Its submit message was lost")
+
+    first = reconcile(dep, rt, lost_min_age_s=0)
+    assert first.get("lost_message_suspected") == 1 and "lost_message" not in first
+    assert reconcile(dep, rt, lost_min_age_s=0).get("lost_message") == 1
+
+    assert dep.producer.wait(job.id, timeout=60).state is JobState.STORED
+    assert "lost_message_suspected" not in reconcile(dep, rt, lost_min_age_s=0)

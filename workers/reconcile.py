@@ -1,0 +1,393 @@
+"""The reconciler (beat, every minute) and the nightly inbox pickup.
+
+Celery messages are only transport; the job record is the truth. The reconciler re-drives jobs whose
+record says a step should be running when nothing shows it is, each case counted in the counters hash
+(``reconcile:<case>``, exported by /metrics) and logged with the job id:
+
+``stale_submit_requeued`` / ``stale_submit_unknown``
+    ``submitting`` longer than ``reconcile_submitting_stale_s`` (well past submit's hard time limit, so the
+    claimant is dead): what a redelivered submit would do (``_recover_interrupted_submit``): back to
+    ``queued`` and a new submit message — or, when createTask may have been sent, ``failed
+    (outcome_unknown)`` with the lease held, never resubmitted blindly.
+``silent_poll``
+    ``generating`` with no poll activity (the lease's last renewal, the move into ``generating`` or the
+    reconciler's last re-drive) for ``reconcile_poll_silent_s``: a new ``chain(poll, store)``. A lease that
+    was reclaimed meanwhile is put back, since the task is still in progress upstream.
+``unstored``
+    ``downloading`` for ``reconcile_store_silent_s`` with no store running (no store claim): a new store.
+``terminal_lease`` / ``expired_lease``
+    leases held by terminal (or vanished) jobs are released — except ``outcome_unknown`` holds, which run
+    out by themselves — and expired leases are reclaimed.
+``salvaged`` (and ``salvage_checked``)
+    ``failed (timed_out)`` jobs are asked again every ``reconcile_salvage_interval_s`` for
+    ``reconcile_salvage_window_s``; a late success moves ``failed → downloading`` and is stored.
+``batch_finalised``
+    a batch whose every line is terminal gets its manifest, even when nobody waits for it.
+``lost_message_suspected`` / ``lost_message``
+    ``queued`` jobs with no ``submit`` message. A job and its message are written by one script, so this
+    takes a Redis failure or a hand edit. Every run compares the counts (queued jobs vs. messages queued and
+    in flight), which can only show a shortfall. When it does and the backlog is small enough to read
+    (≤ ``LOST_SCAN_MAX_MESSAGES``), the submit lists and the unacked messages are scanned for job ids; a job
+    queued for ``LOST_MIN_AGE_S`` and missing from two scans in a row (a message in a worker's hands is
+    in the unacked hash, and two scans a run apart rule out one being moved between them) gets a new
+    message. Bigger backlogs are only reported: reading millions of messages every minute would cost more
+    than the rare loss it finds.
+
+One run at a time (a Redis lock); each case looks at ``reconcile_limit`` jobs at most (oldest first); a
+case that fails is logged and counted (``reconcile:error``) and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, Final, cast
+
+from celery import Celery, chain
+
+from config.celery import (
+    PRIORITY_BATCH,
+    PRIORITY_INTERACTIVE,
+    PRIORITY_STEPS,
+    SUBMIT_QUEUE,
+    TASK_INBOX,
+    TASK_POLL,
+    TASK_RECONCILE,
+    TASK_STORE,
+    TASK_SUBMIT,
+    broker_prefix,
+)
+from workers.batches import BatchStore
+from workers.celery import app
+from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
+from workers.errors import NotFound, UpstreamError
+from workers.jobs import Job, JobState, Priority
+from workers.locations import Files
+from workers.messages import queue_key, submit_message
+from workers.runtime import Runtime
+from workers.storage import build_s3_client
+from workers.tasks import _recover_interrupted_submit, runtime
+from workers.upstream import TaskState
+
+log = logging.getLogger("imagineq.reconcile")
+
+#: A run that dies leaves its lock for at most this long.
+LOCK_TTL_S: Final = 300.0
+#: Failure reasons whose lease is deliberately held (the task may exist upstream): never released early.
+HELD_REASONS: Final = frozenset({"outcome_unknown"})
+#: recordInfo calls for salvage per run (they share the poll workers' token bucket).
+SALVAGE_CALLS_PER_RUN: Final = 20
+#: Lost-message scans read at most this many broker messages.
+LOST_SCAN_MAX_MESSAGES: Final = 20_000
+#: Only jobs queued at least this long are suspected of having lost their message.
+LOST_MIN_AGE_S: Final = 300.0
+_SCAN: Final = 1000
+
+
+class Reconciler:
+    """One reconciler run over a deployment (``rt``), publishing through ``celery_app``."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        celery_app: Celery,
+        *,
+        files: Files | None = None,
+        lost_min_age_s: float = LOST_MIN_AGE_S,
+    ) -> None:
+        self.rt = rt
+        self.lost_min_age_s = lost_min_age_s
+        self.app = celery_app
+        self.settings = rt.settings
+        self.batches = BatchStore(rt.redis, rt.keys, terminal_ttl_s=rt.settings.job_ttl_s)
+        s3, http = rt.settings.s3, rt.settings.http
+        self.files = files or Files(lambda: build_s3_client(s3, http))
+        self.counts: Counter[str] = Counter()
+
+    def run(self) -> dict[str, int]:
+        """Every case once; returns (and adds to the counters hash) how many jobs each case touched."""
+        lock = self.rt.keys.reconcile_lock()
+        token = uuid.uuid4().hex
+        if not self.rt.redis.set(lock, token, nx=True, px=int(LOCK_TTL_S * 1000)):
+            log.info("reconcile: another run is in progress")
+            return {}
+        try:
+            cases: list[Callable[[], None]] = [
+                self.stale_submits, self.silent_polls, self.unstored, self.leases, self.salvage,
+                self.finalise_batches, self.lost_messages,
+            ]  # fmt: skip
+            for case in cases:
+                try:
+                    case()
+                except Exception:
+                    self.counts["error"] += 1
+                    log.exception("reconcile: %s failed", case.__name__)
+        finally:
+            if self.rt.redis.get(lock) == token:
+                self.rt.redis.delete(lock)
+        counts = {name: n for name, n in self.counts.items() if n}
+        if counts:
+            with self.rt.redis.pipeline(transaction=False) as pipe:
+                for name, n in counts.items():
+                    pipe.hincrby(self.rt.keys.counters(), f"reconcile:{name}", n)
+                pipe.execute()
+            log.info("reconcile: %s", ", ".join(f"{name}={n}" for name, n in sorted(counts.items())))
+        return counts
+
+    # -- cases --------------------------------------------------------------------------------------
+    def stale_submits(self) -> None:
+        for job in self._jobs_in(JobState.SUBMITTING, self.settings.reconcile_submitting_stale_s):
+            recovered = _recover_interrupted_submit(self.rt, job)
+            if recovered is not None and recovered.state is JobState.QUEUED:
+                self._publish_submit(recovered)
+                self.counts["stale_submit_requeued"] += 1
+                log.warning("reconcile: job %s was stuck submitting; queued again", job.id)
+                continue
+            current = self.rt.jobs.get(job.id)
+            if current is not None and current.state is JobState.FAILED and current.reason in HELD_REASONS:
+                self.counts["stale_submit_unknown"] += 1
+                log.error("reconcile: job %s was stuck submitting after createTask was sent; failed "
+                          "(outcome_unknown), not resubmitted", job.id)  # fmt: skip
+
+    def silent_polls(self) -> None:
+        silent_s = self.settings.reconcile_poll_silent_s
+        now = self._now()
+        ttl_s = self.rt.quota.lease_ttl_s
+        for job in self._jobs_in(JobState.GENERATING, silent_s):
+            if job.account is None:
+                continue
+            leases = self.rt.keys.leases(job.account)
+            expiry_ms = cast("float | None", self.rt.redis.zscore(leases, job.id))
+            activity = [job.timestamps.get(JobState.GENERATING.value, job.updated_at)]
+            if expiry_ms is not None:
+                activity.append(expiry_ms / 1000 - ttl_s)  # the lease was last renewed then
+            if "reconciled_poll_at" in job.extra:
+                activity.append(float(job.extra["reconciled_poll_at"]))
+            if now - max(activity) < silent_s:
+                continue
+            if expiry_ms is None:
+                # Reclaimed while nobody polled, but the task is still running upstream: count it again.
+                self.rt.redis.zadd(leases, {job.id: (now + ttl_s) * 1000}, nx=True)
+            stamp = {"reconciled_poll_at": now}
+            if not self.rt.jobs.update(job.id, expect=JobState.GENERATING, fields=stamp):
+                continue
+            self._chain(TASK_POLL, TASK_STORE, job_id=job.id)
+            self.counts["silent_poll"] += 1
+            log.warning("reconcile: job %s had no poll for %.0fs; poll re-published", job.id,
+                        now - max(activity))  # fmt: skip
+
+    def unstored(self) -> None:
+        silent_s = self.settings.reconcile_store_silent_s
+        now = self._now()
+        for job in self._jobs_in(JobState.DOWNLOADING, silent_s):
+            if self.rt.redis.exists(f"{self.rt.keys.job(job.id)}:store-claim"):
+                continue  # a store is running
+            activity = [job.timestamps.get(JobState.DOWNLOADING.value, job.updated_at)]
+            if "reconciled_store_at" in job.extra:
+                activity.append(float(job.extra["reconciled_store_at"]))
+            if now - max(activity) < silent_s:
+                continue
+            stamp = {"reconciled_store_at": now}
+            if not self.rt.jobs.update(job.id, expect=JobState.DOWNLOADING, fields=stamp):
+                continue
+            self._chain(TASK_STORE, job_id=job.id)
+            self.counts["unstored"] += 1
+            log.warning("reconcile: job %s generated but not stored; store re-published", job.id)
+
+    def leases(self) -> None:
+        for name, job_ids in self.rt.quota.reclaim_expired().items():
+            for job_id in job_ids:
+                self.counts["expired_lease"] += 1
+                log.warning("reconcile: expired lease of job %s on account %s reclaimed", job_id, name)
+        for account in self.settings.accounts:
+            members = cast("list[str]", self.rt.redis.zrange(self.rt.keys.leases(account.name), 0, -1))
+            if not members:
+                continue
+            with self.rt.redis.pipeline(transaction=False) as pipe:
+                for job_id in members:
+                    pipe.hmget(self.rt.keys.job(job_id), ["state", "reason"])
+                rows = pipe.execute()
+            for job_id, (state, reason) in zip(members, rows, strict=True):
+                if state is not None and not JobState(state).terminal:
+                    continue
+                if state == JobState.FAILED.value and reason in HELD_REASONS:
+                    continue
+                self.rt.quota.release(account.name, job_id)
+                self.counts["terminal_lease"] += 1
+                log.warning("reconcile: lease of %s job %s on account %s released",
+                            state or "vanished", job_id, account.name)  # fmt: skip
+
+    def salvage(self) -> None:
+        now = self._now()
+        window = self.settings.reconcile_salvage_window_s
+        index = self.rt.keys.state_index(JobState.FAILED.value)
+        calls = 0
+        for job_ids in self._chunks(index, (now - window) * 1000, now * 1000):
+            with self.rt.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hmget(self.rt.keys.job(job_id), ["reason", "task_id", "account", "salvage",
+                                                          "salvage_checked_at"])  # fmt: skip
+                rows = pipe.execute()
+            for job_id, (reason, task_id, account, done, checked_at) in zip(job_ids, rows, strict=True):
+                if reason != "timed_out" or not task_id or not account or done:
+                    continue
+                if checked_at and now - float(checked_at) < self.settings.reconcile_salvage_interval_s:
+                    continue
+                if calls >= SALVAGE_CALLS_PER_RUN or self.rt.quota.take_record_info_token(account) > 0:
+                    return  # the rest next run: polls come first
+                calls += 1
+                self._salvage_one(job_id, account, task_id, now)
+
+    def _salvage_one(self, job_id: str, account: str, task_id: str, now: float) -> None:
+        self.counts["salvage_checked"] += 1
+        try:
+            record = self.rt.upstream(account).record_info(task_id)
+        except NotFound:
+            self.rt.jobs.update(job_id, expect=JobState.FAILED, fields={"salvage": "not_found"})
+            return
+        except UpstreamError as error:
+            log.info("reconcile: salvage check of job %s failed (%s); next run", job_id, error)
+            return
+        if not record.state.terminal:
+            self.rt.jobs.update(job_id, expect=JobState.FAILED, fields={"salvage_checked_at": now})
+            return
+        if record.state is not TaskState.SUCCESS:
+            self.rt.jobs.update(job_id, expect=JobState.FAILED, fields={"salvage": "upstream_failed"})
+            return
+        job = self.rt.jobs.get(job_id)
+        if job is None or job.state is not JobState.FAILED or job.reason not in SALVAGEABLE_REASONS:
+            return
+        if apply_terminal(self.rt.jobs, self.rt.quota, job, record) is Applied.DOWNLOADING:
+            self._chain(TASK_STORE, job_id=job_id)
+            self.counts["salvaged"] += 1
+            log.warning("reconcile: job %s timed out but task %s completed later; salvaged", job_id, task_id)
+
+    def finalise_batches(self) -> None:
+        for batch_id in self.batches.active():
+            status = self.batches.finalise(batch_id, self.files)
+            if status is not None and status.done:
+                self.counts["batch_finalised"] += 1
+                log.info("reconcile: batch %s finished; manifest written to %s", batch_id, status.manifest)
+
+    def lost_messages(self) -> None:
+        queued = int(cast(int, self.rt.redis.zcard(self.rt.keys.state_index(JobState.QUEUED.value))))
+        if not queued:
+            self.rt.redis.delete(self.rt.keys.reconcile_suspects())
+            return
+        prefix = broker_prefix(self.settings)
+        lists = [queue_key(prefix, SUBMIT_QUEUE, step) for step in PRIORITY_STEPS]
+        unacked = f"{prefix}unacked"
+        with self.rt.redis.pipeline(transaction=False) as pipe:
+            for key in lists:
+                pipe.llen(key)
+            pipe.hlen(unacked)
+            *lengths, in_flight = pipe.execute()
+        messages = sum(int(n) for n in lengths) + int(in_flight)
+        if queued <= messages:
+            self.rt.redis.delete(self.rt.keys.reconcile_suspects())
+            return
+        self.counts["lost_message_suspected"] += queued - messages
+        log.warning("reconcile: %d queued jobs but %d submit messages queued or in flight", queued, messages)
+        if messages > LOST_SCAN_MAX_MESSAGES:
+            log.warning("reconcile: backlog too big to scan for lost messages (%d)", messages)
+            return
+        found = set(self._job_ids_in_messages(lists, unacked))
+        missing = [
+            job_id
+            for job_id in self.rt.jobs.ids_in_state(
+                JobState.QUEUED, older_than_s=self.lost_min_age_s, limit=self.settings.reconcile_limit
+            )
+            if job_id not in found
+        ]
+        suspects_key = self.rt.keys.reconcile_suspects()
+        before = cast("set[str]", self.rt.redis.smembers(suspects_key))
+        for job in self.rt.jobs.get_many([job_id for job_id in missing if job_id in before]):
+            if job is not None and job.state is JobState.QUEUED:
+                self._publish_submit(job)
+                self.counts["lost_message"] += 1
+                log.warning("reconcile: job %s was queued without a submit message; re-published", job.id)
+        with self.rt.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(suspects_key)
+            fresh = [job_id for job_id in missing if job_id not in before]
+            if fresh:
+                pipe.sadd(suspects_key, *fresh)
+                pipe.expire(suspects_key, int(max(600.0, 10 * self.settings.reconcile_interval_s)))
+            pipe.execute()
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _jobs_in(self, state: JobState, older_than_s: float) -> list[Job]:
+        ids = self.rt.jobs.ids_in_state(state, older_than_s=older_than_s, limit=self.settings.reconcile_limit)
+        return [job for job in self.rt.jobs.get_many(ids) if job is not None and job.state is state]
+
+    def _chunks(self, index: str, low: float, high: float) -> Iterator[list[str]]:
+        start = 0
+        while True:
+            ids = cast("list[str]", self.rt.redis.zrangebyscore(index, low, high, start=start, num=_SCAN))
+            if not ids:
+                return
+            yield ids
+            start += len(ids)
+
+    def _job_ids_in_messages(self, lists: list[str], unacked: str) -> Iterator[str]:
+        for key in lists:
+            start = 0
+            while raw := cast("list[str]", self.rt.redis.lrange(key, start, start + _SCAN - 1)):
+                start += len(raw)
+                for payload in raw:
+                    if (job_id := _submit_job_id(json.loads(payload))) is not None:
+                        yield job_id
+        for value in cast("dict[str, str]", self.rt.redis.hgetall(unacked)).values():
+            message = json.loads(value)
+            if isinstance(message, list) and message and (job_id := _submit_job_id(message[0])) is not None:
+                yield job_id
+
+    def _publish_submit(self, job: Job) -> None:
+        level = self.batches.level(job.batch_id) if job.batch_id else None
+        if level is None:
+            level = PRIORITY_BATCH if job.priority is Priority.BATCH else PRIORITY_INTERACTIVE
+        message = submit_message(job.id, priority=level, broker_prefix=broker_prefix(self.settings))
+        self.rt.redis.lpush(message.queue_key, message.payload)
+
+    def _chain(self, *steps: str, job_id: str) -> None:
+        chain(*(self.app.signature(name, args=(job_id,), immutable=True) for name in steps)).apply_async()
+
+    def _now(self) -> float:
+        seconds, micros = cast("tuple[int, int]", self.rt.redis.time())
+        return seconds + micros / 1e6
+
+
+def _submit_job_id(message: Any) -> str | None:
+    """The job id a kombu/Celery submit message carries (None for other tasks or unreadable bodies)."""
+    try:
+        if message.get("headers", {}).get("task") != TASK_SUBMIT:
+            return None
+        body = json.loads(base64.b64decode(message["body"]))
+        return str(body[0][0])
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+# -- tasks ------------------------------------------------------------------------------------------------
+
+
+@app.task(name=TASK_RECONCILE, soft_time_limit=240, time_limit=LOCK_TTL_S)
+def reconcile() -> dict[str, int]:
+    """Beat, every ``reconcile_interval_s``: one reconciler run."""
+    return Reconciler(runtime(), app).run()
+
+
+@app.task(name=TASK_INBOX, soft_time_limit=3300, time_limit=3400)
+def batch_inbox() -> int:
+    """Beat, at ``nightly_cron``: submit the inbox's batch files and move them to the processed location."""
+    # Reading a batch is a producer's job that beat triggers: the one place workers call into producers.
+    from producers.batch import run_inbox
+
+    started = time.monotonic()
+    done = run_inbox(runtime().settings)
+    log.info("inbox: %d file(s) picked up in %.1fs", len(done), time.monotonic() - started)
+    return len(done)
