@@ -56,7 +56,7 @@ def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
 
 
 def main() -> int:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
     with localstack.terminate_on_signals(), localstack.LocalStack() as stack:
         console.print("[bold]Starting private services[/] (Redis, S3 server, simulator, web, 3 workers)…")
         redis_url = stack.redis(os.environ.get("IMAGINEQ_REDIS_URL"))
