@@ -309,6 +309,7 @@ class Storage:
         prompt_sha256: str,
         sidecar: Mapping[str, Any],
         refresh: Callable[[str], str] | None = None,
+        first_attempt: bool = False,
     ) -> StoredObject:
         """Stream ``url`` into S3 under the job's key and write the JSON sidecar next to it.
 
@@ -323,7 +324,9 @@ class Storage:
             )
         except ValueError as e:
             raise StorageError(f"no object key for job {job_id!r}: {e}") from e
-        existing = self.find(key, job_id=job_id)
+        # ``first_attempt``: the caller knows no earlier attempt ever began an upload for this job, so
+        # there is nothing to find (saves a HEAD per job).
+        existing = None if first_attempt else self.find(key, job_id=job_id)
         if existing is not None:
             logger.info("job %s already stored at %s; not downloading again", job_id, existing.uri)
             return existing

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -26,10 +27,10 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from celery import Task, chain
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from config.celery import SUBMIT_TIME_LIMIT_S, TASK_POLL, TASK_STORE, TASK_SUBMIT
-from config.settings import get_settings
+from config.settings import ConfigError, get_settings
 from workers.celery import app
 from workers.completion import apply_early
 from workers.errors import (
@@ -67,6 +68,18 @@ def runtime() -> Runtime:
         if _runtime is None:
             _runtime = Runtime.build(get_settings())
         return _runtime
+
+
+@worker_init.connect
+def _require_accounts(**_: Any) -> None:
+    """[issue 8] A worker without an upstream account would fail every submit and strand its jobs in
+    ``submitting``: refuse to start instead, naming the missing setting (exit status 2, like the CLI).
+    SystemExit, because Celery logs and ignores exceptions raised by signal receivers."""
+    try:
+        get_settings().require_accounts()
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @worker_process_init.connect
@@ -333,7 +346,6 @@ def poll(self: Task, job_id: str) -> str | None:
         rt.quota.renew_lease(job.account, job_id)
         _requeue(self, countdown=min(30.0, backoff_s(attempts, base_s=2.0, cap_s=30.0)))
 
-    rt.quota.renew_lease(job.account, job_id)
     if record.state is TaskState.SUCCESS:
         if not record.result_urls:
             rt.quota.release(job.account, job_id)
@@ -360,6 +372,7 @@ def poll(self: Task, job_id: str) -> str | None:
         log.info("poll: job %s failed upstream: %s %s", job_id, record.fail_code, record.fail_msg)
         _stop_chain(self)
         return None
+    rt.quota.renew_lease(job.account, job_id)  # still running: keep the slot
     if rt.settings.callbacks.enabled:
         delay = safety_poll_delay_s(
             age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s
@@ -394,6 +407,11 @@ def store(self: Task, job_id: str) -> str | None:
         assert job.result_url is not None
         account = job.account
         refresh = _refresher(rt, account) if account else None
+        # Mark the upload as begun before it begins: a later attempt that sees no mark knows there is
+        # no object to look for in S3.
+        first_attempt = not job.extra.get("store_started_at")
+        if first_attempt:
+            rt.jobs.update(job_id, expect=JobState.DOWNLOADING, fields={"store_started_at": time.time()})
         try:
             stored = rt.storage.store(
                 job_id=job_id,
@@ -404,6 +422,7 @@ def store(self: Task, job_id: str) -> str | None:
                 prompt_sha256=hashlib.sha256(job.prompt.encode()).hexdigest(),
                 sidecar=job.to_dict(),
                 refresh=refresh,
+                first_attempt=first_attempt,
             )
         except ResultGone as error:
             rt.jobs.transition(
