@@ -23,7 +23,7 @@ def test_three_submit_workers_never_exceed_the_upstream_limits(tmp_path):
     # Given a simulator enforcing 30 in progress and 40 creations per 20 s window,
     # and 3 submit worker processes x concurrency 4 sharing one account.
     limits = {"max_in_progress": 30, "max_creations_per_window": 40, "creation_window_s": 20,
-              "record_info_per_s": 200, "window_guard_s": 0.25}  # fmt: skip
+              "record_info_per_s": 200, "window_guard_s": 1.0}  # fmt: skip
     with deployment(
         tmp_path,
         simulator_args=("--gen-time", "1:3", "--video-bytes", "4096", "--max-in-progress", "30",
