@@ -38,6 +38,10 @@ bench: install
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/download.py
 
+# The whole Procfile under honcho against a private Redis, S3 server and simulator; Ctrl-C stops it all.
+run: install
+	$(BIN)/python -m producers.run_local
+
 chaos: install
 	$(BIN)/python -m pytest -q -m chaos tests
 

@@ -14,7 +14,7 @@ from config.settings import ConfigError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: Modules with a ``register(subparsers)`` function adding their commands (each handler returns an exit code).
-EXTENSIONS: tuple[str, ...] = ("producers.batch_cli",)
+EXTENSIONS: tuple[str, ...] = ("producers.batch_cli", "producers.status_cli")
 
 
 def _job_table(job: Any) -> str:
@@ -141,13 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from config.settings import get_settings
     from workers.errors import ImagineQError, ValidationError
+    from workers.logs import configure_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulator"]:
         return _cmd_simulator(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        # [issue 7] Log lines (WARNING and up unless IMAGINEQ_LOG_LEVEL) go to stderr, secrets redacted.
+        configure_logging(get_settings(), service="cli", level="WARNING")
         code: int = args.handler(args)
     except ValidationError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -69,6 +69,7 @@ from workers.jobs import (
 )
 from workers.jobstore import JobStore
 from workers.keys import Keys
+from workers.logs import UVICORN_LOGGERS, configure_logging
 from workers.quota import QuotaLimiter
 
 log = logging.getLogger("imagineq.http")
@@ -586,4 +587,7 @@ def _index_after(
             yield rows
 
 
+# [issue 7] uvicorn imports this module after configuring its own loggers: from here on they (the access
+# log included) write through workers.logs — text or JSON, secrets and callback tokens redacted.
+configure_logging(get_settings(), service="web", level="INFO", take_over=UVICORN_LOGGERS)
 app = create_app()

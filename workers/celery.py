@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import setup_logging
 
 from config.celery import celery_config
 from config.schedule import beat_config
 from config.settings import Settings, get_settings
+from workers.logs import configure_logging
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -16,6 +20,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(beat_config(settings))
     app.conf.imports = ("workers.tasks", "workers.reconcile")
     return app
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """[issue 7] Workers and beat log through ``workers.logs`` (text or JSON, redacted). A receiver here
+    makes Celery leave the root logger alone (``worker_hijack_root_logger`` is off anyway); ``-l`` is
+    the level unless ``IMAGINEQ_LOG_LEVEL`` is set. Pool children inherit the handler when they fork."""
+    configure_logging(get_settings(), service="celery", level=loglevel)
 
 
 app = create_app()

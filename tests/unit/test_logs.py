@@ -1,0 +1,113 @@
+"""Log lines: one per event with the job id, text or JSON, and no secret in any of them."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from config.settings import ConfigError, Settings, load_settings
+from workers.logs import REDACTED, Redactor, configure_logging, secrets_of
+
+API_KEY = "sk-LEAKCHECK-unit-0123456789"
+JOB = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    return load_settings(
+        api_key=API_KEY,
+        ingress_tokens=["ingress-token-abcdef"],
+        callbacks={"hmac_key": "hmac-key-abcdef"},
+        s3={"access_key_id": "AKIAEXAMPLEKEY", "secret_access_key": "s3-secret-abcdef"},
+    )
+
+
+@pytest.fixture
+def capture(settings: Settings) -> Iterator[tuple[io.StringIO, logging.Logger]]:
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handler = configure_logging(settings.model_copy(update={"log_format": "json"}), service="test",
+                                level="DEBUG", stream=stream)  # fmt: skip
+    try:
+        yield stream, logging.getLogger("imagineq.test")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_every_configured_secret_is_known(settings: Settings) -> None:
+    assert set(secrets_of(settings)) >= {
+        API_KEY, "ingress-token-abcdef", "hmac-key-abcdef", "AKIAEXAMPLEKEY", "s3-secret-abcdef"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "kept", "gone"),
+    [
+        (f"key {API_KEY} used", "key *** used", API_KEY),
+        ("Authorization: Bearer abcdefghijkl0123", "Bearer ***", "abcdefghijkl0123"),
+        ("headers {'Authorization': 'Basic YWRtaW46cHc='}", "Basic ***", "YWRtaW46cHc="),
+        ("GET https://b.s3.amazonaws.com/v.mp4?X-Amz-Signature=ff00&X-Amz-Expires=60 200",
+         "https://b.s3.amazonaws.com/v.mp4?*** 200", "ff00"),
+        ("redis://:hunter2pw@redis:6379/0", "redis://:***@redis:6379/0", "hunter2pw"),
+        (f"POST /v1/callbacks/{JOB}/tok3n5ecret HTTP/1.1", f"/v1/callbacks/{JOB}/***", "tok3n5ecret"),
+        ("IMAGINEQ_API_KEY=sk-other-key-999", "IMAGINEQ_API_KEY=***", "sk-other-key-999"),
+        ('{"password": "pw-123456"}', '"password": "***"', "pw-123456"),
+    ],
+)
+def test_redactor_removes_secrets_by_value_and_by_shape(text: str, kept: str, gone: str) -> None:
+    redacted = Redactor([API_KEY]).redact(text)
+    assert kept in redacted and gone not in redacted
+
+
+def test_ordinary_text_is_left_alone() -> None:
+    text = f"submit: job {JOB} → task abc on account default; basic auth on; Bearer tokens accepted"
+    assert Redactor(["local"]).redact(text) == text  # a too-short "secret" would shred words
+
+
+def test_json_lines_carry_the_job_id_and_never_a_secret(capture: tuple[io.StringIO, logging.Logger]) -> None:
+    stream, log = capture
+    log.info("submit: job %s → task %s", JOB, "t1")
+    log.warning("upstream said %s", {"Authorization": f"Bearer {API_KEY}"}, extra={"job_id": JOB})
+    try:
+        raise RuntimeError(f"boom with {API_KEY} and s3-secret-abcdef")
+    except RuntimeError:
+        log.exception("store: job %s failed", JOB)
+    # Celery's own "received" line names the job only in its args.
+    log.info("Task %(name)s[%(id)s] received", {"name": "imagineq.poll", "id": "u1", "args": f"('{JOB}',)"})
+    records = lines(stream)
+    assert [r["job_id"] for r in records] == [JOB] * 4
+    assert all({"ts", "level", "logger", "service", "msg"} <= set(r) for r in records)
+    assert "Traceback" in str(records[2]["exc"])
+    text = stream.getvalue()
+    assert API_KEY not in text and "s3-secret-abcdef" not in text and REDACTED in text
+
+
+def test_text_lines_name_the_job(settings: Settings) -> None:
+    stream = io.StringIO()
+    handler = configure_logging(settings, service="test", level="INFO", stream=stream)
+    try:
+        logging.getLogger("celery.worker.strategy").info(
+            "Task %(name)s[%(id)s] received", {"name": "imagineq.submit", "id": "u1", "args": f"('{JOB}',)"}
+        )
+    finally:
+        logging.getLogger().removeHandler(handler)
+    [line] = stream.getvalue().splitlines()
+    assert line.endswith(f"Task imagineq.submit[u1] received job={JOB}")
+
+
+def test_log_settings_are_validated(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(log_level="debug").log_level == "DEBUG"
+    with pytest.raises(ConfigError, match="log_format"):
+        load_settings(log_format="xml")
