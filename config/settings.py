@@ -11,7 +11,7 @@ with ``IMAGINEQ_API_KEY`` (+ ``IMAGINEQ_UPSTREAM_BASE_URL``), which becomes an a
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -238,9 +238,23 @@ class Settings(BaseSettings):
     reconcile_salvage_window_s: float = Field(default=82800.0, ge=0)
     #: Jobs the reconciler looks at per case and run (the rest wait for the next run).
     reconcile_limit: int = Field(default=500, ge=1)
+    #: [issue 8] A queued job this old with no live submit message gets a new one (two scans a run apart).
+    reconcile_lost_min_age_s: float = Field(default=300.0, ge=0)
     #: Beat's Redis lock (celery-redbeat): a standby beat takes over this long after the active one died.
     beat_lock_timeout_s: int = Field(default=60, ge=2)
     # -- end of batch, schedule and reconciler settings ------------------------------------------------
+
+    # -- Logging (issue 7; workers/logs.py) ------------------------------------------------------------
+    #: ``text`` (human-readable lines) or ``json`` (one JSON object per line, for log shippers).
+    log_format: Literal["text", "json"] = "text"
+    #: Root log level. Unset: Celery's ``-l`` for workers and beat, INFO for the web, WARNING for the CLI.
+    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] | None = None
+    # -- end of logging settings ------------------------------------------------------------------------
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("nightly_cron")
     @classmethod
