@@ -112,6 +112,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure": True,
         "worker_prefetch_multiplier": 1,
+        # Long-lived pool processes are recycled (after their current task) when they grow too big.
+        "worker_max_memory_per_child": settings.worker_max_memory_per_child_mb * 1024,
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
         "task_default_priority": PRIORITY_INTERACTIVE,
         "task_queues": [Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
         "task_default_queue": SUBMIT_QUEUE,

@@ -200,6 +200,11 @@ class Settings(BaseSettings):
     quota_lease_ttl_s: float = Field(default=120.0, ge=1)
     #: After an unknown createTask outcome the job's slot stays taken this long (the task may run).
     unknown_outcome_grace_s: float = Field(default=900.0, ge=0)
+    #: A worker pool process is replaced after its current task once its RSS passes this (MiB): a bound
+    #: on slow growth in long-lived processes (see the README's operations notes).
+    worker_max_memory_per_child_mb: int = Field(default=512, ge=64)
+    #: ...and after this many tasks, whatever its size.
+    worker_max_tasks_per_child: int = Field(default=10_000, ge=1)
     #: Enforce the global Redis quotas. Off only for the benchmark's naive baseline (rate_limit alone).
     quota_enforce: bool = True
 

@@ -111,6 +111,18 @@ def _optional_key(name: str, value: object) -> None:
         raise ValidationError(name, f"must be a string or null (got {_type_name(value)})")
     if not 1 <= len(value) <= KEY_MAX_CHARS:
         raise ValidationError(name, f"must be 1 to {KEY_MAX_CHARS} characters (got {len(value)})")
+    _encodable(name, value)
+
+
+def _encodable(name: str, value: str) -> None:
+    """[issue 8] A lone surrogate (JSON ``"\\ud800"``, a CLI argument that was not UTF-8) has no UTF-8
+    form: Redis, the upstream and S3 would all refuse it later, so refuse it here, by name."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValidationError(
+            name, f"must be valid UTF-8 text (unpaired surrogate at character {error.start})"
+        ) from None
 
 
 def encode_metadata(metadata: Mapping[str, Any]) -> str:
@@ -141,6 +153,7 @@ class JobRequest:
             raise ValidationError(
                 "prompt", f"must be at most {PROMPT_MAX_CHARS} characters (got {len(self.prompt)})"
             )
+        _encodable("prompt", self.prompt)
         _one_of("aspect_ratio", self.aspect_ratio, ASPECT_RATIOS)
         _one_of("mode", self.mode, MODES)
         if not isinstance(self.metadata, dict):

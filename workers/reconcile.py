@@ -28,10 +28,12 @@ record says a step should be running when nothing shows it is, each case counted
     takes a Redis failure or a hand edit. Every run compares the counts (queued jobs vs. messages queued and
     in flight), which can only show a shortfall. When it does and the backlog is small enough to read
     (≤ ``LOST_SCAN_MAX_MESSAGES``), the submit lists and the unacked messages are scanned for job ids; a job
-    queued for ``LOST_MIN_AGE_S`` and missing from two scans in a row (a message in a worker's hands is
-    in the unacked hash, and two scans a run apart rule out one being moved between them) gets a new
-    message. Bigger backlogs are only reported: reading millions of messages every minute would cost more
-    than the rare loss it finds.
+    queued for ``reconcile_lost_min_age_s`` and missing from two scans in a row (a message in a worker's
+    hands is in the unacked hash, and two scans a run apart rule out one being moved between them) gets a
+    new message. A message in the unacked hash for longer than ``reconcile_submitting_stale_s`` is held by
+    a worker that died (it would come back only after the hour-long visibility timeout): it does not count.
+    Bigger backlogs are only reported: reading millions of messages every minute would cost more than the
+    rare loss it finds.
 
 One run at a time (a Redis lock); each case looks at ``reconcile_limit`` jobs at most (oldest first); a
 case that fails is logged and counted (``reconcile:error``) and does not stop the others.
@@ -84,8 +86,6 @@ HELD_REASONS: Final = frozenset({"outcome_unknown"})
 SALVAGE_CALLS_PER_RUN: Final = 20
 #: Lost-message scans read at most this many broker messages.
 LOST_SCAN_MAX_MESSAGES: Final = 20_000
-#: Only jobs queued at least this long are suspected of having lost their message.
-LOST_MIN_AGE_S: Final = 300.0
 _SCAN: Final = 1000
 
 
@@ -98,10 +98,10 @@ class Reconciler:
         celery_app: Celery,
         *,
         files: Files | None = None,
-        lost_min_age_s: float = LOST_MIN_AGE_S,
+        lost_min_age_s: float | None = None,
     ) -> None:
         self.rt = rt
-        self.lost_min_age_s = lost_min_age_s
+        self.lost_min_age_s = rt.settings.reconcile_lost_min_age_s if lost_min_age_s is None else lost_min_age_s
         self.app = celery_app
         self.settings = rt.settings
         self.batches = BatchStore(rt.redis, rt.keys, terminal_ttl_s=rt.settings.job_ttl_s)
@@ -282,10 +282,15 @@ class Reconciler:
         prefix = broker_prefix(self.settings)
         lists = [queue_key(prefix, SUBMIT_QUEUE, step) for step in PRIORITY_STEPS]
         unacked = f"{prefix}unacked"
+        # [issue 8] A message a worker took (acks late) stays in the unacked hash until that worker acks
+        # it, or until the visibility timeout (an hour) when the worker was killed. A submit runs, waits
+        # and re-publishes itself well within reconcile_submitting_stale_s, so an older delivery belongs
+        # to a dead worker: its job counts as having no message.
+        live_since = self._now() - self.settings.reconcile_submitting_stale_s
         with self.rt.redis.pipeline(transaction=False) as pipe:
             for key in lists:
                 pipe.llen(key)
-            pipe.hlen(unacked)
+            pipe.zcount(f"{unacked}_index", live_since, "+inf")
             *lengths, in_flight = pipe.execute()
         messages = sum(int(n) for n in lengths) + int(in_flight)
         if queued <= messages:
@@ -296,7 +301,7 @@ class Reconciler:
         if messages > LOST_SCAN_MAX_MESSAGES:
             log.warning("reconcile: backlog too big to scan for lost messages (%d)", messages)
             return
-        found = set(self._job_ids_in_messages(lists, unacked))
+        found = set(self._job_ids_in_messages(lists, unacked, live_since))
         missing = [
             job_id
             for job_id in self.rt.jobs.ids_in_state(
@@ -333,7 +338,7 @@ class Reconciler:
             yield ids
             start += len(ids)
 
-    def _job_ids_in_messages(self, lists: list[str], unacked: str) -> Iterator[str]:
+    def _job_ids_in_messages(self, lists: list[str], unacked: str, live_since: float) -> Iterator[str]:
         for key in lists:
             start = 0
             while raw := cast("list[str]", self.rt.redis.lrange(key, start, start + _SCAN - 1)):
@@ -341,7 +346,10 @@ class Reconciler:
                 for payload in raw:
                     if (job_id := _submit_job_id(json.loads(payload))) is not None:
                         yield job_id
-        for value in cast("dict[str, str]", self.rt.redis.hgetall(unacked)).values():
+        live = set(cast("list[str]", self.rt.redis.zrangebyscore(f"{unacked}_index", live_since, "+inf")))
+        for tag, value in cast("dict[str, str]", self.rt.redis.hgetall(unacked)).items():
+            if tag not in live:
+                continue  # held by a worker that died (see lost_messages)
             message = json.loads(value)
             if isinstance(message, list) and message and (job_id := _submit_job_id(message[0])) is not None:
                 yield job_id

@@ -32,7 +32,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from config.celery import SUBMIT_TIME_LIMIT_S, TASK_POLL, TASK_STORE, TASK_SUBMIT
 from config.settings import ConfigError, get_settings
 from workers.celery import app
-from workers.completion import apply_early
+from workers.completion import Applied, apply_early
 from workers.errors import (
     AccountError,
     FatalError,
@@ -163,6 +163,7 @@ def submit(self: Task, job_id: str) -> str | None:
                     "not resubmitted automatically: `imagineq resubmit JOB_ID` retries it"},
         )  # fmt: skip
         log.error("submit: job %s createTask outcome unknown on account %s", job_id, account)
+        _settle_unknown(rt, job_id)
         _stop_chain(self)
         return None
     except AccountError as error:
@@ -268,17 +269,32 @@ def _recover_interrupted_submit(rt: Runtime, job: Job) -> Job | None:
         # createTask may have been sent: never resubmit blindly.
         if job.account:
             rt.quota.hold(job.account, job.id)
-        rt.jobs.transition(
+        failed = rt.jobs.transition(
             job.id, JobState.FAILED, expect=JobState.SUBMITTING,
             fields={"reason": "outcome_unknown", "error": "a submit worker died while createTask was in "
                     "flight; not resubmitted automatically: `imagineq resubmit JOB_ID` retries it"},
         )  # fmt: skip
+        if failed:
+            _settle_unknown(rt, job.id)
         return None
     if job.account:
         rt.quota.release(job.account, job.id)
     if rt.jobs.transition(job.id, JobState.QUEUED, expect=JobState.SUBMITTING, fields={"claim": None}):
         return rt.jobs.get(job.id)
     return None
+
+
+def _settle_unknown(rt: Runtime, job_id: str) -> None:
+    """[issue 8] A job just failed ``outcome_unknown``: if the task's callback already came while the job
+    was submitting (the web stashed it), the outcome is known after all, and a success is stored
+    (failed → downloading). A callback that comes later is applied by the web the same way."""
+    if (
+        rt.settings.callbacks.enabled
+        and apply_early(rt.redis, rt.keys, rt.jobs, rt.quota, job_id) is Applied.DOWNLOADING
+        and (salvaged := rt.jobs.get(job_id)) is not None
+    ):
+        log.warning("job %s: createTask's answer was lost but its callback settled it; storing", job_id)
+        _continue(salvaged)
 
 
 def _back_to_queue(rt: Runtime, job_id: str) -> None:

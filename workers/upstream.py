@@ -115,8 +115,10 @@ class TaskRecord:
         if not isinstance(raw_id, str) or not raw_id.strip():
             raise bad("no taskId")
         raw_state = data.get("state")
+        if raw_state is None or raw_state == "":
+            raise bad("no state")  # [issue 8] not "unknown state 'None'"
         try:
-            state = TaskState(str(raw_state).strip().lower() if raw_state is not None else "")
+            state = TaskState(str(raw_state).strip().lower())
         except ValueError:
             raise bad(f"unknown state {str(raw_state)[:40]!r}") from None
         fail_code = data.get("failCode")

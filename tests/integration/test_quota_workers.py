@@ -93,7 +93,8 @@ def test_a_paused_account_keeps_its_backlog_in_redis_and_worker_memory_flat(tmp_
     with deployment(
         tmp_path,
         simulator_args=("--credits", "0", "--gen-time", "1:2"),
-        env={"IMAGINEQ_QUOTA_WAIT_MAX_S": "1", "IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "1"},
+        # Production's in-task quota wait (20 s): each process holds one message, then re-publishes it.
+        env={"IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "1"},
         workers={},
     ) as dep:
         jobs = dep.producer.enqueue_many([{"prompt": f"backlog {i}"} for i in range(5000)])

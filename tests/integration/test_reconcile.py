@@ -7,6 +7,7 @@ where it should, with the case counted.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.integration.deployment import Deployment, deployment, wait_until
 from workers.jobs import Job, JobRequest, JobState
+from workers.messages import submit_message
 from workers.reconcile import Reconciler
 from workers.runtime import Runtime
 from workers.upstream import TaskState
@@ -150,3 +152,43 @@ def test_a_queued_job_without_a_message_is_republished_after_two_scans(dep: Depl
 
     assert dep.producer.wait(job.id, timeout=60).state is JobState.STORED
     assert "lost_message_suspected" not in reconcile(dep, rt, lost_min_age_s=0)
+
+
+def _held_by_a_worker(rt: Runtime, job: Job, *, delivered_s_ago: float) -> str:
+    """The job's submit message as kombu keeps one a worker took (acks late): in the unacked hash, with
+    its delivery time in the unacked index. A SIGKILLed worker leaves it there for the visibility timeout."""
+    tag = f"test-tag-{job.id}"
+    raw = json.loads(submit_message(job.id, priority=0, broker_prefix="iq:celery:").payload)
+    rt.redis.hset("iq:celery:unacked", tag, json.dumps([raw, "submit", "submit"]))
+    rt.redis.zadd("iq:celery:unacked_index", {tag: time.time() - delivered_s_ago})
+    return tag
+
+
+def test_a_queued_job_whose_message_a_dead_worker_holds_is_republished(dep: Deployment, rt: Runtime):
+    """[issue 8, found by bench/chaos.py kill_workers] A worker SIGKILLed with a submit message reserved
+    leaves the job queued and the message unacked for an hour: the job counts as having no message."""
+    job = orphan(rt, "Its worker died holding its message")
+    tag = _held_by_a_worker(rt, job, delivered_s_ago=10.0)  # older than reconcile_submitting_stale_s (0 here)
+    try:
+        assert reconcile(dep, rt, lost_min_age_s=0).get("lost_message_suspected") == 1
+        assert reconcile(dep, rt, lost_min_age_s=0).get("lost_message") == 1
+        assert dep.producer.wait(job.id, timeout=60).state is JobState.STORED
+    finally:
+        rt.redis.hdel("iq:celery:unacked", tag)
+        rt.redis.zrem("iq:celery:unacked_index", tag)
+
+
+def test_a_message_a_live_worker_holds_is_left_alone(dep: Deployment, rt: Runtime):
+    patient = Runtime.build(rt.settings.model_copy(update={"reconcile_submitting_stale_s": 300.0}))
+    job = orphan(rt, "Its worker is busy with it")
+    tag = _held_by_a_worker(rt, job, delivered_s_ago=10.0)
+    try:
+        for _ in range(2):
+            counts = Reconciler(patient, dep.producer.app, lost_min_age_s=0).run()
+            assert "lost_message" not in counts and "lost_message_suspected" not in counts
+        assert rt.jobs.get(job.id).state is JobState.QUEUED
+    finally:
+        rt.redis.hdel("iq:celery:unacked", tag)
+        rt.redis.zrem("iq:celery:unacked_index", tag)
+        rt.jobs.transition(job.id, JobState.CANCELED, expect=JobState.QUEUED)
+        patient.close()
