@@ -335,13 +335,9 @@ class Storage:
             metadata["task-id"] = task_id
         with self._open_result(url, refresh) as response:
             announced = _content_length(response)
-            if announced is not None and announced < self._transfer_config.multipart_threshold:
-                # Small results: one PUT of bytes already in hand (bounded by the part size); S3 stores
-                # exactly what we sent, so there is nothing to verify afterwards.
-                size, sha256 = self._put_small(response, key, metadata, announced)
-            else:
-                size, sha256 = self._upload(response, key, metadata, announced)
-                self._verify(key, expected=size, url=url)
+            size, sha256 = self._upload(response, key, metadata, announced)
+        if not self._fits_one_put(announced):
+            self._verify(key, expected=size, url=url)
         uri = f"s3://{self.bucket}/{key}"
         document = {
             **sidecar,
@@ -406,35 +402,10 @@ class Storage:
         raise BadResult(f"more than {MAX_REDIRECTS} redirects", url=url)
 
     # -- upload -------------------------------------------------------------------------------------
-    def _put_small(
-        self, response: requests.Response, key: str, metadata: dict[str, str], announced: int
-    ) -> tuple[int, str]:
-        """Read a body smaller than one part and PUT it in one request; (size, sha256)."""
-        reader = HashingReader(
-            response.iter_content(chunk_size=DOWNLOAD_CHUNK_BYTES),
-            max_bytes=self._s3.max_download_bytes,
-            expected_bytes=announced,
-        )
-        url = response.url
-        try:
-            body = reader.read(announced)
-            reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
-            self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
-            )
-        except LengthMismatch as e:
-            raise BadResult(str(e), url=url, retryable=True) from e
-        except requests.RequestException as e:
-            raise BadResult(
-                f"body ended after {reader.bytes_read} of {announced} announced bytes ({type(e).__name__})",
-                url=url,
-                retryable=True,
-            ) from e
-        except ClientError as e:
-            raise TransferError(f"upload of {key!r} failed: {_client_error_code(e)}", url=url) from e
-        except BotoCoreError as e:
-            raise TransferError(f"upload of {key!r} failed: {type(e).__name__}", url=url) from e
-        return reader.bytes_read, reader.hexdigest()
+    def _fits_one_put(self, announced: int | None) -> bool:
+        """Small results go up in one PUT of bytes already in hand (bounded by the part size): S3 stores
+        exactly what was sent, so there is nothing to verify afterwards."""
+        return announced is not None and announced < self._transfer_config.multipart_threshold
 
     def _upload(
         self, response: requests.Response, key: str, metadata: dict[str, str], announced: int | None
@@ -447,13 +418,20 @@ class Storage:
         )
         url = response.url
         try:
-            self._client.upload_fileobj(
-                reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
-                self.bucket,
-                key,
-                ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
-                Config=self._transfer_config,
-            )
+            if self._fits_one_put(announced):
+                body = reader.read(announced or 0)
+                reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
+                self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
+                )
+            else:
+                self._client.upload_fileobj(
+                    reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
+                    self.bucket,
+                    key,
+                    ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
+                    Config=self._transfer_config,
+                )
         except TooManyBytes as e:
             raise ResultTooLarge(
                 f"result exceeds the cap of {self._s3.max_download_bytes} bytes while streaming", url=url
