@@ -191,6 +191,10 @@ def build_s3_client(s3: S3Settings, http: HttpSettings) -> S3Client:
         retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
         max_pool_connections=MAX_POOL_CONNECTIONS,
         s3={"addressing_style": "path"} if s3.endpoint_url else None,
+        # We hash every byte ourselves (sha256, checked length); botocore's default extra CRC on each
+        # upload costs CPU and its aws-chunked uploads are refused by some S3-compatible servers.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
     )
     explicit = s3.access_key_id is not None and s3.secret_access_key is not None
     return boto3.session.Session().client(
