@@ -47,10 +47,10 @@ def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
         table.add_column(column, overflow="fold")
     for job in jobs:
         end = job.updated_at if job.state.terminal else time.time()
-        where = job.s3_uri or (f"{job.reason}: {job.error}" if job.reason else "")
+        where = job.s3_uri or (f"{job.reason}: {job.error}"[:90] if job.reason else "")
         size = f"{job.size / 1e6:.1f} MB" if job.size else ""
         style = STATE_STYLE.get(job.state.value, "white")
-        table.add_row(job.id[:12], job.prompt[:38], f"[{style}]{job.state.value}[/]", where[:70], size,
+        table.add_row(job.id[:12], job.prompt[:38], f"[{style}]{job.state.value}[/]", where, size,
                       f"{end - job.created_at:5.1f}s")  # fmt: skip
     return table
 
