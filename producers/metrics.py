@@ -27,6 +27,7 @@ from workers.quota import QuotaLimiter
 
 UPSTREAM_ERROR_PREFIX = "upstream_error:"
 CALLBACK_PREFIX = "callback:"
+RECONCILE_PREFIX = "reconcile:"
 
 
 class RedisCollector(Collector):
@@ -123,13 +124,19 @@ class RedisCollector(Collector):
         callbacks = CounterMetricFamily(
             "imagineq_callbacks", "Upstream callbacks received, by outcome", labels=["outcome"]
         )
+        reconciled = CounterMetricFamily(
+            "imagineq_reconciled", "Jobs the reconciler re-drove or repaired, by case", labels=["case"]
+        )
         for name, value in sorted(counters.items()):
             if name.startswith(UPSTREAM_ERROR_PREFIX):
                 errors.add_metric([name.removeprefix(UPSTREAM_ERROR_PREFIX)], value)
             elif name.startswith(CALLBACK_PREFIX):
                 callbacks.add_metric([name.removeprefix(CALLBACK_PREFIX)], value)
+            elif name.startswith(RECONCILE_PREFIX):
+                reconciled.add_metric([name.removeprefix(RECONCILE_PREFIX)], value)
         yield errors
         yield callbacks
+        yield reconciled
         record_info = CounterMetricFamily("imagineq_record_info_calls", "recordInfo calls made by polls")
         record_info.add_metric([], counters.get("record_info_calls", 0))
         yield record_info

@@ -345,7 +345,7 @@ def test_healthz_reports_redis_and_workers(web: Web):
 def test_metrics_read_the_deployment_state_from_redis(web: Web):
     web.post("/v1/jobs", json=[{"prompt": "a"}, {"prompt": "b", "priority": "batch"}])
     web.redis.hset(web.keys.counters(), mapping={"upstream_error:429": 3, "record_info_calls": 17,
-                                                  "bytes_stored": 1048576})  # fmt: skip
+                                                  "bytes_stored": 1048576, "reconcile:poll_silent": 2})  # fmt: skip
     web.callback("nojob", "x", "t")
     text = web.get("/metrics", headers={}).text
     for line in (
@@ -359,6 +359,7 @@ def test_metrics_read_the_deployment_state_from_redis(web: Web):
         "imagineq_record_info_calls_total 17.0",
         "imagineq_bytes_stored_total 1.048576e+06",
         'imagineq_callbacks_total{outcome="unknown_job"} 1.0',
+        'imagineq_reconciled_total{case="poll_silent"} 2.0',
     ):
         assert line in text, line
 
