@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,9 +26,12 @@ from pathlib import Path
 
 import requests
 
-from config.settings import Settings, load_settings
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the test deployment
+
+
 from producers import localstack
 from producers.api import Producer
+from tests.integration.deployment import settings_from
 from workers.jobs import JobState
 from workers.storage import Storage
 
@@ -79,7 +82,7 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
             bucket="imagineq-bench",
             extra=extra,
         )
-        settings = _settings_from(env)
+        settings = settings_from(env)
         Storage(settings.s3, settings.http).ensure_bucket()
         if callbacks:
             localstack.start_web(stack, env, port=port)
@@ -103,20 +106,6 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
         job.timestamps[JobState.STORED.value] - completed_at[job.task_id] for job in stored if job.task_id
     ]
     return Run(mode, jobs, len(stored), int(stats["record_info_calls"]), latencies, wall_s)
-
-
-def _settings_from(env: dict[str, str]) -> Settings:
-    """Settings for this process from the same variables the child processes get."""
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        return load_settings()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ sys.path.insert(
 
 from producers import localstack
 from tests.integration.deployment import deployment
+from workers.jobs import JobState
 
 UNLIMITED = json.dumps(
     [{"name": "bench", "api_key": "sim-key", "base_url": "{simulator}", "max_in_progress": 100000,
@@ -44,7 +45,7 @@ def run_pipeline(jobs: int, concurrency: int, log_dir: Path) -> tuple[float, str
         workers={"submit": concurrency, "poll": concurrency, "store": concurrency},
     ) as dep:  # fmt: skip
         dep.producer.enqueue_many([{"prompt": "warm-up"}])
-        dep.wait_for(lambda: dep.producer.jobs.count_by_state().get(_stored(), 0) == 1, 60, "warm-up")
+        dep.wait_for(lambda: dep.producer.jobs.count_by_state().get(JobState.STORED, 0) == 1, 60, "warm-up")
         requests = [{"prompt": f"bench prompt {i}"} for i in range(jobs)]
         started = time.perf_counter()
         dep.producer.enqueue_many(requests)
@@ -56,7 +57,7 @@ def run_pipeline(jobs: int, concurrency: int, log_dir: Path) -> tuple[float, str
 
 def _stages(dep) -> str:  # type: ignore[no-untyped-def]
     """Mean seconds each job spent in each state (where the time goes)."""
-    ids = dep.producer.jobs.ids_in_state(_stored(), limit=100_000)
+    ids = dep.producer.jobs.ids_in_state(JobState.STORED, limit=100_000)
     order = ["queued", "submitting", "generating", "downloading", "stored"]
     sums = dict.fromkeys(order[:-1], 0.0)
     jobs = [job for job in dep.producer.jobs.get_many(ids) if job is not None]
@@ -65,12 +66,6 @@ def _stages(dep) -> str:  # type: ignore[no-untyped-def]
         for here, after in itertools.pairwise(order):
             sums[here] += times.get(after, 0) - times.get(here, 0)
     return " ".join(f"{state}={total / max(len(jobs), 1) * 1000:.0f}ms" for state, total in sums.items())
-
-
-def _stored():  # type: ignore[no-untyped-def]
-    from workers.jobs import JobState
-
-    return JobState.STORED
 
 
 def _terminal(dep) -> int:  # type: ignore[no-untyped-def]

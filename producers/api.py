@@ -44,12 +44,18 @@ class Producer:
         self.redis = client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         self.keys = Keys(self.settings.redis_prefix)
         self.jobs = JobStore(self.redis, self.keys, terminal_ttl_s=self.settings.job_ttl_s)
-        if app is None:
+        self._app = app
+        self._broker_prefix = broker_prefix(self.settings)
+
+    @property
+    def app(self) -> Celery:
+        """The Celery app of this deployment, for callers that send other tasks (the producer itself
+        writes submit messages directly and needs none: built on first use)."""
+        if self._app is None:
             from workers.celery import create_app
 
-            app = create_app(self.settings)
-        self.app = app
-        self._broker_prefix = broker_prefix(self.settings)
+            self._app = create_app(self.settings)
+        return self._app
 
     def enqueue(
         self,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,7 @@ class Deployment:
         self.simulator = simulator
         self.s3_url = s3_url
         self.workers: dict[str, list[Service]] = {}
-        self.settings: Settings = _settings_from(env)
+        self.settings: Settings = settings_from(env)
         self.producer = Producer(self.settings)
         self.s3 = boto3.client(
             "s3", endpoint_url=s3_url, region_name="us-east-1",
@@ -78,7 +77,8 @@ class Deployment:
         self.producer.close()
 
 
-def _settings_from(env: Mapping[str, str]) -> Settings:
+def settings_from(env: Mapping[str, str]) -> Settings:
+    """Settings for this process from the same variables the child processes get."""
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
@@ -123,9 +123,8 @@ def deployment(
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """localstack's poller, failing the test (AssertionError) on timeout."""
+    try:
+        localstack.wait_until(predicate, timeout, what, interval_s=0.1)
+    except localstack.ServiceError as error:
+        raise AssertionError(str(error)) from None
