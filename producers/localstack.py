@@ -160,11 +160,11 @@ def start_redis(log_dir: Path, *, port: int | None = None, appendonly: bool = Fa
 
 
 def start_s3(log_dir: Path, *, port: int | None = None) -> Service:
-    """moto's S3-compatible server."""
+    """moto's S3-compatible server (``producers.s3server``: its S3 service alone)."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    argv = [sys.executable, "-m", "producers.s3server", "--port", str(port)]
     service = spawn(f"s3-{port}", argv, log_dir=log_dir, url=f"http://127.0.0.1:{port}")
-    _await_ready(service, lambda: _http_ok(f"{service.url}/moto-api/"), 60)
+    _await_ready(service, lambda: _http_ok(f"{service.url}/"), 60)
     return service
 
 
