@@ -8,9 +8,12 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from config.settings import ConfigError, Settings, load_settings
-from workers.logs import REDACTED, Redactor, configure_logging, secrets_of
+from workers.logs import _SHAPES, REDACTED, Redactor, configure_logging, secrets_of
 
 API_KEY = "sk-LEAKCHECK-unit-0123456789"
 JOB = "0123456789abcdef0123456789abcdef"
@@ -68,6 +71,23 @@ def test_every_configured_secret_is_known(settings: Settings) -> None:
 def test_redactor_removes_secrets_by_value_and_by_shape(text: str, kept: str, gone: str) -> None:
     redacted = Redactor([API_KEY]).redact(text)
     assert kept in redacted and gone not in redacted
+
+
+_FRAGMENTS = (
+    "Bearer ", "bEaReR ", "Authorization: ", "basic ", "Basic_Auth=", "https://h/p", "redis://u:", "@", "?",
+    " ", "/v1/callbacks/", "Signature=", "x-amz-security-token: ", "API-KEY:", "apikey='", "secret =",
+    "PASSWD=", "password\": \"", "hmac_key=", "token=", "abcdefgh12345678", "x", "&",
+)  # fmt: skip
+
+
+@hypothesis_settings(max_examples=300)
+@given(st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=4), max_size=8).map("".join))
+def test_the_marker_shortcut_never_changes_a_redaction(text: str) -> None:
+    """Lines without any shape marker skip the shapes; applying every shape anyway must give the same."""
+    full = text
+    for pattern, replacement in _SHAPES:
+        full = pattern.sub(replacement, full)
+    assert Redactor().redact(text) == full
 
 
 def test_ordinary_text_is_left_alone() -> None:
