@@ -51,6 +51,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from config.settings import HttpSettings, S3Settings
 from workers.errors import ImagineQError
 from workers.streams import HashingReader, LengthMismatch, TooManyBytes
+from workers.upstream import Session
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -224,7 +225,7 @@ class Storage:
         self._http = http
         self._client = client if client is not None else build_s3_client(s3, http)
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else Session()
         self._timeout = (http.connect_timeout_s, http.download_read_timeout_s)
         part_bytes = s3.part_size_mb * 1024 * 1024
         self._transfer_config = TransferConfig(

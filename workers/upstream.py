@@ -16,7 +16,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -136,9 +136,37 @@ class TaskRecord:
         )
 
 
+class Session(requests.Session):
+    """A ``requests`` session that reads the environment (proxy and CA-bundle variables) once per origin.
+
+    requests looks them up again on every request, which costs about 0.15 ms of CPU each time: a fifth
+    of a recordInfo call. A worker's environment does not change while it runs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[Any, ...], Any] = {}
+
+    def merge_environment_settings(
+        self, url: Any, proxies: MutableMapping[str, str] | None, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, stream, verify, cert, tuple(sorted((proxies or {}).items())))
+        found = self._environment.get(key)
+        if found is None:
+            found = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if len(self._environment) < ENVIRONMENT_CACHE_SIZE:
+                self._environment[key] = found
+        return {**found, "proxies": dict(found["proxies"])}
+
+
+#: Origins whose environment settings a session keeps (result links come from a handful of hosts).
+ENVIRONMENT_CACHE_SIZE = 256
+
+
 def build_session(http: HttpSettings, pool_maxsize: int = 32) -> requests.Session:
     """A pooled session with a real User-Agent and no urllib3 retries (we decide retries)."""
-    session = requests.Session()
+    session = Session()
     # total=0 with read=False: fail on the first error, and surface read errors as themselves
     # (not MaxRetryError) so a failure after sending can be told from a failure to connect.
     adapter = HTTPAdapter(pool_maxsize=pool_maxsize, max_retries=Retry(total=0, read=False, redirect=False))
