@@ -229,6 +229,7 @@ class JobStore:
         fields: Mapping[str, FieldValue] | None = None,
         incr: Mapping[str, int] | None = None,
         pipe: Pipeline | None = None,
+        read: Job | None = None,
     ) -> bool:
         """Move the job to ``to`` if its state is in ``expect`` (when given) and ``to`` is allowed from it.
 
@@ -241,7 +242,8 @@ class JobStore:
 
         A move into a terminal state, or one that may leave a terminal state, first reads the job's
         idempotency key (one extra round trip) so the key's expiry follows the job's; passing ``expect``
-        keeps moves such as ``submitting → queued`` to a single round trip.
+        keeps moves such as ``submitting → queued`` to a single round trip, and so does ``read``: the
+        record the caller has read, whose idempotency key (set at creation, never changed) is used.
         """
         fields = dict(fields or {})
         incr = dict(incr or {})
@@ -258,8 +260,11 @@ class JobStore:
         keys += [self._keys.state_index(state.value) for state in froms]
         idem = ""
         if to.terminal or any(state.terminal for state in froms):
-            stored = cast("str | bytes | None", self._client.hget(self._keys.job(job_id), "idempotency_key"))
-            idem = _text(stored or "")
+            if read is not None and read.id == job_id:
+                idem = read.idempotency_key or ""
+            else:
+                stored = cast("str | bytes | None", self._client.hget(self._keys.job(job_id), "idempotency_key"))
+                idem = _text(stored or "")
             if idem:
                 keys.append(self._keys.idempotency(idem))
         task_id = fields.get("task_id")

@@ -44,6 +44,7 @@ from workers.errors import (
     UpstreamError,
 )
 from workers.jobs import Job, JobState
+from workers.lua_scripts import load_script
 from workers.runtime import Runtime
 from workers.schedule import backoff_s, poll_delay_s, safety_poll_delay_s
 from workers.storage import ResultGone, StorageError
@@ -442,7 +443,7 @@ def store(self: Task, job_id: str) -> str | None:
             )
         except ResultGone as error:
             rt.jobs.transition(
-                job_id, JobState.EXPIRED, expect=JobState.DOWNLOADING,
+                job_id, JobState.EXPIRED, expect=JobState.DOWNLOADING, read=job,
                 fields={"reason": error.reason, "error": str(error)},
             )  # fmt: skip
             log.warning("store: job %s result is gone: %s", job_id, error)
@@ -464,7 +465,7 @@ def store(self: Task, job_id: str) -> str | None:
             log.warning("store: job %s attempt %d failed: %s", job_id, attempts, error)
             _requeue(self, countdown=backoff_s(attempts, base_s=2.0, cap_s=30.0))
         rt.jobs.transition(
-            job_id, JobState.STORED, expect=JobState.DOWNLOADING,
+            job_id, JobState.STORED, expect=JobState.DOWNLOADING, read=job,
             fields={"s3_uri": stored.uri, "size": stored.size, "sha256": stored.sha256},
         )  # fmt: skip
         if stored.created:
@@ -511,8 +512,7 @@ def _store_claim(rt: Runtime, job_id: str) -> Iterator[bool]:
         done.set()
         beat.join(timeout=5)
         with contextlib.suppress(Exception):
-            if rt.redis.get(key) == token:
-                rt.redis.delete(key)
+            load_script(rt.redis, "store_claim_release")(keys=[key], args=[token])
 
 
 # -- shared ---------------------------------------------------------------------------------------------
