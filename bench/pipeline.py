@@ -1,16 +1,28 @@
-"""End-to-end pipeline throughput against raw Celery on the same Redis, in one run.
+"""End-to-end pipeline throughput against raw Celery, in one run, each on fresh private services.
 
-The simulator generates instantly (gen-time 0), quotas are lifted and videos are 1 KB, so the figure
-is ImagineQ's own overhead: job records, Lua compare-and-sets, quota scripts, HTTP to the simulator,
-the S3 upload. The baseline runs the same message flow (submit → chain(poll, store)) with no-op tasks
-through the same Redis, with the same worker processes and configuration.
+The simulator generates instantly (gen-time 0), quotas are lifted (Redis limits out of reach, no Celery
+``rate_limit``: the baselines have none) and videos are 1 KB. Three runs, same worker layout (one worker
+per queue, ``--concurrency`` processes each) and the same Celery configuration:
 
-    RESULT pipeline_jobs_per_s=… raw_celery_jobs_per_s=… overhead_ratio=…
+1. ``raw_celery``: the same message flow (submit → chain(poll, store)) with no-op tasks (``noop_app``).
+2. ``io_floor``: that flow with tasks making only the calls a job cannot do without — createTask,
+   recordInfo, the result download, the video and sidecar PUTs — with plain requests and boto3.
+3. ``pipeline``: ImagineQ itself (job records, Lua compare-and-sets, quota scripts, checks, hashing).
+
+Each run also prints the CPU milliseconds per job spent by every process (workers' main and pool
+processes, Redis, the S3 server, the simulator): on a small machine they all share the same cores.
+
+    RESULT pipeline_jobs_per_s=… raw_celery_jobs_per_s=… overhead_ratio=… io_floor_jobs_per_s=…
+           io_floor_ratio=… overhead_vs_io_floor=…
+
+overhead_ratio = raw ÷ pipeline (the issue's figure); io_floor_ratio = raw ÷ io_floor (what the calls
+alone cost); overhead_vs_io_floor = io_floor ÷ pipeline (what ImagineQ adds to them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import sys
@@ -19,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import redis
 
 sys.path.insert(
@@ -26,33 +39,81 @@ sys.path.insert(
 )  # the repo root: bench reuses the test deployment
 
 from producers import localstack
-from tests.integration.deployment import deployment
+from tests.integration.deployment import deployment, settings_from
 from workers.jobs import JobState
 
+#: Instant generation, 1 KB videos, no simulated quota: the same for the pipeline and the I/O floor.
+SIMULATOR_ARGS = ("--gen-time", "0:0", "--video-bytes", "1024", "--max-in-progress", "1000000",
+                  "--max-per-window", "1000000000")  # fmt: skip
 UNLIMITED = json.dumps(
     [{"name": "bench", "api_key": "sim-key", "base_url": "{simulator}", "max_in_progress": 100000,
       "max_creations_per_window": 10**9, "record_info_per_s": 100000}]
 )  # fmt: skip
 
 
+def _role(process: psutil.Process) -> str:
+    """A short name for a process of the run: s3, simulator, redis, or the worker's queue (main/pool)."""
+    try:
+        argv = process.cmdline()
+    except psutil.Error:
+        return "gone"
+    line = " ".join(argv)
+    for name, role in (("s3server", "s3"), ("moto", "s3"), ("simulator", "simulator"), ("redis-server", "redis")):
+        if name in line:
+            return role
+    if "-Q" in argv:
+        queue = argv[argv.index("-Q") + 1]
+        parent = process.parent()
+        pool = parent is not None and "-Q" in parent.cmdline()
+        return f"{queue}-{'pool' if pool else 'main'}"
+    return "bench" if process.pid == psutil.Process().pid else "other"
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process and every descendant, with its role."""
+    me = psutil.Process()
+    out: dict[int, tuple[str, float]] = {}
+    for process in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            out[process.pid] = (_role(process), times.user + times.system)
+    return out
+
+
+def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, summed by role (processes alive at the end)."""
+    spent: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))
+
+
+def _cpu_line(spent: dict[str, float], jobs: int, elapsed: float) -> str:
+    total = sum(spent.values())
+    parts = " ".join(f"{role}={seconds / jobs * 1000:.1f}" for role, seconds in spent.items() if seconds > 0)
+    return f"{total / jobs * 1000:.1f} ms CPU/job ({total / elapsed:.2f} cores busy): {parts}"
+
+
 def run_pipeline(jobs: int, concurrency: int, log_dir: Path) -> tuple[float, str, dict[str, str]]:
     with deployment(
         log_dir,
-        simulator_args=("--gen-time", "0:0", "--video-bytes", "1024", "--max-in-progress", "1000000",
-                        "--max-per-window", "1000000000"),
-        env={"IMAGINEQ_ACCOUNTS": UNLIMITED, "IMAGINEQ_SUBMIT_RATE_LIMIT": "100000/s",
-             "IMAGINEQ_POLL_RATE_LIMIT": "100000/s"},
+        simulator_args=SIMULATOR_ARGS,
+        env={"IMAGINEQ_ACCOUNTS": UNLIMITED, "IMAGINEQ_SUBMIT_RATE_LIMIT": "0/s",
+             "IMAGINEQ_POLL_RATE_LIMIT": "0/s"},
         workers={"submit": concurrency, "poll": concurrency, "store": concurrency},
     ) as dep:  # fmt: skip
         dep.producer.enqueue_many([{"prompt": "warm-up"}])
         dep.wait_for(lambda: dep.producer.jobs.count_by_state().get(JobState.STORED, 0) == 1, 60, "warm-up")
         requests = [{"prompt": f"bench prompt {i}"} for i in range(jobs)]
+        before = cpu_snapshot()
         started = time.perf_counter()
         dep.producer.enqueue_many(requests)
         dep.wait_for(lambda: _terminal(dep) >= jobs + 1, 600, "every job to end")
         elapsed = time.perf_counter() - started
+        cpu = _cpu_line(cpu_by_role(before, cpu_snapshot()), jobs, elapsed)
         counts = {k.value: v for k, v in dep.producer.jobs.count_by_state().items() if v}
-        return elapsed, dep.env["IMAGINEQ_REDIS_URL"], {"states": json.dumps(counts), "stages": _stages(dep)}
+        return elapsed, dep.env["IMAGINEQ_REDIS_URL"], {
+            "states": json.dumps(counts), "stages": _stages(dep), "cpu": cpu}
 
 
 def _stages(dep) -> str:  # type: ignore[no-untyped-def]
@@ -72,29 +133,42 @@ def _terminal(dep) -> int:  # type: ignore[no-untyped-def]
     return sum(count for state, count in dep.producer.jobs.count_by_state().items() if state.terminal)
 
 
-def run_raw_celery(jobs: int, concurrency: int, log_dir: Path) -> float:
+def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tuple[float, str]:
+    """Raw Celery (``bench/noop_app.py``) on fresh services; ``io``: tasks make the unavoidable calls."""
+    from celery import Celery
+
+    from bench.noop_app import DONE_KEY
+    from config.celery import celery_config
+
     with localstack.LocalStack(log_dir) as stack:
         url = stack.redis()
-        env = {"IMAGINEQ_REDIS_URL": url, "IMAGINEQ_API_KEY": "unused", "PYTHONPATH": str(Path.cwd())}
+        env = {"IMAGINEQ_REDIS_URL": url, "IMAGINEQ_API_KEY": "sim-key", "PYTHONPATH": str(Path.cwd())}
+        if io:
+            simulator = stack.simulator(SIMULATOR_ARGS)
+            env |= localstack.deployment_env(redis_url=url, s3_url=stack.s3(), simulator_url=simulator.url)
+            env["BENCH_IO"] = "1"
+            from workers.storage import Storage
+
+            settings = settings_from(env)
+            Storage(settings.s3, settings.http).ensure_bucket()
         for queue in ("submit", "poll", "store"):
             argv = localstack.worker_argv(queue, concurrency=concurrency, name=f"noop-{queue}")
             argv[argv.index("workers")] = "bench.noop_app"
             service = stack.spawn(f"noop-{queue}", argv, env)
             localstack.wait_until(lambda s=service: "ready." in s.log_path.read_text(), 60, f"noop {queue}")
-        import os
-
-        os.environ.update(env)
-        from bench import noop_app
-
+        producer_app = Celery("noop-producer")
+        producer_app.conf.update(celery_config(settings_from(env)))
         client = redis.Redis.from_url(url)
-        noop_app.submit.delay("warm-up")
-        localstack.wait_until(lambda: int(client.get(noop_app.DONE_KEY) or 0) == 1, 60, "warm-up")
+        producer_app.send_task("bench.submit", ("warm-up",), queue="submit")
+        localstack.wait_until(lambda: int(client.get(DONE_KEY) or 0) == 1, 60, "warm-up")
+        before = cpu_snapshot()
         started = time.perf_counter()
-        with noop_app.app.producer_or_acquire() as producer, producer.batch(max_size=500):
+        with producer_app.producer_or_acquire() as producer, producer.batch(max_size=500):
             for _ in range(jobs):
-                noop_app.submit.apply_async((uuid.uuid4().hex,), producer=producer)
-        localstack.wait_until(lambda: int(client.get(noop_app.DONE_KEY) or 0) >= jobs + 1, 600, "noop jobs")
-        return time.perf_counter() - started
+                producer_app.send_task("bench.submit", (uuid.uuid4().hex,), queue="submit", producer=producer)
+        localstack.wait_until(lambda: int(client.get(DONE_KEY) or 0) >= jobs + 1, 600, "noop jobs")
+        elapsed = time.perf_counter() - started
+        return elapsed, _cpu_line(cpu_by_role(before, cpu_snapshot()), jobs, elapsed)
 
 
 def main() -> None:
@@ -107,15 +181,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    raw_s = run_raw_celery(args.jobs, args.concurrency, root / "raw")
+    raw_s, raw_cpu = run_baseline(args.jobs, args.concurrency, root / "raw", io=False)
+    floor_s, floor_cpu = run_baseline(args.jobs, args.concurrency, root / "io-floor", io=True)
     pipeline_s, _, info = run_pipeline(args.jobs, args.concurrency, root / "pipeline")
-    pipeline_rate, raw_rate = args.jobs / pipeline_s, args.jobs / raw_s
+    pipeline_rate, raw_rate, floor_rate = args.jobs / pipeline_s, args.jobs / raw_s, args.jobs / floor_s
     print(f"pipeline: {args.jobs} jobs in {pipeline_s:.1f}s, states {info['states']}")
     print(f"pipeline: mean time in each state: {info['stages']}")
+    print(f"pipeline: {info['cpu']}")
     print(f"raw celery: {args.jobs} jobs in {raw_s:.1f}s")
+    print(f"raw celery: {raw_cpu}")
+    print(f"io floor: {args.jobs} jobs in {floor_s:.1f}s (raw Celery making only the unavoidable calls)")
+    print(f"io floor: {floor_cpu}")
     print(
         f"RESULT pipeline_jobs_per_s={pipeline_rate:.1f} raw_celery_jobs_per_s={raw_rate:.1f}"
-        f" overhead_ratio={raw_rate / pipeline_rate:.2f}"
+        f" overhead_ratio={raw_rate / pipeline_rate:.2f} io_floor_jobs_per_s={floor_rate:.1f}"
+        f" io_floor_ratio={raw_rate / floor_rate:.2f} overhead_vs_io_floor={floor_rate / pipeline_rate:.2f}"
     )
     sys.stdout.flush()
 

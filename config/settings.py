@@ -188,7 +188,8 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(default=30 * 86400, ge=60)
     #: Longest a submit task waits in-process for quota before re-publishing the job.
     quota_wait_max_s: float = Field(default=20.0, gt=0)
-    #: Celery ``rate_limit`` of the submit task per worker (e.g. "3/s"); default derived from the accounts.
+    #: Celery ``rate_limit`` of the submit task per worker (e.g. "3/s"; "0/s": none, as when benchmarking
+    #: with the quotas lifted); default derived from the accounts.
     submit_rate_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?/[smh]$")
     #: Celery ``rate_limit`` of the poll task per worker; default: the accounts' recordInfo rate.
     poll_rate_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?/[smh]$")

@@ -114,7 +114,7 @@ def deployment(
         from workers.storage import Storage
 
         Storage(deployed.settings.s3, deployed.settings.http).ensure_bucket()
-        for queue, concurrency in (workers or {"submit": 2, "poll": 2, "store": 2}).items():
+        for queue, concurrency in (workers if workers is not None else {"submit": 2, "poll": 2, "store": 2}).items():
             deployed.start_worker(queue, concurrency=concurrency)
         try:
             yield deployed
