@@ -15,6 +15,7 @@ processes, Redis, the S3 server, the simulator): on a small machine they all sha
     RESULT pipeline_jobs_per_s=… raw_celery_jobs_per_s=… overhead_ratio=… io_floor_jobs_per_s=…
            io_floor_ratio=… overhead_vs_io_floor=…
 
+Medians of ``--rounds`` interleaved rounds (the machine is shared and noisy); every round is printed.
 overhead_ratio = raw ÷ pipeline (the issue's figure); io_floor_ratio = raw ÷ io_floor (what the calls
 alone cost); overhead_vs_io_floor = io_floor ÷ pipeline (what ImagineQ adds to them).
 """
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -172,26 +174,28 @@ def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tup
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=2, help="processes per worker (one worker per queue)")
     parser.add_argument(
-        "--concurrency", type=int, default=2, help="processes per worker (one worker per queue)"
+        "--rounds", type=int, default=3, help="rounds of the three runs, interleaved; RESULT gives medians"
     )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    raw_s, raw_cpu = run_baseline(args.jobs, args.concurrency, root / "raw", io=False)
-    floor_s, floor_cpu = run_baseline(args.jobs, args.concurrency, root / "io-floor", io=True)
-    pipeline_s, _, info = run_pipeline(args.jobs, args.concurrency, root / "pipeline")
-    pipeline_rate, raw_rate, floor_rate = args.jobs / pipeline_s, args.jobs / raw_s, args.jobs / floor_s
-    print(f"pipeline: {args.jobs} jobs in {pipeline_s:.1f}s, states {info['states']}")
-    print(f"pipeline: mean time in each state: {info['stages']}")
-    print(f"pipeline: {info['cpu']}")
-    print(f"raw celery: {args.jobs} jobs in {raw_s:.1f}s")
-    print(f"raw celery: {raw_cpu}")
-    print(f"io floor: {args.jobs} jobs in {floor_s:.1f}s (raw Celery making only the unavoidable calls)")
-    print(f"io floor: {floor_cpu}")
+    rates: dict[str, list[float]] = {"raw": [], "floor": [], "pipeline": []}
+    for n in range(1, args.rounds + 1):
+        raw_s, raw_cpu = run_baseline(args.jobs, args.concurrency, root / f"raw-{n}", io=False)
+        floor_s, floor_cpu = run_baseline(args.jobs, args.concurrency, root / f"io-floor-{n}", io=True)
+        pipeline_s, _, info = run_pipeline(args.jobs, args.concurrency, root / f"pipeline-{n}")
+        for name, seconds in (("raw", raw_s), ("floor", floor_s), ("pipeline", pipeline_s)):
+            rates[name].append(args.jobs / seconds)
+        print(f"round {n}: {args.jobs} jobs each; states after the pipeline {info['states']}")
+        print(f"  pipeline  {pipeline_s:5.1f}s  {info['cpu']}")
+        print(f"            mean time in each state: {info['stages']}")
+        print(f"  raw       {raw_s:5.1f}s  {raw_cpu}")
+        print(f"  io floor  {floor_s:5.1f}s  {floor_cpu}")
+        sys.stdout.flush()
+    raw_rate, floor_rate, pipeline_rate = (statistics.median(rates[name]) for name in ("raw", "floor", "pipeline"))
     print(
         f"RESULT pipeline_jobs_per_s={pipeline_rate:.1f} raw_celery_jobs_per_s={raw_rate:.1f}"
         f" overhead_ratio={raw_rate / pipeline_rate:.2f} io_floor_jobs_per_s={floor_rate:.1f}"
