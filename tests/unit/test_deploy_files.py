@@ -35,6 +35,9 @@ WORKERS = ("submit", "poll", "store")
 COMPOSE_EXTRA_ARGS = {
     # Bound to 0.0.0.0 the simulator would hand out result URLs on 127.0.0.1, unreachable from workers.
     "simulator": ["--result-base-url", "http://simulator:8900"],
+    # The Procfile's Flower listens on 127.0.0.1 (its /metrics needs no login); in a container it must
+    # listen on every interface, and compose publishes it on the host's 127.0.0.1 only.
+    "flower": ["--address=0.0.0.0"],
 }
 #: Minimum warm-shutdown grace per worker: the task's hard time limit (store: a long transfer, not 50 min).
 MIN_GRACE_S = {"submit": SUBMIT_TIME_LIMIT_S, "poll": POLL_TIME_LIMIT_S, "store": 300}
