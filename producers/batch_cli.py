@@ -111,7 +111,7 @@ def _follow(
 ) -> BatchStatus:
     """Settle the batch until every line has ended, with a progress bar: counts per state, throughput and
     an ETA from the account quotas."""
-    quota = QuotaLimiter(submitter.redis, submitter.keys, submitter.settings.accounts)
+    quota = QuotaLimiter.for_settings(submitter.redis, submitter.keys, submitter.settings)
     started, done_at_start = time.monotonic(), status.finished
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),

@@ -285,7 +285,7 @@ class Web:
         )  # fmt: skip
         self.keys = Keys(settings.redis_prefix)
         self.jobs = JobStore(self.redis, self.keys, terminal_ttl_s=settings.job_ttl_s)
-        self.quota = QuotaLimiter(self.redis, self.keys, settings.accounts)
+        self.quota = QuotaLimiter.for_settings(self.redis, self.keys, settings)
         self.celery: Celery = create_celery(settings)
         self.producer = Producer(settings, client=self.redis, app=self.celery)
         hmac_key = settings.callbacks.hmac_key

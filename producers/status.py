@@ -128,7 +128,7 @@ class StatusReader:
         )
         self.keys = Keys(settings.redis_prefix)
         self.jobs = JobStore(self.redis, self.keys, terminal_ttl_s=settings.job_ttl_s)
-        self.quota = QuotaLimiter(self.redis, self.keys, settings.accounts) if settings.accounts else None
+        self.quota = QuotaLimiter.for_settings(self.redis, self.keys, settings) if settings.accounts else None
         self._broker_prefix = broker_prefix(settings)
         self.redis_location = redis_location(settings.redis_url)
 

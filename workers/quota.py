@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from config.settings import AccountSettings, ConfigError
+from config.settings import AccountSettings, ConfigError, Settings
 from workers.keys import Keys
 from workers.lua_scripts import load_script
 
@@ -99,6 +99,17 @@ class QuotaLimiter:
         self._tokens = load_script(client, "quota_tokens")
         self._snapshot = load_script(client, "quota_snapshot")
         self._reclaim = load_script(client, "quota_reclaim")
+
+    @classmethod
+    def for_settings(cls, client: redis.Redis, keys: Keys, settings: Settings) -> QuotaLimiter:
+        """The limiter every process uses: the accounts, lease TTL and unknown-outcome grace of ``settings``."""
+        return cls(
+            client,
+            keys,
+            settings.accounts,
+            lease_ttl_s=settings.quota_lease_ttl_s,
+            unknown_grace_s=settings.unknown_outcome_grace_s,
+        )
 
     # -- slots ----------------------------------------------------------------------------------------
     def acquire_slot(self, job_id: str, *, accounts: Sequence[str] | None = None) -> Acquired:

@@ -46,13 +46,7 @@ class Runtime:
             redis=client,
             keys=keys,
             jobs=JobStore(client, keys, terminal_ttl_s=settings.job_ttl_s),
-            quota=QuotaLimiter(
-                client,
-                keys,
-                settings.accounts,
-                lease_ttl_s=settings.quota_lease_ttl_s,
-                unknown_grace_s=settings.unknown_outcome_grace_s,
-            ),
+            quota=QuotaLimiter.for_settings(client, keys, settings),
             storage=storage,
         )
 
