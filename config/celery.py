@@ -89,6 +89,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         )
     return {
         "broker_url": settings.redis_url,
+        # kombu's Redis transport, surviving a lost connection without exiting (workers/broker.py).
+        "broker_transport": "workers.broker:Transport",
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,

@@ -1,0 +1,36 @@
+"""The Redis broker transport: kombu's, with one failure on a lost connection reported as what it is.
+
+When a worker loses Redis, Celery closes the broker connection (ignoring connection errors) and opens a
+new one. Closing the channel first tries to put the worker's unacknowledged messages back in their
+queues; with the connection already released, kombu then reads its host from ``None`` and raises
+``AttributeError``, which Celery does not expect there: the worker exits ("Unrecoverable error"), and a
+worker being stopped fails the same way acknowledging its last messages. Seen in the chaos bench and in
+celery/kombu#582, #970.
+
+Here that case raises a Redis ``ConnectionError`` instead, one of the transport's connection errors, so
+Celery ignores it and reconnects. The messages stay in the broker's unacked set and come back as usual:
+at the next restore or after the visibility timeout (the reconciler re-drives their jobs sooner).
+Selected by ``broker_transport`` in ``config/celery.py``; the broker URL stays ``redis://``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger("imagineq.broker")
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            log.warning("broker connection already closed: unacknowledged messages stay in Redis for later")
+            raise redis.exceptions.ConnectionError("the broker connection is already closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = Channel
