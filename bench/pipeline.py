@@ -60,7 +60,7 @@ def _role(process: psutil.Process) -> str:
     except psutil.Error:
         return "gone"
     line = " ".join(argv)
-    for name, role in (("s3server", "s3"), ("moto", "s3"), ("simulator", "simulator"), ("redis-server", "redis")):
+    for name, role in (("s3server", "s3"), ("simulator", "simulator"), ("redis-server", "redis")):
         if name in line:
             return role
     if "-Q" in argv:
@@ -149,9 +149,10 @@ def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tup
             simulator = stack.simulator(SIMULATOR_ARGS)
             env |= localstack.deployment_env(redis_url=url, s3_url=stack.s3(), simulator_url=simulator.url)
             env["BENCH_IO"] = "1"
+        settings = settings_from(env)
+        if io:
             from workers.storage import Storage
 
-            settings = settings_from(env)
             Storage(settings.s3, settings.http).ensure_bucket()
         for queue in ("submit", "poll", "store"):
             argv = localstack.worker_argv(queue, concurrency=concurrency, name=f"noop-{queue}")
@@ -159,7 +160,7 @@ def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tup
             service = stack.spawn(f"noop-{queue}", argv, env)
             localstack.wait_until(lambda s=service: "ready." in s.log_path.read_text(), 60, f"noop {queue}")
         producer_app = Celery("noop-producer")
-        producer_app.conf.update(celery_config(settings_from(env)))
+        producer_app.conf.update(celery_config(settings))
         client = redis.Redis.from_url(url)
         producer_app.send_task("bench.submit", ("warm-up",), queue="submit")
         localstack.wait_until(lambda: int(client.get(DONE_KEY) or 0) == 1, 60, "warm-up")

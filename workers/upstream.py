@@ -136,6 +136,10 @@ class TaskRecord:
         )
 
 
+#: Origins whose environment settings a session keeps (result links come from a handful of hosts).
+ENVIRONMENT_CACHE_SIZE = 256
+
+
 class Session(requests.Session):
     """A ``requests`` session that reads the environment (proxy and CA-bundle variables) once per origin.
 
@@ -158,10 +162,6 @@ class Session(requests.Session):
             if len(self._environment) < ENVIRONMENT_CACHE_SIZE:
                 self._environment[key] = found
         return {**found, "proxies": dict(found["proxies"])}
-
-
-#: Origins whose environment settings a session keeps (result links come from a handful of hosts).
-ENVIRONMENT_CACHE_SIZE = 256
 
 
 def build_session(http: HttpSettings, pool_maxsize: int = 32) -> requests.Session:
