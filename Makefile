@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python -m producers.demo
+	$(BIN)/python -m devstack.demo
 
 test: install lint
 	$(BIN)/python -m pytest -q
@@ -40,7 +40,7 @@ bench: install
 
 # The whole Procfile under honcho against a private Redis, S3 server and simulator; Ctrl-C stops it all.
 run: install
-	$(BIN)/python -m producers.run_local
+	$(BIN)/python -m devstack.run
 
 chaos: install
 	$(BIN)/python -m pytest -q -m chaos tests

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config.settings import load_settings  # noqa: E402
-from producers import localstack  # noqa: E402
-from producers.batch import BatchSubmitter  # noqa: E402
+from devstack import services  # noqa: E402
+from workers.batch.reader import BatchSubmitter  # noqa: E402
 
 
 def write_file(path: Path, lines: int, seed: int = 7) -> None:
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="imagineq-bench-") as tmp, localstack.LocalStack(Path(tmp)) as stack:
+    with tempfile.TemporaryDirectory(prefix="imagineq-bench-") as tmp, services.LocalStack(Path(tmp)) as stack:
         redis_url = stack.redis(args.redis_url)
         source = Path(tmp) / "bench.jsonl"
         write_file(source, args.lines)

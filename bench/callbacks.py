@@ -29,7 +29,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the test deployment
 
 
-from producers import localstack
+from devstack import services
 from producers.api import Producer
 from tests.integration.deployment import settings_from
 from workers.jobs import JobState
@@ -61,21 +61,21 @@ class Run:
 
 def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
     callbacks = mode == "callbacks"
-    with localstack.terminate_on_signals(), localstack.LocalStack(log_dir) as stack:
+    with services.terminate_on_signals(), services.LocalStack(log_dir) as stack:
         redis_url = stack.redis()
         s3_url = stack.s3()
         sim_args = ["--gen-time", gen_time, "--video-bytes", str(VIDEO_BYTES)]
         if callbacks:
             sim_args += ["--hmac-key", HMAC_KEY]
         simulator = stack.simulator(sim_args)
-        port = localstack.free_port()
+        port = services.free_port()
         extra = {"IMAGINEQ_INGRESS_TOKENS": json.dumps(["bench"])}
         if callbacks:
             extra |= {
                 "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
                 "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
             }
-        env = localstack.deployment_env(
+        env = services.deployment_env(
             redis_url=redis_url,
             s3_url=s3_url,
             simulator_url=simulator.url,
@@ -85,9 +85,9 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
         settings = settings_from(env)
         Storage(settings.s3, settings.http).ensure_bucket()
         if callbacks:
-            localstack.start_web(stack, env, port=port)
+            services.start_web(stack, env, port=port)
         for queue, concurrency in (("submit", 4), ("poll", 4), ("store", 8)):
-            localstack.start_worker(stack, env, queue, concurrency=concurrency)
+            services.start_worker(stack, env, queue, concurrency=concurrency)
         producer = Producer(settings)
         try:
             started = time.monotonic()

@@ -50,9 +50,9 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the test deployment
 
 from config.celery import TASK_RECONCILE
-from producers import localstack
+from devstack import services
+from devstack.services import LocalStack
 from producers.callbacks import sign
-from producers.localstack import LocalStack
 from tests.integration.deployment import Deployment
 from workers.jobs import Job, JobState
 
@@ -92,12 +92,12 @@ class ChaosStack:
 
     def __init__(self, stack: LocalStack, workers_per_queue: int = 2) -> None:
         self.stack = stack
-        self.redis_port = localstack.free_port()
-        self.redis = stack.add(localstack.start_redis(stack.log_dir, port=self.redis_port, appendonly=True))
-        self.s3 = stack.add(localstack.start_s3(stack.log_dir))
+        self.redis_port = services.free_port()
+        self.redis = stack.add(services.start_redis(stack.log_dir, port=self.redis_port, appendonly=True))
+        self.s3 = stack.add(services.start_s3(stack.log_dir))
         self.simulator = stack.simulator(list(SIMULATOR_ARGS))
-        web_port = localstack.free_port()
-        self.env = localstack.deployment_env(
+        web_port = services.free_port()
+        self.env = services.deployment_env(
             redis_url=self.redis.url, s3_url=self.s3.url, simulator_url=self.simulator.url, bucket=BUCKET,
             extra={**STACK_ENV, "IMAGINEQ_ACCOUNTS": json.dumps([{
                        "name": "default", "api_key": "sim-key", "base_url": self.simulator.url,
@@ -108,7 +108,7 @@ class ChaosStack:
         self.dep = Deployment(stack, self.env, self.simulator, self.s3.url)
         self.dep.s3.create_bucket(Bucket=BUCKET)
         self.dep.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        self.web = localstack.start_web(stack, self.env, port=web_port)
+        self.web = services.start_web(stack, self.env, port=web_port)
         for queue in ("submit", "poll", "store"):
             for _ in range(workers_per_queue):
                 self.dep.start_worker(queue, concurrency=2)
@@ -143,18 +143,18 @@ class ChaosStack:
     def _supervise(self) -> None:
         """A process supervisor's job: a worker that exited by itself is started again."""
         while not self._stop.wait(1.0):
-            for queue, services in list(self.dep.workers.items()):
+            for queue, group in list(self.dep.workers.items()):
                 with self._workers_lock:
-                    dead = [service for service in services if not service.alive()]
+                    dead = [service for service in group if not service.alive()]
                     for service in dead:
-                        services.remove(service)
+                        group.remove(service)
                 for service in dead:
                     if self._stop.is_set():
                         return
                     self.crashes[queue] += 1
                     print(f"  supervisor: {service.name} exited ({service.process.returncode}); restarting",
                           flush=True)  # fmt: skip
-                    with contextlib.suppress(localstack.ServiceError):
+                    with contextlib.suppress(services.ServiceError):
                         self.dep.start_worker(queue, concurrency=2)
 
     # -- faults -------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ class ChaosStack:
         self.redis.stop()
         time.sleep(down_s)
         self.redis = self.stack.add(
-            localstack.start_redis(self.stack.log_dir, port=self.redis_port, appendonly=True)
+            services.start_redis(self.stack.log_dir, port=self.redis_port, appendonly=True)
         )
 
     @contextlib.contextmanager
@@ -461,7 +461,7 @@ def result_line(reports: list[Report]) -> str:
 
 @contextlib.contextmanager
 def chaos_stack(log_dir: Path) -> Iterator[ChaosStack]:
-    with localstack.terminate_on_signals(), LocalStack(log_dir) as stack:
+    with services.terminate_on_signals(), LocalStack(log_dir) as stack:
         chaos = ChaosStack(stack)
         try:
             yield chaos

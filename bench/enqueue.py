@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 
 from config.settings import load_settings
-from producers import localstack
+from devstack import services
 from producers.api import Producer
 
 PROMPT = "A red fox trots through fresh snow at dawn, slow tracking shot, soft golden light, number {i}"
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=5_000, help="jobs for the enqueue loop (default 5000)")
     args = parser.parse_args()
 
-    with localstack.LocalStack(Path(tempfile.mkdtemp(prefix="bench-enqueue-"))) as stack:
+    with services.LocalStack(Path(tempfile.mkdtemp(prefix="bench-enqueue-"))) as stack:
         url = stack.redis()
         client = redis.Redis.from_url(url)
         producer = Producer(load_settings(redis_url=url, api_key="bench"))

@@ -40,7 +40,7 @@ sys.path.insert(
     0, str(Path(__file__).resolve().parents[1])
 )  # the repo root: bench reuses the test deployment
 
-from producers import localstack
+from devstack import services
 from tests.integration.deployment import deployment, settings_from
 from workers.jobs import JobState
 
@@ -142,12 +142,12 @@ def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tup
     from bench.noop_app import DONE_KEY
     from config.celery import celery_config
 
-    with localstack.LocalStack(log_dir) as stack:
+    with services.LocalStack(log_dir) as stack:
         url = stack.redis()
         env = {"IMAGINEQ_REDIS_URL": url, "IMAGINEQ_API_KEY": "sim-key", "PYTHONPATH": str(Path.cwd())}
         if io:
             simulator = stack.simulator(SIMULATOR_ARGS)
-            env |= localstack.deployment_env(redis_url=url, s3_url=stack.s3(), simulator_url=simulator.url)
+            env |= services.deployment_env(redis_url=url, s3_url=stack.s3(), simulator_url=simulator.url)
             env["BENCH_IO"] = "1"
         settings = settings_from(env)
         if io:
@@ -155,21 +155,21 @@ def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tup
 
             Storage(settings.s3, settings.http).ensure_bucket()
         for queue in ("submit", "poll", "store"):
-            argv = localstack.worker_argv(queue, concurrency=concurrency, name=f"noop-{queue}")
+            argv = services.worker_argv(queue, concurrency=concurrency, name=f"noop-{queue}")
             argv[argv.index("workers")] = "bench.noop_app"
             service = stack.spawn(f"noop-{queue}", argv, env)
-            localstack.wait_until(lambda s=service: "ready." in s.log_path.read_text(), 60, f"noop {queue}")
+            services.wait_until(lambda s=service: "ready." in s.log_path.read_text(), 60, f"noop {queue}")
         producer_app = Celery("noop-producer")
         producer_app.conf.update(celery_config(settings))
         client = redis.Redis.from_url(url)
         producer_app.send_task("bench.submit", ("warm-up",), queue="submit")
-        localstack.wait_until(lambda: int(client.get(DONE_KEY) or 0) == 1, 60, "warm-up")
+        services.wait_until(lambda: int(client.get(DONE_KEY) or 0) == 1, 60, "warm-up")
         before = cpu_snapshot()
         started = time.perf_counter()
         with producer_app.producer_or_acquire() as producer, producer.batch(max_size=500):
             for _ in range(jobs):
                 producer_app.send_task("bench.submit", (uuid.uuid4().hex,), queue="submit", producer=producer)
-        localstack.wait_until(lambda: int(client.get(DONE_KEY) or 0) >= jobs + 1, 600, "noop jobs")
+        services.wait_until(lambda: int(client.get(DONE_KEY) or 0) >= jobs + 1, 600, "noop jobs")
         elapsed = time.perf_counter() - started
         return elapsed, _cpu_line(cpu_by_role(before, cpu_snapshot()), jobs, elapsed)
 

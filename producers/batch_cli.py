@@ -13,8 +13,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from config.settings import Settings
-from producers.batch import BAD_LINES_KEPT, PRIORITY_LEVELS, BatchSubmitter, SubmitResult
-from workers.batches import BatchStatus, wait_until_finished
+from workers.batch.reader import BAD_LINES_KEPT, PRIORITY_LEVELS, BatchSubmitter, SubmitResult
+from workers.batch.store import BatchStatus, wait_until_finished
 from workers.jobs import JobState
 from workers.quota import QuotaLimiter
 

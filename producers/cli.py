@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -91,16 +92,13 @@ def _cmd_resubmit(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulator(rest: Sequence[str]) -> int:
-    from simulator import main as simulator_main
-
-    simulator_main(list(rest))
-    return EXIT_OK
+    # A process of its own, not an import: the simulator stands apart from the producers.
+    return subprocess.call([sys.executable, "-m", "simulator", *rest])
 
 
 def _cmd_demo(_: argparse.Namespace) -> int:
-    from producers.demo import main as demo_main
-
-    return demo_main()
+    # The demo lives with the local development services (a checkout, not the installed package).
+    return subprocess.call([sys.executable, "-m", "devstack.demo"])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,8 +17,8 @@ import boto3
 import pytest
 import redis
 
-from producers import localstack
-from producers.localstack import Service
+from devstack import services
+from devstack.services import Service
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def redis_server(services_dir: Path) -> Iterator[str]:
     if external:
         yield external
         return
-    service = localstack.start_redis(services_dir)
+    service = services.start_redis(services_dir)
     try:
         yield service.url
     finally:
@@ -60,7 +60,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(services_dir: Path) -> Iterator[str]:
-    service = localstack.start_s3(services_dir)
+    service = services.start_s3(services_dir)
     try:
         yield service.url
     finally:
@@ -83,7 +83,7 @@ def start_simulator(services_dir: Path) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
 
     def _start(*args: str) -> Service:
-        service = localstack.start_simulator(services_dir, args)
+        service = services.start_simulator(services_dir, args)
         started.append(service)
         return service
 

@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("imagineq", set_as_current=True)
     app.conf.update(celery_config(settings))
     app.conf.update(beat_config(settings))
-    app.conf.imports = ("workers.tasks", "workers.reconcile")
+    app.conf.imports = ("workers.tasks", "workers.reconcile", "workers.batch.nightly")
     return app
 
 

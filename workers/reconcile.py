@@ -1,4 +1,4 @@
-"""The reconciler (beat, every minute) and the nightly inbox pickup.
+"""The reconciler (beat, every minute): jobs whose step was lost are driven on again.
 
 Celery messages are only transport; the job record is the truth. The reconciler re-drives jobs whose
 record says a step should be running when nothing shows it is, each case counted in the counters hash
@@ -44,7 +44,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -57,19 +56,18 @@ from config.celery import (
     PRIORITY_INTERACTIVE,
     PRIORITY_STEPS,
     SUBMIT_QUEUE,
-    TASK_INBOX,
     TASK_POLL,
     TASK_RECONCILE,
     TASK_STORE,
     TASK_SUBMIT,
     broker_prefix,
 )
-from workers.batches import BatchStore
+from workers.batch.locations import Files
+from workers.batch.store import BatchStore
 from workers.celery import app
 from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
 from workers.errors import NotFound, UpstreamError
 from workers.jobs import Job, JobState, Priority
-from workers.locations import Files
 from workers.messages import queue_key, submit_message
 from workers.runtime import Runtime
 from workers.storage import build_s3_client
@@ -387,15 +385,3 @@ def _submit_job_id(message: Any) -> str | None:
 def reconcile() -> dict[str, int]:
     """Beat, every ``reconcile_interval_s``: one reconciler run."""
     return Reconciler(runtime(), app).run()
-
-
-@app.task(name=TASK_INBOX, soft_time_limit=3300, time_limit=3400)
-def batch_inbox() -> int:
-    """Beat, at ``nightly_cron``: submit the inbox's batch files and move them to the processed location."""
-    # Reading a batch is a producer's job that beat triggers: the one place workers call into producers.
-    from producers.batch import run_inbox
-
-    started = time.monotonic()
-    done = run_inbox(runtime().settings)
-    log.info("inbox: %d file(s) picked up in %.1fs", len(done), time.monotonic() - started)
-    return len(done)

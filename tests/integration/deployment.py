@@ -13,9 +13,9 @@ import boto3
 import requests
 
 from config.settings import Settings, load_settings
-from producers import localstack
+from devstack import services
+from devstack.services import LocalStack, Service
 from producers.api import Producer
-from producers.localstack import LocalStack, Service
 from workers.jobs import Job
 
 #: Fast polls for tests: every 0.3 s for 10 minutes.
@@ -40,7 +40,7 @@ class Deployment:
     def start_worker(
         self, queue: str, *, concurrency: int = 2, env: Mapping[str, str] | None = None
     ) -> Service:
-        service = localstack.start_worker(
+        service = services.start_worker(
             self.stack, {**self.env, **(env or {})}, queue, concurrency=concurrency
         )
         self.workers.setdefault(queue, []).append(service)
@@ -71,7 +71,7 @@ class Deployment:
         return [self.producer.wait(job.id, timeout=timeout) for job in jobs]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        localstack.wait_until(predicate, timeout, what, interval_s=0.1)
+        services.wait_until(predicate, timeout, what, interval_s=0.1)
 
     def close(self) -> None:
         self.producer.close()
@@ -100,11 +100,11 @@ def deployment(
     workers: Mapping[str, int] | None = None,
     bucket: str = "imagineq-test",
 ) -> Any:
-    with localstack.terminate_on_signals(), LocalStack(log_dir) as stack:
+    with services.terminate_on_signals(), LocalStack(log_dir) as stack:
         redis_url = stack.redis()
         s3_url = stack.s3()
         simulator = stack.simulator(list(simulator_args))
-        full_env = localstack.deployment_env(
+        full_env = services.deployment_env(
             redis_url=redis_url, s3_url=s3_url, simulator_url=simulator.url, bucket=bucket,
             extra={"IMAGINEQ_POLL__SCHEDULE": FAST_POLL, "IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "0.5",
                    # "{simulator}" in a value (e.g. account base URLs) stands for the simulator's URL.
@@ -123,8 +123,8 @@ def deployment(
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """localstack's poller, failing the test (AssertionError) on timeout."""
+    """The services module's poller, failing the test (AssertionError) on timeout."""
     try:
-        localstack.wait_until(predicate, timeout, what, interval_s=0.1)
-    except localstack.ServiceError as error:
+        services.wait_until(predicate, timeout, what, interval_s=0.1)
+    except services.ServiceError as error:
         raise AssertionError(str(error)) from None

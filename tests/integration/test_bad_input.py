@@ -32,12 +32,13 @@ import redis
 import requests
 
 from config.settings import ConfigError, HttpSettings, S3Settings, Settings, get_settings, load_settings
-from producers import cli, localstack
+from devstack import services
+from devstack.services import LocalStack
+from producers import cli
 from producers.api import Producer
-from producers.batch import BAD_LINES_KEPT, BatchSubmitter
 from producers.callbacks import sign, token_hash
-from producers.localstack import LocalStack
 from tests.conftest import S3_TEST_CREDENTIALS
+from workers.batch.reader import BAD_LINES_KEPT, BatchSubmitter
 from workers.errors import TransportError, ValidationError
 from workers.jobs import JobRequest, JobState
 from workers.jobstore import JobStore
@@ -116,13 +117,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def web_url(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with localstack.terminate_on_signals(), LocalStack(tmp_path_factory.mktemp("bad-input-web")) as stack:
+    with services.terminate_on_signals(), LocalStack(tmp_path_factory.mktemp("bad-input-web")) as stack:
         env = {
             "IMAGINEQ_REDIS_URL": redis_server, "IMAGINEQ_API_KEY": "sim-key",
             "IMAGINEQ_INGRESS_TOKENS": json.dumps([TOKEN]), "IMAGINEQ_INGRESS_MAX_BODY_BYTES": str(MAX_BODY),
             "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY, "IMAGINEQ_CALLBACKS__MAX_AGE_S": "300",
         }  # fmt: skip
-        yield localstack.start_web(stack, env).url
+        yield services.start_web(stack, env).url
 
 
 @pytest.fixture
@@ -597,7 +598,7 @@ def test_cli_with_bad_settings_exits_2_and_lists_the_field(
 def test_a_worker_without_an_api_key_refuses_to_start(redis_url: str, tmp_path: Path):
     env = {name: value for name, value in os.environ.items() if not name.startswith("IMAGINEQ_")}
     env["IMAGINEQ_REDIS_URL"] = redis_url
-    done = subprocess.run(localstack.worker_argv("submit", concurrency=1), env=env, cwd=tmp_path,
+    done = subprocess.run(services.worker_argv("submit", concurrency=1), env=env, cwd=tmp_path,
                           capture_output=True, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr.decode(errors="replace")[-2000:]
     assert done.stderr.decode().endswith(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from producers.batch import BatchSubmitter
 from tests.integration.deployment import Deployment, deployment, wait_until
-from workers.batches import wait_until_finished
+from workers.batch.reader import BatchSubmitter
+from workers.batch.store import wait_until_finished
 from workers.jobs import JobState
 from workers.reconcile import Reconciler
 from workers.runtime import Runtime

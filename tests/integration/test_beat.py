@@ -14,11 +14,12 @@ import redis
 
 from config.celery import broker_prefix
 from config.settings import Settings, load_settings
-from producers import localstack
-from producers.batch import BatchSubmitter, run_inbox
-from producers.localstack import LocalStack, Service
+from devstack import services
+from devstack.services import LocalStack, Service
 from tests.conftest import S3_TEST_CREDENTIALS
 from tests.integration.deployment import wait_until
+from workers.batch.inbox import run_inbox
+from workers.batch.reader import BatchSubmitter
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def sends(service: Service) -> int:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    with localstack.terminate_on_signals(), LocalStack(tmp_path) as started:
+    with services.terminate_on_signals(), LocalStack(tmp_path) as started:
         yield started
 
 

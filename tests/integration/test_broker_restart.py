@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from producers import localstack
-from producers.localstack import LocalStack
+from devstack import services
+from devstack.services import LocalStack
 from tests.integration.deployment import FAST_POLL, Deployment, wait_until
 from workers.jobs import JobState
 from workers.storage import Storage
@@ -21,12 +21,12 @@ QUEUES = ("submit", "poll", "store")
 
 
 def test_workers_survive_redis_restarts(tmp_path: Path) -> None:
-    with localstack.terminate_on_signals(), LocalStack(tmp_path) as stack:
-        port = localstack.free_port()
-        redis_service = stack.add(localstack.start_redis(stack.log_dir, port=port, appendonly=True))
+    with services.terminate_on_signals(), LocalStack(tmp_path) as stack:
+        port = services.free_port()
+        redis_service = stack.add(services.start_redis(stack.log_dir, port=port, appendonly=True))
         s3_url = stack.s3()
         simulator = stack.simulator(["--gen-time", "0.5:1", "--video-bytes", "4096"])
-        env = localstack.deployment_env(
+        env = services.deployment_env(
             redis_url=redis_service.url, s3_url=s3_url, simulator_url=simulator.url, bucket="restarts",
             extra={"IMAGINEQ_POLL__SCHEDULE": FAST_POLL},
         )  # fmt: skip
@@ -39,7 +39,7 @@ def test_workers_survive_redis_restarts(tmp_path: Path) -> None:
                 # Let the jobs spread over the three steps, so every worker holds messages when Redis goes.
                 wait_until(lambda: dep.producer.jobs.count_by_state()[JobState.GENERATING] > 0, 30, "polls")
                 redis_service.stop()
-                redis_service = stack.add(localstack.start_redis(stack.log_dir, port=port, appendonly=True))
+                redis_service = stack.add(services.start_redis(stack.log_dir, port=port, appendonly=True))
                 # A worker that is going to exit does so while reconnecting; give every one time to.
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and all(worker.alive() for worker in workers):

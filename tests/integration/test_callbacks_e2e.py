@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from producers import localstack
+from devstack import services
 from tests.integration.deployment import Deployment, deployment, wait_until
 from workers.jobs import JobState
 
@@ -26,7 +26,7 @@ VIDEO_BYTES = 131072
 
 @contextmanager
 def callback_deployment(log_dir: Path, **poll: str) -> Iterator[tuple[Deployment, str]]:
-    port = localstack.free_port()
+    port = services.free_port()
     env = {
         "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
@@ -36,7 +36,7 @@ def callback_deployment(log_dir: Path, **poll: str) -> Iterator[tuple[Deployment
     simulator_args = ("--gen-time", "0.3:0.8", "--video-bytes", str(VIDEO_BYTES), "--hmac-key", HMAC_KEY,
                       "--callback-backoff-s", "0.2")  # fmt: skip
     with deployment(log_dir, simulator_args=simulator_args, env=env) as dep:
-        web = localstack.start_web(dep.stack, dep.env, port=port)
+        web = services.start_web(dep.stack, dep.env, port=port)
         yield dep, web.url
 
 

@@ -17,9 +17,9 @@ import redis
 import requests
 
 from config.settings import load_settings
-from producers import localstack
+from devstack import services
+from devstack.services import LocalStack, Service
 from producers.callbacks import sign, token_hash
-from producers.localstack import LocalStack, Service
 from workers.jobs import JobRequest, JobState
 from workers.jobstore import JobStore
 from workers.keys import Keys
@@ -102,7 +102,7 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalS
             "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
             "IMAGINEQ_CALLBACKS__MAX_AGE_S": "300",
         }
-        yield stack, localstack.start_web(stack, env), redis_url
+        yield stack, services.start_web(stack, env), redis_url
 
 
 @pytest.fixture

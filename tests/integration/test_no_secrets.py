@@ -19,7 +19,7 @@ import pytest
 import redis
 import requests
 
-from producers import localstack
+from devstack import services
 from tests.integration.deployment import Deployment, deployment, wait_until
 from workers.jobs import JobState
 
@@ -62,7 +62,7 @@ def message_args(text: str) -> list[list[Any]]:
     return [json.loads(body)[0] for body in bodies if body.strip()]
 
 
-def start_flower(dep: Deployment, port: int) -> localstack.Service:
+def start_flower(dep: Deployment, port: int) -> services.Service:
     """The Procfile's flower command on a free port."""
     argv = [
         sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1",
@@ -71,7 +71,7 @@ def start_flower(dep: Deployment, port: int) -> localstack.Service:
     ]  # fmt: skip
     service = dep.stack.spawn(f"flower-{port}", argv, dep.env)
     service.url = f"http://127.0.0.1:{port}"
-    workers = [w for services in dep.workers.values() for w in services]
+    workers = [w for group in dep.workers.values() for w in group]
 
     def capturing_events() -> bool:
         """Flower has seen every worker's heartbeat, so it receives task events from now on."""
@@ -86,7 +86,7 @@ def start_flower(dep: Deployment, port: int) -> localstack.Service:
 
 
 def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> None:
-    web_port, flower_port = localstack.free_port(), localstack.free_port()
+    web_port, flower_port = services.free_port(), services.free_port()
     env = {
         "IMAGINEQ_API_KEY": API_KEY,
         "IMAGINEQ_LOG_FORMAT": "json",
@@ -103,7 +103,7 @@ def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> 
         web = dep.stack.spawn("web", [sys.executable, "-m", "uvicorn", "producers.http:app",
                                       "--host", "127.0.0.1", "--port", str(web_port)], dep.env)  # fmt: skip
         web.url = f"http://127.0.0.1:{web_port}"
-        wait_until(lambda: localstack._http_ok(f"{web.url}/healthz"), 30, "web")
+        wait_until(lambda: services._http_ok(f"{web.url}/healthz"), 30, "web")
         flower = start_flower(dep, flower_port)
 
         # When: jobs come in through the Python API and the HTTP ingress, and run to the end.
@@ -170,8 +170,8 @@ def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> 
         assert not any(secret in output for secret in SECRETS for output in outputs)
 
         # The logs: JSON lines naming their job, no secret, no callback token (uvicorn logs the path).
-        logs = {service.name: service.log_tail(100_000) for services in dep.workers.values()
-                for service in services}  # fmt: skip
+        logs = {service.name: service.log_tail(100_000) for group in dep.workers.values()
+                for service in group}  # fmt: skip
         logs["web"] = web.log_tail(100_000)
         for name, text in logs.items():
             assert not any(secret in text for secret in SECRETS), name

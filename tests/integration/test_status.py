@@ -10,9 +10,9 @@ import pytest
 from rich.console import Console
 
 from config.settings import Settings, load_settings
-from producers import localstack
+from devstack import services
+from devstack.services import Service
 from producers.api import Producer
-from producers.localstack import Service
 from producers.status import StatusReader
 from producers.status_cli import render
 from workers.jobs import JobState
@@ -28,7 +28,7 @@ def settings(redis_url: str, start_simulator: Callable[..., Service], monkeypatc
              tmp_path: Path) -> Settings:  # fmt: skip
     monkeypatch.chdir(tmp_path)  # no stray .env
     simulator = start_simulator("--api-key", KEY, "--credits", "42")
-    refused = f"http://127.0.0.1:{localstack.free_port()}"
+    refused = f"http://127.0.0.1:{services.free_port()}"
     return load_settings(
         redis_url=redis_url,
         accounts=[

@@ -404,7 +404,7 @@ def test_a_server_error_is_a_retryable_transfer_error(make_storage, file_server)
 
 
 def test_an_unreachable_host_is_a_transfer_error(make_storage):
-    from producers.localstack import free_port
+    from devstack.services import free_port
 
     with pytest.raises(TransferError):
         store(make_storage(), f"http://127.0.0.1:{free_port()}/files/1.mp4?sig=secret")

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from config.schedule import NIGHTLY_ENTRY, RECONCILE_ENTRY, beat_config
 from config.settings import load_settings
-from producers.batch import LineParser, batch_id_for, idempotency_key, iter_lines
+from workers.batch.lines import LineParser, batch_id_for, idempotency_key, iter_lines
+from workers.batch.locations import Location
 from workers.jobs import KEY_MAX_CHARS, Priority
 from workers.keys import Keys
-from workers.locations import Location
 
 MAX = 1024
 

@@ -30,10 +30,10 @@ from typing import Any, Final, cast
 
 import redis
 
+from workers.batch.locations import Files, Location
 from workers.errors import ImagineQError
 from workers.jobs import JobState
 from workers.keys import Keys
-from workers.locations import Files, Location
 from workers.lua_scripts import load_script
 
 #: A reader that stops renewing its claim for this long is taken for dead; its batch may be read again.

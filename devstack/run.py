@@ -1,6 +1,6 @@
 """``make run``: the whole Procfile under honcho, against a private Redis, S3 server and the simulator.
 
-Starts the backing services with :class:`~producers.localstack.LocalStack` (free ports, stopped at the
+Starts the backing services with :class:`~devstack.services.LocalStack` (free ports, stopped at the
 end), writes an env file with the ``IMAGINEQ_*`` settings pointing at them (plus ``PORT`` for ``web``,
 ``FLOWER_*``, a random ingress token and Flower password), then runs::
 
@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from config.settings import load_settings
-from producers import localstack
-from producers.localstack import LocalStack
+from devstack import services
+from devstack.services import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = ("web", "submit", "poll", "store", "beat", "flower")
@@ -51,14 +51,14 @@ def _port(wanted: int | None, preferred: int | None = None) -> int:
     if preferred is not None:
         with contextlib.suppress(OSError), socket.create_server(("127.0.0.1", preferred)):
             return preferred
-    return localstack.free_port()
+    return services.free_port()
 
 
 def write_env_file(path: Path, env: Mapping[str, str]) -> None:
     """``KEY='value'`` lines that honcho, python-dotenv and a POSIX shell all read alike; mode 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write("# written by `make run` (producers/run_local.py); removed when it stops\n")
+        handle.write("# written by `make run` (devstack/run.py); removed when it stops\n")
         for name, value in env.items():
             handle.write(f"{name}={shlex.quote(value)}\n")
 
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--simulator-args", default="", help='extra simulator options, e.g. "--gen-time 3:8"')
     args = parser.parse_args(argv)
 
-    with localstack.terminate_on_signals(), LocalStack() as stack:
+    with services.terminate_on_signals(), LocalStack() as stack:
         print(f"starting Redis, S3 server and simulator (logs in {stack.log_dir}) ...", flush=True)
         redis_url = stack.redis(None)  # always a private one
         s3_url = stack.s3()
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         web_port = _port(args.web_port)
         flower_port = _port(args.flower_port, FLOWER_DEFAULT_PORT)
         flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
-        env = localstack.deployment_env(
+        env = services.deployment_env(
             redis_url=redis_url,
             s3_url=s3_url,
             simulator_url=simulator.url,

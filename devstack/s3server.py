@@ -6,7 +6,7 @@ Here only S3 is needed, so this serves moto's S3 application directly, with moto
 (it keeps the original spelling of ``x-amz-meta-*`` header names, as S3 does). Same S3 implementation,
 about half the CPU per request (``bench/pipeline.py`` shares two cores with it).
 
-    python -m producers.s3server --port 9000 [--host 127.0.0.1]
+    python -m devstack.s3server --port 9000 [--host 127.0.0.1]
 """
 
 from __future__ import annotations

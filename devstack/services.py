@@ -160,9 +160,9 @@ def start_redis(log_dir: Path, *, port: int | None = None, appendonly: bool = Fa
 
 
 def start_s3(log_dir: Path, *, port: int | None = None) -> Service:
-    """moto's S3-compatible server (``producers.s3server``: its S3 service alone)."""
+    """moto's S3-compatible server (``devstack.s3server``: its S3 service alone)."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "producers.s3server", "--port", str(port)]
+    argv = [sys.executable, "-m", "devstack.s3server", "--port", str(port)]
     service = spawn(f"s3-{port}", argv, log_dir=log_dir, url=f"http://127.0.0.1:{port}")
     _await_ready(service, lambda: _http_ok(f"{service.url}/"), 60)
     return service

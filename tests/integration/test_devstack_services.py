@@ -6,18 +6,18 @@ import boto3
 import pytest
 import redis
 
-from producers import localstack
+from devstack import services
 from tests.conftest import S3_TEST_CREDENTIALS
 
 pytestmark = pytest.mark.integration
 
 
 def test_private_redis_answers_and_stops_without_leaving_a_process(tmp_path):
-    service = localstack.start_redis(tmp_path)
+    service = services.start_redis(tmp_path)
     assert redis.Redis.from_url(service.url).ping()
     service.stop()
     assert not service.alive()
-    assert not localstack.redis_reachable(service.url)
+    assert not services.redis_reachable(service.url)
 
 
 def test_s3_server_accepts_a_put_and_get(s3_endpoint, s3_bucket):
@@ -27,8 +27,8 @@ def test_s3_server_accepts_a_put_and_get(s3_endpoint, s3_bucket):
 
 
 def test_stack_stops_every_service_on_close(tmp_path):
-    with localstack.LocalStack(tmp_path) as stack:
+    with services.LocalStack(tmp_path) as stack:
         url = stack.redis()  # no URL given: a private server
         processes = [service.process for service in stack.services]
-        assert localstack.redis_reachable(url)
+        assert services.redis_reachable(url)
     assert all(process.poll() is not None for process in processes)

@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from config.settings import load_settings
-from producers import localstack
+from devstack import services
 from producers.api import Producer
 from workers.jobs import Job, JobState
 
@@ -57,7 +57,7 @@ def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
 
 def main() -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
-    with localstack.terminate_on_signals(), localstack.LocalStack() as stack:
+    with services.terminate_on_signals(), services.LocalStack() as stack:
         console.print("[bold]Starting private services[/] (Redis, S3 server, simulator, web, 3 workers)…")
         redis_url = stack.redis(os.environ.get("IMAGINEQ_REDIS_URL"))
         s3_url = stack.s3()
@@ -71,8 +71,8 @@ def main() -> int:
                 MODERATION_WORD,
             ]
         )
-        web_port = localstack.free_port()
-        env = localstack.deployment_env(
+        web_port = services.free_port()
+        env = services.deployment_env(
             redis_url=redis_url,
             s3_url=s3_url,
             simulator_url=simulator.url,
@@ -84,9 +84,9 @@ def main() -> int:
                 "IMAGINEQ_INGRESS_TOKENS": json.dumps([uuid.uuid4().hex]),
             },
         )
-        web = localstack.start_web(stack, env, port=web_port)
+        web = services.start_web(stack, env, port=web_port)
         for queue in ("submit", "poll", "store"):
-            localstack.start_worker(stack, env, queue, concurrency=2)
+            services.start_worker(stack, env, queue, concurrency=2)
         console.print(f"  redis {redis_url}  s3 {s3_url}  simulator {simulator.url}  web {web.url}")
 
         os.environ.update(env)

@@ -1,0 +1,22 @@
+"""The beat task that picks up the nightly inbox."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from config.celery import TASK_INBOX
+from workers.batch.inbox import run_inbox
+from workers.celery import app
+from workers.tasks import runtime
+
+log = logging.getLogger("imagineq.batch")
+
+
+@app.task(name=TASK_INBOX, soft_time_limit=3300, time_limit=3400)
+def batch_inbox() -> int:
+    """Beat, at ``nightly_cron``: submit the inbox's batch files and move them to the processed location."""
+    started = time.monotonic()
+    done = run_inbox(runtime().settings)
+    log.info("inbox: %d file(s) picked up in %.1fs", len(done), time.monotonic() - started)
+    return len(done)
