@@ -22,7 +22,7 @@ job record, so every task is idempotent and safe to run twice):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from kombu import Queue  # type: ignore[attr-defined]
 
@@ -43,7 +43,7 @@ TASK_SUBMIT = "imagineq.submit"
 TASK_POLL = "imagineq.poll"
 TASK_STORE = "imagineq.store"
 TASK_RECONCILE = "imagineq.reconcile"
-#: [issue 6] The nightly pickup of batch files from the inbox (beat, ``nightly_cron``).
+#: The nightly pickup of batch files from the inbox (beat, ``nightly_cron``).
 TASK_INBOX = "imagineq.batch_inbox"
 
 #: Hard time limits per task (seconds); soft limits fire a little earlier so the task can tidy up.
@@ -51,6 +51,15 @@ SUBMIT_TIME_LIMIT_S = 120
 POLL_TIME_LIMIT_S = 90
 STORE_TIME_LIMIT_S = 3000
 
+
+#: Every Redis client of a deployment (the broker, redbeat, ImagineQ's own): notice a dead Redis instead
+#: of hanging on it, and keep idle connections checked.
+REDIS_SOCKET_OPTIONS: Final = {
+    "socket_timeout": 30,
+    "socket_connect_timeout": 10,
+    "socket_keepalive": True,
+    "health_check_interval": 25,
+}
 
 #: The upstream's shortest generation time: in-progress slots cannot turn over faster than this.
 MIN_GENERATION_S = 10.0
@@ -77,7 +86,12 @@ def rate_limits(settings: Settings) -> dict[str, str]:
 
 def broker_prefix(settings: Settings) -> str:
     """Prefix of every broker key (queues, unacked messages), inside the deployment prefix."""
-    return f"{settings.redis_prefix}:celery:"
+    return broker_key_prefix(settings.redis_prefix)
+
+
+def broker_key_prefix(redis_prefix: str) -> str:
+    """The broker's key prefix inside deployment prefix ``redis_prefix`` (``workers.keys`` names the keys)."""
+    return f"{redis_prefix}:celery:"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -94,10 +108,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
-            "socket_timeout": 30,
-            "socket_connect_timeout": 10,
-            "socket_keepalive": True,
-            "health_check_interval": 25,
+            **REDIS_SOCKET_OPTIONS,
             "queue_order_strategy": "priority",
             "priority_steps": list(PRIORITY_STEPS),
             "sep": QUEUE_SEP,

@@ -14,17 +14,14 @@ from typing import Any, Final
 
 from celery.schedules import crontab
 
-from config.celery import TASK_INBOX, TASK_RECONCILE
+from config.celery import REDIS_SOCKET_OPTIONS, TASK_INBOX, TASK_RECONCILE
 from config.settings import Settings
 
 RECONCILE_ENTRY: Final = "imagineq-reconcile"
 NIGHTLY_ENTRY: Final = "imagineq-nightly-inbox"
 SCHEDULER: Final = "redbeat.RedBeatScheduler"
 #: redbeat's own Redis client: notice a dead Redis instead of hanging; retry a lost connection for 60 s.
-REDIS_OPTIONS: Final = {
-    "socket_timeout": 30, "socket_connect_timeout": 10, "socket_keepalive": True,
-    "health_check_interval": 25, "retry_period": 60,
-}  # fmt: skip
+REDIS_OPTIONS: Final = {**REDIS_SOCKET_OPTIONS, "retry_period": 60}
 
 
 def nightly_crontab(expression: str) -> crontab:

@@ -15,11 +15,10 @@ from typing import Any
 import redis
 from celery import Celery
 
-from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE, broker_prefix
+from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE
 from config.settings import Settings, get_settings
+from workers.clients import Clients
 from workers.jobs import Job, JobRequest, Priority
-from workers.jobstore import JobStore
-from workers.keys import Keys
 from workers.messages import BrokerMessage, submit_message
 
 #: Jobs written and published per Redis round trip by ``enqueue_many``.
@@ -41,11 +40,9 @@ class Producer:
         app: Celery | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.redis = client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-        self.keys = Keys(self.settings.redis_prefix)
-        self.jobs = JobStore(self.redis, self.keys, terminal_ttl_s=self.settings.job_ttl_s)
+        clients = Clients.build(self.settings, client)
+        self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
         self._app = app
-        self._broker_prefix = broker_prefix(self.settings)
 
     @property
     def app(self) -> Celery:
@@ -89,15 +86,13 @@ class Producer:
     def enqueue_many_created(
         self, requests: Iterable[JobRequest | Mapping[str, Any]]
     ) -> list[tuple[Job, bool]]:
-        """[issue 5: HTTP ingress] :meth:`enqueue_many` with ``created`` per job (False: the idempotency
+        """:meth:`enqueue_many` with ``created`` per job (False: the idempotency
         key named an existing job, nothing was sent)."""
         validated = [self._validated(index, item) for index, item in enumerate(requests)]
         return self.jobs.create_many(validated, chunk=CHUNK, message=self._message)
 
     def _message(self, job: Job) -> BrokerMessage:
-        return submit_message(
-            job.id, priority=priority_level(job.priority), broker_prefix=self._broker_prefix
-        )
+        return submit_message(job.id, priority=priority_level(job.priority), keys=self.keys)
 
     def publish(self, job: Job) -> None:
         """(Re-)publish a job's chain, e.g. for an operator resubmit or the reconciler."""

@@ -50,12 +50,12 @@ from config.celery import (
     QUEUES,
     STORE_QUEUE,
     TASK_STORE,
-    broker_prefix,
 )
 from config.settings import Settings, get_settings
 from producers.api import Producer
 from producers.callbacks import CallbackReceiver
 from producers.metrics import RedisCollector, build_registry
+from workers.clients import Clients
 from workers.errors import ValidationError
 from workers.jobs import (
     ASPECT_RATIOS,
@@ -67,8 +67,6 @@ from workers.jobs import (
     JobState,
     Priority,
 )
-from workers.jobstore import JobStore
-from workers.keys import Keys
 from workers.logs import UVICORN_LOGGERS, configure_logging
 from workers.quota import QuotaLimiter
 
@@ -279,12 +277,8 @@ class Web:
         from workers.celery import create_app as create_celery
 
         self.settings = settings
-        self.redis = redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
-            health_check_interval=25, retry_on_timeout=True,
-        )  # fmt: skip
-        self.keys = Keys(settings.redis_prefix)
-        self.jobs = JobStore(self.redis, self.keys, terminal_ttl_s=settings.job_ttl_s)
+        clients = Clients.build(settings)
+        self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
         self.quota = QuotaLimiter.for_settings(self.redis, self.keys, settings)
         self.celery: Celery = create_celery(settings)
         self.producer = Producer(settings, client=self.redis, app=self.celery)
@@ -296,7 +290,7 @@ class Web:
             early_ttl_s=settings.early_callback_ttl_s,
         )  # fmt: skip
         self.registry = build_registry(
-            RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES, broker_prefix(settings))
+            RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES)
         )
         self._tokens = [token.get_secret_value().encode() for token in settings.ingress_tokens]
         self._workers: tuple[float, list[str]] = (-1e9, [])

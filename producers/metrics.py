@@ -4,25 +4,23 @@ Nothing is counted in the web process itself: workers and every web replica writ
 state indexes, the quota keys, the counters hash ``keys.counters()``), and a scrape reads it all in a few
 round trips, so every replica reports the same deployment-wide figures.
 
-Celery queue depth: the Redis transport keeps one list per priority step. With ``global_keyprefix``
-``{prefix}:celery:`` and ``sep`` ":", kombu's ``_q_for_pri`` names them ``{prefix}:celery:{queue}``
-(priority 0) and ``{prefix}:celery:{queue}:{3,6,9}``. Messages a worker holds (reserved, or waiting for a
-poll countdown) are in the ``unacked`` hash instead, reported as ``imagineq_celery_unacked``.
+Celery queue depth comes from :func:`workers.queues.read_depths`: one gauge per queue and priority step,
+and the messages workers hold (reserved, or waiting for a poll countdown) as ``imagineq_celery_unacked``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from config.celery import PRIORITY_STEPS
+from workers.clients import as_text
 from workers.jobstore import JobStore
 from workers.keys import Keys
-from workers.messages import queue_key
+from workers.queues import read_depths
 from workers.quota import QuotaLimiter
 
 UPSTREAM_ERROR_PREFIX = "upstream_error:"
@@ -40,18 +38,12 @@ class RedisCollector(Collector):
         jobs: JobStore,
         quota: QuotaLimiter,
         queues: Iterable[str],
-        broker_prefix: str,
-        priority_steps: Sequence[int] = PRIORITY_STEPS,
     ) -> None:
         self._redis = client
         self._keys = keys
         self._jobs = jobs
         self._quota = quota
-        self._queues = {
-            queue: {step: queue_key(broker_prefix, queue, step, priority_steps) for step in priority_steps}
-            for queue in queues
-        }
-        self._unacked = f"{broker_prefix}unacked"
+        self._queues = tuple(queues)
 
     def collect(self) -> Iterator[Metric]:
         yield self._jobs_by_state()
@@ -98,24 +90,20 @@ class RedisCollector(Collector):
         depth = GaugeMetricFamily(
             "imagineq_queue_depth", "Messages waiting in a Celery queue", labels=["queue", "priority"]
         )
-        names = [(queue, step, key) for queue, steps in self._queues.items() for step, key in steps.items()]
-        with self._redis.pipeline(transaction=False) as pipe:
-            for _, _, key in names:
-                pipe.llen(key)
-            pipe.hlen(self._unacked)
-            sizes = pipe.execute()
-        for (queue, step, _), size in zip(names, sizes, strict=False):
-            depth.add_metric([queue, str(step)], int(size))
+        depths = read_depths(self._redis, self._keys, self._queues)
+        for queue, steps in depths.waiting.items():
+            for step, size in steps.items():
+                depth.add_metric([queue, str(step)], size)
         yield depth
         unacked = GaugeMetricFamily(
             "imagineq_celery_unacked", "Messages held by workers (reserved or waiting for a countdown)"
         )
-        unacked.add_metric([], int(sizes[-1]))
+        unacked.add_metric([], depths.held)
         yield unacked
 
     def _counters(self) -> Iterator[Metric]:
         raw = cast("dict[Any, Any]", self._redis.hgetall(self._keys.counters()))
-        counters = {_text(name): int(value) for name, value in raw.items()}
+        counters = {as_text(name): int(value) for name, value in raw.items()}
         errors = CounterMetricFamily(
             "imagineq_upstream_errors",
             "Upstream errors by code (or HTTP status, or transport)",
@@ -143,10 +131,6 @@ class RedisCollector(Collector):
         stored = CounterMetricFamily("imagineq_bytes_stored", "Bytes uploaded to S3")
         stored.add_metric([], counters.get("bytes_stored", 0))
         yield stored
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def build_registry(collector: RedisCollector) -> CollectorRegistry:

@@ -22,13 +22,12 @@ from urllib.parse import urlsplit
 
 import redis
 
-from config.celery import PRIORITY_STEPS, QUEUES, broker_prefix
+from config.celery import QUEUES
 from config.settings import AccountSettings, Settings
+from workers.clients import Clients
 from workers.errors import UpstreamError
 from workers.jobs import Job, JobState
-from workers.jobstore import JobStore
-from workers.keys import Keys
-from workers.messages import queue_key
+from workers.queues import held_by_queue, read_depths
 from workers.quota import QuotaLimiter
 from workers.upstream import UpstreamClient
 
@@ -123,13 +122,9 @@ class StatusReader:
     def __init__(self, settings: Settings, *, client: redis.Redis | None = None) -> None:
         self.settings = settings
         self._own_client = client is None
-        self.redis = client or redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
-        )
-        self.keys = Keys(settings.redis_prefix)
-        self.jobs = JobStore(self.redis, self.keys, terminal_ttl_s=settings.job_ttl_s)
+        clients = Clients.build(settings, client)
+        self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
         self.quota = QuotaLimiter.for_settings(self.redis, self.keys, settings) if settings.accounts else None
-        self._broker_prefix = broker_prefix(settings)
         self.redis_location = redis_location(settings.redis_url)
 
     def close(self) -> None:
@@ -207,33 +202,13 @@ class StatusReader:
 
     # -- queues ---------------------------------------------------------------------------------------
     def _queues(self) -> tuple[list[QueueStatus], int]:
-        lists = [(queue, step) for queue in QUEUES for step in PRIORITY_STEPS]
-        unacked = f"{self._broker_prefix}unacked"
-        with self.redis.pipeline(transaction=False) as pipe:
-            for queue, step in lists:
-                pipe.llen(queue_key(self._broker_prefix, queue, step))
-            pipe.hlen(unacked)
-            sizes = pipe.execute()
-        held_total = int(sizes[-1])
-        held = self._held_by_queue(unacked) if held_total <= UNACKED_SPLIT_MAX else None
-        waiting: dict[str, dict[int, int]] = {queue: {} for queue in QUEUES}
-        for (queue, step), size in zip(lists, sizes, strict=False):
-            waiting[queue][step] = int(size)
+        depths = read_depths(self.redis, self.keys, QUEUES)
+        held = held_by_queue(self.redis, self.keys) if depths.held <= UNACKED_SPLIT_MAX else None
         queues = [
-            QueueStatus(queue, waiting[queue], None if held is None else held.get(queue, 0)) for queue in QUEUES
+            QueueStatus(queue, depths.waiting[queue], None if held is None else held.get(queue, 0))
+            for queue in QUEUES
         ]
-        return queues, held_total
-
-    def _held_by_queue(self, unacked: str) -> dict[str, int]:
-        """kombu stores each held message as ``[message, exchange, routing_key]``; the key names the queue."""
-        counts: dict[str, int] = {}
-        for raw in cast("list[str]", self.redis.hvals(unacked)):
-            try:
-                routing_key = json.loads(raw)[2]
-            except (ValueError, IndexError, TypeError):
-                routing_key = "?"
-            counts[str(routing_key)] = counts.get(str(routing_key), 0) + 1
-        return counts
+        return queues, depths.held
 
     # -- jobs -----------------------------------------------------------------------------------------
     def _oldest_queued(self, now: float) -> tuple[str | None, float | None]:

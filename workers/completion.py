@@ -98,18 +98,13 @@ def _release(quota: QuotaLimiter, account: str, job_id: str) -> None:
 # -- callbacks that beat submit ---------------------------------------------------------------------------
 
 
-def early_callback_key(keys: Keys, job_id: str) -> str:
-    """String (with TTL): the ``data`` of a callback that arrived while the job was ``submitting``."""
-    return f"{keys.job(job_id)}:early-callback"
-
-
 def stash_early(client: redis.Redis, keys: Keys, job_id: str, data: Mapping[str, Any], ttl_s: int) -> None:
-    client.set(early_callback_key(keys, job_id), json.dumps(dict(data)), ex=ttl_s)
+    client.set(keys.early_callback(job_id), json.dumps(dict(data)), ex=ttl_s)
 
 
 def take_early(client: redis.Redis, keys: Keys, job_id: str) -> TaskRecord | None:
     """The stashed record, removed so that exactly one taker applies it; None if there is none."""
-    raw = cast("str | bytes | None", client.getdel(early_callback_key(keys, job_id)))
+    raw = cast("str | bytes | None", client.getdel(keys.early_callback(job_id)))
     if raw is None:
         return None
     try:

@@ -6,8 +6,9 @@
     ├── ValidationError(field, message)      bad user input; nothing was sent
     └── UpstreamError                        status, code, endpoint, request_id, body (≤ 500 chars)
         ├── RetryableError(retry_after_s)    try again later; the job is not failed
-        │   ├── RateLimited                  429
-        │   ├── Unavailable                  455, 500, other 5xx, 408 outside recordInfo
+        │   ├── RateLimited                  429 (the whole account cools down)
+        │   ├── Unavailable                  500, other 5xx, 408 outside recordInfo
+        │   │   └── Maintenance              455 (the whole account cools down)
         │   ├── TransportError               not sent (connect failure/timeout), or a garbled answer
         │   └── OutcomeUnknown               createTask sent, no answer: the task may exist upstream
         ├── FatalError                       this job fails with ``reason``
@@ -21,7 +22,8 @@
             ├── KeyCapExceeded               433
             └── FeatureDisabled              505
 
-Tasks decide from the class alone: ``retryable`` is true exactly for ``RetryableError``; an
+Tasks decide from the class alone: ``retryable`` is true exactly for ``RetryableError``, and
+``cools_down_account`` for the two that hold every submitter of the account back; an
 ``AccountError`` is neither retried on the same account nor a job failure — the caller pauses the
 account and re-queues the job. ``reason`` is a stable snake_case code for job records and metrics.
 
@@ -72,6 +74,7 @@ class ImagineQError(Exception):
 
     _reason: ClassVar[str] = "error"
     _retryable: ClassVar[bool] = False
+    _cools_down_account: ClassVar[bool] = False
 
     @property
     def reason(self) -> str:
@@ -82,6 +85,11 @@ class ImagineQError(Exception):
     def retryable(self) -> bool:
         """True when the same call, unchanged, may succeed later."""
         return self._retryable
+
+    @property
+    def cools_down_account(self) -> bool:
+        """True when every submitter of the account must hold back for a while (429, 455)."""
+        return self._cools_down_account
 
 
 class ValidationError(ImagineQError):
@@ -164,12 +172,19 @@ class RateLimited(RetryableError):
     """429: the account is over a rate; every submitter should cool down."""
 
     _reason = "rate_limited"
+    _cools_down_account = True
 
 
 class Unavailable(RetryableError):
-    """455 maintenance, 500 and other 5xx, 408 outside recordInfo."""
+    """500 and other 5xx, 408 outside recordInfo."""
 
     _reason = "unavailable"
+
+
+class Maintenance(Unavailable):
+    """455: the upstream is under maintenance; every submitter of the account waits."""
+
+    _cools_down_account = True
 
 
 class TransportError(RetryableError):
@@ -255,7 +270,7 @@ _BY_CODE: Final[dict[tuple[str | None, int], type[UpstreamError]]] = {
     (None, 422): Rejected,
     (None, 429): RateLimited,
     (None, 433): KeyCapExceeded,
-    (None, 455): Unavailable,
+    (None, 455): Maintenance,
     (None, 500): Unavailable,
     (None, 501): GenerationFailed,
     (None, 505): FeatureDisabled,

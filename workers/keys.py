@@ -6,7 +6,11 @@ deployments can share one Redis. Lua scripts never build keys: callers pass them
 
 from __future__ import annotations
 
+from bisect import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from config.celery import PRIORITY_STEPS, QUEUE_SEP, broker_key_prefix
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,14 @@ class Keys:
     def idempotency(self, key: str) -> str:
         """String: producer idempotency key → job id."""
         return f"{self.prefix}:idem:{key}"
+
+    def store_claim(self, job_id: str) -> str:
+        """String with PX expiry: the token of the store step transferring the job's result."""
+        return f"{self.job(job_id)}:store-claim"
+
+    def early_callback(self, job_id: str) -> str:
+        """String with TTL: the ``data`` of a callback that arrived while the job was ``submitting``."""
+        return f"{self.job(job_id)}:early-callback"
 
     def state_index(self, state: str) -> str:
         """Sorted set: job ids in ``state``, scored by the time they entered it (ms)."""
@@ -50,6 +62,10 @@ class Keys:
     def pause(self, account: str) -> str:
         """String: why the account is paused (402/433/401/505); cleared when credits return."""
         return f"{self.prefix}:quota:{account}:pause"
+
+    def pause_check(self, account: str) -> str:
+        """String with PX expiry: one credits check of a paused account at a time."""
+        return f"{self.pause(account)}:check"
 
     def record_info_bucket(self, account: str) -> str:
         """Hash: token bucket for recordInfo calls (tokens, ts)."""
@@ -96,6 +112,26 @@ class Keys:
     def redbeat(self) -> str:
         """Prefix of celery-redbeat's keys (schedule entries, its lock)."""
         return f"{self.prefix}:redbeat:"
+
+    # -- the Celery broker (kombu's Redis transport, under ``global_keyprefix``) ------------------------
+    @property
+    def broker_prefix(self) -> str:
+        """Prefix of every broker key: the ``global_keyprefix`` of ``config.celery``."""
+        return broker_key_prefix(self.prefix)
+
+    def broker_queue(self, queue: str, priority: int, steps: Sequence[int] = PRIORITY_STEPS) -> str:
+        """List: ``queue``'s messages at ``priority`` (kombu keeps one list per priority step)."""
+        step = steps[bisect(steps, priority) - 1]
+        name = f"{queue}{QUEUE_SEP}{step}" if step else queue
+        return f"{self.broker_prefix}{name}"
+
+    def broker_unacked(self) -> str:
+        """Hash: delivery tag → message held by a worker (reserved, running or waiting for a countdown)."""
+        return f"{self.broker_prefix}unacked"
+
+    def broker_unacked_index(self) -> str:
+        """Sorted set: delivery tag → when a worker took the message (seconds)."""
+        return f"{self.broker_prefix}unacked_index"
 
     # -- counters for metrics -----------------------------------------------------------------------
     def counters(self) -> str:

@@ -16,12 +16,11 @@ import json
 import os
 import socket
 import uuid
-from bisect import bisect
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.celery import PRIORITY_STEPS, QUEUE_SEP, SUBMIT_QUEUE, TASK_SUBMIT
+from config.celery import SUBMIT_QUEUE, TASK_SUBMIT
+from workers.keys import Keys
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
@@ -32,13 +31,7 @@ class BrokerMessage:
     payload: str
 
 
-def queue_key(broker_prefix: str, queue: str, priority: int, steps: Sequence[int] = PRIORITY_STEPS) -> str:
-    """The Redis list kombu uses for ``queue`` at ``priority`` (priority-step lists: ``queue:<step>``)."""
-    step = steps[bisect(steps, priority) - 1]
-    return f"{broker_prefix}{queue}{QUEUE_SEP}{step}" if step else f"{broker_prefix}{queue}"
-
-
-def submit_message(job_id: str, *, priority: int, broker_prefix: str) -> BrokerMessage:
+def submit_message(job_id: str, *, priority: int, keys: Keys) -> BrokerMessage:
     """The message ``app.send_task("imagineq.submit", args=(job_id,), priority=priority)`` would send."""
     task_id = str(uuid.uuid4())
     body = json.dumps([[job_id], {}, _EMBED])
@@ -78,7 +71,7 @@ def submit_message(job_id: str, *, priority: int, broker_prefix: str) -> BrokerM
         "headers": headers,
         "properties": properties,
     }
-    return BrokerMessage(queue_key(broker_prefix, SUBMIT_QUEUE, priority), json.dumps(envelope))
+    return BrokerMessage(keys.broker_queue(SUBMIT_QUEUE, priority), json.dumps(envelope))
 
 
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"

@@ -60,15 +60,15 @@ from config.celery import (
     TASK_RECONCILE,
     TASK_STORE,
     TASK_SUBMIT,
-    broker_prefix,
 )
 from workers.batch.locations import Files
 from workers.batch.store import BatchStore
 from workers.celery import app
+from workers.clients import release_token_lock
 from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
 from workers.errors import NotFound, UpstreamError
 from workers.jobs import Job, JobState, Priority
-from workers.messages import queue_key, submit_message
+from workers.messages import submit_message
 from workers.runtime import Runtime
 from workers.storage import build_s3_client
 from workers.tasks import _recover_interrupted_submit, runtime
@@ -126,8 +126,7 @@ class Reconciler:
                     self.counts["error"] += 1
                     log.exception("reconcile: %s failed", case.__name__)
         finally:
-            if self.rt.redis.get(lock) == token:
-                self.rt.redis.delete(lock)
+            release_token_lock(self.rt.redis, lock, token)
         counts = {name: n for name, n in self.counts.items() if n}
         if counts:
             with self.rt.redis.pipeline(transaction=False) as pipe:
@@ -183,7 +182,7 @@ class Reconciler:
         silent_s = self.settings.reconcile_store_silent_s
         now = self._now()
         for job in self._jobs_in(JobState.DOWNLOADING, silent_s):
-            if self.rt.redis.exists(f"{self.rt.keys.job(job.id)}:store-claim"):
+            if self.rt.redis.exists(self.rt.keys.store_claim(job.id)):
                 continue  # a store is running
             activity = [job.timestamps.get(JobState.DOWNLOADING.value, job.updated_at)]
             if "reconciled_store_at" in job.extra:
@@ -277,10 +276,8 @@ class Reconciler:
         if not queued:
             self.rt.redis.delete(self.rt.keys.reconcile_suspects())
             return
-        prefix = broker_prefix(self.settings)
-        lists = [queue_key(prefix, SUBMIT_QUEUE, step) for step in PRIORITY_STEPS]
-        unacked = f"{prefix}unacked"
-        # [issue 8] A message a worker took (acks late) stays in the unacked hash until that worker acks
+        lists = [self.rt.keys.broker_queue(SUBMIT_QUEUE, step) for step in PRIORITY_STEPS]
+        # A message a worker took (acks late) stays in the unacked hash until that worker acks
         # it, or until the visibility timeout (an hour) when the worker was killed. A submit runs, waits
         # and re-publishes itself well within reconcile_submitting_stale_s, so an older delivery belongs
         # to a dead worker: its job counts as having no message.
@@ -288,7 +285,7 @@ class Reconciler:
         with self.rt.redis.pipeline(transaction=False) as pipe:
             for key in lists:
                 pipe.llen(key)
-            pipe.zcount(f"{unacked}_index", live_since, "+inf")
+            pipe.zcount(self.rt.keys.broker_unacked_index(), live_since, "+inf")
             *lengths, in_flight = pipe.execute()
         messages = sum(int(n) for n in lengths) + int(in_flight)
         if queued <= messages:
@@ -299,7 +296,7 @@ class Reconciler:
         if messages > LOST_SCAN_MAX_MESSAGES:
             log.warning("reconcile: backlog too big to scan for lost messages (%d)", messages)
             return
-        found = set(self._job_ids_in_messages(lists, unacked, live_since))
+        found = set(self._job_ids_in_messages(lists, live_since))
         missing = [
             job_id
             for job_id in self.rt.jobs.ids_in_state(
@@ -336,7 +333,7 @@ class Reconciler:
             yield ids
             start += len(ids)
 
-    def _job_ids_in_messages(self, lists: list[str], unacked: str, live_since: float) -> Iterator[str]:
+    def _job_ids_in_messages(self, lists: list[str], live_since: float) -> Iterator[str]:
         for key in lists:
             start = 0
             while raw := cast("list[str]", self.rt.redis.lrange(key, start, start + _SCAN - 1)):
@@ -344,8 +341,9 @@ class Reconciler:
                 for payload in raw:
                     if (job_id := _submit_job_id(json.loads(payload))) is not None:
                         yield job_id
-        live = set(cast("list[str]", self.rt.redis.zrangebyscore(f"{unacked}_index", live_since, "+inf")))
-        for tag, value in cast("dict[str, str]", self.rt.redis.hgetall(unacked)).items():
+        index = self.rt.keys.broker_unacked_index()
+        live = set(cast("list[str]", self.rt.redis.zrangebyscore(index, live_since, "+inf")))
+        for tag, value in cast("dict[str, str]", self.rt.redis.hgetall(self.rt.keys.broker_unacked())).items():
             if tag not in live:
                 continue  # held by a worker that died (see lost_messages)
             message = json.loads(value)
@@ -356,7 +354,7 @@ class Reconciler:
         level = self.batches.level(job.batch_id) if job.batch_id else None
         if level is None:
             level = PRIORITY_BATCH if job.priority is Priority.BATCH else PRIORITY_INTERACTIVE
-        message = submit_message(job.id, priority=level, broker_prefix=broker_prefix(self.settings))
+        message = submit_message(job.id, priority=level, keys=self.rt.keys)
         self.rt.redis.lpush(message.queue_key, message.payload)
 
     def _chain(self, *steps: str, job_id: str) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import redis
 
 from config.settings import Settings
+from workers.clients import Clients
 from workers.jobstore import JobStore
 from workers.keys import Keys
 from workers.quota import QuotaLimiter
@@ -28,25 +29,16 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        client = redis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_timeout=30,
-            socket_connect_timeout=10,
-            socket_keepalive=True,
-            health_check_interval=25,
-            retry_on_timeout=True,
-        )
-        keys = Keys(settings.redis_prefix)
+        clients = Clients.build(settings)
         storage = Storage(settings.s3, settings.http)
         if settings.s3.create_bucket:
             storage.ensure_bucket()  # local S3 servers: the first task of each process creates it
         return cls(
             settings=settings,
-            redis=client,
-            keys=keys,
-            jobs=JobStore(client, keys, terminal_ttl_s=settings.job_ttl_s),
-            quota=QuotaLimiter.for_settings(client, keys, settings),
+            redis=clients.redis,
+            keys=clients.keys,
+            jobs=clients.jobs,
+            quota=QuotaLimiter.for_settings(clients.redis, clients.keys, settings),
             storage=storage,
         )
 

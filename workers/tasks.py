@@ -32,27 +32,23 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from config.celery import SUBMIT_TIME_LIMIT_S, TASK_POLL, TASK_STORE, TASK_SUBMIT
 from config.settings import ConfigError, get_settings
 from workers.celery import app
-from workers.completion import Applied, apply_early
+from workers.clients import release_token_lock
+from workers.completion import Applied, apply_early, apply_terminal
 from workers.errors import (
     AccountError,
     FatalError,
     NotFound,
     OutcomeUnknown,
-    RateLimited,
     RetryableError,
-    Unavailable,
     UpstreamError,
 )
 from workers.jobs import Job, JobState
-from workers.lua_scripts import load_script
 from workers.runtime import Runtime
 from workers.schedule import backoff_s, poll_delay_s, safety_poll_delay_s
 from workers.storage import ResultGone, StorageError
-from workers.upstream import TaskState
 
 log = logging.getLogger("imagineq.tasks")
 
-MAINTENANCE = 455
 #: Transient failures of one step before the job fails (quota waits and cooldowns never count).
 MAX_TRANSIENT_ATTEMPTS = 6
 #: A store claim lives this long unless its heartbeat renews it (a killed worker frees it quickly).
@@ -183,7 +179,7 @@ def submit(self: Task, job_id: str) -> str | None:
     except RetryableError as error:
         rt.quota.release(account, job_id)
         _count(rt, f"upstream_error:{error.code or error.status or 'transport'}")
-        if _calls_for_cooldown(error) and rt.settings.quota_enforce:
+        if error.cools_down_account and rt.settings.quota_enforce:
             applied = rt.quota.cooldown(account, error.retry_after_s)
             log.warning(
                 "submit: account %s cooling down %.1fs after %s (job %s)", account, applied, error, job_id
@@ -222,13 +218,6 @@ def _continue(job: Job) -> None:
     chain(*(app.signature(name, args=(job.id,), immutable=True) for name in steps)).apply_async()
 
 
-def _calls_for_cooldown(error: RetryableError) -> bool:
-    """429 (rate limited) and 455 (maintenance) hold every submitter of the account back."""
-    return isinstance(error, RateLimited) or (
-        isinstance(error, Unavailable) and MAINTENANCE in (error.code, error.status)
-    )
-
-
 def _wait_for_slot(rt: Runtime, job_id: str) -> str | None:
     """Wait in-process (bounded well below the visibility timeout) for a quota slot on any account."""
     if not rt.settings.quota_enforce:
@@ -251,7 +240,7 @@ def _maybe_resume_paused(rt: Runtime) -> None:
     for account in rt.settings.accounts:
         if rt.quota.paused(account.name) is None:
             continue
-        gate = f"{rt.keys.pause(account.name)}:check"
+        gate = rt.keys.pause_check(account.name)
         if not rt.redis.set(gate, "1", nx=True, px=int(rt.settings.pause_check_interval_s * 1000)):
             continue
         try:
@@ -363,31 +352,13 @@ def poll(self: Task, job_id: str) -> str | None:
         rt.quota.renew_lease(job.account, job_id)
         _requeue(self, countdown=min(30.0, backoff_s(attempts, base_s=2.0, cap_s=30.0)))
 
-    if record.state is TaskState.SUCCESS:
-        if not record.result_urls:
-            rt.quota.release(job.account, job_id)
-            _fail(rt, job_id, JobState.GENERATING, "generation_failed", "success without a result URL")
-            _stop_chain(self)
-            return None
-        moved = rt.jobs.transition(
-            job_id, JobState.DOWNLOADING, expect=JobState.GENERATING,
-            fields={"result_url": record.result_urls[0], "completed_ms": record.complete_time_ms},
-        )  # fmt: skip
-        rt.quota.release(job.account, job_id)
-        log.info("poll: job %s generated (task %s)", job_id, job.task_id)
-        if not moved:
-            _stop_chain(self)  # a callback moved it first and enqueued store itself
-            return None
-        return job_id
-    if record.state is TaskState.FAIL:
-        rt.quota.release(job.account, job_id)
-        rt.jobs.transition(
-            job_id, JobState.FAILED, expect=JobState.GENERATING,
-            fields={"reason": "generation_failed", "fail_code": record.fail_code, "fail_msg": record.fail_msg,
-                    "error": f"upstream generation failed: {record.fail_code} {record.fail_msg}".strip()},
-        )  # fmt: skip
-        log.info("poll: job %s failed upstream: %s %s", job_id, record.fail_code, record.fail_msg)
-        _stop_chain(self)
+    if record.state.terminal:
+        # The same move a callback or the reconciler makes: whoever comes second does nothing.
+        applied = apply_terminal(rt.jobs, rt.quota, job, record)
+        log.info("poll: job %s task %s is %s: %s", job_id, job.task_id, record.state.value, applied.value)
+        if applied is Applied.DOWNLOADING:
+            return job_id
+        _stop_chain(self)  # failed, or a callback moved it first and enqueued store itself
         return None
     rt.quota.renew_lease(job.account, job_id)  # still running: keep the slot
     if rt.settings.callbacks.enabled:
@@ -419,7 +390,7 @@ def store(self: Task, job_id: str) -> str | None:
     with _store_claim(rt, job_id) as claimed:
         if not claimed:
             # Another store runs (or died < STORE_CLAIM_TTL_S ago): look again once its claim lapses.
-            remaining_ms = int(rt.redis.pttl(f"{rt.keys.job(job_id)}:store-claim"))  # type: ignore[arg-type]
+            remaining_ms = int(rt.redis.pttl(rt.keys.store_claim(job_id)))  # type: ignore[arg-type]
             _requeue(self, countdown=max(remaining_ms, 0) / 1000 + 0.5)
         assert job.result_url is not None
         account = job.account
@@ -490,7 +461,7 @@ def _refresher(rt: Runtime, account: str) -> Callable[[str], str]:
 @contextlib.contextmanager
 def _store_claim(rt: Runtime, job_id: str) -> Iterator[bool]:
     """A short-lived claim renewed by a heartbeat while the transfer runs."""
-    key = f"{rt.keys.job(job_id)}:store-claim"
+    key = rt.keys.store_claim(job_id)
     token = uuid.uuid4().hex
     ttl_ms = int(STORE_CLAIM_TTL_S * 1000)
     if not rt.redis.set(key, token, nx=True, px=ttl_ms):
@@ -512,7 +483,7 @@ def _store_claim(rt: Runtime, job_id: str) -> Iterator[bool]:
         done.set()
         beat.join(timeout=5)
         with contextlib.suppress(Exception):
-            load_script(rt.redis, "store_claim_release")(keys=[key], args=[token])
+            release_token_lock(rt.redis, key, token)
 
 
 # -- shared ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import pytest
 from config.celery import broker_prefix
 from config.settings import load_settings
 from workers.celery import create_app
-from workers.messages import queue_key, submit_message
+from workers.keys import Keys
+from workers.messages import submit_message
 
 pytestmark = pytest.mark.integration
 
@@ -18,8 +19,7 @@ def test_submit_message_matches_what_celery_sends(redis_url, redis_client, prior
     settings = load_settings(redis_url=redis_url, api_key="k")
     app = create_app(settings)
     app.send_task("imagineq.submit", args=("job-1",), priority=priority)
-    prefix = broker_prefix(settings)
-    ours = submit_message("job-1", priority=priority, broker_prefix=prefix)
+    ours = submit_message("job-1", priority=priority, keys=Keys(settings.redis_prefix))
 
     # Celery put its message on the very list we push ours to.
     theirs = json.loads(redis_client.lpop(ours.queue_key))
@@ -37,7 +37,8 @@ def test_submit_message_matches_what_celery_sends(redis_url, redis_client, prior
 
 
 def test_queue_keys_follow_kombus_priority_lists():
-    prefix = broker_prefix(load_settings(redis_prefix="iq"))
-    assert queue_key(prefix, "submit", 0) == "iq:celery:submit"
-    assert queue_key(prefix, "submit", 9) == "iq:celery:submit:9"
-    assert queue_key(prefix, "submit", 4) == "iq:celery:submit:3"
+    keys = Keys(load_settings(redis_prefix="iq").redis_prefix)
+    assert keys.broker_prefix == broker_prefix(load_settings(redis_prefix="iq"))
+    assert keys.broker_queue("submit", 0) == "iq:celery:submit"
+    assert keys.broker_queue("submit", 9) == "iq:celery:submit:9"
+    assert keys.broker_queue("submit", 4) == "iq:celery:submit:3"

@@ -142,7 +142,7 @@ def test_a_store_worker_killed_mid_download_still_stores_once(dep: Deployment):
     # A slow 4 MB download gives time to SIGKILL the pool process that runs it.
     dep.sim_config(video_bytes=4 * 1024 * 1024, file_rate_bytes_per_s=2 * 1024 * 1024)
     job = dep.producer.enqueue("Survives a crash")
-    claim = f"{dep.producer.keys.job(job.id)}:store-claim"
+    claim = dep.producer.keys.store_claim(job.id)
     wait_until(lambda: dep.producer.redis.exists(claim) == 1, 60, "the store to start")
     # SIGKILL the pool processes of the store worker (one of them is mid-download).
     for pid in _pool_children(dep.workers["store"][0].process.pid):

@@ -27,6 +27,7 @@ from workers.errors import (
     GenerationFailed,
     ImagineQError,
     KeyCapExceeded,
+    Maintenance,
     NoCredits,
     NotFound,
     OutcomeUnknown,
@@ -56,7 +57,7 @@ DOCUMENTED = [
     (CREATE_TASK, 422, Rejected, "rejected", False),
     (CREATE_TASK, 429, RateLimited, "rate_limited", True),
     (CREATE_TASK, 433, KeyCapExceeded, "key_cap_exceeded", False),
-    (CREATE_TASK, 455, Unavailable, "unavailable", True),
+    (CREATE_TASK, 455, Maintenance, "unavailable", True),
     (RECORD_INFO, 500, Unavailable, "unavailable", True),
     (RECORD_INFO, 501, GenerationFailed, "generation_failed", False),
     (CREATE_TASK, 505, FeatureDisabled, "feature_disabled", False),
@@ -455,3 +456,17 @@ def test_requests_failures_map_by_whether_the_request_may_have_been_sent(
     assert type(read.value) is on_read
     assert API_KEY not in str(created.value) + str(read.value)
     assert repr(client) == "UpstreamClient(account='acct')"
+
+
+@pytest.mark.parametrize("code", [429, 455])
+def test_rate_limits_and_maintenance_cool_the_whole_account_down(code: int) -> None:
+    body, text = envelope(code)
+    error = error_from_response(CREATE_TASK, 200, body, text, {})
+    assert error is not None and error.cools_down_account
+
+
+@pytest.mark.parametrize("code", [500, 502, 401, 402, 422, 501])
+def test_other_errors_leave_the_account_alone(code: int) -> None:
+    body, text = envelope(code)
+    error = error_from_response(CREATE_TASK, 200, body, text, {})
+    assert error is not None and not error.cools_down_account

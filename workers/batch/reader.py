@@ -20,15 +20,14 @@ from typing import IO, Final
 
 import redis
 
-from config.celery import PRIORITY_BATCH, PRIORITY_STEPS, broker_prefix
+from config.celery import PRIORITY_BATCH, PRIORITY_STEPS
 from config.settings import Settings, get_settings
 from workers.batch.lines import BadLine, LineParser, ParsedLine, batch_id_for, iter_lines
 from workers.batch.locations import Files, Location
 from workers.batch.store import BatchStatus, BatchStore, LineEntry
+from workers.clients import Clients
 from workers.errors import ValidationError
 from workers.jobs import Job
-from workers.jobstore import JobStore
-from workers.keys import Keys
 from workers.messages import BrokerMessage, submit_message
 from workers.storage import build_s3_client
 
@@ -65,13 +64,11 @@ class BatchSubmitter:
         files: Files | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.redis = client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-        self.keys = Keys(self.settings.redis_prefix)
-        self.jobs = JobStore(self.redis, self.keys, terminal_ttl_s=self.settings.job_ttl_s)
+        clients = Clients.build(self.settings, client)
+        self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
         self.batches = BatchStore(self.redis, self.keys, terminal_ttl_s=self.settings.job_ttl_s)
         s3, http = self.settings.s3, self.settings.http
         self.files = files or Files(lambda: build_s3_client(s3, http))
-        self._broker_prefix = broker_prefix(self.settings)
 
     def close(self) -> None:
         self.redis.close()
@@ -133,7 +130,7 @@ class BatchSubmitter:
         good = lines = 0
 
         def message(job: Job) -> BrokerMessage:
-            return submit_message(job.id, priority=level, broker_prefix=self._broker_prefix)
+            return submit_message(job.id, priority=level, keys=self.keys)
 
         def flush() -> None:
             nonlocal good

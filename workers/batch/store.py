@@ -31,6 +31,7 @@ from typing import Any, Final, cast
 import redis
 
 from workers.batch.locations import Files, Location
+from workers.clients import as_text, release_token_lock
 from workers.errors import ImagineQError
 from workers.jobs import JobState
 from workers.keys import Keys
@@ -55,10 +56,6 @@ class BatchStatusValue:
 
 class BatchBusy(ImagineQError):
     """Another process is reading this batch right now."""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -230,7 +227,7 @@ class BatchStore:
             raw, pending = pipe.execute()
         if not raw:
             return None
-        return BatchStatus.from_hash(batch_id, {_text(k): _text(v) for k, v in raw.items()}, int(pending))
+        return BatchStatus.from_hash(batch_id, {as_text(k): as_text(v) for k, v in raw.items()}, int(pending))
 
     def settle(self, batch_id: str) -> BatchStatus | None:
         """Read the states of the batch's pending jobs, count the terminal ones, report the live ones."""
@@ -239,7 +236,7 @@ class BatchStore:
         live: Counter[str] = Counter()
         chunk: list[str] = []
         for member in self._client.sscan_iter(pending_key, count=_SCAN):
-            chunk.append(_text(member))
+            chunk.append(as_text(member))
             if len(chunk) >= _SCAN:
                 self._settle_chunk(pending_key, batch_key, chunk, live)
                 chunk = []
@@ -257,7 +254,7 @@ class BatchStore:
             states = pipe.execute()
         finished: list[str] = []
         for job_id, raw in zip(job_ids, states, strict=True):
-            state = _text(raw) if raw is not None else MISSING
+            state = as_text(raw) if raw is not None else MISSING
             if state == MISSING or JobState(state).terminal:
                 finished += [job_id, state]
             else:
@@ -268,18 +265,18 @@ class BatchStore:
     def active(self) -> list[str]:
         """Batches read whole whose manifest is not written yet."""
         members = cast("set[Any]", self._client.smembers(self._keys.batches_active()))
-        return sorted(_text(member) for member in members)
+        return sorted(as_text(member) for member in members)
 
     def recent(self, limit: int = 20) -> list[BatchStatus]:
         """The newest batches first."""
         ids = cast("list[Any]", self._client.zrevrange(self._keys.batches(), 0, limit - 1))
-        found = [self.get(_text(batch_id)) for batch_id in ids]
+        found = [self.get(as_text(batch_id)) for batch_id in ids]
         return [status for status in found if status is not None]
 
     def level(self, batch_id: str) -> int | None:
         """The broker priority the batch's submit messages use."""
         raw = self._client.hget(self._keys.batch(batch_id), "level")
-        return int(_text(raw)) if raw is not None else None
+        return int(as_text(raw)) if raw is not None else None
 
     # -- the manifest -------------------------------------------------------------------------------
     def finalise(self, batch_id: str, files: Files) -> BatchStatus | None:
@@ -333,7 +330,7 @@ class BatchStore:
                     row.update(state=INVALID, s3_uri=None, error=entry.error)
                 else:
                     state, s3_uri, error, reason = (
-                        _text(value) if value is not None else None for value in next(records)
+                        as_text(value) if value is not None else None for value in next(records)
                     )
                     if error is not None and reason is not None:
                         error = f"{reason}: {error}"
@@ -346,8 +343,7 @@ class BatchStore:
         return seconds + micros / 1e6
 
     def _release(self, lock: str, token: str) -> None:
-        if _text(self._client.get(lock) or "") == token:
-            self._client.delete(lock)
+        release_token_lock(self._client, lock, token)
 
 
 def wait_until_finished(
