@@ -6,7 +6,7 @@ record says a step should be running when nothing shows it is, each case counted
 
 ``stale_submit_requeued`` / ``stale_submit_unknown``
     ``submitting`` longer than ``reconcile_submitting_stale_s`` (well past submit's hard time limit, so the
-    claimant is dead): what a redelivered submit would do (``_recover_interrupted_submit``): back to
+    claimant is dead): what a redelivered submit would do (``recover_interrupted_submit``): back to
     ``queued`` and a new submit message — or, when createTask may have been sent, ``failed
     (outcome_unknown)`` with the lease held, never resubmitted blindly.
 ``silent_poll``
@@ -71,7 +71,8 @@ from workers.jobs import Job, JobState, Priority
 from workers.messages import submit_message
 from workers.runtime import Runtime
 from workers.storage import build_s3_client
-from workers.tasks import _recover_interrupted_submit, runtime
+from workers.tasks.process import runtime
+from workers.tasks.submit import recover_interrupted_submit
 from workers.upstream import TaskState
 
 log = logging.getLogger("imagineq.reconcile")
@@ -139,7 +140,7 @@ class Reconciler:
     # -- cases --------------------------------------------------------------------------------------
     def stale_submits(self) -> None:
         for job in self._jobs_in(JobState.SUBMITTING, self.settings.reconcile_submitting_stale_s):
-            recovered = _recover_interrupted_submit(self.rt, job)
+            recovered = recover_interrupted_submit(self.rt, job)
             if recovered is not None and recovered.state is JobState.QUEUED:
                 self._publish_submit(recovered)
                 self.counts["stale_submit_requeued"] += 1

@@ -1,0 +1,272 @@
+"""Storing a job's result: the video streamed into one bucket (single PUT or multipart), then its sidecar.
+
+Choices worth knowing:
+
+- **Where the sha256 lives.** It is known only after the last byte went up, and S3 metadata is fixed
+  when the (multipart) upload starts, so it would take a server-side self-copy to put it there. It goes
+  into the JSON sidecar instead (and the job record, via ``StoredObject``). S3's own ``ChecksumSHA256``
+  is no substitute: for multipart objects it is a checksum of part checksums.
+- **The sidecar is the commit mark.** It is written after the video is uploaded and verified, so
+  :meth:`Storage.find` counts a video as stored only when its sidecar exists too; a crash in between
+  means the next attempt downloads again and overwrites (same key).
+- **No half objects.** The reader raises mid-stream (cap exceeded, body shorter or longer than
+  announced), which aborts the multipart upload; a mismatch seen only afterwards deletes the object.
+- **Memory** per transfer ≈ ``part_size × (UPLOAD_CONCURRENCY + 2)``: parts waiting or in flight, the
+  part being filled, and the join copy of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import requests
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from config.settings import HttpSettings, S3Settings
+from workers.storage.client import build_s3_client, client_error_code, is_not_found
+from workers.storage.errors import BadResult, ResultTooLarge, StorageError, TransferError
+from workers.storage.fetch import ResultFetcher, content_length
+from workers.storage.object_keys import object_key
+from workers.storage.sidecar import put_sidecar, read_sidecar
+from workers.storage.urls import redact_url
+from workers.streams import HashingReader, LengthMismatch, TooManyBytes
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger("workers.storage")
+
+#: Parallel part uploads per transfer; also the number of parts allowed to wait in memory.
+UPLOAD_CONCURRENCY: Final = 4
+DOWNLOAD_CHUNK_BYTES: Final = 1024 * 1024
+VIDEO_CONTENT_TYPE: Final = "video/mp4"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    uri: str
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    #: False when the object already existed and nothing was downloaded.
+    created: bool
+
+
+class Storage:
+    """Stores job results in one bucket. Thread-safe as far as its client and session are."""
+
+    def __init__(
+        self,
+        s3: S3Settings,
+        http: HttpSettings,
+        *,
+        client: S3Client | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        self._s3 = s3
+        self._http = http
+        self._client = client if client is not None else build_s3_client(s3, http)
+        self._fetcher = ResultFetcher(http, max_bytes=s3.max_download_bytes, session=session)
+        part_bytes = s3.part_size_mb * 1024 * 1024
+        self._transfer_config = TransferConfig(
+            multipart_threshold=part_bytes,
+            multipart_chunksize=part_bytes,
+            max_concurrency=UPLOAD_CONCURRENCY,
+            use_threads=True,
+            preferred_transfer_client="classic",
+        )
+        # s3transfer's default lets 10 parts wait in memory; bound it to what is being sent.
+        self._transfer_config.max_in_memory_upload_chunks = UPLOAD_CONCURRENCY
+
+    @property
+    def bucket(self) -> str:
+        return self._s3.bucket
+
+    def close(self) -> None:
+        self._fetcher.close()
+
+    def ensure_bucket(self) -> None:
+        """Check the bucket exists; create it when missing and ``s3.create_bucket`` is set."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as e:
+            if not is_not_found(e):
+                raise TransferError(f"cannot reach bucket {self.bucket!r}: {client_error_code(e)}") from e
+        except BotoCoreError as e:
+            raise TransferError(f"cannot reach bucket {self.bucket!r}: {type(e).__name__}") from e
+        if not self._s3.create_bucket:
+            raise StorageError(f"bucket {self.bucket!r} does not exist (set s3.create_bucket to create it)")
+        try:
+            if self._s3.region == "us-east-1":
+                self._client.create_bucket(Bucket=self.bucket)
+            else:
+                self._client.create_bucket(
+                    Bucket=self.bucket,
+                    CreateBucketConfiguration={"LocationConstraint": self._s3.region},  # type: ignore[typeddict-item]
+                )
+        except ClientError as e:
+            if client_error_code(e) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                raise TransferError(f"cannot create bucket {self.bucket!r}: {client_error_code(e)}") from e
+        except BotoCoreError as e:
+            raise TransferError(f"cannot create bucket {self.bucket!r}: {type(e).__name__}") from e
+        logger.info("created bucket %s", self.bucket)
+
+    def find(self, key: str, *, job_id: str | None = None) -> StoredObject | None:
+        """The stored video at ``key`` if it is complete (its sidecar exists) and, when ``job_id`` is
+        given, its ``job-id`` metadata matches; else None."""
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as e:
+            if is_not_found(e):
+                return None
+            raise TransferError(f"cannot look up {key!r}: {client_error_code(e)}") from e
+        except BotoCoreError as e:
+            raise TransferError(f"cannot look up {key!r}: {type(e).__name__}") from e
+        if job_id is not None and head.get("Metadata", {}).get("job-id") != job_id:
+            logger.warning("object %s exists but is not marked as job %s's; it will be replaced", key, job_id)
+            return None
+        sidecar = read_sidecar(self._client, self.bucket, key)
+        size = int(head["ContentLength"])
+        if sidecar is None or sidecar.get("size") != size or not isinstance(sidecar.get("sha256"), str):
+            logger.warning(
+                "object %s has no matching sidecar (an interrupted store); it will be replaced", key
+            )
+            return None
+        return StoredObject(
+            uri=f"s3://{self.bucket}/{key}",
+            bucket=self.bucket,
+            key=key,
+            size=size,
+            sha256=sidecar["sha256"],
+            created=False,
+        )
+
+    def store(
+        self,
+        *,
+        job_id: str,
+        task_id: str | None,
+        account: str | None,
+        url: str,
+        created_at: datetime,
+        prompt_sha256: str,
+        sidecar: Mapping[str, Any],
+        refresh: Callable[[str], str] | None = None,
+        first_attempt: bool = False,
+    ) -> StoredObject:
+        """Stream ``url`` into S3 under the job's key and write the JSON sidecar next to it.
+
+        Idempotent: a complete object for the job is returned (``created=False``) without downloading.
+        ``refresh(url)`` is asked once for a fresh link when the URL answers 403/404/410; its own
+        errors propagate unchanged. A job the key template cannot name (missing or unsafe
+        ``task_id``/``account``) is a fatal :class:`StorageError`.
+        """
+        try:
+            key = object_key(
+                self._s3.key_template, job_id=job_id, task_id=task_id, account=account, when=created_at
+            )
+        except ValueError as e:
+            raise StorageError(f"no object key for job {job_id!r}: {e}") from e
+        # ``first_attempt``: the caller knows no earlier attempt ever began an upload for this job, so
+        # there is nothing to find (saves a HEAD per job).
+        existing = None if first_attempt else self.find(key, job_id=job_id)
+        if existing is not None:
+            logger.info("job %s already stored at %s; not downloading again", job_id, existing.uri)
+            return existing
+        metadata = {"job-id": job_id, "prompt-sha256": prompt_sha256}
+        if task_id is not None:
+            metadata["task-id"] = task_id
+        with self._fetcher.open(url, refresh) as response:
+            announced = content_length(response)
+            size, sha256 = self._upload(response, key, metadata, announced)
+        if not self._fits_one_put(announced):
+            self._verify(key, expected=size, url=url)
+        uri = f"s3://{self.bucket}/{key}"
+        document = {
+            **sidecar,
+            "job_id": job_id,
+            "task_id": task_id,
+            "s3_uri": uri,
+            "size": size,
+            "sha256": sha256,
+            "stored_at": datetime.now(UTC).isoformat(),
+        }
+        put_sidecar(self._client, self.bucket, key, document, job_id)
+        logger.info("stored job %s at %s (%d bytes) from %s", job_id, uri, size, redact_url(url))
+        return StoredObject(uri=uri, bucket=self.bucket, key=key, size=size, sha256=sha256, created=True)
+
+    # -- upload -------------------------------------------------------------------------------------
+    def _fits_one_put(self, announced: int | None) -> bool:
+        """Small results go up in one PUT of bytes already in hand (bounded by the part size): S3 stores
+        exactly what was sent, so there is nothing to verify afterwards."""
+        return announced is not None and announced < self._transfer_config.multipart_threshold
+
+    def _upload(
+        self, response: requests.Response, key: str, metadata: dict[str, str], announced: int | None
+    ) -> tuple[int, str]:
+        """Stream the body into ``key``; (size, sha256). Any failure leaves no object behind."""
+        reader = HashingReader(
+            response.iter_content(chunk_size=DOWNLOAD_CHUNK_BYTES),
+            max_bytes=self._s3.max_download_bytes,
+            expected_bytes=announced,
+        )
+        url = response.url
+        try:
+            if self._fits_one_put(announced):
+                body = reader.read(announced or 0)
+                reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
+                self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
+                )
+            else:
+                self._client.upload_fileobj(
+                    reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
+                    self.bucket,
+                    key,
+                    ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
+                    Config=self._transfer_config,
+                )
+        except TooManyBytes as e:
+            raise ResultTooLarge(
+                f"result exceeds the cap of {self._s3.max_download_bytes} bytes while streaming", url=url
+            ) from e
+        except LengthMismatch as e:
+            raise BadResult(str(e), url=url, retryable=True) from e
+        except requests.RequestException as e:
+            if announced is not None and reader.bytes_read < announced:
+                raise BadResult(
+                    f"body ended after {reader.bytes_read} of {announced} announced bytes "
+                    f"({type(e).__name__})",
+                    url=url,
+                    retryable=True,
+                ) from e
+            raise TransferError(f"download failed: {type(e).__name__}", url=url) from e
+        except ClientError as e:
+            raise TransferError(f"upload of {key!r} failed: {client_error_code(e)}", url=url) from e
+        except (BotoCoreError, S3UploadFailedError) as e:
+            raise TransferError(f"upload of {key!r} failed: {type(e).__name__}", url=url) from e
+        return reader.bytes_read, reader.hexdigest()
+
+    def _verify(self, key: str, *, expected: int, url: str) -> None:
+        """The object holds exactly ``expected`` bytes, or it is deleted and BadResult raised."""
+        try:
+            actual = int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except (BotoCoreError, ClientError) as e:
+            raise TransferError(f"cannot verify {key!r}: {type(e).__name__}", url=url) from e
+        if actual != expected:
+            self._delete(key)
+            raise BadResult(f"stored {actual} bytes, {expected} downloaded", url=url, retryable=True)
+
+    def _delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as e:
+            raise TransferError(f"cannot delete {key!r}: {type(e).__name__}") from e

@@ -1,0 +1,95 @@
+"""The ``poll`` step: ask recordInfo until the upstream task is terminal, then end the job like a callback."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import Task
+
+from config.celery import TASK_POLL
+from workers.celery import app
+from workers.completion import Applied, apply_terminal
+from workers.errors import (
+    AccountError,
+    FatalError,
+    UpstreamError,
+)
+from workers.jobs import JobState
+from workers.runtime import Runtime
+from workers.schedule import backoff_s, poll_delay_s, safety_poll_delay_s
+from workers.tasks.process import runtime
+from workers.tasks.steps import count, fail_job, requeue, stop_chain
+
+log = logging.getLogger("imagineq.tasks")
+
+
+@app.task(name=TASK_POLL, bind=True, max_retries=None, soft_time_limit=75, time_limit=90)
+def poll(self: Task, job_id: str) -> str | None:
+    """Ask recordInfo until the task is terminal; re-schedules itself with countdowns ≤ 30 s."""
+    rt = runtime()
+    job = rt.jobs.get(job_id)
+    if job is None or job.state is not JobState.GENERATING:
+        if job is not None and job.state is JobState.DOWNLOADING:
+            return job_id  # a callback got there first; store is idempotent
+        stop_chain(self)
+        return None
+    assert job.account is not None and job.task_id is not None
+    submitted_at = job.timestamps.get(JobState.GENERATING.value, job.updated_at)
+    age_s = time.time() - submitted_at
+    if age_s > rt.settings.poll.deadline_s:
+        rt.quota.release(job.account, job_id)
+        fail_job(rt, job_id, JobState.GENERATING, "timed_out",
+              f"no terminal state after {rt.settings.poll.deadline_s:.0f}s")  # fmt: skip
+        stop_chain(self)
+        return None
+
+    if rt.settings.callbacks.enabled and age_s < rt.settings.poll.safety_first_s:
+        # [issue 5] Callbacks on: polling is a safety net, so the first recordInfo waits until
+        # safety_first_s (the chain runs this poll right after submit).
+        requeue(self, countdown=safety_poll_delay_s(
+            age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s
+        ))  # fmt: skip
+    take_record_info_token(rt, job.account)
+    count(rt, "record_info_calls")  # [issue 5] for /metrics
+    try:
+        record = rt.upstream(job.account).record_info(job.task_id)
+    except FatalError as error:
+        rt.quota.release(job.account, job_id)
+        count(rt, f"upstream_error:{error.code or error.status}")
+        fail_job(rt, job_id, JobState.GENERATING, error.reason, str(error))
+        stop_chain(self)
+        return None
+    except UpstreamError as error:
+        # Transient or account-level trouble on a read: keep the lease, try again a little later.
+        count(rt, f"upstream_error:{error.code or error.status or 'transport'}")
+        if isinstance(error, AccountError):
+            rt.quota.pause(job.account, error.reason)
+        attempts = rt.jobs.incr(job_id, "poll_errors")
+        log.warning("poll: job %s recordInfo failed (%s), attempt %d", job_id, error, attempts)
+        rt.quota.renew_lease(job.account, job_id)
+        requeue(self, countdown=min(30.0, backoff_s(attempts, base_s=2.0, cap_s=30.0)))
+
+    if record.state.terminal:
+        # The same move a callback or the reconciler makes: whoever comes second does nothing.
+        applied = apply_terminal(rt.jobs, rt.quota, job, record)
+        log.info("poll: job %s task %s is %s: %s", job_id, job.task_id, record.state.value, applied.value)
+        if applied is Applied.DOWNLOADING:
+            return job_id
+        stop_chain(self)  # failed, or a callback moved it first and enqueued store itself
+        return None
+    rt.quota.renew_lease(job.account, job_id)  # still running: keep the slot
+    if rt.settings.callbacks.enabled:
+        delay = safety_poll_delay_s(
+            age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s
+        )
+    else:
+        delay = poll_delay_s(age_s, rt.settings.poll.schedule)
+    requeue(self, countdown=delay)
+
+
+def take_record_info_token(rt: Runtime, account: str) -> None:
+    """The recordInfo token bucket is shared by every poll worker; wait (briefly) for a token."""
+    deadline = time.monotonic() + 30
+    while (wait_s := rt.quota.take_record_info_token(account)) > 0 and time.monotonic() < deadline:
+        time.sleep(min(wait_s, 1.0))

@@ -1,0 +1,52 @@
+"""This worker process's clients and the Celery signals that build, check and close them."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Any
+
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+
+from config.settings import ConfigError, get_settings
+from workers.runtime import Runtime
+
+log = logging.getLogger("imagineq.tasks")
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """This process's clients, built on first use (after the pool forks)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime.build(get_settings())
+        return _runtime
+
+
+@worker_init.connect
+def _require_accounts(**_: Any) -> None:
+    """[issue 8] A worker without an upstream account would fail every submit and strand its jobs in
+    ``submitting``: refuse to start instead, naming the missing setting (exit status 2, like the CLI).
+    SystemExit, because Celery logs and ignores exceptions raised by signal receivers."""
+    try:
+        get_settings().require_accounts()
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: Any) -> None:
+    global _runtime
+    _runtime = None
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.close()

@@ -1,0 +1,185 @@
+"""The ``submit`` step: take quota, call createTask, record the taskId; recover interrupted submits."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+
+from celery import Task
+
+from config.celery import SUBMIT_TIME_LIMIT_S, TASK_SUBMIT
+from workers.celery import app
+from workers.completion import Applied, apply_early
+from workers.errors import (
+    AccountError,
+    FatalError,
+    OutcomeUnknown,
+    RetryableError,
+)
+from workers.jobs import Job, JobState
+from workers.runtime import Runtime
+from workers.schedule import backoff_s
+from workers.tasks.process import runtime
+from workers.tasks.quota_wait import wait_for_slot
+from workers.tasks.steps import MAX_TRANSIENT_ATTEMPTS, count, fail_job, publish_rest, requeue, stop_chain
+
+log = logging.getLogger("imagineq.tasks")
+
+
+@app.task(name=TASK_SUBMIT, bind=True, max_retries=None, soft_time_limit=100, time_limit=120)
+def submit(self: Task, job_id: str) -> str | None:
+    """Take quota, call createTask, record the taskId. Waits for quota in-process, then re-publishes."""
+    rt = runtime()
+    job = rt.jobs.get(job_id)
+    if job is None:
+        log.warning("submit: job %s not found (expired or never written)", job_id)
+        stop_chain(self)
+        return None
+    if job.state is JobState.SUBMITTING:
+        # [issue 6] A duplicate message (e.g. the original of one the reconciler re-published, back after
+        # the visibility timeout) must not break a live claim: recover only once no submit can still run.
+        claimed_s = time.time() - job.timestamps.get(JobState.SUBMITTING.value, job.updated_at)
+        if claimed_s < SUBMIT_TIME_LIMIT_S:
+            requeue(self, countdown=SUBMIT_TIME_LIMIT_S - claimed_s + 1)
+        job = recover_interrupted_submit(rt, job)
+        if job is None:
+            stop_chain(self)
+            return None
+    if job.state in (JobState.GENERATING, JobState.DOWNLOADING):
+        publish_rest(job)  # redelivered after createTask succeeded: carry on
+        return job_id
+    if job.state is not JobState.QUEUED:
+        log.info("submit: job %s is %s, nothing to do", job_id, job.state.value)
+        stop_chain(self)
+        return None
+    claim = uuid.uuid4().hex[:12]
+    if not rt.jobs.transition(job_id, JobState.SUBMITTING, expect=JobState.QUEUED, fields={"claim": claim}):
+        stop_chain(self)  # another submitter (a duplicate message) got there first
+        return None
+
+    account = wait_for_slot(rt, job_id)
+    if account is None:
+        rt.jobs.transition(job_id, JobState.QUEUED, expect=JobState.SUBMITTING, fields={"claim": None})
+        requeue(self)
+
+    callback_url, token_hash = _callback_url(rt, job_id)
+    rt.jobs.update(
+        job_id,
+        expect=JobState.SUBMITTING,
+        fields={"account": account, "create_sent_at": time.time(), "callback_token_hash": token_hash},
+    )
+    client = rt.upstream(account)
+    try:
+        task_id = client.create_task(
+            prompt=job.prompt, aspect_ratio=job.aspect_ratio, mode=job.mode, callback_url=callback_url
+        )
+    except OutcomeUnknown as error:
+        rt.quota.hold(account, job_id)
+        rt.jobs.transition(
+            job_id, JobState.FAILED, expect=JobState.SUBMITTING,
+            fields={"reason": error.reason, "error": f"createTask outcome unknown ({error}); "
+                    "not resubmitted automatically: `imagineq resubmit JOB_ID` retries it"},
+        )  # fmt: skip
+        log.error("submit: job %s createTask outcome unknown on account %s", job_id, account)
+        settle_unknown(rt, job_id)
+        stop_chain(self)
+        return None
+    except AccountError as error:
+        rt.quota.pause(account, error.reason)
+        rt.quota.release(account, job_id)
+        count(rt, f"upstream_error:{error.code or error.status}")
+        log.error("submit: account %s paused (%s); job %s goes back to the queue", account, error, job_id)
+        _back_to_queue(rt, job_id)
+        requeue(self)
+    except FatalError as error:
+        rt.quota.release(account, job_id)
+        count(rt, f"upstream_error:{error.code or error.status}")
+        fail_job(rt, job_id, JobState.SUBMITTING, error.reason, str(error))
+        stop_chain(self)
+        return None
+    except RetryableError as error:
+        rt.quota.release(account, job_id)
+        count(rt, f"upstream_error:{error.code or error.status or 'transport'}")
+        if error.cools_down_account and rt.settings.quota_enforce:
+            applied = rt.quota.cooldown(account, error.retry_after_s)
+            log.warning(
+                "submit: account %s cooling down %.1fs after %s (job %s)", account, applied, error, job_id
+            )
+            _back_to_queue(rt, job_id)
+            requeue(self)  # an account-wide wait: never counts against the job
+        attempts = rt.jobs.incr(job_id, "submit_attempts")
+        if attempts >= MAX_TRANSIENT_ATTEMPTS:
+            fail_job(
+                rt, job_id, JobState.SUBMITTING, error.reason, f"gave up after {attempts} attempts: {error}"
+            )
+            stop_chain(self)
+            return None
+        _back_to_queue(rt, job_id)
+        requeue(self, countdown=backoff_s(attempts))
+
+    rt.quota.note_success(account)
+    if not rt.jobs.transition(
+        job_id, JobState.GENERATING, expect=JobState.SUBMITTING,
+        fields={"task_id": task_id, "claim": None},
+    ):  # fmt: skip
+        # Canceled or failed meanwhile: the upstream task exists, so its lease stays until it ends.
+        log.warning("submit: job %s left submitting while createTask ran (task %s)", job_id, task_id)
+    elif rt.settings.callbacks.enabled:
+        # [issue 5] A callback that beat this move was stashed by the web: apply it now (the chain's poll
+        # then sees the new state and passes the job on to store, or stops).
+        apply_early(rt.redis, rt.keys, rt.jobs, rt.quota, job_id)
+    log.info("submit: job %s → task %s on account %s", job_id, task_id, account)
+    publish_rest(job)
+    return job_id
+
+
+def recover_interrupted_submit(rt: Runtime, job: Job) -> Job | None:
+    """A submit died mid-way (redelivered message or reconciler). Decide from what the record shows."""
+    if job.extra.get("create_sent_at"):
+        # createTask may have been sent: never resubmit blindly.
+        if job.account:
+            rt.quota.hold(job.account, job.id)
+        failed = rt.jobs.transition(
+            job.id, JobState.FAILED, expect=JobState.SUBMITTING,
+            fields={"reason": "outcome_unknown", "error": "a submit worker died while createTask was in "
+                    "flight; not resubmitted automatically: `imagineq resubmit JOB_ID` retries it"},
+        )  # fmt: skip
+        if failed:
+            settle_unknown(rt, job.id)
+        return None
+    if job.account:
+        rt.quota.release(job.account, job.id)
+    if rt.jobs.transition(job.id, JobState.QUEUED, expect=JobState.SUBMITTING, fields={"claim": None}):
+        return rt.jobs.get(job.id)
+    return None
+
+
+def settle_unknown(rt: Runtime, job_id: str) -> None:
+    """[issue 8] A job just failed ``outcome_unknown``: if the task's callback already came while the job
+    was submitting (the web stashed it), the outcome is known after all, and a success is stored
+    (failed → downloading). A callback that comes later is applied by the web the same way."""
+    if (
+        rt.settings.callbacks.enabled
+        and apply_early(rt.redis, rt.keys, rt.jobs, rt.quota, job_id) is Applied.DOWNLOADING
+        and (salvaged := rt.jobs.get(job_id)) is not None
+    ):
+        log.warning("job %s: createTask's answer was lost but its callback settled it; storing", job_id)
+        publish_rest(salvaged)
+
+
+def _back_to_queue(rt: Runtime, job_id: str) -> None:
+    rt.jobs.transition(
+        job_id, JobState.QUEUED, expect=JobState.SUBMITTING,
+        fields={"claim": None, "account": None, "create_sent_at": None},
+    )  # fmt: skip
+
+
+def _callback_url(rt: Runtime, job_id: str) -> tuple[str | None, str | None]:
+    """The job's callBackUrl with a per-job secret; the record keeps only the secret's hash."""
+    base = rt.settings.callbacks.public_base_url
+    if base is None:
+        return None, None
+    token = uuid.uuid4().hex + uuid.uuid4().hex
+    return f"{base.rstrip('/')}/v1/callbacks/{job_id}/{token}", hashlib.sha256(token.encode()).hexdigest()
