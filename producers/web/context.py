@@ -1,0 +1,113 @@
+"""What the handlers share: the deployment's clients, the callback receiver, metrics, token checks."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, HTTPException, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from config.celery import (
+    PRIORITY_BATCH,
+    PRIORITY_INTERACTIVE,
+    QUEUES,
+    STORE_QUEUE,
+    TASK_STORE,
+)
+from config.settings import Settings
+from producers.api import Producer
+from producers.callbacks import CallbackReceiver
+from producers.metrics import RedisCollector, build_registry
+from workers.clients import Clients
+from workers.jobs import (
+    Job,
+    Priority,
+)
+from workers.quota import QuotaLimiter
+
+log = logging.getLogger("imagineq.http")
+
+PING_TIMEOUT_S = 0.5
+
+
+class Web:
+    """Everything the handlers use, built once per app from Settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        from workers.celery import create_app as create_celery
+
+        self.settings = settings
+        clients = Clients.build(settings)
+        self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
+        self.quota = QuotaLimiter.for_settings(self.redis, self.keys, settings)
+        self.celery: Celery = create_celery(settings)
+        self.producer = Producer(settings, client=self.redis, app=self.celery)
+        hmac_key = settings.callbacks.hmac_key
+        self.callbacks = CallbackReceiver(
+            self.redis, self.keys, self.jobs, self.quota, self.enqueue_store,
+            hmac_key=hmac_key.get_secret_value().encode() if hmac_key is not None else None,
+            max_age_s=settings.callbacks.max_age_s,
+            early_ttl_s=settings.early_callback_ttl_s,
+        )  # fmt: skip
+        self.registry = build_registry(
+            RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES)
+        )
+        self._tokens = [token.get_secret_value().encode() for token in settings.ingress_tokens]
+        self._workers: tuple[float, list[str]] = (-1e9, [])
+        self._workers_lock = threading.Lock()
+
+    def token_ok(self, given: str) -> bool:
+        """Constant time per configured token, and every token is compared."""
+        ok = False
+        for token in self._tokens:
+            ok |= hmac.compare_digest(given.encode(), token)
+        return ok
+
+    def enqueue_store(self, job: Job) -> None:
+        level = PRIORITY_BATCH if job.priority is Priority.BATCH else PRIORITY_INTERACTIVE
+        self.celery.send_task(TASK_STORE, args=(job.id,), queue=STORE_QUEUE, priority=level)
+
+    def workers_seen(self) -> list[str]:
+        with self._workers_lock:
+            at, names = self._workers
+            if time.monotonic() - at < self.settings.health_workers_cache_s:
+                return names
+            try:
+                replies = self.celery.control.ping(timeout=PING_TIMEOUT_S) or []
+            except Exception as error:  # the broker is unreachable: report no workers, keep serving
+                log.warning("healthz: worker ping failed: %s", error)
+                replies = []
+            names = sorted(name for reply in replies for name in reply)
+            self._workers = (time.monotonic(), names)
+            return names
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def web_of(request: Request) -> Web:
+    """The app's :class:`Web` (set by ``create_app``)."""
+    web: Web = request.app.state.web
+    return web
+
+
+#: A handler parameter that receives the app's :class:`Web`.
+WebDep = Annotated[Web, Depends(web_of)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="One of the configured ingress tokens")
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def authorized(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Bearer-token check for ``/v1/jobs*``."""
+    web = web_of(request)
+    if credentials is None or not web.token_ok(credentials.credentials):
+        raise HTTPException(401, "missing or unknown bearer token", {"WWW-Authenticate": "Bearer"})

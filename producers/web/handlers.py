@@ -1,0 +1,36 @@
+"""Error answers in the API's own shapes: 405 with every allowed method, 422 naming the field as sent."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.routing import Match
+
+
+async def method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
+    """405 with ``Allow`` listing the methods of *every* route on the path (Starlette names only one)."""
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE:
+            allowed |= route.methods or set()
+    return JSONResponse(
+        {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(sorted(allowed))}
+    )
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 shape, minus pydantic's union branch tags: the loc names the field as sent."""
+    body = exc.body
+    branch = "list[JobIn]" if isinstance(body, list) else "JobIn"
+    issues = []
+    for error in exc.errors():
+        loc = list(error.get("loc", ()))
+        if len(loc) > 1 and loc[0] == "body" and loc[1] in ("JobIn", "list[JobIn]"):
+            if loc[1] != branch:
+                continue
+            loc = [loc[0], *loc[2:]]
+        issues.append({"loc": loc, "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))})
+    return JSONResponse({"detail": jsonable_encoder(issues)}, status_code=422)

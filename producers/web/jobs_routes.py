@@ -1,0 +1,135 @@
+"""The jobs API: enqueue, read, list and cancel (bearer token required)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from producers.web.context import Web, WebDep, authorized
+from producers.web.models import (
+    AUTH_ERRORS,
+    CURSOR_PATTERN,
+    HEADER_KEY_MAX_CHARS,
+    Conflict,
+    EnqueuedJob,
+    EnqueuedJobs,
+    JobIn,
+    JobPage,
+    JobsIn,
+    JobView,
+    Problem,
+)
+from workers.errors import ValidationError
+from workers.jobs import (
+    KEY_MAX_CHARS,
+    Job,
+    JobRequest,
+    JobState,
+)
+
+router = APIRouter()
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def job_or_404(web: Web, job_id: str) -> Job:
+    job = web.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+@router.post(
+    "/v1/jobs",
+    status_code=201,
+    response_model=EnqueuedJob | EnqueuedJobs,
+    dependencies=[Depends(authorized)],
+    responses={200: {"model": EnqueuedJob | EnqueuedJobs,
+                     "description": "Every job already existed (idempotency keys)"}, **AUTH_ERRORS},
+    summary="Enqueue one job, or a list of up to 1,000",
+)  # fmt: skip
+def post_jobs(
+    web: WebDep,
+    response: Response,
+    body: Annotated[JobsIn, Body()],
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", min_length=1, max_length=HEADER_KEY_MAX_CHARS,
+               description="For one job: its key (the field wins if both are given). For a list: "
+               "item i gets `{key}:{i}` unless it has its own."),
+    ] = None,
+) -> EnqueuedJob | EnqueuedJobs:  # fmt: skip
+    """Validate everything first (nothing is written if one item is bad), then write and publish."""
+    single = isinstance(body, JobIn)
+    items = [body] if isinstance(body, JobIn) else body
+    requests: list[JobRequest] = []
+    for index, item in enumerate(items):
+        data = item.model_dump()
+        if data["idempotency_key"] is None and idempotency_key is not None:
+            data["idempotency_key"] = idempotency_key if single else f"{idempotency_key}:{index}"
+        try:
+            requests.append(JobRequest.from_mapping(data))
+        except ValidationError as error:
+            loc: list[str | int] = ["body"] if single else ["body", index]
+            raise RequestValidationError(
+                [{"loc": (*loc, *error.field.split(".")), "msg": error.message, "type": "value_error"}]
+            ) from None
+    enqueued = web.producer.enqueue_many_created(requests)
+    views = [EnqueuedJob(**JobView.of(job).model_dump(), created=created) for job, created in enqueued]
+    response.status_code = 201 if any(view.created for view in views) else 200
+    return views[0] if single else EnqueuedJobs(jobs=views)
+
+@router.get(
+    "/v1/jobs/{job_id}",
+    response_model=JobView,
+    dependencies=[Depends(authorized)],
+    responses={404: {"model": Problem}, **AUTH_ERRORS},
+    summary="One job",
+)
+def get_job(web: WebDep, job_id: JobId) -> JobView:
+    return JobView.of(job_or_404(web, job_id))
+
+@router.get(
+    "/v1/jobs",
+    response_model=JobPage,
+    dependencies=[Depends(authorized)],
+    responses=AUTH_ERRORS,
+    summary="Jobs by state and/or batch, paged (oldest in a state first)",
+)
+def list_jobs(
+    web: WebDep,
+    state: JobState | None = None,
+    batch: Annotated[str | None, Query(min_length=1, max_length=KEY_MAX_CHARS)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobPage:
+    return list_jobs(web, state, batch, cursor, limit)
+
+@router.delete(
+    "/v1/jobs/{job_id}",
+    response_model=JobView,
+    dependencies=[Depends(authorized)],
+    responses={404: {"model": Problem},
+               409: {"model": Conflict, "description": "The job is past queued"}, **AUTH_ERRORS},
+    summary="Cancel a job that has not been submitted yet",
+)  # fmt: skip
+def cancel_job(web: WebDep, job_id: JobId) -> Any:
+    job = job_or_404(web, job_id)
+    if job.state is JobState.QUEUED and web.jobs.transition(
+        job_id, JobState.CANCELED, expect=JobState.QUEUED,
+        fields={"reason": "canceled", "error": "canceled through the HTTP API"},
+    ):  # fmt: skip
+        return JobView.of(job_or_404(web, job_id))
+    job = job_or_404(web, job_id)
+    if job.state is JobState.CANCELED:
+        return JobView.of(job)
+    what = "has reached the upstream" if job.state is not JobState.SUBMITTING else "is being submitted"
+    return JSONResponse(
+        {"detail": f"job {job_id} is {job.state.value}: it {what} and can no longer be canceled"
+         if not job.state.terminal else f"job {job_id} is already {job.state.value}",
+         "state": job.state.value},
+        status_code=409,
+    )  # fmt: skip
+
