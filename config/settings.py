@@ -132,7 +132,7 @@ class CallbackSettings(BaseModel):
 
 
 class PollSettings(BaseModel):
-    """When to ask recordInfo, following the upstream's suggestion (DESIGN §1)."""
+    """When to ask recordInfo, following the upstream's suggestion (ARCHITECTURE.md, "The upstream")."""
 
     #: ``(until_s, interval_s)`` steps: poll every ``interval_s`` while the task is younger than ``until_s``.
     schedule: list[tuple[float, float]] = [(30.0, 2.5), (120.0, 7.5), (float("inf"), 20.0)]
@@ -209,7 +209,7 @@ class Settings(BaseSettings):
     #: Enforce the global Redis quotas. Off only for the benchmark's naive baseline (rate_limit alone).
     quota_enforce: bool = True
 
-    # -- HTTP ingress: the ``web`` process (producers/http.py, issue 5) --------------------------------
+    # -- HTTP ingress: the ``web`` process (producers/http.py) --------------------------------
     #: Bearer tokens accepted on ``/v1/jobs*`` (JSON list in ``IMAGINEQ_INGRESS_TOKENS``). With none
     #: configured every such request is refused (401): the ingress is never open by accident.
     ingress_tokens: list[SecretStr] = []
@@ -221,7 +221,7 @@ class Settings(BaseSettings):
     early_callback_ttl_s: int = Field(default=3600, ge=60)
     # -- end of HTTP ingress settings -------------------------------------------------------------------
 
-    # -- Batches, the nightly schedule and the reconciler (issue 6) ------------------------------------
+    # -- Batches, the nightly schedule and the reconciler ------------------------------------
     #: When beat runs the nightly inbox pickup: cron (minute hour day month weekday), UTC.
     nightly_cron: str = "0 2 * * *"
     #: Folder or ``s3://bucket/prefix/`` the nightly run takes new ``*.jsonl`` files from; off when unset.
@@ -244,13 +244,13 @@ class Settings(BaseSettings):
     reconcile_salvage_window_s: float = Field(default=82800.0, ge=0)
     #: Jobs the reconciler looks at per case and run (the rest wait for the next run).
     reconcile_limit: int = Field(default=500, ge=1)
-    #: [issue 8] A queued job this old with no live submit message gets a new one (two scans a run apart).
+    #: A queued job this old with no live submit message gets a new one (two scans a run apart).
     reconcile_lost_min_age_s: float = Field(default=300.0, ge=0)
     #: Beat's Redis lock (celery-redbeat): a standby beat takes over this long after the active one died.
     beat_lock_timeout_s: int = Field(default=60, ge=2)
     # -- end of batch, schedule and reconciler settings ------------------------------------------------
 
-    # -- Logging (issue 7; workers/logs.py) ------------------------------------------------------------
+    # -- Logging (workers/logs.py) ------------------------------------------------------------
     #: ``text`` (human-readable lines) or ``json`` (one JSON object per line, for log shippers).
     log_format: Literal["text", "json"] = "text"
     #: Root log level. Unset: Celery's ``-l`` for workers and beat, INFO for the web, WARNING for the CLI.

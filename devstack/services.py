@@ -308,7 +308,7 @@ def _read(path: Path | None) -> str:
 
 
 def web_argv(port: int, *, host: str = "127.0.0.1") -> list[str]:
-    """[issue 5] The ``web`` process (HTTP ingress + callbacks), as the Procfile runs it."""
+    """The ``web`` process (HTTP ingress + callbacks), as the Procfile runs it."""
     return [
         sys.executable, "-m", "uvicorn", "producers.http:app",
         "--host", host, "--port", str(port), "--no-access-log", "--log-level", "warning",
@@ -316,7 +316,7 @@ def web_argv(port: int, *, host: str = "127.0.0.1") -> list[str]:
 
 
 def start_web(stack: LocalStack, env: Mapping[str, str], *, port: int | None = None) -> Service:
-    """[issue 5] The web process on ``port`` (free if not given), ready when ``/healthz`` answers."""
+    """The web process on ``port`` (free if not given), ready when ``/healthz`` answers."""
     port = port or free_port()
     service = stack.spawn(f"web-{port}", web_argv(port), env)
     service.url = f"http://127.0.0.1:{port}"

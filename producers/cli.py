@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_simulator(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        # [issue 7] Log lines (WARNING and up unless IMAGINEQ_LOG_LEVEL) go to stderr, secrets redacted.
+        # Log lines (WARNING and up unless IMAGINEQ_LOG_LEVEL) go to stderr, secrets redacted.
         configure_logging(get_settings(), service="cli", level="WARNING")
         code: int = args.handler(args)
     except ValidationError as error:

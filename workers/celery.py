@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 @setup_logging.connect
 def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
-    """[issue 7] Workers and beat log through ``workers.logs`` (text or JSON, redacted). A receiver here
+    """Workers and beat log through ``workers.logs`` (text or JSON, redacted). A receiver here
     makes Celery leave the root logger alone (``worker_hijack_root_logger`` is off anyway); ``-l`` is
     the level unless ``IMAGINEQ_LOG_LEVEL`` is set. Pool children inherit the handler when they fork."""
     configure_logging(get_settings(), service="celery", level=loglevel)

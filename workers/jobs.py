@@ -115,7 +115,7 @@ def _optional_key(name: str, value: object) -> None:
 
 
 def _encodable(name: str, value: str) -> None:
-    """[issue 8] A lone surrogate (JSON ``"\\ud800"``, a CLI argument that was not UTF-8) has no UTF-8
+    """A lone surrogate (JSON ``"\\ud800"``, a CLI argument that was not UTF-8) has no UTF-8
     form: Redis, the upstream and S3 would all refuse it later, so refuse it here, by name."""
     try:
         value.encode("utf-8")

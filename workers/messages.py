@@ -5,7 +5,7 @@
 protocol-2 / kombu Redis-transport envelope that ``send_task`` would LPUSH — and ``job_create.lua``
 pushes it in the same script that writes the record, only when the record is new.
 
-The envelope is checked against Celery's own (``tests/unit/test_messages.py``) and consumed by real
+The envelope is checked against Celery's own (``tests/integration/test_messages.py``) and consumed by real
 workers in every integration test.
 """
 

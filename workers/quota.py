@@ -1,4 +1,4 @@
-"""Per-account upstream quotas, enforced in Redis for every worker at once (DESIGN §4).
+"""Per-account upstream quotas, enforced in Redis for every worker at once (ARCHITECTURE.md, "Quotas").
 
 Each account has, under :class:`~workers.keys.Keys`:
 

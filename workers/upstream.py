@@ -1,4 +1,4 @@
-"""The Apikley market API client (Grok Imagine text-to-video), see DESIGN §1.
+"""The Apikley market API client (Grok Imagine text-to-video), see ARCHITECTURE.md, "The upstream".
 
 One :class:`UpstreamClient` per account. Every call returns the response's ``data`` decoded into a
 plain value, or raises an :class:`~workers.errors.UpstreamError` built in one place
@@ -116,7 +116,7 @@ class TaskRecord:
             raise bad("no taskId")
         raw_state = data.get("state")
         if raw_state is None or raw_state == "":
-            raise bad("no state")  # [issue 8] not "unknown state 'None'"
+            raise bad("no state")  # not "unknown state 'None'"
         try:
             state = TaskState(str(raw_state).strip().lower())
         except ValueError:

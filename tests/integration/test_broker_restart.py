@@ -1,4 +1,4 @@
-"""[issue 8] Workers survive Redis going away and coming back (``workers/broker.py``).
+"""Workers survive Redis going away and coming back (``workers/broker.py``).
 
 Without the transport fix, kombu raised ``AttributeError`` while closing the lost connection and two of
 three restarts made a worker exit ("Unrecoverable error"). Here Redis is restarted three times while

@@ -166,8 +166,8 @@ def _held_by_a_worker(rt: Runtime, job: Job, *, delivered_s_ago: float) -> str:
 
 
 def test_a_queued_job_whose_message_a_dead_worker_holds_is_republished(dep: Deployment, rt: Runtime):
-    """[issue 8, found by bench/chaos.py kill_workers] A worker SIGKILLed with a submit message reserved
-    leaves the job queued and the message unacked for an hour: the job counts as having no message."""
+    """A worker SIGKILLed with a submit message reserved leaves the job queued and the message unacked
+    for an hour: the job counts as having no message."""
     job = orphan(rt, "Its worker died holding its message")
     tag = _held_by_a_worker(rt, job, delivered_s_ago=10.0)  # older than reconcile_submitting_stale_s (0 here)
     try:

@@ -45,13 +45,13 @@ def poll(self: Task, job_id: str) -> str | None:
         return None
 
     if rt.settings.callbacks.enabled and age_s < rt.settings.poll.safety_first_s:
-        # [issue 5] Callbacks on: polling is a safety net, so the first recordInfo waits until
+        # Callbacks on: polling is a safety net, so the first recordInfo waits until
         # safety_first_s (the chain runs this poll right after submit).
         requeue(self, countdown=safety_poll_delay_s(
             age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s
         ))  # fmt: skip
     take_record_info_token(rt, job.account)
-    count(rt, "record_info_calls")  # [issue 5] for /metrics
+    count(rt, "record_info_calls")  # exported by /metrics
     try:
         record = rt.upstream(job.account).record_info(job.task_id)
     except FatalError as error:

@@ -30,7 +30,7 @@ def runtime() -> Runtime:
 
 @worker_init.connect
 def _require_accounts(**_: Any) -> None:
-    """[issue 8] A worker without an upstream account would fail every submit and strand its jobs in
+    """A worker without an upstream account would fail every submit and strand its jobs in
     ``submitting``: refuse to start instead, naming the missing setting (exit status 2, like the CLI).
     SystemExit, because Celery logs and ignores exceptions raised by signal receivers."""
     try:

@@ -38,7 +38,7 @@ def submit(self: Task, job_id: str) -> str | None:
         stop_chain(self)
         return None
     if job.state is JobState.SUBMITTING:
-        # [issue 6] A duplicate message (e.g. the original of one the reconciler re-published, back after
+        # A duplicate message (e.g. the original of one the reconciler re-published, back after
         # the visibility timeout) must not break a live claim: recover only once no submit can still run.
         claimed_s = time.time() - job.timestamps.get(JobState.SUBMITTING.value, job.updated_at)
         if claimed_s < SUBMIT_TIME_LIMIT_S:
@@ -127,7 +127,7 @@ def submit(self: Task, job_id: str) -> str | None:
         # Canceled or failed meanwhile: the upstream task exists, so its lease stays until it ends.
         log.warning("submit: job %s left submitting while createTask ran (task %s)", job_id, task_id)
     elif rt.settings.callbacks.enabled:
-        # [issue 5] A callback that beat this move was stashed by the web: apply it now (the chain's poll
+        # A callback that beat this move was stashed by the web: apply it now (the chain's poll
         # then sees the new state and passes the job on to store, or stops).
         apply_early(rt.redis, rt.keys, rt.jobs, rt.quota, job_id)
     log.info("submit: job %s → task %s on account %s", job_id, task_id, account)
@@ -157,7 +157,7 @@ def recover_interrupted_submit(rt: Runtime, job: Job) -> Job | None:
 
 
 def settle_unknown(rt: Runtime, job_id: str) -> None:
-    """[issue 8] A job just failed ``outcome_unknown``: if the task's callback already came while the job
+    """A job just failed ``outcome_unknown``: if the task's callback already came while the job
     was submitting (the web stashed it), the outcome is known after all, and a success is stored
     (failed → downloading). A callback that comes later is applied by the web the same way."""
     if (

@@ -1,0 +1,65 @@
+"""Imports run downhill only: config ← workers ← producers; the simulator and devstack stand apart.
+
+Every import in every module counts, lazy ones inside functions included, read from the source with
+``ast`` (nothing is imported). The picture of these directions is in ARCHITECTURE.md ("Layout").
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Package → the packages of ours it may import (itself always allowed).
+ALLOWED: dict[str, frozenset[str]] = {
+    "config": frozenset(),
+    "workers": frozenset({"config"}),
+    "producers": frozenset({"config", "workers"}),
+    "simulator": frozenset(),
+    "devstack": frozenset({"config", "workers", "producers", "simulator"}),
+}
+OURS = frozenset(ALLOWED) | {"tests", "bench"}
+
+
+def imported_packages(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level package) of every import of ours in ``path``; relative imports stay inside."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [(node.lineno, name.split(".")[0]) for name in names if name.split(".")[0] in OURS]
+    return found
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_follow_the_allowed_directions(package: str) -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {target}"
+        for path in modules(package)
+        for line, target in imported_packages(path)
+        if target != package and target not in ALLOWED[package]
+    ]
+    assert not wrong, "imports against the layout's directions:\n" + "\n".join(wrong)
+
+
+def test_every_package_is_covered() -> None:
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    assert packages - {"tests", "bench"} == set(ALLOWED)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from producers.api import Producer\n    import devstack.services\n")
+    assert imported_packages(module) == [(2, "producers"), (3, "devstack")]
