@@ -1,6 +1,7 @@
 """Deployment files agree with each other and with config/settings.py (static: no Docker engine needed).
 
-- Procfile has every process of ARCHITECTURE.md ("Processes"), and docker-compose.yml runs each one with the same command;
+- Procfile has every process of ARCHITECTURE.md ("Processes"), and docker-compose.yml runs each one with the
+  same command;
 - every IMAGINEQ_* name in docker-compose.yml and .env.example is a real setting, .env.example lists every
   setting with its true default, and its examples and compose's environment build valid Settings;
 - every other ${VAR} compose or the Procfile reads is documented in .env.example;
