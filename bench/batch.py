@@ -30,8 +30,22 @@ from workers.batch.reader import BatchSubmitter  # noqa: E402
 def write_file(path: Path, lines: int, seed: int = 7) -> None:
     rng = random.Random(seed)
     words = [
-        "a", "quiet", "harbour", "at", "dawn", "with", "fishing", "boats", "and", "gulls", "over", "calm",
-        "water", "in", "soft", "light",
+        "a",
+        "quiet",
+        "harbour",
+        "at",
+        "dawn",
+        "with",
+        "fishing",
+        "boats",
+        "and",
+        "gulls",
+        "over",
+        "calm",
+        "water",
+        "in",
+        "soft",
+        "light",
     ]
     with path.open("w") as handle:
         for i in range(lines):
@@ -39,8 +53,12 @@ def write_file(path: Path, lines: int, seed: int = 7) -> None:
                 handle.write('{"prompt": "broken line\n' if i % 200 == 199 else '{"prompt": ""}\n')
                 continue
             prompt = " ".join(rng.choice(words) for _ in range(rng.randint(20, 60)))
-            line = {"id": f"row-{i}", "prompt": prompt, "aspect_ratio": rng.choice(["2:3", "3:2", "1:1"]),
-                    "metadata": {"row": i, "source": "bench"}}  # fmt: skip
+            line = {
+                "id": f"row-{i}",
+                "prompt": prompt,
+                "aspect_ratio": rng.choice(["2:3", "3:2", "1:1"]),
+                "metadata": {"row": i, "source": "bench"},
+            }
             handle.write(json.dumps(line) + "\n")
 
 
@@ -69,9 +87,11 @@ def main() -> int:
             )
         finally:
             submitter.close()
-    print(f"file: {args.lines:,} lines, {size_mb:.1f} MB; good {status.good:,}, bad {status.bad:,}, "
-          f"jobs created {status.created:,}, submit messages {queued:,}; read again: "
-          f"read={again.read} created={again.status.created:,}")  # fmt: skip
+    print(
+        f"file: {args.lines:,} lines, {size_mb:.1f} MB; good {status.good:,}, bad {status.bad:,}, "
+        f"jobs created {status.created:,}, submit messages {queued:,}; read again: "
+        f"read={again.read} created={again.status.created:,}"
+    )
     print(f"RESULT lines_per_s={status.lines / elapsed:.0f} peak_rss_mb={peak_mb:.0f}")
     ok = status.lines == args.lines and queued == status.good == status.created and not again.read
     return 0 if ok else 1

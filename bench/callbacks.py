@@ -91,9 +91,7 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
         producer = Producer(settings)
         try:
             started = time.monotonic()
-            enqueued = producer.enqueue_many(
-                [{"prompt": f"a {mode} benchmark shot {i}"} for i in range(jobs)]
-            )
+            enqueued = producer.enqueue_many([{"prompt": f"a {mode} benchmark shot {i}"} for i in range(jobs)])
             done = [producer.wait(job.id, timeout=600, interval_s=0.5) for job in enqueued]
             wall_s = time.monotonic() - started
         finally:
@@ -102,16 +100,12 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
         stats = requests.get(f"{simulator.url}/__sim__/stats", timeout=10).json()
     completed_at = {task["taskId"]: task["completeTime"] / 1000 for task in tasks}
     stored = [job for job in done if job.state is JobState.STORED]
-    latencies = [
-        job.timestamps[JobState.STORED.value] - completed_at[job.task_id] for job in stored if job.task_id
-    ]
+    latencies = [job.timestamps[JobState.STORED.value] - completed_at[job.task_id] for job in stored if job.task_id]
     return Run(mode, jobs, len(stored), int(stats["record_info_calls"]), latencies, wall_s)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=60)
     parser.add_argument("--gen-time", default="3:8", help="simulator generation time MIN:MAX seconds")
     args = parser.parse_args()

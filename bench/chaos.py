@@ -67,21 +67,47 @@ CREATIONS_PER_HOUR = 1_000_000
 RECONCILE_EVERY_S = 2.0
 STACK_ENV = {
     "IMAGINEQ_POLL__SCHEDULE": json.dumps([[600, 0.5]]),
-    "IMAGINEQ_POLL__SAFETY_FIRST_S": "4", "IMAGINEQ_POLL__SAFETY_INTERVAL_S": "2",
-    "IMAGINEQ_HTTP__CONNECT_TIMEOUT_S": "2", "IMAGINEQ_HTTP__READ_TIMEOUT_S": "3",
+    "IMAGINEQ_POLL__SAFETY_FIRST_S": "4",
+    "IMAGINEQ_POLL__SAFETY_INTERVAL_S": "2",
+    "IMAGINEQ_HTTP__CONNECT_TIMEOUT_S": "2",
+    "IMAGINEQ_HTTP__READ_TIMEOUT_S": "3",
     "IMAGINEQ_HTTP__DOWNLOAD_READ_TIMEOUT_S": "5",
-    "IMAGINEQ_QUOTA_WAIT_MAX_S": "5", "IMAGINEQ_QUOTA_LEASE_TTL_S": "30",
-    "IMAGINEQ_UNKNOWN_OUTCOME_GRACE_S": "30", "IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "1",
+    "IMAGINEQ_QUOTA_WAIT_MAX_S": "5",
+    "IMAGINEQ_QUOTA_LEASE_TTL_S": "30",
+    "IMAGINEQ_UNKNOWN_OUTCOME_GRACE_S": "30",
+    "IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "1",
     # A live submit lasts at most quota_wait_max_s + connect + read timeouts (≈ 10 s here): 20 s means dead.
-    "IMAGINEQ_RECONCILE_SUBMITTING_STALE_S": "20", "IMAGINEQ_RECONCILE_POLL_SILENT_S": "10",
-    "IMAGINEQ_RECONCILE_STORE_SILENT_S": "20", "IMAGINEQ_RECONCILE_INTERVAL_S": str(RECONCILE_EVERY_S),
+    "IMAGINEQ_RECONCILE_SUBMITTING_STALE_S": "20",
+    "IMAGINEQ_RECONCILE_POLL_SILENT_S": "10",
+    "IMAGINEQ_RECONCILE_STORE_SILENT_S": "20",
+    "IMAGINEQ_RECONCILE_INTERVAL_S": str(RECONCILE_EVERY_S),
     "IMAGINEQ_RECONCILE_LOST_MIN_AGE_S": "15",
-}  # fmt: skip
-SIMULATOR_ARGS = ("--max-per-window", str(CREATIONS_PER_HOUR), "--gen-time", "1:3", "--video-bytes", str(VIDEO_BYTES),
-                  "--hmac-key", HMAC_KEY,
-                  "--callback-backoff-s", "0.5", "--callback-timeout-s", "3", "--seed", "8")  # fmt: skip
-SIM_DEFAULTS = {"force_status": [], "delay_s": 0, "credits": -1, "maintenance": False, "drop_callbacks": False,
-                "callback_duplicates": 0.0, "file_rate_bytes_per_s": 0}  # fmt: skip
+}
+SIMULATOR_ARGS = (
+    "--max-per-window",
+    str(CREATIONS_PER_HOUR),
+    "--gen-time",
+    "1:3",
+    "--video-bytes",
+    str(VIDEO_BYTES),
+    "--hmac-key",
+    HMAC_KEY,
+    "--callback-backoff-s",
+    "0.5",
+    "--callback-timeout-s",
+    "3",
+    "--seed",
+    "8",
+)
+SIM_DEFAULTS = {
+    "force_status": [],
+    "delay_s": 0,
+    "credits": -1,
+    "maintenance": False,
+    "drop_callbacks": False,
+    "callback_duplicates": 0.0,
+    "file_rate_bytes_per_s": 0,
+}
 
 
 # -- the stack ----------------------------------------------------------------------------------------------
@@ -98,13 +124,28 @@ class ChaosStack:
         self.simulator = stack.simulator(list(SIMULATOR_ARGS))
         web_port = services.free_port()
         self.env = services.deployment_env(
-            redis_url=self.redis.url, s3_url=self.s3.url, simulator_url=self.simulator.url, bucket=BUCKET,
-            extra={**STACK_ENV, "IMAGINEQ_ACCOUNTS": json.dumps([{
-                       "name": "default", "api_key": "sim-key", "base_url": self.simulator.url,
-                       "max_in_progress": IN_PROGRESS_LIMIT, "max_creations_per_window": CREATIONS_PER_HOUR}]),
-                   "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
-                   "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY, "IMAGINEQ_INGRESS_TOKENS": '["chaos"]'},
-        )  # fmt: skip
+            redis_url=self.redis.url,
+            s3_url=self.s3.url,
+            simulator_url=self.simulator.url,
+            bucket=BUCKET,
+            extra={
+                **STACK_ENV,
+                "IMAGINEQ_ACCOUNTS": json.dumps(
+                    [
+                        {
+                            "name": "default",
+                            "api_key": "sim-key",
+                            "base_url": self.simulator.url,
+                            "max_in_progress": IN_PROGRESS_LIMIT,
+                            "max_creations_per_window": CREATIONS_PER_HOUR,
+                        }
+                    ]
+                ),
+                "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
+                "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
+                "IMAGINEQ_INGRESS_TOKENS": '["chaos"]',
+            },
+        )
         self.dep = Deployment(stack, self.env, self.simulator, self.s3.url)
         self.dep.s3.create_bucket(Bucket=BUCKET)
         self.dep.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
@@ -152,8 +193,7 @@ class ChaosStack:
                     if self._stop.is_set():
                         return
                     self.crashes[queue] += 1
-                    print(f"  supervisor: {service.name} exited ({service.process.returncode}); restarting",
-                          flush=True)  # fmt: skip
+                    print(f"  supervisor: {service.name} exited ({service.process.returncode}); restarting", flush=True)
                     with contextlib.suppress(services.ServiceError):
                         self.dep.start_worker(queue, concurrency=2)
 
@@ -169,9 +209,7 @@ class ChaosStack:
         """Stop Redis (SIGTERM: it fsyncs the AOF), keep it down, start it again on the same port and dir."""
         self.redis.stop()
         time.sleep(down_s)
-        self.redis = self.stack.add(
-            services.start_redis(self.stack.log_dir, port=self.redis_port, appendonly=True)
-        )
+        self.redis = self.stack.add(services.start_redis(self.stack.log_dir, port=self.redis_port, appendonly=True))
 
     @contextlib.contextmanager
     def s3_frozen(self) -> Iterator[None]:
@@ -210,12 +248,14 @@ class Report:
 
     def line(self) -> str:
         reasons = ",".join(f"{reason}:{n}" for reason, n in sorted(self.failed.items())) or "-"
-        return (f"SCENARIO {self.name} accepted={self.accepted} stored={self.stored} "
-                f"failed={sum(self.failed.values())} ({reasons}) lost={self.lost} "
-                f"duplicate_creations={self.duplicate_creations} unknown_outcome={self.unknown_outcome} "
-                f"duplicate_s3_writes={self.duplicate_s3_writes} peak_in_progress={self.peak_in_progress} "
-                f"worker_crashes={self.worker_crashes} violations={len(self.violations)} "
-                f"elapsed_s={self.elapsed_s:.0f}")  # fmt: skip
+        return (
+            f"SCENARIO {self.name} accepted={self.accepted} stored={self.stored} "
+            f"failed={sum(self.failed.values())} ({reasons}) lost={self.lost} "
+            f"duplicate_creations={self.duplicate_creations} unknown_outcome={self.unknown_outcome} "
+            f"duplicate_s3_writes={self.duplicate_s3_writes} peak_in_progress={self.peak_in_progress} "
+            f"worker_crashes={self.worker_crashes} violations={len(self.violations)} "
+            f"elapsed_s={self.elapsed_s:.0f}"
+        )
 
 
 Injector = Callable[[ChaosStack, list[Job]], None]
@@ -240,8 +280,14 @@ def run_scenario(
             batches = max(1, int(spread_s))
             for step in range(batches):
                 size = jobs // batches + (1 if step < jobs % batches else 0)
-                chunk = [{"prompt": f"{name} scene {len(accepted) + i}", "metadata": {"scenario": name},
-                          "idempotency_key": f"chaos:{run}:{len(accepted) + i}"} for i in range(size)]  # fmt: skip
+                chunk = [
+                    {
+                        "prompt": f"{name} scene {len(accepted) + i}",
+                        "metadata": {"scenario": name},
+                        "idempotency_key": f"chaos:{run}:{len(accepted) + i}",
+                    }
+                    for i in range(size)
+                ]
                 deadline = time.monotonic() + 120
                 while True:
                     try:
@@ -360,8 +406,11 @@ def kill_workers(kills: int) -> Injector:
         # Slow downloads and answers, so there is always a task in flight to kill.
         chaos.sim(file_rate_bytes_per_s=VIDEO_BYTES, delay_s=0.3)
         for _ in range(kills):
-            for queue, state in (("submit", JobState.SUBMITTING), ("poll", JobState.GENERATING),
-                                 ("store", JobState.DOWNLOADING)):  # fmt: skip
+            for queue, state in (
+                ("submit", JobState.SUBMITTING),
+                ("poll", JobState.GENERATING),
+                ("store", JobState.DOWNLOADING),
+            ):
                 _wait_for_state(chaos, jobs, state)
                 chaos.kill_worker(queue)
         chaos.sim(file_rate_bytes_per_s=0, delay_s=0)
@@ -431,12 +480,18 @@ def _replay_out_of_order(chaos: ChaosStack) -> None:
         if not url or task["state"] not in ("success", "fail"):
             continue
         with contextlib.suppress(requests.RequestException, KeyError, ValueError):
-            record = requests.get(f"{chaos.simulator.url}/api/v1/jobs/recordInfo", params={"taskId": task["taskId"]},
-                                  headers={"Authorization": "Bearer sim-key"}, timeout=5).json()["data"]  # fmt: skip
+            record = requests.get(
+                f"{chaos.simulator.url}/api/v1/jobs/recordInfo",
+                params={"taskId": task["taskId"]},
+                headers={"Authorization": "Bearer sim-key"},
+                timeout=5,
+            ).json()["data"]
             for data in ({**record, "state": "generating", "resultJson": ""}, record):
                 ts = str(int(time.time()))
-                headers = {"X-Webhook-Timestamp": ts,
-                           "X-Webhook-Signature": sign(HMAC_KEY.encode(), task["taskId"], ts)}  # fmt: skip
+                headers = {
+                    "X-Webhook-Timestamp": ts,
+                    "X-Webhook-Signature": sign(HMAC_KEY.encode(), task["taskId"], ts),
+                }
                 code = 200 if data["state"] != "fail" else 501
                 requests.post(url, json={"code": code, "msg": "replay", "data": data}, headers=headers, timeout=5)
 
@@ -453,10 +508,12 @@ def scenarios(*, kills: int, redis_down_s: float, phase_s: float, s3_outage_s: f
 
 
 def result_line(reports: list[Report]) -> str:
-    return (f"RESULT scenarios={len(reports)} accepted={sum(r.accepted for r in reports)} "
-            f"stored={sum(r.stored for r in reports)} lost={sum(r.lost for r in reports)} "
-            f"duplicate_creations={sum(r.duplicate_creations for r in reports)} "
-            f"violations={sum(len(r.violations) for r in reports)}")  # fmt: skip
+    return (
+        f"RESULT scenarios={len(reports)} accepted={sum(r.accepted for r in reports)} "
+        f"stored={sum(r.stored for r in reports)} lost={sum(r.lost for r in reports)} "
+        f"duplicate_creations={sum(r.duplicate_creations for r in reports)} "
+        f"violations={sum(len(r.violations) for r in reports)}"
+    )
 
 
 @contextlib.contextmanager
@@ -480,8 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-s", type=float, default=300.0, help="deadline for every job to end")
     parser.add_argument("--log-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    table = scenarios(kills=args.kills, redis_down_s=args.redis_down_s, phase_s=args.phase_s,
-                      s3_outage_s=args.s3_outage_s)  # fmt: skip
+    table = scenarios(
+        kills=args.kills, redis_down_s=args.redis_down_s, phase_s=args.phase_s, s3_outage_s=args.s3_outage_s
+    )
     chosen = args.scenario or list(table)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="imagineq-chaos-"))
     reports: list[Report] = []

@@ -23,9 +23,7 @@ PROMPT = "A red fox trots through fresh snow at dawn, slow tracking shot, soft g
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs for enqueue_many (default 20000)")
     parser.add_argument("--single", type=int, default=5_000, help="jobs for the enqueue loop (default 5000)")
     args = parser.parse_args()
@@ -50,9 +48,7 @@ def main() -> None:
             producer.enqueue(PROMPT.format(i=i), metadata={"n": i})
         single_s = time.perf_counter() - started
 
-        print(
-            f"enqueue_many: {args.jobs} jobs in {many_s:.2f}s; enqueue loop: {args.single} in {single_s:.2f}s"
-        )
+        print(f"enqueue_many: {args.jobs} jobs in {many_s:.2f}s; enqueue loop: {args.single} in {single_s:.2f}s")
         print(f"jobs by state after enqueue_many: { {k.value: v for k, v in queued.items() if v} }")
         print(
             f"RESULT enqueue_many_per_s={args.jobs / many_s:.0f} enqueue_single_per_s={args.single / single_s:.0f}"

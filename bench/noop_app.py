@@ -45,9 +45,12 @@ def _http() -> requests.Session:
 @cache
 def _s3() -> Any:
     return boto3.client(
-        "s3", endpoint_url=settings.s3.endpoint_url, region_name=settings.s3.region,
-        aws_access_key_id="local", aws_secret_access_key="local",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=settings.s3.endpoint_url,
+        region_name=settings.s3.region,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
 
 
 def _upstream(path: str) -> str:

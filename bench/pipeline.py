@@ -36,21 +36,35 @@ from pathlib import Path
 import psutil
 import redis
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # the repo root: bench reuses the test deployment
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the test deployment
 
 from devstack import services
 from tests.integration.deployment import deployment, settings_from
 from workers.jobs import JobState
 
 #: Instant generation, 1 KB videos, no simulated quota: the same for the pipeline and the I/O floor.
-SIMULATOR_ARGS = ("--gen-time", "0:0", "--video-bytes", "1024", "--max-in-progress", "1000000",
-                  "--max-per-window", "1000000000")  # fmt: skip
+SIMULATOR_ARGS = (
+    "--gen-time",
+    "0:0",
+    "--video-bytes",
+    "1024",
+    "--max-in-progress",
+    "1000000",
+    "--max-per-window",
+    "1000000000",
+)
 UNLIMITED = json.dumps(
-    [{"name": "bench", "api_key": "sim-key", "base_url": "{simulator}", "max_in_progress": 100000,
-      "max_creations_per_window": 10**9, "record_info_per_s": 100000}]
-)  # fmt: skip
+    [
+        {
+            "name": "bench",
+            "api_key": "sim-key",
+            "base_url": "{simulator}",
+            "max_in_progress": 100000,
+            "max_creations_per_window": 10**9,
+            "record_info_per_s": 100000,
+        }
+    ]
+)
 
 
 def _role(process: psutil.Process) -> str:
@@ -100,10 +114,9 @@ def run_pipeline(jobs: int, concurrency: int, log_dir: Path) -> tuple[float, str
     with deployment(
         log_dir,
         simulator_args=SIMULATOR_ARGS,
-        env={"IMAGINEQ_ACCOUNTS": UNLIMITED, "IMAGINEQ_SUBMIT_RATE_LIMIT": "0/s",
-             "IMAGINEQ_POLL_RATE_LIMIT": "0/s"},
+        env={"IMAGINEQ_ACCOUNTS": UNLIMITED, "IMAGINEQ_SUBMIT_RATE_LIMIT": "0/s", "IMAGINEQ_POLL_RATE_LIMIT": "0/s"},
         workers={"submit": concurrency, "poll": concurrency, "store": concurrency},
-    ) as dep:  # fmt: skip
+    ) as dep:
         dep.producer.enqueue_many([{"prompt": "warm-up"}])
         dep.wait_for(lambda: dep.producer.jobs.count_by_state().get(JobState.STORED, 0) == 1, 60, "warm-up")
         requests = [{"prompt": f"bench prompt {i}"} for i in range(jobs)]
@@ -114,8 +127,11 @@ def run_pipeline(jobs: int, concurrency: int, log_dir: Path) -> tuple[float, str
         elapsed = time.perf_counter() - started
         cpu = _cpu_line(cpu_by_role(before, cpu_snapshot()), jobs, elapsed)
         counts = {k.value: v for k, v in dep.producer.jobs.count_by_state().items() if v}
-        return elapsed, dep.env["IMAGINEQ_REDIS_URL"], {
-            "states": json.dumps(counts), "stages": _stages(dep), "cpu": cpu}
+        return (
+            elapsed,
+            dep.env["IMAGINEQ_REDIS_URL"],
+            {"states": json.dumps(counts), "stages": _stages(dep), "cpu": cpu},
+        )
 
 
 def _stages(dep) -> str:  # type: ignore[no-untyped-def]

@@ -44,20 +44,35 @@ def run(*, enforce: bool, accounts: int, scale: float, windows: int, submit_work
     keys = [f"key-{i}" for i in range(accounts)]
     account_list = [
         {
-            "name": f"acct{i}", "api_key": key, "base_url": "{simulator}",
-            "max_in_progress": IN_PROGRESS, "max_creations_per_window": PER_WINDOW,
-            "creation_window_s": window_s, "window_guard_s": 0.25, "record_info_per_s": 10.0 * scale,
+            "name": f"acct{i}",
+            "api_key": key,
+            "base_url": "{simulator}",
+            "max_in_progress": IN_PROGRESS,
+            "max_creations_per_window": PER_WINDOW,
+            "creation_window_s": window_s,
+            "window_guard_s": 0.25,
+            "record_info_per_s": 10.0 * scale,
         }
         for i, key in enumerate(keys)
-    ]  # fmt: skip
+    ]
     # Ours: per-worker smoothing as in production, slot turnover (slots ÷ shortest generation).
     # Baseline: the naive setup, every worker allowed the account's average creation rate.
     submit_rate = IN_PROGRESS * accounts / (10.0 / scale) if enforce else PER_WINDOW * accounts / window_s
     simulator_args = [
-        "--time-scale", str(scale), "--gen-time", "10:25", "--video-bytes", "1024",
-        "--max-in-progress", str(IN_PROGRESS), "--max-per-window", str(PER_WINDOW), "--window-s", str(WINDOW_S),
+        "--time-scale",
+        str(scale),
+        "--gen-time",
+        "10:25",
+        "--video-bytes",
+        "1024",
+        "--max-in-progress",
+        str(IN_PROGRESS),
+        "--max-per-window",
+        str(PER_WINDOW),
+        "--window-s",
+        str(WINDOW_S),
         *[arg for key in keys for arg in ("--api-key", key)],
-    ]  # fmt: skip
+    ]
     env = {
         "IMAGINEQ_ACCOUNTS": json.dumps(account_list),
         "IMAGINEQ_QUOTA_ENFORCE": "true" if enforce else "false",
@@ -107,8 +122,12 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-quota-"))
-    common = {"accounts": args.accounts, "scale": args.time_scale, "windows": args.windows,
-              "submit_workers": args.submit_workers}  # fmt: skip
+    common = {
+        "accounts": args.accounts,
+        "scale": args.time_scale,
+        "windows": args.windows,
+        "submit_workers": args.submit_workers,
+    }
     ours = run(enforce=True, log_dir=root / "imagineq", **common)  # type: ignore[arg-type]
     print(f"imagineq: {ours}")
     result = (

@@ -60,8 +60,19 @@ def _client_process(url: str, duration_s: float, concurrency: int) -> tuple[int,
 def _start_simulator() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "simulator", "--port", "0", "--api-key", KEY,
-            "--gen-time", "0:0", "--max-in-progress", "1000000000", "--max-per-window", "1000000000",
+            sys.executable,
+            "-m",
+            "simulator",
+            "--port",
+            "0",
+            "--api-key",
+            KEY,
+            "--gen-time",
+            "0:0",
+            "--max-in-progress",
+            "1000000000",
+            "--max-per-window",
+            "1000000000",
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -92,9 +103,7 @@ def main() -> None:
         print(f"simulator {url}: {args.procs} processes x {args.concurrency} loops, {args.duration_s} s")
         start = time.monotonic()
         with multiprocessing.Pool(args.procs) as pool:
-            results = pool.starmap(
-                _client_process, [(url, args.duration_s, args.concurrency)] * args.procs
-            )
+            results = pool.starmap(_client_process, [(url, args.duration_s, args.concurrency)] * args.procs)
         elapsed = time.monotonic() - start
     finally:
         if proc is not None:

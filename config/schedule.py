@@ -28,9 +28,12 @@ def nightly_crontab(expression: str) -> crontab:
     """A crontab from ``minute hour day-of-month month day-of-week`` (already checked by Settings)."""
     minute, hour, day_of_month, month_of_year, day_of_week = expression.split()
     return crontab(
-        minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
         day_of_week=day_of_week,
-    )  # fmt: skip
+    )
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -66,8 +66,7 @@ class AccountSettings(BaseModel):
     def _margins_below_limits(self) -> AccountSettings:
         if self.in_progress_margin >= self.max_in_progress:
             raise ValueError(
-                f"in_progress_margin ({self.in_progress_margin}) must be below max_in_progress "
-                f"({self.max_in_progress})"
+                f"in_progress_margin ({self.in_progress_margin}) must be below max_in_progress ({self.max_in_progress})"
             )
         if self.creations_margin >= self.max_creations_per_window:
             raise ValueError(
@@ -285,9 +284,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_account(self) -> Settings:
         if not self.accounts and self.api_key is not None:
-            self.accounts = [
-                AccountSettings(name="default", api_key=self.api_key, base_url=self.upstream_base_url)
-            ]
+            self.accounts = [AccountSettings(name="default", api_key=self.api_key, base_url=self.upstream_base_url)]
         names = [account.name for account in self.accounts]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:

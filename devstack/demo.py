@@ -35,9 +35,15 @@ PROMPTS: list[tuple[str, str, str]] = [
 MODERATION_WORD = "forbidden"
 DEADLINE_S = 240.0
 STATE_STYLE = {
-    "queued": "white", "submitting": "yellow", "generating": "cyan", "downloading": "blue",
-    "stored": "green", "failed": "red", "expired": "magenta", "canceled": "dim",
-}  # fmt: skip
+    "queued": "white",
+    "submitting": "yellow",
+    "generating": "cyan",
+    "downloading": "blue",
+    "stored": "green",
+    "failed": "red",
+    "expired": "magenta",
+    "canceled": "dim",
+}
 
 
 def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
@@ -50,8 +56,9 @@ def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
         where = job.s3_uri or (f"{job.reason}: {job.error}"[:90] if job.reason else "")
         size = f"{job.size / 1e6:.1f} MB" if job.size else ""
         style = STATE_STYLE.get(job.state.value, "white")
-        table.add_row(job.id[:12], job.prompt[:38], f"[{style}]{job.state.value}[/]", where, size,
-                      f"{end - job.created_at:5.1f}s")  # fmt: skip
+        table.add_row(
+            job.id[:12], job.prompt[:38], f"[{style}]{job.state.value}[/]", where, size, f"{end - job.created_at:5.1f}s"
+        )
     return table
 
 
@@ -103,9 +110,7 @@ def main() -> int:
                 time.sleep(0.5)
         console.print(_table(jobs, started, final=True))
 
-        missing = [
-            job for job in jobs if MODERATION_WORD not in job.prompt and job.state is not JobState.STORED
-        ]
+        missing = [job for job in jobs if MODERATION_WORD not in job.prompt and job.state is not JobState.STORED]
         moderated = [job for job in jobs if MODERATION_WORD in job.prompt]
         producer.close()
         stats = requests.get(f"{simulator.url}/__sim__/stats", timeout=5).json()

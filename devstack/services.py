@@ -144,16 +144,25 @@ def start_redis(log_dir: Path, *, port: int | None = None, appendonly: bool = Fa
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         redis_server_binary(),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(data_dir),
-        "--save", "",
-        "--appendonly", "yes" if appendonly else "no",
-        "--appendfsync", "everysec",
-        "--maxmemory-policy", "noeviction",
-        "--hash-max-ziplist-value", "1024",
-        "--daemonize", "no",
-    ]  # fmt: skip
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "noeviction",
+        "--hash-max-ziplist-value",
+        "1024",
+        "--daemonize",
+        "no",
+    ]
     service = spawn(f"redis-{port}", argv, log_dir=log_dir, url=f"redis://127.0.0.1:{port}/0")
     _await_ready(service, lambda: redis_reachable(service.url), 20)
     return service
@@ -274,14 +283,27 @@ def deployment_env(
     return env
 
 
-def worker_argv(
-    queue: str, *, concurrency: int = 2, name: str | None = None, pool: str = "prefork"
-) -> list[str]:
+def worker_argv(queue: str, *, concurrency: int = 2, name: str | None = None, pool: str = "prefork") -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "workers", "worker",
-        "-Q", queue, "-c", str(concurrency), "-P", pool,
-        "-n", f"{name or queue}@%h", "--without-gossip", "--without-mingle", "-l", "INFO",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "-Q",
+        queue,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-n",
+        f"{name or queue}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "INFO",
+    ]
 
 
 def start_worker(
@@ -294,9 +316,7 @@ def start_worker(
     pool: str = "prefork",
 ) -> Service:
     name = name or f"{queue}-{free_port()}"
-    service = stack.spawn(
-        f"worker-{name}", worker_argv(queue, concurrency=concurrency, name=name, pool=pool), env
-    )
+    service = stack.spawn(f"worker-{name}", worker_argv(queue, concurrency=concurrency, name=name, pool=pool), env)
     _await_ready(service, lambda: "ready." in _read(service.log_path), 60)
     return service
 
@@ -310,9 +330,18 @@ def _read(path: Path | None) -> str:
 def web_argv(port: int, *, host: str = "127.0.0.1") -> list[str]:
     """The ``web`` process (HTTP ingress + callbacks), as the Procfile runs it."""
     return [
-        sys.executable, "-m", "uvicorn", "producers.http:app",
-        "--host", host, "--port", str(port), "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "producers.http:app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
 
 
 def start_web(stack: LocalStack, env: Mapping[str, str], *, port: int | None = None) -> Service:

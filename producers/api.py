@@ -83,9 +83,7 @@ class Producer:
         """
         return [job for job, _ in self.enqueue_many_created(requests)]
 
-    def enqueue_many_created(
-        self, requests: Iterable[JobRequest | Mapping[str, Any]]
-    ) -> list[tuple[Job, bool]]:
+    def enqueue_many_created(self, requests: Iterable[JobRequest | Mapping[str, Any]]) -> list[tuple[Job, bool]]:
         """:meth:`enqueue_many` with ``created`` per job (False: the idempotency
         key named an existing job, nothing was sent)."""
         validated = [self._validated(index, item) for index, item in enumerate(requests)]

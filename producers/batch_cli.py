@@ -31,12 +31,14 @@ def register(subparsers: Any) -> None:
 
     submit = commands.add_parser("submit", help="enqueue every good line of a JSONL file (path or s3://)")
     submit.add_argument("file", help="local path or s3://bucket/key of a JSONL file")
-    submit.add_argument("--name", default=None,
-                        help="batch name, its identity (default: from the file's content)")  # fmt: skip
-    submit.add_argument("--priority", choices=sorted(PRIORITY_LEVELS), default="low",
-                        help="low (default) or normal; interactive jobs always go first")  # fmt: skip
-    submit.add_argument("--results", default=None,
-                        help="manifest location (default: <name>.results.jsonl beside FILE)")  # fmt: skip
+    submit.add_argument("--name", default=None, help="batch name, its identity (default: from the file's content)")
+    submit.add_argument(
+        "--priority",
+        choices=sorted(PRIORITY_LEVELS),
+        default="low",
+        help="low (default) or normal; interactive jobs always go first",
+    )
+    submit.add_argument("--results", default=None, help="manifest location (default: <name>.results.jsonl beside FILE)")
     submit.add_argument("--wait", action="store_true", help="follow the batch until every line has ended")
     submit.add_argument("--timeout", type=float, default=None, help="seconds to --wait (default: no limit)")
     submit.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -61,14 +63,21 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     submitter = BatchSubmitter()
     try:
         with Progress(
-            TextColumn("reading {task.description}"), TextColumn("{task.completed:,} lines"),
-            TimeElapsedColumn(), console=console, transient=True, disable=args.json,
-        ) as progress:  # fmt: skip
+            TextColumn("reading {task.description}"),
+            TextColumn("{task.completed:,} lines"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=args.json,
+        ) as progress:
             reading = progress.add_task(args.file, total=None)
             result = submitter.submit(
-                args.file, name=args.name, priority=args.priority, results=args.results,
+                args.file,
+                name=args.name,
+                priority=args.priority,
+                results=args.results,
                 on_chunk=lambda lines: progress.update(reading, completed=lines),
-            )  # fmt: skip
+            )
         if not args.json:
             _print_submitted(console, result)
         status = result.status
@@ -114,26 +123,34 @@ def _follow(
     quota = QuotaLimiter.for_settings(submitter.redis, submitter.keys, submitter.settings)
     started, done_at_start = time.monotonic(), status.finished
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-        TextColumn("{task.completed:,}/{task.total:,}"), TextColumn("{task.fields[states]}"),
-        TextColumn("{task.fields[rate]}"), TextColumn("ETA {task.fields[eta]}"),
-        console=console, transient=True, disable=quiet,
-    ) as progress:  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TextColumn("{task.fields[states]}"),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=console,
+        transient=True,
+        disable=quiet,
+    ) as progress:
         batch_id = status.id
         bar = progress.add_task(batch_id, total=max(status.good, 1), states="", rate="", eta="?")
         for status in wait_until_finished(submitter.batches, batch_id, submitter.files, timeout_s=timeout_s):
             elapsed = time.monotonic() - started
             per_min = (status.finished - done_at_start) / elapsed * 60 if elapsed > 1 else 0.0
             progress.update(
-                bar, completed=status.finished, states=_states_line(status), rate=f"{per_min:,.1f}/min",
+                bar,
+                completed=status.finished,
+                states=_states_line(status),
+                rate=f"{per_min:,.1f}/min",
                 eta=_eta(submitter.settings, quota, status),
-            )  # fmt: skip
+            )
     return status
 
 
 def _states_line(status: BatchStatus) -> str:
-    parts = [f"{state} {status.states[state]:,}" for state in (*LIVE_STATES, *END_STATES)
-             if status.states.get(state)]  # fmt: skip
+    parts = [f"{state} {status.states[state]:,}" for state in (*LIVE_STATES, *END_STATES) if status.states.get(state)]
     return " · ".join(parts)
 
 
@@ -188,10 +205,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     table = Table(title=f"batch {status.id}", show_header=False)
     for name, value in (
-        ("name", status.name), ("status", status.status), ("source", status.source),
-        ("manifest", status.manifest or f"(when done) {status.results}"), ("lines", f"{status.lines:,}"),
-        ("good", f"{status.good:,}"), ("bad", f"{status.bad:,}"), ("new jobs", f"{status.created:,}"),
-    ):  # fmt: skip
+        ("name", status.name),
+        ("status", status.status),
+        ("source", status.source),
+        ("manifest", status.manifest or f"(when done) {status.results}"),
+        ("lines", f"{status.lines:,}"),
+        ("good", f"{status.good:,}"),
+        ("bad", f"{status.bad:,}"),
+        ("new jobs", f"{status.created:,}"),
+    ):
         table.add_row(name, value)
     for state in (*LIVE_STATES, *END_STATES):
         if status.states.get(state):
@@ -212,7 +234,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     table = Table("batch", "name", "status", "lines", "bad", "ended", "pending", "submitted at (UTC)")
     for status in batches:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(status.created_at))
-        table.add_row(status.id, status.name, status.status, f"{status.lines:,}", f"{status.bad:,}",
-                      f"{status.finished:,}", f"{status.pending:,}", when)  # fmt: skip
+        table.add_row(
+            status.id,
+            status.name,
+            status.status,
+            f"{status.lines:,}",
+            f"{status.bad:,}",
+            f"{status.finished:,}",
+            f"{status.pending:,}",
+            when,
+        )
     Console().print(table)
     return EXIT_OK

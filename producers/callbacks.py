@@ -218,9 +218,13 @@ class CallbackReceiver:
         data, record = parse_body(body)
         if self._hmac_key is not None:
             check_signature(
-                self._hmac_key, record.task_id, headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER),
-                now_s=self._clock(), max_age_s=self._max_age_s,
-            )  # fmt: skip
+                self._hmac_key,
+                record.task_id,
+                headers.get(TIMESTAMP_HEADER),
+                headers.get(SIGNATURE_HEADER),
+                now_s=self._clock(),
+                max_age_s=self._max_age_s,
+            )
         if not record.state.terminal:
             return Received(Outcome.IGNORED)
         if job.state is JobState.SUBMITTING:

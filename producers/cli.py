@@ -73,15 +73,21 @@ def _cmd_resubmit(args: argparse.Namespace) -> int:
         print(f"error: job {args.job_id} not found", file=sys.stderr)
         return EXIT_FAILED
     if job.state is not JobState.FAILED:
-        print(
-            f"error: job {job.id} is {job.state.value}; only failed jobs can be resubmitted", file=sys.stderr
-        )
+        print(f"error: job {job.id} is {job.state.value}; only failed jobs can be resubmitted", file=sys.stderr)
         return EXIT_FAILED
     if not producer.jobs.transition(
-        job.id, JobState.QUEUED, expect=JobState.FAILED,
-        fields={"reason": None, "error": None, "task_id": None, "account": None,
-                "create_sent_at": None, "submit_attempts": None},
-    ):  # fmt: skip
+        job.id,
+        JobState.QUEUED,
+        expect=JobState.FAILED,
+        fields={
+            "reason": None,
+            "error": None,
+            "task_id": None,
+            "account": None,
+            "create_sent_at": None,
+            "submit_attempts": None,
+        },
+    ):
         print(f"error: job {job.id} changed state meanwhile; look again", file=sys.stderr)
         return EXIT_FAILED
     refreshed = producer.get(job.id)
@@ -102,9 +108,7 @@ def _cmd_demo(_: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="imagineq", description="Text prompts to stored Grok Imagine videos."
-    )
+    parser = argparse.ArgumentParser(prog="imagineq", description="Text prompts to stored Grok Imagine videos.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     submit = commands.add_parser("submit", help="enqueue one prompt")
@@ -126,8 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     resubmit.add_argument("job_id")
     resubmit.set_defaults(handler=_cmd_resubmit)
 
-    commands.add_parser("simulator", help="run the Apikley simulator (see `imagineq simulator --help`)",
-                        add_help=False)  # fmt: skip
+    commands.add_parser("simulator", help="run the Apikley simulator (see `imagineq simulator --help`)", add_help=False)
     demo = commands.add_parser("demo", help="run the end-to-end demo on private local services")
     demo.set_defaults(handler=_cmd_demo)
 

@@ -191,9 +191,7 @@ class StatusReader:
         return out
 
     def _credits(self, account: AccountSettings, timeout_s: float) -> tuple[int | None, str | None]:
-        http = self.settings.http.model_copy(
-            update={"connect_timeout_s": timeout_s, "read_timeout_s": timeout_s}
-        )
+        http = self.settings.http.model_copy(update={"connect_timeout_s": timeout_s, "read_timeout_s": timeout_s})
         try:
             with UpstreamClient(account, http) as client:
                 return client.credits(), None
@@ -205,8 +203,7 @@ class StatusReader:
         depths = read_depths(self.redis, self.keys, QUEUES)
         held = held_by_queue(self.redis, self.keys) if depths.held <= UNACKED_SPLIT_MAX else None
         queues = [
-            QueueStatus(queue, depths.waiting[queue], None if held is None else held.get(queue, 0))
-            for queue in QUEUES
+            QueueStatus(queue, depths.waiting[queue], None if held is None else held.get(queue, 0)) for queue in QUEUES
         ]
         return queues, depths.held
 
@@ -231,10 +228,7 @@ class StatusReader:
         entries.sort(key=lambda entry: entry[1], reverse=True)
         entries = entries[:limit]
         jobs = self.jobs.get_many([job_id for job_id, _, _ in entries])
-        return [
-            _failure(job_id, score, state, job)
-            for (job_id, score, state), job in zip(entries, jobs, strict=True)
-        ]
+        return [_failure(job_id, score, state, job) for (job_id, score, state), job in zip(entries, jobs, strict=True)]
 
 
 def _failure(job_id: str, score_ms: float, state: JobState, job: Job | None) -> Failure:
@@ -251,4 +245,3 @@ def gather(settings: Settings, **options: Any) -> Status:
         return reader.gather(**options)
     finally:
         reader.close()
-

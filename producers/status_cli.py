@@ -31,9 +31,15 @@ DEFAULT_WATCH_S = 2.0
 #: In ``--watch``, credits (an upstream call per account) are refreshed at most this often.
 CREDITS_EVERY_S = 30.0
 STATE_STYLE = {
-    "queued": "white", "submitting": "yellow", "generating": "cyan", "downloading": "blue",
-    "stored": "green", "failed": "red", "expired": "magenta", "canceled": "dim",
-}  # fmt: skip
+    "queued": "white",
+    "submitting": "yellow",
+    "generating": "cyan",
+    "downloading": "blue",
+    "stored": "green",
+    "failed": "red",
+    "expired": "magenta",
+    "canceled": "dim",
+}
 
 #: Makes a redacted table cell from any value (and a style).
 Cell = Callable[..., Text]
@@ -45,9 +51,14 @@ def register(subparsers: Any) -> None:
     )
     status.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
     status.add_argument(
-        "--watch", nargs="?", type=float, const=DEFAULT_WATCH_S, default=None, metavar="SECONDS",
+        "--watch",
+        nargs="?",
+        type=float,
+        const=DEFAULT_WATCH_S,
+        default=None,
+        metavar="SECONDS",
         help=f"refresh every SECONDS (default {DEFAULT_WATCH_S:g}) until Ctrl-C",
-    )  # fmt: skip
+    )
     status.add_argument("--failures", type=int, default=10, metavar="N", help="newest failures shown (10)")
     status.add_argument("--no-credits", action="store_true", help="do not ask the upstream for credits")
     status.set_defaults(handler=_cmd_status)
@@ -86,8 +97,9 @@ def _watch(console: Console, reader: StatusReader, redactor: Redactor, args: arg
     def refresh() -> Status:
         nonlocal known, asked_at
         ask = not args.no_credits and time.monotonic() - asked_at >= CREDITS_EVERY_S
-        status = reader.gather(credits=not args.no_credits, failures=args.failures,
-                               known_credits=None if ask else known)  # fmt: skip
+        status = reader.gather(
+            credits=not args.no_credits, failures=args.failures, known_credits=None if ask else known
+        )
         if ask:
             known = {a.account: (a.credits, a.credits_error) for a in status.accounts}
             asked_at = time.monotonic()
@@ -157,13 +169,15 @@ def _accounts(status: Status, cell: Cell) -> Table | Text:
             credits = cell("not asked", "dim")
         table.add_row(
             cell(account.account, "bold"),
-            cell(f"{account.creations_in_window} / {account.creations_limit} per {duration(account.window_s)}",
-                 "red" if full_window else ""),
+            cell(
+                f"{account.creations_in_window} / {account.creations_limit} per {duration(account.window_s)}",
+                "red" if full_window else "",
+            ),
             cell(f"{account.in_progress} / {account.in_progress_limit}", "yellow" if full_slots else ""),
             cell(duration(account.cooldown_s), "yellow") if account.cooldown_s > 0 else cell("—", "dim"),
             cell(account.paused, "red") if account.paused else cell("—", "dim"),
             credits,
-        )  # fmt: skip
+        )
     return table
 
 

@@ -175,9 +175,7 @@ async def sim_file_sha256(request: web.Request) -> web.Response:
         size = int(request.query.get("size", task.video_bytes if task else state.options.video_bytes))
     except ValueError:
         return web.json_response({"ok": False, "error": "size must be an integer"}, status=422)
-    return web.json_response(
-        {"taskId": task_id, "size": size, "sha256": expected_sha256(task_id, size)}, dumps=_dumps
-    )
+    return web.json_response({"taskId": task_id, "size": size, "sha256": expected_sha256(task_id, size)}, dumps=_dumps)
 
 
 def build_app(state: SimState) -> web.Application:

@@ -235,47 +235,133 @@ def build_parser() -> argparse.ArgumentParser:
         help="accepted Bearer key; repeat for several accounts, each with its own quotas "
         "and credits (default: sim-key)",
     )
-    a("--max-in-progress", type=int, default=d.max_in_progress, metavar="N",
-      help="tasks not yet terminal per key before createTask answers 429 (default %(default)s)")
-    a("--max-per-window", type=int, default=d.max_per_window, metavar="N",
-      help="creations per key per rolling window before 429 (default %(default)s)")
-    a("--window-s", type=float, default=d.window_s, metavar="S",
-      help="rolling creation window, simulated seconds (default %(default)s)")
-    a("--credits", type=int, default=d.credits, metavar="N",
-      help="credits per key, 1 per creation, 0 left -> 402; -1 = unlimited (default %(default)s)")
+    a(
+        "--max-in-progress",
+        type=int,
+        default=d.max_in_progress,
+        metavar="N",
+        help="tasks not yet terminal per key before createTask answers 429 (default %(default)s)",
+    )
+    a(
+        "--max-per-window",
+        type=int,
+        default=d.max_per_window,
+        metavar="N",
+        help="creations per key per rolling window before 429 (default %(default)s)",
+    )
+    a(
+        "--window-s",
+        type=float,
+        default=d.window_s,
+        metavar="S",
+        help="rolling creation window, simulated seconds (default %(default)s)",
+    )
+    a(
+        "--credits",
+        type=int,
+        default=d.credits,
+        metavar="N",
+        help="credits per key, 1 per creation, 0 left -> 402; -1 = unlimited (default %(default)s)",
+    )
     a("--maintenance", action="store_true", help="answer every API call with 455")
-    a("--gen-time", type=_parse_gen_time, default=d.gen_time, metavar="MIN:MAX",
-      help="generation time, uniform, simulated seconds (default 10:25). First 10%% of it the "
-      "task is 'waiting', next 10%% 'queuing', then 'generating'")
-    a("--fail-rate", type=float, default=d.fail_rate, metavar="P",
-      help="fraction of tasks ending in state fail, failCode 500 (default %(default)s)")
-    a("--moderation-words", default=",".join(d.moderation_words), metavar="W1,W2",
-      help="prompts containing any of these words (case-insensitive) end in state fail with "
-      "failCode 'content_moderation' (default %(default)s; empty string disables)")
-    a("--error-style", choices=["envelope", "http"], default=d.error_style,
-      help="envelope: HTTP 200 + body code; http: HTTP status mirrors the code (default %(default)s)")
-    a("--hmac-key", default=None, metavar="KEY",
-      help="sign callbacks: X-Webhook-Timestamp (unix s) and X-Webhook-Signature = "
-      "base64(HMAC-SHA256(key, taskId + '.' + timestamp))")
-    a("--callback-retries", type=int, default=d.callback_retries, metavar="N",
-      help="retries after a failed callback delivery (default %(default)s)")
-    a("--callback-timeout-s", type=float, default=d.callback_timeout_s, metavar="S",
-      help="per-attempt callback timeout, wall seconds (default %(default)s)")
-    a("--callback-backoff-s", type=float, default=d.callback_backoff_s, metavar="S",
-      help="first retry delay, doubled each retry, simulated seconds (default %(default)s)")
-    a("--callback-duplicates", type=float, default=d.callback_duplicates, metavar="RATE",
-      help="probability that a delivered callback is sent a second time (default %(default)s)")
-    a("--url-ttl-s", type=float, default=d.url_ttl_s, metavar="S",
-      help="result URL lifetime after completion, simulated seconds (default %(default)s)")
-    a("--download-url-ttl-s", type=float, default=d.download_url_ttl_s, metavar="S",
-      help="lifetime of URLs from common/download-url, simulated seconds (default %(default)s)")
-    a("--video-bytes", type=int, default=d.video_bytes, metavar="N",
-      help="size of each result file (default %(default)s)")
-    a("--time-scale", type=float, default=d.time_scale, metavar="X",
-      help="divide every simulated duration by X (default %(default)s)")
+    a(
+        "--gen-time",
+        type=_parse_gen_time,
+        default=d.gen_time,
+        metavar="MIN:MAX",
+        help="generation time, uniform, simulated seconds (default 10:25). First 10%% of it the "
+        "task is 'waiting', next 10%% 'queuing', then 'generating'",
+    )
+    a(
+        "--fail-rate",
+        type=float,
+        default=d.fail_rate,
+        metavar="P",
+        help="fraction of tasks ending in state fail, failCode 500 (default %(default)s)",
+    )
+    a(
+        "--moderation-words",
+        default=",".join(d.moderation_words),
+        metavar="W1,W2",
+        help="prompts containing any of these words (case-insensitive) end in state fail with "
+        "failCode 'content_moderation' (default %(default)s; empty string disables)",
+    )
+    a(
+        "--error-style",
+        choices=["envelope", "http"],
+        default=d.error_style,
+        help="envelope: HTTP 200 + body code; http: HTTP status mirrors the code (default %(default)s)",
+    )
+    a(
+        "--hmac-key",
+        default=None,
+        metavar="KEY",
+        help="sign callbacks: X-Webhook-Timestamp (unix s) and X-Webhook-Signature = "
+        "base64(HMAC-SHA256(key, taskId + '.' + timestamp))",
+    )
+    a(
+        "--callback-retries",
+        type=int,
+        default=d.callback_retries,
+        metavar="N",
+        help="retries after a failed callback delivery (default %(default)s)",
+    )
+    a(
+        "--callback-timeout-s",
+        type=float,
+        default=d.callback_timeout_s,
+        metavar="S",
+        help="per-attempt callback timeout, wall seconds (default %(default)s)",
+    )
+    a(
+        "--callback-backoff-s",
+        type=float,
+        default=d.callback_backoff_s,
+        metavar="S",
+        help="first retry delay, doubled each retry, simulated seconds (default %(default)s)",
+    )
+    a(
+        "--callback-duplicates",
+        type=float,
+        default=d.callback_duplicates,
+        metavar="RATE",
+        help="probability that a delivered callback is sent a second time (default %(default)s)",
+    )
+    a(
+        "--url-ttl-s",
+        type=float,
+        default=d.url_ttl_s,
+        metavar="S",
+        help="result URL lifetime after completion, simulated seconds (default %(default)s)",
+    )
+    a(
+        "--download-url-ttl-s",
+        type=float,
+        default=d.download_url_ttl_s,
+        metavar="S",
+        help="lifetime of URLs from common/download-url, simulated seconds (default %(default)s)",
+    )
+    a(
+        "--video-bytes",
+        type=int,
+        default=d.video_bytes,
+        metavar="N",
+        help="size of each result file (default %(default)s)",
+    )
+    a(
+        "--time-scale",
+        type=float,
+        default=d.time_scale,
+        metavar="X",
+        help="divide every simulated duration by X (default %(default)s)",
+    )
     a("--seed", type=int, default=None, metavar="N", help="seed for reproducible randomness")
-    a("--result-base-url", default=None, metavar="URL",
-      help="base of result file URLs (default http://HOST:PORT, 127.0.0.1 for wildcard hosts)")
+    a(
+        "--result-base-url",
+        default=None,
+        metavar="URL",
+        help="base of result file URLs (default http://HOST:PORT, 127.0.0.1 for wildcard hosts)",
+    )
     return p
 
 

@@ -248,9 +248,7 @@ class SimState:
         return {
             "in_progress": self.in_progress.count(now),
             "peak_in_progress": s.peak_in_progress,
-            "max_creations_in_window": max(
-                (ks.max_creations_in_window for ks in s.per_key.values()), default=0
-            ),
+            "max_creations_in_window": max((ks.max_creations_in_window for ks in s.per_key.values()), default=0),
             "create_calls": s.create_calls,
             "created": s.created,
             "rate_limited": s.rate_limited,

@@ -21,9 +21,7 @@ from workers.lua_scripts import load_script
 
 def redis_client(settings: Settings) -> Redis:
     """A client for the deployment's Redis, decoding replies to ``str``."""
-    return Redis.from_url(
-        settings.redis_url, decode_responses=True, retry_on_timeout=True, **REDIS_SOCKET_OPTIONS
-    )
+    return Redis.from_url(settings.redis_url, decode_responses=True, retry_on_timeout=True, **REDIS_SOCKET_OPTIONS)
 
 
 @dataclass(frozen=True)

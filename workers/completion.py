@@ -77,9 +77,11 @@ def apply_terminal(jobs: JobStore, quota: QuotaLimiter, job: Job, record: TaskRe
             fail_fields = {"reason": "generation_failed", "error": "success without a result URL"}
         else:
             fail_fields = {
-                "reason": "generation_failed", "fail_code": record.fail_code, "fail_msg": record.fail_msg,
+                "reason": "generation_failed",
+                "fail_code": record.fail_code,
+                "fail_msg": record.fail_msg,
                 "error": f"upstream generation failed: {record.fail_code} {record.fail_msg}".strip(),
-            }  # fmt: skip
+            }
         moved = jobs.transition(job.id, JobState.FAILED, expect=JobState.GENERATING, fields=fail_fields)
         outcome = Applied.FAILED
     if job.account:

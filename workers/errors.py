@@ -161,9 +161,7 @@ class RetryableError(UpstreamError):
         request_id: str | None = None,
         body: str | None = None,
     ) -> None:
-        super().__init__(
-            message, status=status, code=code, endpoint=endpoint, request_id=request_id, body=body
-        )
+        super().__init__(message, status=status, code=code, endpoint=endpoint, request_id=request_id, body=body)
         #: The upstream's ``Retry-After`` in seconds, when it gave one.
         self.retry_after_s = retry_after_s
 

@@ -70,9 +70,7 @@ def allowed_from(to: JobState) -> frozenset[JobState]:
     return _ALLOWED_FROM[to]
 
 
-_ALLOWED_FROM: Final = {
-    to: frozenset(src for src, dests in TRANSITIONS.items() if to in dests) for to in JobState
-}
+_ALLOWED_FROM: Final = {to: frozenset(src for src, dests in TRANSITIONS.items() if to in dests) for to in JobState}
 
 
 class Priority(StrEnum):
@@ -150,9 +148,7 @@ class JobRequest:
         if not self.prompt.strip():
             raise ValidationError("prompt", "must not be empty")
         if len(self.prompt) > PROMPT_MAX_CHARS:
-            raise ValidationError(
-                "prompt", f"must be at most {PROMPT_MAX_CHARS} characters (got {len(self.prompt)})"
-            )
+            raise ValidationError("prompt", f"must be at most {PROMPT_MAX_CHARS} characters (got {len(self.prompt)})")
         _encodable("prompt", self.prompt)
         _one_of("aspect_ratio", self.aspect_ratio, ASPECT_RATIOS)
         _one_of("mode", self.mode, MODES)
@@ -165,9 +161,7 @@ class JobRequest:
         except (TypeError, ValueError) as error:
             raise ValidationError("metadata", f"must be JSON-serialisable ({error})") from error
         if size > METADATA_MAX_BYTES:
-            raise ValidationError(
-                "metadata", f"must be at most {METADATA_MAX_BYTES} bytes as JSON (got {size})"
-            )
+            raise ValidationError("metadata", f"must be at most {METADATA_MAX_BYTES} bytes as JSON (got {size})")
         if not isinstance(self.priority, Priority):
             raise ValidationError(
                 "priority", f"must be one of {', '.join(p.value for p in Priority)} (got {self.priority!r})"
@@ -211,10 +205,23 @@ COUNTER_FIELDS: Final = ("attempts", "submit_attempts", "poll_errors", "store_at
 _INT_FIELDS: Final = frozenset({*COUNTER_FIELDS, "size"})
 _STR_FIELDS: Final = frozenset(
     {
-        "prompt", "aspect_ratio", "mode", "idempotency_key", "batch_id", "account", "task_id", "reason",
-        "error", "fail_code", "fail_msg", "result_url", "s3_uri", "sha256", "callback_token_hash",
+        "prompt",
+        "aspect_ratio",
+        "mode",
+        "idempotency_key",
+        "batch_id",
+        "account",
+        "task_id",
+        "reason",
+        "error",
+        "fail_code",
+        "fail_msg",
+        "result_url",
+        "s3_uri",
+        "sha256",
+        "callback_token_hash",
     }
-)  # fmt: skip
+)
 #: Fields only the store writes (through its Lua scripts), never through ``fields=``.
 MANAGED_FIELDS: Final = frozenset({"id", "state", "created_at", "updated_at"})
 TIMESTAMP_PREFIX: Final = "at_"

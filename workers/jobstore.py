@@ -77,10 +77,13 @@ def _field_args(fields: Mapping[str, FieldValue], incr: Mapping[str, int]) -> li
     for name, by in incr.items():
         incr_pairs += [name, str(int(by))]
     return [
-        str(len(set_pairs) // 2), *set_pairs,
-        str(len(deletes)), *deletes,
-        str(len(incr_pairs) // 2), *incr_pairs,
-    ]  # fmt: skip
+        str(len(set_pairs) // 2),
+        *set_pairs,
+        str(len(deletes)),
+        *deletes,
+        str(len(incr_pairs) // 2),
+        *incr_pairs,
+    ]
 
 
 def _states(expect: JobState | Iterable[JobState] | None) -> frozenset[JobState] | None:
@@ -125,9 +128,7 @@ class JobStore:
             out += self._create_chunk(requests[start : start + chunk], message)
         return out
 
-    def _create_chunk(
-        self, requests: Sequence[JobRequest], message: MessageFactory | None
-    ) -> list[tuple[Job, bool]]:
+    def _create_chunk(self, requests: Sequence[JobRequest], message: MessageFactory | None) -> list[tuple[Job, bool]]:
         jobs = [Job.new(request, job_id=new_job_id()) for request in requests]
         results = evalsha_pipeline(self._client, [self._create_call(job, message=message) for job in jobs])
         out: list[tuple[Job, bool] | None] = [None] * len(jobs)
@@ -163,9 +164,7 @@ class JobStore:
             raise RuntimeError(f"idempotency key {job.idempotency_key!r} names a job that keeps vanishing")
         return found, False
 
-    def _create_call(
-        self, job: Job, *, stale_id: str = "", message: MessageFactory | None = None
-    ) -> ScriptCall:
+    def _create_call(self, job: Job, *, stale_id: str = "", message: MessageFactory | None = None) -> ScriptCall:
         built = message(job) if message is not None else None
         keys = [
             self._keys.job(job.id),
@@ -206,9 +205,7 @@ class JobStore:
             counts = pipe.execute()
         return {state: int(count) for state, count in zip(JobState, counts, strict=True)}
 
-    def ids_in_state(
-        self, state: JobState, *, older_than_s: float | None = None, limit: int = 1000
-    ) -> list[str]:
+    def ids_in_state(self, state: JobState, *, older_than_s: float | None = None, limit: int = 1000) -> list[str]:
         """Up to ``limit`` ids in ``state``, longest there first; only those that entered it at least
         ``older_than_s`` ago (Redis clock) when given."""
         top: float | str = "+inf"

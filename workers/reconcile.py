@@ -117,9 +117,14 @@ class Reconciler:
             return {}
         try:
             cases: list[Callable[[], None]] = [
-                self.stale_submits, self.silent_polls, self.unstored, self.leases, self.salvage,
-                self.finalise_batches, self.lost_messages,
-            ]  # fmt: skip
+                self.stale_submits,
+                self.silent_polls,
+                self.unstored,
+                self.leases,
+                self.salvage,
+                self.finalise_batches,
+                self.lost_messages,
+            ]
             for case in cases:
                 try:
                     case()
@@ -149,8 +154,11 @@ class Reconciler:
             current = self.rt.jobs.get(job.id)
             if current is not None and current.state is JobState.FAILED and current.reason in HELD_REASONS:
                 self.counts["stale_submit_unknown"] += 1
-                log.error("reconcile: job %s was stuck submitting after createTask was sent; failed "
-                          "(outcome_unknown), not resubmitted", job.id)  # fmt: skip
+                log.error(
+                    "reconcile: job %s was stuck submitting after createTask was sent; failed "
+                    "(outcome_unknown), not resubmitted",
+                    job.id,
+                )
 
     def silent_polls(self) -> None:
         silent_s = self.settings.reconcile_poll_silent_s
@@ -176,8 +184,7 @@ class Reconciler:
                 continue
             self._chain(TASK_POLL, TASK_STORE, job_id=job.id)
             self.counts["silent_poll"] += 1
-            log.warning("reconcile: job %s had no poll for %.0fs; poll re-published", job.id,
-                        now - max(activity))  # fmt: skip
+            log.warning("reconcile: job %s had no poll for %.0fs; poll re-published", job.id, now - max(activity))
 
     def unstored(self) -> None:
         silent_s = self.settings.reconcile_store_silent_s
@@ -217,8 +224,9 @@ class Reconciler:
                     continue
                 self.rt.quota.release(account.name, job_id)
                 self.counts["terminal_lease"] += 1
-                log.warning("reconcile: lease of %s job %s on account %s released",
-                            state or "vanished", job_id, account.name)  # fmt: skip
+                log.warning(
+                    "reconcile: lease of %s job %s on account %s released", state or "vanished", job_id, account.name
+                )
 
     def salvage(self) -> None:
         now = self._now()
@@ -228,8 +236,9 @@ class Reconciler:
         for job_ids in self._chunks(index, (now - window) * 1000, now * 1000):
             with self.rt.redis.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
-                    pipe.hmget(self.rt.keys.job(job_id), ["reason", "task_id", "account", "salvage",
-                                                          "salvage_checked_at"])  # fmt: skip
+                    pipe.hmget(
+                        self.rt.keys.job(job_id), ["reason", "task_id", "account", "salvage", "salvage_checked_at"]
+                    )
                 rows = pipe.execute()
             for job_id, (reason, task_id, account, done, checked_at) in zip(job_ids, rows, strict=True):
                 if reason != "timed_out" or not task_id or not account or done:

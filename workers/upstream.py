@@ -180,9 +180,7 @@ def build_session(http: HttpSettings, pool_maxsize: int = 32) -> requests.Sessio
 class UpstreamClient:
     """Calls the upstream API with one account's key."""
 
-    def __init__(
-        self, account: AccountSettings, http: HttpSettings, session: requests.Session | None = None
-    ) -> None:
+    def __init__(self, account: AccountSettings, http: HttpSettings, session: requests.Session | None = None) -> None:
         """Use ``session`` (shared, left open by :meth:`close`) or build a private one."""
         self._account = account
         self._owns_session = session is None
@@ -210,9 +208,7 @@ class UpstreamClient:
             self._session.close()
 
     # -- endpoints ----------------------------------------------------------------------------------
-    def create_task(
-        self, *, prompt: str, aspect_ratio: str, mode: str, callback_url: str | None = None
-    ) -> str:
+    def create_task(self, *, prompt: str, aspect_ratio: str, mode: str, callback_url: str | None = None) -> str:
         """Create a task and return its taskId.
 
         Raises :class:`ValidationError` before sending for input the upstream would refuse, and
@@ -241,9 +237,7 @@ class UpstreamClient:
             data = {**data, "taskId": task_id}
         record = TaskRecord.from_payload(data, endpoint=RECORD_INFO)
         if record.task_id != task_id:
-            raise TransportError(
-                f"bad response: asked for task {task_id}, got {record.task_id}", endpoint=RECORD_INFO
-            )
+            raise TransportError(f"bad response: asked for task {task_id}, got {record.task_id}", endpoint=RECORD_INFO)
         return record
 
     def download_url(self, url: str) -> str:
@@ -358,9 +352,7 @@ def _validate_task_input(prompt: str, aspect_ratio: str, mode: str, callback_url
     if len(prompt) > PROMPT_MAX_CHARS:
         raise ValidationError("prompt", f"must be at most {PROMPT_MAX_CHARS} characters (got {len(prompt)})")
     if aspect_ratio not in ASPECT_RATIOS:
-        raise ValidationError(
-            "aspect_ratio", f"must be one of {', '.join(ASPECT_RATIOS)} (got {aspect_ratio!r})"
-        )
+        raise ValidationError("aspect_ratio", f"must be one of {', '.join(ASPECT_RATIOS)} (got {aspect_ratio!r})")
     if mode not in MODES:
         raise ValidationError("mode", f"must be one of {', '.join(MODES)} (got {mode!r})")
     if callback_url is not None and urlsplit(callback_url).scheme not in ("http", "https"):

@@ -49,14 +49,16 @@ class Web:
         self.producer = Producer(settings, client=self.redis, app=self.celery)
         hmac_key = settings.callbacks.hmac_key
         self.callbacks = CallbackReceiver(
-            self.redis, self.keys, self.jobs, self.quota, self.enqueue_store,
+            self.redis,
+            self.keys,
+            self.jobs,
+            self.quota,
+            self.enqueue_store,
             hmac_key=hmac_key.get_secret_value().encode() if hmac_key is not None else None,
             max_age_s=settings.callbacks.max_age_s,
             early_ttl_s=settings.early_callback_ttl_s,
-        )  # fmt: skip
-        self.registry = build_registry(
-            RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES)
         )
+        self.registry = build_registry(RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES))
         self._tokens = [token.get_secret_value().encode() for token in settings.ingress_tokens]
         self._workers: tuple[float, list[str]] = (-1e9, [])
         self._workers_lock = threading.Lock()
@@ -104,9 +106,7 @@ _bearer = HTTPBearer(auto_error=False, description="One of the configured ingres
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
-def authorized(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
+def authorized(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """Bearer-token check for ``/v1/jobs*``."""
     web = web_of(request)
     if credentials is None or not web.token_ok(credentials.credentials):

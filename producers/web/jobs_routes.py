@@ -46,21 +46,27 @@ def job_or_404(web: Web, job_id: str) -> Job:
     status_code=201,
     response_model=EnqueuedJob | EnqueuedJobs,
     dependencies=[Depends(authorized)],
-    responses={200: {"model": EnqueuedJob | EnqueuedJobs,
-                     "description": "Every job already existed (idempotency keys)"}, **AUTH_ERRORS},
+    responses={
+        200: {"model": EnqueuedJob | EnqueuedJobs, "description": "Every job already existed (idempotency keys)"},
+        **AUTH_ERRORS,
+    },
     summary="Enqueue one job, or a list of up to 1,000",
-)  # fmt: skip
+)
 def post_jobs(
     web: WebDep,
     response: Response,
     body: Annotated[JobsIn, Body()],
     idempotency_key: Annotated[
         str | None,
-        Header(alias="Idempotency-Key", min_length=1, max_length=HEADER_KEY_MAX_CHARS,
-               description="For one job: its key (the field wins if both are given). For a list: "
-               "item i gets `{key}:{i}` unless it has its own."),
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=HEADER_KEY_MAX_CHARS,
+            description="For one job: its key (the field wins if both are given). For a list: "
+            "item i gets `{key}:{i}` unless it has its own.",
+        ),
     ] = None,
-) -> EnqueuedJob | EnqueuedJobs:  # fmt: skip
+) -> EnqueuedJob | EnqueuedJobs:
     """Validate everything first (nothing is written if one item is bad), then write and publish."""
     single = isinstance(body, JobIn)
     items = [body] if isinstance(body, JobIn) else body
@@ -81,6 +87,7 @@ def post_jobs(
     response.status_code = 201 if any(view.created for view in views) else 200
     return views[0] if single else EnqueuedJobs(jobs=views)
 
+
 @router.get(
     "/v1/jobs/{job_id}",
     response_model=JobView,
@@ -90,6 +97,7 @@ def post_jobs(
 )
 def get_job(web: WebDep, job_id: JobId) -> JobView:
     return JobView.of(job_or_404(web, job_id))
+
 
 @router.get(
     "/v1/jobs",
@@ -107,29 +115,37 @@ def list_jobs(
 ) -> JobPage:
     return list_jobs(web, state, batch, cursor, limit)
 
+
 @router.delete(
     "/v1/jobs/{job_id}",
     response_model=JobView,
     dependencies=[Depends(authorized)],
-    responses={404: {"model": Problem},
-               409: {"model": Conflict, "description": "The job is past queued"}, **AUTH_ERRORS},
+    responses={
+        404: {"model": Problem},
+        409: {"model": Conflict, "description": "The job is past queued"},
+        **AUTH_ERRORS,
+    },
     summary="Cancel a job that has not been submitted yet",
-)  # fmt: skip
+)
 def cancel_job(web: WebDep, job_id: JobId) -> Any:
     job = job_or_404(web, job_id)
     if job.state is JobState.QUEUED and web.jobs.transition(
-        job_id, JobState.CANCELED, expect=JobState.QUEUED,
+        job_id,
+        JobState.CANCELED,
+        expect=JobState.QUEUED,
         fields={"reason": "canceled", "error": "canceled through the HTTP API"},
-    ):  # fmt: skip
+    ):
         return JobView.of(job_or_404(web, job_id))
     job = job_or_404(web, job_id)
     if job.state is JobState.CANCELED:
         return JobView.of(job)
     what = "has reached the upstream" if job.state is not JobState.SUBMITTING else "is being submitted"
     return JSONResponse(
-        {"detail": f"job {job_id} is {job.state.value}: it {what} and can no longer be canceled"
-         if not job.state.terminal else f"job {job_id} is already {job.state.value}",
-         "state": job.state.value},
+        {
+            "detail": f"job {job_id} is {job.state.value}: it {what} and can no longer be canceled"
+            if not job.state.terminal
+            else f"job {job_id} is already {job.state.value}",
+            "state": job.state.value,
+        },
         status_code=409,
-    )  # fmt: skip
-
+    )

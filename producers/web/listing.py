@@ -28,9 +28,7 @@ def decode_cursor(cursor: str) -> tuple[JobState, float, str]:
     return JobState(state), float(score), job_id
 
 
-def list_jobs(
-    web: Web, state: JobState | None, batch: str | None, cursor: str | None, limit: int
-) -> JobPage:
+def list_jobs(web: Web, state: JobState | None, batch: str | None, cursor: str | None, limit: int) -> JobPage:
     """See the module docstring: state indexes in order, entries after the cursor, ``batch`` filtered."""
     order = list(JobState)
     states = [state] if state is not None else order

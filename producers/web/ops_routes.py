@@ -25,11 +25,25 @@ router = APIRouter()
         403: {"model": CallbackReply, "description": "Wrong per-job secret"},
         404: {"model": CallbackReply, "description": "Unknown job"},
     },
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"code": {"type": "integer"}, "msg": {"type": "string"},
-                                         "data": {"type": "object"}}}}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "code": {"type": "integer"},
+                            "msg": {"type": "string"},
+                            "data": {"type": "object"},
+                        },
+                    }
+                }
+            },
+        }
+    },
     summary="Upstream task callback (the job's callBackUrl)",
-)  # fmt: skip
+)
 async def callback(
     web: WebDep,
     request: Request,
@@ -38,8 +52,8 @@ async def callback(
 ) -> JSONResponse:
     body = await request.body()
     received = await run_in_threadpool(web.callbacks.receive, job_id, token, body, request.headers)
-    return JSONResponse({"code": received.outcome.status, "msg": received.message},
-                        status_code=received.outcome.status)  # fmt: skip
+    return JSONResponse({"code": received.outcome.status, "msg": received.message}, status_code=received.outcome.status)
+
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}}, summary="Liveness")
 def healthz(web: WebDep) -> Any:
@@ -52,13 +66,14 @@ def healthz(web: WebDep) -> Any:
     workers = web.workers_seen()
     return Health(status="ok" if workers else "degraded", redis=True, workers=workers)
 
+
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
-                     "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Prometheus text format"}
+    },
     summary="Prometheus metrics, read from Redis at scrape time",
-)  # fmt: skip
+)
 def metrics(web: WebDep) -> Response:
     return Response(generate_latest(web.registry), media_type=CONTENT_TYPE_LATEST)
-

@@ -32,17 +32,16 @@ class Deployment:
         self.settings: Settings = settings_from(env)
         self.producer = Producer(self.settings)
         self.s3 = boto3.client(
-            "s3", endpoint_url=s3_url, region_name="us-east-1",
-            aws_access_key_id="local", aws_secret_access_key="local",
-        )  # fmt: skip
+            "s3",
+            endpoint_url=s3_url,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
 
     # -- processes ----------------------------------------------------------------------------------
-    def start_worker(
-        self, queue: str, *, concurrency: int = 2, env: Mapping[str, str] | None = None
-    ) -> Service:
-        service = services.start_worker(
-            self.stack, {**self.env, **(env or {})}, queue, concurrency=concurrency
-        )
+    def start_worker(self, queue: str, *, concurrency: int = 2, env: Mapping[str, str] | None = None) -> Service:
+        service = services.start_worker(self.stack, {**self.env, **(env or {})}, queue, concurrency=concurrency)
         self.workers.setdefault(queue, []).append(service)
         return service
 
@@ -50,9 +49,7 @@ class Deployment:
     def sim(self, path: str, payload: Mapping[str, Any] | None = None) -> Any:
         url = f"{self.simulator.url}/__sim__/{path}"
         response = (
-            requests.post(url, json=payload, timeout=10)
-            if payload is not None
-            else requests.get(url, timeout=10)
+            requests.post(url, json=payload, timeout=10) if payload is not None else requests.get(url, timeout=10)
         )
         response.raise_for_status()
         return response.json()
@@ -105,11 +102,17 @@ def deployment(
         s3_url = stack.s3()
         simulator = stack.simulator(list(simulator_args))
         full_env = services.deployment_env(
-            redis_url=redis_url, s3_url=s3_url, simulator_url=simulator.url, bucket=bucket,
-            extra={"IMAGINEQ_POLL__SCHEDULE": FAST_POLL, "IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "0.5",
-                   # "{simulator}" in a value (e.g. account base URLs) stands for the simulator's URL.
-                   **{name: value.replace("{simulator}", simulator.url) for name, value in (env or {}).items()}},
-        )  # fmt: skip
+            redis_url=redis_url,
+            s3_url=s3_url,
+            simulator_url=simulator.url,
+            bucket=bucket,
+            extra={
+                "IMAGINEQ_POLL__SCHEDULE": FAST_POLL,
+                "IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "0.5",
+                # "{simulator}" in a value (e.g. account base URLs) stands for the simulator's URL.
+                **{name: value.replace("{simulator}", simulator.url) for name, value in (env or {}).items()},
+            },
+        )
         deployed = Deployment(stack, full_env, simulator, s3_url)
         from workers.storage import Storage
 

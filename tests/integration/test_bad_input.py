@@ -119,10 +119,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 def web_url(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with services.terminate_on_signals(), LocalStack(tmp_path_factory.mktemp("bad-input-web")) as stack:
         env = {
-            "IMAGINEQ_REDIS_URL": redis_server, "IMAGINEQ_API_KEY": "sim-key",
-            "IMAGINEQ_INGRESS_TOKENS": json.dumps([TOKEN]), "IMAGINEQ_INGRESS_MAX_BODY_BYTES": str(MAX_BODY),
-            "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY, "IMAGINEQ_CALLBACKS__MAX_AGE_S": "300",
-        }  # fmt: skip
+            "IMAGINEQ_REDIS_URL": redis_server,
+            "IMAGINEQ_API_KEY": "sim-key",
+            "IMAGINEQ_INGRESS_TOKENS": json.dumps([TOKEN]),
+            "IMAGINEQ_INGRESS_MAX_BODY_BYTES": str(MAX_BODY),
+            "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
+            "IMAGINEQ_CALLBACKS__MAX_AGE_S": "300",
+        }
         yield services.start_web(stack, env).url
 
 
@@ -135,30 +138,62 @@ def web(web_url: str, redis_url: str) -> str:
 
 #: (case, request fields, Python API / batch message, HTTP 422 loc, HTTP 422 msg)
 REQUEST_CASES = [
-    ("empty prompt", {"prompt": ""},
-     "prompt: must not be empty", ["body", "prompt"], "String should have at least 1 character"),
-    ("blank prompt", {"prompt": "  \n\t "},
-     "prompt: must not be empty", ["body", "prompt"], "String should match pattern"),
-    ("5,001-character prompt", {"prompt": "x" * 5001},
-     "prompt: must be at most 5000 characters (got 5001)", ["body", "prompt"],
-     "String should have at most 5000 characters"),
-    ("prompt of the wrong type", {"prompt": 42},
-     "prompt: must be a string (got int)", ["body", "prompt"], "Input should be a valid string"),
+    (
+        "empty prompt",
+        {"prompt": ""},
+        "prompt: must not be empty",
+        ["body", "prompt"],
+        "String should have at least 1 character",
+    ),
+    (
+        "blank prompt",
+        {"prompt": "  \n\t "},
+        "prompt: must not be empty",
+        ["body", "prompt"],
+        "String should match pattern",
+    ),
+    (
+        "5,001-character prompt",
+        {"prompt": "x" * 5001},
+        "prompt: must be at most 5000 characters (got 5001)",
+        ["body", "prompt"],
+        "String should have at most 5000 characters",
+    ),
+    (
+        "prompt of the wrong type",
+        {"prompt": 42},
+        "prompt: must be a string (got int)",
+        ["body", "prompt"],
+        "Input should be a valid string",
+    ),
     ("prompt missing", {"mode": "fun"}, "prompt: is required", ["body", "prompt"], "Field required"),
-    ("unknown aspect ratio", {"prompt": "a cat", "aspect_ratio": "16:9"},
-     "aspect_ratio: must be one of 2:3, 3:2, 1:1 (got '16:9')", ["body", "aspect_ratio"],
-     "Input should be '2:3', '3:2' or '1:1'"),
-    ("unknown mode", {"prompt": "a cat", "mode": "wild"},
-     "mode: must be one of fun, normal, spicy (got 'wild')", ["body", "mode"],
-     "Input should be 'fun', 'normal' or 'spicy'"),
-    ("unpaired surrogate (text that is not UTF-8)", {"prompt": "a cat \ud800"},
-     "prompt: must be valid UTF-8 text (unpaired surrogate at character 6)", ["body", "prompt"],
-     "Input should be a valid string, unable to parse raw data as a unicode string"),
-]  # fmt: skip
+    (
+        "unknown aspect ratio",
+        {"prompt": "a cat", "aspect_ratio": "16:9"},
+        "aspect_ratio: must be one of 2:3, 3:2, 1:1 (got '16:9')",
+        ["body", "aspect_ratio"],
+        "Input should be '2:3', '3:2' or '1:1'",
+    ),
+    (
+        "unknown mode",
+        {"prompt": "a cat", "mode": "wild"},
+        "mode: must be one of fun, normal, spicy (got 'wild')",
+        ["body", "mode"],
+        "Input should be 'fun', 'normal' or 'spicy'",
+    ),
+    (
+        "unpaired surrogate (text that is not UTF-8)",
+        {"prompt": "a cat \ud800"},
+        "prompt: must be valid UTF-8 text (unpaired surrogate at character 6)",
+        ["body", "prompt"],
+        "Input should be a valid string, unable to parse raw data as a unicode string",
+    ),
+]
 
 
-@pytest.mark.parametrize(("fields", "message"), [(c[1], c[2]) for c in REQUEST_CASES],
-                         ids=[c[0] for c in REQUEST_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fields", "message"), [(c[1], c[2]) for c in REQUEST_CASES], ids=[c[0] for c in REQUEST_CASES]
+)
 def test_python_api_names_the_field_and_the_limit_and_writes_nothing(
     producer: Producer, raw_redis: redis.Redis, fields: dict[str, Any], message: str
 ) -> None:
@@ -179,15 +214,17 @@ def test_python_api_refuses_the_whole_list_when_one_item_is_bad(producer: Produc
     )
 
 
-@pytest.mark.parametrize(("fields", "loc", "msg"), [(c[1], c[3], c[4]) for c in REQUEST_CASES],
-                         ids=[c[0] for c in REQUEST_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fields", "loc", "msg"), [(c[1], c[3], c[4]) for c in REQUEST_CASES], ids=[c[0] for c in REQUEST_CASES]
+)
 def test_http_answers_422_naming_the_field_and_writes_nothing(
     web: str, raw_redis: redis.Redis, fields: dict[str, Any], loc: list[Any], msg: str
 ) -> None:
     body = json.dumps(fields)  # ensure_ascii: a surrogate travels as the JSON escape "\ud800"
     with nothing_written(raw_redis):
-        response = requests.post(f"{web}/v1/jobs", data=body, headers={**AUTH, "Content-Type": "application/json"},
-                                 timeout=30)  # fmt: skip
+        response = requests.post(
+            f"{web}/v1/jobs", data=body, headers={**AUTH, "Content-Type": "application/json"}, timeout=30
+        )
     assert response.status_code == 422, response.text
     [issue] = response.json()["detail"]
     assert issue["loc"] == loc
@@ -196,16 +233,16 @@ def test_http_answers_422_naming_the_field_and_writes_nothing(
 
 def test_http_unknown_field_is_422_extra_forbidden(web: str, raw_redis: redis.Redis):
     with nothing_written(raw_redis):
-        response = requests.post(f"{web}/v1/jobs", json={"prompt": "a cat", "colour": "red"}, headers=AUTH,
-                                 timeout=30)  # fmt: skip
+        response = requests.post(f"{web}/v1/jobs", json={"prompt": "a cat", "colour": "red"}, headers=AUTH, timeout=30)
     assert response.status_code == 422
     assert response.json()["detail"] == [
         {"loc": ["body", "colour"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
     ]
 
 
-@pytest.mark.parametrize(("fields", "message"), [(c[1], c[2]) for c in REQUEST_CASES],
-                         ids=[c[0] for c in REQUEST_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fields", "message"), [(c[1], c[2]) for c in REQUEST_CASES], ids=[c[0] for c in REQUEST_CASES]
+)
 def test_a_batch_reports_the_bad_line_and_keeps_the_good_ones(
     settings: Settings, tmp_path: Path, fields: dict[str, Any], message: str
 ) -> None:
@@ -231,20 +268,28 @@ def test_a_batch_line_with_unknown_fields_is_reported(settings: Settings, tmp_pa
 #: (case, argv, stderr) — exit code 2 (usage) for each.
 CLI_CASES = [
     ("empty prompt", ["submit", ""], "error: prompt: must not be empty\n"),
-    ("5,001-character prompt", ["submit", "x" * 5001],
-     "error: prompt: must be at most 5000 characters (got 5001)\n"),
-    ("unknown aspect ratio", ["submit", "a cat", "--aspect-ratio", "16:9"],
-     "error: aspect_ratio: must be one of 2:3, 3:2, 1:1 (got '16:9')\n"),
-    ("unknown mode", ["submit", "a cat", "--mode", "wild"],
-     "error: mode: must be one of fun, normal, spicy (got 'wild')\n"),
-]  # fmt: skip
+    ("5,001-character prompt", ["submit", "x" * 5001], "error: prompt: must be at most 5000 characters (got 5001)\n"),
+    (
+        "unknown aspect ratio",
+        ["submit", "a cat", "--aspect-ratio", "16:9"],
+        "error: aspect_ratio: must be one of 2:3, 3:2, 1:1 (got '16:9')\n",
+    ),
+    (
+        "unknown mode",
+        ["submit", "a cat", "--mode", "wild"],
+        "error: mode: must be one of fun, normal, spicy (got 'wild')\n",
+    ),
+]
 
 
 @pytest.mark.parametrize(("argv", "stderr"), [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_cli_exits_2_with_the_field_and_the_limit(
-    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str], raw_redis: redis.Redis, argv: list[str],
+    cli_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    raw_redis: redis.Redis,
+    argv: list[str],
     stderr: str,
-) -> None:  # fmt: skip
+) -> None:
     with nothing_written(raw_redis):
         assert run_cli(capsys, *argv) == (cli.EXIT_USAGE, stderr)
 
@@ -254,8 +299,13 @@ def test_cli_argument_that_is_not_utf8_exits_2(redis_url: str, raw_redis: redis.
     env = {name: value for name, value in os.environ.items() if not name.startswith("IMAGINEQ_")}
     env.update(IMAGINEQ_REDIS_URL=redis_url, IMAGINEQ_API_KEY="sim-key", LC_ALL="C.UTF-8")
     with nothing_written(raw_redis):
-        done = subprocess.run([sys.executable, "-m", "producers.cli", "submit", b"a cat \xff"], env=env,
-                              cwd=tmp_path, capture_output=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "producers.cli", "submit", b"a cat \xff"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+        )
     assert done.returncode == cli.EXIT_USAGE
     assert done.stderr == b"error: prompt: must be valid UTF-8 text (unpaired surrogate at character 6)\n"
 
@@ -265,16 +315,24 @@ def test_cli_argument_that_is_not_utf8_exits_2(redis_url: str, raw_redis: redis.
 
 def test_http_body_that_is_not_utf8_is_400(web: str, raw_redis: redis.Redis):
     with nothing_written(raw_redis):
-        response = requests.post(f"{web}/v1/jobs", data=b'{"prompt": "a cat \xff"}',
-                                 headers={**AUTH, "Content-Type": "application/json"}, timeout=30)  # fmt: skip
+        response = requests.post(
+            f"{web}/v1/jobs",
+            data=b'{"prompt": "a cat \xff"}',
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=30,
+        )
     assert response.status_code == 400
     assert response.json() == {"detail": "There was an error parsing the body"}
 
 
 def test_http_body_that_is_not_json_is_422(web: str, raw_redis: redis.Redis):
     with nothing_written(raw_redis):
-        response = requests.post(f"{web}/v1/jobs", data=b'{"prompt": "a cat"',
-                                 headers={**AUTH, "Content-Type": "application/json"}, timeout=30)  # fmt: skip
+        response = requests.post(
+            f"{web}/v1/jobs",
+            data=b'{"prompt": "a cat"',
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=30,
+        )
     assert response.status_code == 422
     [issue] = response.json()["detail"]
     assert issue["type"] == "json_invalid" and issue["loc"][0] == "body"
@@ -284,19 +342,22 @@ def test_http_body_that_is_not_json_is_422(web: str, raw_redis: redis.Redis):
 def test_http_body_over_the_limit_is_413(web: str, raw_redis: redis.Redis, declared: bool):
     body = json.dumps([{"prompt": "y" * 4000}] * 300).encode()  # ≈ 1.2 MB > 1 MiB
     assert len(body) > MAX_BODY
-    payload: bytes | Iterator[bytes] = body if declared else iter([body[i : i + 65536]
-                                                                   for i in range(0, len(body), 65536)])
+    payload: bytes | Iterator[bytes] = (
+        body if declared else iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+    )
     with nothing_written(raw_redis):
-        response = requests.post(f"{web}/v1/jobs", data=payload,
-                                 headers={**AUTH, "Content-Type": "application/json"}, timeout=30)  # fmt: skip
+        response = requests.post(
+            f"{web}/v1/jobs", data=payload, headers={**AUTH, "Content-Type": "application/json"}, timeout=30
+        )
     assert response.status_code == 413
     assert response.json() == {"detail": f"request body larger than {MAX_BODY} bytes"}
 
 
 def test_a_batch_with_broken_json_and_non_utf8_lines_reports_each(settings: Settings, tmp_path: Path):
     source = tmp_path / "broken.jsonl"
-    source.write_bytes(b'{"prompt": "good one"}\n{"prompt": "no end\n\xff\xfe{"prompt": "x"}\n[1, 2]\n'
-                       b'{"prompt": "good two"}\n')  # fmt: skip
+    source.write_bytes(
+        b'{"prompt": "good one"}\n{"prompt": "no end\n\xff\xfe{"prompt": "x"}\n[1, 2]\n{"prompt": "good two"}\n'
+    )
     result = submit_batch(settings, source)
     assert [(bad.line, bad.error) for bad in result.bad_lines] == [
         (2, "invalid JSON: Unterminated string starting at: line 1 column 12 (char 11)"),
@@ -366,8 +427,9 @@ def generating(settings: Settings) -> Iterator[tuple[str, str, str]]:
     job, _ = jobs.create(JobRequest(prompt="a callback"))
     assert jobs.transition(job.id, JobState.SUBMITTING, expect=JobState.QUEUED)
     assert quota.acquire_slot(job.id).account == "default"
-    jobs.update(job.id, expect=JobState.SUBMITTING,
-                fields={"account": "default", "callback_token_hash": token_hash("secret")})  # fmt: skip
+    jobs.update(
+        job.id, expect=JobState.SUBMITTING, fields={"account": "default", "callback_token_hash": token_hash("secret")}
+    )
     assert jobs.transition(job.id, JobState.GENERATING, expect=JobState.SUBMITTING, fields={"task_id": "t-1"})
     yield job.id, "secret", "t-1"
     client.close()
@@ -385,31 +447,89 @@ def signed(task_id: str, at: float | None = None, key: str = HMAC_KEY) -> dict[s
 
 #: (case, path suffix, body, headers factory, status, msg, counter)
 CALLBACK_CASES: list[tuple[str, str, Callable[[str], bytes], Callable[[str], dict[str, str]], int, str, str]] = [
-    ("forged signature", "{job}/{token}", callback_body, lambda t: signed(t, key="not-the-key"), 401,
-     "signature does not match", "bad_signature"),
-    ("unsigned", "{job}/{token}", callback_body, lambda t: {}, 401,
-     "X-Webhook-Timestamp and X-Webhook-Signature required", "bad_signature"),
-    ("replayed (stale) timestamp", "{job}/{token}", callback_body, lambda t: signed(t, time.time() - 301),
-     401, "timestamp older than 300s", "stale"),
-    ("unknown job", "0123456789abcdef0123456789abcdef/{token}", callback_body, signed, 404, "unknown job",
-     "unknown_job"),
-    ("wrong per-job secret", "{job}/not-the-secret", callback_body, signed, 403, "wrong callback secret",
-     "bad_token"),
-    ("malformed body (not JSON)", "{job}/{token}", lambda t: b"{code: 200", signed, 400, "body is not JSON",
-     "bad_body"),
-    ("malformed body (no data)", "{job}/{token}", lambda t: b'{"code": 200}', signed, 400,
-     "body must be an object with a data object", "bad_body"),
-    ("malformed body (no taskId)", "{job}/{token}", lambda t: b'{"code": 200, "data": {"state": "success"}}',
-     signed, 400, "no taskId", "bad_body"),
-]  # fmt: skip
+    (
+        "forged signature",
+        "{job}/{token}",
+        callback_body,
+        lambda t: signed(t, key="not-the-key"),
+        401,
+        "signature does not match",
+        "bad_signature",
+    ),
+    (
+        "unsigned",
+        "{job}/{token}",
+        callback_body,
+        lambda t: {},
+        401,
+        "X-Webhook-Timestamp and X-Webhook-Signature required",
+        "bad_signature",
+    ),
+    (
+        "replayed (stale) timestamp",
+        "{job}/{token}",
+        callback_body,
+        lambda t: signed(t, time.time() - 301),
+        401,
+        "timestamp older than 300s",
+        "stale",
+    ),
+    (
+        "unknown job",
+        "0123456789abcdef0123456789abcdef/{token}",
+        callback_body,
+        signed,
+        404,
+        "unknown job",
+        "unknown_job",
+    ),
+    ("wrong per-job secret", "{job}/not-the-secret", callback_body, signed, 403, "wrong callback secret", "bad_token"),
+    (
+        "malformed body (not JSON)",
+        "{job}/{token}",
+        lambda t: b"{code: 200",
+        signed,
+        400,
+        "body is not JSON",
+        "bad_body",
+    ),
+    (
+        "malformed body (no data)",
+        "{job}/{token}",
+        lambda t: b'{"code": 200}',
+        signed,
+        400,
+        "body must be an object with a data object",
+        "bad_body",
+    ),
+    (
+        "malformed body (no taskId)",
+        "{job}/{token}",
+        lambda t: b'{"code": 200, "data": {"state": "success"}}',
+        signed,
+        400,
+        "no taskId",
+        "bad_body",
+    ),
+]
 
 
-@pytest.mark.parametrize(("path", "body", "headers", "status", "msg", "counter"), [c[1:] for c in CALLBACK_CASES],
-                         ids=[c[0] for c in CALLBACK_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "msg", "counter"),
+    [c[1:] for c in CALLBACK_CASES],
+    ids=[c[0] for c in CALLBACK_CASES],
+)
 def test_a_refused_callback_changes_nothing(
-    web: str, raw_redis: redis.Redis, generating: tuple[str, str, str], path: str,
-    body: Callable[[str], bytes], headers: Callable[[str], dict[str, str]], status: int, msg: str, counter: str,
-) -> None:  # fmt: skip
+    web: str,
+    raw_redis: redis.Redis,
+    generating: tuple[str, str, str],
+    path: str,
+    body: Callable[[str], bytes],
+    headers: Callable[[str], dict[str, str]],
+    status: int,
+    msg: str,
+    counter: str,
+) -> None:
     job_id, token, task_id = generating
     url = f"{web}/v1/callbacks/" + path.format(job=job_id, token=token)
     with nothing_written(raw_redis):  # job still generating, lease held, no store message, nothing stashed
@@ -476,11 +596,17 @@ class _Upstream(BaseHTTPRequestHandler):
         "html": (200, "text/html", b"<html>502 Bad Gateway</html>"),
         "no-state": (200, "application/json", b'{"code": 200, "msg": "ok", "data": {"taskId": "t-1"}}'),
         "no-data": (200, "application/json", b'{"code": 200, "msg": "ok"}'),
-        "other-task": (200, "application/json",
-                       b'{"code": 200, "msg": "ok", "data": {"taskId": "t-2", "state": "success"}}'),
-        "bad-result": (200, "application/json",
-                       b'{"code": 200, "data": {"taskId": "t-1", "state": "success", "resultJson": "{oops"}}'),
-    }  # fmt: skip
+        "other-task": (
+            200,
+            "application/json",
+            b'{"code": 200, "msg": "ok", "data": {"taskId": "t-2", "state": "success"}}',
+        ),
+        "bad-result": (
+            200,
+            "application/json",
+            b'{"code": 200, "data": {"taskId": "t-1", "state": "success", "resultJson": "{oops"}}',
+        ),
+    }
 
     def do_GET(self) -> None:
         status, kind, body = self.answers[self.path.split("/")[1]]
@@ -511,26 +637,52 @@ def http_server() -> Callable[[type[BaseHTTPRequestHandler]], str]:
 
 
 RESULT_CASES = [
-    ("redirect to a non-http scheme", "/redirect-ftp", BadResult, "bad_result",
-     "redirect to a non-http(s) URL (ftp:) ({url}/redirect-ftp)"),
-    ("HTML instead of a video", "/html", BadResult, "bad_result",
-     "result is text/html, not a video ({url}/html)"),
-    ("larger than the cap (announced)", "/big", ResultTooLarge, "too_large",
-     f"result is {2 * CAP} bytes, over the cap of {CAP} ({{url}}/big)"),
-    ("larger than the cap (while streaming)", "/big-chunked", ResultTooLarge, "too_large",
-     f"result exceeds the cap of {CAP} bytes while streaming ({{url}}/big-chunked)"),
-]  # fmt: skip
+    (
+        "redirect to a non-http scheme",
+        "/redirect-ftp",
+        BadResult,
+        "bad_result",
+        "redirect to a non-http(s) URL (ftp:) ({url}/redirect-ftp)",
+    ),
+    ("HTML instead of a video", "/html", BadResult, "bad_result", "result is text/html, not a video ({url}/html)"),
+    (
+        "larger than the cap (announced)",
+        "/big",
+        ResultTooLarge,
+        "too_large",
+        f"result is {2 * CAP} bytes, over the cap of {CAP} ({{url}}/big)",
+    ),
+    (
+        "larger than the cap (while streaming)",
+        "/big-chunked",
+        ResultTooLarge,
+        "too_large",
+        f"result exceeds the cap of {CAP} bytes while streaming ({{url}}/big-chunked)",
+    ),
+]
 
 
-@pytest.mark.parametrize(("path", "error", "reason", "message"), [c[1:] for c in RESULT_CASES],
-                         ids=[c[0] for c in RESULT_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "error", "reason", "message"), [c[1:] for c in RESULT_CASES], ids=[c[0] for c in RESULT_CASES]
+)
 def test_a_result_url_we_must_not_store_fails_the_job_and_writes_no_object(
-    s3_endpoint: str, s3_bucket: str, http_server: Callable[[type[BaseHTTPRequestHandler]], str], path: str,
-    error: type[StorageError], reason: str, message: str,
-) -> None:  # fmt: skip
+    s3_endpoint: str,
+    s3_bucket: str,
+    http_server: Callable[[type[BaseHTTPRequestHandler]], str],
+    path: str,
+    error: type[StorageError],
+    reason: str,
+    message: str,
+) -> None:
     base = http_server(_Results)
-    s3 = S3Settings(bucket=s3_bucket, endpoint_url=s3_endpoint, max_download_bytes=CAP, part_size_mb=5,
-                    access_key_id="testing", secret_access_key="testing")  # type: ignore[arg-type]  # fmt: skip
+    s3 = S3Settings(
+        bucket=s3_bucket,
+        endpoint_url=s3_endpoint,
+        max_download_bytes=CAP,
+        part_size_mb=5,
+        access_key_id="testing",
+        secret_access_key="testing",
+    )  # type: ignore[arg-type]
     storage = Storage(s3, HttpSettings())
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS)
 
@@ -538,8 +690,15 @@ def test_a_result_url_we_must_not_store_fails_the_job_and_writes_no_object(
         return [item["Key"] for item in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
 
     with pytest.raises(error) as raised:
-        storage.store(job_id="j1", task_id="t1", account="default", url=base + path,
-                      created_at=datetime.now(UTC), prompt_sha256="0" * 64, sidecar={})  # fmt: skip
+        storage.store(
+            job_id="j1",
+            task_id="t1",
+            account="default",
+            url=base + path,
+            created_at=datetime.now(UTC),
+            prompt_sha256="0" * 64,
+            sidecar={},
+        )
     assert objects() == [] and client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
     assert (raised.value.reason, raised.value.retryable) == (reason, False)  # the store task fails the job
     assert str(raised.value) == message.format(url=base)
@@ -553,7 +712,7 @@ RECORD_CASES = [
     ("no data", "no-data", "recordInfo: bad response: data is NoneType, not an object"),
     ("another task's record", "other-task", "recordInfo: bad response: asked for task t-1, got t-2"),
     ("resultJson that is not JSON", "bad-result", "recordInfo: bad response: resultJson is not JSON"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("path", "message"), [c[1:] for c in RECORD_CASES], ids=[c[0] for c in RECORD_CASES])
@@ -571,24 +730,36 @@ def test_a_garbled_record_info_is_a_retryable_bad_response(
 # -- 6. settings -------------------------------------------------------------------------------------------
 
 SETTINGS_CASES = [
-    ("negative limit", {"IMAGINEQ_QUOTA_WAIT_MAX_S": "-1"},
-     "Invalid configuration:\n  quota_wait_max_s [IMAGINEQ_QUOTA_WAIT_MAX_S]: Input should be greater than 0 "
-     "(got '-1')\n"),
-    ("negative account limit", {"IMAGINEQ_ACCOUNTS": json.dumps([{"name": "a", "api_key": "k",
-                                                                  "max_in_progress": -5}])},
-     "Invalid configuration:\n  accounts.0.max_in_progress [IMAGINEQ_ACCOUNTS]: Input should be greater than "
-     "or equal to 1 (got -5)\n"),
-    ("negative size cap", {"IMAGINEQ_S3__MAX_DOWNLOAD_BYTES": "-1"},
-     "Invalid configuration:\n  s3.max_download_bytes [IMAGINEQ_S3]: Input should be greater than or equal to 1 "
-     "(got '-1')\n"),
-]  # fmt: skip
+    (
+        "negative limit",
+        {"IMAGINEQ_QUOTA_WAIT_MAX_S": "-1"},
+        "Invalid configuration:\n  quota_wait_max_s [IMAGINEQ_QUOTA_WAIT_MAX_S]: Input should be greater than 0 "
+        "(got '-1')\n",
+    ),
+    (
+        "negative account limit",
+        {"IMAGINEQ_ACCOUNTS": json.dumps([{"name": "a", "api_key": "k", "max_in_progress": -5}])},
+        "Invalid configuration:\n  accounts.0.max_in_progress [IMAGINEQ_ACCOUNTS]: Input should be greater than "
+        "or equal to 1 (got -5)\n",
+    ),
+    (
+        "negative size cap",
+        {"IMAGINEQ_S3__MAX_DOWNLOAD_BYTES": "-1"},
+        "Invalid configuration:\n  s3.max_download_bytes [IMAGINEQ_S3]: Input should be greater than or equal to 1 "
+        "(got '-1')\n",
+    ),
+]
 
 
 @pytest.mark.parametrize(("env", "stderr"), [c[1:] for c in SETTINGS_CASES], ids=[c[0] for c in SETTINGS_CASES])
 def test_cli_with_bad_settings_exits_2_and_lists_the_field(
-    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    raw_redis: redis.Redis, env: dict[str, str], stderr: str,
-) -> None:  # fmt: skip
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    raw_redis: redis.Redis,
+    env: dict[str, str],
+    stderr: str,
+) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with nothing_written(raw_redis):
@@ -598,8 +769,9 @@ def test_cli_with_bad_settings_exits_2_and_lists_the_field(
 def test_a_worker_without_an_api_key_refuses_to_start(redis_url: str, tmp_path: Path):
     env = {name: value for name, value in os.environ.items() if not name.startswith("IMAGINEQ_")}
     env["IMAGINEQ_REDIS_URL"] = redis_url
-    done = subprocess.run(services.worker_argv("submit", concurrency=1), env=env, cwd=tmp_path,
-                          capture_output=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        services.worker_argv("submit", concurrency=1), env=env, cwd=tmp_path, capture_output=True, timeout=120
+    )
     assert done.returncode == 2, done.stderr.decode(errors="replace")[-2000:]
     assert done.stderr.decode().endswith(
         "Invalid configuration:\n  accounts: no upstream account configured; set IMAGINEQ_API_KEY or "
@@ -651,4 +823,3 @@ def peak_rss() -> Iterator[Callable[[], int]]:
         stop.set()
         sampler.join()
         peak[0] = max(peak[0], process.memory_info().rss)
-

@@ -32,8 +32,11 @@ def write_batch(path: Path, lines: int = 50) -> None:
         if number in BAD:
             rows.append(BAD[number])
         elif number % 2:
-            rows.append(json.dumps({"id": f"line-{number}", "prompt": f"A lighthouse number {number}",
-                                    "metadata": {"n": number}}))  # fmt: skip
+            rows.append(
+                json.dumps(
+                    {"id": f"line-{number}", "prompt": f"A lighthouse number {number}", "metadata": {"n": number}}
+                )
+            )
         else:
             rows.append(json.dumps({"prompt": f"A windmill number {number}", "aspect_ratio": "1:1"}))
     path.write_text("\n".join(rows) + "\n")
@@ -41,9 +44,7 @@ def write_batch(path: Path, lines: int = 50) -> None:
 
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with deployment(
-        tmp_path_factory.mktemp("batch"), workers={"submit": 2, "poll": 2, "store": 2}
-    ) as deployed:
+    with deployment(tmp_path_factory.mktemp("batch"), workers={"submit": 2, "poll": 2, "store": 2}) as deployed:
         yield deployed
 
 
@@ -67,8 +68,7 @@ def test_a_50_line_batch_ends_with_a_correct_manifest_and_a_resubmit_creates_not
     assert (result.status.lines, result.status.good, result.status.bad) == (50, 46, 4)
     assert {bad.line for bad in result.bad_lines} == set(BAD)
     assert "duplicate id 'line-3' (first on line 3)" in {bad.error for bad in result.bad_lines}
-    *_, done = wait_until_finished(submitter.batches, result.status.id, submitter.files, interval_s=0.2,
-                                   timeout_s=180)  # fmt: skip
+    *_, done = wait_until_finished(submitter.batches, result.status.id, submitter.files, interval_s=0.2, timeout_s=180)
     assert done.done and done.states == {"stored": 46}
 
     manifest = [json.loads(line) for line in (tmp_path / "prompts.results.jsonl").read_text().splitlines()]

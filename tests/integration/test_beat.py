@@ -27,8 +27,7 @@ SENT = "Sending due task imagineq-reconcile"
 
 
 def beat(stack: LocalStack, env: dict[str, str], name: str) -> Service:
-    argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", "redbeat.RedBeatScheduler",
-            "-l", "INFO"]  # fmt: skip
+    argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", "redbeat.RedBeatScheduler", "-l", "INFO"]
     return stack.spawn(name, argv, env)
 
 
@@ -44,13 +43,18 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
 
 def test_two_beats_only_the_lock_holder_schedules_and_the_other_takes_over(stack: LocalStack):
     redis_url = stack.redis()
-    env = {"IMAGINEQ_REDIS_URL": redis_url, "IMAGINEQ_REDIS_PREFIX": "beat",
-           "IMAGINEQ_RECONCILE_INTERVAL_S": "1", "IMAGINEQ_BEAT_LOCK_TIMEOUT_S": "3"}  # fmt: skip
+    env = {
+        "IMAGINEQ_REDIS_URL": redis_url,
+        "IMAGINEQ_REDIS_PREFIX": "beat",
+        "IMAGINEQ_RECONCILE_INTERVAL_S": "1",
+        "IMAGINEQ_BEAT_LOCK_TIMEOUT_S": "3",
+    }
     first = beat(stack, env, "beat-1")
     wait_until(lambda: sends(first) >= 1, 60, "the first beat to schedule")
     second = beat(stack, env, "beat-2")
-    wait_until(lambda: "beat: Starting" in second.log_path.read_text() and sends(first) >= 6, 60,
-               "both beats to run a while")  # fmt: skip
+    wait_until(
+        lambda: "beat: Starting" in second.log_path.read_text() and sends(first) >= 6, 60, "both beats to run a while"
+    )
 
     assert sends(second) == 0, second.log_tail()
     client = redis.Redis.from_url(redis_url)
@@ -103,10 +107,16 @@ def test_an_s3_inbox_is_moved_under_the_processed_prefix(stack: LocalStack, s3_e
     s3.put_object(Bucket=s3_bucket, Key="inbox/wednesday.jsonl", Body=lines("wednesday", 4).encode())
     s3.put_object(Bucket=s3_bucket, Key="inbox/deeper/skip.jsonl", Body=b"{}\n")
     settings: Settings = load_settings(
-        redis_url=stack.redis(), inbox=f"s3://{s3_bucket}/inbox/", processed=f"s3://{s3_bucket}/done/",
-        s3={"endpoint_url": s3_endpoint, "bucket": s3_bucket, "access_key_id": "testing",
-            "secret_access_key": "testing"},
-    )  # fmt: skip
+        redis_url=stack.redis(),
+        inbox=f"s3://{s3_bucket}/inbox/",
+        processed=f"s3://{s3_bucket}/done/",
+        s3={
+            "endpoint_url": s3_endpoint,
+            "bucket": s3_bucket,
+            "access_key_id": "testing",
+            "secret_access_key": "testing",
+        },
+    )
 
     picked = run_inbox(settings)
 

@@ -27,9 +27,12 @@ def test_workers_survive_redis_restarts(tmp_path: Path) -> None:
         s3_url = stack.s3()
         simulator = stack.simulator(["--gen-time", "0.5:1", "--video-bytes", "4096"])
         env = services.deployment_env(
-            redis_url=redis_service.url, s3_url=s3_url, simulator_url=simulator.url, bucket="restarts",
+            redis_url=redis_service.url,
+            s3_url=s3_url,
+            simulator_url=simulator.url,
+            bucket="restarts",
             extra={"IMAGINEQ_POLL__SCHEDULE": FAST_POLL},
-        )  # fmt: skip
+        )
         dep = Deployment(stack, env, simulator, s3_url)
         Storage(dep.settings.s3, dep.settings.http).ensure_bucket()
         workers = [dep.start_worker(queue) for queue in QUEUES]

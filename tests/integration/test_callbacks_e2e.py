@@ -33,8 +33,16 @@ def callback_deployment(log_dir: Path, **poll: str) -> Iterator[tuple[Deployment
         "IMAGINEQ_INGRESS_TOKENS": json.dumps(["e2e-token"]),
         **{f"IMAGINEQ_POLL__{name.upper()}": value for name, value in poll.items()},
     }
-    simulator_args = ("--gen-time", "0.3:0.8", "--video-bytes", str(VIDEO_BYTES), "--hmac-key", HMAC_KEY,
-                      "--callback-backoff-s", "0.2")  # fmt: skip
+    simulator_args = (
+        "--gen-time",
+        "0.3:0.8",
+        "--video-bytes",
+        str(VIDEO_BYTES),
+        "--hmac-key",
+        HMAC_KEY,
+        "--callback-backoff-s",
+        "0.2",
+    )
     with deployment(log_dir, simulator_args=simulator_args, env=env) as dep:
         web = services.start_web(dep.stack, dep.env, port=port)
         yield dep, web.url
@@ -43,9 +51,7 @@ def callback_deployment(log_dir: Path, **poll: str) -> Iterator[tuple[Deployment
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, str]]:
     """Callbacks with a safety-net poll that first looks after 3 s, then every second."""
-    with callback_deployment(
-        tmp_path_factory.mktemp("callbacks"), safety_first_s="3", safety_interval_s="1"
-    ) as d:
+    with callback_deployment(tmp_path_factory.mktemp("callbacks"), safety_first_s="3", safety_interval_s="1") as d:
         yield d
 
 
@@ -130,9 +136,7 @@ def test_callback_and_poll_racing_store_each_job_exactly_once(tmp_path: Path):
         for job in jobs:
             bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
             listed = dep.s3.list_objects_v2(Bucket=bucket, Prefix=key.removesuffix(".mp4"))
-            assert sorted(o["Key"] for o in listed["Contents"]) == sorted(
-                [key, key.removesuffix(".mp4") + ".json"]
-            )
+            assert sorted(o["Key"] for o in listed["Contents"]) == sorted([key, key.removesuffix(".mp4") + ".json"])
         logs = "".join(w.log_path.read_text(errors="replace") for w in dep.workers["store"] if w.log_path)
         assert all(logs.count(f"store: job {job.id} stored at") == 1 for job in jobs)
         assert sum(_record_info_calls(dep, [job.task_id for job in jobs])) > 0  # polls did race

@@ -58,16 +58,26 @@ class Web:
         job, _ = self.jobs.create(JobRequest(prompt="a callback test"))
         assert self.jobs.transition(job.id, JobState.SUBMITTING, expect=JobState.QUEUED)
         assert self.quota.acquire_slot(job.id).account == "default"
-        self.jobs.update(job.id, expect=JobState.SUBMITTING,
-                         fields={"account": "default", "callback_token_hash": token_hash(token)})  # fmt: skip
-        assert self.jobs.transition(job.id, JobState.GENERATING, expect=JobState.SUBMITTING,
-                                    fields={"task_id": task_id})  # fmt: skip
+        self.jobs.update(
+            job.id, expect=JobState.SUBMITTING, fields={"account": "default", "callback_token_hash": token_hash(token)}
+        )
+        assert self.jobs.transition(
+            job.id, JobState.GENERATING, expect=JobState.SUBMITTING, fields={"task_id": task_id}
+        )
         return job.id
 
     def callback(
-        self, job_id: str, token: str, task_id: str, *, state: str = "success", code: int = 200,
-        timestamp: int | None = None, key: str = HMAC_KEY, signature: str | None = None,
-    ) -> requests.Response:  # fmt: skip
+        self,
+        job_id: str,
+        token: str,
+        task_id: str,
+        *,
+        state: str = "success",
+        code: int = 200,
+        timestamp: int | None = None,
+        key: str = HMAC_KEY,
+        signature: str | None = None,
+    ) -> requests.Response:
         data = {"taskId": task_id, "state": state, "completeTime": int(time.time() * 1000)}
         if state == "success":
             data["resultJson"] = json.dumps({"resultUrls": [f"http://files.invalid/{task_id}.mp4"]})
@@ -79,9 +89,11 @@ class Web:
             "X-Webhook-Signature": signature if signature is not None else sign(key.encode(), task_id, ts),
         }
         return requests.post(
-            f"{self.url}/v1/callbacks/{job_id}/{token}", json={"code": code, "msg": "m", "data": data},
-            headers=headers, timeout=10,
-        )  # fmt: skip
+            f"{self.url}/v1/callbacks/{job_id}/{token}",
+            json={"code": code, "msg": "m", "data": data},
+            headers=headers,
+            timeout=10,
+        )
 
     def store_messages(self) -> list[str]:
         return [json.loads(raw)["headers"]["argsrepr"] for raw in self.redis.lrange(STORE_LIST, 0, -1)]
@@ -118,16 +130,21 @@ def web(web_stack: tuple[LocalStack, Service, str]) -> Iterator[Web]:
 
 
 def test_jobs_endpoints_need_one_of_the_configured_bearer_tokens(web: Web):
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic dG9rZW4tb25lOg=="},
-                    {"Authorization": f"Bearer {TOKENS[0]}x"}):  # fmt: skip
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic dG9rZW4tb25lOg=="},
+        {"Authorization": f"Bearer {TOKENS[0]}x"},
+    ):
         assert web.post("/v1/jobs", json={"prompt": "x"}, headers=headers).status_code == 401
         response = web.get("/v1/jobs", headers=headers)
         assert response.status_code == 401
         assert response.headers["WWW-Authenticate"] == "Bearer"
     assert web.redis.llen(SUBMIT_LIST) == 0
     for token in TOKENS:
-        assert web.post("/v1/jobs", json={"prompt": "x"},
-                        headers={"Authorization": f"Bearer {token}"}).status_code == 201  # fmt: skip
+        assert (
+            web.post("/v1/jobs", json={"prompt": "x"}, headers={"Authorization": f"Bearer {token}"}).status_code == 201
+        )
 
 
 def test_callbacks_health_metrics_and_openapi_need_no_bearer_token(web: Web):
@@ -139,10 +156,7 @@ def test_callbacks_health_metrics_and_openapi_need_no_bearer_token(web: Web):
 
 def test_a_body_over_the_limit_is_refused_with_413_declared_or_streamed(web: Web):
     big = json.dumps({"prompt": "x" * (MAX_BODY + 10)})
-    assert (
-        web.post("/v1/jobs", data=big, headers={**AUTH, "Content-Type": "application/json"}).status_code
-        == 413
-    )
+    assert web.post("/v1/jobs", data=big, headers={**AUTH, "Content-Type": "application/json"}).status_code == 413
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
         for _ in range(MAX_BODY // 65536 + 2):
@@ -199,8 +213,11 @@ def test_idempotency_keys_from_the_header_or_the_field(web: Web):
     again = web.post("/v1/jobs", json={"prompt": "once"}, headers={**AUTH, "Idempotency-Key": "order-7"})
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["id"] == again.json()["id"] and again.json()["created"] is False
-    by_field = web.post("/v1/jobs", json=[{"prompt": "a", "idempotency_key": "order-7"}, {"prompt": "b"}],
-                        headers={**AUTH, "Idempotency-Key": "list-1"})  # fmt: skip
+    by_field = web.post(
+        "/v1/jobs",
+        json=[{"prompt": "a", "idempotency_key": "order-7"}, {"prompt": "b"}],
+        headers={**AUTH, "Idempotency-Key": "list-1"},
+    )
     jobs = by_field.json()["jobs"]
     assert jobs[0]["id"] == first.json()["id"] and not jobs[0]["created"]
     assert jobs[1]["idempotency_key"] == "list-1:1" and jobs[1]["created"]
@@ -216,9 +233,12 @@ def test_get_one_job_and_404(web: Web):
 
 
 def test_listing_pages_through_a_state_and_filters_by_batch(web: Web):
-    ids = [job["id"] for job in web.post("/v1/jobs", json=[
-        {"prompt": f"p{i}", "batch_id": "nightly" if i % 3 == 0 else None} for i in range(25)
-    ]).json()["jobs"]]  # fmt: skip
+    ids = [
+        job["id"]
+        for job in web.post(
+            "/v1/jobs", json=[{"prompt": f"p{i}", "batch_id": "nightly" if i % 3 == 0 else None} for i in range(25)]
+        ).json()["jobs"]
+    ]
     seen: list[str] = []
     cursor = None
     while True:
@@ -244,9 +264,7 @@ def test_cancel_a_queued_job_but_not_one_already_submitted(web: Web):
     busy = web.generating_job("task-cancel")
     response = requests.delete(f"{web.url}/v1/jobs/{busy}", headers=AUTH, timeout=10)
     assert response.status_code == 409
-    assert (
-        response.json()["state"] == "generating" and "can no longer be canceled" in response.json()["detail"]
-    )
+    assert response.json()["state"] == "generating" and "can no longer be canceled" in response.json()["detail"]
     assert requests.delete(f"{web.url}/v1/jobs/nope", headers=AUTH, timeout=10).status_code == 404
 
 
@@ -319,16 +337,15 @@ def test_a_callback_before_submit_recorded_the_task_id_is_applied_by_submit(web:
     job, _ = web.jobs.create(JobRequest(prompt="fast upstream"))
     web.jobs.transition(job.id, JobState.SUBMITTING, expect=JobState.QUEUED)
     web.quota.acquire_slot(job.id)
-    web.jobs.update(job.id, expect=JobState.SUBMITTING,
-                    fields={"account": "default", "callback_token_hash": token_hash("tok")})  # fmt: skip
+    web.jobs.update(
+        job.id, expect=JobState.SUBMITTING, fields={"account": "default", "callback_token_hash": token_hash("tok")}
+    )
     response = web.callback(job.id, "tok", "task-early")
     assert response.status_code == 200
     assert web.jobs.get(job.id).state is JobState.SUBMITTING
     assert web.counters()["callback:early"] == "1"
     # What submit does right after createTask answers:
-    web.jobs.transition(
-        job.id, JobState.GENERATING, expect=JobState.SUBMITTING, fields={"task_id": "task-early"}
-    )
+    web.jobs.transition(job.id, JobState.GENERATING, expect=JobState.SUBMITTING, fields={"task_id": "task-early"})
     assert apply_early(web.redis, web.keys, web.jobs, web.quota, job.id).value == "downloading"
     assert web.jobs.get(job.id).state is JobState.DOWNLOADING
     assert web.quota.snapshot()[0].in_progress == 0
@@ -344,8 +361,10 @@ def test_healthz_reports_redis_and_workers(web: Web):
 
 def test_metrics_read_the_deployment_state_from_redis(web: Web):
     web.post("/v1/jobs", json=[{"prompt": "a"}, {"prompt": "b", "priority": "batch"}])
-    web.redis.hset(web.keys.counters(), mapping={"upstream_error:429": 3, "record_info_calls": 17,
-                                                  "bytes_stored": 1048576, "reconcile:poll_silent": 2})  # fmt: skip
+    web.redis.hset(
+        web.keys.counters(),
+        mapping={"upstream_error:429": 3, "record_info_calls": 17, "bytes_stored": 1048576, "reconcile:poll_silent": 2},
+    )
     web.callback("nojob", "x", "t")
     text = web.get("/metrics", headers={}).text
     for line in (
@@ -367,11 +386,27 @@ def test_metrics_read_the_deployment_state_from_redis(web: Web):
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(web: Web, tmp_path: Path):
     """Every check but ``use_after_free``: DELETE cancels a job, whose record stays readable on purpose."""
     argv = [
-        str(Path(sys.executable).with_name("schemathesis")), "run", f"{web.url}/openapi.json",
-        "-H", f"Authorization: Bearer {TOKENS[0]}", "--checks", "all", "--exclude-checks", "use_after_free",
-        "-n", "60", "--seed", "1", "--no-color", "--generation-database", "none",
-        "--report", "junit", "--report-dir", str(tmp_path),
-    ]  # fmt: skip
+        str(Path(sys.executable).with_name("schemathesis")),
+        "run",
+        f"{web.url}/openapi.json",
+        "-H",
+        f"Authorization: Bearer {TOKENS[0]}",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "use_after_free",
+        "-n",
+        "60",
+        "--seed",
+        "1",
+        "--no-color",
+        "--generation-database",
+        "none",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     summary = result.stdout[result.stdout.rfind("SUMMARY") :]
     print(summary)

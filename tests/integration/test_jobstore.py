@@ -43,17 +43,21 @@ def test_create_then_get(store, redis_client):
     assert created and job.state is S.QUEUED and len(job.id) == 32
     assert abs(job.created_at - time.time()) < 5
     assert store.get(job.id) == job
-    assert redis_client.zscore(KEYS.state_index("queued"), job.id) == pytest.approx(
-        job.created_at * 1000, abs=1
-    )
+    assert redis_client.zscore(KEYS.state_index("queued"), job.id) == pytest.approx(job.created_at * 1000, abs=1)
     assert store.get("nope") is None
 
 
 def test_queued_record_is_compact(store, redis_client):
     job, _ = store.create(JobRequest("a cat surfing a wave at sunset, cinematic"))
     assert set(redis_client.hkeys(KEYS.job(job.id))) == {
-        "id", "state", "prompt", "aspect_ratio", "mode", "priority", "created_at"
-    }  # fmt: skip
+        "id",
+        "state",
+        "prompt",
+        "aspect_ratio",
+        "mode",
+        "priority",
+        "created_at",
+    }
     assert redis_client.memory_usage(KEYS.job(job.id)) < 400
 
 
@@ -63,9 +67,12 @@ def test_same_idempotency_key_returns_the_same_job(store):
     assert created and not created_again
     assert again == first
     [(one, c1), (two, c2), (three, c3)] = store.create_many(
-        [JobRequest("x", idempotency_key="k2"), JobRequest("x", idempotency_key="k1"),
-         JobRequest("x", idempotency_key="k2")]
-    )  # fmt: skip
+        [
+            JobRequest("x", idempotency_key="k2"),
+            JobRequest("x", idempotency_key="k1"),
+            JobRequest("x", idempotency_key="k2"),
+        ]
+    )
     assert (c1, c2, c3) == (True, False, False)
     assert two.id == first.id and three.id == one.id
 
@@ -104,10 +111,7 @@ def test_legal_transition_writes_state_timestamp_and_fields(store, redis_client)
     assert moved is not None
     assert moved.state is S.SUBMITTING and moved.attempts == 1 and moved.account == "a"
     assert moved.extra == {"claim": "w1"}
-    assert (
-        moved.timestamps["submitting"] >= job.created_at
-        and moved.updated_at == moved.timestamps["submitting"]
-    )
+    assert moved.timestamps["submitting"] >= job.created_at and moved.updated_at == moved.timestamps["submitting"]
     assert redis_client.zscore(KEYS.state_index("queued"), job.id) is None
     assert redis_client.zscore(KEYS.state_index("submitting"), job.id) is not None
     assert store.transition(job.id, S.QUEUED, expect=S.SUBMITTING, fields={"claim": None})
@@ -149,9 +153,7 @@ def test_only_one_of_20_racing_writers_wins(store):
 
     def race(i: int) -> None:
         barrier.wait()
-        results.append(
-            store.transition(job.id, S.DOWNLOADING, expect=S.GENERATING, fields={"result_url": f"u{i}"})
-        )
+        results.append(store.transition(job.id, S.DOWNLOADING, expect=S.GENERATING, fields={"result_url": f"u{i}"}))
 
     threads = [threading.Thread(target=race, args=(i,)) for i in range(20)]
     for thread in threads:
@@ -178,9 +180,7 @@ def test_terminal_state_expires_record_and_keys_and_resubmit_persists(store, red
     assert redis_client.ttl(KEYS.job(job.id)) == -1 and redis_client.ttl(KEYS.idempotency("idem")) == -1
     back = store.get(job.id)
     assert back is not None and back.state is S.QUEUED and back.reason is None and back.task_id is None
-    assert (
-        back.timestamps["failed"] > back.created_at and back.timestamps["queued"] >= back.timestamps["failed"]
-    )
+    assert back.timestamps["failed"] > back.created_at and back.timestamps["queued"] >= back.timestamps["failed"]
 
 
 def test_a_job_without_idempotency_key_expires_too(store, redis_client):

@@ -65,10 +65,19 @@ def message_args(text: str) -> list[list[Any]]:
 def start_flower(dep: Deployment, port: int) -> services.Service:
     """The Procfile's flower command on a free port."""
     argv = [
-        sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1",
-        f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}", "--persistent=True",
-        f"--db={dep.stack.log_dir / 'flower.db'}", "--max_tasks=10000",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "flower",
+        f"--port={port}",
+        "--address=127.0.0.1",
+        f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}",
+        "--persistent=True",
+        f"--db={dep.stack.log_dir / 'flower.db'}",
+        "--max_tasks=10000",
+    ]
     service = dep.stack.spawn(f"flower-{port}", argv, dep.env)
     service.url = f"http://127.0.0.1:{port}"
     workers = [w for group in dep.workers.values() for w in group]
@@ -95,21 +104,38 @@ def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> 
         "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
         "IMAGINEQ_INGRESS_TOKENS": json.dumps([INGRESS_TOKEN]),
     }
-    simulator_args = ("--api-key", API_KEY, "--hmac-key", HMAC_KEY, "--gen-time", "1.0:2.0",
-                      "--video-bytes", "65536", "--callback-backoff-s", "0.2")  # fmt: skip
+    simulator_args = (
+        "--api-key",
+        API_KEY,
+        "--hmac-key",
+        HMAC_KEY,
+        "--gen-time",
+        "1.0:2.0",
+        "--video-bytes",
+        "65536",
+        "--callback-backoff-s",
+        "0.2",
+    )
     workers = {"submit": 1, "poll": 1, "store": 1}
     with deployment(tmp_path / "services", simulator_args=simulator_args, env=env, workers=workers) as dep:
         # Given: the web process exactly as the Procfile runs it (access log on), and Flower.
-        web = dep.stack.spawn("web", [sys.executable, "-m", "uvicorn", "producers.http:app",
-                                      "--host", "127.0.0.1", "--port", str(web_port)], dep.env)  # fmt: skip
+        web = dep.stack.spawn(
+            "web",
+            [sys.executable, "-m", "uvicorn", "producers.http:app", "--host", "127.0.0.1", "--port", str(web_port)],
+            dep.env,
+        )
         web.url = f"http://127.0.0.1:{web_port}"
         wait_until(lambda: services._http_ok(f"{web.url}/healthz"), 30, "web")
         flower = start_flower(dep, flower_port)
 
         # When: jobs come in through the Python API and the HTTP ingress, and run to the end.
         jobs = [dep.producer.enqueue(prompt) for prompt in PROMPTS[:2]]
-        response = requests.post(f"{web.url}/v1/jobs", json={"prompt": PROMPTS[2]},
-                                 headers={"Authorization": f"Bearer {INGRESS_TOKEN}"}, timeout=10)  # fmt: skip
+        response = requests.post(
+            f"{web.url}/v1/jobs",
+            json={"prompt": PROMPTS[2]},
+            headers={"Authorization": f"Bearer {INGRESS_TOKEN}"},
+            timeout=10,
+        )
         assert response.status_code == 201, response.text
         job_ids = [job.id for job in jobs] + [response.json()["id"]]
         snapshots = [redis_text(dep.producer.redis)]  # the submit messages, still queued
@@ -143,13 +169,18 @@ def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> 
             reply = requests.get(f"{flower.url}/api/tasks", auth=(FLOWER_USER, FLOWER_PASSWORD), timeout=5)
             tasks = reply.json() if reply.status_code == 200 else {}
             seen = {(t["name"], t["args"]) for t in tasks.values()}
-            steps = [(f"imagineq.{step}", repr((job_id,))) for job_id in job_ids[:2] for step in
-                     ("submit", "poll", "store")]  # fmt: skip
+            steps = [
+                (f"imagineq.{step}", repr((job_id,))) for job_id in job_ids[:2] for step in ("submit", "poll", "store")
+            ]
             return all(step in seen for step in steps)
 
         wait_until(flower_saw_every_step, 20, "flower to list every step of the stored jobs")
-        assert {t["name"] for t in tasks.values()} <= {"imagineq.submit", "imagineq.poll", "imagineq.store",
-                                                       "imagineq.reconcile"}  # fmt: skip
+        assert {t["name"] for t in tasks.values()} <= {
+            "imagineq.submit",
+            "imagineq.poll",
+            "imagineq.store",
+            "imagineq.reconcile",
+        }
         assert all(t["args"] in [repr((j,)) for j in job_ids] + ["()"] for t in tasks.values())
         flower_text = json.dumps(tasks)
         assert not any(secret in flower_text for secret in SECRETS)
@@ -158,9 +189,14 @@ def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> 
         # imagineq status, as JSON and as the screen.
         outputs = []
         for extra in (["--json"], []):
-            run = subprocess.run([sys.executable, "-m", "producers.cli", "status", *extra],
-                                 env={**dep.env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                                 timeout=60, cwd=tmp_path)  # fmt: skip
+            run = subprocess.run(
+                [sys.executable, "-m", "producers.cli", "status", *extra],
+                env={**dep.env, "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=tmp_path,
+            )
             assert run.returncode == 0, run.stderr
             outputs += [run.stdout, run.stderr]  # stderr: the CLI's own log lines (DEBUG here)
         status = json.loads(outputs[0])
@@ -170,8 +206,7 @@ def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> 
         assert not any(secret in output for secret in SECRETS for output in outputs)
 
         # The logs: JSON lines naming their job, no secret, no callback token (uvicorn logs the path).
-        logs = {service.name: service.log_tail(100_000) for group in dep.workers.values()
-                for service in group}  # fmt: skip
+        logs = {service.name: service.log_tail(100_000) for group in dep.workers.values() for service in group}
         logs["web"] = web.log_tail(100_000)
         for name, text in logs.items():
             assert not any(secret in text for secret in SECRETS), name

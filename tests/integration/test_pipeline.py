@@ -18,9 +18,15 @@ from workers.jobs import JobState
 pytestmark = pytest.mark.integration
 
 DEFAULTS = {
-    "force_status": [], "delay_s": 0, "url_ttl_s": 86400, "credits": -1, "maintenance": False,
-    "fail_rate": 0.0, "file_rate_bytes_per_s": 0, "video_bytes": 262144,
-}  # fmt: skip
+    "force_status": [],
+    "delay_s": 0,
+    "url_ttl_s": 86400,
+    "credits": -1,
+    "maintenance": False,
+    "fail_rate": 0.0,
+    "file_rate_bytes_per_s": 0,
+    "video_bytes": 262144,
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +61,7 @@ def test_jobs_are_stored_with_the_bytes_the_upstream_served(dep: Deployment):
         assert head["Metadata"]["job-id"] == job.id
         body = dep.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert hashlib.sha256(body).hexdigest() == job.sha256
-        sidecar = json.loads(
-            dep.s3.get_object(Bucket=bucket, Key=key.removesuffix(".mp4") + ".json")["Body"].read()
-        )
+        sidecar = json.loads(dep.s3.get_object(Bucket=bucket, Key=key.removesuffix(".mp4") + ".json")["Body"].read())
         assert sidecar["id"] == job.id and sidecar["sha256"] == job.sha256
         assert set(job.timestamps) >= {"submitting", "generating", "downloading", "stored"}
 
@@ -71,9 +75,7 @@ def test_moderated_prompt_fails_with_the_upstream_reason(dep: Deployment):
 
 
 def test_a_422_from_the_upstream_rejects_the_job_at_once(dep: Deployment):
-    dep.sim_config(
-        force_status={"code": 422, "count": 1, "endpoint": "createTask", "msg": "input.prompt: bad"}
-    )
+    dep.sim_config(force_status={"code": 422, "count": 1, "endpoint": "createTask", "msg": "input.prompt: bad"})
     job = dep.producer.wait(dep.producer.enqueue("A rejected prompt").id, timeout=60)
     assert job.state is JobState.FAILED
     assert job.reason == "rejected"
@@ -104,8 +106,14 @@ def test_a_create_task_read_timeout_is_an_unknown_outcome_never_resubmitted_blin
 def test_no_credits_pauses_the_account_until_credits_return(dep: Deployment):
     dep.sim_config(credits=0)
     job = dep.producer.enqueue("Waits for credits")
-    wait_until(lambda: dep.producer.jobs.get_many([job.id])[0].state is JobState.QUEUED
-               and dep.stats()["errors_by_code"].get("402", 0) >= 1, 30, "a 402")  # fmt: skip
+    wait_until(
+        lambda: (
+            dep.producer.jobs.get_many([job.id])[0].state is JobState.QUEUED
+            and dep.stats()["errors_by_code"].get("402", 0) >= 1
+        ),
+        30,
+        "a 402",
+    )
     assert dep.producer.get(job.id).state in (JobState.QUEUED, JobState.SUBMITTING)
     dep.sim_config(credits=100)
     job = dep.producer.wait(job.id, timeout=60)

@@ -162,9 +162,7 @@ def test_pause_and_resume(redis_client: redis.Redis) -> None:
 
 
 def test_two_accounts_most_headroom_wins_and_a_holder_keeps_its_account(redis_client: redis.Redis) -> None:
-    limiter = QuotaLimiter(
-        redis_client, KEYS, [account("a", max_in_progress=2), account("b", max_in_progress=3)]
-    )
+    limiter = QuotaLimiter(redis_client, KEYS, [account("a", max_in_progress=2), account("b", max_in_progress=3)])
 
     assert limiter.acquire_slot("j1").account == "b"  # 3 free beats 2
     assert limiter.acquire_slot("j2").account == "a"  # 2 against 2: the first in order

@@ -44,14 +44,24 @@ GRACE_MS = 5_000
 START_MS = 1_700_000_000_000
 ACCOUNTS = [
     AccountSettings(
-        name="a", api_key=SecretStr("k"), max_in_progress=3, max_creations_per_window=5,
-        creation_window_s=10.0, record_info_per_s=2.0,
+        name="a",
+        api_key=SecretStr("k"),
+        max_in_progress=3,
+        max_creations_per_window=5,
+        creation_window_s=10.0,
+        record_info_per_s=2.0,
     ),
     AccountSettings(
-        name="b", api_key=SecretStr("k"), max_in_progress=3, in_progress_margin=1, max_creations_per_window=4,
-        creations_margin=1, creation_window_s=4.0, record_info_per_s=0.5,
+        name="b",
+        api_key=SecretStr("k"),
+        max_in_progress=3,
+        in_progress_margin=1,
+        max_creations_per_window=4,
+        creations_margin=1,
+        creation_window_s=4.0,
+        record_info_per_s=0.5,
     ),
-]  # fmt: skip
+]
 NAMES = [account.name for account in ACCOUNTS]
 JOBS = [f"job{i}" for i in range(7)]
 CANDIDATES = st.sampled_from([None, ("a",), ("b",), ("b", "a")])
@@ -87,10 +97,11 @@ class QuotaModel:
 
     def __init__(self) -> None:
         self.accounts = {
-            s.name: ModelAccount(s.in_progress_limit, s.creations_limit, round(s.enforced_window_s * 1000),
-                                 s.record_info_per_s)
+            s.name: ModelAccount(
+                s.in_progress_limit, s.creations_limit, round(s.enforced_window_s * 1000), s.record_info_per_s
+            )
             for s in ACCOUNTS
-        }  # fmt: skip
+        }
 
     def acquire(self, job: str, names: list[str], now: int) -> Acquired:
         accounts = [self.accounts[name] for name in names]
@@ -105,8 +116,9 @@ class QuotaModel:
         best, best_room = None, 0
         for name, account in zip(names, accounts, strict=True):
             if account.usable(now):
-                room = min(account.in_progress_limit - len(account.leases),
-                           account.creations_limit - len(account.creations))  # fmt: skip
+                room = min(
+                    account.in_progress_limit - len(account.leases), account.creations_limit - len(account.creations)
+                )
                 if room > best_room:
                     best, best_room = name, room
         if best is not None:
@@ -198,8 +210,11 @@ class QuotaModel:
             for account in accounts:
                 live_leases = sum(1 for j, expiry in account.leases.items() if expiry > t and j != job)
                 live_creations = sum(1 for at in account.history if at > t - account.window_ms)
-                if (account.usable(t) and live_leases < account.in_progress_limit
-                        and live_creations < account.creations_limit):  # fmt: skip
+                if (
+                    account.usable(t)
+                    and live_leases < account.in_progress_limit
+                    and live_creations < account.creations_limit
+                ):
                     return t - now
         return math.inf
 
@@ -212,9 +227,13 @@ class QuotaMachine(RuleBasedStateMachine):
         self.now = START_MS
         self.model = QuotaModel()
         self.limiter = QuotaLimiter(
-            self.client, Keys(f"p{uuid.uuid4().hex[:8]}"), ACCOUNTS,
-            lease_ttl_s=LEASE_TTL_MS / 1000, unknown_grace_s=GRACE_MS / 1000, clock=lambda: self.now,
-        )  # fmt: skip
+            self.client,
+            Keys(f"p{uuid.uuid4().hex[:8]}"),
+            ACCOUNTS,
+            lease_ttl_s=LEASE_TTL_MS / 1000,
+            unknown_grace_s=GRACE_MS / 1000,
+            clock=lambda: self.now,
+        )
 
     # -- slots ----------------------------------------------------------------------------------------
     @rule(job=st.sampled_from(JOBS), candidates=CANDIDATES)
@@ -320,7 +339,9 @@ def test_limiter_matches_model(redis_client: redis.Redis) -> None:
     run_state_machine_as_test(
         QuotaMachine,
         settings=settings(
-            max_examples=100, stateful_step_count=50, deadline=None,
+            max_examples=100,
+            stateful_step_count=50,
+            deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
-    )  # fmt: skip
+    )

@@ -22,15 +22,30 @@ def _account(**limits: object) -> str:
 def test_three_submit_workers_never_exceed_the_upstream_limits(tmp_path):
     # Given a simulator enforcing 30 in progress and 40 creations per 20 s window,
     # and 3 submit worker processes x concurrency 4 sharing one account.
-    limits = {"max_in_progress": 30, "max_creations_per_window": 40, "creation_window_s": 20,
-              "record_info_per_s": 200, "window_guard_s": 1.0}  # fmt: skip
+    limits = {
+        "max_in_progress": 30,
+        "max_creations_per_window": 40,
+        "creation_window_s": 20,
+        "record_info_per_s": 200,
+        "window_guard_s": 1.0,
+    }
     with deployment(
         tmp_path,
-        simulator_args=("--gen-time", "1:3", "--video-bytes", "4096", "--max-in-progress", "30",
-                        "--max-per-window", "40", "--window-s", "20"),
+        simulator_args=(
+            "--gen-time",
+            "1:3",
+            "--video-bytes",
+            "4096",
+            "--max-in-progress",
+            "30",
+            "--max-per-window",
+            "40",
+            "--window-s",
+            "20",
+        ),
         env={"IMAGINEQ_ACCOUNTS": _account(**limits)},
         workers={"poll": 4, "store": 2},
-    ) as dep:  # fmt: skip
+    ) as dep:
         for _ in range(3):
             dep.start_worker("submit", concurrency=4)
         # When 60 jobs arrive at once (more than a window's worth).
@@ -68,7 +83,7 @@ def test_a_killed_workers_leases_return_after_the_lease_ttl(tmp_path):
         simulator_args=("--gen-time", "60:60", "--video-bytes", "4096"),
         env={"IMAGINEQ_ACCOUNTS": _account(max_in_progress=2), "IMAGINEQ_QUOTA_LEASE_TTL_S": "2"},
         workers={"submit": 1, "poll": 1},
-    ) as dep:  # fmt: skip
+    ) as dep:
         jobs = dep.producer.enqueue_many([{"prompt": "first"}, {"prompt": "second"}])
         ids = [job.id for job in jobs]
         wait_until(

@@ -24,9 +24,11 @@ from workers.upstream import TaskState
 pytestmark = pytest.mark.integration
 
 IMMEDIATE = {
-    "reconcile_submitting_stale_s": 0.0, "reconcile_poll_silent_s": 0.0, "reconcile_store_silent_s": 0.0,
+    "reconcile_submitting_stale_s": 0.0,
+    "reconcile_poll_silent_s": 0.0,
+    "reconcile_store_silent_s": 0.0,
     "reconcile_salvage_interval_s": 0.0,
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +65,9 @@ def upstream_task(rt: Runtime, prompt: str, *, finished: bool = False) -> str:
 
 def generating(rt: Runtime, job: Job, task_id: str) -> None:
     assert rt.jobs.transition(job.id, JobState.SUBMITTING, expect=JobState.QUEUED)
-    assert rt.jobs.transition(job.id, JobState.GENERATING, expect=JobState.SUBMITTING,
-                              fields={"task_id": task_id, "account": "default"})  # fmt: skip
+    assert rt.jobs.transition(
+        job.id, JobState.GENERATING, expect=JobState.SUBMITTING, fields={"task_id": task_id, "account": "default"}
+    )
 
 
 def counter(rt: Runtime, case: str) -> int:
@@ -119,8 +122,12 @@ def test_a_timed_out_job_that_completes_later_is_salvaged(dep: Deployment, rt: R
     job = orphan(rt, "Slower than the deadline")
     task_id = upstream_task(rt, "Slower than the deadline", finished=True)
     generating(rt, job, task_id)
-    rt.jobs.transition(job.id, JobState.FAILED, expect=JobState.GENERATING,
-                       fields={"reason": "timed_out", "error": "no terminal state after 900s"})  # fmt: skip
+    rt.jobs.transition(
+        job.id,
+        JobState.FAILED,
+        expect=JobState.GENERATING,
+        fields={"reason": "timed_out", "error": "no terminal state after 900s"},
+    )
 
     assert reconcile(dep, rt).get("salvaged") == 1
 

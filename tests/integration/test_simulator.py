@@ -56,9 +56,7 @@ class Sim:
     def _auth(self, key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
 
-    def create(
-        self, prompt: str = "a cat surfing", key: str | None = None, **extra: Any
-    ) -> requests.Response:
+    def create(self, prompt: str = "a cat surfing", key: str | None = None, **extra: Any) -> requests.Response:
         body: dict[str, Any] = {"model": MODEL, "input": {"prompt": prompt}, **extra}
         return requests.post(f"{self.url}/api/v1/jobs/createTask", json=body, headers=self._auth(key))
 
@@ -69,9 +67,7 @@ class Sim:
         return task_id
 
     def record(self, task_id: str, key: str | None = None) -> requests.Response:
-        return self.http.get(
-            f"{self.url}/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=self._auth(key)
-        )
+        return self.http.get(f"{self.url}/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=self._auth(key))
 
     def wait_terminal(self, task_id: str, timeout: float = 10.0) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
@@ -402,9 +398,7 @@ def receiver_factory() -> Iterator[Callable[..., Receiver]]:
         r.close()
 
 
-def test_signed_callback_verifies(
-    sim_factory: Callable[..., Sim], receiver_factory: Callable[..., Receiver]
-) -> None:
+def test_signed_callback_verifies(sim_factory: Callable[..., Sim], receiver_factory: Callable[..., Receiver]) -> None:
     receiver = receiver_factory()
     sim = sim_factory(*FAST, "--hmac-key", "s3cret")
     ok_id = sim.create_ok(callBackUrl=receiver.url)
@@ -450,9 +444,7 @@ def test_callback_abandoned_after_retries(
     assert stats["callbacks_delivered"] == 0
 
 
-def test_callback_duplicates(
-    sim_factory: Callable[..., Sim], receiver_factory: Callable[..., Receiver]
-) -> None:
+def test_callback_duplicates(sim_factory: Callable[..., Sim], receiver_factory: Callable[..., Receiver]) -> None:
     receiver = receiver_factory()
     sim = sim_factory(*FAST, "--callback-duplicates", "1.0")
     ids = {sim.create_ok(callBackUrl=receiver.url) for _ in range(3)}

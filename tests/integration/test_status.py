@@ -24,8 +24,9 @@ KEY = "sk-LEAKCHECK-status-5f0c2a9e"
 
 
 @pytest.fixture
-def settings(redis_url: str, start_simulator: Callable[..., Service], monkeypatch: pytest.MonkeyPatch,
-             tmp_path: Path) -> Settings:  # fmt: skip
+def settings(
+    redis_url: str, start_simulator: Callable[..., Service], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Settings:
     monkeypatch.chdir(tmp_path)  # no stray .env
     simulator = start_simulator("--api-key", KEY, "--credits", "42")
     refused = f"http://127.0.0.1:{services.free_port()}"

@@ -226,8 +226,9 @@ def assert_nothing_left(s3: Any, bucket: str) -> None:
 # -- the happy path ---------------------------------------------------------------------------------
 
 
-def test_a_20_mb_result_is_streamed_into_s3_in_parts_with_metadata_and_sidecar(make_storage, file_server, s3,
-                                                                                s3_bucket):  # fmt: skip
+def test_a_20_mb_result_is_streamed_into_s3_in_parts_with_metadata_and_sidecar(
+    make_storage, file_server, s3, s3_bucket
+):
     # Given a 20 MB video behind a presigned-looking URL and 5 MB parts
     size = 20 * MB
     url = file_server.url(f"/files/{size}.mp4?X-Amz-Signature=secret")

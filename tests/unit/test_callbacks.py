@@ -58,9 +58,15 @@ def test_a_fresh_correct_signature_passes():
 )
 def test_a_forged_signature_is_refused(signature):
     _rejected(
-        Outcome.BAD_SIGNATURE, check_signature, KEY, "task-1", str(int(NOW)), signature,
-        now_s=NOW, max_age_s=300,
-    )  # fmt: skip
+        Outcome.BAD_SIGNATURE,
+        check_signature,
+        KEY,
+        "task-1",
+        str(int(NOW)),
+        signature,
+        now_s=NOW,
+        max_age_s=300,
+    )
 
 
 def test_missing_headers_are_refused():
@@ -93,9 +99,13 @@ def _body(code: int = 200, **data) -> bytes:
 
 def test_a_success_body_gives_the_result_url():
     data, record = parse_body(
-        _body(taskId="t1", state="success", resultJson=json.dumps({"resultUrls": ["http://x/1.mp4"]}),
-              completeTime=1700000000123)
-    )  # fmt: skip
+        _body(
+            taskId="t1",
+            state="success",
+            resultJson=json.dumps({"resultUrls": ["http://x/1.mp4"]}),
+            completeTime=1700000000123,
+        )
+    )
     assert data["taskId"] == "t1"
     assert record.task_id == "t1" and record.state is TaskState.SUCCESS
     assert record.result_urls == ("http://x/1.mp4",)
@@ -115,9 +125,16 @@ def test_code_501_means_failure_whatever_the_state_says():
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b"[]", b"{}", json.dumps({"code": 200, "data": "x"}).encode(),
-     _body(state="success"), _body(taskId="t", state="exploded"), b"\xff\xfe"],
-)  # fmt: skip
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        json.dumps({"code": 200, "data": "x"}).encode(),
+        _body(state="success"),
+        _body(taskId="t", state="exploded"),
+        b"\xff\xfe",
+    ],
+)
 def test_a_body_that_is_not_a_callback_is_refused(body):
     _rejected(Outcome.BAD_BODY, parse_body, body)
 

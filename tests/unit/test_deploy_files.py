@@ -205,9 +205,7 @@ def env_problems(compose: dict[str, Any], procfile: dict[str, str], example_text
         for name in sorted(names)
         if name.startswith(PREFIX) and setting_field(name) is None
     ]
-    problems += [
-        f".env.example does not list the setting {name}" for name in setting_names() if name not in example
-    ]
+    problems += [f".env.example does not list the setting {name}" for name in setting_names() if name not in example]
     procfile_refs = {match[1] for line in procfile.values() for match in _INTERPOLATION.finditer(line)}
     problems += [
         f".env.example does not document {name}, read by docker-compose.yml or Procfile"
@@ -219,9 +217,7 @@ def env_problems(compose: dict[str, Any], procfile: dict[str, str], example_text
 
 def default_problems(example_text: str) -> list[str]:
     """Every documented value loads; settings with a default are documented with exactly that default."""
-    documented = {
-        name: value for name, value in parse_env_example(example_text).items() if name.startswith(PREFIX)
-    }
+    documented = {name: value for name, value in parse_env_example(example_text).items() if name.startswith(PREFIX)}
     try:
         loaded = settings_from(documented)
     except ValueError as error:
@@ -240,9 +236,7 @@ def default_problems(example_text: str) -> list[str]:
 def compose_settings_problems(compose: dict[str, Any]) -> list[str]:
     problems = []
     for name, service in compose["services"].items():
-        env = {
-            key: interpolate(value) for key, value in environment(service).items() if key.startswith(PREFIX)
-        }
+        env = {key: interpolate(value) for key, value in environment(service).items() if key.startswith(PREFIX)}
         if env:
             try:
                 settings_from(env)
@@ -415,9 +409,7 @@ def all_problems(f: dict[str, Any]) -> list[str]:
         (lambda f: _break_compose(f, '"--appendonly", "yes", ', ""), "--appendonly yes"),
         (lambda f: _break_compose(f, "- redis-data:/data", "- ./redis:/data"), "named volume"),
         (
-            lambda f: _break_compose(
-                f, "--basic-auth=${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password} ", ""
-            ),
+            lambda f: _break_compose(f, "--basic-auth=${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password} ", ""),
             "docker-compose.yml: flower",
         ),
         (lambda f: _break_compose(f, "profiles: [dev]", "profiles: []"), "simulator must run only"),

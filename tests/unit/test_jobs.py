@@ -33,15 +33,14 @@ BAD_REQUESTS = [
     ({"mode": "wild"}, "mode", "must be one of fun, normal, spicy (got 'wild')"),
     ({"metadata": ["a"]}, "metadata", "must be an object (got list)"),
     ({"metadata": {1: "a"}}, "metadata", "keys must be strings"),
-    ({"metadata": {"x": {1}}}, "metadata", "must be JSON-serialisable (Object of type set is not JSON "
-     "serializable)"),
+    ({"metadata": {"x": {1}}}, "metadata", "must be JSON-serialisable (Object of type set is not JSON serializable)"),
     ({"metadata": {"x": "y" * 16400}}, "metadata", "must be at most 16384 bytes as JSON (got 16408)"),
     ({"priority": "urgent"}, "priority", "must be one of interactive, batch (got 'urgent')"),
     ({"idempotency_key": ""}, "idempotency_key", "must be 1 to 200 characters (got 0)"),
     ({"idempotency_key": "k" * 201}, "idempotency_key", "must be 1 to 200 characters (got 201)"),
     ({"idempotency_key": 7}, "idempotency_key", "must be a string or null (got int)"),
     ({"batch_id": ["b"]}, "batch_id", "must be a string or null (got list)"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("changes", "field", "message"), BAD_REQUESTS)
@@ -89,9 +88,7 @@ def test_table_covers_every_state_without_self_loops():
 
 
 def test_terminal_states_have_no_exits_except_failed():
-    assert (
-        {s for s in JobState if s.terminal} == TERMINAL_STATES == {S.STORED, S.FAILED, S.EXPIRED, S.CANCELED}
-    )
+    assert {s for s in JobState if s.terminal} == TERMINAL_STATES == {S.STORED, S.FAILED, S.EXPIRED, S.CANCELED}
     for state in TERMINAL_STATES - {S.FAILED}:
         assert TRANSITIONS[state] == frozenset()
     assert TRANSITIONS[S.FAILED] == {S.QUEUED, S.DOWNLOADING}
@@ -118,14 +115,35 @@ def test_every_state_is_reachable_from_queued():
 # -- record ------------------------------------------------------------------------------------------
 def test_round_trip_through_a_hash_of_a_full_job():
     job = Job(
-        id="abc", state=S.STORED, prompt="p", aspect_ratio="1:1", mode="spicy", metadata={"k": [1]},
-        priority=Priority.BATCH, idempotency_key="idem", batch_id="b", account="acct", task_id="t1",
-        attempts=2, submit_attempts=1, poll_errors=3, store_attempts=1, reason=None, error=None,
-        fail_code=None, fail_msg=None, result_url="https://x/y.mp4", s3_uri="s3://b/k", size=0,
-        sha256="00ff", callback_token_hash="h", created_at=1700000000.5, updated_at=1700000100.25,
+        id="abc",
+        state=S.STORED,
+        prompt="p",
+        aspect_ratio="1:1",
+        mode="spicy",
+        metadata={"k": [1]},
+        priority=Priority.BATCH,
+        idempotency_key="idem",
+        batch_id="b",
+        account="acct",
+        task_id="t1",
+        attempts=2,
+        submit_attempts=1,
+        poll_errors=3,
+        store_attempts=1,
+        reason=None,
+        error=None,
+        fail_code=None,
+        fail_msg=None,
+        result_url="https://x/y.mp4",
+        s3_uri="s3://b/k",
+        size=0,
+        sha256="00ff",
+        callback_token_hash="h",
+        created_at=1700000000.5,
+        updated_at=1700000100.25,
         timestamps={"queued": 1700000000.5, "generating": 1700000010.0, "stored": 1700000100.25},
         extra={"claim": "w1", "create_sent_at": "1700000001.0"},
-    )  # fmt: skip
+    )
     data = job.to_hash()
     assert "at_queued" not in data and "reason" not in data  # implied by created_at / empty: not stored
     assert Job.from_hash(data) == job

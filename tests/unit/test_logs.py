@@ -35,8 +35,9 @@ def capture(settings: Settings) -> Iterator[tuple[io.StringIO, logging.Logger]]:
     root = logging.getLogger()
     level = root.level
     stream = io.StringIO()
-    handler = configure_logging(settings.model_copy(update={"log_format": "json"}), service="test",
-                                level="DEBUG", stream=stream)  # fmt: skip
+    handler = configure_logging(
+        settings.model_copy(update={"log_format": "json"}), service="test", level="DEBUG", stream=stream
+    )
     try:
         yield stream, logging.getLogger("imagineq.test")
     finally:
@@ -50,8 +51,12 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 def test_every_configured_secret_is_known(settings: Settings) -> None:
     assert set(secrets_of(settings)) >= {
-        API_KEY, "ingress-token-abcdef", "hmac-key-abcdef", "AKIAEXAMPLEKEY", "s3-secret-abcdef"
-    }  # fmt: skip
+        API_KEY,
+        "ingress-token-abcdef",
+        "hmac-key-abcdef",
+        "AKIAEXAMPLEKEY",
+        "s3-secret-abcdef",
+    }
 
 
 @pytest.mark.parametrize(
@@ -60,8 +65,11 @@ def test_every_configured_secret_is_known(settings: Settings) -> None:
         (f"key {API_KEY} used", "key *** used", API_KEY),
         ("Authorization: Bearer abcdefghijkl0123", "Bearer ***", "abcdefghijkl0123"),
         ("headers {'Authorization': 'Basic YWRtaW46cHc='}", "Basic ***", "YWRtaW46cHc="),
-        ("GET https://b.s3.amazonaws.com/v.mp4?X-Amz-Signature=ff00&X-Amz-Expires=60 200",
-         "https://b.s3.amazonaws.com/v.mp4?*** 200", "ff00"),
+        (
+            "GET https://b.s3.amazonaws.com/v.mp4?X-Amz-Signature=ff00&X-Amz-Expires=60 200",
+            "https://b.s3.amazonaws.com/v.mp4?*** 200",
+            "ff00",
+        ),
         ("redis://:hunter2pw@redis:6379/0", "redis://:***@redis:6379/0", "hunter2pw"),
         (f"POST /v1/callbacks/{JOB}/tok3n5ecret HTTP/1.1", f"/v1/callbacks/{JOB}/***", "tok3n5ecret"),
         ("IMAGINEQ_API_KEY=sk-other-key-999", "IMAGINEQ_API_KEY=***", "sk-other-key-999"),
@@ -74,10 +82,30 @@ def test_redactor_removes_secrets_by_value_and_by_shape(text: str, kept: str, go
 
 
 _FRAGMENTS = (
-    "Bearer ", "bEaReR ", "Authorization: ", "basic ", "Basic_Auth=", "https://h/p", "redis://u:", "@", "?",
-    " ", "/v1/callbacks/", "Signature=", "x-amz-security-token: ", "API-KEY:", "apikey='", "secret =",
-    "PASSWD=", "password\": \"", "hmac_key=", "token=", "abcdefgh12345678", "x", "&",
-)  # fmt: skip
+    "Bearer ",
+    "bEaReR ",
+    "Authorization: ",
+    "basic ",
+    "Basic_Auth=",
+    "https://h/p",
+    "redis://u:",
+    "@",
+    "?",
+    " ",
+    "/v1/callbacks/",
+    "Signature=",
+    "x-amz-security-token: ",
+    "API-KEY:",
+    "apikey='",
+    "secret =",
+    "PASSWD=",
+    'password": "',
+    "hmac_key=",
+    "token=",
+    "abcdefgh12345678",
+    "x",
+    "&",
+)
 
 
 @hypothesis_settings(max_examples=300)

@@ -69,8 +69,7 @@ def test_every_bad_field_is_listed_in_one_message(monkeypatch):
     assert message.startswith("Invalid configuration:")
     assert "accounts.0.api_key [IMAGINEQ_ACCOUNTS]: Value error, must not be empty" in message
     assert (
-        "accounts.0.max_in_progress [IMAGINEQ_ACCOUNTS]: Input should be greater than or equal to 1 (got -1)"
-        in message
+        "accounts.0.max_in_progress [IMAGINEQ_ACCOUNTS]: Input should be greater than or equal to 1 (got -1)" in message
     )
     assert "s3.key_template" in message and "nope" in message
     assert "job_ttl_s [IMAGINEQ_JOB_TTL_S]: Input should be greater than or equal to 60 (got '5')" in message

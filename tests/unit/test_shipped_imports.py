@@ -109,8 +109,14 @@ def test_the_blocker_refuses_a_dev_only_module(tmp_path: Path) -> None:
     )
     assert result.returncode == 0  # json imports nothing of moto
     result = subprocess.run(
-        [sys.executable, "-I", "-c", IMPORT_ALL.replace("for package in", "import moto\nfor package in"),
-         "moto", "json"],
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            IMPORT_ALL.replace("for package in", "import moto\nfor package in"),
+            "moto",
+            "json",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

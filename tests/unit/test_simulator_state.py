@@ -68,8 +68,16 @@ def test_in_progress_set_counts_until_completion() -> None:
 
 def test_task_state_follows_elapsed_fraction() -> None:
     task = Task(
-        task_id="t" * 32, key_id="k", model=MODEL, param={}, callback_url=None,
-        created_at=100.0, complete_at=110.0, cost_ms=10_000, video_bytes=10, url_ttl_wall_s=60,
+        task_id="t" * 32,
+        key_id="k",
+        model=MODEL,
+        param={},
+        callback_url=None,
+        created_at=100.0,
+        complete_at=110.0,
+        cost_ms=10_000,
+        video_bytes=10,
+        url_ttl_wall_s=60,
     )
     assert task.state_at(100.0) is TaskState.WAITING
     assert task.state_at(100.99) is TaskState.WAITING
@@ -217,8 +225,22 @@ def test_cli_defaults_and_flags() -> None:
     d = parse_args([])
     assert (d.port, d.max_in_progress, d.max_per_window, d.window_s) == (8900, 30, 300, 3600)
     assert d.api_keys == ["sim-key"] and d.credits == -1 and d.gen_time == (10, 25)
-    o = parse_args(["--api-key", "x", "--api-key", "y", "--gen-time", "0.2:0.4", "--time-scale", "60",
-                    "--moderation-words", "Foo, bar", "--error-style", "http"])
+    o = parse_args(
+        [
+            "--api-key",
+            "x",
+            "--api-key",
+            "y",
+            "--gen-time",
+            "0.2:0.4",
+            "--time-scale",
+            "60",
+            "--moderation-words",
+            "Foo, bar",
+            "--error-style",
+            "http",
+        ]
+    )
     assert o.api_keys == ["x", "y"] and o.gen_time == (0.2, 0.4)
     assert o.wall(3600) == 60 and o.moderation_words == ["foo", "bar"]
     with pytest.raises(SystemExit):

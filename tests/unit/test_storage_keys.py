@@ -48,11 +48,12 @@ def test_every_field_is_filled():
 
 def test_date_is_the_utc_date_and_naive_times_are_utc():
     late_evening_west = datetime(2024, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
-    assert object_key("{yyyy}/{mm}/{dd}/{job_id}", job_id="j", task_id=None, account=None,
-                      when=late_evening_west) == "2025/01/01/j"  # fmt: skip
+    assert (
+        object_key("{yyyy}/{mm}/{dd}/{job_id}", job_id="j", task_id=None, account=None, when=late_evening_west)
+        == "2025/01/01/j"
+    )
     naive = datetime(2024, 1, 2, 23, 59)
-    assert object_key("{yyyy}/{mm}/{dd}/{job_id}", job_id="j", task_id=None, account=None,
-                      when=naive) == "2024/01/02/j"  # fmt: skip
+    assert object_key("{yyyy}/{mm}/{dd}/{job_id}", job_id="j", task_id=None, account=None, when=naive) == "2024/01/02/j"
 
 
 def test_a_field_the_template_needs_must_be_present():

@@ -59,10 +59,18 @@ def run_inbox(settings: Settings, submitter: BatchSubmitter | None = None) -> li
                 log.error("inbox: %s not submitted: %s", source.uri, error)
                 continue
             status = result.status
-            done.append(InboxFile(source.uri, target.uri, status.id, status.lines, status.bad,
-                                  status.created, result.read))  # fmt: skip
-            log.info("inbox: %s → batch %s (%d lines, %d bad, %d new jobs), moved to %s",
-                     source.uri, status.id, status.lines, status.bad, status.created, target.uri)  # fmt: skip
+            done.append(
+                InboxFile(source.uri, target.uri, status.id, status.lines, status.bad, status.created, result.read)
+            )
+            log.info(
+                "inbox: %s → batch %s (%d lines, %d bad, %d new jobs), moved to %s",
+                source.uri,
+                status.id,
+                status.lines,
+                status.bad,
+                status.created,
+                target.uri,
+            )
     finally:
         if own:
             submitter.close()

@@ -110,8 +110,9 @@ class LineParser:
         if line_id is not None and line_id in self._seen:
             first = self._seen[line_id]
             return ParsedLine(line, line_id, error=f"duplicate id {line_id!r} (first on line {first})")
-        fields: dict[str, Any] = {name: data[name] for name in ("prompt", "aspect_ratio", "mode", "metadata")
-                                  if name in data}  # fmt: skip
+        fields: dict[str, Any] = {
+            name: data[name] for name in ("prompt", "aspect_ratio", "mode", "metadata") if name in data
+        }
         fields.update(
             priority=Priority.BATCH,
             batch_id=self.batch_id,

@@ -166,9 +166,11 @@ class Files:
                     spool.writelines(lines)
                     spool.seek(0)
                     self.s3.upload_fileobj(
-                        spool, location.bucket, location.key,
+                        spool,
+                        location.bucket,
+                        location.key,
                         ExtraArgs={"ContentType": "application/x-ndjson"},
-                    )  # fmt: skip
+                    )
                 return
             location.path.parent.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(prefix=f".{location.name}.", dir=location.path.parent)

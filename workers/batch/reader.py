@@ -95,9 +95,12 @@ class BatchSubmitter:
         batch_id = self.identify(location, name)
         results_location = Location.parse(results) if results else location.results()
         status, token = self.batches.begin(
-            batch_id, name=name or location.name, source=location.uri, results=results_location.uri,
+            batch_id,
+            name=name or location.name,
+            source=location.uri,
+            results=results_location.uri,
             level=PRIORITY_LEVELS[priority],
-        )  # fmt: skip
+        )
         if token is None:
             log.info("batch %s (%s) was read before: nothing to do", batch_id, location.uri)
             return SubmitResult(status, read=False, elapsed_s=time.monotonic() - started)
@@ -112,8 +115,14 @@ class BatchSubmitter:
         elapsed = time.monotonic() - started
         log.info(
             "batch %s (%s): %d lines, %d good, %d bad, %d new jobs in %.1fs",
-            batch_id, location.uri, status.lines, status.good, status.bad, status.created, elapsed,
-        )  # fmt: skip
+            batch_id,
+            location.uri,
+            status.lines,
+            status.good,
+            status.bad,
+            status.created,
+            elapsed,
+        )
         return SubmitResult(status, read=True, bad_lines=bad, elapsed_s=elapsed)
 
     def _read(

@@ -91,12 +91,23 @@ class BatchStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "source": self.source, "results": self.results,
-            "status": self.status, "priority_level": self.level, "lines": self.lines, "good": self.good,
-            "bad": self.bad, "created": self.created, "pending": self.pending, "states": dict(self.states),
-            "created_at": self.created_at, "read_at": self.read_at, "finished_at": self.finished_at,
+            "id": self.id,
+            "name": self.name,
+            "source": self.source,
+            "results": self.results,
+            "status": self.status,
+            "priority_level": self.level,
+            "lines": self.lines,
+            "good": self.good,
+            "bad": self.bad,
+            "created": self.created,
+            "pending": self.pending,
+            "states": dict(self.states),
+            "created_at": self.created_at,
+            "read_at": self.read_at,
+            "finished_at": self.finished_at,
             "manifest": self.manifest,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_hash(cls, batch_id: str, raw: dict[str, str], pending: int) -> BatchStatus:
@@ -173,10 +184,17 @@ class BatchStore:
         key = self._keys.batch(batch_id)
         with self._client.pipeline(transaction=True) as pipe:
             pipe.delete(key, self._keys.batch_jobs(batch_id), self._keys.batch_pending(batch_id))
-            pipe.hset(key, mapping={
-                "name": name, "source": source, "results": results, "level": level,
-                "status": BatchStatusValue.READING, "created_at": repr(created_at),
-            })  # fmt: skip
+            pipe.hset(
+                key,
+                mapping={
+                    "name": name,
+                    "source": source,
+                    "results": results,
+                    "level": level,
+                    "status": BatchStatusValue.READING,
+                    "created_at": repr(created_at),
+                },
+            )
             pipe.zadd(self._keys.batches(), {batch_id: created_at * 1000}, nx=True)
             pipe.execute()
         status = self.get(batch_id)
@@ -204,9 +222,13 @@ class BatchStore:
     def finish_reading(self, batch_id: str, token: str) -> BatchStatus:
         """Every line is in: the batch now waits for its jobs (and the reconciler watches it)."""
         with self._client.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys.batch(batch_id), mapping={
-                "status": BatchStatusValue.SUBMITTED, "read_at": repr(self._now()),
-            })  # fmt: skip
+            pipe.hset(
+                self._keys.batch(batch_id),
+                mapping={
+                    "status": BatchStatusValue.SUBMITTED,
+                    "read_at": repr(self._now()),
+                },
+            )
             pipe.sadd(self._keys.batches_active(), batch_id)
             pipe.execute()
         self._release(self._keys.batch_lock(batch_id, "read"), token)
@@ -294,10 +316,14 @@ class BatchStore:
             files.write_lines(Location.parse(status.results), self.manifest_lines(batch_id))
             ttl = self.terminal_ttl_s
             with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(self._keys.batch(batch_id), mapping={
-                    "status": BatchStatusValue.DONE, "finished_at": repr(self._now()),
-                    "manifest": status.results,
-                })  # fmt: skip
+                pipe.hset(
+                    self._keys.batch(batch_id),
+                    mapping={
+                        "status": BatchStatusValue.DONE,
+                        "finished_at": repr(self._now()),
+                        "manifest": status.results,
+                    },
+                )
                 pipe.srem(self._keys.batches_active(), batch_id)
                 for key in (self._keys.batch(batch_id), self._keys.batch_jobs(batch_id)):
                     pipe.expire(key, ttl)

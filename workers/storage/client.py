@@ -37,9 +37,7 @@ def build_s3_client(s3: S3Settings, http: HttpSettings) -> S3Client:
         endpoint_url=s3.endpoint_url,
         region_name=s3.region,
         aws_access_key_id=s3.access_key_id.get_secret_value() if explicit and s3.access_key_id else None,
-        aws_secret_access_key=(
-            s3.secret_access_key.get_secret_value() if explicit and s3.secret_access_key else None
-        ),
+        aws_secret_access_key=(s3.secret_access_key.get_secret_value() if explicit and s3.secret_access_key else None),
         config=config,
     )
 

@@ -10,9 +10,7 @@ from typing import Final
 _SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9._-]+")
 
 
-def object_key(
-    template: str, *, job_id: str, task_id: str | None, account: str | None, when: datetime
-) -> str:
+def object_key(template: str, *, job_id: str, task_id: str | None, account: str | None, when: datetime) -> str:
     """The object key for a job: ``template`` with ``{yyyy}{mm}{dd}`` (UTC date of ``when``, a naive
     ``when`` is read as UTC), ``{job_id}``, ``{task_id}``, ``{account}``.
 

@@ -136,9 +136,7 @@ class Storage:
         sidecar = read_sidecar(self._client, self.bucket, key)
         size = int(head["ContentLength"])
         if sidecar is None or sidecar.get("size") != size or not isinstance(sidecar.get("sha256"), str):
-            logger.warning(
-                "object %s has no matching sidecar (an interrupted store); it will be replaced", key
-            )
+            logger.warning("object %s has no matching sidecar (an interrupted store); it will be replaced", key)
             return None
         return StoredObject(
             uri=f"s3://{self.bucket}/{key}",
@@ -170,9 +168,7 @@ class Storage:
         ``task_id``/``account``) is a fatal :class:`StorageError`.
         """
         try:
-            key = object_key(
-                self._s3.key_template, job_id=job_id, task_id=task_id, account=account, when=created_at
-            )
+            key = object_key(self._s3.key_template, job_id=job_id, task_id=task_id, account=account, when=created_at)
         except ValueError as e:
             raise StorageError(f"no object key for job {job_id!r}: {e}") from e
         # ``first_attempt``: the caller knows no earlier attempt ever began an upload for this job, so
@@ -243,8 +239,7 @@ class Storage:
         except requests.RequestException as e:
             if announced is not None and reader.bytes_read < announced:
                 raise BadResult(
-                    f"body ended after {reader.bytes_read} of {announced} announced bytes "
-                    f"({type(e).__name__})",
+                    f"body ended after {reader.bytes_read} of {announced} announced bytes ({type(e).__name__})",
                     url=url,
                     retryable=True,
                 ) from e

@@ -39,17 +39,19 @@ def poll(self: Task, job_id: str) -> str | None:
     age_s = time.time() - submitted_at
     if age_s > rt.settings.poll.deadline_s:
         rt.quota.release(job.account, job_id)
-        fail_job(rt, job_id, JobState.GENERATING, "timed_out",
-              f"no terminal state after {rt.settings.poll.deadline_s:.0f}s")  # fmt: skip
+        fail_job(
+            rt, job_id, JobState.GENERATING, "timed_out", f"no terminal state after {rt.settings.poll.deadline_s:.0f}s"
+        )
         stop_chain(self)
         return None
 
     if rt.settings.callbacks.enabled and age_s < rt.settings.poll.safety_first_s:
         # Callbacks on: polling is a safety net, so the first recordInfo waits until
         # safety_first_s (the chain runs this poll right after submit).
-        requeue(self, countdown=safety_poll_delay_s(
-            age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s
-        ))  # fmt: skip
+        requeue(
+            self,
+            countdown=safety_poll_delay_s(age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s),
+        )
     take_record_info_token(rt, job.account)
     count(rt, "record_info_calls")  # exported by /metrics
     try:
@@ -80,9 +82,7 @@ def poll(self: Task, job_id: str) -> str | None:
         return None
     rt.quota.renew_lease(job.account, job_id)  # still running: keep the slot
     if rt.settings.callbacks.enabled:
-        delay = safety_poll_delay_s(
-            age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s
-        )
+        delay = safety_poll_delay_s(age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s)
     else:
         delay = poll_delay_s(age_s, rt.settings.poll.schedule)
     requeue(self, countdown=delay)

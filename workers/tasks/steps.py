@@ -36,8 +36,6 @@ def publish_rest(job: Job) -> None:
     chain(*(app.signature(name, args=(job.id,), immutable=True) for name in steps)).apply_async()
 
 
-
-
 def fail_job(rt: Runtime, job_id: str, expect: JobState, reason: str, message: str) -> bool:
     moved = rt.jobs.transition(
         job_id, JobState.FAILED, expect=expect, fields={"reason": reason, "error": message[:1000]}

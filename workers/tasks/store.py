@@ -61,9 +61,12 @@ def store(self: Task, job_id: str) -> str | None:
             )
         except ResultGone as error:
             rt.jobs.transition(
-                job_id, JobState.EXPIRED, expect=JobState.DOWNLOADING, read=job,
+                job_id,
+                JobState.EXPIRED,
+                expect=JobState.DOWNLOADING,
+                read=job,
                 fields={"reason": error.reason, "error": str(error)},
-            )  # fmt: skip
+            )
             log.warning("store: job %s result is gone: %s", job_id, error)
             return None
         except (StorageError, UpstreamError) as error:
@@ -83,9 +86,12 @@ def store(self: Task, job_id: str) -> str | None:
             log.warning("store: job %s attempt %d failed: %s", job_id, attempts, error)
             requeue(self, countdown=backoff_s(attempts, base_s=2.0, cap_s=30.0))
         rt.jobs.transition(
-            job_id, JobState.STORED, expect=JobState.DOWNLOADING, read=job,
+            job_id,
+            JobState.STORED,
+            expect=JobState.DOWNLOADING,
+            read=job,
             fields={"s3_uri": stored.uri, "size": stored.size, "sha256": stored.sha256},
-        )  # fmt: skip
+        )
         if stored.created:
             rt.redis.hincrby(rt.keys.counters(), "bytes_stored", stored.size)
         log.info("store: job %s stored at %s (%d bytes)", job_id, stored.uri, stored.size)

@@ -78,10 +78,15 @@ def submit(self: Task, job_id: str) -> str | None:
     except OutcomeUnknown as error:
         rt.quota.hold(account, job_id)
         rt.jobs.transition(
-            job_id, JobState.FAILED, expect=JobState.SUBMITTING,
-            fields={"reason": error.reason, "error": f"createTask outcome unknown ({error}); "
-                    "not resubmitted automatically: `imagineq resubmit JOB_ID` retries it"},
-        )  # fmt: skip
+            job_id,
+            JobState.FAILED,
+            expect=JobState.SUBMITTING,
+            fields={
+                "reason": error.reason,
+                "error": f"createTask outcome unknown ({error}); "
+                "not resubmitted automatically: `imagineq resubmit JOB_ID` retries it",
+            },
+        )
         log.error("submit: job %s createTask outcome unknown on account %s", job_id, account)
         settle_unknown(rt, job_id)
         stop_chain(self)
@@ -104,16 +109,12 @@ def submit(self: Task, job_id: str) -> str | None:
         count(rt, f"upstream_error:{error.code or error.status or 'transport'}")
         if error.cools_down_account and rt.settings.quota_enforce:
             applied = rt.quota.cooldown(account, error.retry_after_s)
-            log.warning(
-                "submit: account %s cooling down %.1fs after %s (job %s)", account, applied, error, job_id
-            )
+            log.warning("submit: account %s cooling down %.1fs after %s (job %s)", account, applied, error, job_id)
             _back_to_queue(rt, job_id)
             requeue(self)  # an account-wide wait: never counts against the job
         attempts = rt.jobs.incr(job_id, "submit_attempts")
         if attempts >= MAX_TRANSIENT_ATTEMPTS:
-            fail_job(
-                rt, job_id, JobState.SUBMITTING, error.reason, f"gave up after {attempts} attempts: {error}"
-            )
+            fail_job(rt, job_id, JobState.SUBMITTING, error.reason, f"gave up after {attempts} attempts: {error}")
             stop_chain(self)
             return None
         _back_to_queue(rt, job_id)
@@ -121,9 +122,11 @@ def submit(self: Task, job_id: str) -> str | None:
 
     rt.quota.note_success(account)
     if not rt.jobs.transition(
-        job_id, JobState.GENERATING, expect=JobState.SUBMITTING,
+        job_id,
+        JobState.GENERATING,
+        expect=JobState.SUBMITTING,
         fields={"task_id": task_id, "claim": None},
-    ):  # fmt: skip
+    ):
         # Canceled or failed meanwhile: the upstream task exists, so its lease stays until it ends.
         log.warning("submit: job %s left submitting while createTask ran (task %s)", job_id, task_id)
     elif rt.settings.callbacks.enabled:
@@ -142,10 +145,15 @@ def recover_interrupted_submit(rt: Runtime, job: Job) -> Job | None:
         if job.account:
             rt.quota.hold(job.account, job.id)
         failed = rt.jobs.transition(
-            job.id, JobState.FAILED, expect=JobState.SUBMITTING,
-            fields={"reason": "outcome_unknown", "error": "a submit worker died while createTask was in "
-                    "flight; not resubmitted automatically: `imagineq resubmit JOB_ID` retries it"},
-        )  # fmt: skip
+            job.id,
+            JobState.FAILED,
+            expect=JobState.SUBMITTING,
+            fields={
+                "reason": "outcome_unknown",
+                "error": "a submit worker died while createTask was in "
+                "flight; not resubmitted automatically: `imagineq resubmit JOB_ID` retries it",
+            },
+        )
         if failed:
             settle_unknown(rt, job.id)
         return None
@@ -171,9 +179,11 @@ def settle_unknown(rt: Runtime, job_id: str) -> None:
 
 def _back_to_queue(rt: Runtime, job_id: str) -> None:
     rt.jobs.transition(
-        job_id, JobState.QUEUED, expect=JobState.SUBMITTING,
+        job_id,
+        JobState.QUEUED,
+        expect=JobState.SUBMITTING,
         fields={"claim": None, "account": None, "create_sent_at": None},
-    )  # fmt: skip
+    )
 
 
 def _callback_url(rt: Runtime, job_id: str) -> tuple[str | None, str | None]:
