@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,8 +83,7 @@ def main() -> int:
             status = result.status
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             queued = sum(
-                int(submitter.redis.llen(key))  # type: ignore[arg-type]
-                for key in submitter.redis.scan_iter("bench:celery:submit*")
+                cast(int, submitter.redis.llen(key)) for key in submitter.redis.scan_iter("bench:celery:submit*")
             )
         finally:
             submitter.close()

@@ -12,6 +12,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -35,12 +36,12 @@ def main() -> None:
         producer.enqueue_many([{"prompt": "warm-up"}])
         client.flushall()
 
-        before = int(client.info("memory")["used_memory"])
+        before = int(cast("dict[str, Any]", client.info("memory"))["used_memory"])
         requests = [{"prompt": PROMPT.format(i=i), "metadata": {"n": i}} for i in range(args.jobs)]
         started = time.perf_counter()
         producer.enqueue_many(requests)
         many_s = time.perf_counter() - started
-        bytes_per_job = (int(client.info("memory")["used_memory"]) - before) / args.jobs
+        bytes_per_job = (int(cast("dict[str, Any]", client.info("memory"))["used_memory"]) - before) / args.jobs
         queued = producer.jobs.count_by_state()
 
         started = time.perf_counter()

@@ -31,7 +31,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import psutil
 import redis
@@ -65,6 +67,11 @@ UNLIMITED = json.dumps(
         }
     ]
 )
+
+
+def _ready(service: services.Service) -> Callable[[], bool]:
+    """True once the Celery worker ``service`` logged that it is ready."""
+    return lambda: "ready." in service.log_tail(100_000)
 
 
 def _role(process: psutil.Process) -> str:
@@ -174,18 +181,18 @@ def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tup
             argv = services.worker_argv(queue, concurrency=concurrency, name=f"noop-{queue}")
             argv[argv.index("workers")] = "bench.noop_app"
             service = stack.spawn(f"noop-{queue}", argv, env)
-            services.wait_until(lambda s=service: "ready." in s.log_path.read_text(), 60, f"noop {queue}")
+            services.wait_until(_ready(service), 60, f"noop {queue}")
         producer_app = Celery("noop-producer")
         producer_app.conf.update(celery_config(settings))
         client = redis.Redis.from_url(url)
         producer_app.send_task("bench.submit", ("warm-up",), queue="submit")
-        services.wait_until(lambda: int(client.get(DONE_KEY) or 0) == 1, 60, "warm-up")
+        services.wait_until(lambda: int(cast("bytes | None", client.get(DONE_KEY)) or 0) == 1, 60, "warm-up")
         before = cpu_snapshot()
         started = time.perf_counter()
         with producer_app.producer_or_acquire() as producer, producer.batch(max_size=500):
             for _ in range(jobs):
                 producer_app.send_task("bench.submit", (uuid.uuid4().hex,), queue="submit", producer=producer)
-        services.wait_until(lambda: int(client.get(DONE_KEY) or 0) >= jobs + 1, 600, "noop jobs")
+        services.wait_until(lambda: int(cast("bytes | None", client.get(DONE_KEY)) or 0) >= jobs + 1, 600, "noop jobs")
         elapsed = time.perf_counter() - started
         return elapsed, _cpu_line(cpu_by_role(before, cpu_snapshot()), jobs, elapsed)
 

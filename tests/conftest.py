@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import pytest
@@ -19,6 +20,9 @@ import redis
 
 from devstack import services
 from devstack.services import Service
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +74,21 @@ def s3_endpoint(services_dir: Path) -> Iterator[str]:
 S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
+def s3_client_for(endpoint: str) -> S3Client:
+    """A plain boto3 client on the tests' S3 server, to look at what the code under test stored."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_TEST_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=S3_TEST_CREDENTIALS["aws_secret_access_key"],
+    )
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint: str) -> str:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS)
+    client = s3_client_for(s3_endpoint)
     client.create_bucket(Bucket=bucket)
     return bucket
 

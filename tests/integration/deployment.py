@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import requests
@@ -17,6 +17,8 @@ from devstack import services
 from devstack.services import LocalStack, Service
 from producers.api import Producer
 from workers.jobs import Job
+
+T = TypeVar("T")
 
 #: Fast polls for tests: every 0.3 s for 10 minutes.
 FAST_POLL = json.dumps([[600, 0.3]])
@@ -131,3 +133,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         services.wait_until(predicate, timeout, what, interval_s=0.1)
     except services.ServiceError as error:
         raise AssertionError(str(error)) from None
+
+
+def must(value: T | None) -> T:
+    """``value``, which the test expects to exist (a job record, a task id, an S3 URI)."""
+    assert value is not None
+    return value

@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-import boto3
 import psutil
 import pytest
 import redis
 import requests
+from pydantic import SecretStr
 
 from config.settings import ConfigError, HttpSettings, S3Settings, Settings, get_settings, load_settings
 from devstack import services
@@ -37,7 +37,7 @@ from devstack.services import LocalStack
 from producers import cli
 from producers.api import Producer
 from producers.callbacks import sign, token_hash
-from tests.conftest import S3_TEST_CREDENTIALS
+from tests.conftest import s3_client_for
 from workers.batch.reader import BAD_LINES_KEPT, BatchSubmitter
 from workers.errors import TransportError, ValidationError
 from workers.jobs import JobRequest, JobState
@@ -59,9 +59,12 @@ COUNTERS = "iq:counters"
 # -- what "nothing was written" means ----------------------------------------------------------------------
 
 
-def redis_snapshot(client: redis.Redis) -> dict[str, bytes | None]:
+def redis_snapshot(client: redis.Redis) -> dict[bytes, bytes | None]:
     """Every key and its serialised value, except the metrics counters (refusals are counted there)."""
-    return {key: client.dump(key) for key in sorted(client.keys("*")) if key not in (COUNTERS, COUNTERS.encode())}
+    keys = cast("list[bytes]", client.keys("*"))
+    return {
+        key: cast("bytes | None", client.dump(key)) for key in sorted(keys) if key not in (COUNTERS, COUNTERS.encode())
+    }
 
 
 @contextlib.contextmanager
@@ -535,7 +538,7 @@ def test_a_refused_callback_changes_nothing(
     with nothing_written(raw_redis):  # job still generating, lease held, no store message, nothing stashed
         response = requests.post(url, data=body(task_id), headers=headers(task_id), timeout=30)
     assert (response.status_code, response.json()) == (status, {"code": status, "msg": msg})
-    assert raw_redis.hget(COUNTERS, f"callback:{counter}") == b"1"
+    assert cast("bytes | None", raw_redis.hget(COUNTERS, f"callback:{counter}")) == b"1"
 
 
 # -- 4. result URLs that are not a video we may store ------------------------------------------------------
@@ -621,7 +624,7 @@ class _Upstream(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def http_server() -> Callable[[type[BaseHTTPRequestHandler]], str]:
+def http_server() -> Iterator[Callable[[type[BaseHTTPRequestHandler]], str]]:
     servers: list[ThreadingHTTPServer] = []
 
     def start(handler: type[BaseHTTPRequestHandler]) -> str:
@@ -680,11 +683,11 @@ def test_a_result_url_we_must_not_store_fails_the_job_and_writes_no_object(
         endpoint_url=s3_endpoint,
         max_download_bytes=CAP,
         part_size_mb=5,
-        access_key_id="testing",
-        secret_access_key="testing",
-    )  # type: ignore[arg-type]
+        access_key_id=SecretStr("testing"),
+        secret_access_key=SecretStr("testing"),
+    )
     storage = Storage(s3, HttpSettings())
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS)
+    client = s3_client_for(s3_endpoint)
 
     def objects() -> list[str]:
         return [item["Key"] for item in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from tests.integration.deployment import Deployment, deployment, wait_until
+from tests.integration.deployment import Deployment, deployment, must, wait_until
 from workers.batch.reader import BatchSubmitter
 from workers.batch.store import wait_until_finished
 from workers.jobs import JobState
@@ -100,7 +101,8 @@ def test_an_s3_batch_nobody_waits_for_is_finalised_by_the_reconciler(dep: Deploy
     result = submitter.submit(f"s3://{bucket}/in/kites.jsonl", name="kites", priority="normal")
 
     assert result.status.id == "kites" and result.status.bad == 1
-    jobs = [dep.producer.get(row) for row in submitter.redis.smembers(submitter.keys.batch_pending("kites"))]
+    pending = cast("set[str]", submitter.redis.smembers(submitter.keys.batch_pending("kites")))
+    jobs = [dep.producer.get(row) for row in pending]
     dep.wait_all([job for job in jobs if job is not None], timeout=120)
     reconciler = Reconciler(Runtime.build(dep.settings), dep.producer.app)
     assert reconciler.run().get("batch_finalised") == 1
@@ -109,8 +111,10 @@ def test_an_s3_batch_nobody_waits_for_is_finalised_by_the_reconciler(dep: Deploy
     rows = [json.loads(line) for line in body.splitlines()]
     assert [row["state"] for row in rows] == ["stored"] * 6 + ["invalid"]
     assert [row["id"] for row in rows[:6]] == [str(i) for i in range(6)]
-    assert submitter.batches.get("kites").done
-    assert int(submitter.redis.hget(submitter.keys.counters(), "reconcile:batch_finalised")) == 1
+    assert must(submitter.batches.get("kites")).done
+    assert (
+        int(must(cast("str | None", submitter.redis.hget(submitter.keys.counters(), "reconcile:batch_finalised")))) == 1
+    )
 
 
 def test_an_interactive_job_goes_before_2000_waiting_batch_jobs(tmp_path: Path):
@@ -120,7 +124,9 @@ def test_an_interactive_job_goes_before_2000_waiting_batch_jobs(tmp_path: Path):
         submitter = BatchSubmitter(dep.settings)
         try:
             backlog = submitter.submit(str(source))
-            batch_jobs = list(submitter.redis.smembers(submitter.keys.batch_pending(backlog.status.id)))
+            batch_jobs = list(
+                cast("set[str]", submitter.redis.smembers(submitter.keys.batch_pending(backlog.status.id)))
+            )
         finally:
             submitter.close()
         assert len(batch_jobs) == 2000

@@ -10,12 +10,13 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 import requests
 
 from devstack import services
-from tests.integration.deployment import Deployment, deployment, wait_until
+from tests.integration.deployment import Deployment, deployment, must, wait_until
 from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
@@ -68,7 +69,7 @@ def _record_info_calls(dep: Deployment, task_ids: list[str]) -> list[int]:
 
 
 def _counters(dep: Deployment) -> dict[str, int]:
-    raw = dep.producer.redis.hgetall(dep.producer.keys.counters())
+    raw = cast("dict[str, str]", dep.producer.redis.hgetall(dep.producer.keys.counters()))
     return {name: int(value) for name, value in raw.items()}
 
 
@@ -76,7 +77,7 @@ def test_callbacks_complete_jobs_without_a_single_record_info(dep: Deployment):
     jobs = dep.producer.enqueue_many([{"prompt": f"A kite number {i} over the dunes"} for i in range(10)])
     done = dep.wait_all(jobs, timeout=60)
     assert all(job.state is JobState.STORED for job in done), [(j.state, j.error) for j in done]
-    assert _record_info_calls(dep, [job.task_id for job in done]) == [0] * 10
+    assert _record_info_calls(dep, [must(job.task_id) for job in done]) == [0] * 10
     assert _counters(dep)["callback:applied"] >= 10
 
 
@@ -84,7 +85,7 @@ def test_a_failure_callback_fails_the_job_with_the_upstream_reason(dep: Deployme
     job = dep.producer.wait(dep.producer.enqueue("a forbidden scene").id, timeout=60)
     assert job.state is JobState.FAILED and job.reason == "generation_failed"
     assert "forbidden" in (job.fail_msg or "")
-    assert _record_info_calls(dep, [job.task_id]) == [0]
+    assert _record_info_calls(dep, [must(job.task_id)]) == [0]
 
 
 def test_duplicate_deliveries_are_answered_and_ignored(dep: Deployment):
@@ -100,7 +101,7 @@ def test_lost_callbacks_are_caught_by_the_safety_net_poll(dep: Deployment):
     dep.sim_config(drop_callbacks=True)
     jobs = dep.wait_all(dep.producer.enqueue_many([{"prompt": f"lost letter {i}"} for i in range(3)]), 60)
     assert all(job.state is JobState.STORED for job in jobs)
-    calls = _record_info_calls(dep, [job.task_id for job in jobs])
+    calls = _record_info_calls(dep, [must(job.task_id) for job in jobs])
     # First look after safety_first_s (the task is long done by then): one call is enough.
     assert all(1 <= n <= 2 for n in calls), calls
     for job in jobs:
@@ -116,7 +117,7 @@ def test_a_callback_before_submit_recorded_the_task_id_still_completes_the_job(d
     job = dep.producer.wait(job.id, timeout=60)
     assert job.state is JobState.STORED, (job.state, job.error)
     assert _counters(dep)["callback:early"] == before + 1
-    assert _record_info_calls(dep, [job.task_id]) == [0]
+    assert _record_info_calls(dep, [must(job.task_id)]) == [0]
 
 
 def test_the_web_answers_the_health_check_with_the_workers_it_saw(net: tuple[Deployment, str]):
@@ -134,9 +135,9 @@ def test_callback_and_poll_racing_store_each_job_exactly_once(tmp_path: Path):
         assert counters["bytes_stored"] == 16 * VIDEO_BYTES  # one upload per job
         assert dep.stats()["downloads"] == 16  # the result file was fetched once per job
         for job in jobs:
-            bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
+            bucket, key = must(job.s3_uri).removeprefix("s3://").split("/", 1)
             listed = dep.s3.list_objects_v2(Bucket=bucket, Prefix=key.removesuffix(".mp4"))
             assert sorted(o["Key"] for o in listed["Contents"]) == sorted([key, key.removesuffix(".mp4") + ".json"])
         logs = "".join(w.log_path.read_text(errors="replace") for w in dep.workers["store"] if w.log_path)
         assert all(logs.count(f"store: job {job.id} stored at") == 1 for job in jobs)
-        assert sum(_record_info_calls(dep, [job.task_id for job in jobs])) > 0  # polls did race
+        assert sum(_record_info_calls(dep, [must(job.task_id) for job in jobs])) > 0  # polls did race

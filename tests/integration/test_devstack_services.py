@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import boto3
 import pytest
 import redis
 
 from devstack import services
-from tests.conftest import S3_TEST_CREDENTIALS
+from tests.conftest import s3_client_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +20,7 @@ def test_private_redis_answers_and_stops_without_leaving_a_process(tmp_path):
 
 
 def test_s3_server_accepts_a_put_and_get(s3_endpoint, s3_bucket):
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS)
+    client = s3_client_for(s3_endpoint)
     client.put_object(Bucket=s3_bucket, Key="k", Body=b"hello")
     assert client.get_object(Bucket=s3_bucket, Key="k")["Body"].read() == b"hello"
 

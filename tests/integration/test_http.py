@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -20,6 +21,7 @@ from config.settings import load_settings
 from devstack import services
 from devstack.services import LocalStack, Service
 from producers.callbacks import sign, token_hash
+from tests.integration.deployment import must
 from workers.jobs import JobRequest, JobState
 from workers.jobstore import JobStore
 from workers.keys import Keys
@@ -96,10 +98,11 @@ class Web:
         )
 
     def store_messages(self) -> list[str]:
-        return [json.loads(raw)["headers"]["argsrepr"] for raw in self.redis.lrange(STORE_LIST, 0, -1)]
+        raw = cast("list[str]", self.redis.lrange(STORE_LIST, 0, -1))
+        return [json.loads(message)["headers"]["argsrepr"] for message in raw]
 
     def counters(self) -> dict[str, str]:
-        return self.redis.hgetall(self.keys.counters())
+        return cast("dict[str, str]", self.redis.hgetall(self.keys.counters()))
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +281,7 @@ def test_a_success_callback_moves_the_job_releases_its_lease_and_enqueues_store(
     elapsed = time.monotonic() - started
     assert response.status_code == 200 and response.json() == {"code": 200, "msg": "success"}
     assert elapsed < 0.1, f"callback answered in {elapsed * 1000:.0f} ms"
-    job = web.jobs.get(job_id)
+    job = must(web.jobs.get(job_id))
     assert job.state is JobState.DOWNLOADING and job.result_url == "http://files.invalid/task-ok.mp4"
     assert web.quota.snapshot()[0].in_progress == 0
     assert web.store_messages() == [repr((job_id,))]
@@ -288,10 +291,10 @@ def test_a_success_callback_moves_the_job_releases_its_lease_and_enqueues_store(
 def test_a_duplicate_callback_answers_200_and_does_nothing(web: Web):
     job_id = web.generating_job("task-dup")
     assert web.callback(job_id, "per-job-secret", "task-dup").status_code == 200
-    before = web.jobs.get(job_id)
+    before = must(web.jobs.get(job_id))
     response = web.callback(job_id, "per-job-secret", "task-dup")
     assert response.status_code == 200 and response.json()["code"] == 200
-    assert web.jobs.get(job_id).updated_at == before.updated_at
+    assert must(web.jobs.get(job_id)).updated_at == before.updated_at
     assert len(web.store_messages()) == 1
     assert web.counters()["callback:duplicate"] == "1"
 
@@ -299,7 +302,7 @@ def test_a_duplicate_callback_answers_200_and_does_nothing(web: Web):
 def test_a_failure_callback_fails_the_job_with_the_upstream_reason(web: Web):
     job_id = web.generating_job("task-bad")
     assert web.callback(job_id, "per-job-secret", "task-bad", state="fail", code=501).status_code == 200
-    job = web.jobs.get(job_id)
+    job = must(web.jobs.get(job_id))
     assert job.state is JobState.FAILED and job.reason == "generation_failed"
     assert (job.fail_code, job.fail_msg) == ("500", "generator exploded")
     assert web.quota.snapshot()[0].in_progress == 0
@@ -321,7 +324,7 @@ def test_refused_callbacks_change_nothing(web: Web, change, status, outcome):
     token = change.pop("token", "per-job-secret")
     response = web.callback(job_id, token, "task-x", **change)
     assert response.status_code == status
-    assert web.jobs.get(job_id).state is JobState.GENERATING
+    assert must(web.jobs.get(job_id)).state is JobState.GENERATING
     assert web.quota.snapshot()[0].in_progress == 1
     assert web.store_messages() == []
     assert web.counters()[f"callback:{outcome}"] == "1"
@@ -342,12 +345,12 @@ def test_a_callback_before_submit_recorded_the_task_id_is_applied_by_submit(web:
     )
     response = web.callback(job.id, "tok", "task-early")
     assert response.status_code == 200
-    assert web.jobs.get(job.id).state is JobState.SUBMITTING
+    assert must(web.jobs.get(job.id)).state is JobState.SUBMITTING
     assert web.counters()["callback:early"] == "1"
     # What submit does right after createTask answers:
     web.jobs.transition(job.id, JobState.GENERATING, expect=JobState.SUBMITTING, fields={"task_id": "task-early"})
     assert apply_early(web.redis, web.keys, web.jobs, web.quota, job.id).value == "downloading"
-    assert web.jobs.get(job.id).state is JobState.DOWNLOADING
+    assert must(web.jobs.get(job.id)).state is JobState.DOWNLOADING
     assert web.quota.snapshot()[0].in_progress == 0
 
 

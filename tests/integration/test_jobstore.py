@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -90,10 +91,10 @@ def test_create_many_is_one_round_trip_per_chunk(store, redis_client, monkeypatc
     sends = 0
     original = Connection.send_packed_command
 
-    def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
+    def counting(self: Connection, command: Any, check_health: bool = True) -> Any:
         nonlocal sends
         sends += 1
-        return original(self, command, check_health)
+        return original(self, command, check_health)  # type: ignore[no-untyped-call]
 
     monkeypatch.setattr(Connection, "send_packed_command", counting)
     results = store.create_many([JobRequest(f"prompt {i}", priority=Priority.BATCH) for i in range(1000)])

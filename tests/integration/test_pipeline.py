@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.deployment import Deployment, deployment, wait_until
+from tests.integration.deployment import Deployment, deployment, must, wait_until
 from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
@@ -52,9 +52,9 @@ def test_jobs_are_stored_with_the_bytes_the_upstream_served(dep: Deployment):
 
     for job in done:
         assert job.state is JobState.STORED, (job.state, job.reason, job.error)
-        assert job.sha256 == dep.expected_sha256(job.task_id)
+        assert job.sha256 == dep.expected_sha256(must(job.task_id))
         assert job.size == 262144
-        bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
+        bucket, key = must(job.s3_uri).removeprefix("s3://").split("/", 1)
         head = dep.s3.head_object(Bucket=bucket, Key=key)
         assert head["ContentType"] == "video/mp4"
         assert head["ContentLength"] == 262144
@@ -108,13 +108,13 @@ def test_no_credits_pauses_the_account_until_credits_return(dep: Deployment):
     job = dep.producer.enqueue("Waits for credits")
     wait_until(
         lambda: (
-            dep.producer.jobs.get_many([job.id])[0].state is JobState.QUEUED
+            must(dep.producer.jobs.get_many([job.id])[0]).state is JobState.QUEUED
             and dep.stats()["errors_by_code"].get("402", 0) >= 1
         ),
         30,
         "a 402",
     )
-    assert dep.producer.get(job.id).state in (JobState.QUEUED, JobState.SUBMITTING)
+    assert must(dep.producer.get(job.id)).state in (JobState.QUEUED, JobState.SUBMITTING)
     dep.sim_config(credits=100)
     job = dep.producer.wait(job.id, timeout=60)
     assert job.state is JobState.STORED, (job.reason, job.error)
@@ -159,7 +159,7 @@ def test_a_store_worker_killed_mid_download_still_stores_once(dep: Deployment):
     job = dep.producer.wait(job.id, timeout=120)
     assert job.state is JobState.STORED, (job.reason, job.error)
     assert job.timestamps["stored"] >= job.timestamps["downloading"]
-    bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
+    bucket, key = must(job.s3_uri).removeprefix("s3://").split("/", 1)
     versions = dep.s3.list_objects_v2(Bucket=bucket, Prefix=key)
     assert [o["Key"] for o in versions["Contents"]] == [key]
     assert dep.s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == 4 * 1024 * 1024

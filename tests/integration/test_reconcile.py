@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 
-from tests.integration.deployment import Deployment, deployment, wait_until
+from tests.integration.deployment import Deployment, deployment, must, wait_until
 from workers.jobs import Job, JobRequest, JobState
 from workers.keys import Keys
 from workers.messages import submit_message
@@ -44,7 +45,7 @@ def rt(dep: Deployment) -> Iterator[Runtime]:
     runtime.close()
 
 
-def reconcile(dep: Deployment, rt: Runtime, **options: float) -> dict[str, int]:
+def reconcile(dep: Deployment, rt: Runtime, **options: Any) -> dict[str, int]:
     return Reconciler(rt, dep.producer.app, **options).run()
 
 
@@ -71,7 +72,7 @@ def generating(rt: Runtime, job: Job, task_id: str) -> None:
 
 
 def counter(rt: Runtime, case: str) -> int:
-    return int(rt.redis.hget(rt.keys.counters(), f"reconcile:{case}") or 0)
+    return int(cast("str | None", rt.redis.hget(rt.keys.counters(), f"reconcile:{case}")) or 0)
 
 
 def test_a_stale_submit_claim_goes_back_to_the_queue_and_is_stored(dep: Deployment, rt: Runtime):
@@ -91,7 +92,7 @@ def test_a_stale_claim_after_create_task_was_sent_is_never_resubmitted(dep: Depl
 
     assert reconcile(dep, rt).get("stale_submit_unknown") == 1
 
-    failed = rt.jobs.get(job.id)
+    failed = must(rt.jobs.get(job.id))
     assert failed.state is JobState.FAILED and failed.reason == "outcome_unknown"
     assert dep.stats()["created"] == created_before
 
@@ -194,7 +195,7 @@ def test_a_message_a_live_worker_holds_is_left_alone(dep: Deployment, rt: Runtim
         for _ in range(2):
             counts = Reconciler(patient, dep.producer.app, lost_min_age_s=0).run()
             assert "lost_message" not in counts and "lost_message_suspected" not in counts
-        assert rt.jobs.get(job.id).state is JobState.QUEUED
+        assert must(rt.jobs.get(job.id)).state is JobState.QUEUED
     finally:
         rt.redis.hdel("iq:celery:unacked", tag)
         rt.redis.zrem("iq:celery:unacked_index", tag)
