@@ -50,9 +50,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return schedule
 
 
+def redbeat_key_prefix(redis_prefix: str) -> str:
+    """celery-redbeat's key prefix inside deployment prefix ``redis_prefix`` (``workers.keys`` names it)."""
+    return f"{redis_prefix}:redbeat:"
+
+
 def beat_config(settings: Settings) -> dict[str, Any]:
     """The beat part of the Celery configuration (redbeat's Redis settings given explicitly)."""
-    prefix = f"{settings.redis_prefix}:redbeat:"
+    prefix = redbeat_key_prefix(settings.redis_prefix)
     lock_timeout = settings.beat_lock_timeout_s
     return {
         "beat_scheduler": SCHEDULER,

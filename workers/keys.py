@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from config.celery import PRIORITY_STEPS, QUEUE_SEP, broker_key_prefix
+from config.schedule import redbeat_key_prefix
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class Keys:
 
     def redbeat(self) -> str:
         """Prefix of celery-redbeat's keys (schedule entries, its lock)."""
-        return f"{self.prefix}:redbeat:"
+        return redbeat_key_prefix(self.prefix)
 
     # -- the Celery broker (kombu's Redis transport, under ``global_keyprefix``) ------------------------
     @property
