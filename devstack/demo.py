@@ -22,6 +22,7 @@ from rich.table import Table
 from config.settings import load_settings
 from devstack import services
 from producers.api import Producer
+from producers.status_cli import STATE_STYLE
 from workers.jobs import Job, JobState
 
 PROMPTS: list[tuple[str, str, str]] = [
@@ -34,16 +35,6 @@ PROMPTS: list[tuple[str, str, str]] = [
 ]
 MODERATION_WORD = "forbidden"
 DEADLINE_S = 240.0
-STATE_STYLE = {
-    "queued": "white",
-    "submitting": "yellow",
-    "generating": "cyan",
-    "downloading": "blue",
-    "stored": "green",
-    "failed": "red",
-    "expired": "magenta",
-    "canceled": "dim",
-}
 
 
 def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
