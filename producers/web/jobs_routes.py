@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from producers.web import listing
 from producers.web.context import Web, WebDep, authorized
 from producers.web.models import (
     AUTH_ERRORS,
@@ -113,7 +114,7 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobPage:
-    return list_jobs(web, state, batch, cursor, limit)
+    return listing.list_jobs(web, state, batch, cursor, limit)
 
 
 @router.delete(
