@@ -161,6 +161,59 @@ class HttpSettings(BaseModel):
     user_agent: str = "Mozilla/5.0 (compatible; ImagineQ/0.1; +https://github.com/imagineq)"
 
 
+#: Where the upstream's result files live (its own domain and kie.ai's file hosts), besides the hosts of
+#: the configured accounts' base URLs, which are always allowed.
+DEFAULT_RESULT_HOSTS = ("*.apikley.ru", "*.kie.ai", "*.aiquickdraw.com", "*.redpandaai.co")
+
+
+class DownloadSettings(BaseModel):
+    """Which result URLs a store may fetch, and how slow a transfer may be."""
+
+    #: Host names results may come from, for the URL and every redirect hop: exact names or
+    #: ``*.domain`` (any name under it). The hosts of the accounts' base URLs are added.
+    result_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_RESULT_HOSTS))
+    #: Networks (CIDR) allowed although not public, e.g. ``["127.0.0.0/8"]`` for a local simulator.
+    #: Loopback, private, link-local (cloud metadata), multicast and reserved addresses are refused else.
+    allow_networks: list[str] = []
+    #: Media types a result must be sent with (``type/*`` for any subtype).
+    content_types: list[str] = ["video/*"]
+    #: A transfer slower than this over ``throughput_window_s`` is abandoned (and retried later).
+    min_bytes_per_s: int = Field(default=32 * 1024, ge=0)
+    throughput_window_s: float = Field(default=30.0, gt=0)
+    #: No transfer of one result may take longer than this.
+    deadline_s: float = Field(default=900.0, gt=0)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network (CIDR, e.g. 127.0.0.0/8)") from None
+        return value
+
+    @field_validator("result_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            name = host.removeprefix("*.")
+            if not name or "*" in name or "/" in name or ":" in name:
+                raise ValueError(f"{host!r} is not a host name or *.domain pattern")
+        return value
+
+    @field_validator("content_types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        for media_type in value:
+            main, _, sub = media_type.partition("/")
+            if not main or not sub or main == "*":
+                raise ValueError(f"{media_type!r} is not a media type (type/subtype or type/*)")
+        return [media_type.lower() for media_type in value]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IMAGINEQ_",
@@ -182,6 +235,7 @@ class Settings(BaseSettings):
     callbacks: CallbackSettings = CallbackSettings()
     poll: PollSettings = PollSettings()
     http: HttpSettings = HttpSettings()
+    downloads: DownloadSettings = DownloadSettings()
 
     #: How long terminal job records are kept.
     job_ttl_s: int = Field(default=30 * 86400, ge=60)
@@ -296,6 +350,17 @@ class Settings(BaseSettings):
             if account.name == name:
                 return account
         raise ConfigError(f"unknown account {name!r}; configured: {[a.name for a in self.accounts]}")
+
+    def result_hosts(self) -> list[str]:
+        """The allowed result hosts: the configured ones and the hosts of the accounts' base URLs."""
+        from urllib.parse import urlsplit
+
+        hosts = list(self.downloads.result_hosts)
+        for account in self.accounts:
+            host = urlsplit(account.base_url).hostname
+            if host and host not in hosts:
+                hosts.append(host)
+        return hosts
 
     def require_accounts(self) -> list[AccountSettings]:
         """The accounts, or a ConfigError for processes that talk to the upstream."""

@@ -277,6 +277,9 @@ def deployment_env(
         "IMAGINEQ_S3__ENDPOINT_URL": s3_url,
         "IMAGINEQ_S3__BUCKET": bucket,
         "IMAGINEQ_S3__CREATE_BUCKET": "true",
+        # The simulator serves its result files from its own host (an allowed result host, as the
+        # account's base URL host) on loopback, which result downloads refuse unless told otherwise.
+        "IMAGINEQ_DOWNLOADS__ALLOW_NETWORKS": '["127.0.0.0/8"]',
         **LOCAL_S3_CREDENTIALS,
     }
     env.update(extra or {})

@@ -18,6 +18,7 @@ import boto3
 import pytest
 import redis
 
+from config.settings import DownloadSettings
 from devstack import services
 from devstack.services import Service
 
@@ -70,6 +71,9 @@ def s3_endpoint(services_dir: Path) -> Iterator[str]:
     finally:
         service.stop()
 
+
+#: Result downloads from the tests' own file servers on loopback (refused by default, as in production).
+LOCAL_FILES = DownloadSettings(result_hosts=["127.0.0.1", "localhost"], allow_networks=["127.0.0.0/8"])
 
 S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 

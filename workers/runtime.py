@@ -30,7 +30,9 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         clients = Clients.build(settings)
-        storage = Storage(settings.s3, settings.http)
+        storage = Storage(
+            settings.s3, settings.http, downloads=settings.downloads, result_hosts=settings.result_hosts()
+        )
         if settings.s3.create_bucket:
             storage.ensure_bucket()  # local S3 servers: the first task of each process creates it
         return cls(

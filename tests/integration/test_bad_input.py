@@ -37,7 +37,7 @@ from devstack.services import LocalStack
 from producers import cli
 from producers.api import Producer
 from producers.callbacks import sign, token_hash
-from tests.conftest import s3_client_for
+from tests.conftest import LOCAL_FILES, s3_client_for
 from workers.batch.reader import BAD_LINES_KEPT, BatchSubmitter
 from workers.errors import TransportError, ValidationError
 from workers.jobs import JobRequest, JobState
@@ -686,7 +686,7 @@ def test_a_result_url_we_must_not_store_fails_the_job_and_writes_no_object(
         access_key_id=SecretStr("testing"),
         secret_access_key=SecretStr("testing"),
     )
-    storage = Storage(s3, HttpSettings())
+    storage = Storage(s3, HttpSettings(), downloads=LOCAL_FILES)
     client = s3_client_for(s3_endpoint)
 
     def objects() -> list[str]:

@@ -18,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import HttpSettings, S3Settings
-from tests.conftest import S3_TEST_CREDENTIALS, s3_client_for
+from tests.conftest import LOCAL_FILES, S3_TEST_CREDENTIALS, s3_client_for
 from workers.storage import (
     BadResult,
     ResultGone,
@@ -189,7 +189,7 @@ def make_storage(s3_endpoint: str, s3_bucket: str) -> Iterator[Any]:
 
     def _make(**overrides: Any) -> Storage:
         http = HttpSettings(connect_timeout_s=2, read_timeout_s=10, download_read_timeout_s=10)
-        storage = Storage(s3_settings(s3_endpoint, s3_bucket, **overrides), http)
+        storage = Storage(s3_settings(s3_endpoint, s3_bucket, **overrides), http, downloads=LOCAL_FILES)
         made.append(storage)
         return storage
 

@@ -1,22 +1,27 @@
 """Fetching a result: GET the URL as a stream, follow redirects by hand, refresh a gone link once.
 
-Nothing is read from the body here: a response is refused, before any byte of it is read, for a status,
-a size or a content type we will not store; the caller streams what is accepted.
+Every URL, the first and each redirect hop, must name an allowed result host, and the connection goes
+only to public (or explicitly allowed) addresses (:mod:`workers.storage.destinations`). Nothing is read
+from the body here: a response is refused, before any byte of it is read, for a status, a size or a
+content type we will not store; the caller streams what is accepted.
+
+A refused destination is a fatal :class:`BadResult` whose message names the host and the setting, never
+anything learnt about the network behind it: nothing is connected to before the checks pass.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from config.settings import HttpSettings
+from config.settings import DownloadSettings, HttpSettings
+from workers.storage.destinations import AddressPolicy, HostAllowlist, RefusedDestination, guarded_session
 from workers.storage.errors import BadResult, ResultGone, ResultTooLarge, StorageError, TransferError
 from workers.storage.urls import redact_url
-from workers.upstream import Session
 
 logger = logging.getLogger("workers.storage")
 
@@ -26,22 +31,23 @@ REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 #: Statuses worth trying again later, besides every 5xx.
 RETRYABLE_STATUSES: Final = frozenset({408, 425, 429})
 MAX_REDIRECTS: Final = 5
-OCTET_STREAM_TYPES: Final = frozenset({"application/octet-stream", "binary/octet-stream"})
 
 
 class ResultFetcher:
-    """Opens result URLs on one HTTP session (its own unless one is given)."""
+    """Opens result URLs on an HTTP session of its own, with guarded connections."""
 
-    def __init__(self, http: HttpSettings, *, max_bytes: int, session: requests.Session | None = None) -> None:
-        self._owns_session = session is None
-        self._session = session if session is not None else Session()
+    def __init__(
+        self, http: HttpSettings, downloads: DownloadSettings, *, result_hosts: Sequence[str], max_bytes: int
+    ) -> None:
+        self._hosts = HostAllowlist.of(result_hosts)
+        self._session = guarded_session(AddressPolicy.of(downloads.allow_networks), user_agent=http.user_agent)
         self._timeout = (http.connect_timeout_s, http.download_read_timeout_s)
         self._user_agent = http.user_agent
         self._max_bytes = max_bytes
+        self._content_types = tuple(downloads.content_types)
 
     def close(self) -> None:
-        if self._owns_session:
-            self._session.close()
+        self._session.close()
 
     def open(self, url: str, refresh: Callable[[str], str] | None) -> requests.Response:
         """A 200 streaming response with an acceptable size and type, refreshing a gone URL once."""
@@ -59,17 +65,20 @@ class ResultFetcher:
                 response.close()
                 raise ResultGone("result URL is gone, even after a refresh", url=fresh, status=status)
         try:
-            check_response(response, self._max_bytes)
+            check_response(response, self._max_bytes, self._content_types)
         except StorageError:
             response.close()
             raise
         return response
 
     def follow(self, url: str) -> requests.Response:
-        """GET ``url``, following at most MAX_REDIRECTS redirects, none of them off http(s)."""
+        """GET ``url``, following at most MAX_REDIRECTS redirects, each to an allowed result host."""
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             require_http(current, "result URL")
+            host = urlsplit(current).hostname or ""
+            if not self._hosts.allows(host):
+                raise BadResult(f"{host!r} is not an allowed result host (downloads.result_hosts)", url=current)
             try:
                 response = self._session.get(
                     current,
@@ -78,6 +87,11 @@ class ResultFetcher:
                     timeout=self._timeout,
                     headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
                 )
+            except RefusedDestination as e:
+                raise BadResult(
+                    f"{host!r} resolves to an address results may not come from (downloads.allow_networks)",
+                    url=current,
+                ) from e
             except requests.RequestException as e:
                 raise TransferError(f"GET failed: {type(e).__name__}", url=current) from e
             if response.status_code not in REDIRECT_STATUSES:
@@ -97,7 +111,7 @@ def require_http(url: str, what: str) -> None:
         raise BadResult(f"{what} is not an http(s) URL", url=url)
 
 
-def check_response(response: requests.Response, max_bytes: int) -> None:
+def check_response(response: requests.Response, max_bytes: int, content_types: Sequence[str]) -> None:
     """Refuse, before reading the body, a status, size or content type we will not store."""
     status = response.status_code
     url = response.url
@@ -108,13 +122,18 @@ def check_response(response: requests.Response, max_bytes: int) -> None:
     announced = response.headers.get("Content-Length")
     if announced is not None and announced.strip().isdigit() and int(announced) > max_bytes:
         raise ResultTooLarge(f"result is {int(announced)} bytes, over the cap of {max_bytes}", url=url)
-    raw_type = response.headers.get("Content-Type")
-    if raw_type is None:
-        logger.warning("result %s has no Content-Type; accepting it", redact_url(url))
-        return
-    media_type = raw_type.split(";", 1)[0].strip().lower()
-    if not (media_type.startswith("video/") or media_type in OCTET_STREAM_TYPES):
-        raise BadResult(f"result is {media_type or 'untyped'}, not a video", url=url)
+    media_type = (response.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if not media_type_allowed(media_type, content_types):
+        allowed = ", ".join(content_types)
+        raise BadResult(f"result is {media_type or 'untyped'}, not one of {allowed} (downloads.content_types)", url=url)
+
+
+def media_type_allowed(media_type: str, allowed: Sequence[str]) -> bool:
+    """``video/mp4`` is allowed by ``video/mp4`` and by ``video/*``."""
+    main = media_type.split("/", 1)[0]
+    return bool(media_type) and any(
+        pattern == media_type or (pattern.endswith("/*") and pattern[:-2] == main) for pattern in allowed
+    )
 
 
 def content_length(response: requests.Response) -> int | None:

@@ -17,8 +17,10 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -28,8 +30,9 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from config.settings import HttpSettings, S3Settings
+from config.settings import DownloadSettings, HttpSettings, S3Settings
 from workers.storage.client import build_s3_client, client_error_code, is_not_found
+from workers.storage.deadline import TransferTooSlow, TransferWatchdog
 from workers.storage.errors import BadResult, ResultTooLarge, StorageError, TransferError
 from workers.storage.fetch import ResultFetcher, content_length
 from workers.storage.object_keys import object_key
@@ -44,7 +47,8 @@ logger = logging.getLogger("workers.storage")
 
 #: Parallel part uploads per transfer; also the number of parts allowed to wait in memory.
 UPLOAD_CONCURRENCY: Final = 4
-DOWNLOAD_CHUNK_BYTES: Final = 1024 * 1024
+#: Small enough that progress shows within seconds at the minimum throughput (the watchdog sees chunks).
+DOWNLOAD_CHUNK_BYTES: Final = 64 * 1024
 VIDEO_CONTENT_TYPE: Final = "video/mp4"
 
 
@@ -67,13 +71,23 @@ class Storage:
         s3: S3Settings,
         http: HttpSettings,
         *,
+        downloads: DownloadSettings | None = None,
+        result_hosts: Sequence[str] | None = None,
         client: S3Client | None = None,
-        session: requests.Session | None = None,
     ) -> None:
+        """``downloads``: which result URLs may be fetched (default: ``DownloadSettings()``);
+        ``result_hosts``: the allowed hosts (default: ``downloads.result_hosts``)."""
         self._s3 = s3
         self._http = http
         self._client = client if client is not None else build_s3_client(s3, http)
-        self._fetcher = ResultFetcher(http, max_bytes=s3.max_download_bytes, session=session)
+        downloads = downloads if downloads is not None else DownloadSettings()
+        self._downloads = downloads
+        self._fetcher = ResultFetcher(
+            http,
+            downloads,
+            result_hosts=downloads.result_hosts if result_hosts is None else result_hosts,
+            max_bytes=s3.max_download_bytes,
+        )
         part_bytes = s3.part_size_mb * 1024 * 1024
         self._transfer_config = TransferConfig(
             multipart_threshold=part_bytes,
@@ -209,34 +223,47 @@ class Storage:
         self, response: requests.Response, key: str, metadata: dict[str, str], announced: int | None
     ) -> tuple[int, str]:
         """Stream the body into ``key``; (size, sha256). Any failure leaves no object behind."""
+        watchdog = TransferWatchdog(
+            lambda: _shut(response),
+            min_bytes_per_s=self._downloads.min_bytes_per_s,
+            window_s=self._downloads.throughput_window_s,
+            deadline_s=self._downloads.deadline_s,
+        )
         reader = HashingReader(
-            response.iter_content(chunk_size=DOWNLOAD_CHUNK_BYTES),
+            watchdog.stream(response.iter_content(chunk_size=DOWNLOAD_CHUNK_BYTES)),
             max_bytes=self._s3.max_download_bytes,
             expected_bytes=announced,
         )
         url = response.url
         try:
-            if self._fits_one_put(announced):
-                body = reader.read(announced or 0)
-                reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
-                self._client.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
-                )
-            else:
-                self._client.upload_fileobj(
-                    reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
-                    self.bucket,
-                    key,
-                    ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
-                    Config=self._transfer_config,
-                )
+            with watchdog:
+                if self._fits_one_put(announced):
+                    body = reader.read(announced or 0)
+                    reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
+                    self._client.put_object(
+                        Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
+                    )
+                else:
+                    self._client.upload_fileobj(
+                        reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
+                        self.bucket,
+                        key,
+                        ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
+                        Config=self._transfer_config,
+                    )
+        except TransferTooSlow as e:
+            raise TransferError(str(e), url=url) from e
         except TooManyBytes as e:
             raise ResultTooLarge(
                 f"result exceeds the cap of {self._s3.max_download_bytes} bytes while streaming", url=url
             ) from e
         except LengthMismatch as e:
+            if watchdog.tripped is not None:
+                raise TransferError(watchdog.tripped, url=url) from e
             raise BadResult(str(e), url=url, retryable=True) from e
         except requests.RequestException as e:
+            if watchdog.tripped is not None:
+                raise TransferError(watchdog.tripped, url=url) from e
             if announced is not None and reader.bytes_read < announced:
                 raise BadResult(
                     f"body ended after {reader.bytes_read} of {announced} announced bytes ({type(e).__name__})",
@@ -265,3 +292,12 @@ class Storage:
             self._client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as e:
             raise TransferError(f"cannot delete {key!r}: {type(e).__name__}") from e
+
+
+def _shut(response: requests.Response) -> None:
+    """Shut the response's socket from another thread: a read blocked on it returns at once."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
