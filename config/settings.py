@@ -169,8 +169,8 @@ DEFAULT_RESULT_HOSTS = ("*.apikley.ru", "*.kie.ai", "*.aiquickdraw.com", "*.redp
 class DownloadSettings(BaseModel):
     """Which result URLs a store may fetch, and how slow a transfer may be."""
 
-    #: Host names results may come from, for the URL and every redirect hop: exact names or
-    #: ``*.domain`` (any name under it). The hosts of the accounts' base URLs are added.
+    #: Hosts results may come from, for the URL and every redirect hop: exact names or ``*.domain`` (any
+    #: name under it), on ports 80 and 443, or ``name:port``. The accounts' base URL hosts are added.
     result_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_RESULT_HOSTS))
     #: Networks (CIDR) allowed although not public, e.g. ``["127.0.0.0/8"]`` for a local simulator.
     #: Loopback, private, link-local (cloud metadata), multicast and reserved addresses are refused else.
@@ -200,8 +200,12 @@ class DownloadSettings(BaseModel):
     def _hosts(cls, value: list[str]) -> list[str]:
         for host in value:
             name = host.removeprefix("*.")
-            if not name or "*" in name or "/" in name or ":" in name:
-                raise ValueError(f"{host!r} is not a host name or *.domain pattern")
+            name, colon, port = name.rpartition(":") if not name.endswith("]") else (name, "", "")
+            name = name if colon else port
+            if colon and not port.isdigit():
+                raise ValueError(f"{host!r}: the port must be a number")
+            if not name or "*" in name or "/" in name or "@" in name:
+                raise ValueError(f"{host!r} is not a host name, *.domain pattern or name:port")
         return value
 
     @field_validator("content_types")
@@ -357,9 +361,12 @@ class Settings(BaseSettings):
 
         hosts = list(self.downloads.result_hosts)
         for account in self.accounts:
-            host = urlsplit(account.base_url).hostname
-            if host and host not in hosts:
-                hosts.append(host)
+            parts = urlsplit(account.base_url)
+            if parts.hostname:
+                host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+                host = f"{host}:{parts.port}" if parts.port else host
+                if host not in hosts:
+                    hosts.append(host)
         return hosts
 
     def require_accounts(self) -> list[AccountSettings]:

@@ -72,8 +72,11 @@ def s3_endpoint(services_dir: Path) -> Iterator[str]:
         service.stop()
 
 
-#: Result downloads from the tests' own file servers on loopback (refused by default, as in production).
-LOCAL_FILES = DownloadSettings(result_hosts=["127.0.0.1", "localhost"], allow_networks=["127.0.0.0/8"])
+def local_files(base_url: str) -> DownloadSettings:
+    """Result downloads from one of the tests' own file servers on loopback (refused by default, as in
+    production): its host and port allowed, and the loopback network."""
+    return DownloadSettings(result_hosts=[base_url.split("://", 1)[1]], allow_networks=["127.0.0.0/8"])
+
 
 S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 

@@ -37,7 +37,7 @@ from devstack.services import LocalStack
 from producers import cli
 from producers.api import Producer
 from producers.callbacks import sign, token_hash
-from tests.conftest import LOCAL_FILES, s3_client_for
+from tests.conftest import local_files, s3_client_for
 from workers.batch.reader import BAD_LINES_KEPT, BatchSubmitter
 from workers.errors import TransportError, ValidationError
 from workers.jobs import JobRequest, JobState
@@ -647,7 +647,13 @@ RESULT_CASES = [
         "bad_result",
         "redirect to a non-http(s) URL (ftp:) ({url}/redirect-ftp)",
     ),
-    ("HTML instead of a video", "/html", BadResult, "bad_result", "result is text/html, not a video ({url}/html)"),
+    (
+        "HTML instead of a video",
+        "/html",
+        BadResult,
+        "bad_result",
+        "result is text/html, not one of video/* (downloads.content_types) ({url}/html)",
+    ),
     (
         "larger than the cap (announced)",
         "/big",
@@ -686,7 +692,7 @@ def test_a_result_url_we_must_not_store_fails_the_job_and_writes_no_object(
         access_key_id=SecretStr("testing"),
         secret_access_key=SecretStr("testing"),
     )
-    storage = Storage(s3, HttpSettings(), downloads=LOCAL_FILES)
+    storage = Storage(s3, HttpSettings(), downloads=local_files(base))
     client = s3_client_for(s3_endpoint)
 
     def objects() -> list[str]:

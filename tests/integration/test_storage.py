@@ -18,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import HttpSettings, S3Settings
-from tests.conftest import LOCAL_FILES, S3_TEST_CREDENTIALS, s3_client_for
+from tests.conftest import S3_TEST_CREDENTIALS, local_files, s3_client_for
 from workers.storage import (
     BadResult,
     ResultGone,
@@ -184,12 +184,14 @@ def s3(s3_endpoint: str) -> Any:
 
 
 @pytest.fixture
-def make_storage(s3_endpoint: str, s3_bucket: str) -> Iterator[Any]:
+def make_storage(s3_endpoint: str, s3_bucket: str, file_server: FileServer) -> Iterator[Any]:
     made: list[Storage] = []
 
     def _make(**overrides: Any) -> Storage:
         http = HttpSettings(connect_timeout_s=2, read_timeout_s=10, download_read_timeout_s=10)
-        storage = Storage(s3_settings(s3_endpoint, s3_bucket, **overrides), http, downloads=LOCAL_FILES)
+        storage = Storage(
+            s3_settings(s3_endpoint, s3_bucket, **overrides), http, downloads=local_files(file_server.base_url)
+        )
         made.append(storage)
         return storage
 
@@ -403,11 +405,15 @@ def test_a_server_error_is_a_retryable_transfer_error(make_storage, file_server)
     assert (caught.value.reason, caught.value.retryable, caught.value.status) == ("transfer", True, 503)
 
 
-def test_an_unreachable_host_is_a_transfer_error(make_storage):
+def test_an_unreachable_host_is_a_transfer_error(s3_endpoint, s3_bucket):
     from devstack.services import free_port
 
+    url = f"http://127.0.0.1:{free_port()}"  # an allowed result host with nothing listening
+    storage = Storage(
+        s3_settings(s3_endpoint, s3_bucket), HttpSettings(connect_timeout_s=2), downloads=local_files(url)
+    )
     with pytest.raises(TransferError):
-        store(make_storage(), f"http://127.0.0.1:{free_port()}/files/1.mp4?sig=secret")
+        store(storage, f"{url}/files/1.mp4?sig=secret")
 
 
 def test_an_unsafe_task_id_in_the_key_is_a_fatal_storage_error(make_storage, file_server):

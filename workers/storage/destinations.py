@@ -4,8 +4,9 @@ A result URL comes from the upstream's record, but it is still input from outsid
 answer or a compromised file host could point it at the deployment's own network (Redis, S3, a cloud
 metadata service). Two checks stand between a URL and a connection:
 
-- **the host name** of the URL, and of every redirect hop, must be one of the allowed result hosts
-  (``downloads.result_hosts``: exact names, or ``*.example.com`` for any name under a domain);
+- **the host name and port** of the URL, and of every redirect hop, must be one of the allowed result
+  hosts (``downloads.result_hosts``: exact names, or ``*.example.com`` for any name under a domain; a
+  bare name allows the web ports 80 and 443 only, ``name:port`` that port);
 - **every address** the name resolves to must be public — not loopback, private, link-local (cloud
   metadata services live there), multicast, reserved or unspecified — unless it lies in one of the
   explicitly allowed networks (``downloads.allow_networks``, e.g. the loopback of a local simulator).
@@ -49,25 +50,42 @@ class RefusedDestination(Exception):
         self.host = host
 
 
+#: Ports a result host named without one may be reached on.
+WEB_PORTS = frozenset({80, 443})
+
+
 @dataclass(frozen=True)
 class HostAllowlist:
-    """Host names results may be downloaded from: exact names, or ``*.domain`` for names under it."""
+    """Hosts results may be downloaded from: ``name``, ``*.domain`` (names under it), ``...:port``."""
 
-    patterns: tuple[str, ...]
+    patterns: tuple[tuple[str, int | None], ...]
 
     @classmethod
     def of(cls, patterns: Iterable[str]) -> HostAllowlist:
-        return cls(tuple(_normal_host(pattern) for pattern in patterns))
+        return cls(tuple(_split_port(pattern) for pattern in patterns))
 
-    def allows(self, host: str) -> bool:
+    def allows(self, host: str, port: int) -> bool:
         host = _normal_host(host)
-        for pattern in self.patterns:
+        for pattern, pattern_port in self.patterns:
+            if (port not in WEB_PORTS) if pattern_port is None else (port != pattern_port):
+                continue
             if pattern.startswith("*."):
                 if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
                     return True
             elif host == pattern:
                 return True
         return False
+
+
+def _split_port(pattern: str) -> tuple[str, int | None]:
+    pattern = pattern.strip()
+    if pattern.startswith("["):  # [v6]:port or [v6]
+        address, _, rest = pattern[1:].partition("]")
+        return _normal_host(address), int(rest[1:]) if rest.startswith(":") else None
+    name, colon, port = pattern.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        return _normal_host(name), int(port)
+    return _normal_host(pattern), None
 
 
 @dataclass(frozen=True)

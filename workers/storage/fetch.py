@@ -76,9 +76,14 @@ class ResultFetcher:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             require_http(current, "result URL")
-            host = urlsplit(current).hostname or ""
-            if not self._hosts.allows(host):
-                raise BadResult(f"{host!r} is not an allowed result host (downloads.result_hosts)", url=current)
+            parts = urlsplit(current)
+            host = parts.hostname or ""
+            try:
+                port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+            except ValueError:
+                raise BadResult("result URL has an invalid port", url=current) from None
+            if not self._hosts.allows(host, port):
+                raise BadResult(f"{host}:{port} is not an allowed result host (downloads.result_hosts)", url=current)
             try:
                 response = self._session.get(
                     current,
