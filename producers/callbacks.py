@@ -11,8 +11,17 @@ Each job's ``callBackUrl`` is ``{public_base_url}/v1/callbacks/{job_id}/{token}`
    X-Webhook-Timestamp)) (else 401), and the timestamp is at most ``max_age_s`` old and at most
    :data:`MAX_FUTURE_SKEW_S` ahead of this host's clock (else 401).
 
-Then :meth:`CallbackReceiver.receive` moves the job (``workers.completion``) and answers at once; it
-never calls the upstream. Every outcome is counted in the shared counters hash as ``callback:<outcome>``.
+5. with an HMAC key configured, the signed ``(taskId, timestamp, signature)`` has not been accepted
+   before (a once-only record kept for the signature window): a replayed pair is answered like a
+   duplicate and changes nothing, whatever body it carries.
+
+A callback is a **wake-up**, never a source of truth: the upstream signs only ``taskId.timestamp``, so a
+signed callback proves who sent it, not what its body says. An accepted callback about the job's task
+wakes a poll at once (``wake(job)``), which reads the task's record from recordInfo with our key, from
+the shared recordInfo budget, and moves the job from that record; the result URL downloaded is always
+the record's. A job still ``submitting`` gets a wake marker instead, which submit acts on right after
+recording the taskId. The receiver answers at once and never calls the upstream itself. Every outcome
+is counted in the shared counters hash as ``callback:<outcome>``.
 """
 
 from __future__ import annotations
@@ -31,18 +40,21 @@ from typing import Any, Final
 
 import redis
 
-from workers.completion import CALLBACK_ENDPOINT, Applied, apply_terminal, stash_early, take_early
+from workers.completion import SALVAGEABLE_REASONS, stash_wake, take_wake
 from workers.errors import TransportError
 from workers.jobs import Job, JobState
 from workers.jobstore import JobStore
 from workers.keys import Keys
-from workers.quota import QuotaLimiter
 from workers.upstream import TaskRecord
 
 log = logging.getLogger("imagineq.callbacks")
 
 #: Signed timestamps may be this far ahead of our clock (the sender's clock is not ours).
 MAX_FUTURE_SKEW_S: Final = 30
+#: A woken poll runs within a second; duplicate deliveries inside this window wake no second one.
+WAKE_DEDUP_MS: Final = 10_000
+#: The task record a callback claims is parsed as the callbacks' "endpoint" (for error messages).
+CALLBACK_ENDPOINT: Final = "callback"
 TIMESTAMP_HEADER: Final = "X-Webhook-Timestamp"
 SIGNATURE_HEADER: Final = "X-Webhook-Signature"
 
@@ -50,13 +62,14 @@ SIGNATURE_HEADER: Final = "X-Webhook-Signature"
 class Outcome(StrEnum):
     """What a callback did; the label of the ``imagineq_callbacks_total`` metric."""
 
-    #: Success: the job moved to ``downloading`` and ``store`` was enqueued.
-    APPLIED = "applied"
-    #: Failure: the job moved to ``failed``.
-    FAILED = "failed"
-    #: The job had already moved on (a retry, a duplicate delivery, or a poll got there first).
+    #: Accepted: a poll was woken to read the task's record from the upstream now.
+    WOKEN = "woken"
+    #: The job had already moved on (a retry, a duplicate delivery, or a poll got there first), or a
+    #: poll is already woken for it.
     DUPLICATE = "duplicate"
-    #: The job is still ``submitting``: stashed for submit to apply right after recording the taskId.
+    #: A signed (taskId, timestamp, signature) seen before: answered like a duplicate, nothing done.
+    REPLAYED = "replayed"
+    #: The job is still ``submitting``: a wake marker for submit to act on right after recording the taskId.
     EARLY = "early"
     #: Not about the job's current task, or not a terminal state: accepted, ignored.
     IGNORED = "ignored"
@@ -146,14 +159,17 @@ def check_signature(
 
 
 def parse_body(body: bytes) -> tuple[Mapping[str, Any], TaskRecord]:
-    """The callback's ``data`` object and the task record it describes (``taskId`` or ``task_id``).
+    """The callback's ``data`` object and the task record it claims (``taskId`` or ``task_id``).
 
-    A body ``code`` of 501 means failure whatever ``data.state`` says.
+    A body ``code`` of 501 means failure whatever ``data.state`` says. Only the task id and whether the
+    state is terminal are used: the record itself is read from the upstream.
     """
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise CallbackRejected(Outcome.BAD_BODY, "body is not JSON") from None
+    except RecursionError:
+        raise CallbackRejected(Outcome.BAD_BODY, "body is nested too deeply") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
         raise CallbackRejected(Outcome.BAD_BODY, "body must be an object with a data object")
     data: dict[str, Any] = dict(payload["data"])
@@ -176,15 +192,14 @@ class Received:
 
 
 class CallbackReceiver:
-    """Verifies callbacks and applies them; ``enqueue_store(job)`` publishes the store task."""
+    """Verifies callbacks and wakes the job's poll; ``wake(job)`` publishes that poll."""
 
     def __init__(
         self,
         client: redis.Redis,
         keys: Keys,
         jobs: JobStore,
-        quota: QuotaLimiter,
-        enqueue_store: Callable[[Job], None],
+        wake: Callable[[Job], None],
         *,
         hmac_key: bytes | None,
         max_age_s: float,
@@ -194,8 +209,7 @@ class CallbackReceiver:
         self._redis = client
         self._keys = keys
         self._jobs = jobs
-        self._quota = quota
-        self._enqueue_store = enqueue_store
+        self._wake = wake
         self._hmac_key = hmac_key
         self._max_age_s = max_age_s
         self._early_ttl_s = early_ttl_s
@@ -215,44 +229,54 @@ class CallbackReceiver:
         if job is None:
             raise CallbackRejected(Outcome.UNKNOWN_JOB, "unknown job")
         check_token(token, job.callback_token_hash)
-        data, record = parse_body(body)
+        _, record = parse_body(body)
         if self._hmac_key is not None:
+            timestamp, signature = headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER)
             check_signature(
-                self._hmac_key,
-                record.task_id,
-                headers.get(TIMESTAMP_HEADER),
-                headers.get(SIGNATURE_HEADER),
-                now_s=self._clock(),
-                max_age_s=self._max_age_s,
+                self._hmac_key, record.task_id, timestamp, signature, now_s=self._clock(), max_age_s=self._max_age_s
             )
+            if not self._first_time(record.task_id, str(timestamp), str(signature)):
+                log.warning("callback for job %s: a replayed signature, ignored", job_id)
+                return Received(Outcome.REPLAYED, "duplicate")
         if not record.state.terminal:
             return Received(Outcome.IGNORED)
-        if job.state is JobState.SUBMITTING:
-            return self._early(job, data, record)
-        return self._apply(job, record)
-
-    def _apply(self, job: Job, record: TaskRecord) -> Received:
-        applied = apply_terminal(self._jobs, self._quota, job, record)
-        if applied is Applied.DOWNLOADING:
-            self._enqueue_store(job)
-            log.info("callback: job %s generated (task %s), store enqueued", job.id, record.task_id)
-            return Received(Outcome.APPLIED)
-        if applied is Applied.FAILED:
-            log.info("callback: job %s failed upstream: %s %s", job.id, record.fail_code, record.fail_msg)
-            return Received(Outcome.FAILED)
         if job.task_id is not None and job.task_id != record.task_id:
             return Received(Outcome.IGNORED)
-        return Received(Outcome.DUPLICATE)
+        if job.state is JobState.SUBMITTING:
+            return self._early(job, record.task_id)
+        return self._wake_poll(job, record.task_id)
 
-    def _early(self, job: Job, data: Mapping[str, Any], record: TaskRecord) -> Received:
-        """Submit has not recorded the taskId yet: stash the callback for it, unless it just did."""
-        stash_early(self._redis, self._keys, job.id, data, self._early_ttl_s)
+    def _first_time(self, task_id: str, timestamp: str, signature: str) -> bool:
+        """Record the signed pair once for the signature window; False when it was recorded before."""
+        digest = hashlib.sha256(f"{task_id}\n{timestamp}\n{signature}".encode()).hexdigest()
+        ttl_s = int(self._max_age_s + MAX_FUTURE_SKEW_S) + 1
+        return bool(self._redis.set(self._keys.callback_seen(digest), "1", nx=True, ex=ttl_s))
+
+    def _wake_poll(self, job: Job, task_id: str) -> Received:
+        salvage = job.state is JobState.FAILED and job.reason in SALVAGEABLE_REASONS
+        if job.state is not JobState.GENERATING and not salvage:
+            return Received(Outcome.DUPLICATE)
+        if salvage and job.task_id is None:
+            # createTask's answer was lost: the signed callback names the task, which the woken poll
+            # then reads from the upstream with our key (a task that is not ours is not found there).
+            self._jobs.update(job.id, expect=JobState.FAILED, fields={"task_id": task_id})
+        if not self._redis.set(self._keys.callback_wake(job.id), "1", nx=True, px=WAKE_DEDUP_MS):
+            return Received(Outcome.DUPLICATE)
+        woken = self._jobs.get(job.id) or job
+        self._wake(woken)
+        log.info("callback: job %s (task %s) woke its poll", job.id, task_id)
+        return Received(Outcome.WOKEN)
+
+    def _early(self, job: Job, task_id: str) -> Received:
+        """Submit has not recorded the taskId yet: leave it a wake marker, unless it just did."""
+        stash_wake(self._redis, self._keys, job.id, task_id, self._early_ttl_s)
         now = self._jobs.get(job.id)
         if now is None or now.state is JobState.SUBMITTING:
-            # Submit's move to generating comes after this read, so its take_early sees the stash.
-            log.info("callback: job %s still submitting; stashed for task %s", job.id, record.task_id)
+            # Submit's move to generating comes after this read, so its take_wake sees the marker.
+            log.info("callback: job %s still submitting; wake marker left for task %s", job.id, task_id)
             return Received(Outcome.EARLY)
-        stashed = take_early(self._redis, self._keys, job.id)
-        if stashed is None:
-            return Received(Outcome.EARLY)  # submit took it and applies it
-        return self._apply(now, stashed)
+        if take_wake(self._redis, self._keys, job.id) is None:
+            return Received(Outcome.EARLY)  # submit took it and acts on it
+        if now.task_id is not None and now.task_id != task_id:
+            return Received(Outcome.IGNORED)
+        return self._wake_poll(now, task_id)

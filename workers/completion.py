@@ -1,26 +1,24 @@
-"""Apply a terminal upstream record to a job: the state move shared by callbacks and submit.
+"""Apply a terminal upstream record to a job: the one state move that ends an upstream task.
 
-A callback (``producers/callbacks.py``) and a submit that finds a callback which beat its own
-``submitting → generating`` move both end here; the compare-and-set makes whichever comes second (or a
-poll that saw the same record) do nothing.
+Every record applied here was read from the upstream itself (recordInfo, with our key): by a poll, by
+a poll a callback woke, or by the reconciler's salvage. A callback's body is never applied: its
+signature covers only ``taskId.timestamp``, so it proves who sent it, not what it says.
 
-A callback that arrives while the job is still ``submitting`` (createTask's answer not yet recorded) is
-*stashed* under ``<job key>:early-callback`` with a TTL. Whoever takes the stash first (``GETDEL``)
-applies it: submit right after its ``generating`` move, or the web when it sees that move already made.
+A callback that arrives while the job is still ``submitting`` (createTask's answer not yet recorded)
+leaves a *wake marker* (``keys.early_callback``: the task id it named) with a TTL. Whoever takes the
+marker first (``GETDEL``) acts on it: submit right after its ``generating`` move (its chain's poll then
+asks recordInfo at once), or the web when it sees that move already made.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Final, cast
 
 import redis
 
 from config.settings import ConfigError
-from workers.errors import TransportError
 from workers.jobs import Job, JobState
 from workers.jobstore import JobStore
 from workers.keys import Keys
@@ -29,7 +27,6 @@ from workers.upstream import TaskRecord, TaskState
 
 log = logging.getLogger("imagineq.completion")
 
-CALLBACK_ENDPOINT: Final = "callback"
 #: Failure reasons after which a completion is still worth storing (the task did finish upstream).
 SALVAGEABLE_REASONS: Final = frozenset({"timed_out", "outcome_unknown"})
 
@@ -100,30 +97,14 @@ def _release(quota: QuotaLimiter, account: str, job_id: str) -> None:
 # -- callbacks that beat submit ---------------------------------------------------------------------------
 
 
-def stash_early(client: redis.Redis, keys: Keys, job_id: str, data: Mapping[str, Any], ttl_s: int) -> None:
-    client.set(keys.early_callback(job_id), json.dumps(dict(data)), ex=ttl_s)
+def stash_wake(client: redis.Redis, keys: Keys, job_id: str, task_id: str, ttl_s: int) -> None:
+    """Note that the upstream called back about ``task_id`` before submit recorded it."""
+    client.set(keys.early_callback(job_id), task_id, ex=ttl_s)
 
 
-def take_early(client: redis.Redis, keys: Keys, job_id: str) -> TaskRecord | None:
-    """The stashed record, removed so that exactly one taker applies it; None if there is none."""
+def take_wake(client: redis.Redis, keys: Keys, job_id: str) -> str | None:
+    """The task id a callback named while the job was submitting, removed so that one taker acts on it."""
     raw = cast("str | bytes | None", client.getdel(keys.early_callback(job_id)))
     if raw is None:
         return None
-    try:
-        return TaskRecord.from_payload(json.loads(raw), endpoint=CALLBACK_ENDPOINT)
-    except (ValueError, TransportError) as error:
-        log.error("job %s: stashed callback unreadable, dropped (%s)", job_id, error)
-        return None
-
-
-def apply_early(client: redis.Redis, keys: Keys, jobs: JobStore, quota: QuotaLimiter, job_id: str) -> Applied:
-    """Apply a stashed callback to a job that is now ``generating`` (called right after that move)."""
-    record = take_early(client, keys, job_id)
-    if record is None:
-        return Applied.NOTHING
-    job = jobs.get(job_id)
-    if job is None:
-        return Applied.NOTHING
-    applied = apply_terminal(jobs, quota, job, record)
-    log.info("job %s: early callback for task %s applied: %s", job_id, record.task_id, applied.value)
-    return applied
+    return raw.decode() if isinstance(raw, bytes) else raw

@@ -39,6 +39,14 @@ class Keys:
         """String with TTL: the ``data`` of a callback that arrived while the job was ``submitting``."""
         return f"{self.job(job_id)}:early-callback"
 
+    def callback_wake(self, job_id: str) -> str:
+        """String with PX expiry: a poll woken by a callback is on its way (duplicates wake no more)."""
+        return f"{self.job(job_id)}:callback-wake"
+
+    def callback_seen(self, digest: str) -> str:
+        """String with expiry: a signed ``(taskId, timestamp, signature)`` already accepted once."""
+        return f"{self.prefix}:callback-seen:{digest}"
+
     def state_index(self, state: str) -> str:
         """Sorted set: job ids in ``state``, scored by the time they entered it (ms)."""
         return f"{self.prefix}:state:{state}"

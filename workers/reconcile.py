@@ -19,7 +19,8 @@ record says a step should be running when nothing shows it is, each case counted
     leases held by terminal (or vanished) jobs are released — except ``outcome_unknown`` holds, which run
     out by themselves — and expired leases are reclaimed.
 ``salvaged`` (and ``salvage_checked``)
-    ``failed (timed_out)`` jobs are asked again every ``reconcile_salvage_interval_s`` for
+    ``failed (timed_out)`` jobs, and ``failed (outcome_unknown)`` ones whose task a callback named, are
+    asked again every ``reconcile_salvage_interval_s`` for
     ``reconcile_salvage_window_s``; a late success moves ``failed → downloading`` and is stored.
 ``batch_finalised``
     a batch whose every line is terminal gets its manifest, even when nobody waits for it.
@@ -241,7 +242,7 @@ class Reconciler:
                     )
                 rows = pipe.execute()
             for job_id, (reason, task_id, account, done, checked_at) in zip(job_ids, rows, strict=True):
-                if reason != "timed_out" or not task_id or not account or done:
+                if reason not in SALVAGEABLE_REASONS or not task_id or not account or done:
                     continue
                 if checked_at and now - float(checked_at) < self.settings.reconcile_salvage_interval_s:
                     continue

@@ -16,13 +16,12 @@ from config.celery import (
     PRIORITY_BATCH,
     PRIORITY_INTERACTIVE,
     QUEUES,
-    STORE_QUEUE,
-    TASK_STORE,
 )
 from config.settings import Settings
 from producers.api import Producer
 from producers.callbacks import CallbackReceiver
 from producers.metrics import RedisCollector, build_registry
+from workers.chains import rest_of_job
 from workers.clients import Clients
 from workers.jobs import (
     Job,
@@ -52,8 +51,7 @@ class Web:
             self.redis,
             self.keys,
             self.jobs,
-            self.quota,
-            self.enqueue_store,
+            self.wake,
             hmac_key=hmac_key.get_secret_value().encode() if hmac_key is not None else None,
             max_age_s=settings.callbacks.max_age_s,
             early_ttl_s=settings.early_callback_ttl_s,
@@ -70,9 +68,10 @@ class Web:
             ok |= hmac.compare_digest(given.encode(), token)
         return ok
 
-    def enqueue_store(self, job: Job) -> None:
+    def wake(self, job: Job) -> None:
+        """A callback said the job's task ended: a poll reads its record now, then store follows."""
         level = PRIORITY_BATCH if job.priority is Priority.BATCH else PRIORITY_INTERACTIVE
-        self.celery.send_task(TASK_STORE, args=(job.id,), queue=STORE_QUEUE, priority=level)
+        rest_of_job(self.celery, job, woken=True, priority=level).apply_async()
 
     def workers_seen(self) -> list[str]:
         with self._workers_lock:

@@ -5,13 +5,14 @@ Celery messages the web publishes stay in their Redis lists, where the tests rea
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis
@@ -34,6 +35,7 @@ HMAC_KEY = "callback-hmac-key"
 MAX_BODY = 2 * 1024 * 1024
 AUTH = {"Authorization": f"Bearer {TOKENS[0]}"}
 STORE_LIST = "iq:celery:store"
+POLL_LIST = "iq:celery:poll"
 SUBMIT_LIST = "iq:celery:submit"
 
 
@@ -96,6 +98,12 @@ class Web:
             headers=headers,
             timeout=10,
         )
+
+    def poll_messages(self) -> list[tuple[str, dict[str, Any]]]:
+        """(args, kwargs) of every poll message published, oldest first."""
+        raw = cast("list[str]", self.redis.lrange(POLL_LIST, 0, -1))
+        messages = [json.loads(message) for message in reversed(raw)]
+        return [(m["headers"]["argsrepr"], json.loads(base64.b64decode(m["body"]))[1]) for m in messages]
 
     def store_messages(self) -> list[str]:
         raw = cast("list[str]", self.redis.lrange(STORE_LIST, 0, -1))
@@ -274,39 +282,52 @@ def test_cancel_a_queued_job_but_not_one_already_submitted(web: Web):
 # -- callbacks --------------------------------------------------------------------------------------------
 
 
-def test_a_success_callback_moves_the_job_releases_its_lease_and_enqueues_store(web: Web):
+@pytest.mark.parametrize(("state", "code"), [("success", 200), ("fail", 501)])
+def test_a_callback_wakes_a_poll_and_applies_nothing_of_its_body(web: Web, state, code):
     job_id = web.generating_job("task-ok")
-    started = time.monotonic()
-    response = web.callback(job_id, "per-job-secret", "task-ok")
-    elapsed = time.monotonic() - started
+    before = must(web.jobs.get(job_id))
+    response = web.callback(job_id, "per-job-secret", "task-ok", state=state, code=code)
     assert response.status_code == 200 and response.json() == {"code": 200, "msg": "success"}
-    assert elapsed < 0.1, f"callback answered in {elapsed * 1000:.0f} ms"
+    # The job waits for the woken poll's recordInfo: nothing of the body reached the record.
     job = must(web.jobs.get(job_id))
-    assert job.state is JobState.DOWNLOADING and job.result_url == "http://files.invalid/task-ok.mp4"
-    assert web.quota.snapshot()[0].in_progress == 0
-    assert web.store_messages() == [repr((job_id,))]
-    assert web.counters()["callback:applied"] == "1"
+    assert job.state is JobState.GENERATING and job.updated_at == before.updated_at
+    assert job.result_url is None and job.fail_code is None
+    assert web.quota.snapshot()[0].in_progress == 1
+    assert web.poll_messages() == [(repr((job_id,)), {"woken": True})]
+    assert web.store_messages() == []
+    assert "files.invalid" not in json.dumps(web.redis.hgetall(web.keys.job(job_id)))
+    assert web.counters()["callback:woken"] == "1"
 
 
-def test_a_duplicate_callback_answers_200_and_does_nothing(web: Web):
+def test_a_redelivered_callback_answers_200_and_wakes_nothing_more(web: Web):
     job_id = web.generating_job("task-dup")
     assert web.callback(job_id, "per-job-secret", "task-dup").status_code == 200
-    before = must(web.jobs.get(job_id))
-    response = web.callback(job_id, "per-job-secret", "task-dup")
+    # The upstream's retry signs a new timestamp: accepted, but the poll is already woken.
+    response = web.callback(job_id, "per-job-secret", "task-dup", timestamp=int(time.time()) - 1)
     assert response.status_code == 200 and response.json()["code"] == 200
-    assert must(web.jobs.get(job_id)).updated_at == before.updated_at
-    assert len(web.store_messages()) == 1
+    assert len(web.poll_messages()) == 1
     assert web.counters()["callback:duplicate"] == "1"
 
 
-def test_a_failure_callback_fails_the_job_with_the_upstream_reason(web: Web):
-    job_id = web.generating_job("task-bad")
-    assert web.callback(job_id, "per-job-secret", "task-bad", state="fail", code=501).status_code == 200
-    job = must(web.jobs.get(job_id))
-    assert job.state is JobState.FAILED and job.reason == "generation_failed"
-    assert (job.fail_code, job.fail_msg) == ("500", "generator exploded")
-    assert web.quota.snapshot()[0].in_progress == 0
-    assert web.store_messages() == []
+def test_a_replayed_signature_changes_nothing_whatever_the_body(web: Web):
+    job_id = web.generating_job("task-replay")
+    ts = int(time.time())
+    assert web.callback(job_id, "per-job-secret", "task-replay", timestamp=ts).status_code == 200
+    web.redis.delete(web.keys.callback_wake(job_id))  # even with the first wake-up long over
+    before = must(web.jobs.get(job_id))
+    for state, code in (("success", 200), ("fail", 501)):  # the same header pair, other bodies
+        response = web.callback(job_id, "per-job-secret", "task-replay", timestamp=ts, state=state, code=code)
+        assert (response.status_code, response.json()) == (200, {"code": 200, "msg": "duplicate"})
+    assert must(web.jobs.get(job_id)).updated_at == before.updated_at
+    assert len(web.poll_messages()) == 1
+    assert web.counters()["callback:replayed"] == "2"
+
+
+def test_a_callback_nested_too_deeply_is_a_400(web: Web):
+    job_id = web.generating_job("task-deep")
+    deep = b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    response = web.post(f"/v1/callbacks/{job_id}/per-job-secret", data=deep, headers={})
+    assert response.status_code == 400 and response.json() == {"code": 400, "msg": "body is nested too deeply"}
 
 
 @pytest.mark.parametrize(
@@ -326,7 +347,7 @@ def test_refused_callbacks_change_nothing(web: Web, change, status, outcome):
     assert response.status_code == status
     assert must(web.jobs.get(job_id)).state is JobState.GENERATING
     assert web.quota.snapshot()[0].in_progress == 1
-    assert web.store_messages() == []
+    assert web.poll_messages() == [] and web.store_messages() == []
     assert web.counters()[f"callback:{outcome}"] == "1"
 
 
@@ -334,8 +355,8 @@ def test_a_callback_for_an_unknown_job_is_404(web: Web):
     assert web.callback("0" * 32, "per-job-secret", "task-y").status_code == 404
 
 
-def test_a_callback_before_submit_recorded_the_task_id_is_applied_by_submit(web: Web):
-    from workers.completion import apply_early
+def test_a_callback_before_submit_recorded_the_task_id_leaves_submit_a_wake_marker(web: Web):
+    from workers.completion import take_wake
 
     job, _ = web.jobs.create(JobRequest(prompt="fast upstream"))
     web.jobs.transition(job.id, JobState.SUBMITTING, expect=JobState.QUEUED)
@@ -347,11 +368,11 @@ def test_a_callback_before_submit_recorded_the_task_id_is_applied_by_submit(web:
     assert response.status_code == 200
     assert must(web.jobs.get(job.id)).state is JobState.SUBMITTING
     assert web.counters()["callback:early"] == "1"
+    assert web.poll_messages() == []  # submit publishes the poll, with the marker it takes
     # What submit does right after createTask answers:
     web.jobs.transition(job.id, JobState.GENERATING, expect=JobState.SUBMITTING, fields={"task_id": "task-early"})
-    assert apply_early(web.redis, web.keys, web.jobs, web.quota, job.id).value == "downloading"
-    assert must(web.jobs.get(job.id)).state is JobState.DOWNLOADING
-    assert web.quota.snapshot()[0].in_progress == 0
+    assert take_wake(web.redis, web.keys, job.id) == "task-early"
+    assert take_wake(web.redis, web.keys, job.id) is None  # one taker only
 
 
 # -- health, metrics, OpenAPI -----------------------------------------------------------------------------

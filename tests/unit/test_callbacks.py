@@ -139,10 +139,15 @@ def test_a_body_that_is_not_a_callback_is_refused(body):
     _rejected(Outcome.BAD_BODY, parse_body, body)
 
 
+def test_a_body_nested_too_deeply_is_a_bad_body_not_a_crash():
+    deep = b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    _rejected(Outcome.BAD_BODY, parse_body, deep)
+
+
 def test_refusals_map_to_http_statuses_and_the_rest_to_200():
     assert Outcome.UNKNOWN_JOB.status == 404
     assert Outcome.BAD_TOKEN.status == 403
     assert Outcome.BAD_SIGNATURE.status == Outcome.STALE.status == 401
     assert Outcome.BAD_BODY.status == 400
-    for outcome in (Outcome.APPLIED, Outcome.FAILED, Outcome.DUPLICATE, Outcome.EARLY, Outcome.IGNORED):
+    for outcome in (Outcome.WOKEN, Outcome.DUPLICATE, Outcome.REPLAYED, Outcome.EARLY, Outcome.IGNORED):
         assert outcome.status == 200

@@ -9,13 +9,13 @@ from celery import Task
 
 from config.celery import TASK_POLL
 from workers.celery import app
-from workers.completion import Applied, apply_terminal
+from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
 from workers.errors import (
     AccountError,
     FatalError,
     UpstreamError,
 )
-from workers.jobs import JobState
+from workers.jobs import Job, JobState
 from workers.runtime import Runtime
 from workers.schedule import backoff_s, poll_delay_s, safety_poll_delay_s
 from workers.tasks.process import runtime
@@ -23,12 +23,25 @@ from workers.tasks.steps import count, fail_job, requeue, stop_chain
 
 log = logging.getLogger("imagineq.tasks")
 
+#: A woken poll whose record is not terminal yet (it may lag the callback) asks again this soon...
+WOKEN_RECHECK_S = 1.0
+#: ...this many times, then follows the usual schedule.
+WOKEN_RECHECKS = 5
+
 
 @app.task(name=TASK_POLL, bind=True, max_retries=None, soft_time_limit=75, time_limit=90)
-def poll(self: Task, job_id: str) -> str | None:
-    """Ask recordInfo until the task is terminal; re-schedules itself with countdowns ≤ 30 s."""
+def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
+    """Ask recordInfo until the task is terminal; re-schedules itself with countdowns ≤ 30 s.
+
+    ``woken``: a callback said the task ended, so ask at once (and again soon, a few times, should the
+    record lag the callback) — also for a job that failed ``timed_out`` or ``outcome_unknown``, whose
+    task may have finished after all.
+    """
     rt = runtime()
     job = rt.jobs.get(job_id)
+    urgent = woken and self.request.retries < WOKEN_RECHECKS
+    if job is not None and urgent and _salvageable(job):
+        return _salvage(self, rt, job)
     if job is None or job.state is not JobState.GENERATING:
         if job is not None and job.state is JobState.DOWNLOADING:
             return job_id  # a callback got there first; store is idempotent
@@ -45,7 +58,7 @@ def poll(self: Task, job_id: str) -> str | None:
         stop_chain(self)
         return None
 
-    if rt.settings.callbacks.enabled and age_s < rt.settings.poll.safety_first_s:
+    if rt.settings.callbacks.enabled and age_s < rt.settings.poll.safety_first_s and not urgent:
         # Callbacks on: polling is a safety net, so the first recordInfo waits until
         # safety_first_s (the chain runs this poll right after submit).
         requeue(
@@ -81,11 +94,43 @@ def poll(self: Task, job_id: str) -> str | None:
         stop_chain(self)  # failed, or a callback moved it first and enqueued store itself
         return None
     rt.quota.renew_lease(job.account, job_id)  # still running: keep the slot
-    if rt.settings.callbacks.enabled:
+    if urgent:
+        delay = WOKEN_RECHECK_S
+    elif rt.settings.callbacks.enabled:
         delay = safety_poll_delay_s(age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s)
     else:
         delay = poll_delay_s(age_s, rt.settings.poll.schedule)
     requeue(self, countdown=delay)
+
+
+def _salvageable(job: Job) -> bool:
+    return (
+        job.state is JobState.FAILED
+        and job.reason in SALVAGEABLE_REASONS
+        and job.task_id is not None
+        and job.account is not None
+    )
+
+
+def _salvage(task: Task, rt: Runtime, job: Job) -> str | None:
+    """A failed job whose task called back: read the task's record, store a late success."""
+    assert job.account is not None and job.task_id is not None
+    take_record_info_token(rt, job.account)
+    count(rt, "record_info_calls")
+    try:
+        record = rt.upstream(job.account).record_info(job.task_id)
+    except UpstreamError as error:
+        log.info("poll: job %s, woken after failing: recordInfo failed (%s); the reconciler retries", job.id, error)
+        stop_chain(task)
+        return None
+    if not record.state.terminal:
+        requeue(task, countdown=WOKEN_RECHECK_S)
+    applied = apply_terminal(rt.jobs, rt.quota, job, record)
+    log.info("poll: job %s (%s) task %s is %s: %s", job.id, job.reason, job.task_id, record.state.value, applied.value)
+    if applied is Applied.DOWNLOADING:
+        return job.id
+    stop_chain(task)
+    return None
 
 
 def take_record_info_token(rt: Runtime, account: str) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import NoReturn
 
-from celery import Task, chain
+from celery import Task
 
-from config.celery import TASK_POLL, TASK_STORE
 from workers.celery import app
+from workers.chains import rest_of_job
 from workers.jobs import Job, JobState
 from workers.runtime import Runtime
 
@@ -30,10 +30,10 @@ def requeue(task: Task, *, countdown: float = 0.0) -> NoReturn:
     raise task.retry(countdown=countdown, max_retries=None)
 
 
-def publish_rest(job: Job) -> None:
-    """Publish the rest of the job's chain: ``chain(poll, store)``, or ``store`` once generated."""
-    steps = [TASK_STORE] if job.state is JobState.DOWNLOADING else [TASK_POLL, TASK_STORE]
-    chain(*(app.signature(name, args=(job.id,), immutable=True) for name in steps)).apply_async()
+def publish_rest(job: Job, *, woken: bool = False) -> None:
+    """Publish the rest of the job's chain: ``chain(poll, store)``, or ``store`` once generated.
+    ``woken``: a callback said the task ended, so the poll asks recordInfo at once."""
+    rest_of_job(app, job, woken=woken).apply_async()
 
 
 def fail_job(rt: Runtime, job_id: str, expect: JobState, reason: str, message: str) -> bool:

@@ -11,7 +11,7 @@ from celery import Task
 
 from config.celery import SUBMIT_TIME_LIMIT_S, TASK_SUBMIT
 from workers.celery import app
-from workers.completion import Applied, apply_early
+from workers.completion import take_wake
 from workers.errors import (
     AccountError,
     FatalError,
@@ -129,10 +129,11 @@ def submit(self: Task, job_id: str) -> str | None:
     ):
         # Canceled or failed meanwhile: the upstream task exists, so its lease stays until it ends.
         log.warning("submit: job %s left submitting while createTask ran (task %s)", job_id, task_id)
-    elif rt.settings.callbacks.enabled:
-        # A callback that beat this move was stashed by the web: apply it now (the chain's poll
-        # then sees the new state and passes the job on to store, or stops).
-        apply_early(rt.redis, rt.keys, rt.jobs, rt.quota, job_id)
+    elif rt.settings.callbacks.enabled and take_wake(rt.redis, rt.keys, job_id) == task_id:
+        # The task's callback beat this move (the web left a marker): the chain's poll asks at once.
+        log.info("submit: job %s → task %s on account %s, already called back", job_id, task_id, account)
+        publish_rest(job, woken=True)
+        return job_id
     log.info("submit: job %s → task %s on account %s", job_id, task_id, account)
     publish_rest(job)
     return job_id
@@ -165,16 +166,15 @@ def recover_interrupted_submit(rt: Runtime, job: Job) -> Job | None:
 
 
 def settle_unknown(rt: Runtime, job_id: str) -> None:
-    """A job just failed ``outcome_unknown``: if the task's callback already came while the job
-    was submitting (the web stashed it), the outcome is known after all, and a success is stored
-    (failed → downloading). A callback that comes later is applied by the web the same way."""
-    if (
-        rt.settings.callbacks.enabled
-        and apply_early(rt.redis, rt.keys, rt.jobs, rt.quota, job_id) is Applied.DOWNLOADING
-        and (salvaged := rt.jobs.get(job_id)) is not None
-    ):
-        log.warning("job %s: createTask's answer was lost but its callback settled it; storing", job_id)
-        publish_rest(salvaged)
+    """A job just failed ``outcome_unknown``: if the task's callback already came while the job was
+    submitting (the web left a marker naming the task), a woken poll reads that task's record from the
+    upstream, and a success is stored after all (failed → downloading). A callback that comes later
+    wakes the same poll through the web."""
+    if not rt.settings.callbacks.enabled or (task_id := take_wake(rt.redis, rt.keys, job_id)) is None:
+        return
+    if rt.jobs.update(job_id, expect=JobState.FAILED, fields={"task_id": task_id}) and (job := rt.jobs.get(job_id)):
+        log.warning("job %s: createTask's answer was lost but task %s called back; asking for it", job_id, task_id)
+        publish_rest(job, woken=True)
 
 
 def _back_to_queue(rt: Runtime, job_id: str) -> None:
