@@ -188,11 +188,22 @@ class LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if self.log_format == "json":
             return self.redactor.redact(self._json(record))
-        line = super().format(record)
+        message = record.getMessage()
         job_id = getattr(record, "job_id", None)
-        if job_id and job_id not in record.getMessage():
-            line = f"{line} job={job_id}"
-        return self.redactor.redact(line)
+        # A text record is one line: CR and LF inside any field (a message quoting input, a job id) are
+        # escaped, so no input can write a line that reads as a record of its own. A traceback that
+        # follows is indented, every line of it.
+        saved = record.msg, record.args
+        record.msg, record.args = _one_line(message), None
+        try:
+            head, newline, rest = super().format(record).partition("\n")
+        finally:
+            record.msg, record.args = saved
+        if job_id and job_id not in message:
+            head = f"{head} job={_one_line(str(job_id))}"
+        if newline:
+            head += "".join(f"\n    {part}" for part in rest.split("\n"))
+        return self.redactor.redact(head)
 
     def _json(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -247,3 +258,7 @@ def configure_logging(
         logger.handlers.clear()
         logger.propagate = True
     return handler
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")

@@ -47,8 +47,8 @@ router = APIRouter()
 async def callback(
     web: WebDep,
     request: Request,
-    job_id: Annotated[str, Path(max_length=200)],
-    token: Annotated[str, Path(max_length=200)],
+    job_id: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")],
+    token: Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")],
 ) -> JSONResponse:
     body = await request.body()
     received = await run_in_threadpool(web.callbacks.receive, job_id, token, body, request.headers)

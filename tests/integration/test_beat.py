@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -124,3 +125,50 @@ def test_an_s3_inbox_is_moved_under_the_processed_prefix(stack: LocalStack, s3_e
     keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=s3_bucket)["Contents"])
     assert keys == ["done/wednesday.jsonl", "inbox/deeper/skip.jsonl"]
     assert run_inbox(settings) == []
+
+
+def test_a_deeply_nested_line_is_one_bad_line_and_the_inbox_goes_on(stack: LocalStack, tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    deep = '{"prompt": "x", "metadata": ' + "[" * 5000 + "]" * 5000 + "}\n"
+    (inbox / "a-poisoned.jsonl").write_text(lines("a", 1) + deep + lines("a2", 1))
+    (inbox / "b-fine.jsonl").write_text(lines("b", 2))
+    settings = load_settings(redis_url=stack.redis(), inbox=str(inbox))
+
+    picked = run_inbox(settings)
+
+    assert [(Path(item.source).name, item.lines, item.bad, item.error) for item in picked] == [
+        ("a-poisoned.jsonl", 3, 1, None),
+        ("b-fine.jsonl", 2, 0, None),
+    ]
+    assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["a-poisoned.jsonl", "b-fine.jsonl"]
+
+
+class _BreaksOn(BatchSubmitter):
+    """A submitter that fails in a way nothing foresaw for one file (a bug, a library's surprise)."""
+
+    def submit(self, source: str, **options: Any) -> Any:
+        if source.endswith("poison.jsonl"):
+            raise RuntimeError("the reader met something it could not handle")
+        return super().submit(source, **options)
+
+
+def test_a_file_that_cannot_be_read_is_moved_aside_and_the_others_proceed(stack: LocalStack, tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a-poison.jsonl").write_text(lines("p", 2))
+    (inbox / "b-fine.jsonl").write_text(lines("b", 2))
+    settings = load_settings(redis_url=stack.redis(), inbox=str(inbox))
+    submitter = _BreaksOn(settings)
+    try:
+        picked = run_inbox(settings, submitter)
+        assert run_inbox(settings, submitter) == []  # the poison file does not fail again tomorrow
+    finally:
+        submitter.close()
+
+    [poison, fine] = picked
+    assert poison.error is not None and "could not handle" in poison.error
+    assert poison.moved_to == str(inbox / "failed" / "a-poison.jsonl")
+    assert (fine.error, fine.lines) == (None, 2)
+    assert sorted(p.name for p in (inbox / "failed").iterdir()) == ["a-poison.jsonl"]
+    assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["b-fine.jsonl"]

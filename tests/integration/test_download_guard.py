@@ -28,11 +28,16 @@ pytestmark = pytest.mark.integration
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
 _connects: list[tuple[str, int]] = []
+#: Only the test's own thread is watched (the downloads run in it): other threads of the test session
+#: (servers, clients of other fixtures) connect as they please.
+_watched = threading.get_ident()
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if event == "socket.connect" and isinstance(args[1], tuple) and len(args[1]) >= 2:
-        _connects.append((str(args[1][0]), int(args[1][1])))
+    if event == "socket.connect" and threading.get_ident() == _watched:
+        address = args[1]
+        if isinstance(address, tuple) and len(address) >= 2:
+            _connects.append((str(address[0]), int(address[1])))
 
 
 sys.addaudithook(_audit)

@@ -435,3 +435,12 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(web: Web, tm
     summary = result.stdout[result.stdout.rfind("SUMMARY") :]
     print(summary)
     assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_a_cr_lf_job_id_on_the_callback_route_is_refused_and_forges_no_log_line(web: Web):
+    forged = "x%0A2026-12-01%2010:00:00,000%20INFO%20imagineq.http%20[MainProcess]%20FORGED-RECORD"
+    response = web.post(f"/v1/callbacks/{forged}/per-job-secret", json={}, headers={})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "job_id"]
+    log = web.service.log_tail(100_000)
+    assert not any(line.startswith("2026-12-01 10:00:00,000") for line in log.splitlines())

@@ -127,3 +127,12 @@ def test_beat_runs_the_reconciler_and_the_nightly_inbox_under_the_deployment_pre
 def test_a_bad_cron_expression_is_refused():
     with pytest.raises(Exception, match="nightly_cron"):
         load_settings(nightly_cron="0 2 * *")
+
+
+def test_a_line_nested_too_deeply_is_a_bad_line_not_a_crash():
+    parser = LineParser("b", max_bytes=1_000_000)
+    deep = b'{"prompt": "x", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    parsed = parser.parse(7, deep)
+    assert parsed is not None and parsed.request is None
+    assert (parsed.line, parsed.error) == (7, "nested too deeply")
+    assert parser.parse(8, b'{"prompt": "fine"}') is not None

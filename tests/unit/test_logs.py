@@ -159,3 +159,24 @@ def test_log_settings_are_validated(monkeypatch: pytest.MonkeyPatch, tmp_path) -
     assert load_settings(log_level="debug").log_level == "DEBUG"
     with pytest.raises(ConfigError, match="log_format"):
         load_settings(log_format="xml")
+
+
+def test_text_lines_cannot_be_forged_with_cr_or_lf(settings: Settings) -> None:
+    stream = io.StringIO()
+    handler = configure_logging(settings, service="test", level="INFO", stream=stream)
+    forged = "abc\n2026-12-01 10:00:00,000 INFO imagineq.http [MainProcess] job abc stored\rtoo"
+    try:
+        logging.getLogger("imagineq.test").warning("callback for job %s refused", forged)
+        try:
+            raise ValueError("a message\nover two lines")
+        except ValueError:
+            logging.getLogger("imagineq.test").exception("failed on %s", "x\ny")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    records = [line for line in stream.getvalue().splitlines() if not line.startswith("    ")]
+    assert len(records) == 2  # every other line is an indented part of the traceback
+    assert records[0].endswith(
+        "callback for job abc\\n2026-12-01 10:00:00,000 INFO imagineq.http [MainProcess] job abc stored\\rtoo refused"
+    )
+    assert records[1].endswith("failed on x\\ny")
+    assert "    ValueError: a message" in stream.getvalue() and "\n    over two lines" in stream.getvalue()

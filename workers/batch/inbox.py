@@ -23,6 +23,25 @@ class InboxFile:
     bad: int
     created: int
     read: bool
+    #: Why the file could not be read as a batch (it was moved to ``failed/``); None when it was.
+    error: str | None = None
+
+
+def _set_aside(settings: Settings, submitter: BatchSubmitter, source: Location, error: Exception) -> InboxFile:
+    reason = f"{type(error).__name__}: {error}"[:500]
+    log.error("inbox: %s cannot be read as a batch (%s); moving it to failed/", source.uri, reason)
+    failed = failed_location(settings)
+    assert failed is not None
+    target = failed.child(source.name)
+    try:
+        if submitter.files.exists(target):
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            target = failed.child(f"{source.name.removesuffix(BATCH_SUFFIX)}-{stamp}{BATCH_SUFFIX}")
+        submitter.files.move(source, target)
+    except ImagineQError as move_error:
+        log.error("inbox: %s could not be moved aside: %s", source.uri, move_error)
+        return InboxFile(source.uri, source.uri, "", 0, 0, 0, False, error=reason)
+    return InboxFile(source.uri, target.uri, "", 0, 0, 0, False, error=reason)
 
 
 def processed_location(settings: Settings) -> Location | None:
@@ -32,12 +51,22 @@ def processed_location(settings: Settings) -> Location | None:
     return Location.parse(settings.processed) if settings.processed else inbox.child("processed")
 
 
+def failed_location(settings: Settings) -> Location | None:
+    """Where inbox files that cannot be read as batches are moved: ``failed/`` inside the inbox."""
+    return Location.parse(settings.inbox).child("failed") if settings.inbox else None
+
+
 def run_inbox(settings: Settings, submitter: BatchSubmitter | None = None) -> list[InboxFile]:
     """Submit every batch file in the inbox and move it to the processed location.
 
     Submitting first and moving second keeps this safe to repeat: a file whose move failed is found again
     next time, and its second submit is a no-op (same content, same batch). Its manifest goes next to
     where the file is moved.
+
+    One file never stops the others. An operational error (storage unreachable, the batch being read
+    elsewhere: an ``ImagineQError``) leaves the file where it is for the next run; any other failure
+    means the file itself cannot be read as a batch: it is reported (``error``) and moved to
+    ``failed/`` inside the inbox, so it does not fail again every night.
     """
     processed = processed_location(settings)
     if processed is None or not settings.inbox:
@@ -57,6 +86,9 @@ def run_inbox(settings: Settings, submitter: BatchSubmitter | None = None) -> li
                 submitter.files.move(source, target)
             except ImagineQError as error:
                 log.error("inbox: %s not submitted: %s", source.uri, error)
+                continue
+            except Exception as error:  # a boundary: the next file must still be read
+                done.append(_set_aside(settings, submitter, source, error))
                 continue
             status = result.status
             done.append(

@@ -87,7 +87,16 @@ class LineParser:
         self._seen: dict[str, int] = {}
 
     def parse(self, line: int, raw: bytes | None) -> ParsedLine | None:
-        """The parsed line; None for a blank one."""
+        """The parsed line; None for a blank one. Whatever a line holds, it never raises: a line that
+        breaks the parser in a way not foreseen below is a bad line too, so one line never stops a batch."""
+        try:
+            return self._parse(line, raw)
+        except RecursionError:
+            return ParsedLine(line, None, error="nested too deeply")
+        except Exception as error:  # a boundary: the rest of the batch must go on
+            return ParsedLine(line, None, error=f"unreadable line ({type(error).__name__})")
+
+    def _parse(self, line: int, raw: bytes | None) -> ParsedLine | None:
         if raw is None:
             return ParsedLine(line, None, error=f"line is longer than {self.max_bytes} bytes")
         if not raw.strip():

@@ -18,5 +18,11 @@ def batch_inbox() -> int:
     """Beat, at ``nightly_cron``: submit the inbox's batch files and move them to the processed location."""
     started = time.monotonic()
     done = run_inbox(runtime().settings)
-    log.info("inbox: %d file(s) picked up in %.1fs", len(done), time.monotonic() - started)
-    return len(done)
+    set_aside = sum(1 for item in done if item.error is not None)
+    log.info(
+        "inbox: %d file(s) picked up, %d set aside as unreadable, in %.1fs",
+        len(done) - set_aside,
+        set_aside,
+        time.monotonic() - started,
+    )
+    return len(done) - set_aside
