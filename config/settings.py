@@ -161,6 +161,31 @@ class HttpSettings(BaseModel):
     user_agent: str = "Mozilla/5.0 (compatible; ImagineQ/0.1; +https://github.com/imagineq)"
 
 
+class PrincipalSettings(BaseModel):
+    """Who may use the HTTP ingress: a named principal, its bearer token, what it may see and send."""
+
+    model_config = {"frozen": True}
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    token: SecretStr
+    #: An admin sees and acts on every job; everyone else only on the jobs they enqueued.
+    admin: bool = False
+    #: Jobs enqueued per second (a token bucket), and the most at once.
+    enqueue_per_s: float = Field(default=100.0, gt=0)
+    enqueue_burst: int = Field(default=1000, ge=1)
+    #: Jobs of this principal not yet finished (queued or on their way) at any time.
+    max_live_jobs: int = Field(default=10_000, ge=1)
+    #: Metadata bytes (as JSON) in one request, all its jobs together.
+    max_metadata_bytes: int = Field(default=1024 * 1024, ge=0)
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+
 #: Where the upstream's result files live (its own domain and kie.ai's file hosts), besides the hosts of
 #: the configured accounts' base URLs, which are always allowed.
 DEFAULT_RESULT_HOSTS = ("*.apikley.ru", "*.kie.ai", "*.aiquickdraw.com", "*.redpandaai.co")
@@ -267,8 +292,12 @@ class Settings(BaseSettings):
     quota_enforce: bool = True
 
     # -- HTTP ingress: the ``web`` process (producers/http.py) --------------------------------
-    #: Bearer tokens accepted on ``/v1/jobs*`` (JSON list in ``IMAGINEQ_INGRESS_TOKENS``). With none
-    #: configured every such request is refused (401): the ingress is never open by accident.
+    #: Named principals of the ingress (JSON list of {name, token, admin, limits...}): each sees only its
+    #: own jobs unless ``admin``. With none (and no ``ingress_tokens``) every ``/v1/jobs`` request is
+    #: refused (401): the ingress is never open by accident.
+    ingress_principals: list[PrincipalSettings] = []
+    #: Bearer tokens of a single-tenant deployment: each is the admin principal ``default``, which sees
+    #: every job (JSON list in ``IMAGINEQ_INGRESS_TOKENS``). Use ``ingress_principals`` for tenants.
     ingress_tokens: list[SecretStr] = []
     #: Largest request body the web process reads (413 beyond); fits 1,000 jobs with long prompts.
     ingress_max_body_bytes: int = Field(default=16 * 1024**2, ge=1024)
@@ -354,6 +383,11 @@ class Settings(BaseSettings):
             if account.name == name:
                 return account
         raise ConfigError(f"unknown account {name!r}; configured: {[a.name for a in self.accounts]}")
+
+    def principals(self) -> list[PrincipalSettings]:
+        """Every principal of the ingress: the configured ones, and ``default`` (admin) per plain token."""
+        legacy = [PrincipalSettings(name="default", token=token, admin=True) for token in self.ingress_tokens]
+        return [*self.ingress_principals, *legacy]
 
     def result_hosts(self) -> list[str]:
         """The allowed result hosts: the configured ones and the hosts of the accounts' base URLs."""

@@ -4,7 +4,9 @@ Served by ``uvicorn producers.http:app``; :func:`producers.web.app.create_app` b
 ``Settings`` (tests and benchmarks start it as a real uvicorn process). Handlers that touch Redis are
 plain ``def``s, so FastAPI runs them in its thread pool and the event loop never blocks.
 
-- ``/v1/jobs*`` needs ``Authorization: Bearer <token>`` (``ingress_tokens``, compared in constant time);
+- ``/v1/jobs*`` needs ``Authorization: Bearer <token>`` of a principal (``ingress_principals``, or
+  ``ingress_tokens`` for the admin ``default``; compared in constant time), and shows each principal its
+  own jobs only (``producers/web/principals.py``);
   the callbacks path has its own per-job secret instead, ``/healthz``, ``/metrics`` and ``/openapi.json``
   are open (meant for probes and scrapers inside the deployment).
 - Every request body is capped at ``ingress_max_body_bytes`` (413), whether or not it says its length.

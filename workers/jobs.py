@@ -140,6 +140,9 @@ class JobRequest:
     #: The same key returns the same job (and never spends credits twice).
     idempotency_key: str | None = None
     batch_id: str | None = None
+    #: The ingress principal that enqueued the job (set by the web, never by the caller); its
+    #: idempotency keys are its own.
+    owner: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`~workers.errors.ValidationError` naming the first bad field."""
@@ -168,6 +171,7 @@ class JobRequest:
             )
         _optional_key("idempotency_key", self.idempotency_key)
         _optional_key("batch_id", self.batch_id)
+        _optional_key("owner", self.owner)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> JobRequest:
@@ -177,7 +181,7 @@ class JobRequest:
         """
         if not isinstance(data, Mapping):
             raise ValidationError("request", f"must be an object (got {_type_name(data)})")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - SERVER_SET_FIELDS
         unknown = sorted(str(name) for name in data if name not in known)
         if unknown:
             raise ValidationError(
@@ -210,6 +214,7 @@ _STR_FIELDS: Final = frozenset(
         "mode",
         "idempotency_key",
         "batch_id",
+        "owner",
         "account",
         "task_id",
         "reason",
@@ -222,6 +227,8 @@ _STR_FIELDS: Final = frozenset(
         "callback_token_hash",
     }
 )
+#: Request fields no caller may give: the web sets them from who is calling.
+SERVER_SET_FIELDS: Final = frozenset({"owner"})
 #: Fields only the store writes (through its Lua scripts), never through ``fields=``.
 MANAGED_FIELDS: Final = frozenset({"id", "state", "created_at", "updated_at"})
 TIMESTAMP_PREFIX: Final = "at_"
@@ -244,6 +251,8 @@ class Job:
     priority: Priority = Priority.INTERACTIVE
     idempotency_key: str | None = None
     batch_id: str | None = None
+    #: The ingress principal that enqueued the job (None: the Python API, the CLI, a batch file).
+    owner: str | None = None
     #: Name of the upstream account the job was submitted on (never the key).
     account: str | None = None
     #: The upstream taskId.
@@ -286,6 +295,7 @@ class Job:
             priority=self.priority,
             idempotency_key=self.idempotency_key,
             batch_id=self.batch_id,
+            owner=self.owner,
         )
 
     @classmethod
@@ -301,6 +311,7 @@ class Job:
             priority=request.priority,
             idempotency_key=request.idempotency_key,
             batch_id=request.batch_id,
+            owner=request.owner,
             created_at=created_at,
             updated_at=created_at,
             timestamps={JobState.QUEUED.value: created_at},

@@ -172,7 +172,7 @@ class JobStore:
             built.queue_key if built is not None else self._keys.job(job.id),
         ]
         if job.idempotency_key is not None:
-            keys.append(self._keys.idempotency(job.idempotency_key))
+            keys.append(self._keys.idempotency(job.idempotency_key, job.owner))
         fields = {name: value for name, value in job.to_hash().items() if name not in MANAGED_FIELDS}
         fields.pop(TIMESTAMP_PREFIX + JobState.QUEUED.value, None)
         args: list[str] = [job.id, stale_id, built.payload if built is not None else ""]
@@ -257,13 +257,18 @@ class JobStore:
         keys += [self._keys.state_index(state.value) for state in froms]
         idem = ""
         if to.terminal or any(state.terminal for state in froms):
+            owner: str | None
             if read is not None and read.id == job_id:
-                idem = read.idempotency_key or ""
+                idem, owner = read.idempotency_key or "", read.owner
             else:
-                stored = cast("str | bytes | None", self._client.hget(self._keys.job(job_id), "idempotency_key"))
-                idem = _text(stored or "")
+                stored = cast(
+                    "list[str | bytes | None]",
+                    self._client.hmget(self._keys.job(job_id), ["idempotency_key", "owner"]),
+                )
+                idem = _text(stored[0] or "")
+                owner = _text(stored[1]) if stored[1] else None
             if idem:
-                keys.append(self._keys.idempotency(idem))
+                keys.append(self._keys.idempotency(idem, owner))
         task_id = fields.get("task_id")
         if task_id is not None and task_id != "":
             keys.append(self._keys.task_index(str(task_id)))

@@ -27,9 +27,17 @@ class Keys:
         """String: upstream taskId → job id."""
         return f"{self.prefix}:task:{task_id}"
 
-    def idempotency(self, key: str) -> str:
-        """String: producer idempotency key → job id."""
-        return f"{self.prefix}:idem:{key}"
+    def idempotency(self, key: str, owner: str | None = None) -> str:
+        """String: producer idempotency key → job id; an ingress principal's keys are its own."""
+        return f"{self.prefix}:idem:{key}" if owner is None else f"{self.prefix}:idem@{owner}:{key}"
+
+    def owner_jobs(self, owner: str) -> str:
+        """Sorted set: an ingress principal's jobs not yet seen finished (score = ms created)."""
+        return f"{self.prefix}:principal:{owner}:jobs"
+
+    def enqueue_bucket(self, owner: str) -> str:
+        """Hash: token bucket for an ingress principal's enqueue rate (tokens, ts)."""
+        return f"{self.prefix}:principal:{owner}:enqueue"
 
     def store_claim(self, job_id: str) -> str:
         """String with PX expiry: the token of the store step transferring the job's result."""

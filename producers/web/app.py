@@ -21,8 +21,8 @@ log = logging.getLogger("imagineq.http")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     web = Web(settings)
-    if not settings.ingress_tokens:
-        log.warning("no ingress_tokens configured: every /v1/jobs request will be refused (401)")
+    if not settings.principals():
+        log.warning("no ingress principals or tokens configured: every /v1/jobs request will be refused (401)")
     app = FastAPI(
         title="ImagineQ",
         version="0.1.0",

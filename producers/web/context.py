@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -17,10 +16,11 @@ from config.celery import (
     PRIORITY_INTERACTIVE,
     QUEUES,
 )
-from config.settings import Settings
+from config.settings import PrincipalSettings, Settings
 from producers.api import Producer
 from producers.callbacks import CallbackReceiver
 from producers.metrics import RedisCollector, build_registry
+from producers.web.principals import EnqueueLimits, Principals
 from workers.chains import rest_of_job
 from workers.clients import Clients
 from workers.jobs import (
@@ -57,16 +57,10 @@ class Web:
             early_ttl_s=settings.early_callback_ttl_s,
         )
         self.registry = build_registry(RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES))
-        self._tokens = [token.get_secret_value().encode() for token in settings.ingress_tokens]
+        self.principals = Principals(settings.principals())
+        self.limits = EnqueueLimits(self.redis, self.keys, self.jobs)
         self._workers: tuple[float, list[str]] = (-1e9, [])
         self._workers_lock = threading.Lock()
-
-    def token_ok(self, given: str) -> bool:
-        """Constant time per configured token, and every token is compared."""
-        ok = False
-        for token in self._tokens:
-            ok |= hmac.compare_digest(given.encode(), token)
-        return ok
 
     def wake(self, job: Job) -> None:
         """A callback said the job's task ended: a poll reads its record now, then store follows."""
@@ -105,8 +99,15 @@ _bearer = HTTPBearer(auto_error=False, description="One of the configured ingres
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
-def authorized(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Bearer-token check for ``/v1/jobs*``."""
-    web = web_of(request)
-    if credentials is None or not web.token_ok(credentials.credentials):
+def authorized(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> PrincipalSettings:
+    """The principal of the bearer token on ``/v1/jobs*`` (401 without a known one)."""
+    principal = web_of(request).principals.find(credentials.credentials) if credentials is not None else None
+    if principal is None:
         raise HTTPException(401, "missing or unknown bearer token", {"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+#: A handler parameter that receives the caller's principal (and refuses unknown tokens).
+Caller = Annotated[PrincipalSettings, Depends(authorized)]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from config.settings import PrincipalSettings
 from producers.web import listing
-from producers.web.context import Web, WebDep, authorized
+from producers.web.context import Caller, Web, WebDep
 from producers.web.models import (
     AUTH_ERRORS,
     CURSOR_PATTERN,
@@ -23,6 +25,7 @@ from producers.web.models import (
     JobView,
     Problem,
 )
+from producers.web.principals import may_see
 from workers.errors import ValidationError
 from workers.jobs import (
     KEY_MAX_CHARS,
@@ -35,9 +38,10 @@ router = APIRouter()
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
-def job_or_404(web: Web, job_id: str) -> Job:
+def job_or_404(web: Web, caller: PrincipalSettings, job_id: str) -> Job:
+    """The job, when it exists and the caller may see it; else 404 (someone else's job does not exist)."""
     job = web.jobs.get(job_id)
-    if job is None:
+    if job is None or not may_see(caller, job):
         raise HTTPException(404, f"job {job_id} not found")
     return job
 
@@ -46,15 +50,17 @@ def job_or_404(web: Web, job_id: str) -> Job:
     "/v1/jobs",
     status_code=201,
     response_model=EnqueuedJob | EnqueuedJobs,
-    dependencies=[Depends(authorized)],
     responses={
         200: {"model": EnqueuedJob | EnqueuedJobs, "description": "Every job already existed (idempotency keys)"},
         **AUTH_ERRORS,
+        413: {"model": Problem, "description": "Request body, or its metadata, over the principal's limit"},
+        429: {"model": Problem, "description": "Over the principal's enqueue rate or live-job cap (Retry-After)"},
     },
     summary="Enqueue one job, or a list of up to 1,000",
 )
 def post_jobs(
     web: WebDep,
+    caller: Caller,
     response: Response,
     body: Annotated[JobsIn, Body()],
     idempotency_key: Annotated[
@@ -77,13 +83,15 @@ def post_jobs(
         if data["idempotency_key"] is None and idempotency_key is not None:
             data["idempotency_key"] = idempotency_key if single else f"{idempotency_key}:{index}"
         try:
-            requests.append(JobRequest.from_mapping(data))
+            requests.append(dataclasses.replace(JobRequest.from_mapping(data), owner=caller.name))
         except ValidationError as error:
             loc: list[str | int] = ["body"] if single else ["body", index]
             raise RequestValidationError(
                 [{"loc": (*loc, *error.field.split(".")), "msg": error.message, "type": "value_error"}]
             ) from None
+    web.limits.check(caller, requests)
     enqueued = web.producer.enqueue_many_created(requests)
+    web.limits.record(caller, [job for job, created in enqueued if created])
     views = [EnqueuedJob(**JobView.of(job).model_dump(), created=created) for job, created in enqueued]
     response.status_code = 201 if any(view.created for view in views) else 200
     return views[0] if single else EnqueuedJobs(jobs=views)
@@ -92,35 +100,34 @@ def post_jobs(
 @router.get(
     "/v1/jobs/{job_id}",
     response_model=JobView,
-    dependencies=[Depends(authorized)],
     responses={404: {"model": Problem}, **AUTH_ERRORS},
     summary="One job",
 )
-def get_job(web: WebDep, job_id: JobId) -> JobView:
-    return JobView.of(job_or_404(web, job_id))
+def get_job(web: WebDep, caller: Caller, job_id: JobId) -> JobView:
+    return JobView.of(job_or_404(web, caller, job_id))
 
 
 @router.get(
     "/v1/jobs",
     response_model=JobPage,
-    dependencies=[Depends(authorized)],
     responses=AUTH_ERRORS,
     summary="Jobs by state and/or batch, paged (oldest in a state first)",
 )
 def list_jobs(
     web: WebDep,
+    caller: Caller,
     state: JobState | None = None,
     batch: Annotated[str | None, Query(min_length=1, max_length=KEY_MAX_CHARS)] = None,
     cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobPage:
-    return listing.list_jobs(web, state, batch, cursor, limit)
+    owner = None if caller.admin else caller.name
+    return listing.list_jobs(web, state, batch, cursor, limit, owner=owner)
 
 
 @router.delete(
     "/v1/jobs/{job_id}",
     response_model=JobView,
-    dependencies=[Depends(authorized)],
     responses={
         404: {"model": Problem},
         409: {"model": Conflict, "description": "The job is past queued"},
@@ -128,16 +135,16 @@ def list_jobs(
     },
     summary="Cancel a job that has not been submitted yet",
 )
-def cancel_job(web: WebDep, job_id: JobId) -> Any:
-    job = job_or_404(web, job_id)
+def cancel_job(web: WebDep, caller: Caller, job_id: JobId) -> Any:
+    job = job_or_404(web, caller, job_id)
     if job.state is JobState.QUEUED and web.jobs.transition(
         job_id,
         JobState.CANCELED,
         expect=JobState.QUEUED,
         fields={"reason": "canceled", "error": "canceled through the HTTP API"},
     ):
-        return JobView.of(job_or_404(web, job_id))
-    job = job_or_404(web, job_id)
+        return JobView.of(job_or_404(web, caller, job_id))
+    job = job_or_404(web, caller, job_id)
     if job.state is JobState.CANCELED:
         return JobView.of(job)
     what = "has reached the upstream" if job.state is not JobState.SUBMITTING else "is being submitted"

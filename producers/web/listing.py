@@ -1,4 +1,9 @@
-"""``GET /v1/jobs``: pages through the state indexes with a cursor that is a position."""
+"""``GET /v1/jobs``: pages through the state indexes with a cursor that is a position.
+
+``batch`` and ``owner`` (a principal that is not an admin sees its own jobs only) filter the entries read,
+so a filtered page may hold fewer than ``limit`` jobs while ``next_cursor`` is still set: at most
+``SCAN_BUDGET_FACTOR`` × ``limit`` entries are read per page.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,9 @@ def decode_cursor(cursor: str) -> tuple[JobState, float, str]:
     return JobState(state), float(score), job_id
 
 
-def list_jobs(web: Web, state: JobState | None, batch: str | None, cursor: str | None, limit: int) -> JobPage:
+def list_jobs(
+    web: Web, state: JobState | None, batch: str | None, cursor: str | None, limit: int, *, owner: str | None = None
+) -> JobPage:
     """See the module docstring: state indexes in order, entries after the cursor, ``batch`` filtered."""
     order = list(JobState)
     states = [state] if state is not None else order
@@ -40,7 +47,8 @@ def list_jobs(web: Web, state: JobState | None, batch: str | None, cursor: str |
         states = [s for s in states if order.index(s) >= order.index(at_state)]
         if states and states[0] is at_state:
             after = (score, last_id)
-    budget = limit * SCAN_BUDGET_FACTOR if batch is not None else limit
+    filtered = batch is not None or owner is not None
+    budget = limit * SCAN_BUDGET_FACTOR if filtered else limit
     found: list[JobView] = []
     last: tuple[JobState, float, str] | None = None
     chunk = min(max(limit + 1, 50), 1000)
@@ -53,7 +61,11 @@ def list_jobs(web: Web, state: JobState | None, batch: str | None, cursor: str |
                     return JobPage(jobs=found, next_cursor=encode_cursor(*last))
                 budget -= 1
                 last = (current, score, member)
-                if job is not None and (batch is None or job.batch_id == batch):
+                if (
+                    job is not None
+                    and (batch is None or job.batch_id == batch)
+                    and (owner is None or job.owner == owner)
+                ):
                     found.append(JobView.of(job))
         after = None
     return JobPage(jobs=found, next_cursor=None)

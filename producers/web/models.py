@@ -71,6 +71,8 @@ class JobView(BaseModel):
     priority: Priority
     idempotency_key: str | None = None
     batch_id: str | None = None
+    #: The principal that enqueued it (null for the Python API, the CLI and batch files).
+    owner: str | None = None
     account: str | None = None
     task_id: str | None = None
     attempts: int = 0

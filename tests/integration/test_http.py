@@ -34,6 +34,19 @@ TOKENS = ("token-one", "token-two")
 HMAC_KEY = "callback-hmac-key"
 MAX_BODY = 2 * 1024 * 1024
 AUTH = {"Authorization": f"Bearer {TOKENS[0]}"}
+#: Tenants: two plain ones, and two with small limits to flood.
+PRINCIPALS: list[dict[str, Any]] = [
+    {"name": "alice", "token": "alice-token-0123456789"},
+    {"name": "bob", "token": "bob-token-0123456789"},
+    {
+        "name": "flood",
+        "token": "flood-token-0123456789",
+        "enqueue_per_s": 0.2,
+        "enqueue_burst": 5,
+        "max_metadata_bytes": 2000,
+    },
+    {"name": "hoarder", "token": "hoarder-token-0123456789", "max_live_jobs": 3},
+]
 STORE_LIST = "iq:celery:store"
 POLL_LIST = "iq:celery:poll"
 SUBMIT_LIST = "iq:celery:submit"
@@ -121,6 +134,7 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalS
             "IMAGINEQ_REDIS_URL": redis_url,
             "IMAGINEQ_API_KEY": "sim-key",
             "IMAGINEQ_INGRESS_TOKENS": json.dumps(TOKENS),
+            "IMAGINEQ_INGRESS_PRINCIPALS": json.dumps(PRINCIPALS),
             "IMAGINEQ_INGRESS_MAX_BODY_BYTES": str(MAX_BODY),
             "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
             "IMAGINEQ_CALLBACKS__MAX_AGE_S": "300",
@@ -444,3 +458,69 @@ def test_a_cr_lf_job_id_on_the_callback_route_is_refused_and_forges_no_log_line(
     assert response.json()["detail"][0]["loc"] == ["path", "job_id"]
     log = web.service.log_tail(100_000)
     assert not any(line.startswith("2026-12-01 10:00:00,000") for line in log.splitlines())
+
+
+# -- tenants -------------------------------------------------------------------------------------------
+
+
+def as_(name: str) -> dict[str, str]:
+    [token] = [str(p["token"]) for p in PRINCIPALS if p["name"] == name]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_tenant_sees_and_cancels_only_its_own_jobs(web: Web):
+    alices = web.post("/v1/jobs", json={"prompt": "alice's secret project", "metadata": {"c": 1}}, headers=as_("alice"))
+    assert alices.status_code == 201 and alices.json()["owner"] == "alice"
+    job_id = alices.json()["id"]
+
+    # Bob cannot read it, find it in a list, or cancel it: to him it does not exist.
+    assert web.get(f"/v1/jobs/{job_id}", headers=as_("bob")).status_code == 404
+    assert web.get("/v1/jobs", headers=as_("bob")).json() == {"jobs": [], "next_cursor": None}
+    assert web.get("/v1/jobs?state=queued", headers=as_("bob")).json()["jobs"] == []
+    refused = requests.delete(f"{web.url}/v1/jobs/{job_id}", headers=as_("bob"), timeout=30)
+    assert refused.status_code == 404 and refused.json() == {"detail": f"job {job_id} not found"}
+    assert must(web.jobs.get(job_id)).state is JobState.QUEUED
+
+    # Alice and an admin do see it.
+    assert web.get(f"/v1/jobs/{job_id}", headers=as_("alice")).json()["metadata"] == {"c": 1}
+    assert [j["id"] for j in web.get("/v1/jobs", headers=as_("alice")).json()["jobs"]] == [job_id]
+    assert web.get(f"/v1/jobs/{job_id}").json()["owner"] == "alice"  # AUTH: a plain token, the admin
+
+
+def test_idempotency_keys_belong_to_their_tenant(web: Web):
+    alice = web.post("/v1/jobs", json={"prompt": "a"}, headers={**as_("alice"), "Idempotency-Key": "order-1"})
+    bob = web.post("/v1/jobs", json={"prompt": "b"}, headers={**as_("bob"), "Idempotency-Key": "order-1"})
+    again = web.post("/v1/jobs", json={"prompt": "a"}, headers={**as_("alice"), "Idempotency-Key": "order-1"})
+    assert (alice.status_code, bob.status_code, again.status_code) == (201, 201, 200)
+    assert alice.json()["id"] != bob.json()["id"] and again.json()["id"] == alice.json()["id"]
+    assert bob.json()["prompt"] == "b"  # bob never got alice's job back through her key
+
+
+def test_a_flood_from_one_tenant_is_refused_with_the_limit_named(web: Web):
+    def queued() -> int:
+        return int(web.redis.zcard(web.keys.state_index("queued")))  # type: ignore[arg-type]
+
+    heavy = [{"prompt": "p", "metadata": {"blob": "x" * 700}} for _ in range(3)]
+    response = web.post("/v1/jobs", json=heavy, headers=as_("flood"))
+    assert response.status_code == 413
+    assert "max_metadata_bytes" in response.json()["detail"] and "2000" in response.json()["detail"]
+    response = web.post("/v1/jobs", json=[{"prompt": "p"}] * 6, headers=as_("flood"))
+    assert response.status_code == 429 and "enqueue_burst" in response.json()["detail"]
+    assert queued() == 0  # nothing of a refused request was written
+
+    assert web.post("/v1/jobs", json=[{"prompt": "p"}] * 5, headers=as_("flood")).status_code == 201
+    response = web.post("/v1/jobs", json={"prompt": "one more"}, headers=as_("flood"))
+    assert response.status_code == 429 and "enqueue_per_s" in response.json()["detail"]
+    assert int(response.headers["Retry-After"]) >= 1
+    assert queued() == 5
+    # Another tenant is not slowed down by it.
+    assert web.post("/v1/jobs", json={"prompt": "unaffected"}, headers=as_("alice")).status_code == 201
+
+
+def test_a_tenant_may_hold_only_so_many_unfinished_jobs(web: Web):
+    ids = [web.post("/v1/jobs", json={"prompt": f"h{i}"}, headers=as_("hoarder")).json()["id"] for i in range(3)]
+    response = web.post("/v1/jobs", json={"prompt": "h3"}, headers=as_("hoarder"))
+    assert response.status_code == 429 and "max_live_jobs" in response.json()["detail"]
+    # One of them finishes (canceled): room for one more.
+    assert requests.delete(f"{web.url}/v1/jobs/{ids[0]}", headers=as_("hoarder"), timeout=30).status_code == 200
+    assert web.post("/v1/jobs", json={"prompt": "h3"}, headers=as_("hoarder")).status_code == 201
