@@ -301,6 +301,13 @@ class Settings(BaseSettings):
     ingress_tokens: list[SecretStr] = []
     #: Largest request body the web process reads (413 beyond); fits 1,000 jobs with long prompts.
     ingress_max_body_bytes: int = Field(default=16 * 1024**2, ge=1024)
+    #: Bearer tokens for the operational endpoints: ``/metrics`` needs one; ``/healthz`` answers its status
+    #: to anyone (for probes) and its details (Redis, worker names) only with one.
+    ops_tokens: list[SecretStr] = []
+    #: Serve the interactive API docs (``/docs``, ``/redoc``) and ``/openapi.json``.
+    docs_enabled: bool = False
+    #: A request's headers must be complete this long after its connection opened (or the last response).
+    web_header_timeout_s: float = Field(default=10.0, gt=0)
     #: How long ``/healthz`` reuses its last worker ping (a ping waits up to 0.5 s for replies).
     health_workers_cache_s: float = Field(default=10.0, ge=0)
     #: How long the web keeps a callback that arrived before submit recorded the taskId.

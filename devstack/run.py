@@ -91,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra={
                 "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
                 "IMAGINEQ_INGRESS_TOKENS": f'["{secrets.token_urlsafe(24)}"]',
+                "IMAGINEQ_OPS_TOKENS": f'["{secrets.token_urlsafe(24)}"]',
+                "IMAGINEQ_DOCS_ENABLED": "true",
                 "PORT": str(web_port),
                 "FLOWER_PORT": str(flower_port),
                 "FLOWER_BASIC_AUTH": flower_auth,
@@ -101,11 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workers.storage import Storage
 
         settings = load_settings()
-        Storage(settings.s3, settings.http).ensure_bucket()
+        Storage(settings.s3, settings.http).ensure_bucket()  # never downloads: no result hosts needed
         write_env_file(args.env_file, env)
         stack.callback(lambda: args.env_file.unlink(missing_ok=True))
         print(
-            f"\n  web       http://127.0.0.1:{web_port}   (/metrics, /healthz; token in the env file)\n"
+            f"\n  web       http://127.0.0.1:{web_port}   (ingress and ops tokens in the env file; /docs)\n"
             f"  flower    http://127.0.0.1:{flower_port}   (user {flower_auth.split(':')[0]}; password: env file)\n"
             f"  simulator {simulator.url}\n"
             f"  env file  {args.env_file}\n\n"

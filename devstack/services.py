@@ -179,7 +179,7 @@ def start_s3(log_dir: Path, *, port: int | None = None) -> Service:
 
 def start_simulator(log_dir: Path, args: Sequence[str] = ()) -> Service:
     """The Apikley simulator on a free port (it prints the URL it listens on)."""
-    argv = [sys.executable, "-m", "simulator", "--port", "0", *args]
+    argv = [sys.executable, "-m", "simulator", "--port", "0", "--admin", *args]
     service = spawn("simulator", argv, log_dir=log_dir, stdout_pipe=True)
     assert service.process.stdout is not None
     line = service.process.stdout.readline().decode(errors="replace").strip()
@@ -341,6 +341,12 @@ def web_argv(port: int, *, host: str = "127.0.0.1") -> list[str]:
         host,
         "--port",
         str(port),
+        "--http",
+        "producers.web.protocol:HeaderTimeoutProtocol",
+        "--timeout-keep-alive",
+        "5",
+        "--limit-concurrency",
+        "200",
         "--no-access-log",
         "--log-level",
         "warning",

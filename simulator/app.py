@@ -195,10 +195,11 @@ def build_app(state: SimState) -> web.Application:
     app.router.add_post("/api/v1/common/download-url", api("download-url", download_url))
     app.router.add_get("/api/v1/chat/credit", api("credit", credit))
     app.router.add_get("/files/{task_id}/{name}", serve_file)
-    app.router.add_get("/__sim__/stats", sim_stats)
-    app.router.add_get("/__sim__/tasks", sim_tasks)
-    app.router.add_post("/__sim__/reset", sim_reset)
-    app.router.add_route("GET", "/__sim__/config", sim_config)
-    app.router.add_route("POST", "/__sim__/config", sim_config)
-    app.router.add_get("/__sim__/files/{task_id}/sha256", sim_file_sha256)
+    if state.options.admin:  # the task list shows every callback URL, per-job secrets included
+        app.router.add_get("/__sim__/stats", sim_stats)
+        app.router.add_get("/__sim__/tasks", sim_tasks)
+        app.router.add_post("/__sim__/reset", sim_reset)
+        app.router.add_route("GET", "/__sim__/config", sim_config)
+        app.router.add_route("POST", "/__sim__/config", sim_config)
+        app.router.add_get("/__sim__/files/{task_id}/sha256", sim_file_sha256)
     return app

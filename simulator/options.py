@@ -53,6 +53,8 @@ class SimOptions:
     time_scale: float = 1.0
     seed: int | None = None
     result_base_url: str | None = None
+    #: Serve the /__sim__ controls (stats, task list with callback URLs, config, reset): tests only.
+    admin: bool = False
     # Fault switches, run-time only (see faults.py).
     delay_s: float = 0.0
     drop_callbacks: bool = False
@@ -357,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--seed", type=int, default=None, metavar="N", help="seed for reproducible randomness")
     a(
+        "--admin",
+        action="store_true",
+        help="serve the unauthenticated /__sim__ controls (stats, tasks with their callback URLs, config)",
+    )
+    a(
         "--result-base-url",
         default=None,
         metavar="URL",
@@ -401,4 +408,5 @@ def parse_args(argv: list[str] | None = None) -> SimOptions:
         time_scale=ns.time_scale,
         seed=ns.seed,
         result_base_url=ns.result_base_url,
+        admin=ns.admin,
     )

@@ -104,6 +104,7 @@ def secrets_of(settings: Settings) -> list[str]:
         settings.s3.secret_access_key,
         *settings.ingress_tokens,
         *(principal.token for principal in settings.ingress_principals),
+        *settings.ops_tokens,
     ]
     return [secret.get_secret_value() for secret in candidates if secret is not None]
 

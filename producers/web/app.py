@@ -27,6 +27,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="ImagineQ",
         version="0.1.0",
         summary="Text prompts to stored Grok Imagine videos",
+        # The schema and its UIs describe every route to whoever asks: only where wanted.
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
         responses={413: {"model": Problem, "description": "Request body too large"}},
     )
     app.state.web = web

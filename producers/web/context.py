@@ -58,6 +58,9 @@ class Web:
         )
         self.registry = build_registry(RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES))
         self.principals = Principals(settings.principals())
+        self.ops_tokens = Principals(
+            [PrincipalSettings(name="ops", token=token, admin=True) for token in settings.ops_tokens]
+        )
         self.limits = EnqueueLimits(self.redis, self.keys, self.jobs)
         self._workers: tuple[float, list[str]] = (-1e9, [])
         self._workers_lock = threading.Lock()
@@ -108,6 +111,16 @@ def authorized(
         raise HTTPException(401, "missing or unknown bearer token", {"WWW-Authenticate": "Bearer"})
     return principal
 
+
+def is_operator(request: Request) -> bool:
+    """True when the request carries one of the ops tokens (``/metrics``, ``/healthz`` details). Read
+    by hand, not declared as a security scheme: ``/healthz`` answers everyone, with less detail."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and web_of(request).ops_tokens.find(token.strip()) is not None
+
+
+#: A handler parameter: whether the caller holds an ops token.
+Operator = Annotated[bool, Depends(is_operator)]
 
 #: A handler parameter that receives the caller's principal (and refuses unknown tokens).
 Caller = Annotated[PrincipalSettings, Depends(authorized)]

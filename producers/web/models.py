@@ -137,9 +137,10 @@ class CallbackReply(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "degraded", "down"]
-    redis: bool
-    #: Celery workers that answered a ping (node names).
-    workers: list[str]
+    #: With an ops token only: whether Redis answered.
+    redis: bool | None = None
+    #: With an ops token only: Celery workers that answered a ping (node names).
+    workers: list[str] | None = None
 
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {

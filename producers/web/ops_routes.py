@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from producers.web.context import WebDep
-from producers.web.models import CallbackReply, Health
+from producers.web.context import Operator, WebDep
+from producers.web.models import CallbackReply, Health, Problem
 
 router = APIRouter()
 
@@ -55,25 +55,39 @@ async def callback(
     return JSONResponse({"code": received.outcome.status, "msg": received.message}, status_code=received.outcome.status)
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": Health}}, summary="Liveness")
-def healthz(web: WebDep) -> Any:
+@router.get(
+    "/healthz",
+    response_model=Health,
+    response_model_exclude_none=True,
+    responses={503: {"model": Health}},
+    summary="Liveness: the status for anyone, the details (Redis, workers seen) with an ops token",
+)
+def healthz(web: WebDep, operator: Operator) -> Any:
     try:
         redis_ok = bool(web.redis.ping())
     except redis.RedisError:
         redis_ok = False
     if not redis_ok:
-        return JSONResponse({"status": "down", "redis": False, "workers": []}, status_code=503)
+        down = {"status": "down", "redis": False, "workers": []} if operator else {"status": "down"}
+        return JSONResponse(down, status_code=503)
     workers = web.workers_seen()
-    return Health(status="ok" if workers else "degraded", redis=True, workers=workers)
+    status: Literal["ok", "degraded"] = "ok" if workers else "degraded"
+    return Health(status=status, redis=True, workers=workers) if operator else Health(status=status)
 
 
 @router.get(
     "/metrics",
     response_class=Response,
     responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Prometheus text format"}
+        200: {
+            "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            "description": "Prometheus text format",
+        },
+        401: {"model": Problem, "description": "An ops token (IMAGINEQ_OPS_TOKENS) is required"},
     },
     summary="Prometheus metrics, read from Redis at scrape time",
 )
-def metrics(web: WebDep) -> Response:
+def metrics(web: WebDep, operator: Operator) -> Response:
+    if not operator:
+        raise HTTPException(401, "an ops token is required", {"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(web.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +35,8 @@ TOKENS = ("token-one", "token-two")
 HMAC_KEY = "callback-hmac-key"
 MAX_BODY = 2 * 1024 * 1024
 AUTH = {"Authorization": f"Bearer {TOKENS[0]}"}
+OPS_TOKEN = "ops-token-0123456789"
+OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}
 #: Tenants: two plain ones, and two with small limits to flood.
 PRINCIPALS: list[dict[str, Any]] = [
     {"name": "alice", "token": "alice-token-0123456789"},
@@ -138,6 +141,9 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalS
             "IMAGINEQ_INGRESS_MAX_BODY_BYTES": str(MAX_BODY),
             "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
             "IMAGINEQ_CALLBACKS__MAX_AGE_S": "300",
+            "IMAGINEQ_OPS_TOKENS": json.dumps([OPS_TOKEN]),
+            "IMAGINEQ_DOCS_ENABLED": "true",
+            "IMAGINEQ_WEB_HEADER_TIMEOUT_S": "1",
         }
         yield stack, services.start_web(stack, env), redis_url
 
@@ -172,11 +178,47 @@ def test_jobs_endpoints_need_one_of_the_configured_bearer_tokens(web: Web):
         )
 
 
-def test_callbacks_health_metrics_and_openapi_need_no_bearer_token(web: Web):
+def test_callbacks_and_the_health_status_need_no_bearer_token(web: Web):
     assert web.post("/v1/callbacks/nojob/secret", json={}, headers={}).status_code == 404
     assert web.get("/healthz", headers={}).status_code == 200
-    assert web.get("/metrics", headers={}).status_code == 200
-    assert web.get("/openapi.json", headers={}).json()["paths"]["/v1/jobs"]
+    assert web.get("/openapi.json", headers={}).json()["paths"]["/v1/jobs"]  # enabled for this deployment
+
+
+def test_metrics_and_health_details_need_an_ops_token(web: Web):
+    for headers in ({}, AUTH, {"Authorization": "Bearer not-the-ops-token"}):
+        assert web.get("/metrics", headers=headers).status_code == 401  # an ingress token is not enough
+        assert web.get("/healthz", headers=headers).json() == {"status": "degraded"}  # no worker names
+    assert web.get("/metrics", headers=OPS).status_code == 200
+    assert web.get("/healthz", headers=OPS).json() == {"status": "degraded", "redis": True, "workers": []}
+
+
+def test_docs_and_schema_are_off_unless_enabled(web_stack: tuple[LocalStack, Service, str]):
+    stack, _, redis_url = web_stack
+    plain = services.start_web(stack, {"IMAGINEQ_REDIS_URL": redis_url, "IMAGINEQ_API_KEY": "sim-key"})
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert requests.get(plain.url + path, timeout=10).status_code == 404
+    plain.stop()
+
+
+def test_a_request_whose_headers_trickle_in_is_cut_off(web: Web):
+    host, port = web.url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        closed = False
+        while time.monotonic() - started < 8:
+            try:
+                sock.sendall(b"X-Drip: 1\r\n")
+                if sock.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    assert closed, "the connection was still open after 8 s of trickled headers"
+    assert time.monotonic() - started < 4  # the header deadline is 1 s here
 
 
 def test_a_body_over_the_limit_is_refused_with_413_declared_or_streamed(web: Web):
@@ -393,7 +435,7 @@ def test_a_callback_before_submit_recorded_the_task_id_leaves_submit_a_wake_mark
 
 
 def test_healthz_reports_redis_and_workers(web: Web):
-    body = web.get("/healthz").json()
+    body = web.get("/healthz", headers=OPS).json()
     assert body == {"status": "degraded", "redis": True, "workers": []}  # no worker runs in this module
 
 
@@ -404,7 +446,7 @@ def test_metrics_read_the_deployment_state_from_redis(web: Web):
         mapping={"upstream_error:429": 3, "record_info_calls": 17, "bytes_stored": 1048576, "reconcile:poll_silent": 2},
     )
     web.callback("nojob", "x", "t")
-    text = web.get("/metrics", headers={}).text
+    text = web.get("/metrics", headers=OPS).text
     for line in (
         'imagineq_jobs{state="queued"} 2.0',
         'imagineq_queue_depth{priority="0",queue="submit"} 1.0',

@@ -103,11 +103,21 @@ def sim_factory(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
     """``sim_factory(*flags)`` starts ``python -m simulator --port 0 *flags`` and parses its address."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*flags: str) -> Sim:
+    def start(*flags: str, admin: bool = True) -> Sim:
         stderr_path = tmp_path / f"simulator-{len(procs)}.stderr"
         with stderr_path.open("w") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "simulator", "--port", "0", "--seed", "7", *flags],
+                [
+                    sys.executable,
+                    "-m",
+                    "simulator",
+                    "--port",
+                    "0",
+                    "--seed",
+                    "7",
+                    *(["--admin"] if admin else []),
+                    *flags,
+                ],
                 cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -526,3 +536,11 @@ def test_serves_200_concurrent_connections(sim: Sim) -> None:
 def test_sigterm_stops_cleanly(sim: Sim) -> None:
     sim.proc.send_signal(signal.SIGTERM)
     assert sim.proc.wait(timeout=5) == 0
+
+
+def test_the_controls_are_off_unless_asked_for(sim_factory: Callable[..., Sim]) -> None:
+    # The task list shows every job's callback URL (its per-job secret), so it is not served by default.
+    plain = sim_factory(admin=False)
+    for path in ("stats", "tasks", "config"):
+        assert requests.get(f"{plain.url}/__sim__/{path}", timeout=5).status_code == 404
+    assert requests.get(f"{sim_factory().url}/__sim__/stats", timeout=5).status_code == 200

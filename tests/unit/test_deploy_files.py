@@ -35,7 +35,9 @@ WORKERS = ("submit", "poll", "store")
 #: Compose commands allowed to extend their Procfile line, and with what.
 COMPOSE_EXTRA_ARGS = {
     # Bound to 0.0.0.0 the simulator would hand out result URLs on 127.0.0.1, unreachable from workers.
-    "simulator": ["--result-base-url", "http://simulator:8900"],
+    "simulator": ["--host", "0.0.0.0", "--result-base-url", "http://simulator:8900"],
+    # Like the simulator, the web must listen on every interface of its container.
+    "web": ["--host", "0.0.0.0"],
     # The Procfile's Flower listens on 127.0.0.1 (its /metrics needs no login); in a container it must
     # listen on every interface, and compose publishes it on the host's 127.0.0.1 only.
     "flower": ["--address=0.0.0.0"],
@@ -264,16 +266,40 @@ def redis_problems(compose: dict[str, Any]) -> list[str]:
 
 
 def flower_problems(procfile: dict[str, str], compose: dict[str, Any]) -> list[str]:
-    required_auth = re.compile(r"--basic-auth[= ]\$\{FLOWER_BASIC_AUTH:\?[^}]+\}")
-    commands = {
-        "Procfile": procfile.get("flower", ""),
-        "docker-compose.yml": " ".join(words(compose["services"].get("flower", {}).get("command"))),
-    }
-    return [
-        f"{where}: flower does not require --basic-auth=${{FLOWER_BASIC_AUTH:?...}}"
-        for where, command in commands.items()
-        if not required_auth.search(command)
-    ]
+    """Flower requires FLOWER_BASIC_AUTH from its environment (config/flower.py), never as an argument."""
+    flower = compose["services"].get("flower", {})
+    commands = {"Procfile": procfile.get("flower", ""), "docker-compose.yml": " ".join(words(flower.get("command")))}
+    problems = []
+    for where, command in commands.items():
+        if "--basic-auth" in command:
+            problems.append(f"{where}: flower's password is on its command line (--basic-auth)")
+        if "--conf=config/flower.py" not in command:
+            problems.append(f"{where}: flower does not load config/flower.py, which requires FLOWER_BASIC_AUTH")
+    if not re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", str(environment(flower).get("FLOWER_BASIC_AUTH", ""))):
+        problems.append("docker-compose.yml: flower does not require FLOWER_BASIC_AUTH in its environment")
+    return problems
+
+
+def secret_problems(compose: dict[str, Any]) -> list[str]:
+    """Credentials are required (no defaults) and never interpolated into a command line."""
+    problems = []
+    text = yaml.safe_dump(compose)
+    if "minioadmin" in text:
+        problems.append("docker-compose.yml: a default MinIO credential (minioadmin)")
+    for name in ("REDIS_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_APP_USER", "MINIO_APP_PASSWORD"):
+        for match in re.finditer(rf"(?<!\$)\$\{{{name}(:?[-?])?", text):
+            if match.group(1) != ":?":
+                problems.append(f"docker-compose.yml: {name} has a default or is optional")
+    for service_name, service in compose["services"].items():
+        command = " ".join(words(service.get("command")))
+        for secret in re.findall(r"(?<!\$)\$\{([A-Z_]*(?:PASSWORD|SECRET|TOKEN|BASIC_AUTH)[A-Z_]*)", command):
+            problems.append(f"{service_name}: {secret} is put on the command line")
+    redis = compose["services"].get("redis", {})
+    if "requirepass" not in " ".join(words(redis.get("command"))):
+        problems.append("redis runs without a password (requirepass)")
+    if ":${REDIS_PASSWORD:?" not in str(compose.get("x-imagineq", {}).get("IMAGINEQ_REDIS_URL", "")):
+        problems.append("the app's IMAGINEQ_REDIS_URL has no password")
+    return problems
 
 
 def profile_problems(compose: dict[str, Any]) -> list[str]:
@@ -353,6 +379,10 @@ def test_flower_requires_basic_auth(files: dict[str, Any]) -> None:
     assert flower_problems(files["procfile"], files["compose"]) == []
 
 
+def test_credentials_are_required_and_never_on_a_command_line(files: dict[str, Any]) -> None:
+    assert secret_problems(files["compose"]) == []
+
+
 def test_simulator_only_in_the_dev_profile(files: dict[str, Any]) -> None:
     assert profile_problems(files["compose"]) == []
 
@@ -389,6 +419,7 @@ def all_problems(f: dict[str, Any]) -> list[str]:
         *compose_settings_problems(f["compose"]),
         *redis_problems(f["compose"]),
         *flower_problems(f["procfile"], f["compose"]),
+        *secret_problems(f["compose"]),
         *profile_problems(f["compose"]),
         *service_problems(f["compose"]),
     ]
@@ -406,13 +437,29 @@ def all_problems(f: dict[str, Any]) -> list[str]:
             "IMAGINEQ_S3__BUKET",
         ),
         (lambda f: _break_compose(f, "BASE_URL:-https://", "BASE_URL:-ftp://"), "not valid Settings"),
-        (lambda f: _break_compose(f, '"--appendonly", "yes", ', ""), "--appendonly yes"),
+        (lambda f: _break_compose(f, "--appendonly yes ", ""), "--appendonly yes"),
         (lambda f: _break_compose(f, "- redis-data:/data", "- ./redis:/data"), "named volume"),
         (
-            lambda f: _break_compose(f, "--basic-auth=${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password} ", ""),
+            lambda f: _break_compose(
+                f, "FLOWER_BASIC_AUTH: ${FLOWER_BASIC_AUTH:?set", "FLOWER_BASIC_AUTH: ${FLOWER_BASIC_AUTH:-set"
+            ),
             "docker-compose.yml: flower",
         ),
         (lambda f: _break_compose(f, "profiles: [dev]", "profiles: []"), "simulator must run only"),
+        (
+            lambda f: _break_compose(
+                f, "${MINIO_APP_PASSWORD:?set MINIO_APP_PASSWORD in .env}", "${MINIO_APP_PASSWORD:-minioadmin}"
+            ),
+            "MINIO_APP_PASSWORD has a default",
+        ),
+        (
+            lambda f: _break_compose(
+                f,
+                "--max_tasks=10000 --address=0.0.0.0",
+                "--max_tasks=10000 --address=0.0.0.0 --basic-auth=${FLOWER_BASIC_AUTH}",
+            ),
+            "FLOWER_BASIC_AUTH is put on the command line",
+        ),
         (
             lambda f: _break_compose(f, "stop_grace_period: 150s", "stop_grace_period: 10s"),
             "submit: stop_grace",
@@ -432,6 +479,8 @@ def all_problems(f: dict[str, Any]) -> list[str]:
         "redis-bind-mount",
         "flower-no-auth",
         "simulator-not-dev-only",
+        "minio-default-password",
+        "password-on-command-line",
         "grace-too-short",
         "undocumented-variable",
         "setting-not-listed",
