@@ -32,6 +32,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 # An empty, root-owned working directory: nothing in it can shadow the installed packages or be
 # read as a .env file.
 WORKDIR /app
+# Flower's configuration file, read from its working directory: it makes FLOWER_BASIC_AUTH required.
+COPY flowerconfig.py /app/flowerconfig.py
 # Numeric, so runtimes can verify it is not root (e.g. Kubernetes runAsNonRoot).
 USER 10001:10001
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from tests.integration.deployment import Deployment, deployment, wait_until
 from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 API_KEY = f"sk-LEAKCHECK-{uuid.uuid4().hex}"
 INGRESS_TOKEN = f"ingress-LEAKCHECK-{uuid.uuid4().hex}"
@@ -64,7 +67,7 @@ def message_args(text: str) -> list[list[Any]]:
 
 
 def start_flower(dep: Deployment, port: int) -> services.Service:
-    """The Procfile's flower command on a free port."""
+    """The Procfile's flower command on a free port, its login in its environment as in production."""
     argv = [
         sys.executable,
         "-m",
@@ -74,12 +77,13 @@ def start_flower(dep: Deployment, port: int) -> services.Service:
         "flower",
         f"--port={port}",
         "--address=127.0.0.1",
-        f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}",
         "--persistent=True",
         f"--db={dep.stack.log_dir / 'flower.db'}",
         "--max_tasks=10000",
     ]
-    service = dep.stack.spawn(f"flower-{port}", argv, dep.env)
+    service = dep.stack.spawn(
+        f"flower-{port}", argv, {**dep.env, "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"}
+    )
     service.url = f"http://127.0.0.1:{port}"
     workers = [w for group in dep.workers.values() for w in group]
 
@@ -217,3 +221,10 @@ def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> 
         named = {line.get("job_id") for line in lines}
         assert set(job_ids) <= named
         assert any("/v1/callbacks/" in str(line["msg"]) for line in lines if line["logger"] == "uvicorn.access")
+
+
+def test_flower_refuses_to_start_without_its_login_and_never_shows_it_in_ps(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINEQ_", "FLOWER_"))}
+    argv = [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={services.free_port()}"]
+    refused = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "set FLOWER_BASIC_AUTH=user:password" in refused.stderr

@@ -266,15 +266,17 @@ def redis_problems(compose: dict[str, Any]) -> list[str]:
 
 
 def flower_problems(procfile: dict[str, str], compose: dict[str, Any]) -> list[str]:
-    """Flower requires FLOWER_BASIC_AUTH from its environment (config/flower.py), never as an argument."""
+    """Flower requires FLOWER_BASIC_AUTH from its environment (flowerconfig.py), never as an argument."""
     flower = compose["services"].get("flower", {})
     commands = {"Procfile": procfile.get("flower", ""), "docker-compose.yml": " ".join(words(flower.get("command")))}
     problems = []
     for where, command in commands.items():
         if "--basic-auth" in command:
             problems.append(f"{where}: flower's password is on its command line (--basic-auth)")
-        if "--conf=config/flower.py" not in command:
-            problems.append(f"{where}: flower does not load config/flower.py, which requires FLOWER_BASIC_AUTH")
+        if "--conf" in command:
+            problems.append(f"{where}: flower must read flowerconfig.py (which requires FLOWER_BASIC_AUTH)")
+    if "COPY flowerconfig.py /app/flowerconfig.py" not in read("Dockerfile"):
+        problems.append("Dockerfile: the image lacks flowerconfig.py in Flower's working directory")
     if not re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", str(environment(flower).get("FLOWER_BASIC_AUTH", ""))):
         problems.append("docker-compose.yml: flower does not require FLOWER_BASIC_AUTH in its environment")
     return problems

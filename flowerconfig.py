@@ -1,4 +1,4 @@
-"""Flower's configuration file (``celery -A workers flower --conf=config/flower.py``).
+"""Flower's configuration file (``celery -A workers flower`` reads it from its working directory).
 
 Flower reads its basic-auth credentials from ``FLOWER_BASIC_AUTH`` in its environment, which keeps the
 password off the command line; this file makes that variable required, so a Flower started without it
