@@ -4,14 +4,14 @@
 # -- build: wheels for the project and all its dependencies ------------------------------------------
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY config/ config/
 COPY workers/ workers/
 COPY producers/ producers/
 COPY simulator/ simulator/
 # The pip cache survives between builds, so a source change does not download every dependency again.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --wheel-dir /wheels .
+    pip wheel --wheel-dir /wheels -c constraints.txt .
 
 # -- runtime ------------------------------------------------------------------------------------------
 FROM python:3.11-slim

@@ -2,12 +2,19 @@
 
 Every service runs as a child process in its own session (so Ctrl-C reaches only us, and we stop the
 children in order) with ``PR_SET_PDEATHSIG`` set, so even a SIGKILLed parent leaves no stray processes.
+
+A child sees only the ``IMAGINEQ_*`` variables it is given, never those of the environment it was started
+from, and runs in its log folder, where no ``.env`` file is: a developer's settings (a real API key, real
+accounts) can never reach a local deployment. Workers start only against a local upstream (a loopback
+address: the simulator); anything else is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -19,11 +26,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 import requests
 
 _PR_SET_PDEATHSIG = 1
+#: Settings variables: never inherited by a child (see the module docstring).
+SETTINGS_PREFIX = "IMAGINEQ_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServiceError(RuntimeError):
@@ -99,18 +110,53 @@ def spawn(
 ) -> Service:
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
-    full_env = {**os.environ, **(env or {})}
     process = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE if stdout_pipe else log,
         stderr=log,
-        env=full_env,
+        env=child_environment(env),
+        cwd=log_dir,
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
     log.close()
     return Service(name=name, process=process, url=url, log_path=log_path)
+
+
+def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without its ``IMAGINEQ_*`` settings, plus ``env``; the repository on
+    ``PYTHONPATH``, since the child runs in its log folder (``python -m devstack...`` must still import)."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith(SETTINGS_PREFIX)}
+    path = os.pathsep.join(part for part in (str(REPO_ROOT), clean.get("PYTHONPATH", "")) if part)
+    return {**clean, "PYTHONPATH": path, **(env or {})}
+
+
+def require_local_upstream(env: Mapping[str, str]) -> None:
+    """Refuse (ServiceError) settings whose upstream is anything but a loopback address."""
+    urls = [env.get("IMAGINEQ_UPSTREAM_BASE_URL", "https://api.apikley.ru")] if "IMAGINEQ_API_KEY" in env else []
+    try:
+        accounts = json.loads(env.get("IMAGINEQ_ACCOUNTS", "[]"))
+    except ValueError as error:
+        raise ServiceError(f"IMAGINEQ_ACCOUNTS is not JSON: {error}") from None
+    urls += [
+        str(account.get("base_url", "https://api.apikley.ru")) for account in accounts if isinstance(account, dict)
+    ]
+    for url in urls:
+        host = urlsplit(url).hostname or ""
+        if not _is_loopback(host):
+            raise ServiceError(
+                f"refusing to start a worker against {host or url!r}: local deployments use the simulator"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def redis_server_binary() -> str:
@@ -318,6 +364,7 @@ def start_worker(
     name: str | None = None,
     pool: str = "prefork",
 ) -> Service:
+    require_local_upstream(env)
     name = name or f"{queue}-{free_port()}"
     service = stack.spawn(f"worker-{name}", worker_argv(queue, concurrency=concurrency, name=name, pool=pool), env)
     _await_ready(service, lambda: "ready." in _read(service.log_path), 60)

@@ -75,6 +75,12 @@ def _cmd_resubmit(args: argparse.Namespace) -> int:
     if job.state is not JobState.FAILED:
         print(f"error: job {job.id} is {job.state.value}; only failed jobs can be resubmitted", file=sys.stderr)
         return EXIT_FAILED
+    if job.reason == "outcome_unknown" and job.account:
+        # Its first task may still run upstream: that slot stays taken on its own, and this attempt
+        # takes (and logs) a slot and a creation of its own.
+        from workers.quota import QuotaLimiter
+
+        QuotaLimiter.for_settings(producer.redis, producer.keys, producer.settings).detach_hold(job.account, job.id)
     if not producer.jobs.transition(
         job.id,
         JobState.QUEUED,

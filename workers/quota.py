@@ -18,6 +18,7 @@ them read ``TIME``, so property tests can drive time. Production never passes a 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,9 @@ import redis
 from config.settings import AccountSettings, ConfigError, Settings
 from workers.keys import Keys
 from workers.lua_scripts import load_script
+
+#: Lease members that stand for an unknown task's slot after its job was tried again (see detach_hold).
+HELD_PREFIX = "held:"
 
 #: Longest wait hint for a full in-progress set: leases expire late, but releases come at any time.
 IN_PROGRESS_HINT_CAP_S = 1.0
@@ -157,6 +161,15 @@ class QuotaLimiter:
         to hold (it expired and was reclaimed); a lease is never re-added past the limit.
         """
         return self.renew_lease(account, job_id, self.unknown_grace_s if grace_s is None else grace_s)
+
+    def detach_hold(self, account: str, job_id: str) -> bool:
+        """The job is tried again while its unknown task may still run upstream: its held slot stays
+        taken, as a lease of its own (``held:<job_id>:<n>``, same expiry, released by nothing but time),
+        and the job's next acquire takes a fresh slot and logs a fresh creation. False if it held none."""
+        self._account(account)
+        member = f"{HELD_PREFIX}{job_id}:{uuid.uuid4().hex[:8]}"
+        script = load_script(self._redis, "quota_detach")
+        return bool(script(keys=[self._keys.leases(account)], args=[job_id, member]))
 
     def reclaim_expired(self) -> dict[str, list[str]]:
         """Drop expired leases; return the job ids reclaimed, per account (accounts with none left out).

@@ -22,6 +22,11 @@ record says a step should be running when nothing shows it is, each case counted
     ``failed (timed_out)`` jobs, and ``failed (outcome_unknown)`` ones whose task a callback named, are
     asked again every ``reconcile_salvage_interval_s`` for
     ``reconcile_salvage_window_s``; a late success moves ``failed → downloading`` and is stored.
+``store_retried``
+    jobs whose store failed on an error that may pass (S3 or the network down for longer than the store's
+    own retries: reasons ``transfer``, ``transport``, ``unavailable``, ``rate_limited``) are stored again
+    (``failed → downloading``, a fresh retry budget), every ``reconcile_salvage_interval_s`` for
+    ``reconcile_salvage_window_s``: the result URL lives on for 24 h.
 ``batch_finalised``
     a batch whose every line is terminal gets its manifest, even when nobody waits for it.
 ``lost_message_suspected`` / ``lost_message``
@@ -70,6 +75,7 @@ from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
 from workers.errors import NotFound, UpstreamError
 from workers.jobs import Job, JobState, Priority
 from workers.messages import submit_message
+from workers.quota import HELD_PREFIX
 from workers.runtime import Runtime
 from workers.storage import build_s3_client
 from workers.tasks.process import runtime
@@ -84,6 +90,8 @@ LOCK_TTL_S: Final = 300.0
 HELD_REASONS: Final = frozenset({"outcome_unknown"})
 #: recordInfo calls for salvage per run (they share the poll workers' token bucket).
 SALVAGE_CALLS_PER_RUN: Final = 20
+#: Failure reasons of a store that may pass: the store is tried again while the result URL lives.
+STORE_RETRY_REASONS: Final = frozenset({"transfer", "transport", "unavailable", "rate_limited"})
 #: Lost-message scans read at most this many broker messages.
 LOST_SCAN_MAX_MESSAGES: Final = 20_000
 _SCAN: Final = 1000
@@ -123,6 +131,7 @@ class Reconciler:
                 self.unstored,
                 self.leases,
                 self.salvage,
+                self.failed_stores,
                 self.finalise_batches,
                 self.lost_messages,
             ]
@@ -219,6 +228,8 @@ class Reconciler:
                     pipe.hmget(self.rt.keys.job(job_id), ["state", "reason"])
                 rows = pipe.execute()
             for job_id, (state, reason) in zip(members, rows, strict=True):
+                if job_id.startswith(HELD_PREFIX):
+                    continue  # an unknown task's slot, kept until its grace runs out
                 if state is not None and not JobState(state).terminal:
                     continue
                 if state == JobState.FAILED.value and reason in HELD_REASONS:
@@ -250,6 +261,32 @@ class Reconciler:
                     return  # the rest next run: polls come first
                 calls += 1
                 self._salvage_one(job_id, account, task_id, now)
+
+    def failed_stores(self) -> None:
+        now = self._now()
+        window = self.settings.reconcile_salvage_window_s
+        index = self.rt.keys.state_index(JobState.FAILED.value)
+        budget = self.settings.reconcile_limit
+        for job_ids in self._chunks(index, (now - window) * 1000, now * 1000):
+            with self.rt.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hmget(self.rt.keys.job(job_id), ["reason", "result_url", "store_retried_at", "completed_ms"])
+                rows = pipe.execute()
+            for job_id, (reason, result_url, retried_at, completed_ms) in zip(job_ids, rows, strict=True):
+                if reason not in STORE_RETRY_REASONS or not result_url:
+                    continue
+                if completed_ms and now - float(completed_ms) / 1000 > window:
+                    continue  # the result URL (24 h from completion) is about to die: expired, not stored
+                if retried_at and now - float(retried_at) < self.settings.reconcile_salvage_interval_s:
+                    continue
+                if budget <= 0:
+                    return
+                budget -= 1
+                fields = {"reason": None, "error": None, "store_attempts": None, "store_retried_at": now}
+                if self.rt.jobs.transition(job_id, JobState.DOWNLOADING, expect=JobState.FAILED, fields=fields):
+                    self._chain(TASK_STORE, job_id=job_id)
+                    self.counts["store_retried"] += 1
+                    log.warning("reconcile: job %s failed to store (%s); storing it again", job_id, reason)
 
     def _salvage_one(self, job_id: str, account: str, task_id: str, now: float) -> None:
         self.counts["salvage_checked"] += 1

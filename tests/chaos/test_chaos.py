@@ -53,3 +53,6 @@ def test_scenario_keeps_every_promise(chaos: ChaosStack, name: str) -> None:
         assert report.duplicate_s3_writes == 0
     assert set(report.failed) <= ALLOWED_FAILURES[name], report.line()
     assert report.stored + sum(report.failed.values()) == JOBS
+    # A worker the scenario did not kill itself must never exit: the stack's supervisor restarts such a
+    # worker (as compose would), which would otherwise hide the crash behind a green run.
+    assert report.worker_crashes == 0, report.line()

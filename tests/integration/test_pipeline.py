@@ -7,11 +7,16 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
 
 import pytest
 
+from devstack import services
 from tests.integration.deployment import Deployment, deployment, must, wait_until
 from workers.jobs import JobState
 
@@ -101,6 +106,51 @@ def test_a_create_task_read_timeout_is_an_unknown_outcome_never_resubmitted_blin
     wait_until(lambda: dep.stats()["created"] == created_before + 1, 10, "the delayed creation")
     time.sleep(1.0)  # no second creation may follow: give a wrong resubmit the chance to show
     assert dep.stats()["created"] == created_before + 1
+
+
+def imagineq(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as an operator runs it against this deployment."""
+    cli = Path(sys.executable).parent / "imagineq"
+    env = services.child_environment(dep.env)
+    return subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_resubmitting_an_unknown_outcome_logs_a_creation_of_its_own(dep: Deployment):
+    """An operator retries a job whose createTask answer was lost. Its first task may still run upstream:
+    that slot stays taken, and the retry takes (and logs) a slot and a creation of its own, so the
+    rolling window counts exactly what the upstream counts."""
+    created_before = dep.stats()["created"]
+    dep.sim_config(delay_s=3.5)
+    job = dep.producer.wait(dep.producer.enqueue("Lost answer, then retried").id, timeout=60)
+    dep.sim_config(delay_s=0)
+    assert (job.state, job.reason) == (JobState.FAILED, "outcome_unknown")
+    keys, redis_client = dep.producer.keys, dep.producer.redis
+
+    def logged() -> int:  # our creation log's entries for this job
+        entries = cast("list[str]", redis_client.zrange(keys.creations("default"), 0, -1))
+        return sum(1 for entry in entries if entry.startswith(f"{job.id}:"))
+
+    wait_until(lambda: dep.stats()["created"] == created_before + 1, 10, "the first task")
+    seen_tasks = {task["taskId"] for task in dep.sim("tasks")["tasks"]}
+    assert logged() == 1
+
+    shown = imagineq(dep, "job", job.id)
+    assert shown.returncode == 0 and "outcome_unknown" in shown.stdout, shown.stderr
+    resubmitted = imagineq(dep, "resubmit", job.id)
+    assert resubmitted.returncode == 0, resubmitted.stderr
+    assert f"job {job.id} queued again (was failed: outcome_unknown)" in resubmitted.stdout
+
+    done = dep.producer.wait(job.id, timeout=60)
+    assert done.state is JobState.STORED, (done.state, done.error)
+    new_tasks = {task["taskId"] for task in dep.sim("tasks")["tasks"]} - seen_tasks
+    assert done.task_id in new_tasks
+    assert dep.stats()["created"] == created_before + 2
+    assert logged() == 2  # one creation logged per createTask the upstream received
+    leases = cast("list[str]", redis_client.zrange(keys.leases("default"), 0, -1))
+    assert [lease for lease in leases if job.id in lease] == [
+        lease for lease in leases if lease.startswith(f"held:{job.id}:")
+    ]
+    assert len([lease for lease in leases if job.id in lease]) == 1  # the first task's slot, until its grace ends
 
 
 def test_no_credits_pauses_the_account_until_credits_return(dep: Deployment):

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.schedule import NIGHTLY_ENTRY, RECONCILE_ENTRY, beat_config
-from config.settings import load_settings
+from config.settings import ConfigError, load_settings
 from workers.batch.lines import LineParser, batch_id_for, idempotency_key, iter_lines
 from workers.batch.locations import Location
 from workers.jobs import KEY_MAX_CHARS, Priority
@@ -125,7 +125,7 @@ def test_beat_runs_the_reconciler_and_the_nightly_inbox_under_the_deployment_pre
 
 
 def test_a_bad_cron_expression_is_refused():
-    with pytest.raises(Exception, match="nightly_cron"):
+    with pytest.raises(ConfigError, match="nightly_cron"):
         load_settings(nightly_cron="0 2 * *")
 
 

@@ -298,14 +298,18 @@ def test_validation_error_names_the_field_and_the_limit() -> None:
     assert error.field == "prompt" and error.reason == "invalid_request" and not error.retryable
 
 
-def test_str_never_contains_the_api_key() -> None:
-    # The error module never sees the key: it can only leak through the response, which the client
-    # redacts before mapping. Here the body echoes an Authorization header the way a proxy might.
-    redacted = json.dumps({"code": 401, "msg": "bad key: [redacted]"})
-    error = error_from_response(CREATE_TASK, 401, json.loads(redacted), redacted, {})
-    assert error is not None
-    for text in (str(error), repr(error), error.message, error.body or ""):
-        assert API_KEY not in text
+def test_a_transport_error_never_quotes_the_api_key() -> None:
+    # A library's exception text can quote the request (a proxy's error echoing the Authorization
+    # header): the client redacts it before the error is built. (An echoed key in a response body is
+    # covered, against a real HTTP server, by test_upstream_client.py::test_echoed_key_is_redacted.)
+    account = AccountSettings(name="a", api_key=SecretStr(API_KEY), base_url="http://127.0.0.1:9")
+    client = UpstreamClient(account, HttpSettings())
+    failure = requests.exceptions.ProxyError(f"407 from proxy: Authorization: Bearer {API_KEY} refused")
+    for endpoint in (CREATE_TASK, RECORD_INFO):
+        error = client._transport_error(endpoint, failure)
+        texts = (str(error), repr(error), error.message, error.body or "")
+        assert all(API_KEY not in text for text in texts), texts
+        assert "[redacted]" in error.message
 
 
 # -- TaskRecord.from_payload -------------------------------------------------------------------------
