@@ -17,12 +17,22 @@ from celery import Celery
 
 from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE
 from config.settings import Settings, get_settings
+from workers.batch.lines import BATCH_KEY_PREFIX
 from workers.clients import Clients
 from workers.jobs import Job, JobRequest, Priority
 from workers.messages import BrokerMessage, submit_message
 
 #: Jobs written and published per Redis round trip by ``enqueue_many``.
 CHUNK = 500
+
+
+def check_producer_key(request: JobRequest) -> None:
+    """A producer's idempotency key may not have the form of a batch line's (``batch:<id>:line:<n>``):
+    it would hand back that line's job, or take its place."""
+    from workers.errors import ValidationError
+
+    if request.idempotency_key is not None and request.idempotency_key.startswith(BATCH_KEY_PREFIX):
+        raise ValidationError("idempotency_key", f"must not start with {BATCH_KEY_PREFIX!r} (the keys of batch lines)")
 
 
 def priority_level(priority: Priority) -> int:
@@ -121,6 +131,7 @@ class Producer:
         try:
             request = item if isinstance(item, JobRequest) else JobRequest.from_mapping(item)
             request.validate()
+            check_producer_key(request)
         except ValidationError as error:
             if index or not isinstance(item, JobRequest):
                 raise ValidationError(f"requests[{index}].{error.field}", error.message) from None

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from config.settings import PrincipalSettings
+from producers.api import check_producer_key
 from producers.web import listing
 from producers.web.context import Caller, Web, WebDep
 from producers.web.models import (
@@ -83,7 +84,9 @@ def post_jobs(
         if data["idempotency_key"] is None and idempotency_key is not None:
             data["idempotency_key"] = idempotency_key if single else f"{idempotency_key}:{index}"
         try:
-            requests.append(dataclasses.replace(JobRequest.from_mapping(data), owner=caller.name))
+            request = JobRequest.from_mapping(data)
+            check_producer_key(request)
+            requests.append(dataclasses.replace(request, owner=caller.name))
         except ValidationError as error:
             loc: list[str | int] = ["body"] if single else ["body", index]
             raise RequestValidationError(

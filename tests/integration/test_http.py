@@ -566,3 +566,23 @@ def test_a_tenant_may_hold_only_so_many_unfinished_jobs(web: Web):
     # One of them finishes (canceled): room for one more.
     assert requests.delete(f"{web.url}/v1/jobs/{ids[0]}", headers=as_("hoarder"), timeout=30).status_code == 200
     assert web.post("/v1/jobs", json={"prompt": "h3"}, headers=as_("hoarder")).status_code == 201
+
+
+def test_an_idempotency_key_over_http_and_the_python_api_names_two_jobs(web: Web):
+    from producers.api import Producer
+    from workers.errors import ValidationError
+
+    producer = Producer(web.settings, client=web.redis)
+    by_api = producer.enqueue("from the API", idempotency_key="order-7")
+    by_http = web.post("/v1/jobs", json={"prompt": "over HTTP"}, headers={**AUTH, "Idempotency-Key": "order-7"})
+    # An ingress principal's keys are its own (even the admin's): two callers, two jobs.
+    assert by_http.status_code == 201 and by_http.json()["id"] != by_api.id
+    assert producer.enqueue("again", idempotency_key="order-7").id == by_api.id
+    again = web.post("/v1/jobs", json={"prompt": "again"}, headers={**AUTH, "Idempotency-Key": "order-7"})
+    assert again.status_code == 200 and again.json()["id"] == by_http.json()["id"]
+
+    # The keys of batch lines are theirs alone: nobody else may name one.
+    with pytest.raises(ValidationError, match="idempotency_key: must not start with 'batch:'"):
+        producer.enqueue("x", idempotency_key="batch:b123:line:1")
+    refused = web.post("/v1/jobs", json={"prompt": "x", "idempotency_key": "batch:b123:line:1"})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "idempotency_key"]

@@ -56,6 +56,10 @@ def batch_id_for(*, name: str | None, identity: str) -> str:
     return "b" + hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
+#: Every batch line's idempotency key starts so; producers may not use keys of that form.
+BATCH_KEY_PREFIX: Final = "batch:"
+
+
 def idempotency_key(batch_id: str, line: int, line_id: str | None) -> str:
     if line_id is None:
         return f"batch:{batch_id}:line:{line}"
