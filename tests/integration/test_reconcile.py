@@ -137,6 +137,54 @@ def test_a_timed_out_job_that_completes_later_is_salvaged(dep: Deployment, rt: R
     assert counter(rt, "salvaged") >= 1
 
 
+def timed_out(rt: Runtime, job: Job, *, failed_s_ago: float = 0.0) -> None:
+    """Fail a generating job ``timed_out``, as if it had failed ``failed_s_ago`` seconds ago."""
+    rt.jobs.transition(job.id, JobState.FAILED, expect=JobState.GENERATING, fields={"reason": "timed_out"})
+    if failed_s_ago:
+        rt.redis.zadd(rt.keys.state_index("failed"), {job.id: (time.time() - failed_s_ago) * 1000})
+
+
+def test_salvage_asks_only_within_its_window(dep: Deployment, rt: Runtime):
+    windowed = Runtime.build(rt.settings.model_copy(update={"reconcile_salvage_window_s": 100.0}))
+    try:
+        inside, outside = orphan(rt, "inside the window"), orphan(rt, "outside the window")
+        for job, ago in ((inside, 95.0), (outside, 105.0)):
+            generating(rt, job, upstream_task(rt, job.prompt, finished=True))
+            timed_out(rt, job, failed_s_ago=ago)
+
+        counts = reconcile(dep, windowed)
+    finally:
+        windowed.close()
+    assert counts.get("salvaged") == 1
+    assert dep.producer.wait(inside.id, timeout=60).state is JobState.STORED
+    left = must(rt.jobs.get(outside.id))
+    assert left.state is JobState.FAILED and "salvage_checked_at" not in left.extra and "salvage" not in left.extra
+
+
+def test_salvage_gives_up_on_a_task_the_upstream_does_not_know_or_that_failed(dep: Deployment, rt: Runtime):
+    unknown, failed = orphan(rt, "a task nobody knows"), orphan(rt, "a forbidden request")
+    generating(rt, unknown, "task-the-upstream-never-made")
+    failed_task = upstream_task(rt, "a forbidden scene")  # the simulator's moderation fails it
+    generating(rt, failed, failed_task)
+    wait_until(lambda: rt.upstream("default").record_info(failed_task).state is TaskState.FAIL, 30, "the moderation")
+    timed_out(rt, unknown)
+    timed_out(rt, failed)
+
+    assert reconcile(dep, rt).get("salvage_checked", 0) >= 2
+    assert must(rt.jobs.get(unknown.id)).extra.get("salvage") == "not_found"
+    assert must(rt.jobs.get(failed.id)).extra.get("salvage") == "upstream_failed"
+
+    # Settled: the next run asks about neither again.
+    def asked() -> list[int]:
+        per_task = dep.stats()["record_info_per_task"]
+        return [per_task.get(task_id, 0) for task_id in ("task-the-upstream-never-made", failed_task)]
+
+    before = asked()
+    reconcile(dep, rt)
+    assert asked() == before
+    assert must(rt.jobs.get(unknown.id)).state is must(rt.jobs.get(failed.id)).state is JobState.FAILED
+
+
 def test_leases_of_terminal_jobs_are_released_but_unknown_outcomes_stay_held(dep: Deployment, rt: Runtime):
     done = dep.producer.wait(dep.producer.enqueue("Finished long ago").id, timeout=60)
     unknown = orphan(rt, "Outcome unknown")
