@@ -177,3 +177,53 @@ def test_the_batch_commands_as_an_operator_runs_them(dep: Deployment, tmp_path: 
 
     missing = imagineq(dep, "batch", "status", "no-such-batch")
     assert missing.returncode != 0 and "no-such-batch" in missing.stderr
+
+
+def test_an_interactive_job_overtakes_the_batch_while_submitters_wait_for_quota(tmp_path: Path):
+    """Every slot busy and both submitters waiting in-process for one: the interactive job enqueued now
+    is the next one created, before every batch job still queued behind it."""
+    accounts = [{"name": "default", "api_key": "sim-key", "base_url": "{simulator}", "max_in_progress": 2}]
+    with deployment(
+        tmp_path / "services",
+        simulator_args=("--gen-time", "1.5:2.0", "--video-bytes", "65536"),
+        # The per-worker rate limit derived for 2 slots (12/min) would space the submits out: off here.
+        env={
+            "IMAGINEQ_ACCOUNTS": json.dumps(accounts),
+            "IMAGINEQ_QUOTA_WAIT_MAX_S": "5",
+            "IMAGINEQ_SUBMIT_RATE_LIMIT": "0/s",
+        },
+        workers={"submit": 2, "poll": 1, "store": 1},
+    ) as dep:
+        source = tmp_path / "busy.jsonl"
+        source.write_text("".join(json.dumps({"prompt": f"Queued scene {i}"}) + "\n" for i in range(12)))
+        submitter = BatchSubmitter(dep.settings)
+        try:
+            backlog = submitter.submit(str(source))
+            batch_jobs = list(
+                cast("set[str]", submitter.redis.smembers(submitter.keys.batch_pending(backlog.status.id)))
+            )
+        finally:
+            submitter.close()
+
+        def states() -> dict[str, JobState]:
+            return {job.id: job.state for job in dep.producer.jobs.get_many(batch_jobs) if job is not None}
+
+        # Both slots generating, and both submitters holding a batch job while they wait for a slot.
+        wait_until(
+            lambda: (
+                list(states().values()).count(JobState.GENERATING) == 2
+                and list(states().values()).count(JobState.SUBMITTING) == 2
+            ),
+            60,
+            "the slots to fill and the submitters to wait",
+        )
+        still_queued = [job_id for job_id, state in states().items() if state is JobState.QUEUED]
+        interactive = dep.producer.enqueue("Someone is waiting for this one")
+
+        done = dep.producer.wait(interactive.id, timeout=120)
+        assert done.state is JobState.STORED
+        created_at = done.timestamps["generating"]
+        later = dep.producer.jobs.get_many(still_queued)
+        overtaken = [job.id for job in later if job is not None and job.timestamps.get("generating", 1e18) < created_at]
+        assert overtaken == [], "batch jobs queued behind it were created first"
+        assert len(still_queued) >= 6
