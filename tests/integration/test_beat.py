@@ -17,9 +17,10 @@ from config.settings import Settings, load_settings
 from devstack import services
 from devstack.services import LocalStack, Service
 from tests.conftest import s3_client_for
-from tests.integration.deployment import wait_until
+from tests.integration.deployment import deployment, wait_until
 from workers.batch.inbox import run_inbox
 from workers.batch.reader import BatchSubmitter
+from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +173,26 @@ def test_a_file_that_cannot_be_read_is_moved_aside_and_the_others_proceed(stack:
     assert (fine.error, fine.lines) == (None, 2)
     assert sorted(p.name for p in (inbox / "failed").iterdir()) == ["a-poison.jsonl"]
     assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["b-fine.jsonl"]
+
+
+def test_the_nightly_cron_fires_through_beat_into_the_inbox_task(tmp_path: Path):
+    """The whole path: beat's schedule (a cron every minute here) sends the inbox task, a poll worker runs
+    it, the file is read into jobs that are stored, and the file is moved to processed/."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "tonight.jsonl").write_text(lines("tonight", 3))
+    env = {"IMAGINEQ_INBOX": str(inbox), "IMAGINEQ_NIGHTLY_CRON": "* * * * *"}
+    with deployment(tmp_path / "services", env=env, workers={"submit": 1, "poll": 1, "store": 1}) as dep:
+        scheduler = beat(dep.stack, dep.env, "beat-nightly")
+        moved = inbox / "processed" / "tonight.jsonl"
+        wait_until(moved.exists, 90, "beat's nightly run to pick the file up")
+        assert "Sending due task imagineq-nightly-inbox" in scheduler.log_tail(100_000)
+        wait_until(
+            lambda: dep.producer.jobs.count_by_state().get(JobState.STORED, 0) == 3, 90, "the inbox's jobs to be stored"
+        )
+        submitter = BatchSubmitter(dep.settings)
+        try:
+            [batch] = submitter.batches.recent(10)
+        finally:
+            submitter.close()
+        assert (batch.lines, batch.created) == (3, 3)
