@@ -16,7 +16,10 @@ import logging
 from typing import Any
 
 from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
-from werkzeug.serving import run_simple
+from werkzeug.serving import make_server
+
+#: The first line printed: the URL it listens on.
+READY_PREFIX = "S3 server (moto) listening on "
 
 
 class QuietRequestHandler(MotoRequestHandler):
@@ -29,11 +32,15 @@ class QuietRequestHandler(MotoRequestHandler):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="0: a free port, printed once bound")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    print(f"S3 server (moto) listening on http://{args.host}:{args.port}", flush=True)
-    run_simple(args.host, args.port, create_backend_app("s3"), threaded=True, request_handler=QuietRequestHandler)
+    # Bound here, then printed: a port the parent picked could be taken by someone else in between.
+    server = make_server(
+        args.host, args.port, create_backend_app("s3"), threaded=True, request_handler=QuietRequestHandler
+    )
+    print(f"{READY_PREFIX}http://{args.host}:{server.server_port}", flush=True)
+    server.serve_forever()
 
 
 if __name__ == "__main__":

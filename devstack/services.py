@@ -16,6 +16,7 @@ import ctypes
 import ipaddress
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -185,7 +186,20 @@ def redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
 
 
 def start_redis(log_dir: Path, *, port: int | None = None, appendonly: bool = False) -> Service:
-    port = port or free_port()
+    """A private redis-server. Without ``port``, on a free one: redis-server cannot bind port 0 itself (0
+    turns TCP off), so a port taken between the choice and the bind means another try on another."""
+    if port is not None:
+        return _start_redis_on(log_dir, port, appendonly=appendonly)
+    for attempt in range(5):
+        try:
+            return _start_redis_on(log_dir, free_port(), appendonly=appendonly)
+        except ServiceError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_redis_on(log_dir: Path, port: int, *, appendonly: bool) -> Service:
     data_dir = log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -215,25 +229,31 @@ def start_redis(log_dir: Path, *, port: int | None = None, appendonly: bool = Fa
 
 
 def start_s3(log_dir: Path, *, port: int | None = None) -> Service:
-    """moto's S3-compatible server (``devstack.s3server``: its S3 service alone)."""
-    port = port or free_port()
-    argv = [sys.executable, "-m", "devstack.s3server", "--port", str(port)]
-    service = spawn(f"s3-{port}", argv, log_dir=log_dir, url=f"http://127.0.0.1:{port}")
+    """moto's S3-compatible server (``devstack.s3server``: its S3 service alone); without ``port``, on one
+    it binds itself (and prints)."""
+    argv = [sys.executable, "-m", "devstack.s3server", "--port", str(port or 0)]
+    service = spawn(f"s3-{port or 'any'}", argv, log_dir=log_dir, stdout_pipe=True)
+    service.url = _first_line_url(service, "S3 server (moto) listening on ", timeout_s=60)
     _await_ready(service, lambda: _http_ok(f"{service.url}/"), 60)
     return service
+
+
+def _first_line_url(service: Service, prefix: str, *, timeout_s: float) -> str:
+    """The URL a server prints as its first line once it has bound its port."""
+    assert service.process.stdout is not None
+    ready, _, _ = select.select([service.process.stdout], [], [], timeout_s)
+    line = service.process.stdout.readline().decode(errors="replace").strip() if ready else ""
+    if not line.startswith(prefix):
+        service.stop()
+        raise ServiceError(f"{service.name} did not start: {line!r}\n{service.log_tail()}")
+    return line[len(prefix) :]
 
 
 def start_simulator(log_dir: Path, args: Sequence[str] = ()) -> Service:
     """The Apikley simulator on a free port (it prints the URL it listens on)."""
     argv = [sys.executable, "-m", "simulator", "--port", "0", "--admin", *args]
     service = spawn("simulator", argv, log_dir=log_dir, stdout_pipe=True)
-    assert service.process.stdout is not None
-    line = service.process.stdout.readline().decode(errors="replace").strip()
-    prefix = "simulator listening on "
-    if not line.startswith(prefix):
-        service.stop()
-        raise ServiceError(f"simulator did not start: {line!r}\n{service.log_tail()}")
-    service.url = line[len(prefix) :]
+    service.url = _first_line_url(service, "simulator listening on ", timeout_s=30)
     return service
 
 

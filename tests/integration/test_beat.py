@@ -60,10 +60,11 @@ def test_two_beats_only_the_lock_holder_schedules_and_the_other_takes_over(stack
 
     assert sends(second) == 0, second.log_tail()
     client = redis.Redis.from_url(redis_url)
-    queued = client.llen(f"{broker_prefix(load_settings(redis_prefix='beat'))}poll")
-    assert queued == sends(first)  # every message came from the one beat that holds the lock
+    poll = f"{broker_prefix(load_settings(redis_prefix='beat'))}poll"
+    first.kill()  # stops it sending (the log line comes just before its publish): the counts settle
+    # Every message came from the one beat that held the lock.
+    wait_until(lambda: client.llen(poll) == sends(first), 10, "the queue to hold exactly the first beat's sends")
 
-    first.kill()
     wait_until(lambda: sends(second) >= 2, 30, "the second beat to take over")
     assert "beat: Acquired lock" in second.log_tail(100_000)
 
