@@ -197,22 +197,32 @@ def test_the_same_idempotency_key_creates_one_upstream_task(dep: Deployment):
 
 
 def test_a_store_worker_killed_mid_download_still_stores_once(dep: Deployment):
+    # Versioned, so a second write of the same key would show as a second version.
+    dep.s3.put_bucket_versioning(Bucket="imagineq-test", VersioningConfiguration={"Status": "Enabled"})
     # A slow 4 MB download gives time to SIGKILL the pool process that runs it.
-    dep.sim_config(video_bytes=4 * 1024 * 1024, file_rate_bytes_per_s=2 * 1024 * 1024)
+    size = 4 * 1024 * 1024
+    dep.sim_config(video_bytes=size, file_rate_bytes_per_s=1024 * 1024)
+    before = dep.stats()
     job = dep.producer.enqueue("Survives a crash")
     claim = dep.producer.keys.store_claim(job.id)
     wait_until(lambda: dep.producer.redis.exists(claim) == 1, 60, "the store to start")
+    wait_until(lambda: dep.stats()["bytes_served"] - before["bytes_served"] > 256 * 1024, 30, "the download to run")
     # SIGKILL the pool processes of the store worker (one of them is mid-download).
     for pid in _pool_children(dep.workers["store"][0].process.pid):
         _kill(pid)
+    at_kill = dep.stats()
+    assert at_kill["downloads"] - before["downloads"] == 1
+    assert at_kill["bytes_served"] - before["bytes_served"] < size  # the kill hit the running transfer
     dep.sim_config(file_rate_bytes_per_s=0)
     job = dep.producer.wait(job.id, timeout=120)
     assert job.state is JobState.STORED, (job.reason, job.error)
     assert job.timestamps["stored"] >= job.timestamps["downloading"]
+    assert dep.stats()["downloads"] - before["downloads"] == 2  # the interrupted one, and the one stored
     bucket, key = must(job.s3_uri).removeprefix("s3://").split("/", 1)
-    versions = dep.s3.list_objects_v2(Bucket=bucket, Prefix=key)
-    assert [o["Key"] for o in versions["Contents"]] == [key]
-    assert dep.s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == 4 * 1024 * 1024
+    versions = dep.s3.list_object_versions(Bucket=bucket, Prefix=key.removesuffix(".mp4"))
+    written = sorted(version["Key"] for version in versions.get("Versions", []))
+    assert written == sorted([key, key.removesuffix(".mp4") + ".json"])  # one write of each, ever
+    assert dep.s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == size
 
 
 def _pool_children(pid: int) -> list[int]:
