@@ -68,7 +68,8 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
         if callbacks:
             sim_args += ["--hmac-key", HMAC_KEY]
         simulator = stack.simulator(sim_args)
-        port = services.free_port()
+        web_socket = services.reserve_port()
+        port = web_socket.getsockname()[1]
         extra = {"IMAGINEQ_INGRESS_TOKENS": json.dumps(["bench"])}
         if callbacks:
             extra |= {
@@ -85,7 +86,9 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
         settings = settings_from(env)
         Storage(settings.s3, settings.http).ensure_bucket()
         if callbacks:
-            services.start_web(stack, env, port=port)
+            services.start_web(stack, env, sock=web_socket)
+        else:
+            web_socket.close()
         for queue, concurrency in (("submit", 4), ("poll", 4), ("store", 8)):
             services.start_worker(stack, env, queue, concurrency=concurrency)
         producer = Producer(settings)

@@ -122,7 +122,8 @@ class ChaosStack:
         self.redis = stack.add(services.start_redis(stack.log_dir, port=self.redis_port, appendonly=True))
         self.s3 = stack.add(services.start_s3(stack.log_dir))
         self.simulator = stack.simulator(list(SIMULATOR_ARGS))
-        web_port = services.free_port()
+        web_socket = services.reserve_port()
+        web_port = web_socket.getsockname()[1]
         self.env = services.deployment_env(
             redis_url=self.redis.url,
             s3_url=self.s3.url,
@@ -149,7 +150,7 @@ class ChaosStack:
         self.dep = Deployment(stack, self.env, self.simulator, self.s3.url)
         self.dep.s3.create_bucket(Bucket=BUCKET)
         self.dep.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        self.web = services.start_web(stack, self.env, port=web_port)
+        self.web = services.start_web(stack, self.env, sock=web_socket)
         for queue in ("submit", "poll", "store"):
             for _ in range(workers_per_queue):
                 self.dep.start_worker(queue, concurrency=2)

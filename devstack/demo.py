@@ -69,7 +69,8 @@ def main() -> int:
                 MODERATION_WORD,
             ]
         )
-        web_port = services.free_port()
+        web_socket = services.reserve_port()
+        web_port = web_socket.getsockname()[1]
         env = services.deployment_env(
             redis_url=redis_url,
             s3_url=s3_url,
@@ -82,7 +83,7 @@ def main() -> int:
                 "IMAGINEQ_INGRESS_TOKENS": json.dumps([uuid.uuid4().hex]),
             },
         )
-        web = services.start_web(stack, env, port=web_port)
+        web = services.start_web(stack, env, sock=web_socket)
         for queue in ("submit", "poll", "store"):
             services.start_worker(stack, env, queue, concurrency=2)
         console.print(f"  redis {redis_url}  s3 {s3_url}  simulator {simulator.url}  web {web.url}")

@@ -108,6 +108,7 @@ def spawn(
     env: Mapping[str, str] | None = None,
     url: str = "",
     stdout_pipe: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> Service:
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
@@ -118,6 +119,7 @@ def spawn(
         stderr=log,
         env=child_environment(env),
         cwd=log_dir,
+        pass_fds=tuple(pass_fds),
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
@@ -397,17 +399,16 @@ def _read(path: Path | None) -> str:
     return path.read_text(errors="replace")
 
 
-def web_argv(port: int, *, host: str = "127.0.0.1") -> list[str]:
-    """The ``web`` process (HTTP ingress + callbacks), as the Procfile runs it."""
+def web_argv(port: int, *, host: str = "127.0.0.1", fd: int | None = None) -> list[str]:
+    """The ``web`` process (HTTP ingress + callbacks), as the Procfile runs it; on an inherited socket
+    ``fd`` instead of ``host:port`` when given."""
+    where = ["--fd", str(fd)] if fd is not None else ["--host", host, "--port", str(port)]
     return [
         sys.executable,
         "-m",
         "uvicorn",
         "producers.http:app",
-        "--host",
-        host,
-        "--port",
-        str(port),
+        *where,
         "--http",
         "producers.web.protocol:HeaderTimeoutProtocol",
         "--timeout-keep-alive",
@@ -420,10 +421,28 @@ def web_argv(port: int, *, host: str = "127.0.0.1") -> list[str]:
     ]
 
 
-def start_web(stack: LocalStack, env: Mapping[str, str], *, port: int | None = None) -> Service:
-    """The web process on ``port`` (free if not given), ready when ``/healthz`` answers."""
-    port = port or free_port()
-    service = stack.spawn(f"web-{port}", web_argv(port), env)
-    service.url = f"http://127.0.0.1:{port}"
+def reserve_port() -> socket.socket:
+    """A listening socket on a free loopback port, for a server to take over (``start_web(sock=...)``):
+    the port is known at once (for callback URLs) and nobody else can take it in between."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.set_inheritable(True)
+    return sock
+
+
+def start_web(
+    stack: LocalStack, env: Mapping[str, str], *, port: int | None = None, sock: socket.socket | None = None
+) -> Service:
+    """The web process, ready when ``/healthz`` answers: on ``port``, or serving ``sock`` (from
+    :func:`reserve_port`; a new one when neither is given)."""
+    if port is not None:
+        argv, url = web_argv(port), f"http://127.0.0.1:{port}"
+        service = stack.spawn(f"web-{port}", argv, env)
+    else:
+        sock = sock or reserve_port()
+        bound = sock.getsockname()[1]
+        argv, url = web_argv(bound, fd=sock.fileno()), f"http://127.0.0.1:{bound}"
+        service = stack.add(spawn(f"web-{bound}", argv, log_dir=stack.log_dir, env=env, pass_fds=(sock.fileno(),)))
+        sock.close()  # the child has its own copy
+    service.url = url
     _await_ready(service, lambda: _http_ok(f"{service.url}/healthz"), 60)
     return service

@@ -31,7 +31,8 @@ VIDEO_BYTES = 131072
 
 @contextmanager
 def callback_deployment(log_dir: Path, **poll: str) -> Iterator[tuple[Deployment, str]]:
-    port = services.free_port()
+    sock = services.reserve_port()  # the web takes it over: its URL is known now, and stays ours
+    port = sock.getsockname()[1]
     env = {
         "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
@@ -49,7 +50,7 @@ def callback_deployment(log_dir: Path, **poll: str) -> Iterator[tuple[Deployment
         "0.2",
     )
     with deployment(log_dir, simulator_args=simulator_args, env=env) as dep:
-        web = services.start_web(dep.stack, dep.env, port=port)
+        web = services.start_web(dep.stack, dep.env, sock=sock)
         yield dep, web.url
 
 
