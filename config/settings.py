@@ -291,7 +291,7 @@ class Settings(BaseSettings):
     #: Enforce the global Redis quotas. Off only for the benchmark's naive baseline (rate_limit alone).
     quota_enforce: bool = True
 
-    # -- HTTP ingress: the ``web`` process (producers/http.py) --------------------------------
+    # -- HTTP ingress: the ``web`` process (producers/web/) ------------------------------------------
     #: Named principals of the ingress (JSON list of {name, token, admin, limits...}): each sees only its
     #: own jobs unless ``admin``. With none (and no ``ingress_tokens``) every ``/v1/jobs`` request is
     #: refused (401): the ingress is never open by accident.
