@@ -120,18 +120,20 @@ def test_an_s3_batch_nobody_waits_for_is_finalised_by_the_reconciler(dep: Deploy
     )
 
 
+def submit_backlog(dep: Deployment, source: Path, prompt: str, lines: int) -> list[str]:
+    """A batch of ``lines`` prompts read into jobs; their ids."""
+    source.write_text("".join(json.dumps({"prompt": f"{prompt} {i}"}) + "\n" for i in range(lines)))
+    submitter = BatchSubmitter(dep.settings)
+    try:
+        backlog = submitter.submit(str(source))
+        return list(cast("set[str]", submitter.redis.smembers(submitter.keys.batch_pending(backlog.status.id))))
+    finally:
+        submitter.close()
+
+
 def test_an_interactive_job_goes_before_2000_waiting_batch_jobs(tmp_path: Path):
     with deployment(tmp_path / "services", workers={"poll": 1, "store": 1}) as dep:
-        source = tmp_path / "backlog.jsonl"
-        source.write_text("".join(json.dumps({"prompt": f"Backlog scene {i}"}) + "\n" for i in range(2000)))
-        submitter = BatchSubmitter(dep.settings)
-        try:
-            backlog = submitter.submit(str(source))
-            batch_jobs = list(
-                cast("set[str]", submitter.redis.smembers(submitter.keys.batch_pending(backlog.status.id)))
-            )
-        finally:
-            submitter.close()
+        batch_jobs = submit_backlog(dep, tmp_path / "backlog.jsonl", "Backlog scene", 2000)
         assert len(batch_jobs) == 2000
         interactive = dep.producer.enqueue("Someone is waiting for this one")
 
@@ -194,16 +196,7 @@ def test_an_interactive_job_overtakes_the_batch_while_submitters_wait_for_quota(
         },
         workers={"submit": 2, "poll": 1, "store": 1},
     ) as dep:
-        source = tmp_path / "busy.jsonl"
-        source.write_text("".join(json.dumps({"prompt": f"Queued scene {i}"}) + "\n" for i in range(12)))
-        submitter = BatchSubmitter(dep.settings)
-        try:
-            backlog = submitter.submit(str(source))
-            batch_jobs = list(
-                cast("set[str]", submitter.redis.smembers(submitter.keys.batch_pending(backlog.status.id)))
-            )
-        finally:
-            submitter.close()
+        batch_jobs = submit_backlog(dep, tmp_path / "busy.jsonl", "Queued scene", 12)
 
         def states() -> dict[str, JobState]:
             return {job.id: job.state for job in dep.producer.jobs.get_many(batch_jobs) if job is not None}
