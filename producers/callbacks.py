@@ -262,8 +262,7 @@ class CallbackReceiver:
             self._jobs.update(job.id, expect=JobState.FAILED, fields={"task_id": task_id})
         if not self._redis.set(self._keys.callback_wake(job.id), "1", nx=True, px=WAKE_DEDUP_MS):
             return Received(Outcome.DUPLICATE)
-        woken = self._jobs.get(job.id) or job
-        self._wake(woken)
+        self._wake(job)  # the poll reads the record itself: the job is passed for its id and priority
         log.info("callback: job %s (task %s) woke its poll", job.id, task_id)
         return Received(Outcome.WOKEN)
 

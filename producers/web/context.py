@@ -20,7 +20,7 @@ from config.settings import PrincipalSettings, Settings
 from producers.api import Producer
 from producers.callbacks import CallbackReceiver
 from producers.metrics import RedisCollector, build_registry
-from producers.web.principals import EnqueueLimits, Principals
+from producers.web.principals import EnqueueLimits, TokenTable, principal_table
 from workers.chains import rest_of_job
 from workers.clients import Clients
 from workers.jobs import (
@@ -57,10 +57,8 @@ class Web:
             early_ttl_s=settings.early_callback_ttl_s,
         )
         self.registry = build_registry(RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES))
-        self.principals = Principals(settings.principals())
-        self.ops_tokens = Principals(
-            [PrincipalSettings(name="ops", token=token, admin=True) for token in settings.ops_tokens]
-        )
+        self.principals = principal_table(settings.principals())
+        self.ops_tokens: TokenTable[bool] = TokenTable((token, True) for token in settings.ops_tokens)
         self.limits = EnqueueLimits(self.redis, self.keys, self.jobs)
         self._workers: tuple[float, list[str]] = (-1e9, [])
         self._workers_lock = threading.Lock()

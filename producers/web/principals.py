@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hmac
 import math
-from collections.abc import Sequence
-from typing import Final, cast
+from collections.abc import Iterable, Sequence
+from typing import Final, Generic, TypeVar, cast
 
 import redis
 from fastapi import HTTPException
+from pydantic import SecretStr
 
 from config.settings import PrincipalSettings
 from workers.jobs import Job, JobRequest, JobState, encode_metadata
@@ -35,24 +36,29 @@ from workers.lua_scripts import load_script
 #: Oldest entries of a principal's live set looked at on every enqueue (finished ones leave).
 PRUNE_EACH_TIME: Final = 50
 _PRUNE_CHUNK: Final = 1000
+T = TypeVar("T")
 
 
-class Principals:
-    """Finds the principal of a bearer token: constant time per token, every token compared."""
+class TokenTable(Generic[T]):
+    """Finds what a bearer token stands for: constant time per token, every token compared."""
 
-    def __init__(self, principals: Sequence[PrincipalSettings]) -> None:
-        self._tokens = [(p.token.get_secret_value().encode(), p) for p in principals]
+    def __init__(self, entries: Iterable[tuple[SecretStr, T]]) -> None:
+        self._tokens = [(token.get_secret_value().encode(), value) for token, value in entries]
 
     def __bool__(self) -> bool:
         return bool(self._tokens)
 
-    def find(self, given: str) -> PrincipalSettings | None:
-        found: PrincipalSettings | None = None
+    def find(self, given: str) -> T | None:
+        found: T | None = None
         encoded = given.encode()
-        for token, principal in self._tokens:
+        for token, value in self._tokens:
             if hmac.compare_digest(encoded, token) and found is None:
-                found = principal
+                found = value
         return found
+
+
+def principal_table(principals: Iterable[PrincipalSettings]) -> TokenTable[PrincipalSettings]:
+    return TokenTable((principal.token, principal) for principal in principals)
 
 
 def may_see(principal: PrincipalSettings, job: Job) -> bool:

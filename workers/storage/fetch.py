@@ -42,7 +42,6 @@ class ResultFetcher:
         self._hosts = HostAllowlist.of(result_hosts)
         self._session = guarded_session(AddressPolicy.of(downloads.allow_networks), user_agent=http.user_agent)
         self._timeout = (http.connect_timeout_s, http.download_read_timeout_s)
-        self._user_agent = http.user_agent
         self._max_bytes = max_bytes
         self._content_types = tuple(downloads.content_types)
 
@@ -90,7 +89,7 @@ class ResultFetcher:
                     stream=True,
                     allow_redirects=False,
                     timeout=self._timeout,
-                    headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
+                    headers={"Accept-Encoding": "identity"},  # the session sends the User-Agent
                 )
             except RefusedDestination as e:
                 raise BadResult(
