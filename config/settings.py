@@ -25,6 +25,12 @@ class ConfigError(Exception):
     """Configuration is invalid; the message lists every bad field and why."""
 
 
+def _secret_not_blank(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty")
+    return value
+
+
 class AccountSettings(BaseModel):
     """One upstream account (API key) and its quotas."""
 
@@ -48,12 +54,7 @@ class AccountSettings(BaseModel):
     in_progress_margin: int = Field(default=0, ge=0)
     creations_margin: int = Field(default=0, ge=0)
 
-    @field_validator("api_key")
-    @classmethod
-    def _key_not_blank(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("must not be empty")
-        return value
+    _key_not_blank = field_validator("api_key")(_secret_not_blank)
 
     @field_validator("base_url")
     @classmethod
@@ -178,12 +179,7 @@ class PrincipalSettings(BaseModel):
     #: Metadata bytes (as JSON) in one request, all its jobs together.
     max_metadata_bytes: int = Field(default=1024 * 1024, ge=0)
 
-    @field_validator("token")
-    @classmethod
-    def _token_not_blank(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("must not be empty")
-        return value
+    _token_not_blank = field_validator("token")(_secret_not_blank)
 
 
 #: Where the upstream's result files live (its own domain and kie.ai's file hosts), besides the hosts of

@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 import redis
 import requests
 
+from config.settings import DEFAULT_BASE_URL
+
 _PR_SET_PDEATHSIG = 1
 #: Settings variables: never inherited by a child (see the module docstring).
 SETTINGS_PREFIX = "IMAGINEQ_"
@@ -137,14 +139,12 @@ def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def require_local_upstream(env: Mapping[str, str]) -> None:
     """Refuse (ServiceError) settings whose upstream is anything but a loopback address."""
-    urls = [env.get("IMAGINEQ_UPSTREAM_BASE_URL", "https://api.apikley.ru")] if "IMAGINEQ_API_KEY" in env else []
+    urls = [env.get("IMAGINEQ_UPSTREAM_BASE_URL", DEFAULT_BASE_URL)] if "IMAGINEQ_API_KEY" in env else []
     try:
         accounts = json.loads(env.get("IMAGINEQ_ACCOUNTS", "[]"))
     except ValueError as error:
         raise ServiceError(f"IMAGINEQ_ACCOUNTS is not JSON: {error}") from None
-    urls += [
-        str(account.get("base_url", "https://api.apikley.ru")) for account in accounts if isinstance(account, dict)
-    ]
+    urls += [str(account.get("base_url", DEFAULT_BASE_URL)) for account in accounts if isinstance(account, dict)]
     for url in urls:
         host = urlsplit(url).hostname or ""
         if not _is_loopback(host):

@@ -242,51 +242,49 @@ class Reconciler:
 
     def salvage(self) -> None:
         now = self._now()
-        window = self.settings.reconcile_salvage_window_s
-        index = self.rt.keys.state_index(JobState.FAILED.value)
         calls = 0
-        for job_ids in self._chunks(index, (now - window) * 1000, now * 1000):
-            with self.rt.redis.pipeline(transaction=False) as pipe:
-                for job_id in job_ids:
-                    pipe.hmget(
-                        self.rt.keys.job(job_id), ["reason", "task_id", "account", "salvage", "salvage_checked_at"]
-                    )
-                rows = pipe.execute()
-            for job_id, (reason, task_id, account, done, checked_at) in zip(job_ids, rows, strict=True):
-                if reason not in SALVAGEABLE_REASONS or not task_id or not account or done:
-                    continue
-                if checked_at and now - float(checked_at) < self.settings.reconcile_salvage_interval_s:
-                    continue
-                if calls >= SALVAGE_CALLS_PER_RUN or self.rt.quota.take_record_info_token(account) > 0:
-                    return  # the rest next run: polls come first
-                calls += 1
-                self._salvage_one(job_id, account, task_id, now)
+        fields = ["reason", "task_id", "account", "salvage", "salvage_checked_at"]
+        for job_id, (reason, task_id, account, done, checked_at) in self._recent_failures(now, fields):
+            if reason not in SALVAGEABLE_REASONS or not task_id or not account or done:
+                continue
+            if checked_at and now - float(checked_at) < self.settings.reconcile_salvage_interval_s:
+                continue
+            if calls >= SALVAGE_CALLS_PER_RUN or self.rt.quota.take_record_info_token(account) > 0:
+                return  # the rest next run: polls come first
+            calls += 1
+            self._salvage_one(job_id, account, task_id, now)
 
     def failed_stores(self) -> None:
         now = self._now()
         window = self.settings.reconcile_salvage_window_s
-        index = self.rt.keys.state_index(JobState.FAILED.value)
         budget = self.settings.reconcile_limit
+        fields = ["reason", "result_url", "store_retried_at", "completed_ms"]
+        for job_id, (reason, result_url, retried_at, completed_ms) in self._recent_failures(now, fields):
+            if reason not in STORE_RETRY_REASONS or not result_url:
+                continue
+            if completed_ms and now - float(completed_ms) / 1000 > window:
+                continue  # the result URL (24 h from completion) is about to die: expired, not stored
+            if retried_at and now - float(retried_at) < self.settings.reconcile_salvage_interval_s:
+                continue
+            if budget <= 0:
+                return
+            budget -= 1
+            changes = {"reason": None, "error": None, "store_attempts": None, "store_retried_at": now}
+            if self.rt.jobs.transition(job_id, JobState.DOWNLOADING, expect=JobState.FAILED, fields=changes):
+                self._chain(TASK_STORE, job_id=job_id)
+                self.counts["store_retried"] += 1
+                log.warning("reconcile: job %s failed to store (%s); storing it again", job_id, reason)
+
+    def _recent_failures(self, now: float, fields: list[str]) -> Iterator[tuple[str, list[Any]]]:
+        """(job id, ``fields`` of its record) of every job that failed within the salvage window."""
+        window = self.settings.reconcile_salvage_window_s
+        index = self.rt.keys.state_index(JobState.FAILED.value)
         for job_ids in self._chunks(index, (now - window) * 1000, now * 1000):
             with self.rt.redis.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
-                    pipe.hmget(self.rt.keys.job(job_id), ["reason", "result_url", "store_retried_at", "completed_ms"])
+                    pipe.hmget(self.rt.keys.job(job_id), fields)
                 rows = pipe.execute()
-            for job_id, (reason, result_url, retried_at, completed_ms) in zip(job_ids, rows, strict=True):
-                if reason not in STORE_RETRY_REASONS or not result_url:
-                    continue
-                if completed_ms and now - float(completed_ms) / 1000 > window:
-                    continue  # the result URL (24 h from completion) is about to die: expired, not stored
-                if retried_at and now - float(retried_at) < self.settings.reconcile_salvage_interval_s:
-                    continue
-                if budget <= 0:
-                    return
-                budget -= 1
-                fields = {"reason": None, "error": None, "store_attempts": None, "store_retried_at": now}
-                if self.rt.jobs.transition(job_id, JobState.DOWNLOADING, expect=JobState.FAILED, fields=fields):
-                    self._chain(TASK_STORE, job_id=job_id)
-                    self.counts["store_retried"] += 1
-                    log.warning("reconcile: job %s failed to store (%s); storing it again", job_id, reason)
+            yield from zip(job_ids, rows, strict=True)
 
     def _salvage_one(self, job_id: str, account: str, task_id: str, now: float) -> None:
         self.counts["salvage_checked"] += 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +66,15 @@ class Deployment:
 
     def expected_sha256(self, task_id: str) -> str:
         return str(self.sim(f"files/{task_id}/sha256")["sha256"])
+
+    def cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        """``imagineq ARGS`` (the real CLI, a process of its own), as an operator runs it against this
+        deployment: its settings only, in this deployment's log folder."""
+        cli = Path(sys.executable).parent / "imagineq"
+        env = services.child_environment(self.env)
+        return subprocess.run(
+            [str(cli), *args], env=env, cwd=self.stack.log_dir, capture_output=True, text=True, timeout=timeout_s
+        )
 
     # -- jobs ---------------------------------------------------------------------------------------
     def wait_all(self, jobs: Sequence[Job], timeout: float = 90) -> list[Job]:

@@ -4,15 +4,12 @@ spends nothing, the reconciler finalises a batch nobody waits for, and interacti
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import pytest
 
-from devstack import services
 from tests.integration.deployment import Deployment, deployment, must, wait_until
 from workers.batch.reader import BatchSubmitter
 from workers.batch.store import wait_until_finished
@@ -148,36 +145,29 @@ def test_an_interactive_job_goes_before_2000_waiting_batch_jobs(tmp_path: Path):
         assert all(at > first for at in batch_starts), "a batch job was submitted before the interactive one"
 
 
-def imagineq(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    cli = Path(sys.executable).parent / "imagineq"
-    return subprocess.run(
-        [str(cli), *args], env=services.child_environment(dep.env), capture_output=True, text=True, timeout=120
-    )
-
-
 def test_the_batch_commands_as_an_operator_runs_them(dep: Deployment, tmp_path: Path):
     source = tmp_path / "cli.jsonl"
     write_batch(source, lines=10)  # lines 7 is broken: 9 good, 1 bad
 
-    submitted = imagineq(dep, "batch", "submit", str(source), "--name", "cli-batch", "--wait", "--json")
+    submitted = dep.cli("batch", "submit", str(source), "--name", "cli-batch", "--wait", "--json")
     assert submitted.returncode == 1, submitted.stderr  # it ended, with a bad line: not all well
     outcome = json.loads(submitted.stdout)
     assert (outcome["id"], outcome["lines"], outcome["good"], outcome["bad"]) == ("cli-batch", 10, 9, 1)
 
-    status = imagineq(dep, "batch", "status", "cli-batch", "--json")
+    status = dep.cli("batch", "status", "cli-batch", "--json")
     assert status.returncode == 0, status.stderr
     shown = json.loads(status.stdout)
     assert shown["status"] == "done" and shown["states"] == {"stored": 9}
     assert shown["manifest"].endswith("cli.results.jsonl")
 
-    listed = imagineq(dep, "batch", "list", "--json")
+    listed = dep.cli("batch", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert "cli-batch" in [row["id"] for row in json.loads(listed.stdout)]
     # As a table, not on a terminal: whole ids.
-    table = imagineq(dep, "batch", "list")
+    table = dep.cli("batch", "list")
     assert table.returncode == 0 and "cli-batch" in table.stdout
 
-    missing = imagineq(dep, "batch", "status", "no-such-batch")
+    missing = dep.cli("batch", "status", "no-such-batch")
     assert missing.returncode != 0 and "no-such-batch" in missing.stderr
 
 

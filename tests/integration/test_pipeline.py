@@ -7,16 +7,12 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import pytest
 
-from devstack import services
 from tests.integration.deployment import Deployment, deployment, must, wait_until
 from workers.jobs import JobState
 
@@ -108,13 +104,6 @@ def test_a_create_task_read_timeout_is_an_unknown_outcome_never_resubmitted_blin
     assert dep.stats()["created"] == created_before + 1
 
 
-def imagineq(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI, as an operator runs it against this deployment."""
-    cli = Path(sys.executable).parent / "imagineq"
-    env = services.child_environment(dep.env)
-    return subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=60)
-
-
 def test_resubmitting_an_unknown_outcome_logs_a_creation_of_its_own(dep: Deployment):
     """An operator retries a job whose createTask answer was lost. Its first task may still run upstream:
     that slot stays taken, and the retry takes (and logs) a slot and a creation of its own, so the
@@ -134,9 +123,9 @@ def test_resubmitting_an_unknown_outcome_logs_a_creation_of_its_own(dep: Deploym
     seen_tasks = {task["taskId"] for task in dep.sim("tasks")["tasks"]}
     assert logged() == 1
 
-    shown = imagineq(dep, "job", job.id)
+    shown = dep.cli("job", job.id)
     assert shown.returncode == 0 and "outcome_unknown" in shown.stdout, shown.stderr
-    resubmitted = imagineq(dep, "resubmit", job.id)
+    resubmitted = dep.cli("resubmit", job.id)
     assert resubmitted.returncode == 0, resubmitted.stderr
     assert f"job {job.id} queued again (was failed: outcome_unknown)" in resubmitted.stdout
 
