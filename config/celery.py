@@ -61,26 +61,25 @@ REDIS_SOCKET_OPTIONS: Final = {
     "health_check_interval": 25,
 }
 
-#: The upstream's shortest generation time: in-progress slots cannot turn over faster than this.
-MIN_GENERATION_S = 10.0
-
 
 def rate_limits(settings: Settings) -> dict[str, str]:
     """Per-worker smoothing derived from the account quotas (the global guard is the Redis limiter).
 
-    Celery's ``rate_limit`` is per worker instance, so it can never be the global guard; it only
-    spreads one worker's calls out. Submit: the rate at which the accounts' in-progress slots can turn
-    over (slots ÷ the shortest generation time), so one worker alone can still fill every slot. Poll:
-    the accounts' recordInfo rate. Both can be set explicitly.
+    Celery's ``rate_limit`` is per worker instance, so it can never be the global guard; it only spreads
+    one worker's calls out, and it must never be what binds (``bench/rate_limit.py`` measures that a
+    worker delivers the rate set here; ``workers/consumer.py`` is why it does). Submit: every
+    in-progress slot of the pool per second, so one worker refills a burst's empty slots within a second.
+    Poll: twice the accounts' recordInfo rate, since a job's poll message also runs once to book its
+    first check without calling. Both can be set explicitly.
     """
     accounts = settings.accounts
     if not accounts:
         return {}
-    slots_per_s = sum(a.in_progress_limit for a in accounts) / MIN_GENERATION_S
+    slots = sum(a.in_progress_limit for a in accounts)
     record_info_per_s = sum(a.record_info_per_s for a in accounts)
     return {
-        TASK_SUBMIT: settings.submit_rate_limit or f"{max(1, round(slots_per_s * 60))}/m",
-        TASK_POLL: settings.poll_rate_limit or f"{max(1, round(record_info_per_s))}/s",
+        TASK_SUBMIT: settings.submit_rate_limit or f"{max(1, slots)}/s",
+        TASK_POLL: settings.poll_rate_limit or f"{max(1, round(2 * record_info_per_s))}/s",
     }
 
 

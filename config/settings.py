@@ -48,8 +48,11 @@ class AccountSettings(BaseModel):
     #: Added to the window on our side: our log records a creation just *before* createTask is sent,
     #: the upstream just after it arrives, so without a guard a slot reopens a few ms early.
     window_guard_s: float = Field(default=2.0, ge=0)
-    #: recordInfo calls per second allowed for this key.
+    #: recordInfo calls per second allowed for this key, in every rolling second.
     record_info_per_s: float = Field(default=10.0, gt=0)
+    #: Added to each rolling second on our side: a call is logged just before it is sent, the upstream
+    #: counts it when it arrives, and two calls' trips differ by a few ms (more on a busy machine).
+    record_info_guard_s: float = Field(default=0.2, ge=0)
     #: Slots left free for other clients sharing the account.
     in_progress_margin: int = Field(default=0, ge=0)
     creations_margin: int = Field(default=0, ge=0)
@@ -89,6 +92,13 @@ class AccountSettings(BaseModel):
     @property
     def creations_limit(self) -> int:
         return self.max_creations_per_window - self.creations_margin
+
+    @property
+    def record_info_window(self) -> tuple[int, float]:
+        """The recordInfo limit ImagineQ enforces: (calls, window s), at most ``calls`` in any rolling
+        window — the upstream's rate over whole calls, the window widened by the guard."""
+        calls = max(1, int(self.record_info_per_s))
+        return calls, calls / self.record_info_per_s + self.record_info_guard_s
 
 
 class S3Settings(BaseModel):
@@ -132,10 +142,15 @@ class CallbackSettings(BaseModel):
 
 
 class PollSettings(BaseModel):
-    """When to ask recordInfo, following the upstream's suggestion (ARCHITECTURE.md, "The upstream")."""
+    """When to ask recordInfo (ARCHITECTURE.md, "Polls"): the poll planner spends each account's budget
+    on the tasks that may have finished, within these bounds."""
 
-    #: ``(until_s, interval_s)`` steps: poll every ``interval_s`` while the task is younger than ``until_s``.
-    schedule: list[tuple[float, float]] = [(30.0, 2.5), (120.0, 7.5), (float("inf"), 20.0)]
+    #: No task is asked about before it is this old: the upstream's shortest generation time.
+    first_check_s: float = Field(default=10.0, ge=0)
+    #: ``(until_s, interval_s)`` steps: a task younger than ``until_s`` is asked about at most every
+    #: ``interval_s`` (the budget decides how often within that). Past the first steps this is the
+    #: upstream's suggested back-off for long tasks (5–10 s until 2 min, 15–30 s after).
+    schedule: list[tuple[float, float]] = [(30.0, 1.0), (120.0, 5.0), (float("inf"), 15.0)]
     #: Give up (``failed(timed_out)``) when the task is older than this.
     deadline_s: float = Field(default=900.0, gt=0)
     #: With callbacks on, polling is a safety net: first check this late, then at ``safety_interval_s``.

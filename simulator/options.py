@@ -36,6 +36,8 @@ class SimOptions:
     max_in_progress: int = 30
     max_per_window: int = 300
     window_s: float = 3600.0
+    #: recordInfo calls per key per rolling (simulated) second before 429; 0 = unlimited.
+    record_info_per_s: float = 10.0
     credits: int = UNLIMITED_CREDITS
     maintenance: bool = False
     gen_time: tuple[float, float] = (10.0, 25.0)
@@ -140,6 +142,7 @@ _RUNTIME_FIELDS: dict[str, Any] = {
     "max_in_progress": _positive_int,
     "max_per_window": _positive_int,
     "window_s": _positive,
+    "record_info_per_s": _non_negative,
     "error_style": _style,
     "fail_rate": _probability,
     "maintenance": _bool,
@@ -257,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.window_s,
         metavar="S",
         help="rolling creation window, simulated seconds (default %(default)s)",
+    )
+    a(
+        "--record-info-per-s",
+        type=float,
+        default=d.record_info_per_s,
+        metavar="N",
+        help="recordInfo calls per key in any rolling (simulated) second before 429; 0 = unlimited "
+        "(default %(default)s)",
     )
     a(
         "--credits",
@@ -384,6 +395,8 @@ def parse_args(argv: list[str] | None = None) -> SimOptions:
         parser.error("--credits must be >= -1")
     if ns.window_s <= 0:
         parser.error("--window-s must be > 0")
+    if ns.record_info_per_s < 0:
+        parser.error("--record-info-per-s must be >= 0")
     return SimOptions(
         host=ns.host,
         port=ns.port,
@@ -391,6 +404,7 @@ def parse_args(argv: list[str] | None = None) -> SimOptions:
         max_in_progress=ns.max_in_progress,
         max_per_window=ns.max_per_window,
         window_s=ns.window_s,
+        record_info_per_s=ns.record_info_per_s,
         credits=ns.credits,
         maintenance=ns.maintenance,
         gen_time=ns.gen_time,

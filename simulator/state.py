@@ -46,6 +46,9 @@ class Account:
     key_id: str
     credits: int
     window: SlidingWindowLog = field(default_factory=SlidingWindowLog)
+    #: recordInfo calls answered in the last rolling second (the limit), and every one that arrived.
+    record_info_answered: SlidingWindowLog = field(default_factory=SlidingWindowLog)
+    record_info_arrived: SlidingWindowLog = field(default_factory=SlidingWindowLog)
     in_progress: InProgressSet = field(default_factory=InProgressSet)
 
 
@@ -184,6 +187,7 @@ class SimState:
     def record_info(self, account: Account, task_id: str | None) -> dict[str, Any]:
         if not task_id:
             raise ApiError(422, "taskId is required")
+        self._admit_record_info(account)
         self.stats.record_info_calls += 1
         self.stats.key(account.key_id).record_info_calls += 1
         task = self.tasks.get(task_id)
@@ -193,6 +197,22 @@ class SimState:
         self.stats.record_info_per_task[task_id] += 1
         now = self.clock()
         return task.record(now, self.result_url(task, now))
+
+    def _admit_record_info(self, account: Account) -> None:
+        """The upstream's "10 recordInfo per second per key", counted over every rolling second."""
+        now = self.clock()
+        second = self.options.wall(1.0)
+        ks = self.stats.key(account.key_id)
+        account.record_info_arrived.record(now)
+        ks.max_record_info_per_s = max(ks.max_record_info_per_s, account.record_info_arrived.count(now, second))
+        limit = self.options.record_info_per_s
+        if limit > 0 and account.record_info_answered.count(now, second) >= limit:
+            ks.record_info_rate_limited += 1
+            wait = account.record_info_answered.seconds_until_free(now, second)
+            raise ApiError(
+                429, f"rate limited: {limit:g} recordInfo calls per second", retry_after_s=_retry_after(wait)
+            )
+        account.record_info_answered.record(now)
 
     def result_url(self, task: Task, now: float) -> str | None:
         if task.state_at(now) is not TaskState.SUCCESS:
@@ -253,6 +273,8 @@ class SimState:
             "created": s.created,
             "rate_limited": s.rate_limited,
             "record_info_calls": s.record_info_calls,
+            "record_info_rate_limited": sum(ks.record_info_rate_limited for ks in s.per_key.values()),
+            "max_record_info_per_s": max((ks.max_record_info_per_s for ks in s.per_key.values()), default=0),
             "record_info_per_task": dict(s.record_info_per_task),
             "callbacks_sent": s.callbacks_sent,
             "callbacks_delivered": s.callbacks_delivered,

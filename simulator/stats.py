@@ -15,6 +15,9 @@ class KeyStats:
     created: int = 0
     rate_limited: int = 0
     record_info_calls: int = 0
+    record_info_rate_limited: int = 0
+    #: The most recordInfo calls that arrived in any rolling (simulated) second, refused ones included.
+    max_record_info_per_s: int = 0
     peak_in_progress: int = 0
     max_creations_in_window: int = 0
     errors_by_code: Counter[int] = field(default_factory=Counter)
@@ -66,6 +69,8 @@ def key_stats_json(ks: KeyStats) -> dict[str, Any]:
         "created": ks.created,
         "rate_limited": ks.rate_limited,
         "record_info_calls": ks.record_info_calls,
+        "record_info_rate_limited": ks.record_info_rate_limited,
+        "max_record_info_per_s": ks.max_record_info_per_s,
         "peak_in_progress": ks.peak_in_progress,
         "max_creations_in_window": ks.max_creations_in_window,
         "errors_by_code": {str(c): n for c, n in sorted(ks.errors_by_code.items())},

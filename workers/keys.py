@@ -84,9 +84,21 @@ class Keys:
         """String with PX expiry: one credits check of a paused account at a time."""
         return f"{self.pause(account)}:check"
 
-    def record_info_bucket(self, account: str) -> str:
-        """Hash: token bucket for recordInfo calls (tokens, ts)."""
-        return f"{self.prefix}:quota:{account}:recordinfo"
+    def record_info_calls(self, account: str) -> str:
+        """Sorted set: the account's recordInfo calls in the last rolling window (score = call ms)."""
+        return f"{self.prefix}:quota:{account}:recordinfo-calls"
+
+    def slot_wakes(self, account: str) -> str:
+        """List: one entry per released in-progress slot; submitters waiting for a slot BLPOP it."""
+        return f"{self.prefix}:quota:{account}:slot-wakes"
+
+    def poll_plan(self, account: str) -> str:
+        """Sorted set: the account's booked recordInfo checks (member = job id, score = slot ms)."""
+        return f"{self.prefix}:poll-plan:{account}"
+
+    def poll_owners(self, account: str) -> str:
+        """Hash: job id -> the poll message that owns the job's booked check."""
+        return f"{self.prefix}:poll-plan:{account}:owners"
 
     # -- batches ------------------------------------------------------------------------------------
     def batch(self, batch_id: str) -> str:

@@ -8,7 +8,9 @@ Each account has, under :class:`~workers.keys.Keys`:
 - a lease set (member = job id, score = expiry ms), capped by ``in_progress_limit``; a slot is taken
   *before* createTask together with its creation entry, renewed by polls and released at a terminal
   state, so a dead worker leaks a slot for at most one lease TTL;
-- a cooldown (upstream 429/455), a pause (402/433/...) and a recordInfo token bucket.
+- a cooldown (upstream 429/455), a pause (402/433/...) and a rolling log of recordInfo calls;
+- a wake list: each released slot pushes one entry, and a submitter waiting for a slot blocks on it
+  (``BLPOP``), so a freed slot is taken again at once, not at the waiter's next look.
 
 Every decision is one Lua script (``workers/lua/quota_*.lua``) timed by the Redis server clock.
 
@@ -36,6 +38,8 @@ HELD_PREFIX = "held:"
 IN_PROGRESS_HINT_CAP_S = 1.0
 #: Wait hint for a paused account (a pause has no end time; waiters re-check).
 PAUSED_RECHECK_S = 5.0
+#: Longest single BLPOP on the wake lists: well inside the clients' socket timeout.
+WAKE_WAIT_MAX_S = 10.0
 #: Exponential cooldown when the upstream gives no Retry-After: 1, 2, 4, ... up to 60 s.
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -100,9 +104,10 @@ class QuotaLimiter:
         self._acquire = load_script(client, "quota_acquire")
         self._renew = load_script(client, "quota_renew")
         self._cooldown = load_script(client, "quota_cooldown")
-        self._tokens = load_script(client, "quota_tokens")
         self._snapshot = load_script(client, "quota_snapshot")
         self._reclaim = load_script(client, "quota_reclaim")
+        self._release = load_script(client, "quota_release")
+        self._calls = load_script(client, "quota_calls")
 
     @classmethod
     def for_settings(cls, client: redis.Redis, keys: Keys, settings: Settings) -> QuotaLimiter:
@@ -151,9 +156,22 @@ class QuotaLimiter:
         return bool(self._renew(keys=[self._keys.leases(account)], args=[self._now(), job_id, _ms(ttl)]))
 
     def release(self, account: str, job_id: str) -> None:
-        """Give the slot back (terminal state). Idempotent. The creation entry stays: it was spent."""
-        self._account(account)
-        self._redis.zrem(self._keys.leases(account), job_id)
+        """Give the slot back (terminal state) and wake one submitter waiting for it; the job leaves the
+        poll plan. Idempotent. The creation entry stays: it was spent."""
+        limit = self._account(account).in_progress_limit
+        keys = self._keys
+        self._release(
+            keys=[keys.leases(account), keys.slot_wakes(account), keys.poll_plan(account), keys.poll_owners(account)],
+            args=[job_id, limit],
+        )
+
+    def wait_for_release(self, timeout_s: float, accounts: Sequence[str] | None = None) -> bool:
+        """Block until a slot is released on one of ``accounts`` (default: all) or ``timeout_s`` passes;
+        True if a release woke us. A wake may be stale (a release nobody waited for): the caller asks
+        :meth:`acquire_slot` again either way."""
+        names = list(accounts if accounts is not None else self._accounts)
+        timeout = min(max(timeout_s, 0.001), WAKE_WAIT_MAX_S)
+        return self._redis.blpop([self._keys.slot_wakes(name) for name in names], timeout=timeout) is not None
 
     def hold(self, account: str, job_id: str, grace_s: float | None = None) -> bool:
         """createTask outcome unknown: the task may exist, so keep the slot for ``grace_s`` (default
@@ -213,11 +231,12 @@ class QuotaLimiter:
         return None if reason is None else _text(reason)
 
     # -- recordInfo -----------------------------------------------------------------------------------
-    def take_record_info_token(self, account: str) -> float:
-        """Take a recordInfo token (shared by all poll workers): 0.0 if taken, else seconds to wait."""
-        rate = self._account(account).record_info_per_s
-        bucket = self._keys.record_info_bucket(account)
-        wait = self._tokens(keys=[bucket], args=[self._now(), repr(rate), repr(max(1.0, rate))])
+    def take_record_info_call(self, account: str, caller: str = "") -> float:
+        """Log one recordInfo call (shared by all poll workers): 0.0 if it may go now, else seconds until
+        one may. Holds in every rolling window, whatever the number of workers (no burst on top)."""
+        calls, window_s = self._account(account).record_info_window
+        log = self._keys.record_info_calls(account)
+        wait = self._calls(keys=[log], args=[self._now(), calls, _ms(window_s), caller or "call"])
         return float(_text(wait))
 
     # -- status ---------------------------------------------------------------------------------------

@@ -192,6 +192,7 @@ class Reconciler:
             stamp = {"reconciled_poll_at": now}
             if not self.rt.jobs.update(job.id, expect=JobState.GENERATING, fields=stamp):
                 continue
+            self.rt.plan.forget(job.account, job.id)  # the new message books afresh; a late old one stops
             self._chain(TASK_POLL, TASK_STORE, job_id=job.id)
             self.counts["silent_poll"] += 1
             log.warning("reconcile: job %s had no poll for %.0fs; poll re-published", job.id, now - max(activity))
@@ -249,7 +250,7 @@ class Reconciler:
                 continue
             if checked_at and now - float(checked_at) < self.settings.reconcile_salvage_interval_s:
                 continue
-            if calls >= SALVAGE_CALLS_PER_RUN or self.rt.quota.take_record_info_token(account) > 0:
+            if calls >= SALVAGE_CALLS_PER_RUN or self.rt.quota.take_record_info_call(account, job_id) > 0:
                 return  # the rest next run: polls come first
             calls += 1
             self._salvage_one(job_id, account, task_id, now)

@@ -11,6 +11,7 @@ from config.settings import Settings
 from workers.clients import Clients
 from workers.jobstore import JobStore
 from workers.keys import Keys
+from workers.poll_plan import PollPlan
 from workers.quota import QuotaLimiter
 from workers.storage import Storage
 from workers.upstream import UpstreamClient, build_session
@@ -23,6 +24,7 @@ class Runtime:
     keys: Keys
     jobs: JobStore
     quota: QuotaLimiter
+    plan: PollPlan
     storage: Storage
     _clients: dict[str, UpstreamClient] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -41,6 +43,7 @@ class Runtime:
             keys=clients.keys,
             jobs=clients.jobs,
             quota=QuotaLimiter.for_settings(clients.redis, clients.keys, settings),
+            plan=PollPlan(clients.redis, clients.keys, settings.accounts),
             storage=storage,
         )
 

@@ -1,4 +1,4 @@
-"""Timing rules as pure functions: when to poll next, how long to back off."""
+"""Timing rules as pure functions: how soon a task may be asked about again, how long to back off."""
 
 from __future__ import annotations
 
@@ -9,23 +9,16 @@ from collections.abc import Sequence
 MAX_POLL_DELAY_S = 30.0
 
 
-def poll_delay_s(age_s: float, schedule: Sequence[tuple[float, float]]) -> float:
-    """Seconds until the next recordInfo for a task submitted ``age_s`` ago.
+def check_interval_s(age_s: float, schedule: Sequence[tuple[float, float]]) -> float:
+    """The shortest wait before the next recordInfo for a task submitted ``age_s`` ago.
 
-    ``schedule`` is a list of ``(until_s, interval_s)`` steps in increasing ``until_s`` order: poll every
-    ``interval_s`` while the task is younger than ``until_s``; past the last step, keep its interval.
+    ``schedule`` is a list of ``(until_s, interval_s)`` steps in increasing ``until_s`` order: at most
+    every ``interval_s`` while the task is younger than ``until_s``; past the last step, its interval.
     """
     for until_s, interval_s in schedule:
         if age_s < until_s:
             return min(interval_s, MAX_POLL_DELAY_S)
     return min(schedule[-1][1], MAX_POLL_DELAY_S)
-
-
-def safety_poll_delay_s(age_s: float, first_s: float, interval_s: float) -> float:
-    """With callbacks on, polling is a safety net: first check late, then rarely."""
-    if age_s < first_s:
-        return min(first_s - age_s, MAX_POLL_DELAY_S)
-    return min(interval_s, MAX_POLL_DELAY_S)
 
 
 def backoff_s(

@@ -22,8 +22,8 @@ from workers.jobs import Job
 
 T = TypeVar("T")
 
-#: Fast polls for tests: every 0.3 s for 10 minutes.
-FAST_POLL = json.dumps([[600, 0.3]])
+#: Fast polls for tests (generation takes well under a second there): from the start, at most every 0.3 s.
+FAST_POLL = {"IMAGINEQ_POLL__SCHEDULE": json.dumps([[600, 0.3]]), "IMAGINEQ_POLL__FIRST_CHECK_S": "0"}
 
 
 class Deployment:
@@ -120,7 +120,7 @@ def deployment(
             simulator_url=simulator.url,
             bucket=bucket,
             extra={
-                "IMAGINEQ_POLL__SCHEDULE": FAST_POLL,
+                **FAST_POLL,
                 "IMAGINEQ_PAUSE_CHECK_INTERVAL_S": "0.5",
                 # "{simulator}" in a value (e.g. account base URLs) stands for the simulator's URL.
                 **{name: value.replace("{simulator}", simulator.url) for name, value in (env or {}).items()},

@@ -31,7 +31,7 @@ def test_workers_survive_redis_restarts(tmp_path: Path) -> None:
             s3_url=s3_url,
             simulator_url=simulator.url,
             bucket="restarts",
-            extra={"IMAGINEQ_POLL__SCHEDULE": FAST_POLL},
+            extra=FAST_POLL,
         )
         dep = Deployment(stack, env, simulator, s3_url)
         Storage(dep.settings.s3, dep.settings.http).ensure_bucket()

@@ -74,15 +74,14 @@ class ModelAccount:
     in_progress_limit: int
     creations_limit: int
     window_ms: int
-    rate: float
+    record_info: tuple[int, int]  # calls allowed in any rolling window of this many ms
     leases: dict[str, int] = field(default_factory=dict)  # job → expiry, until dropped
     creations: list[int] = field(default_factory=list)  # until dropped from the window
     history: list[int] = field(default_factory=list)  # every creation ever
     cooldown_end: int = 0
     streak: int = 0
     paused: str | None = None
-    tokens: float | None = None
-    tokens_ts: int = 0
+    calls: list[int] = field(default_factory=list)  # recordInfo calls still in the rolling window
 
     def drop_expired(self, now: int) -> None:
         self.leases = {job: expiry for job, expiry in self.leases.items() if expiry > now}
@@ -98,7 +97,10 @@ class QuotaModel:
     def __init__(self) -> None:
         self.accounts = {
             s.name: ModelAccount(
-                s.in_progress_limit, s.creations_limit, round(s.enforced_window_s * 1000), s.record_info_per_s
+                s.in_progress_limit,
+                s.creations_limit,
+                round(s.enforced_window_s * 1000),
+                (s.record_info_window[0], round(s.record_info_window[1] * 1000)),
             )
             for s in ACCOUNTS
         }
@@ -180,18 +182,14 @@ class QuotaModel:
                 reclaimed[name] = expired
         return reclaimed
 
-    def take_token(self, name: str, now: int) -> float:
+    def take_call(self, name: str, now: int) -> float:
         account = self.accounts[name]
-        burst = max(1.0, account.rate)
-        tokens, ts = (burst, now) if account.tokens is None else (account.tokens, account.tokens_ts)
-        tokens = min(burst, tokens + max(0, now - ts) * account.rate / 1000)
-        wait = 0.0
-        if tokens >= 1:
-            tokens -= 1
-        else:
-            wait = (1 - tokens) / account.rate
-        account.tokens, account.tokens_ts = tokens, max(now, ts)
-        return wait
+        allowed, window_ms = account.record_info
+        account.calls = [at for at in account.calls if at > now - window_ms]
+        if len(account.calls) >= allowed:
+            return max(1, min(account.calls) + window_ms - now) / 1000
+        account.calls.append(now)
+        return 0.0
 
     def time_to_capacity(self, job: str, names: list[str], now: int) -> float:
         """Oracle, from first principles: ms until ``acquire(job)`` can succeed if nothing else happens."""
@@ -316,9 +314,9 @@ class QuotaMachine(RuleBasedStateMachine):
         self.model.accounts[name].paused = None
 
     @rule(name=st.sampled_from(NAMES))
-    def take_token(self, name: str) -> None:
-        assert self.limiter.take_record_info_token(name) == pytest.approx(
-            self.model.take_token(name, self.now), rel=1e-9, abs=1e-9
+    def take_record_info_call(self, name: str) -> None:
+        assert self.limiter.take_record_info_call(name, "job") == pytest.approx(
+            self.model.take_call(name, self.now), rel=1e-9, abs=1e-9
         )
 
     # -- invariants -----------------------------------------------------------------------------------

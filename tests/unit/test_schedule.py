@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from workers.schedule import MAX_POLL_DELAY_S, backoff_s, poll_delay_s, safety_poll_delay_s
+from workers.schedule import MAX_POLL_DELAY_S, backoff_s, check_interval_s
 
 UPSTREAM_SUGGESTION = [(30.0, 2.5), (120.0, 7.5), (float("inf"), 20.0)]
 
@@ -11,18 +11,12 @@ UPSTREAM_SUGGESTION = [(30.0, 2.5), (120.0, 7.5), (float("inf"), 20.0)]
     ("age_s", "expected"),
     [(0.0, 2.5), (29.9, 2.5), (30.0, 7.5), (119.0, 7.5), (120.0, 20.0), (5000.0, 20.0)],
 )
-def test_poll_delay_follows_the_upstream_suggestion(age_s, expected):
-    assert poll_delay_s(age_s, UPSTREAM_SUGGESTION) == expected
+def test_check_interval_follows_the_schedule_steps(age_s, expected):
+    assert check_interval_s(age_s, UPSTREAM_SUGGESTION) == expected
 
 
-def test_poll_delay_never_exceeds_the_countdown_cap():
-    assert poll_delay_s(10, [(5.0, 1.0), (10.0, 90.0)]) == MAX_POLL_DELAY_S
-
-
-def test_safety_poll_waits_for_the_first_check_then_goes_rare():
-    assert safety_poll_delay_s(0, first_s=45, interval_s=30) == 30  # capped countdown
-    assert safety_poll_delay_s(40, first_s=45, interval_s=30) == 5
-    assert safety_poll_delay_s(60, first_s=45, interval_s=30) == 30
+def test_check_interval_never_exceeds_the_countdown_cap():
+    assert check_interval_s(10, [(5.0, 1.0), (10.0, 90.0)]) == MAX_POLL_DELAY_S
 
 
 def test_backoff_grows_exponentially_within_jitter_and_cap():

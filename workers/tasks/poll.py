@@ -1,9 +1,14 @@
-"""The ``poll`` step: ask recordInfo until the upstream task is terminal, then end the job like a callback."""
+"""The ``poll`` step: ask recordInfo until the upstream task is terminal, then end the job like a callback.
+
+Each job's poll message re-runs (Celery countdown) when the account's poll plan (``workers/poll_plan.py``)
+says its next check is due; a message woken by a callback asks at once instead.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import NoReturn
 
 from celery import Task
 
@@ -16,8 +21,9 @@ from workers.errors import (
     UpstreamError,
 )
 from workers.jobs import Job, JobState
+from workers.poll_plan import TurnCode
 from workers.runtime import Runtime
-from workers.schedule import backoff_s, poll_delay_s, safety_poll_delay_s
+from workers.schedule import MAX_POLL_DELAY_S, backoff_s, check_interval_s
 from workers.tasks.process import runtime
 from workers.tasks.steps import count, fail_job, requeue, stop_chain
 
@@ -31,7 +37,7 @@ WOKEN_RECHECKS = 5
 
 @app.task(name=TASK_POLL, bind=True, max_retries=None, soft_time_limit=75, time_limit=90)
 def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
-    """Ask recordInfo until the task is terminal; re-schedules itself with countdowns ≤ 30 s.
+    """Ask recordInfo, when the poll plan says so, until the task is terminal.
 
     ``woken``: a callback said the task ended, so ask at once (and again soon, a few times, should the
     record lag the callback) — also for a job that failed ``timed_out`` or ``outcome_unknown``, whose
@@ -58,14 +64,21 @@ def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
         stop_chain(self)
         return None
 
-    if rt.settings.callbacks.enabled and age_s < rt.settings.poll.safety_first_s and not urgent:
-        # Callbacks on: polling is a safety net, so the first recordInfo waits until
-        # safety_first_s (the chain runs this poll right after submit).
-        requeue(
-            self,
-            countdown=safety_poll_delay_s(age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s),
-        )
-    take_record_info_token(rt, job.account)
+    poll_settings = rt.settings.poll
+    callbacks = rt.settings.callbacks.enabled
+    message = self.request.id
+    if not urgent:
+        # With callbacks on, polling is a safety net: the first check comes late.
+        first_s = poll_settings.safety_first_s if callbacks else poll_settings.first_check_s
+        turn = rt.plan.turn(job.account, job_id, message, not_before_s=submitted_at + first_s)
+        if turn.code is TurnCode.DUPLICATE:
+            log.info("poll: job %s is followed by another poll message; this one stops", job_id)
+            stop_chain(self)
+            return None
+        if turn.code is TurnCode.WAIT:
+            requeue(self, countdown=min(turn.wait_s, MAX_POLL_DELAY_S))
+    if not take_record_info_call(rt, job.account, job_id):
+        requeue(self, countdown=1.0)  # the account's budget stayed spent (woken polls, salvage): soon
     count(rt, "record_info_calls")  # exported by /metrics
     try:
         record = rt.upstream(job.account).record_info(job.task_id)
@@ -83,7 +96,7 @@ def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
         attempts = rt.jobs.incr(job_id, "poll_errors")
         log.warning("poll: job %s recordInfo failed (%s), attempt %d", job_id, error, attempts)
         rt.quota.renew_lease(job.account, job_id)
-        requeue(self, countdown=min(30.0, backoff_s(attempts, base_s=2.0, cap_s=30.0)))
+        _next_check(self, rt, job.account, job_id, backoff_s(attempts, base_s=2.0, cap_s=30.0), urgent)
 
     if record.state.terminal:
         # The same move a callback or the reconciler makes: whoever comes second does nothing.
@@ -95,12 +108,18 @@ def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
         return None
     rt.quota.renew_lease(job.account, job_id)  # still running: keep the slot
     if urgent:
-        delay = WOKEN_RECHECK_S
-    elif rt.settings.callbacks.enabled:
-        delay = safety_poll_delay_s(age_s, rt.settings.poll.safety_first_s, rt.settings.poll.safety_interval_s)
-    else:
-        delay = poll_delay_s(age_s, rt.settings.poll.schedule)
-    requeue(self, countdown=delay)
+        requeue(self, countdown=WOKEN_RECHECK_S)
+    interval = poll_settings.safety_interval_s if callbacks else check_interval_s(age_s, poll_settings.schedule)
+    _next_check(self, rt, job.account, job_id, interval, urgent)
+
+
+def _next_check(task: Task, rt: Runtime, account: str, job_id: str, delay_s: float, urgent: bool) -> NoReturn:
+    """Re-run this message for the job's next check: booked on the plan at least ``delay_s`` from now
+    (a woken message keeps out of the plan: the job's own poll message holds its booking)."""
+    if urgent:
+        requeue(task, countdown=min(delay_s, MAX_POLL_DELAY_S))
+    wait_s = rt.plan.book(account, job_id, task.request.id, delay_s=delay_s)
+    requeue(task, countdown=min(wait_s, MAX_POLL_DELAY_S))
 
 
 def _salvageable(job: Job) -> bool:
@@ -115,7 +134,8 @@ def _salvageable(job: Job) -> bool:
 def _salvage(task: Task, rt: Runtime, job: Job) -> str | None:
     """A failed job whose task called back: read the task's record, store a late success."""
     assert job.account is not None and job.task_id is not None
-    take_record_info_token(rt, job.account)
+    if not take_record_info_call(rt, job.account, job.id):
+        requeue(task, countdown=WOKEN_RECHECK_S)
     count(rt, "record_info_calls")
     try:
         record = rt.upstream(job.account).record_info(job.task_id)
@@ -133,8 +153,12 @@ def _salvage(task: Task, rt: Runtime, job: Job) -> str | None:
     return None
 
 
-def take_record_info_token(rt: Runtime, account: str) -> None:
-    """The recordInfo token bucket is shared by every poll worker; wait (briefly) for a token."""
-    deadline = time.monotonic() + 30
-    while (wait_s := rt.quota.take_record_info_token(account)) > 0 and time.monotonic() < deadline:
-        time.sleep(min(wait_s, 1.0))
+def take_record_info_call(rt: Runtime, account: str, job_id: str) -> bool:
+    """Log this recordInfo call on the account's rolling window (shared by every poll worker), waiting
+    briefly while it is full; False if it stayed full (the caller re-runs later instead of calling)."""
+    deadline = time.monotonic() + 10
+    while (wait_s := rt.quota.take_record_info_call(account, job_id)) > 0:
+        if time.monotonic() + wait_s > deadline:
+            return False
+        time.sleep(wait_s)
+    return True

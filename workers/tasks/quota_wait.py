@@ -14,7 +14,11 @@ log = logging.getLogger("imagineq.tasks")
 
 
 def wait_for_slot(rt: Runtime, job_id: str) -> str | None:
-    """Wait in-process (bounded well below the visibility timeout) for a quota slot on any account."""
+    """Wait in-process (bounded well below the visibility timeout) for a quota slot on any account.
+
+    Full in-progress sets are waited on by blocking on their wake lists, so the first slot released
+    anywhere is taken again within a round trip; other waits (the creation window, a cooldown, a pause)
+    sleep for the limiter's hint."""
     if not rt.settings.quota_enforce:
         return rt.settings.accounts[0].name  # benchmark baseline: Celery rate_limit alone
     deadline = time.monotonic() + rt.settings.quota_wait_max_s
@@ -27,7 +31,11 @@ def wait_for_slot(rt: Runtime, job_id: str) -> str | None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        time.sleep(max(0.01, min(acquired.wait_s, remaining)))
+        wait_s = max(0.01, min(acquired.wait_s, remaining))
+        if acquired.reason == "in_progress":
+            rt.quota.wait_for_release(wait_s)  # a released slot wakes us at once
+        else:
+            time.sleep(wait_s)
 
 
 def resume_paused_accounts(rt: Runtime) -> None:
