@@ -54,6 +54,8 @@ SIMULATOR_ARGS = (
     "1000000",
     "--max-per-window",
     "1000000000",
+    "--record-info-per-s",
+    "0",
 )
 UNLIMITED = json.dumps(
     [

@@ -7,6 +7,13 @@ first creation it measures efficiency = creations ÷ (windows × limit), the sim
 and the 429s it sent — and, in the same run, the naive baseline: Celery ``rate_limit`` alone (each
 worker allowed the account's rate), no global Redis quota, the same workers.
 
+Production settings are kept, Celery ``rate_limit`` included (derived from the accounts as in
+production). What a scaled upstream needs differently is scaled with it and printed at the start: the
+account's recordInfo budget (10 per simulated second), the poll planner's first check and intervals
+(generation takes 10–25 simulated seconds), and, for the baseline only, its per-worker rate limit. The
+simulator's recordInfo limit is off here (its rolling second is 1/scale wall seconds; bench/slots.py
+measures recordInfo at real time).
+
     RESULT efficiency=… peak_in_progress=… limit_in_progress=… upstream_429=… baseline_efficiency=…
            baseline_429=… baseline_peak_in_progress=… accounts=… creations_per_window=…
 """
@@ -55,9 +62,20 @@ def run(*, enforce: bool, accounts: int, scale: float, windows: int, submit_work
         }
         for i, key in enumerate(keys)
     ]
-    # Ours: per-worker smoothing as in production, slot turnover (slots ÷ shortest generation).
-    # Baseline: the naive setup, every worker allowed the account's average creation rate.
-    submit_rate = IN_PROGRESS * accounts / (10.0 / scale) if enforce else PER_WINDOW * accounts / window_s
+    # The scaled upstream's timing, for the poll planner: generation takes 10-25 simulated seconds.
+    env = {
+        "IMAGINEQ_ACCOUNTS": json.dumps(account_list),
+        "IMAGINEQ_QUOTA_ENFORCE": "true" if enforce else "false",
+        "IMAGINEQ_POLL__FIRST_CHECK_S": f"{10.0 / scale:.4f}",
+        "IMAGINEQ_POLL__SCHEDULE": json.dumps(
+            [[30.0 / scale, 1.0 / scale], [120.0 / scale, 5.0 / scale], [1e9, 15.0 / scale]]
+        ),
+    }
+    if not enforce:
+        # The naive baseline: every worker allowed the account's average creation rate.
+        env["IMAGINEQ_SUBMIT_RATE_LIMIT"] = f"{PER_WINDOW * accounts / window_s:.2f}/s"
+    shown = {name: value for name, value in env.items() if name != "IMAGINEQ_ACCOUNTS"}
+    print(f"  scaled for the ×{scale:g} upstream: {shown}, account record_info_per_s={10.0 * scale:g}")
     simulator_args = [
         "--time-scale",
         str(scale),
@@ -71,14 +89,10 @@ def run(*, enforce: bool, accounts: int, scale: float, windows: int, submit_work
         str(PER_WINDOW),
         "--window-s",
         str(WINDOW_S),
+        "--record-info-per-s",
+        "0",
         *[arg for key in keys for arg in ("--api-key", key)],
     ]
-    env = {
-        "IMAGINEQ_ACCOUNTS": json.dumps(account_list),
-        "IMAGINEQ_QUOTA_ENFORCE": "true" if enforce else "false",
-        "IMAGINEQ_SUBMIT_RATE_LIMIT": f"{submit_rate:.2f}/s",
-        "IMAGINEQ_POLL_RATE_LIMIT": "100000/s",
-    }
     with deployment(log_dir, simulator_args=simulator_args, env=env, workers={"poll": 8, "store": 2}) as dep:
         for _ in range(submit_workers):
             dep.start_worker("submit", concurrency=4)
@@ -118,7 +132,9 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1)
     parser.add_argument("--time-scale", type=float, default=120.0, help="3600 s window → 3600/scale s (default 120)")
     parser.add_argument("--windows", type=int, default=3)
-    parser.add_argument("--submit-workers", type=int, default=2, help="submit worker processes (x concurrency 4)")
+    parser.add_argument(
+        "--submit-workers", type=int, default=1, help="submit workers (-c 4 each; default 1, as the Procfile)"
+    )
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-quota-"))

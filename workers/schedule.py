@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-#: Celery countdowns for polls never exceed this (ARCHITECTURE.md, "A job").
+#: Celery countdowns for polls never exceed this (ARCHITECTURE.md, "Polls").
 MAX_POLL_DELAY_S = 30.0
 
 

@@ -43,6 +43,8 @@ def test_three_submit_workers_never_exceed_the_upstream_limits(tmp_path):
             "40",
             "--window-s",
             "20",
+            "--record-info-per-s",
+            "200",
         ),
         env={"IMAGINEQ_ACCOUNTS": _account(**limits)},
         workers={"poll": 4, "store": 2},

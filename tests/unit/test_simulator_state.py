@@ -287,3 +287,30 @@ def test_validation_messages(payload: Any, needle: str) -> None:
 def test_validation_defaults() -> None:
     req = validate_create({"model": MODEL, "callBackUrl": "", "input": {"prompt": "p"}})
     assert (req.aspect_ratio, req.mode, req.callback_url) == ("2:3", "normal", None)
+
+
+# -- recordInfo rate -------------------------------------------------------------------------------
+
+
+def test_record_info_over_its_rate_in_any_rolling_second_is_refused_with_429() -> None:
+    state, clock, account = make_state(record_info_per_s=10)
+    task = state.create_task(account, body())
+    for _ in range(10):
+        state.record_info(account, task.task_id)
+        clock.now += 0.05  # 10 calls within 0.5 s
+    with pytest.raises(ApiError) as refused:
+        state.record_info(account, task.task_id)
+    assert refused.value.code == 429
+    clock.now += 0.51  # the first call left the rolling second
+    state.record_info(account, task.task_id)
+    stats = state.snapshot()["per_key"][account.key_id]
+    assert stats["record_info_rate_limited"] == 1
+    assert stats["max_record_info_per_s"] == 11  # the refused call arrived too
+
+
+def test_record_info_rate_can_be_lifted() -> None:
+    state, _, account = make_state(record_info_per_s=0)
+    task = state.create_task(account, body())
+    for _ in range(50):
+        state.record_info(account, task.task_id)
+    assert state.snapshot()["per_key"][account.key_id]["record_info_rate_limited"] == 0
