@@ -34,7 +34,10 @@ IMMEDIATE = {
 
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with deployment(tmp_path_factory.mktemp("reconcile")) as deployed:
+    # These tests also ask the upstream directly, outside ImagineQ's shared recordInfo budget (as another
+    # client of the key would): the simulator allows more than the real 10 per second for that.
+    simulator_args = ("--gen-time", "0.3:0.8", "--video-bytes", "262144", "--record-info-per-s", "100")
+    with deployment(tmp_path_factory.mktemp("reconcile"), simulator_args=simulator_args) as deployed:
         yield deployed
 
 
