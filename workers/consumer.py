@@ -32,6 +32,12 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         self._bucket_looks: dict[int, float] = {}
         super().__init__(*args, **kwargs)
 
+    def on_close(self) -> None:
+        # The buckets are emptied here; a look cleared with the connection must not keep later
+        # arrivals waiting for it.
+        super().on_close()
+        self._bucket_looks.clear()
+
     def _schedule_bucket_request(self, bucket: TokenBucket, scheduled: bool = False) -> None:
         if scheduled:
             self._bucket_looks.pop(id(bucket), None)

@@ -94,3 +94,26 @@ def test_visibility_timeout_must_outlast_every_task():
     assert config["broker_transport_options"]["visibility_timeout"] == 3600
     assert config["worker_prefetch_multiplier"] == 1
     assert config["accept_content"] == ["json"]
+
+
+def test_derived_rate_limits_follow_the_pool_and_never_bind(monkeypatch):
+    accounts = [{"name": "a", "api_key": "k1"}, {"name": "b", "api_key": "k2", "in_progress_margin": 2}]
+    monkeypatch.setenv("IMAGINEQ_ACCOUNTS", json.dumps(accounts))
+    config = celery_config(load_settings())
+    annotations = config["task_annotations"]
+    assert annotations["imagineq.submit"] == {"rate_limit": "58/s"}  # every slot of the pool per second
+    assert annotations["imagineq.poll"] == {"rate_limit": "40/s"}  # twice the two keys' recordInfo budget
+    assert config["worker_consumer"] == "workers.consumer:Consumer"  # delivers the rate it is set to
+    monkeypatch.setenv("IMAGINEQ_SUBMIT_RATE_LIMIT", "5/s")
+    assert celery_config(load_settings())["task_annotations"]["imagineq.submit"] == {"rate_limit": "5/s"}
+
+
+def test_the_record_info_window_is_whole_calls_over_the_guarded_second(monkeypatch):
+    accounts = [
+        {"name": "a", "api_key": "k1"},
+        {"name": "b", "api_key": "k2", "record_info_per_s": 2.5, "record_info_guard_s": 0},
+    ]
+    monkeypatch.setenv("IMAGINEQ_ACCOUNTS", json.dumps(accounts))
+    first, second = load_settings().accounts
+    assert first.record_info_window == (10, pytest.approx(1.2))
+    assert second.record_info_window == (2, pytest.approx(0.8))  # 2 whole calls per 0.8 s: 2.5 per second
