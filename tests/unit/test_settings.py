@@ -115,5 +115,7 @@ def test_the_record_info_window_is_whole_calls_over_the_guarded_second(monkeypat
     ]
     monkeypatch.setenv("IMAGINEQ_ACCOUNTS", json.dumps(accounts))
     first, second = load_settings().accounts
-    assert first.record_info_window == (10, pytest.approx(1.2))
-    assert second.record_info_window == (2, pytest.approx(0.8))  # 2 whole calls per 0.8 s: 2.5 per second
+    assert first.record_info_window[0] == 10
+    assert first.record_info_window[1] == pytest.approx(1.2)
+    assert second.record_info_window[0] == 2  # 2 whole calls per 0.8 s: 2.5 per second
+    assert second.record_info_window[1] == pytest.approx(0.8)
