@@ -262,6 +262,7 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
+    #: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) or ``unix:///path/to/socket``.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Key prefix for every Redis key ImagineQ owns (several deployments can share a Redis).
     redis_prefix: str = Field(default="iq", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -361,6 +362,11 @@ class Settings(BaseSettings):
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] | None = None
     # -- end of logging settings ------------------------------------------------------------------------
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_name(cls, value: Any) -> Any:
@@ -431,6 +437,45 @@ class Settings(BaseSettings):
         return self.accounts
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(value: str) -> str:
+    """``value`` if it is a Redis URL redis-py can connect with, else ValueError saying what is wrong."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in REDIS_SCHEMES:
+        shown = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, not {shown}")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs the socket's path (unix:///path/to/redis.sock)")
+        return value
+    if not parts.hostname:
+        raise ValueError("needs a host (redis://host:6379/0)")
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"the database (the path) must be a number, not {database!r}")
+    return value
+
+
+def redact_url(value: str) -> str:
+    """``value`` with the password of its user info (if any) replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def _describe(error: ValidationError) -> str:
     lines = ["Invalid configuration:"]
     for item in error.errors():
@@ -438,6 +483,8 @@ def _describe(error: ValidationError) -> str:
         env_name = f"IMAGINEQ_{str(item['loc'][0]).upper()}" if item["loc"] else "IMAGINEQ_*"
         value = item.get("input")
         secret = "key" in field.lower() or "secret" in field.lower()
+        if isinstance(value, str) and "url" in field.lower():
+            value = redact_url(value)
         shown = "" if secret or isinstance(value, dict | list) else f" (got {value!r})"
         lines.append(f"  {field} [{env_name}]: {item['msg']}{shown}")
     return "\n".join(lines)

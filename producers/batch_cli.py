@@ -218,7 +218,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for state in (*LIVE_STATES, *END_STATES):
         if status.states.get(state):
             table.add_row(state, f"{status.states[state]:,}")
-    Console().print(table)
+    # Not on a terminal (a pipe, a file): wide enough that no id is cut short.
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
     return EXIT_OK
 
 
@@ -244,5 +245,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
             f"{status.pending:,}",
             when,
         )
-    Console().print(table)
+    # Not on a terminal (a pipe, a file): wide enough that no id is cut short.
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
     return EXIT_OK

@@ -7,6 +7,7 @@ import importlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,20 +45,63 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         mode=args.mode,
         idempotency_key=args.idempotency_key,
     )
+    # The id at once (on stderr with --json, which keeps stdout one JSON document).
+    print(f"job {job.id} {job.state.value}", file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.wait:
-        job = producer.wait(job.id, timeout=args.timeout)
+        job = _follow(producer, job, timeout_s=args.timeout, out=sys.stderr if args.json else sys.stdout)
     print(json.dumps(job.to_dict(), indent=2) if args.json else _job_table(job))
     if args.wait and job.state.value != "stored":
         return EXIT_FAILED
     return EXIT_OK
 
 
+#: The shortest job id prefix a command accepts.
+MIN_PREFIX = 8
+
+
+def find_job(producer: Any, text: str) -> Any:
+    """The job ``text`` names: its id, or a unique prefix of at least 8 characters; None (with the
+    reason printed) otherwise."""
+    job = producer.get(text)
+    if job is not None:
+        return job
+    if len(text) < MIN_PREFIX:
+        print(
+            f"error: job {text} not found (give the id, or a unique prefix of {MIN_PREFIX}+ characters)",
+            file=sys.stderr,
+        )
+        return None
+    matches = producer.jobs.ids_with_prefix(text.lower(), limit=3)
+    if len(matches) > 1:
+        shown = ", ".join(matches[:2]) + (", ..." if len(matches) > 2 else "")
+        print(f"error: {text} is the start of several jobs ({shown}); give more of the id", file=sys.stderr)
+        return None
+    job = producer.get(matches[0]) if matches else None
+    if job is None:
+        print(f"error: job {text} not found", file=sys.stderr)
+    return job
+
+
+def _follow(producer: Any, job: Any, *, timeout_s: float, out: Any) -> Any:
+    """Wait for ``job`` to end, printing a line at each state it moves to; TimeoutError past ``timeout_s``."""
+    started = time.monotonic()
+    state = job.state
+    while not job.state.terminal:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"job {job.id} is still {job.state.value} after {timeout_s:.0f}s")
+        time.sleep(0.25)
+        job = producer.get(job.id) or job
+        if job.state is not state:
+            state = job.state
+            print(f"{time.monotonic() - started:6.1f}s  {state.value}", file=out, flush=True)
+    return job
+
+
 def _cmd_job(args: argparse.Namespace) -> int:
     from producers.api import Producer
 
-    job = Producer().get(args.job_id)
+    job = find_job(Producer(), args.job_id)
     if job is None:
-        print(f"error: job {args.job_id} not found", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(job.to_dict(), indent=2) if args.json else _job_table(job))
     return EXIT_OK
@@ -68,9 +112,8 @@ def _cmd_resubmit(args: argparse.Namespace) -> int:
     from workers.jobs import JobState
 
     producer = Producer()
-    job = producer.get(args.job_id)
+    job = find_job(producer, args.job_id)
     if job is None:
-        print(f"error: job {args.job_id} not found", file=sys.stderr)
         return EXIT_FAILED
     if job.state is not JobState.FAILED:
         print(f"error: job {job.id} is {job.state.value}; only failed jobs can be resubmitted", file=sys.stderr)
@@ -128,12 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(handler=_cmd_submit)
 
     job = commands.add_parser("job", help="show one job")
-    job.add_argument("job_id")
+    job.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
     job.add_argument("--json", action="store_true")
     job.set_defaults(handler=_cmd_job)
 
     resubmit = commands.add_parser("resubmit", help="queue a failed job again (e.g. outcome_unknown)")
-    resubmit.add_argument("job_id")
+    resubmit.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
     resubmit.set_defaults(handler=_cmd_resubmit)
 
     commands.add_parser("simulator", help="run the Apikley simulator (see `imagineq simulator --help`)", add_help=False)
@@ -148,9 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import kombu.exceptions
+    import redis
+
     from config.settings import get_settings
+    from producers.status import redis_location
     from workers.errors import ImagineQError, ValidationError
-    from workers.logs import configure_logging
+    from workers.logs import Redactor, configure_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulator"]:
@@ -160,6 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Log lines (WARNING and up unless IMAGINEQ_LOG_LEVEL) go to stderr, secrets redacted.
         configure_logging(get_settings(), service="cli", level="WARNING")
         code: int = args.handler(args)
+    except (redis.RedisError, kombu.exceptions.OperationalError) as error:
+        # One line naming the setting and where it points (no password), not a traceback.
+        where = redis_location(get_settings().redis_url)
+        print(
+            Redactor.for_settings(get_settings()).redact(f"error: Redis at {where} (IMAGINEQ_REDIS_URL): {error}"),
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except ValidationError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

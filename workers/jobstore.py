@@ -198,6 +198,22 @@ class JobStore:
         job_id = cast("str | bytes | None", self._client.get(self._keys.task_index(task_id)))
         return self.get(_text(job_id)) if job_id is not None else None
 
+    def ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Up to ``limit`` job ids that start with ``prefix`` (a hex string), read from the state indexes
+        (a server-side scan: for people typing a short id, not for hot paths)."""
+        if not prefix or any(char not in "0123456789abcdef" for char in prefix):
+            return []
+        found: list[str] = []
+        for state in JobState:
+            index = self._keys.state_index(state.value)
+            for member, _ in self._client.zscan_iter(index, match=f"{prefix}*", count=1000):
+                job_id = _text(member)
+                if job_id not in found:
+                    found.append(job_id)
+                if len(found) >= limit:
+                    return found
+        return found
+
     def count_by_state(self) -> dict[JobState, int]:
         with self._client.pipeline(transaction=False) as pipe:
             for state in JobState:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -758,7 +759,41 @@ SETTINGS_CASES = [
         "Invalid configuration:\n  s3.max_download_bytes [IMAGINEQ_S3]: Input should be greater than or equal to 1 "
         "(got '-1')\n",
     ),
+    (
+        "mistyped Redis URL, password hidden",
+        {"IMAGINEQ_REDIS_URL": "http://:hunter2@127.0.0.1:6379/0"},
+        "Invalid configuration:\n  redis_url [IMAGINEQ_REDIS_URL]: Value error, must be a redis://, rediss:// or "
+        "unix:// URL, not http:// (got 'http://:***@127.0.0.1:6379/0')\n",
+    ),
 ]
+
+#: Every command that needs Redis, with Redis unreachable.
+REDIS_COMMANDS = [
+    ["submit", "a cat"],
+    ["job", "0123456789abcdef"],
+    ["resubmit", "0123456789abcdef"],
+    ["batch", "list"],
+]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    REDIS_COMMANDS,
+    ids=["submit", "job", "resubmit", "batch list"],
+)
+def test_cli_without_redis_says_so_in_one_line_and_exits_2(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    # A loopback port nothing listens on (reserved, then closed).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("IMAGINEQ_REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
+    get_settings.cache_clear()
+    code, err = run_cli(capsys, *argv)
+    assert code == cli.EXIT_USAGE
+    assert err.startswith(f"error: Redis at redis://127.0.0.1:{port}/0 (IMAGINEQ_REDIS_URL): ")
+    assert err.count("\n") == 1 and "hunter2" not in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("env", "stderr"), [c[1:] for c in SETTINGS_CASES], ids=[c[0] for c in SETTINGS_CASES])

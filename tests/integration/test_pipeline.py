@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -217,3 +218,19 @@ def _pool_children(pid: int) -> list[int]:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def test_cli_submit_wait_shows_the_id_at_once_then_each_state_and_job_takes_a_prefix(dep: Deployment):
+    submitted = dep.cli("submit", "A lighthouse at dusk", "--wait", "--timeout", "60")
+    assert submitted.returncode == 0, submitted.stderr
+    lines = submitted.stdout.splitlines()
+    assert lines[0].startswith("job ") and lines[0].endswith(" queued")
+    job_id = lines[0].split()[1]
+    progress = [re.fullmatch(r"\s*\d+\.\ds  (\w+)", line) for line in lines[1:]]
+    states = [match[1] for match in progress if match]
+    assert states[-1] == "stored" and "generating" in states, submitted.stdout  # a line per state change
+    shown = dep.cli("job", job_id[:12])  # the 12 characters the demo shows
+    assert shown.returncode == 0 and f"job      {job_id}" in shown.stdout, shown.stderr
+    too_short = dep.cli("job", job_id[:7])
+    assert too_short.returncode == 1
+    assert "unique prefix of 8+ characters" in too_short.stderr
