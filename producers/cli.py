@@ -146,6 +146,114 @@ def _cmd_resubmit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from producers.api import Producer
+    from workers.jobs import JobState
+
+    producer = Producer()
+    job = find_job(producer, args.job_id)
+    if job is None:
+        return EXIT_FAILED
+    fields = {"reason": "canceled", "error": "canceled from the command line"}
+    if job.state is JobState.QUEUED and producer.jobs.transition(
+        job.id, JobState.CANCELED, expect=JobState.QUEUED, fields=fields
+    ):
+        print(f"job {job.id} canceled")
+        return EXIT_OK
+    job = producer.get(job.id) or job
+    if job.state is JobState.CANCELED:
+        print(f"job {job.id} canceled")
+        return EXIT_OK
+    if job.state.terminal:
+        print(f"error: job {job.id} is already {job.state.value}", file=sys.stderr)
+    else:
+        what = "is being submitted" if job.state is JobState.SUBMITTING else "has reached the upstream"
+        print(f"error: job {job.id} is {job.state.value}: it {what} and can no longer be canceled", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from producers.api import Producer
+    from workers.jobs import JobState
+
+    producer = Producer()
+    states = [JobState(args.state)] if args.state else list(JobState)
+    # Newest first in each state; with --batch, read at most ten times the limit per state.
+    read = args.limit * (10 if args.batch else 1)
+    rows = [row for state in states for row in producer.jobs.newest_in_state(state, read)]
+    rows.sort(key=lambda row: row[1], reverse=True)
+    jobs = [job for job in producer.jobs.get_many([job_id for job_id, _ in rows]) if job is not None]
+    if args.batch:
+        jobs = [job for job in jobs if job.batch_id == args.batch]
+    jobs = jobs[: args.limit]
+    if args.json:
+        print(json.dumps([job.to_dict() for job in jobs], indent=2))
+        return EXIT_OK
+    table = Table("job", "state", "age", "took", "account", "prompt")
+    now = time.time()
+    for job in jobs:
+        took = job.updated_at - job.created_at if job.state.terminal else None
+        table.add_row(
+            job.id,
+            job.state.value,
+            _duration(now - job.created_at),
+            "" if took is None else _duration(took),
+            job.account or "",
+            job.prompt if len(job.prompt) <= 48 else job.prompt[:47] + "…",
+        )
+    # Not on a terminal (a pipe, a file): wide enough that no id is cut short.
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
+    return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    import hashlib
+    from pathlib import Path
+
+    from producers.api import Producer
+    from workers.jobs import JobState
+    from workers.storage import build_s3_client
+
+    producer = Producer()
+    job = find_job(producer, args.job_id)
+    if job is None:
+        return EXIT_FAILED
+    if job.state is not JobState.STORED or not job.s3_uri:
+        print(f"error: job {job.id} is {job.state.value}: only a stored job has a video to fetch", file=sys.stderr)
+        return EXIT_FAILED
+    bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
+    target = Path(args.path or f"{job.id}.mp4")
+    if target.is_dir():
+        target = target / f"{job.id}.mp4"
+    partial = target.with_name(target.name + ".part")
+    settings = producer.settings
+    body = build_s3_client(settings.s3, settings.http).get_object(Bucket=bucket, Key=key)["Body"]
+    digest = hashlib.sha256()
+    # Written beside the target and renamed once whole and checked: a failed fetch leaves no half file.
+    with partial.open("wb") as out:
+        for chunk in body.iter_chunks(1024 * 1024):
+            digest.update(chunk)
+            out.write(chunk)
+    if job.sha256 and digest.hexdigest() != job.sha256:
+        partial.unlink()
+        print(f"error: {job.s3_uri} does not match the job's sha256; nothing written", file=sys.stderr)
+        return EXIT_FAILED
+    partial.replace(target)
+    print(f"{target} ({target.stat().st_size:,} bytes, sha256 {digest.hexdigest()[:12]}…)")
+    return EXIT_OK
+
+
 def _cmd_simulator(rest: Sequence[str]) -> int:
     # A process of its own, not an import: the simulator stands apart from the producers.
     return subprocess.call([sys.executable, "-m", "simulator", *rest])
@@ -157,6 +265,8 @@ def _cmd_demo(_: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from workers.jobs import JobState as JobStateNames
+
     parser = argparse.ArgumentParser(prog="imagineq", description="Text prompts to stored Grok Imagine videos.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -178,6 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     resubmit = commands.add_parser("resubmit", help="queue a failed job again (e.g. outcome_unknown)")
     resubmit.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
     resubmit.set_defaults(handler=_cmd_resubmit)
+
+    cancel = commands.add_parser("cancel", help="cancel a job that has not been submitted yet")
+    cancel.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
+    cancel.set_defaults(handler=_cmd_cancel)
+
+    jobs = commands.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--state", choices=[state.value for state in JobStateNames], help="only jobs in this state")
+    jobs.add_argument("--batch", default=None, help="only jobs of this batch")
+    jobs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(handler=_cmd_jobs)
+
+    fetch = commands.add_parser("fetch", help="download a stored job's video")
+    fetch.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
+    fetch.add_argument("path", nargs="?", default=None, help="file or folder to write (default ./JOB_ID.mp4)")
+    fetch.set_defaults(handler=_cmd_fetch)
 
     commands.add_parser("simulator", help="run the Apikley simulator (see `imagineq simulator --help`)", add_help=False)
     demo = commands.add_parser("demo", help="run the end-to-end demo on private local services")

@@ -198,6 +198,12 @@ class JobStore:
         job_id = cast("str | bytes | None", self._client.get(self._keys.task_index(task_id)))
         return self.get(_text(job_id)) if job_id is not None else None
 
+    def newest_in_state(self, state: JobState, limit: int) -> list[tuple[str, float]]:
+        """Up to ``limit`` (id, entered ms) of ``state``, the newest first."""
+        index = self._keys.state_index(state.value)
+        rows = cast("list[tuple[str | bytes, float]]", self._client.zrevrange(index, 0, limit - 1, withscores=True))
+        return [(_text(job_id), float(score)) for job_id, score in rows]
+
     def ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
         """Up to ``limit`` job ids that start with ``prefix`` (a hex string), read from the state indexes
         (a server-side scan: for people typing a short id, not for hot paths)."""

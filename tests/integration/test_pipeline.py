@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 
 from tests.integration.deployment import Deployment, deployment, must, wait_until
-from workers.jobs import JobState
+from workers.jobs import JobRequest, JobState
 
 pytestmark = pytest.mark.integration
 
@@ -234,3 +234,29 @@ def test_cli_submit_wait_shows_the_id_at_once_then_each_state_and_job_takes_a_pr
     too_short = dep.cli("job", job_id[:7])
     assert too_short.returncode == 1
     assert "unique prefix of 8+ characters" in too_short.stderr
+
+
+def test_cli_lists_cancels_and_fetches_jobs(dep: Deployment, tmp_path):
+    stored = dep.producer.wait(dep.producer.enqueue("A kite over the dunes").id, timeout=60)
+    assert stored.state is JobState.STORED
+    waiting, _ = dep.producer.jobs.create(JobRequest("Never sent"))  # a queued record nobody submits
+
+    listed = dep.cli("jobs", "--state", "stored", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert stored.id in [job["id"] for job in json.loads(listed.stdout)]
+    table = dep.cli("jobs", "--limit", "200")
+    assert stored.id in table.stdout and waiting.id in table.stdout  # whole ids, not cut in a pipe
+
+    assert dep.cli("cancel", waiting.id[:10]).stdout.strip() == f"job {waiting.id} canceled"
+    assert must(dep.producer.get(waiting.id)).state is JobState.CANCELED
+    refused = dep.cli("cancel", stored.id)
+    assert refused.returncode == 1 and f"job {stored.id} is already stored" in refused.stderr
+
+    fetched = dep.cli("fetch", stored.id, str(tmp_path))
+    assert fetched.returncode == 0, fetched.stderr
+    video = tmp_path / f"{stored.id}.mp4"
+    assert hashlib.sha256(video.read_bytes()).hexdigest() == stored.sha256
+    assert not list(tmp_path.glob("*.part"))
+    not_stored = dep.cli("fetch", waiting.id, str(tmp_path / "x.mp4"))
+    assert not_stored.returncode == 1 and "only a stored job has a video" in not_stored.stderr
+    assert not (tmp_path / "x.mp4").exists()
