@@ -350,6 +350,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImagineQError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as error:
+        # botocore's errors, matched by module: importing botocore here would slow every command down.
+        if not type(error).__module__.startswith("botocore."):
+            raise
+        where = get_settings().s3.endpoint_url or "AWS S3"
+        print(
+            Redactor.for_settings(get_settings()).redact(f"error: S3 at {where} (IMAGINEQ_S3__*): {error}"),
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return code
 
 

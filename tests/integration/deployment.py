@@ -67,11 +67,13 @@ class Deployment:
     def expected_sha256(self, task_id: str) -> str:
         return str(self.sim(f"files/{task_id}/sha256")["sha256"])
 
-    def cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout_s: float = 120, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """``imagineq ARGS`` (the real CLI, a process of its own), as an operator runs it against this
-        deployment: its settings only, in this deployment's log folder."""
+        deployment: its settings only (changed by ``env``), in this deployment's log folder."""
         cli = Path(sys.executable).parent / "imagineq"
-        env = services.child_environment(self.env)
+        env = services.child_environment({**self.env, **(env or {})})
         return subprocess.run(
             [str(cli), *args], env=env, cwd=self.stack.log_dir, capture_output=True, text=True, timeout=timeout_s
         )

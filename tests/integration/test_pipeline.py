@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from typing import cast
@@ -260,3 +261,11 @@ def test_cli_lists_cancels_and_fetches_jobs(dep: Deployment, tmp_path):
     not_stored = dep.cli("fetch", waiting.id, str(tmp_path / "x.mp4"))
     assert not_stored.returncode == 1 and "only a stored job has a video" in not_stored.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+    with socket.socket() as probe:  # a loopback port nothing listens on (reserved, then closed)
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    unreachable = dep.cli("fetch", stored.id, str(tmp_path / "y.mp4"), env={"IMAGINEQ_S3__ENDPOINT_URL": closed})
+    assert unreachable.returncode == 2
+    assert unreachable.stderr.startswith(f"error: S3 at {closed} (IMAGINEQ_S3__*): ")
+    assert unreachable.stderr.count("\n") == 1 and not (tmp_path / "y.mp4").exists()
