@@ -316,7 +316,7 @@ class Settings(BaseSettings):
     #: Bearer tokens for the operational endpoints: ``/metrics`` needs one; ``/healthz`` answers its status
     #: to anyone (for probes) and its details (Redis, worker names) only with one.
     ops_tokens: list[SecretStr] = []
-    #: Serve the interactive API docs (``/docs``, ``/redoc``) and ``/openapi.json``.
+    #: Serve the interactive API docs (``/docs``, from local files) and ``/openapi.json``.
     docs_enabled: bool = False
     #: A request's headers must be complete this long after its connection opened (or the last response).
     web_header_timeout_s: float = Field(default=10.0, gt=0)

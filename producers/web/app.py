@@ -6,6 +6,9 @@ import logging
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from config.settings import Settings, get_settings
 from producers.web.body_limit import BodyLimit
@@ -27,10 +30,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="ImagineQ",
         version="0.1.0",
         summary="Text prompts to stored Grok Imagine videos",
-        # The schema and its UIs describe every route to whoever asks: only where wanted.
+        # The schema and its UI describe every route to whoever asks: only where wanted.
         openapi_url="/openapi.json" if settings.docs_enabled else None,
-        docs_url="/docs" if settings.docs_enabled else None,
-        redoc_url="/redoc" if settings.docs_enabled else None,
+        docs_url=None,  # served below, from local assets
+        redoc_url=None,  # ReDoc ships no offline bundle: one UI, and it works offline
         responses={413: {"model": Problem, "description": "Request body too large"}},
     )
     app.state.web = web
@@ -40,4 +43,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(ops_router)
     app.router.add_event_handler("shutdown", web.close)
+    if settings.docs_enabled:
+        add_docs(app)
     return app
+
+
+#: Where the Swagger UI's own files are served from.
+DOCS_ASSETS = "/docs/assets"
+
+
+def add_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the files the ``swagger-ui-bundle`` package ships, never from a CDN, so
+    the page works on a network that reaches nothing outside."""
+    import swagger_ui_bundle  # type: ignore[import-untyped]
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} – API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)

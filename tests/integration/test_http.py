@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -192,10 +193,23 @@ def test_metrics_and_health_details_need_an_ops_token(web: Web):
     assert web.get("/healthz", headers=OPS).json() == {"status": "degraded", "redis": True, "workers": []}
 
 
+def test_docs_page_loads_swagger_ui_from_the_web_itself(web: Web):
+    page = web.get("/docs", headers={})
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(r"url: '([^']+)'", page.text)
+    assert sources, page.text
+    for source in sources:
+        assert source.startswith("/"), f"{source} is not served by the web (a private network reaches no CDN)"
+        asset = web.get(source, headers={})
+        assert asset.status_code == 200 and asset.content, source
+    assets = {source.rsplit("/", 1)[-1] for source in sources}
+    assert {"swagger-ui-bundle.js", "swagger-ui.css", "openapi.json"} <= assets
+
+
 def test_docs_and_schema_are_off_unless_enabled(web_stack: tuple[LocalStack, Service, str]):
     stack, _, redis_url = web_stack
     plain = services.start_web(stack, {"IMAGINEQ_REDIS_URL": redis_url, "IMAGINEQ_API_KEY": "sim-key"})
-    for path in ("/docs", "/redoc", "/openapi.json"):
+    for path in ("/docs", "/docs/assets/swagger-ui-bundle.js", "/redoc", "/openapi.json"):
         assert requests.get(plain.url + path, timeout=10).status_code == 404
     plain.stop()
 
