@@ -464,16 +464,19 @@ def check_redis_url(value: str) -> str:
     return value
 
 
-def redact_url(value: str) -> str:
-    """``value`` with the password of its user info (if any) replaced by ``***``."""
+def redact_url(url: str) -> str:
+    """The URL without user info, query string and fragment: safe to show or log (no password, no
+    presigned signature). Every URL ImagineQ prints goes through here."""
     from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(value)
-    if parts.password is None:
-        return value
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    try:
+        parts = urlsplit(url)
+        netloc = parts.hostname or ""
+        if parts.port is not None:
+            netloc = f"{netloc}:{parts.port}"
+    except ValueError:
+        return "<unparseable URL>"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _describe(error: ValidationError) -> str:

@@ -320,8 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import kombu.exceptions
     import redis
 
-    from config.settings import get_settings
-    from producers.status import redis_location
+    from config.settings import get_settings, redact_url
     from workers.errors import ImagineQError, ValidationError
     from workers.logs import Redactor, configure_logging
 
@@ -335,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except (redis.RedisError, kombu.exceptions.OperationalError) as error:
         # One line naming the setting and where it points (no password), not a traceback.
-        where = redis_location(get_settings().redis_url)
+        where = redact_url(get_settings().redis_url)
         print(
             Redactor.for_settings(get_settings()).redact(f"error: Redis at {where} (IMAGINEQ_REDIS_URL): {error}"),
             file=sys.stderr,

@@ -18,12 +18,11 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import redis
 
 from config.celery import QUEUES
-from config.settings import AccountSettings, Settings
+from config.settings import AccountSettings, Settings, redact_url
 from workers.clients import Clients
 from workers.errors import UpstreamError
 from workers.jobs import Job, JobState
@@ -107,15 +106,6 @@ class Status:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
 
-def redis_location(url: str) -> str:
-    """A Redis URL without its credentials (``redis://host:port/db``)."""
-    parts = urlsplit(url)
-    if parts.hostname is None:
-        return f"{parts.scheme}://{parts.path}"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
-
-
 class StatusReader:
     """Reads a :class:`Status` from one deployment; reusable (``--watch`` keeps one)."""
 
@@ -125,7 +115,7 @@ class StatusReader:
         clients = Clients.build(settings, client)
         self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
         self.quota = QuotaLimiter.for_settings(self.redis, self.keys, settings) if settings.accounts else None
-        self.redis_location = redis_location(settings.redis_url)
+        self.redis_location = redact_url(settings.redis_url)
 
     def close(self) -> None:
         if self._own_client:

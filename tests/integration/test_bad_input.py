@@ -763,7 +763,7 @@ SETTINGS_CASES = [
         "mistyped Redis URL, password hidden",
         {"IMAGINEQ_REDIS_URL": "http://:hunter2@127.0.0.1:6379/0"},
         "Invalid configuration:\n  redis_url [IMAGINEQ_REDIS_URL]: Value error, must be a redis://, rediss:// or "
-        "unix:// URL, not http:// (got 'http://:***@127.0.0.1:6379/0')\n",
+        "unix:// URL, not http:// (got 'http://127.0.0.1:6379/0')\n",
     ),
 ]
 

@@ -5,14 +5,14 @@
 - :mod:`~workers.storage.sidecar`: the JSON sidecar next to each video, written last as the commit mark;
 - :mod:`~workers.storage.object_keys`: where a job's video goes (the key template);
 - :mod:`~workers.storage.client`: the S3 client for AWS or any S3-compatible endpoint;
-- :mod:`~workers.storage.errors`: the ``StorageError`` family; :mod:`~workers.storage.urls`: safe URLs.
+- :mod:`~workers.storage.errors`: the ``StorageError`` family (their URLs shown through ``config.settings.redact_url``).
 """
 
+from config.settings import redact_url
 from workers.storage.client import build_s3_client
 from workers.storage.errors import BadResult, ResultGone, ResultTooLarge, StorageError, TransferError
 from workers.storage.object_keys import object_key, sidecar_key
 from workers.storage.objects import Storage, StoredObject
-from workers.storage.urls import redact_url
 
 __all__ = [
     "BadResult",

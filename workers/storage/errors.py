@@ -16,8 +16,8 @@ URLs in messages lose their query string and user info (presigned signatures). T
 
 from __future__ import annotations
 
+from config.settings import redact_url
 from workers.errors import ImagineQError
-from workers.storage.urls import redact_url
 
 
 class StorageError(ImagineQError):

@@ -18,10 +18,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from config.settings import DownloadSettings, HttpSettings
+from config.settings import DownloadSettings, HttpSettings, redact_url
 from workers.storage.destinations import AddressPolicy, HostAllowlist, RefusedDestination, guarded_session
 from workers.storage.errors import BadResult, ResultGone, ResultTooLarge, StorageError, TransferError
-from workers.storage.urls import redact_url
 
 logger = logging.getLogger("workers.storage")
 

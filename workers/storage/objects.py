@@ -30,14 +30,13 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from config.settings import DownloadSettings, HttpSettings, S3Settings
+from config.settings import DownloadSettings, HttpSettings, S3Settings, redact_url
 from workers.storage.client import build_s3_client, client_error_code, is_not_found
 from workers.storage.deadline import TransferTooSlow, TransferWatchdog
 from workers.storage.errors import BadResult, ResultTooLarge, StorageError, TransferError
 from workers.storage.fetch import ResultFetcher, content_length
 from workers.storage.object_keys import object_key
 from workers.storage.sidecar import put_sidecar, read_sidecar
-from workers.storage.urls import redact_url
 from workers.streams import HashingReader, LengthMismatch, TooManyBytes
 
 if TYPE_CHECKING:
