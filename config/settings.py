@@ -10,6 +10,7 @@ with ``IMAGINEQ_API_KEY`` (+ ``IMAGINEQ_UPSTREAM_BASE_URL``), which becomes an a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -403,10 +404,7 @@ class Settings(BaseSettings):
         return self
 
     def account(self, name: str) -> AccountSettings:
-        for account in self.accounts:
-            if account.name == name:
-                return account
-        raise ConfigError(f"unknown account {name!r}; configured: {[a.name for a in self.accounts]}")
+        return account_named({account.name: account for account in self.accounts}, name)
 
     def principals(self) -> list[PrincipalSettings]:
         """Every principal of the ingress: the configured ones, and ``default`` (admin) per plain token."""
@@ -435,6 +433,14 @@ class Settings(BaseSettings):
                 "set IMAGINEQ_API_KEY or IMAGINEQ_ACCOUNTS"
             )
         return self.accounts
+
+
+def account_named(accounts: Mapping[str, AccountSettings], name: str) -> AccountSettings:
+    """The account called ``name`` (``accounts`` by name); ConfigError naming the configured ones if none."""
+    try:
+        return accounts[name]
+    except KeyError:
+        raise ConfigError(f"unknown account {name!r}; configured: {list(accounts)}") from None
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")

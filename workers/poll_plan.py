@@ -25,7 +25,7 @@ from enum import StrEnum
 
 import redis
 
-from config.settings import AccountSettings, ConfigError
+from config.settings import AccountSettings, account_named
 from workers.keys import Keys
 from workers.lua_scripts import load_script
 
@@ -90,8 +90,10 @@ class PollPlan:
         """Drop the job's booking and its owner: the next poll message for it books afresh (the
         reconciler re-drives a silent poll; the silent one, should it come back, then stops)."""
         self._account(account)
-        self._client.zrem(self._keys.poll_plan(account), job_id)
-        self._client.hdel(self._keys.poll_owners(account), job_id)
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._keys.poll_plan(account), job_id)
+            pipe.hdel(self._keys.poll_owners(account), job_id)
+            pipe.execute()
 
     def _call(self, account: str, mode: str, job_id: str, message_id: str, not_before: int) -> tuple[str, int]:
         spacing_ms = self.spacing_s(account) * 1000
@@ -111,7 +113,4 @@ class PollPlan:
         return (code.decode() if isinstance(code, bytes) else str(code)), int(wait_ms)
 
     def _account(self, name: str) -> AccountSettings:
-        try:
-            return self._accounts[name]
-        except KeyError:
-            raise ConfigError(f"unknown account {name!r}; configured: {list(self._accounts)}") from None
+        return account_named(self._accounts, name)

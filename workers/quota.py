@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from config.settings import AccountSettings, ConfigError, Settings
+from config.settings import AccountSettings, ConfigError, Settings, account_named
 from workers.keys import Keys
 from workers.lua_scripts import load_script
 
@@ -108,6 +108,7 @@ class QuotaLimiter:
         self._reclaim = load_script(client, "quota_reclaim")
         self._release = load_script(client, "quota_release")
         self._calls = load_script(client, "quota_calls")
+        self._detach = load_script(client, "quota_detach")
 
     @classmethod
     def for_settings(cls, client: redis.Redis, keys: Keys, settings: Settings) -> QuotaLimiter:
@@ -186,8 +187,7 @@ class QuotaLimiter:
         and the job's next acquire takes a fresh slot and logs a fresh creation. False if it held none."""
         self._account(account)
         member = f"{HELD_PREFIX}{job_id}:{uuid.uuid4().hex[:8]}"
-        script = load_script(self._redis, "quota_detach")
-        return bool(script(keys=[self._keys.leases(account)], args=[job_id, member]))
+        return bool(self._detach(keys=[self._keys.leases(account)], args=[job_id, member]))
 
     def reclaim_expired(self) -> dict[str, list[str]]:
         """Drop expired leases; return the job ids reclaimed, per account (accounts with none left out).
@@ -262,10 +262,7 @@ class QuotaLimiter:
 
     # -- helpers --------------------------------------------------------------------------------------
     def _account(self, name: str) -> AccountSettings:
-        try:
-            return self._accounts[name]
-        except KeyError:
-            raise ConfigError(f"unknown account {name!r}; configured: {list(self._accounts)}") from None
+        return account_named(self._accounts, name)
 
     def _quota_keys(self, name: str) -> list[str]:
         """The four keys per account, in the order quota_acquire.lua and quota_snapshot.lua expect."""

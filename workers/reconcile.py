@@ -88,7 +88,7 @@ log = logging.getLogger("imagineq.reconcile")
 LOCK_TTL_S: Final = 300.0
 #: Failure reasons whose lease is deliberately held (the task may exist upstream): never released early.
 HELD_REASONS: Final = frozenset({"outcome_unknown"})
-#: recordInfo calls for salvage per run (they share the poll workers' token bucket).
+#: recordInfo calls for salvage per run (they share the poll workers' rolling recordInfo log).
 SALVAGE_CALLS_PER_RUN: Final = 20
 #: Failure reasons of a store that may pass: the store is tried again while the result URL lives.
 STORE_RETRY_REASONS: Final = frozenset({"transfer", "transport", "unavailable", "rate_limited"})

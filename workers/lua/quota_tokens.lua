@@ -1,5 +1,6 @@
--- quota_tokens.lua: take tokens from a bucket shared by every process: an account's recordInfo calls
--- (one per call, all poll workers), an ingress principal's enqueued jobs (one per job, all web replicas).
+-- quota_tokens.lua: take tokens from a bucket shared by every process: an ingress principal's enqueued
+-- jobs (one per job, all web replicas). (recordInfo calls are counted over rolling windows instead, with
+-- no burst on top: quota_calls.lua.)
 --
 -- KEYS[1]  bucket  hash  tokens = tokens left after the last call (float), ts = that call's time ms;
 --                        PEXPIRE'd once a full refill has passed (a missing bucket is a full one)
