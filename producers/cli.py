@@ -316,13 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unreachable(service: str, where: str, setting: str, error: Exception) -> int:
+    """One line naming the service, where it was looked for and the setting that says so (secrets
+    redacted), instead of a traceback; the exit status of a configuration problem."""
+    from config.settings import get_settings
+    from workers.logs import Redactor
+
+    line = f"error: {service} at {where} ({setting}): {error}"
+    print(Redactor.for_settings(get_settings()).redact(line), file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import kombu.exceptions
     import redis
 
     from config.settings import get_settings, redact_url
     from workers.errors import ImagineQError, ValidationError
-    from workers.logs import Redactor, configure_logging
+    from workers.logs import configure_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulator"]:
@@ -333,13 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(get_settings(), service="cli", level="WARNING")
         code: int = args.handler(args)
     except (redis.RedisError, kombu.exceptions.OperationalError) as error:
-        # One line naming the setting and where it points (no password), not a traceback.
-        where = redact_url(get_settings().redis_url)
-        print(
-            Redactor.for_settings(get_settings()).redact(f"error: Redis at {where} (IMAGINEQ_REDIS_URL): {error}"),
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return _unreachable("Redis", redact_url(get_settings().redis_url), "IMAGINEQ_REDIS_URL", error)
     except ValidationError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -353,12 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # botocore's errors, matched by module: importing botocore here would slow every command down.
         if not type(error).__module__.startswith("botocore."):
             raise
-        where = get_settings().s3.endpoint_url or "AWS S3"
-        print(
-            Redactor.for_settings(get_settings()).redact(f"error: S3 at {where} (IMAGINEQ_S3__*): {error}"),
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        endpoint = get_settings().s3.endpoint_url
+        return _unreachable("S3", redact_url(endpoint) if endpoint else "AWS S3", "IMAGINEQ_S3__*", error)
     return code
 
 
