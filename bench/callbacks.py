@@ -63,7 +63,7 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
     callbacks = mode == "callbacks"
     with services.terminate_on_signals(), services.LocalStack(log_dir) as stack:
         redis_url = stack.redis()
-        s3_url = stack.s3()
+        s3 = stack.s3()
         sim_args = ["--gen-time", gen_time, "--video-bytes", str(VIDEO_BYTES)]
         if callbacks:
             sim_args += ["--hmac-key", HMAC_KEY]
@@ -78,7 +78,7 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
             }
         env = services.deployment_env(
             redis_url=redis_url,
-            s3_url=s3_url,
+            s3=s3,
             simulator_url=simulator.url,
             bucket="imagineq-bench",
             extra=extra,

@@ -132,7 +132,7 @@ class ChaosStack:
         web_port = web_socket.getsockname()[1]
         self.env = services.deployment_env(
             redis_url=self.redis.url,
-            s3_url=self.s3.url,
+            s3=self.s3,
             simulator_url=self.simulator.url,
             bucket=BUCKET,
             extra={
@@ -153,7 +153,7 @@ class ChaosStack:
                 "IMAGINEQ_INGRESS_TOKENS": '["chaos"]',
             },
         )
-        self.dep = Deployment(stack, self.env, self.simulator, self.s3.url)
+        self.dep = Deployment(stack, self.env, self.simulator)
         self.dep.s3.create_bucket(Bucket=BUCKET)
         self.dep.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         self.web = services.start_web(stack, self.env, sock=web_socket)

@@ -172,7 +172,7 @@ def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tup
         env = {"IMAGINEQ_REDIS_URL": url, "IMAGINEQ_API_KEY": "sim-key", "PYTHONPATH": str(Path.cwd())}
         if io:
             simulator = stack.simulator(SIMULATOR_ARGS)
-            env |= services.deployment_env(redis_url=url, s3_url=stack.s3(), simulator_url=simulator.url)
+            env |= services.deployment_env(redis_url=url, s3=stack.s3(), simulator_url=simulator.url)
             env["BENCH_IO"] = "1"
         settings = settings_from(env)
         if io:

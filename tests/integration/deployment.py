@@ -27,20 +27,20 @@ FAST_POLL = {"IMAGINEQ_POLL__SCHEDULE": json.dumps([[600, 0.3]]), "IMAGINEQ_POLL
 
 
 class Deployment:
-    def __init__(self, stack: LocalStack, env: dict[str, str], simulator: Service, s3_url: str) -> None:
+    def __init__(self, stack: LocalStack, env: dict[str, str], simulator: Service) -> None:
         self.stack = stack
         self.env = env
         self.simulator = simulator
-        self.s3_url = s3_url
+        self.s3_url = env["IMAGINEQ_S3__ENDPOINT_URL"]
         self.workers: dict[str, list[Service]] = {}
         self.settings: Settings = settings_from(env)
         self.producer = Producer(self.settings)
         self.s3 = boto3.client(
             "s3",
-            endpoint_url=s3_url,
+            endpoint_url=self.s3_url,
             region_name="us-east-1",
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
+            aws_access_key_id=env["IMAGINEQ_S3__ACCESS_KEY_ID"],
+            aws_secret_access_key=env["IMAGINEQ_S3__SECRET_ACCESS_KEY"],
         )
 
     # -- processes ----------------------------------------------------------------------------------
@@ -50,6 +50,36 @@ class Deployment:
         return service
 
     # -- simulator ----------------------------------------------------------------------------------
+    def start_flower(self, port: int, user: str, password: str) -> Service:
+        """The Procfile's flower command on ``port``, its login in its environment as in production;
+        ready once it has seen every running worker (so it receives their task events from then on)."""
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            "--persistent=True",
+            f"--db={self.stack.log_dir / f'flower-{port}.db'}",
+            "--max_tasks=10000",
+        ]
+        service = self.stack.spawn(f"flower-{port}", argv, {**self.env, "FLOWER_BASIC_AUTH": f"{user}:{password}"})
+        service.url = f"http://127.0.0.1:{port}"
+        workers = [w for group in self.workers.values() for w in group if w.alive()]
+
+        def capturing_events() -> bool:
+            try:
+                metrics = requests.get(f"{service.url}/metrics", timeout=1).text
+            except requests.RequestException:
+                return False
+            return metrics.count("flower_worker_online{") >= len(workers) and service.alive()
+
+        wait_until(capturing_events, 45, "flower to see every worker")
+        return service
+
     def sim(self, path: str, payload: Mapping[str, Any] | None = None) -> Any:
         url = f"{self.simulator.url}/__sim__/{path}"
         response = (
@@ -114,11 +144,11 @@ def deployment(
 ) -> Any:
     with services.terminate_on_signals(), LocalStack(log_dir) as stack:
         redis_url = stack.redis()
-        s3_url = stack.s3()
+        s3 = stack.s3()
         simulator = stack.simulator(list(simulator_args))
         full_env = services.deployment_env(
             redis_url=redis_url,
-            s3_url=s3_url,
+            s3=s3,
             simulator_url=simulator.url,
             bucket=bucket,
             extra={
@@ -128,7 +158,7 @@ def deployment(
                 **{name: value.replace("{simulator}", simulator.url) for name, value in (env or {}).items()},
             },
         )
-        deployed = Deployment(stack, full_env, simulator, s3_url)
+        deployed = Deployment(stack, full_env, simulator)
         from workers.storage import Storage
 
         Storage(deployed.settings.s3, deployed.settings.http).ensure_bucket()

@@ -38,7 +38,7 @@ from devstack.services import LocalStack
 from producers import cli
 from producers.api import Producer
 from producers.callbacks import sign, token_hash
-from tests.conftest import local_files, s3_client_for
+from tests.conftest import S3_TEST_CREDENTIALS, local_files, s3_client_for
 from workers.batch.reader import BAD_LINES_KEPT, BatchSubmitter
 from workers.errors import TransportError, ValidationError
 from workers.jobs import JobRequest, JobState
@@ -691,8 +691,8 @@ def test_a_result_url_we_must_not_store_fails_the_job_and_writes_no_object(
         endpoint_url=s3_endpoint,
         max_download_bytes=CAP,
         part_size_mb=5,
-        access_key_id=SecretStr("testing"),
-        secret_access_key=SecretStr("testing"),
+        access_key_id=SecretStr(S3_TEST_CREDENTIALS["aws_access_key_id"]),
+        secret_access_key=SecretStr(S3_TEST_CREDENTIALS["aws_secret_access_key"]),
     )
     storage = Storage(s3, HttpSettings(), downloads=local_files(base))
     client = s3_client_for(s3_endpoint)

@@ -16,7 +16,7 @@ from config.celery import broker_prefix
 from config.settings import Settings, load_settings
 from devstack import services
 from devstack.services import LocalStack, Service
-from tests.conftest import s3_client_for
+from tests.conftest import S3_TEST_CREDENTIALS, s3_client_for
 from tests.integration.deployment import deployment, wait_until
 from workers.batch.inbox import run_inbox
 from workers.batch.reader import BatchSubmitter
@@ -116,8 +116,8 @@ def test_an_s3_inbox_is_moved_under_the_processed_prefix(stack: LocalStack, s3_e
         s3={
             "endpoint_url": s3_endpoint,
             "bucket": s3_bucket,
-            "access_key_id": "testing",
-            "secret_access_key": "testing",
+            "access_key_id": S3_TEST_CREDENTIALS["aws_access_key_id"],
+            "secret_access_key": S3_TEST_CREDENTIALS["aws_secret_access_key"],
         },
     )
 

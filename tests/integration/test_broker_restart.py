@@ -24,16 +24,16 @@ def test_workers_survive_redis_restarts(tmp_path: Path) -> None:
     with services.terminate_on_signals(), LocalStack(tmp_path) as stack:
         port = services.free_port()
         redis_service = stack.add(services.start_redis(stack.log_dir, port=port, appendonly=True))
-        s3_url = stack.s3()
+        s3 = stack.s3()
         simulator = stack.simulator(["--gen-time", "0.5:1", "--video-bytes", "4096"])
         env = services.deployment_env(
             redis_url=redis_service.url,
-            s3_url=s3_url,
+            s3=s3,
             simulator_url=simulator.url,
             bucket="restarts",
             extra=FAST_POLL,
         )
-        dep = Deployment(stack, env, simulator, s3_url)
+        dep = Deployment(stack, env, simulator)
         Storage(dep.settings.s3, dep.settings.http).ensure_bucket()
         workers = [dep.start_worker(queue) for queue in QUEUES]
         try:
