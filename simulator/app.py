@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 
 from simulator.callbacks import CallbackSender
+from simulator.clips import ClipCache
 from simulator.errors import REASONS, ApiError
 from simulator.files import CHUNK_BYTES, expected_sha256, iter_chunks
 from simulator.state import Account, SimState
 
 STATE: web.AppKey[SimState] = web.AppKey("state", SimState)
 CALLBACKS: web.AppKey[CallbackSender] = web.AppKey("callbacks", CallbackSender)
+CLIPS: web.AppKey[ClipCache] = web.AppKey("clips", ClipCache)
 
 ApiHandler = Callable[[web.Request, SimState, Account], Awaitable[Any]]
 
@@ -122,12 +124,14 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
         state.stats.error(err.code, None)
         return web.Response(status=err.code, reason=REASONS.get(err.code, "Error"), text=err.msg)
     resp = web.StreamResponse(headers={"Content-Type": "video/mp4", "Accept-Ranges": "none"})
-    resp.content_length = task.video_bytes
+    clip = None if task.video_bytes else await request.app[CLIPS].get(task.aspect_ratio, task.mode)
+    resp.content_length = len(clip.data) if clip else task.video_bytes
     await resp.prepare(request)
     if request.method == "HEAD":
         return resp
     state.stats.downloads += 1
-    for chunk in iter_chunks(task.task_id, task.video_bytes, CHUNK_BYTES):
+    chunks = _slices(clip.data, CHUNK_BYTES) if clip else iter_chunks(task.task_id, task.video_bytes, CHUNK_BYTES)
+    for chunk in chunks:
         await resp.write(chunk)
         state.stats.bytes_served += len(chunk)
         if state.options.file_rate_bytes_per_s > 0:
@@ -167,10 +171,17 @@ async def sim_config(request: web.Request) -> web.Response:
     return web.json_response(config, dumps=_dumps)
 
 
+def _slices(data: bytes, size: int) -> Iterator[bytes]:
+    return (data[start : start + size] for start in range(0, len(data), size))
+
+
 async def sim_file_sha256(request: web.Request) -> web.Response:
     state = request.app[STATE]
     task_id = request.match_info["task_id"]
     task = state.tasks.get(task_id)
+    if task is not None and not task.video_bytes and "size" not in request.query:
+        clip = await request.app[CLIPS].get(task.aspect_ratio, task.mode)
+        return web.json_response({"taskId": task_id, "size": len(clip.data), "sha256": clip.sha256}, dumps=_dumps)
     try:
         size = int(request.query.get("size", task.video_bytes if task else state.options.video_bytes))
     except ValueError:
@@ -183,6 +194,7 @@ def build_app(state: SimState) -> web.Application:
     app[STATE] = state
     sender = CallbackSender(state)
     app[CALLBACKS] = sender
+    app[CLIPS] = ClipCache()
 
     async def callbacks_ctx(_: web.Application) -> Any:
         await sender.start()

@@ -51,7 +51,8 @@ class SimOptions:
     callback_duplicates: float = 0.0
     url_ttl_s: float = 86400.0
     download_url_ttl_s: float = 1200.0
-    video_bytes: int = 4 * 1024 * 1024
+    #: 0: playable H.264 clips (``simulator.clips``); N > 0: files of N pseudo-random bytes
+    video_bytes: int = 0
     time_scale: float = 1.0
     seed: int | None = None
     result_base_url: str | None = None
@@ -359,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.video_bytes,
         metavar="N",
-        help="size of each result file (default %(default)s)",
+        help="serve files of N pseudo-random bytes (an ftyp box, then noise) instead of the playable "
+        "MP4 clips of each aspect ratio and mode, for size-driven benchmarks (default 0: clips)",
     )
     a(
         "--time-scale",

@@ -163,6 +163,8 @@ class SimState:
             complete_at=now + opts.wall(gen_s),
             cost_ms=round(gen_s * 1000),
             video_bytes=opts.video_bytes,
+            aspect_ratio=req.aspect_ratio,
+            mode=req.mode,
             url_ttl_wall_s=opts.wall(opts.url_ttl_s),
             fail_code=fail_code,
             fail_msg=fail_msg,

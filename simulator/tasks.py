@@ -35,8 +35,11 @@ class Task:
     created_at: float  #: wall seconds (epoch)
     complete_at: float  #: wall seconds (epoch) at which the task becomes terminal
     cost_ms: int  #: drawn generation time, simulated milliseconds
+    #: 0: the result is the playable clip of its aspect ratio and mode; else that many pseudo-random bytes
     video_bytes: int
     url_ttl_wall_s: float
+    aspect_ratio: str = "2:3"
+    mode: str = "normal"
     fail_code: str = ""  #: empty for a task that will succeed
     fail_msg: str = ""
     record_info_calls: int = 0

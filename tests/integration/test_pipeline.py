@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import cast
 
+import av
 import pytest
 
 from tests.integration.deployment import Deployment, deployment, must, wait_until
@@ -45,6 +47,29 @@ def module_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depl
 def dep(module_deployment: Deployment) -> Iterator[Deployment]:
     yield module_deployment
     module_deployment.sim_config(**DEFAULTS)
+
+
+@pytest.mark.parametrize(("aspect_ratio", "mode"), [("2:3", "normal"), ("3:2", "spicy"), ("1:1", "fun")])
+def test_a_stored_video_is_a_playable_h264_clip_of_the_requested_aspect_ratio(
+    dep: Deployment, aspect_ratio: str, mode: str
+):
+    dep.sim_config(video_bytes=0)  # the simulator's default: real clips
+    job = dep.producer.enqueue("A lighthouse at dusk, waves rolling in", aspect_ratio=aspect_ratio, mode=mode)
+
+    (done,) = dep.wait_all([job])
+
+    assert done.state is JobState.STORED, (done.state, done.reason, done.error)
+    bucket, key = must(done.s3_uri).removeprefix("s3://").split("/", 1)
+    body = dep.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == done.sha256 == dep.expected_sha256(must(done.task_id))
+    with av.open(io.BytesIO(body), "r") as container:
+        (stream,) = container.streams.video
+        assert container.format.name.startswith("mov,mp4")
+        assert stream.codec_context.name == "h264"
+        width, height = (int(side) for side in aspect_ratio.split(":"))
+        assert stream.width * height == stream.height * width
+        frames = len(list(container.decode(stream)))
+    assert frames >= 48  # at least two seconds at 24 fps
 
 
 def test_jobs_are_stored_with_the_bytes_the_upstream_served(dep: Deployment):
