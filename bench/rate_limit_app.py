@@ -1,7 +1,7 @@
 """A Celery app with ImagineQ's configuration and one rate-limited task, for bench/rate_limit.py.
 
 ``BENCH_RATE`` is the task's ``rate_limit``; ``BENCH_WORK_S`` how long each run takes (a createTask's
-round trip, say); ``BENCH_TRANSPORT`` ``project`` (``workers.broker:Transport``) or ``redis`` (kombu's);
+round trip, say); ``BENCH_TRANSPORT`` ``project`` (``workers.broker:Transport``) or ``redis`` (kombu's own);
 ``BENCH_CONSUMER`` ``project`` (``workers.consumer:Consumer``) or ``celery`` (Celery's own).
 Each run appends its start time (Redis clock) to a list the bench reads.
 """
@@ -17,12 +17,13 @@ from celery import Celery
 
 from config.celery import celery_config
 from config.settings import get_settings
+from workers.broker import use_for_redis_urls
 
 settings = get_settings()
+if os.environ.get("BENCH_TRANSPORT") != "redis":
+    use_for_redis_urls()
 app = Celery("ratelimit")
 app.conf.update(celery_config(settings))
-if os.environ.get("BENCH_TRANSPORT") == "redis":
-    app.conf.broker_transport = None
 if os.environ.get("BENCH_CONSUMER") == "celery":
     app.conf.worker_consumer = "celery.worker.consumer:Consumer"
 app.conf.task_routes = {"bench.limited": {"queue": "submit"}}

@@ -101,9 +101,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             f"limit ({longest_task_s} s) plus the longest poll countdown (30 s)"
         )
     return {
+        # The scheme selects the transport: workers.broker's (kombu's Redis transport, surviving a lost
+        # connection without exiting), once workers.broker.use_for_redis_urls() ran (workers.celery).
         "broker_url": settings.redis_url,
-        # kombu's Redis transport, surviving a lost connection without exiting (workers/broker.py).
-        "broker_transport": "workers.broker:Transport",
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,

@@ -10,7 +10,11 @@ celery/kombu#582, #970.
 Here that case raises a Redis ``ConnectionError`` instead, one of the transport's connection errors, so
 Celery ignores it and reconnects. The messages stay in the broker's unacked set and come back as usual:
 at the next restore or after the visibility timeout (the reconciler re-drives their jobs sooner).
-Selected by ``broker_transport`` in ``config/celery.py``; the broker URL stays ``redis://``.
+It is selected by the URL scheme: :func:`use_for_redis_urls` points kombu's ``redis`` and ``rediss``
+aliases at it (``workers.celery`` does at import). Naming it in ``broker_transport`` instead would work
+for the workers, but the connection's URL would then start with ``workers.broker:Transport://``, and
+Flower, which picks its broker client for the Broker tab (queue lengths) by that scheme, answers
+"'redis' broker is not supported".
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 from typing import Any
 
 import redis
+from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger("imagineq.broker")
@@ -34,3 +39,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
+
+
+def use_for_redis_urls() -> None:
+    """``redis://`` and ``rediss://`` broker URLs select this transport in this process."""
+    for scheme in ("redis", "rediss"):
+        kombu_transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"

@@ -10,11 +10,13 @@ from celery.signals import setup_logging
 from config.celery import celery_config
 from config.schedule import beat_config
 from config.settings import Settings, get_settings
+from workers.broker import use_for_redis_urls
 from workers.logs import configure_logging
 
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
+    use_for_redis_urls()
     app = Celery("imagineq", set_as_current=True)
     app.conf.update(celery_config(settings))
     app.conf.update(beat_config(settings))
