@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration bench chaos run clean lock
+.PHONY: install browser demo test lint unit integration bench chaos run clean lock
 
 PIP_VERSION := 26.3
 
@@ -32,8 +32,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m devstack.demo
 
-test: install lint
+test: install browser lint
 	$(BIN)/python -m pytest -q
+
+# The browser tests drive Debian's chromium (Playwright's own browser download is never used).
+browser:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .
@@ -43,7 +50,7 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: install
+integration: install browser
 	$(BIN)/python -m pytest -q tests/integration
 
 bench: install

@@ -22,7 +22,7 @@ import redis
 import requests
 
 from devstack import services
-from tests.integration.deployment import Deployment, deployment, wait_until
+from tests.integration.deployment import deployment, wait_until
 from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
@@ -66,39 +66,6 @@ def message_args(text: str) -> list[list[Any]]:
     return [json.loads(body)[0] for body in bodies if body.strip()]
 
 
-def start_flower(dep: Deployment, port: int) -> services.Service:
-    """The Procfile's flower command on a free port, its login in its environment as in production."""
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers",
-        "flower",
-        f"--port={port}",
-        "--address=127.0.0.1",
-        "--persistent=True",
-        f"--db={dep.stack.log_dir / 'flower.db'}",
-        "--max_tasks=10000",
-    ]
-    service = dep.stack.spawn(
-        f"flower-{port}", argv, {**dep.env, "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"}
-    )
-    service.url = f"http://127.0.0.1:{port}"
-    workers = [w for group in dep.workers.values() for w in group]
-
-    def capturing_events() -> bool:
-        """Flower has seen every worker's heartbeat, so it receives task events from now on."""
-        try:
-            metrics = requests.get(f"{service.url}/metrics", timeout=1).text
-        except requests.RequestException:
-            return False
-        return metrics.count("flower_worker_online{") >= len(workers) and service.alive()
-
-    wait_until(capturing_events, 45, "flower to see every worker")
-    return service
-
-
 def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> None:
     web_port, flower_port = services.free_port(), services.free_port()
     env = {
@@ -131,7 +98,7 @@ def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> 
         )
         web.url = f"http://127.0.0.1:{web_port}"
         wait_until(lambda: services._http_ok(f"{web.url}/healthz"), 30, "web")
-        flower = start_flower(dep, flower_port)
+        flower = dep.start_flower(flower_port, FLOWER_USER, FLOWER_PASSWORD)
 
         # When: jobs come in through the Python API and the HTTP ingress, and run to the end.
         jobs = [dep.producer.enqueue(prompt) for prompt in PROMPTS[:2]]
