@@ -1,9 +1,10 @@
 """``make demo``: the whole pipeline on private local services, shown live.
 
-Starts a private Redis (or uses ``IMAGINEQ_REDIS_URL`` when reachable), moto's S3-compatible server, the
+Starts a private Redis (or uses ``IMAGINEQ_REDIS_URL`` when reachable), a SeaweedFS S3 server, the
 Apikley simulator and one Celery worker per queue; enqueues a handful of varied prompts (one of which the
-simulator's moderation rejects); shows the job states live; prints where every video landed; tears
-everything down. Exits non-zero if a job that should have been stored was not.
+simulator's moderation rejects); shows the job states live; prints where every video landed in S3 and
+copies each one out as a playable ``.mp4`` under ``var/demo/`` in the checkout (git-ignored), which
+outlives the run; tears everything down. Exits non-zero if a job that should have been stored was not.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import requests
 from rich.console import Console
@@ -35,6 +37,23 @@ PROMPTS: list[tuple[str, str, str]] = [
 ]
 MODERATION_WORD = "forbidden"
 DEADLINE_S = 240.0
+DEMO_DIR = services.REPO_ROOT / "var" / "demo"
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+
+
+def _copy_out(producer: Producer, jobs: list[Job]) -> list[Path]:
+    """Each stored video as ``var/demo/<job id>-<aspect>-<mode>.mp4``, checked against its sha256."""
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for job in jobs:
+        path = DEMO_DIR / f"{job.id}-{job.aspect_ratio.replace(':', 'x')}-{job.mode}.mp4"
+        producer.download(job, path)
+        paths.append(path)
+    producer.close()
+    return paths
 
 
 def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
@@ -45,7 +64,7 @@ def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
     for job in jobs:
         end = job.updated_at if job.state.terminal else time.time()
         where = job.s3_uri or (f"{job.reason}: {job.error}"[:90] if job.reason else "")
-        size = f"{job.size / 1e6:.1f} MB" if job.size else ""
+        size = _size(job.size) if job.size else ""
         style = STATE_STYLE.get(job.state.value, "white")
         table.add_row(
             job.id[:12], job.prompt[:38], f"[{style}]{job.state.value}[/]", where, size, f"{end - job.created_at:5.1f}s"
@@ -60,14 +79,7 @@ def main() -> int:
         redis_url = stack.redis(os.environ.get("IMAGINEQ_REDIS_URL"))
         s3 = stack.s3()
         simulator = stack.simulator(
-            [
-                "--gen-time",
-                "4:9",
-                "--video-bytes",
-                str(2 * 1024 * 1024),
-                "--moderation-words",
-                MODERATION_WORD,
-            ]
+            ["--gen-time", "4:9", "--moderation-words", MODERATION_WORD]  # results: playable clips
         )
         web_socket = services.reserve_port()
         web_port = web_socket.getsockname()[1]
@@ -118,8 +130,12 @@ def main() -> int:
         if any(job.state is not JobState.FAILED for job in moderated):
             console.print("[red]The moderated prompt was not failed by the upstream.[/]")
             return 1
-        stored = sum(job.state is JobState.STORED for job in jobs)
-        console.print(f"[green]{stored} videos stored in S3; the moderated prompt failed with its reason.[/]")
+        stored = [job for job in jobs if job.state is JobState.STORED]
+        console.print(f"[green]{len(stored)} videos stored in S3; the moderated prompt failed with its reason.[/]")
+        copies = _copy_out(Producer(settings), stored)
+        console.print(f"Copied out of S3 (they outlive the demo; [bold]rm -rf {DEMO_DIR}[/] cleans up):")
+        for path in copies:
+            console.print(f"  {path}")
         console.print("Tearing down the private services…")
     return 0
 

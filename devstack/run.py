@@ -9,6 +9,11 @@ end), writes an env file with the ``IMAGINEQ_*`` settings pointing at them (plus
 The simulator is started here on a free port rather than through honcho (the Procfile's ``simulator``
 entry binds the fixed port 8900). Upstream callbacks go to the ``web`` process.
 
+What it stores outlives it: Redis (with its append-only file: jobs, batches, queues, quota state), the
+S3 server's objects (and its credentials) and Flower's database live under ``var/run/`` in the checkout
+(git-ignored), so the next ``make run`` picks up where this one stopped. ``--data-dir`` puts them
+elsewhere; ``rm -rf var/run`` starts afresh. Logs go to ``var/run/logs/``.
+
 Ctrl-C (or SIGTERM) stops honcho — which sends SIGTERM to every process (Celery shuts down warm) and
 SIGKILLs what is left after 5 s — then the services; the env file is removed. While it runs, the CLI
 works against it with the same environment::
@@ -40,6 +45,7 @@ from devstack.services import LocalStack
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = ("web", "submit", "poll", "store", "beat", "flower")
 DEFAULT_ENV_FILE = Path(tempfile.gettempdir()) / "imagineq-run.env"
+DEFAULT_DATA_DIR = ROOT / "var" / "run"
 FLOWER_DEFAULT_PORT = 5555
 #: How long honcho gets to stop its processes (it SIGKILLs them itself after 5 s).
 HONCHO_STOP_S = 30.0
@@ -74,12 +80,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--web-port", type=int, default=None, help="port of web (default: a free one)")
     parser.add_argument("--flower-port", type=int, default=None, help="default 5555 if free, else a free one")
     parser.add_argument("--simulator-args", default="", help='extra simulator options, e.g. "--gen-time 3:8"')
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"kept across runs (default {DEFAULT_DATA_DIR})"
+    )
     args = parser.parse_args(argv)
+    data_dir: Path = args.data_dir.resolve()
+    kept = (data_dir / "redis").exists()
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
 
-    with services.terminate_on_signals(), LocalStack() as stack:
+    with services.terminate_on_signals(), LocalStack(data_dir / "logs") as stack:
         print(f"starting Redis, S3 server and simulator (logs in {stack.log_dir}) ...", flush=True)
-        redis_url = stack.redis(None)  # always a private one
-        s3 = stack.s3()
+        redis_url = stack.redis(None, appendonly=True, data_dir=data_dir / "redis")  # always a private one
+        s3 = stack.s3(data_dir / "s3")
         simulator = stack.simulator(shlex.split(args.simulator_args))
         web_port = _port(args.web_port)
         flower_port = _port(args.flower_port, FLOWER_DEFAULT_PORT)
@@ -96,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "PORT": str(web_port),
                 "FLOWER_PORT": str(flower_port),
                 "FLOWER_BASIC_AUTH": flower_auth,
-                "FLOWER_DB": str(stack.log_dir / "flower.db"),
+                "FLOWER_DB": str(data_dir / "flower.db"),
             },
         )
         os.environ.update(env)  # for the settings below; honcho gets them from the env file too
@@ -110,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\n  web       http://127.0.0.1:{web_port}   (ingress and ops tokens in the env file; /docs)\n"
             f"  flower    http://127.0.0.1:{flower_port}   (user {flower_auth.split(':')[0]}; password: env file)\n"
             f"  simulator {simulator.url}\n"
-            f"  env file  {args.env_file}\n\n"
+            f"  env file  {args.env_file}\n"
+            f"  data      {data_dir} ({'kept from the last run' if kept else 'new'}: Redis AOF, S3 objects, "
+            f"Flower's DB; kept when this stops; rm -rf it to start afresh)\n\n"
             f"  CLI:      set -a; . {args.env_file}; set +a; imagineq status\n",
             flush=True,
         )

@@ -8,8 +8,10 @@ upstream task exists (see ``workers.tasks``).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -121,6 +123,31 @@ class Producer:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {job.state.value} after {timeout:.0f}s")
             time.sleep(interval_s)
+
+    def download(self, job: Job, target: Path) -> str:
+        """Write a stored job's video to ``target`` and return its sha256. It is written beside the
+        target and renamed once whole and checked against the job's sha256, so a failed download leaves
+        no half file; ValueError when the job has no video or the bytes do not match."""
+        from workers.jobs import JobState
+        from workers.storage import build_s3_client
+
+        if job.state is not JobState.STORED or not job.s3_uri:
+            raise ValueError(f"job {job.id} is {job.state.value}: only a stored job has a video")
+        bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
+        body = build_s3_client(self.settings.s3, self.settings.http).get_object(Bucket=bucket, Key=key)["Body"]
+        partial = target.with_name(target.name + ".part")
+        digest = hashlib.sha256()
+        try:
+            with partial.open("wb") as out:
+                for chunk in body.iter_chunks(1024 * 1024):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if job.sha256 and digest.hexdigest() != job.sha256:
+                raise ValueError(f"{job.s3_uri} does not match the job's sha256; nothing written")
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return digest.hexdigest()
 
     def close(self) -> None:
         self.redis.close()

@@ -218,39 +218,23 @@ def _duration(seconds: float) -> str:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    import hashlib
     from pathlib import Path
 
     from producers.api import Producer
-    from workers.jobs import JobState
-    from workers.storage import build_s3_client
 
     producer = Producer()
     job = find_job(producer, args.job_id)
     if job is None:
         return EXIT_FAILED
-    if job.state is not JobState.STORED or not job.s3_uri:
-        print(f"error: job {job.id} is {job.state.value}: only a stored job has a video to fetch", file=sys.stderr)
-        return EXIT_FAILED
-    bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
     target = Path(args.path or f"{job.id}.mp4")
     if target.is_dir():
         target = target / f"{job.id}.mp4"
-    partial = target.with_name(target.name + ".part")
-    settings = producer.settings
-    body = build_s3_client(settings.s3, settings.http).get_object(Bucket=bucket, Key=key)["Body"]
-    digest = hashlib.sha256()
-    # Written beside the target and renamed once whole and checked: a failed fetch leaves no half file.
-    with partial.open("wb") as out:
-        for chunk in body.iter_chunks(1024 * 1024):
-            digest.update(chunk)
-            out.write(chunk)
-    if job.sha256 and digest.hexdigest() != job.sha256:
-        partial.unlink()
-        print(f"error: {job.s3_uri} does not match the job's sha256; nothing written", file=sys.stderr)
+    try:
+        digest = producer.download(job, target)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    partial.replace(target)
-    print(f"{target} ({target.stat().st_size:,} bytes, sha256 {digest.hexdigest()[:12]}…)")
+    print(f"{target} ({target.stat().st_size:,} bytes, sha256 {digest[:12]}…)")
     return EXIT_OK
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import av
 import pytest
 import requests
 
@@ -32,6 +36,16 @@ def test_make_demo_stores_every_prompt_but_the_moderated_one() -> None:
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "5 videos stored in S3; the moderated prompt failed with its reason." in demo.stdout
     assert "Tearing down the private services" in demo.stdout
+    # Each stored video was copied out of S3 as a playable file that outlives the demo.
+    copies = [Path(line.strip()) for line in demo.stdout.splitlines() if line.strip().endswith(".mp4")]
+    assert len(copies) == 5, demo.stdout
+    for path in copies:
+        assert path.parent == REPO / "var" / "demo"
+        with av.open(str(path)) as container:
+            (stream,) = container.streams.video
+            assert stream.codec_context.name == "h264"
+            width, height = (int(side) for side in path.stem.split("-")[1].split("x"))
+            assert stream.width * height == stream.height * width
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -43,10 +57,13 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-def test_make_run_serves_the_whole_procfile_until_stopped(tmp_path: Path) -> None:
+@contextmanager
+def make_run(tmp_path: Path, data_dir: Path) -> Iterator[dict[str, str]]:
+    """``make run`` (its entry point) until the block ends, then Ctrl-C; yields the CLI's environment."""
     env_file = tmp_path / "run.env"
+    argv = [sys.executable, "-m", "devstack.run", "--env-file", str(env_file), "--data-dir", str(data_dir)]
     run = subprocess.Popen(
-        [sys.executable, "-m", "devstack.run", "--env-file", str(env_file), "--simulator-args", "--gen-time 0.3:0.8"],
+        [*argv, "--simulator-args", "--gen-time 0.3:0.8"],
         cwd=REPO,
         env=clean_env(),
         stdout=subprocess.PIPE,
@@ -66,21 +83,7 @@ def test_make_run_serves_the_whole_procfile_until_stopped(tmp_path: Path) -> Non
                 return False
 
         wait_until(web_up, 90, "the Procfile's web process")
-        child_env = {**clean_env(), **settings_env}
-        submitted = subprocess.run(
-            [str(CLI), "submit", "A make run smoke test", "--wait", "--timeout", "90"],
-            env=child_env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-        assert "stored" in submitted.stdout
-        status = subprocess.run(
-            [str(CLI), "status", "--json", "--no-credits"], env=child_env, cwd=tmp_path, capture_output=True, text=True
-        )
-        assert status.returncode == 0, status.stderr
+        yield {**clean_env(), **settings_env}
     finally:
         os.killpg(run.pid, signal.SIGINT)  # Ctrl-C
         started = time.monotonic()
@@ -89,3 +92,35 @@ def test_make_run_serves_the_whole_procfile_until_stopped(tmp_path: Path) -> Non
     assert code == 0, output[-3000:]
     assert time.monotonic() - started < 60
     assert not env_file.exists()  # removed when it stops
+
+
+def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CLI), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_make_run_serves_the_whole_procfile_and_keeps_what_it_stored_for_the_next_run(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var-run"
+    with make_run(tmp_path, data_dir) as env:
+        submitted = cli(env, tmp_path, "submit", "A make run smoke test", "--aspect-ratio", "1:1", "--wait")
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        assert "stored" in submitted.stdout
+        job_id = submitted.stdout.split()[1]  # "job ID queued"
+        status = cli(env, tmp_path, "status", "--json", "--no-credits")
+        assert status.returncode == 0, status.stderr
+        first = cli(env, tmp_path, "fetch", job_id, str(tmp_path / "first.mp4"))
+        assert first.returncode == 0, first.stdout + first.stderr
+    kept = {path.name for path in data_dir.iterdir()}
+    assert {"redis", "s3"} <= kept and any(name.startswith("flower.db") for name in kept), kept  # Flower's shelve
+    assert any((data_dir / "redis").rglob("*.aof")), "Redis kept no append-only file"
+
+    # The next run, on new ports, has the job and its video.
+    with make_run(tmp_path, data_dir) as env:
+        shown = cli(env, tmp_path, "job", job_id, "--json")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert json.loads(shown.stdout)["state"] == "stored"
+        again = cli(env, tmp_path, "fetch", job_id, str(tmp_path / "again.mp4"))
+        assert again.returncode == 0, again.stdout + again.stderr
+    assert (tmp_path / "again.mp4").read_bytes() == (tmp_path / "first.mp4").read_bytes()
+    with av.open(str(tmp_path / "again.mp4")) as container:
+        (stream,) = container.streams.video
+        assert stream.codec_context.name == "h264" and stream.width == stream.height
