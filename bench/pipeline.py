@@ -15,6 +15,10 @@ processes, Redis, the S3 server, the simulator): on a small machine they all sha
     RESULT pipeline_jobs_per_s=… raw_celery_jobs_per_s=… overhead_ratio=… io_floor_jobs_per_s=…
            io_floor_ratio=… overhead_vs_io_floor=…
 
+Runs 2 and 3 happen once per S3 server of ``--s3`` (default ``seaweedfs,moto``: the local default and
+the in-memory mock it replaced, side by side); RESULT names the first plainly and prefixes the others
+(``moto_pipeline_jobs_per_s=…``).
+
 Medians of ``--rounds`` interleaved rounds (the machine is shared and noisy); every round is printed.
 overhead_ratio = raw ÷ pipeline (the issue's figure); io_floor_ratio = raw ÷ io_floor (what the calls
 alone cost); overhead_vs_io_floor = io_floor ÷ pipeline (what ImagineQ adds to them).
@@ -83,7 +87,7 @@ def _role(process: psutil.Process) -> str:
     except psutil.Error:
         return "gone"
     line = " ".join(argv)
-    for name, role in (("s3server", "s3"), ("simulator", "simulator"), ("redis-server", "redis")):
+    for name, role in (("s3server", "s3"), ("weed", "s3"), ("simulator", "simulator"), ("redis-server", "redis")):
         if name in line:
             return role
     if "-Q" in argv:
@@ -119,9 +123,10 @@ def _cpu_line(spent: dict[str, float], jobs: int, elapsed: float) -> str:
     return f"{total / jobs * 1000:.1f} ms CPU/job ({total / elapsed:.2f} cores busy): {parts}"
 
 
-def run_pipeline(jobs: int, concurrency: int, log_dir: Path) -> tuple[float, str, dict[str, str]]:
+def run_pipeline(jobs: int, concurrency: int, log_dir: Path, s3_kind: str) -> tuple[float, str, dict[str, str]]:
     with deployment(
         log_dir,
+        s3_kind=s3_kind,
         simulator_args=SIMULATOR_ARGS,
         env={"IMAGINEQ_ACCOUNTS": UNLIMITED, "IMAGINEQ_SUBMIT_RATE_LIMIT": "0/s", "IMAGINEQ_POLL_RATE_LIMIT": "0/s"},
         workers={"submit": concurrency, "poll": concurrency, "store": concurrency},
@@ -160,7 +165,7 @@ def _terminal(dep) -> int:  # type: ignore[no-untyped-def]
     return sum(count for state, count in dep.producer.jobs.count_by_state().items() if state.terminal)
 
 
-def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tuple[float, str]:
+def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool, s3_kind: str = "") -> tuple[float, str]:
     """Raw Celery (``bench/noop_app.py``) on fresh services; ``io``: tasks make the unavoidable calls."""
     from celery import Celery
 
@@ -172,7 +177,7 @@ def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool) -> tup
         env = {"IMAGINEQ_REDIS_URL": url, "IMAGINEQ_API_KEY": "sim-key", "PYTHONPATH": str(Path.cwd())}
         if io:
             simulator = stack.simulator(SIMULATOR_ARGS)
-            env |= services.deployment_env(redis_url=url, s3=stack.s3(), simulator_url=simulator.url)
+            env |= services.deployment_env(redis_url=url, s3=stack.s3(kind=s3_kind), simulator_url=simulator.url)
             env["BENCH_IO"] = "1"
         settings = settings_from(env)
         if io:
@@ -206,27 +211,43 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of the three runs, interleaved; RESULT gives medians"
     )
+    parser.add_argument(
+        "--s3", default="seaweedfs,moto", help="S3 servers to run the I/O floor and the pipeline on (first: RESULT)"
+    )
     args = parser.parse_args()
+    kinds = args.s3.split(",")
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    rates: dict[str, list[float]] = {"raw": [], "floor": [], "pipeline": []}
+    rates: dict[str, list[float]] = {"raw": []}
     for n in range(1, args.rounds + 1):
         raw_s, raw_cpu = run_baseline(args.jobs, args.concurrency, root / f"raw-{n}", io=False)
-        floor_s, floor_cpu = run_baseline(args.jobs, args.concurrency, root / f"io-floor-{n}", io=True)
-        pipeline_s, _, info = run_pipeline(args.jobs, args.concurrency, root / f"pipeline-{n}")
-        for name, seconds in (("raw", raw_s), ("floor", floor_s), ("pipeline", pipeline_s)):
-            rates[name].append(args.jobs / seconds)
-        print(f"round {n}: {args.jobs} jobs each; states after the pipeline {info['states']}")
-        print(f"  pipeline  {pipeline_s:5.1f}s  {info['cpu']}")
-        print(f"            mean time in each state: {info['stages']}")
-        print(f"  raw       {raw_s:5.1f}s  {raw_cpu}")
-        print(f"  io floor  {floor_s:5.1f}s  {floor_cpu}")
+        rates["raw"].append(args.jobs / raw_s)
+        print(f"round {n}: {args.jobs} jobs each")
+        print(f"  raw                 {raw_s:5.1f}s  {raw_cpu}")
+        for kind in kinds:
+            floor_s, floor_cpu = run_baseline(
+                args.jobs, args.concurrency, root / f"io-{kind}-{n}", io=True, s3_kind=kind
+            )
+            pipeline_s, _, info = run_pipeline(args.jobs, args.concurrency, root / f"pipeline-{kind}-{n}", kind)
+            rates.setdefault(f"{kind}-floor", []).append(args.jobs / floor_s)
+            rates.setdefault(f"{kind}-pipeline", []).append(args.jobs / pipeline_s)
+            print(f"  pipeline ({kind:9}) {pipeline_s:5.1f}s  {info['cpu']}  states {info['states']}")
+            print(f"                      mean time in each state: {info['stages']}")
+            print(f"  io floor ({kind:9}) {floor_s:5.1f}s  {floor_cpu}")
         sys.stdout.flush()
-    raw_rate, floor_rate, pipeline_rate = (statistics.median(rates[name]) for name in ("raw", "floor", "pipeline"))
-    print(
-        f"RESULT pipeline_jobs_per_s={pipeline_rate:.1f} raw_celery_jobs_per_s={raw_rate:.1f}"
-        f" overhead_ratio={raw_rate / pipeline_rate:.2f} io_floor_jobs_per_s={floor_rate:.1f}"
-        f" io_floor_ratio={raw_rate / floor_rate:.2f} overhead_vs_io_floor={floor_rate / pipeline_rate:.2f}"
-    )
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    raw_rate = medians["raw"]
+    parts = [f"raw_celery_jobs_per_s={raw_rate:.1f}"]
+    for index, kind in enumerate(kinds):
+        prefix = "" if index == 0 else f"{kind}_"
+        floor_rate, pipeline_rate = medians[f"{kind}-floor"], medians[f"{kind}-pipeline"]
+        parts += [
+            f"{prefix}pipeline_jobs_per_s={pipeline_rate:.1f}",
+            f"{prefix}overhead_ratio={raw_rate / pipeline_rate:.2f}",
+            f"{prefix}io_floor_jobs_per_s={floor_rate:.1f}",
+            f"{prefix}io_floor_ratio={raw_rate / floor_rate:.2f}",
+            f"{prefix}overhead_vs_io_floor={floor_rate / pipeline_rate:.2f}",
+        ]
+    print(f"RESULT s3={kinds[0]} " + " ".join(parts))
     sys.stdout.flush()
 
 

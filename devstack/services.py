@@ -188,22 +188,25 @@ def redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
-def start_redis(log_dir: Path, *, port: int | None = None, appendonly: bool = False) -> Service:
-    """A private redis-server. Without ``port``, on a free one: redis-server cannot bind port 0 itself (0
-    turns TCP off), so a port taken between the choice and the bind means another try on another."""
+def start_redis(
+    log_dir: Path, *, port: int | None = None, appendonly: bool = False, data_dir: Path | None = None
+) -> Service:
+    """A private redis-server, keeping its files (the AOF, with ``appendonly``) in ``data_dir`` (a folder
+    per port under ``log_dir`` by default). Without ``port``, on a free one: redis-server cannot bind
+    port 0 itself (0 turns TCP off), so a port taken between the choice and the bind means another try."""
     if port is not None:
-        return _start_redis_on(log_dir, port, appendonly=appendonly)
+        return _start_redis_on(log_dir, port, appendonly=appendonly, data_dir=data_dir)
     for attempt in range(5):
         try:
-            return _start_redis_on(log_dir, free_port(), appendonly=appendonly)
+            return _start_redis_on(log_dir, free_port(), appendonly=appendonly, data_dir=data_dir)
         except ServiceError:
             if attempt == 4:
                 raise
     raise AssertionError("unreachable")
 
 
-def _start_redis_on(log_dir: Path, port: int, *, appendonly: bool) -> Service:
-    data_dir = log_dir / f"redis-{port}"
+def _start_redis_on(log_dir: Path, port: int, *, appendonly: bool, data_dir: Path | None) -> Service:
+    data_dir = data_dir or log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         redis_server_binary(),
@@ -454,14 +457,19 @@ class LocalStack(contextlib.ExitStack):
         self.callback(service.stop)
         return service
 
-    def redis(self, url: str | None = None, *, appendonly: bool = False) -> str:
+    def redis(self, url: str | None = None, *, appendonly: bool = False, data_dir: Path | None = None) -> str:
         """``url`` if reachable, else a private redis-server."""
         if url and redis_reachable(url):
             return url
-        return self.add(start_redis(self.log_dir, appendonly=appendonly)).url
+        return self.add(start_redis(self.log_dir, appendonly=appendonly, data_dir=data_dir)).url
 
-    def s3(self) -> Service:
-        return self.add(start_s3(self.log_dir))
+    def s3(self, data_dir: Path | None = None, *, kind: str = "seaweedfs") -> Service:
+        """The S3 server: SeaweedFS, or ``kind="moto"`` for the benches' comparisons."""
+        if kind == "moto":
+            return self.add(start_moto_s3(self.log_dir))
+        if kind != "seaweedfs":
+            raise ServiceError(f"unknown S3 server {kind!r} (seaweedfs or moto)")
+        return self.add(start_s3(self.log_dir, data_dir=data_dir))
 
     def simulator(self, args: Sequence[str] = ()) -> Service:
         return self.add(start_simulator(self.log_dir, args))

@@ -141,10 +141,11 @@ def deployment(
     env: Mapping[str, str] | None = None,
     workers: Mapping[str, int] | None = None,
     bucket: str = "imagineq-test",
+    s3_kind: str = "seaweedfs",
 ) -> Any:
     with services.terminate_on_signals(), LocalStack(log_dir) as stack:
         redis_url = stack.redis()
-        s3 = stack.s3()
+        s3 = stack.s3(kind=s3_kind)
         simulator = stack.simulator(list(simulator_args))
         full_env = services.deployment_env(
             redis_url=redis_url,
