@@ -1,6 +1,6 @@
 """Chaos bench: a real stack keeps its promises while things break, one scenario at a time.
 
-The stack: a private Redis with AOF on a fixed port and directory, moto's S3 server (bucket versioning
+The stack: a private Redis with AOF on a fixed port and directory, a SeaweedFS S3 server (bucket versioning
 on, so every write of an object is counted), the simulator (signed callbacks), the web process
 (callbacks), two workers per queue, and a loop that sends ``imagineq.reconcile`` every few seconds (the
 reconciler's thresholds are shortened to match). Each scenario enqueues a stream of jobs, injects its
@@ -19,9 +19,10 @@ faults while they run, then waits for every job to end (the drain deadline) and 
 - **violations**: a failed job without a reason, a stored job whose S3 object or sha256 is wrong, more
   upstream tasks in progress than the account allows, a terminal job that moved again.
 
-S3 outage: moto keeps objects in memory, so a restart would lose every object stored before it. The outage
-is a SIGSTOP/SIGCONT of the server instead: the port stays bound and connections hang, exactly what a
-network partition looks like to a client (and a harder case than a refused connection).
+S3 outage, in two halves: first the SeaweedFS server frozen (SIGSTOP/SIGCONT): the ports stay bound and
+connections hang, exactly what a network partition looks like to a client; then it crashes (SIGKILL),
+stays down (connections refused) and comes back on the same ports and data directory, with every object
+it had stored, which the checks afterwards read back.
 
     python bench/chaos.py [--jobs 200] [--scenario NAME ...] [--s3-outage-s 60]
 """
@@ -225,6 +226,13 @@ class ChaosStack:
             yield
         finally:
             os.killpg(self.s3.process.pid, signal.SIGCONT)
+
+    def crash_s3(self, down_s: float) -> None:
+        """SIGKILL the S3 server, keep it down, start it again on the same ports and data directory."""
+        ports, data_dir = services.s3_ports(self.s3), Path(self.s3.extra["data_dir"])
+        self.s3.kill()
+        time.sleep(down_s)
+        self.s3 = self.stack.add(services.start_s3(self.stack.log_dir, data_dir=data_dir, ports=ports))
 
     def sim(self, **changes: Any) -> None:
         self.dep.sim_config(**changes)
@@ -460,7 +468,8 @@ def s3_outage(outage_s: float) -> Injector:
     def inject(chaos: ChaosStack, jobs: list[Job]) -> None:
         _wait_for_state(chaos, jobs, JobState.DOWNLOADING)
         with chaos.s3_frozen():
-            time.sleep(outage_s)
+            time.sleep(outage_s / 2)
+        chaos.crash_s3(outage_s / 2)
 
     return inject
 
