@@ -1,6 +1,6 @@
 """Callbacks against polling only: recordInfo calls per job and completion → stored latency.
 
-Runs the same workload twice in one go, each time on fresh private services (Redis, moto S3, the
+Runs the same workload twice in one go, each time on fresh private services (Redis, SeaweedFS S3, the
 simulator with 1 MB videos, real Celery workers): once with polling only (callbacks off, the default
 poll schedule), once with callbacks (a real uvicorn ``web`` on a free port that the workers name in
 ``IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL``, HMAC-signed by the simulator; polling is then the safety net).

@@ -1,10 +1,13 @@
-"""The local S3-compatible server: moto's S3 service alone, on one port, without per-request logging.
+"""moto's S3 service alone, on one port, without per-request logging.
 
 ``python -m moto.server`` serves every AWS service behind a dispatcher that works out the service from
 each request's host (scanning moto's module directories on every request) and logs every request line.
 Here only S3 is needed, so this serves moto's S3 application directly, with moto's own request handler
 (it keeps the original spelling of ``x-amz-meta-*`` header names, as S3 does). Same S3 implementation,
 about half the CPU per request (``bench/pipeline.py`` shares two cores with it).
+
+The local S3 server is SeaweedFS (``devstack.services.start_s3``); this one keeps objects in memory and
+accepts any credentials, and only the benches start it, to show the two side by side.
 
     python -m devstack.s3server --port 9000 [--host 127.0.0.1]
 """

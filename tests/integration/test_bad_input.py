@@ -6,7 +6,7 @@ naming the field and the limit), the CLI (exit code + stderr), the HTTP ingress 
 row, that nothing was written: Redis job keys and queue lists, the batch's jobs and S3 objects are as
 before. README.md's "Reliability" section renders this table.
 
-Real servers throughout: a private Redis, moto's S3 server, the web process under uvicorn, a tiny local
+Real servers throughout: a private Redis, a SeaweedFS S3 server, the web process under uvicorn, a tiny local
 HTTP server standing in for a misbehaving result URL or upstream.
 """
 

@@ -1,4 +1,4 @@
-"""Storage against a real S3-compatible server (moto) and a real HTTP file server on a free port."""
+"""Storage against a real S3-compatible server (SeaweedFS) and a real HTTP file server on a free port."""
 
 from __future__ import annotations
 
