@@ -37,6 +37,14 @@ def check_producer_key(request: JobRequest) -> None:
         raise ValidationError("idempotency_key", f"must not start with {BATCH_KEY_PREFIX!r} (the keys of batch lines)")
 
 
+class NotCancelable(Exception):
+    """The job is past ``queued``: it reached (or is reaching) the upstream, or already ended."""
+
+    def __init__(self, job: Job, message: str) -> None:
+        super().__init__(message)
+        self.job = job
+
+
 def priority_level(priority: Priority) -> int:
     return PRIORITY_BATCH if priority is Priority.BATCH else PRIORITY_INTERACTIVE
 
@@ -123,6 +131,44 @@ class Producer:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {job.state.value} after {timeout:.0f}s")
             time.sleep(interval_s)
+
+    def cancel(self, job_id: str, *, by: str) -> Job:
+        """Cancel a queued job (``by`` says where from, in its error); the job as it is now. Raises
+        NotCancelable (its message says why) when it is already past ``queued``."""
+        from workers.jobs import JobState
+
+        fields = {"reason": "canceled", "error": f"canceled {by}"}
+        self.jobs.transition(job_id, JobState.CANCELED, expect=JobState.QUEUED, fields=fields)
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise KeyError(f"job {job_id} not found")
+        if job.state is JobState.CANCELED:
+            return job
+        if job.state.terminal:
+            raise NotCancelable(job, f"job {job.id} is already {job.state.value}")
+        what = "is being submitted" if job.state is JobState.SUBMITTING else "has reached the upstream"
+        raise NotCancelable(job, f"job {job.id} is {job.state.value}: it {what} and can no longer be canceled")
+
+    def resubmit(self, job: Job) -> Job:
+        """Queue a failed job again (a new upstream task, its own quota slot); ValueError when it is not
+        failed, or changed state meanwhile."""
+        from workers.jobs import JobState
+
+        if job.state is not JobState.FAILED:
+            raise ValueError(f"job {job.id} is {job.state.value}; only failed jobs can be resubmitted")
+        if job.reason == "outcome_unknown" and job.account:
+            # Its first task may still run upstream: that slot stays taken on its own, and this attempt
+            # takes (and logs) a slot and a creation of its own.
+            from workers.quota import QuotaLimiter
+
+            QuotaLimiter.for_settings(self.redis, self.keys, self.settings).detach_hold(job.account, job.id)
+        cleared = dict.fromkeys(("reason", "error", "task_id", "account", "create_sent_at", "submit_attempts"))
+        if not self.jobs.transition(job.id, JobState.QUEUED, expect=JobState.FAILED, fields=cleared):
+            raise ValueError(f"job {job.id} changed state meanwhile; look again")
+        queued = self.jobs.get(job.id)
+        assert queued is not None
+        self.publish(queued)
+        return queued
 
     def download(self, job: Job, target: Path) -> str:
         """Write a stored job's video to ``target`` and return its sha256. It is written beside the

@@ -109,67 +109,34 @@ def _cmd_job(args: argparse.Namespace) -> int:
 
 def _cmd_resubmit(args: argparse.Namespace) -> int:
     from producers.api import Producer
-    from workers.jobs import JobState
 
     producer = Producer()
     job = find_job(producer, args.job_id)
     if job is None:
         return EXIT_FAILED
-    if job.state is not JobState.FAILED:
-        print(f"error: job {job.id} is {job.state.value}; only failed jobs can be resubmitted", file=sys.stderr)
+    try:
+        producer.resubmit(job)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    if job.reason == "outcome_unknown" and job.account:
-        # Its first task may still run upstream: that slot stays taken on its own, and this attempt
-        # takes (and logs) a slot and a creation of its own.
-        from workers.quota import QuotaLimiter
-
-        QuotaLimiter.for_settings(producer.redis, producer.keys, producer.settings).detach_hold(job.account, job.id)
-    if not producer.jobs.transition(
-        job.id,
-        JobState.QUEUED,
-        expect=JobState.FAILED,
-        fields={
-            "reason": None,
-            "error": None,
-            "task_id": None,
-            "account": None,
-            "create_sent_at": None,
-            "submit_attempts": None,
-        },
-    ):
-        print(f"error: job {job.id} changed state meanwhile; look again", file=sys.stderr)
-        return EXIT_FAILED
-    refreshed = producer.get(job.id)
-    assert refreshed is not None
-    producer.publish(refreshed)
     print(f"job {job.id} queued again (was failed: {job.reason})")
     return EXIT_OK
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from producers.api import Producer
-    from workers.jobs import JobState
+    from producers.api import NotCancelable, Producer
 
     producer = Producer()
     job = find_job(producer, args.job_id)
     if job is None:
         return EXIT_FAILED
-    fields = {"reason": "canceled", "error": "canceled from the command line"}
-    if job.state is JobState.QUEUED and producer.jobs.transition(
-        job.id, JobState.CANCELED, expect=JobState.QUEUED, fields=fields
-    ):
-        print(f"job {job.id} canceled")
-        return EXIT_OK
-    job = producer.get(job.id) or job
-    if job.state is JobState.CANCELED:
-        print(f"job {job.id} canceled")
-        return EXIT_OK
-    if job.state.terminal:
-        print(f"error: job {job.id} is already {job.state.value}", file=sys.stderr)
-    else:
-        what = "is being submitted" if job.state is JobState.SUBMITTING else "has reached the upstream"
-        print(f"error: job {job.id} is {job.state.value}: it {what} and can no longer be canceled", file=sys.stderr)
-    return EXIT_FAILED
+    try:
+        producer.cancel(job.id, by="from the command line")
+    except NotCancelable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"job {job.id} canceled")
+    return EXIT_OK
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:

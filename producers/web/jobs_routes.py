@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from config.settings import PrincipalSettings
-from producers.api import check_producer_key
+from producers.api import NotCancelable, check_producer_key
 from producers.web import listing
 from producers.web.context import Caller, Web, WebDep
 from producers.web.models import (
@@ -139,24 +139,8 @@ def list_jobs(
     summary="Cancel a job that has not been submitted yet",
 )
 def cancel_job(web: WebDep, caller: Caller, job_id: JobId) -> Any:
-    job = job_or_404(web, caller, job_id)
-    if job.state is JobState.QUEUED and web.jobs.transition(
-        job_id,
-        JobState.CANCELED,
-        expect=JobState.QUEUED,
-        fields={"reason": "canceled", "error": "canceled through the HTTP API"},
-    ):
-        return JobView.of(job_or_404(web, caller, job_id))
-    job = job_or_404(web, caller, job_id)
-    if job.state is JobState.CANCELED:
-        return JobView.of(job)
-    what = "has reached the upstream" if job.state is not JobState.SUBMITTING else "is being submitted"
-    return JSONResponse(
-        {
-            "detail": f"job {job_id} is {job.state.value}: it {what} and can no longer be canceled"
-            if not job.state.terminal
-            else f"job {job_id} is already {job.state.value}",
-            "state": job.state.value,
-        },
-        status_code=409,
-    )
+    job_or_404(web, caller, job_id)
+    try:
+        return JobView.of(web.producer.cancel(job_id, by="through the HTTP API"))
+    except NotCancelable as error:
+        return JSONResponse({"detail": str(error), "state": error.job.state.value}, status_code=409)
