@@ -203,6 +203,22 @@ class PrincipalSettings(BaseModel):
 DEFAULT_RESULT_HOSTS = ("*.apikley.ru", "*.kie.ai", "*.aiquickdraw.com", "*.redpandaai.co")
 
 
+class DashboardSettings(BaseModel):
+    """The jobs dashboard the ``web`` process serves at ``/`` (sign-in with an ingress token)."""
+
+    enabled: bool = True
+    #: A sign-in lasts this long (the session lives in Redis, so every web replica knows it).
+    session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
+    #: Lifetime of the presigned S3 URL a job page plays its video from.
+    video_url_ttl_s: int = Field(default=300, ge=30, le=86400)
+    #: The S3 endpoint as the users' browsers reach it, for those URLs (default: ``s3.endpoint_url``;
+    #: in docker compose the app's ``http://minio:9000`` is no name a browser knows).
+    video_endpoint_url: str | None = None
+    #: Mark the session cookie ``Secure`` always (it is anyway when the request came over HTTPS, as seen
+    #: by the web: behind a TLS proxy run uvicorn with ``--proxy-headers``, or set this).
+    secure_cookies: bool = False
+
+
 class DownloadSettings(BaseModel):
     """Which result URLs a store may fetch, and how slow a transfer may be."""
 
@@ -319,6 +335,7 @@ class Settings(BaseSettings):
     ops_tokens: list[SecretStr] = []
     #: Serve the interactive API docs (``/docs``, from local files) and ``/openapi.json``.
     docs_enabled: bool = False
+    dashboard: DashboardSettings = DashboardSettings()
     #: A request's headers must be complete this long after its connection opened (or the last response).
     web_header_timeout_s: float = Field(default=10.0, gt=0)
     #: How long ``/healthz`` reuses its last worker ping (a ping waits up to 0.5 s for replies).

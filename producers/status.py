@@ -158,7 +158,7 @@ class StatusReader:
         answers = dict(known)
         if to_ask:
             with ThreadPoolExecutor(max_workers=min(8, len(to_ask))) as pool:
-                results = pool.map(lambda account: self._credits(account, timeout_s), to_ask)
+                results = pool.map(lambda account: self.credits_of(account, timeout_s), to_ask)
                 answers.update(zip((a.name for a in to_ask), results, strict=True))
         out = []
         for quota in self.quota.snapshot():
@@ -180,7 +180,8 @@ class StatusReader:
             )
         return out
 
-    def _credits(self, account: AccountSettings, timeout_s: float) -> tuple[int | None, str | None]:
+    def credits_of(self, account: AccountSettings, timeout_s: float) -> tuple[int | None, str | None]:
+        """The account's credits from the upstream, or None and why (never an exception)."""
         http = self.settings.http.model_copy(update={"connect_timeout_s": timeout_s, "read_timeout_s": timeout_s})
         try:
             with UpstreamClient(account, http) as client:

@@ -117,6 +117,10 @@ class Keys:
         """String with PX expiry: one reader (``read``) or finaliser (``finalise``) of a batch at a time."""
         return f"{self.prefix}:batch:{batch_id}:lock:{what}"
 
+    def dashboard_session(self, session_id_digest: str) -> str:
+        """Hash with expiry: a dashboard sign-in (principal, CSRF token), by the sha256 of its cookie."""
+        return f"{self.prefix}:ui-session:{session_id_digest}"
+
     def batches(self) -> str:
         """Sorted set: every batch id, scored by when it was first submitted (ms)."""
         return f"{self.prefix}:batches"

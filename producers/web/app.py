@@ -46,6 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.add_event_handler("shutdown", web.close)
     if settings.docs_enabled:
         add_docs(app)
+    if settings.dashboard.enabled:
+        from producers.dashboard.routes import add_dashboard
+
+        add_dashboard(app, web)
     return app
 
 

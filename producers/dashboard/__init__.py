@@ -1,0 +1,1 @@
+"""The jobs dashboard the ``web`` process serves at ``/``: overview, jobs, a job's story, batches."""

@@ -1,0 +1,323 @@
+"""The dashboard's pages and actions (server-rendered Jinja2; one small script refreshes the live parts).
+
+Every page needs a sign-in (:mod:`producers.dashboard.sessions`); what it shows follows the signed-in
+principal: an admin sees every job, anyone else their own jobs only (someone else's job is a 404, as in
+the API), the quotas and queues (no tenant's data), and no batches (operators submit those).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from config.settings import PrincipalSettings
+from producers.api import NotCancelable
+from producers.dashboard import formatting
+from producers.dashboard.data import DashboardData, batch_progress, timeline
+from producers.dashboard.sessions import COOKIE, Session, SessionStore, csrf_ok
+from producers.web.context import Web
+from producers.web.principals import may_see
+from workers.jobs import KEY_MAX_CHARS, Job, JobState
+from workers.storage import build_s3_client
+from workers.storage.sidecar import read_sidecar
+
+HERE = Path(__file__).resolve().parent
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.globals.update(fmt=formatting)
+router = APIRouter(include_in_schema=False)
+PAGE_ROWS = 50
+
+
+class Dashboard:
+    """The dashboard's state in one web process: data readers, sessions, a presigning S3 client."""
+
+    def __init__(self, web: Web) -> None:
+        settings = web.settings
+        self.web = web
+        self.data = DashboardData(web)
+        self.sessions = SessionStore(web.redis, web.keys, settings.principals(), ttl_s=settings.dashboard.session_ttl_s)
+        self.s3 = build_s3_client(settings.s3, settings.http)
+        endpoint = settings.dashboard.video_endpoint_url
+        video_s3 = settings.s3.model_copy(update={"endpoint_url": endpoint}) if endpoint else settings.s3
+        self.presigner = build_s3_client(video_s3, settings.http)
+        self.media_origin = _origin(self.presigner.meta.endpoint_url)
+
+    def presigned(self, uri: str) -> str | None:
+        if not uri.startswith("s3://"):
+            return None
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        ttl = self.web.settings.dashboard.video_url_ttl_s
+        return str(
+            self.presigner.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl)
+        )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def dashboard_of(request: Request) -> Dashboard:
+    dashboard: Dashboard = request.app.state.dashboard
+    return dashboard
+
+
+class SignInNeeded(Exception):
+    pass
+
+
+def signed_in(request: Request) -> Session:
+    session = dashboard_of(request).sessions.find(request.cookies.get(COOKIE))
+    if session is None:
+        raise SignInNeeded
+    return session
+
+
+DashboardDep = Annotated[Dashboard, Depends(dashboard_of)]
+SessionDep = Annotated[Session, Depends(signed_in)]
+
+
+def render(
+    request: Request, template: str, session: Session | None, status_code: int = 200, **context: Any
+) -> Response:
+    dashboard = dashboard_of(request)
+    response = templates.TemplateResponse(
+        request,
+        template,
+        {"session": session, "partial": request.query_params.get("partial") == "1", **context},
+        status_code=status_code,
+    )
+    secure_headers(response, dashboard.media_origin)
+    return response
+
+
+def secure_headers(response: Response, media_origin: str) -> None:
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"media-src 'self' {media_origin}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Cache-Control"] = "no-store"
+
+
+def check_action(request: Request, session: Session, csrf: str | None) -> None:
+    """A POST must carry the session's CSRF token, and come from the dashboard's own origin."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin != _origin(str(request.base_url)):
+        raise HTTPException(403, "cross-origin request refused")
+    if not csrf_ok(session, csrf):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+
+def owner_filter(principal: PrincipalSettings, wanted: str | None) -> str | None:
+    """Whose jobs a principal's page lists: an admin chooses (None: everyone's), anyone else their own."""
+    return (wanted or None) if principal.admin else principal.name
+
+
+def parse_state(value: str | None) -> JobState | None:
+    """The form's state filter: empty for every state."""
+    if not value:
+        return None
+    try:
+        return JobState(value)
+    except ValueError:
+        raise HTTPException(422, f"state must be one of {', '.join(s.value for s in JobState)}") from None
+
+
+def visible_job(dashboard: Dashboard, session: Session, job_id: str) -> Job:
+    job = dashboard.web.jobs.get(job_id)
+    if job is None or not may_see(session.principal, job):
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+# -- sign-in ------------------------------------------------------------------------------------------
+
+
+@router.get("/signin")
+def signin_page(request: Request) -> Response:
+    return render(request, "signin.html", None)
+
+
+@router.post("/signin")
+def signin(request: Request, dashboard: DashboardDep, token: Annotated[str, Form(max_length=512)] = "") -> Response:
+    principal = dashboard.web.principals.find(token.strip()) if token.strip() else None
+    if principal is None:
+        return render(request, "signin.html", None, status_code=401, error="Unknown token.")
+    session_id = dashboard.sessions.open(principal)
+    response = RedirectResponse("/", status_code=303)
+    settings = dashboard.web.settings.dashboard
+    response.set_cookie(
+        COOKIE,
+        session_id,
+        max_age=settings.session_ttl_s,
+        httponly=True,
+        samesite="strict",
+        secure=settings.secure_cookies or request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/signout")
+def signout(
+    request: Request,
+    dashboard: DashboardDep,
+    session: SessionDep,
+    csrf: Annotated[str | None, Form(max_length=128)] = None,
+) -> Response:
+    check_action(request, session, csrf)
+    dashboard.sessions.close(request.cookies.get(COOKIE))
+    response = RedirectResponse("/signin", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# -- pages --------------------------------------------------------------------------------------------
+
+
+@router.get("/")
+def overview(request: Request, dashboard: DashboardDep, session: SessionDep) -> Response:
+    data = dashboard.data.overview()
+    return render(request, "overview.html", session, overview=data, admin=session.principal.admin, now=time.time())
+
+
+@router.get("/jobs")
+def jobs(
+    request: Request,
+    dashboard: DashboardDep,
+    session: SessionDep,
+    state: Annotated[str | None, Query(max_length=20)] = None,
+    batch: Annotated[str | None, Query(max_length=KEY_MAX_CHARS)] = None,
+    owner: Annotated[str | None, Query(max_length=64)] = None,
+    q: Annotated[str | None, Query(max_length=64)] = None,
+    before: Annotated[str | None, Query(max_length=120, pattern=r"^[0-9.]+~[0-9a-f]{1,64}$")] = None,
+) -> Response:
+    owner_wanted = owner_filter(session.principal, owner)
+    chosen = parse_state(state)
+    if q and q.strip():
+        rows = dashboard.data.search(q, owner=owner_wanted)
+        if len(rows) == 1:
+            return RedirectResponse(f"/jobs/{rows[0].job.id}", status_code=303)
+        following = None
+    else:
+        position = None
+        if before:
+            score, _, job_id = before.partition("~")
+            position = (float(score), job_id)
+        rows, after = dashboard.data.newest_jobs(
+            state=chosen, batch=batch or None, owner=owner_wanted, before=position, limit=PAGE_ROWS
+        )
+        following = None
+        if after is not None:
+            query = {k: v for k, v in request.query_params.items() if k not in ("before", "partial")}
+            following = "/jobs?" + urlencode({**query, "before": f"{after[0]!r}~{after[1]}"})
+    return render(
+        request,
+        "jobs.html",
+        session,
+        rows=rows,
+        states=list(JobState),
+        state=chosen,
+        batch=batch or "",
+        owner=owner or "",
+        q=q or "",
+        following=following,
+        admin=session.principal.admin,
+    )
+
+
+@router.get("/jobs/{job_id}")
+def job_page(request: Request, dashboard: DashboardDep, session: SessionDep, job_id: str) -> Response:
+    job = visible_job(dashboard, session, job_id)
+    sidecar = None
+    if job.state is JobState.STORED and job.s3_uri:
+        bucket, _, key = job.s3_uri.removeprefix("s3://").partition("/")
+        try:
+            sidecar = read_sidecar(dashboard.s3, bucket, key)
+        except Exception as error:  # the page still shows the job when S3 is away
+            sidecar = {"unavailable": str(error)}
+    video = dashboard.presigned(job.s3_uri) if job.state is JobState.STORED and job.s3_uri else None
+    return render(
+        request,
+        "job.html",
+        session,
+        job=job,
+        steps=timeline(job),
+        sidecar=sidecar,
+        video=video,
+        notice=request.query_params.get("notice"),
+    )
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(
+    request: Request,
+    dashboard: DashboardDep,
+    session: SessionDep,
+    job_id: str,
+    csrf: Annotated[str | None, Form(max_length=128)] = None,
+) -> Response:
+    check_action(request, session, csrf)
+    job = visible_job(dashboard, session, job_id)
+    try:
+        dashboard.web.producer.cancel(job.id, by=f"from the dashboard by {session.principal.name}")
+        notice = "Canceled."
+    except NotCancelable as error:
+        notice = str(error)
+    return RedirectResponse(f"/jobs/{job.id}?{urlencode({'notice': notice})}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/resubmit")
+def resubmit(
+    request: Request,
+    dashboard: DashboardDep,
+    session: SessionDep,
+    job_id: str,
+    csrf: Annotated[str | None, Form(max_length=128)] = None,
+) -> Response:
+    check_action(request, session, csrf)
+    job = visible_job(dashboard, session, job_id)
+    try:
+        dashboard.web.producer.resubmit(job)
+        notice = "Queued again."
+    except ValueError as error:
+        notice = str(error)
+    return RedirectResponse(f"/jobs/{job.id}?{urlencode({'notice': notice})}", status_code=303)
+
+
+@router.get("/batches")
+def batches(request: Request, dashboard: DashboardDep, session: SessionDep) -> Response:
+    shown = dashboard.data.recent_batches() if session.principal.admin else []
+    rows = [(status, batch_progress(status)) for status in shown]
+    return render(request, "batches.html", session, rows=rows, admin=session.principal.admin)
+
+
+@router.get("/batches/{batch_id}/manifest")
+def manifest(dashboard: DashboardDep, session: SessionDep, batch_id: str) -> Response:
+    status = dashboard.data.batches.get(batch_id) if session.principal.admin else None
+    link = dashboard.presigned(status.manifest) if status is not None and status.manifest else None
+    if link is None:
+        raise HTTPException(404, f"batch {batch_id} has no manifest in S3")
+    return RedirectResponse(link, status_code=303)
+
+
+def add_dashboard(app: FastAPI, web: Web) -> None:
+    app.state.dashboard = Dashboard(web)
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="dashboard-static")
+
+    async def to_signin(request: Request, _: SignInNeeded) -> Response:
+        if request.query_params.get("partial") == "1":
+            return Response(status_code=401)
+        return RedirectResponse("/signin", status_code=303)
+
+    app.add_exception_handler(SignInNeeded, to_signin)  # type: ignore[arg-type]
+    app.include_router(router)

@@ -1,0 +1,203 @@
+"""The dashboard in a real headless Chromium, against a running deployment with real workers.
+
+One deployment for the module (web, workers, simulator with playable clips); each test signs in through
+the page itself. Screenshots of every page land in ``var/screenshots/`` (``tests/integration/browser.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from playwright.sync_api import Browser, Page, expect
+
+from devstack import services
+from tests.integration import browser
+from tests.integration.deployment import Deployment, deployment, must, wait_until
+from workers.jobs import JobState
+
+pytestmark = pytest.mark.integration
+
+ADMIN_TOKEN = f"admin-{uuid.uuid4().hex}"
+TENANT_TOKEN = f"acme-{uuid.uuid4().hex}"
+PRINCIPALS = [
+    {"name": "ops", "token": ADMIN_TOKEN, "admin": True},
+    {"name": "acme", "token": TENANT_TOKEN},
+]
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployment(
+        tmp_path_factory.mktemp("dashboard"),
+        simulator_args=("--gen-time", "0.3:0.8"),  # results: playable clips
+        env={"IMAGINEQ_INGRESS_PRINCIPALS": json.dumps(PRINCIPALS)},
+    ) as deployed:
+        yield deployed
+
+
+@pytest.fixture(scope="module")
+def web(dep: Deployment) -> services.Service:
+    return services.start_web(dep.stack, dep.env)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    with browser.browser() as launched:
+        yield launched
+
+
+def sign_in(page: Page, web: services.Service, token: str) -> None:
+    page.goto(f"{web.url}/")
+    expect(page).to_have_url(f"{web.url}/signin")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{web.url}/")
+
+
+def status_json(dep: Deployment) -> dict[str, Any]:
+    done = dep.cli("status", "--json", "--no-credits")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def test_overview_jobs_and_a_playing_video_then_sign_out(dep: Deployment, web: services.Service, chromium: Browser):
+    jobs = dep.producer.enqueue_many(
+        [
+            {"prompt": "A red fox trots through fresh snow", "aspect_ratio": "3:2"},
+            {"prompt": "Paper boats race down a rain gutter", "aspect_ratio": "1:1", "mode": "fun"},
+            {"prompt": "A lighthouse beam sweeps a stormy sea", "mode": "spicy"},
+        ]
+    )
+    done = dep.wait_all(jobs)
+    assert all(job.state is JobState.STORED for job in done), [(j.state, j.error) for j in done]
+
+    with browser.session(chromium) as session:
+        page = session.page
+        page.goto(f"{web.url}/")
+        page.fill("#token", "not-a-token")
+        page.click("button[type=submit]")
+        expect(page.get_by_role("alert")).to_have_text("Unknown token.")
+        session.screenshot("dashboard-signin")
+        sign_in(page, web, ADMIN_TOKEN)
+
+        # The overview's numbers are imagineq status's (nothing moves now: every job has ended).
+        status = status_json(dep)
+        page.reload()
+        for account in status["accounts"]:
+            card = page.locator(f'[data-account="{account["account"]}"]')
+            expect(card.locator('[data-field="creations"]')).to_have_text(str(account["creations_in_window"]))
+            expect(card.locator('[data-field="in-progress"]')).to_have_text(str(account["in_progress"]))
+        for queue in status["queues"]:
+            row = page.locator(f'[data-queue="{queue["queue"]}"] [data-field="waiting"]')
+            expect(row).to_have_text(str(queue["waiting_total"]))
+        for state, count in status["jobs"].items():
+            expect(page.locator(f'[data-state="{state}"] [data-field="count"]')).to_have_text(str(count))
+        expect(page.locator('[data-field="stored-hour"]')).to_have_text(str(status["jobs"]["stored"]))
+        # It refreshes by itself.
+        first = page.locator("#live").get_attribute("data-refreshed")
+        page.wait_for_function(
+            "previous => document.querySelector('#live').getAttribute('data-refreshed') !== previous", arg=first
+        )
+        session.screenshot("dashboard-overview")
+
+        # The jobs list shows them, newest first; an id prefix finds one.
+        page.click("nav >> text=Jobs")
+        for job in done:
+            expect(page.locator(f'tr[data-job="{job.id}"]')).to_contain_text("stored")
+        session.screenshot("dashboard-jobs")
+        page.fill("input[name=q]", done[0].id[:10])
+        page.click("form.filters button")
+        expect(page).to_have_url(f"{web.url}/jobs/{done[0].id}")
+
+        # A stored job's page: its story, and its video playing from S3.
+        expect(page.locator('[data-field="state"]')).to_have_text("stored")
+        expect(page.locator("table.facts")).to_contain_text(must(done[0].task_id))
+        expect(page.locator("table.facts")).to_contain_text(must(done[0].sha256))
+        expect(page.locator("table.timeline")).to_contain_text("downloading")
+        page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=20_000)
+        playing = page.evaluate(
+            "() => { const v = document.getElementById('video');"
+            " return {t: v.currentTime, w: v.videoWidth, h: v.videoHeight, paused: v.paused}; }"
+        )
+        assert playing["w"] * 2 == playing["h"] * 3 and not playing["paused"], playing  # 3:2
+        session.screenshot("dashboard-job", full_page=False)
+
+        # Signing out ends the session: the pages ask for a sign-in again.
+        page.click("form.signout button")
+        expect(page).to_have_url(f"{web.url}/signin")
+        page.goto(f"{web.url}/jobs")
+        expect(page).to_have_url(f"{web.url}/signin")
+        assert not session.refused, session.refused
+
+
+def test_cancel_a_queued_job_and_watch_a_batch_reach_100_percent(
+    dep: Deployment, web: services.Service, chromium: Browser, tmp_path: Path
+):
+    for worker in dep.workers.pop("submit"):
+        worker.stop()
+    queued = dep.producer.enqueue("A queued job, canceled from the dashboard")
+    with browser.session(chromium) as session:
+        page = session.page
+        sign_in(page, web, ADMIN_TOKEN)
+        page.goto(f"{web.url}/jobs/{queued.id}")
+        expect(page.locator('[data-field="state"]')).to_have_text("queued")
+        page.click('button:has-text("Cancel")')
+        expect(page.get_by_role("status")).to_have_text("Canceled.")
+        expect(page.locator('[data-field="state"]')).to_have_text("canceled")
+        assert must(dep.producer.get(queued.id)).state is JobState.CANCELED
+
+        lines = tmp_path / "night.jsonl"
+        lines.write_text("".join(json.dumps({"prompt": f"Night scene number {i}"}) + "\n" for i in range(6)))
+        submitted = dep.cli("batch", "submit", str(lines), "--json")
+        assert submitted.returncode == 0, submitted.stderr
+        batch_id = json.loads(submitted.stdout)["id"]
+        page.click("nav >> text=Batches")
+        bar = page.locator(f'tr[data-batch="{batch_id}"] .progress')
+        expect(bar).to_have_attribute("data-done", "0.0")
+        dep.start_worker("submit", concurrency=2)
+        expect(bar).to_have_attribute("data-done", "100.0", timeout=90_000)  # the page refreshes itself
+        expect(page.locator(f'tr[data-batch="{batch_id}"]')).to_contain_text("6 stored")
+        session.screenshot("dashboard-batches")
+        assert not session.refused, session.refused
+
+
+def test_a_tenant_sees_its_own_jobs_only_and_actions_need_the_csrf_token(dep: Deployment, web: services.Service):
+    mine = requests.post(
+        f"{web.url}/v1/jobs",
+        json={"prompt": "A tenant's own job"},
+        headers={"Authorization": f"Bearer {TENANT_TOKEN}"},
+        timeout=10,
+    ).json()
+    theirs = dep.producer.enqueue("Someone else's job")
+    client = requests.Session()
+    signed = client.post(f"{web.url}/signin", data={"token": TENANT_TOKEN}, allow_redirects=False, timeout=10)
+    assert signed.status_code == 303
+    cookie = next(c for c in client.cookies if c.name == "imagineq_session")
+    assert cookie.has_nonstandard_attr("HttpOnly") and str(cookie.get_nonstandard_attr("SameSite")).lower() == "strict"
+
+    listing = client.get(f"{web.url}/jobs", timeout=10).text
+    assert mine["id"] in listing and theirs.id not in listing
+    assert client.get(f"{web.url}/jobs/{theirs.id}", timeout=10).status_code == 404
+    assert "admins" in client.get(f"{web.url}/batches", timeout=10).text
+
+    # An action without the session's CSRF token (a forged form post) is refused, and changes nothing.
+    refused = client.post(f"{web.url}/jobs/{mine['id']}/cancel", data={}, allow_redirects=False, timeout=10)
+    assert refused.status_code == 403
+    forged = client.post(
+        f"{web.url}/jobs/{mine['id']}/cancel",
+        data={"csrf": "guess"},
+        headers={"Origin": "http://evil.example"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert forged.status_code == 403
+    assert must(dep.producer.get(mine["id"])).state is not JobState.CANCELED
+    # Without a cookie, a page sends the browser to sign in.
+    assert requests.get(f"{web.url}/", allow_redirects=False, timeout=10).headers["location"] == "/signin"
+    wait_until(lambda: must(dep.producer.get(mine["id"])).state.terminal, 60, "the tenant's job to end")
