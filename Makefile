@@ -29,8 +29,9 @@ lock:
 
 install: $(STAMP)
 
+# KEEP=1 keeps the services and the dashboard running after the run, until Ctrl-C.
 demo: install
-	$(BIN)/python -m devstack.demo
+	$(BIN)/python -m devstack.demo $(if $(KEEP),--keep,)
 
 test: install browser lint
 	$(BIN)/python -m pytest -q

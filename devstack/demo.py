@@ -9,8 +9,11 @@ outlives the run; tears everything down. Exits non-zero if a job that should hav
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import secrets
 import sys
 import time
 import uuid
@@ -38,6 +41,16 @@ PROMPTS: list[tuple[str, str, str]] = [
 MODERATION_WORD = "forbidden"
 DEADLINE_S = 240.0
 DEMO_DIR = services.REPO_ROOT / "var" / "demo"
+
+
+def _write_token(token: str) -> Path:
+    """The dashboard's sign-in token, readable by this user only (never printed)."""
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    path = DEMO_DIR / "dashboard.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return path
 
 
 def _size(size: int) -> str:
@@ -72,7 +85,14 @@ def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
     return table
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the services (and the dashboard) running until Ctrl-C (make demo KEEP=1)",
+    )
+    args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 150)
     with services.terminate_on_signals(), services.LocalStack() as stack:
         console.print("[bold]Starting private services[/] (Redis, S3 server, simulator, web, 3 workers)…")
@@ -83,6 +103,7 @@ def main() -> int:
         )
         web_socket = services.reserve_port()
         web_port = web_socket.getsockname()[1]
+        token = secrets.token_urlsafe(24)
         env = services.deployment_env(
             redis_url=redis_url,
             s3=s3,
@@ -92,7 +113,7 @@ def main() -> int:
                 "IMAGINEQ_REDIS_PREFIX": f"demo-{uuid.uuid4().hex[:8]}",
                 # The simulator calls the web back when a video is ready; polling is only a safety net.
                 "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
-                "IMAGINEQ_INGRESS_TOKENS": json.dumps([uuid.uuid4().hex]),
+                "IMAGINEQ_INGRESS_TOKENS": json.dumps([token]),
             },
         )
         web = services.start_web(stack, env, sock=web_socket)
@@ -136,6 +157,15 @@ def main() -> int:
         console.print(f"Copied out of S3 (they outlive the demo; [bold]rm -rf {DEMO_DIR}[/] cleans up):")
         for path in copies:
             console.print(f"  {path}")
+        token_file = _write_token(token)
+        console.print(
+            f"Dashboard: [bold]{web.url}/[/] (sign in with the token in {token_file}); "
+            + ("the services run until Ctrl-C." if args.keep else "to keep it open after the run: make demo KEEP=1")
+        )
+        if args.keep:
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(service.alive() for service in stack.services):
+                    time.sleep(1)
         console.print("Tearing down the private services…")
     return 0
 
