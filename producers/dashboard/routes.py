@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
@@ -258,38 +258,26 @@ def job_page(request: Request, dashboard: DashboardDep, session: SessionDep, job
     )
 
 
-@router.post("/jobs/{job_id}/cancel")
-def cancel(
+@router.post("/jobs/{job_id}/{action}")
+def act(
     request: Request,
     dashboard: DashboardDep,
     session: SessionDep,
     job_id: str,
+    action: Literal["cancel", "resubmit"],
     csrf: Annotated[str | None, Form(max_length=128)] = None,
 ) -> Response:
+    """Cancel a queued job, or queue a failed one again; the job's page then says what happened."""
     check_action(request, session, csrf)
     job = visible_job(dashboard, session, job_id)
     try:
-        dashboard.web.producer.cancel(job.id, by=f"from the dashboard by {session.principal.name}")
-        notice = "Canceled."
-    except NotCancelable as error:
-        notice = str(error)
-    return RedirectResponse(f"/jobs/{job.id}?{urlencode({'notice': notice})}", status_code=303)
-
-
-@router.post("/jobs/{job_id}/resubmit")
-def resubmit(
-    request: Request,
-    dashboard: DashboardDep,
-    session: SessionDep,
-    job_id: str,
-    csrf: Annotated[str | None, Form(max_length=128)] = None,
-) -> Response:
-    check_action(request, session, csrf)
-    job = visible_job(dashboard, session, job_id)
-    try:
-        dashboard.web.producer.resubmit(job)
-        notice = "Queued again."
-    except ValueError as error:
+        if action == "cancel":
+            dashboard.web.producer.cancel(job.id, by=f"from the dashboard by {session.principal.name}")
+            notice = "Canceled."
+        else:
+            dashboard.web.producer.resubmit(job)
+            notice = "Queued again."
+    except (NotCancelable, ValueError) as error:
         notice = str(error)
     return RedirectResponse(f"/jobs/{job.id}?{urlencode({'notice': notice})}", status_code=303)
 
