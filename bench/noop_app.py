@@ -48,8 +48,10 @@ def _s3() -> Any:
         "s3",
         endpoint_url=settings.s3.endpoint_url,
         region_name=settings.s3.region,
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
+        aws_access_key_id=settings.s3.access_key_id.get_secret_value() if settings.s3.access_key_id else None,
+        aws_secret_access_key=settings.s3.secret_access_key.get_secret_value()
+        if settings.s3.secret_access_key
+        else None,
     )
 
 
