@@ -336,6 +336,9 @@ class Settings(BaseSettings):
     #: Serve the interactive API docs (``/docs``, from local files) and ``/openapi.json``.
     docs_enabled: bool = False
     dashboard: DashboardSettings = DashboardSettings()
+    #: Entries the events stream keeps (``GET /v1/events``, ``imagineq watch``), about: a client away for
+    #: longer than that many job endings is told it missed some (an ``events-lost`` event).
+    events_max_len: int = Field(default=100_000, ge=1000)
     #: A request's headers must be complete this long after its connection opened (or the last response).
     web_header_timeout_s: float = Field(default=10.0, gt=0)
     #: How long ``/healthz`` reuses its last worker ping (a ping waits up to 0.5 s for replies).

@@ -205,6 +205,61 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    """Print the events stream: a line (or a JSON object) per job that ends and per batch done."""
+    from typing import cast
+
+    from producers.api import Producer
+    from workers.events import Event, valid_event_id
+
+    if args.after is not None and not valid_event_id(args.after):
+        print("error: --after must be an event id such as 1733000000000-0", file=sys.stderr)
+        return EXIT_USAGE
+    producer = Producer()
+    key = producer.keys.events()
+    cursor = args.after
+    if cursor is None:
+        newest = cast("list[tuple[str, dict[str, str]]]", producer.redis.xrevrange(key, count=1))
+        cursor = newest[0][0] if newest else "0-0"
+    shown = 0
+    try:
+        while args.count is None or shown < args.count:
+            reply = cast("list[Any]", producer.redis.xread({key: cursor}, count=200, block=5000) or [])
+            for _, entries in reply:
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    event = Event.of(entry_id, fields)
+                    if not event.matches(batch=args.batch, job=args.job, owner=None):
+                        continue
+                    print(_event_line(producer, event, as_json=args.json), flush=True)
+                    shown += 1
+                    if args.count is not None and shown >= args.count:
+                        return EXIT_OK
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _event_line(producer: Any, event: Any, *, as_json: bool) -> str:
+    job = producer.get(event.job_id) if event.job_id else None
+    if as_json:
+        data = event.to_dict()
+        if job is not None:
+            data["job"] = {k: v for k, v in job.to_dict().items() if k != "extra"}
+        return json.dumps(data, ensure_ascii=False)
+    when = time.strftime("%H:%M:%S", time.gmtime(event.at))
+    if event.job_id is None:
+        return f"{when}  {event.type:16} batch {event.batch_id}"
+    if job is None:
+        detail = ""
+    elif job.reason:
+        detail = f"{job.reason}: {job.error}"
+    else:
+        detail = job.s3_uri or ""
+    batch = f"  batch {event.batch_id}" if event.batch_id else ""
+    return f"{when}  {event.type:16} job {event.job_id}{batch}  {detail}".rstrip()
+
+
 def _cmd_simulator(rest: Sequence[str]) -> int:
     # A process of its own, not an import: the simulator stands apart from the producers.
     return subprocess.call([sys.executable, "-m", "simulator", *rest])
@@ -255,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
     fetch.add_argument("path", nargs="?", default=None, help="file or folder to write (default ./JOB_ID.mp4)")
     fetch.set_defaults(handler=_cmd_fetch)
+
+    watch = commands.add_parser("watch", help="print events as jobs end and batches finish (Ctrl-C stops)")
+    watch.add_argument("--batch", default=None, help="only this batch's events")
+    watch.add_argument("--job", default=None, help="only this job's events (its full id)")
+    watch.add_argument("--after", default=None, help="start after this event id (default: from now on)")
+    watch.add_argument("--count", type=int, default=None, help="stop after this many events")
+    watch.add_argument("--json", action="store_true", help="one JSON object per event")
+    watch.set_defaults(handler=_cmd_watch)
 
     commands.add_parser("simulator", help="run the Apikley simulator (see `imagineq simulator --help`)", add_help=False)
     demo = commands.add_parser("demo", help="run the end-to-end demo on private local services")

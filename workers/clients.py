@@ -37,7 +37,11 @@ class Clients:
         """``client`` when given (tests, a caller sharing its own), else a new one from settings."""
         client = client if client is not None else redis_client(settings)
         keys = Keys(settings.redis_prefix)
-        return cls(client, keys, JobStore(client, keys, terminal_ttl_s=settings.job_ttl_s))
+        return cls(
+            client,
+            keys,
+            JobStore(client, keys, terminal_ttl_s=settings.job_ttl_s, events_max_len=settings.events_max_len),
+        )
 
 
 def as_text(value: Any) -> str:

@@ -97,12 +97,15 @@ def _states(expect: JobState | Iterable[JobState] | None) -> frozenset[JobState]
 class JobStore:
     """Create, read and move jobs; all writes are atomic Lua scripts timed by the Redis clock."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, terminal_ttl_s: int = 30 * 86400) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, terminal_ttl_s: int = 30 * 86400, events_max_len: int = 100_000
+    ) -> None:
         if terminal_ttl_s < 1:
             raise ValueError("terminal_ttl_s must be at least 1")
         self._client = client
         self._keys = keys
         self.terminal_ttl_s = terminal_ttl_s
+        self.events_max_len = events_max_len
         self._create = load_script(client, "job_create")
         self._transition = load_script(client, "job_transition")
         self._update = load_script(client, "job_update")
@@ -304,6 +307,9 @@ class JobStore:
             *(state.value for state in froms),
             *_field_args(fields, incr),
         ]
+        if to.terminal:  # the job's end is recorded in the events stream, in the same step
+            keys.append(self._keys.events())
+            args += ["1", str(self.events_max_len)]
         if pipe is not None:
             self._transition(keys, args, client=pipe)
             return True

@@ -55,6 +55,11 @@ class Keys:
         """String with expiry: a signed ``(taskId, timestamp, signature)`` already accepted once."""
         return f"{self.prefix}:callback-seen:{digest}"
 
+    def events(self) -> str:
+        """Stream: one entry per job that ended (``job.<state>``) and per batch done (``batch.completed``),
+        fields ``type job batch owner at``; trimmed to about ``Settings.events_max_len`` entries."""
+        return f"{self.prefix}:events"
+
     def state_index(self, state: str) -> str:
         """Sorted set: job ids in ``state``, scored by the time they entered it (ms)."""
         return f"{self.prefix}:state:{state}"

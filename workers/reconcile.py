@@ -112,7 +112,9 @@ class Reconciler:
         self.lost_min_age_s = rt.settings.reconcile_lost_min_age_s if lost_min_age_s is None else lost_min_age_s
         self.app = celery_app
         self.settings = rt.settings
-        self.batches = BatchStore(rt.redis, rt.keys, terminal_ttl_s=rt.settings.job_ttl_s)
+        self.batches = BatchStore(
+            rt.redis, rt.keys, terminal_ttl_s=rt.settings.job_ttl_s, events_max_len=rt.settings.events_max_len
+        )
         s3, http = rt.settings.s3, rt.settings.http
         self.files = files or Files(lambda: build_s3_client(s3, http))
         self.counts: Counter[str] = Counter()

@@ -94,7 +94,9 @@ class DashboardData:
         self.web = web
         self.reader = StatusReader(web.settings, client=web.redis)
         self.credits = Credits(self.reader)
-        self.batches = BatchStore(web.redis, web.keys)
+        self.batches = BatchStore(
+            web.redis, web.keys, terminal_ttl_s=web.settings.job_ttl_s, events_max_len=web.settings.events_max_len
+        )
 
     # -- overview -------------------------------------------------------------------------------------
     def overview(self, *, failures: int = 10) -> Overview:

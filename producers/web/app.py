@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from config.settings import Settings, get_settings
 from producers.web.body_limit import BodyLimit
 from producers.web.context import Web
+from producers.web.events_routes import router as events_router
 from producers.web.handlers import method_not_allowed, validation_error
 from producers.web.jobs_routes import router as jobs_router
 from producers.web.models import Problem
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
     app.include_router(jobs_router)
+    app.include_router(events_router)
     app.include_router(ops_router)
     app.router.add_event_handler("shutdown", web.close)
     if settings.docs_enabled:

@@ -66,7 +66,9 @@ class BatchSubmitter:
         self.settings = settings or get_settings()
         clients = Clients.build(self.settings, client)
         self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
-        self.batches = BatchStore(self.redis, self.keys, terminal_ttl_s=self.settings.job_ttl_s)
+        self.batches = BatchStore(
+            self.redis, self.keys, terminal_ttl_s=self.settings.job_ttl_s, events_max_len=self.settings.events_max_len
+        )
         s3, http = self.settings.s3, self.settings.http
         self.files = files or Files(lambda: build_s3_client(s3, http))
 

@@ -158,10 +158,13 @@ class LineEntry:
 class BatchStore:
     """Create, advance, count and finish batches; see the module docstring for the layout."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, terminal_ttl_s: int = 30 * 86400) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, terminal_ttl_s: int = 30 * 86400, events_max_len: int = 100_000
+    ) -> None:
         self._client = client
         self._keys = keys
         self.terminal_ttl_s = terminal_ttl_s
+        self.events_max_len = events_max_len
         self._settle = load_script(client, "batch_settle")
 
     # -- reading ------------------------------------------------------------------------------------
@@ -327,6 +330,12 @@ class BatchStore:
                 pipe.srem(self._keys.batches_active(), batch_id)
                 for key in (self._keys.batch(batch_id), self._keys.batch_jobs(batch_id)):
                     pipe.expire(key, ttl)
+                pipe.xadd(
+                    self._keys.events(),
+                    {"type": "batch.completed", "job": "", "batch": batch_id, "owner": "", "at": repr(self._now())},
+                    maxlen=self.events_max_len,
+                    approximate=True,
+                )
                 pipe.execute()
         finally:
             self._release(lock, token)

@@ -21,9 +21,12 @@
 --   then     s, then s pairs field, value to HSET
 --   then     d, then d field names to HDEL
 --   then     c, then c pairs field, increment to HINCRBY
+--   then     e: 1 when the target is terminal and an event is to be recorded, then the stream's
+--            approximate maximum length; the stream is then the LAST key ( <prefix>:events )
 -- Effects (all or nothing): state = target, at_<target> and updated_at = Redis TIME (float s), the fields;
 --   the id moves from its current state index to the target's (score = ms); task index SET EX when task_id
---   is written; expiry as above.
+--   is written; expiry as above; for a terminal target, an entry ``type job.<to>, job, batch, owner, at``
+--   added to the events stream in the same step (so no job ends without its event).
 -- Returns: 1 done; 0 refused (job missing, or its state not among ARGV[7..6+n]) with nothing written.
 
 local job, id, to = KEYS[1], ARGV[1], ARGV[2]
@@ -83,6 +86,12 @@ a = a + d + 1
 local c = tonumber(ARGV[a])
 for i = a + 1, a + 2 * c, 2 do
   redis.call('HINCRBY', job, ARGV[i], ARGV[i + 1])
+end
+a = a + 2 * c + 1
+if tonumber(ARGV[a] or '0') == 1 then
+  local about = redis.call('HMGET', job, 'batch_id', 'owner')
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', ARGV[a + 1], '*', 'type', 'job.' .. to, 'job', id,
+    'batch', about[1] or '', 'owner', about[2] or '', 'at', now)
 end
 
 redis.call('ZREM', from_index, id)
