@@ -31,7 +31,9 @@ from config.settings import Settings
 SUBMIT_QUEUE = "submit"
 POLL_QUEUE = "poll"
 STORE_QUEUE = "store"
-QUEUES = (SUBMIT_QUEUE, POLL_QUEUE, STORE_QUEUE)
+#: Outbound webhooks (workers/notify): deliveries, and the dispatcher in the workers consuming it.
+NOTIFY_QUEUE = "notify"
+QUEUES = (SUBMIT_QUEUE, POLL_QUEUE, STORE_QUEUE, NOTIFY_QUEUE)
 
 #: Redis-transport priorities: lower is served first.
 PRIORITY_INTERACTIVE = 0
@@ -43,6 +45,7 @@ TASK_SUBMIT = "imagineq.submit"
 TASK_POLL = "imagineq.poll"
 TASK_STORE = "imagineq.store"
 TASK_RECONCILE = "imagineq.reconcile"
+TASK_DELIVER = "imagineq.deliver"
 #: The nightly pickup of batch files from the inbox (beat, ``nightly_cron``).
 TASK_INBOX = "imagineq.batch_inbox"
 
@@ -135,6 +138,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_POLL: {"queue": POLL_QUEUE},
             TASK_STORE: {"queue": STORE_QUEUE},
             TASK_RECONCILE: {"queue": POLL_QUEUE},
+            TASK_DELIVER: {"queue": NOTIFY_QUEUE},
             TASK_INBOX: {"queue": POLL_QUEUE},
         },
         "task_create_missing_queues": False,

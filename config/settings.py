@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -178,6 +179,68 @@ class HttpSettings(BaseModel):
     user_agent: str = "Mozilla/5.0 (compatible; ImagineQ/0.1; +https://github.com/imagineq)"
 
 
+#: What an endpoint may subscribe to (the events stream's types, ``workers.events``).
+EVENT_TYPES = ("job.stored", "job.failed", "job.expired", "job.canceled", "batch.completed")
+
+
+class WebhookEndpoint(BaseModel):
+    """Where a principal's events are POSTed, signed with this endpoint's own secret (Standard Webhooks)."""
+
+    model_config = {"frozen": True}
+
+    url: str = Field(min_length=8, max_length=2048)
+    #: ``whsec_`` + base64, as Standard Webhooks libraries make and read it.
+    secret: SecretStr
+    events: list[str] = Field(default_factory=lambda: list(EVENT_TYPES))
+
+    _secret_not_blank = field_validator("secret")(_secret_not_blank)
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, events: list[str]) -> list[str]:
+        unknown = sorted(set(events) - set(EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
+        return events
+
+    @field_validator("url")
+    @classmethod
+    def _web_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            raise ValueError("must be an http:// or https:// URL with a host and no user info")
+        return url
+
+
+class NotifySettings(BaseModel):
+    """Outbound webhooks (``workers.notify``): how deliveries are signed, sent and retried."""
+
+    #: The secret a job's own ``notify_url`` is signed with (``whsec_…``); without it no job may set one.
+    signing_secret: SecretStr | None = None
+    #: A delivery is retried (exponential backoff with jitter) for this long after its first attempt.
+    retry_for_s: float = Field(default=86400.0, gt=0)
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=600.0, gt=0)
+    #: Connect and read timeout of one attempt; the answer's body is read up to ``max_response_bytes``.
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    #: After this many failures in a row an endpoint is left alone (its deliveries wait) for
+    #: ``breaker_open_s``, doubling each time it fails again, up to ``backoff_max_s``.
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_s: float = Field(default=30.0, gt=0)
+    #: Put a presigned URL of the stored video in ``job.stored`` payloads, valid this long.
+    include_video_url: bool = False
+    video_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    #: Networks a receiver may be in although they are not public (e.g. ``["127.0.0.0/8"]`` for a local
+    #: receiver); every other loopback, private, link-local or reserved address is refused.
+    allow_networks: list[str] = []
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _signing_secret_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _secret_not_blank(value)
+
+
 class PrincipalSettings(BaseModel):
     """Who may use the HTTP ingress: a named principal, its bearer token, what it may see and send."""
 
@@ -194,6 +257,8 @@ class PrincipalSettings(BaseModel):
     max_live_jobs: int = Field(default=10_000, ge=1)
     #: Metadata bytes (as JSON) in one request, all its jobs together.
     max_metadata_bytes: int = Field(default=1024 * 1024, ge=0)
+    #: Where this principal's events are POSTed (its jobs'; ``batch.completed`` for an admin).
+    webhooks: list[WebhookEndpoint] = []
 
     _token_not_blank = field_validator("token")(_secret_not_blank)
 
@@ -336,6 +401,7 @@ class Settings(BaseSettings):
     #: Serve the interactive API docs (``/docs``, from local files) and ``/openapi.json``.
     docs_enabled: bool = False
     dashboard: DashboardSettings = DashboardSettings()
+    notify: NotifySettings = NotifySettings()
     #: Entries the events stream keeps (``GET /v1/events``, ``imagineq watch``), about: a client away for
     #: longer than that many job endings is told it missed some (an ``events-lost`` event).
     events_max_len: int = Field(default=100_000, ge=1000)

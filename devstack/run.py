@@ -4,7 +4,7 @@ Starts the backing services with :class:`~devstack.services.LocalStack` (free po
 end), writes an env file with the ``IMAGINEQ_*`` settings pointing at them (plus ``PORT`` for ``web``,
 ``FLOWER_*``, a random ingress token and Flower password), then runs::
 
-    honcho start -f Procfile -e ENV_FILE web submit poll store beat flower
+    honcho start -f Procfile -e ENV_FILE web submit poll store notify beat flower
 
 The simulator is started here on a free port rather than through honcho (the Procfile's ``simulator``
 entry binds the fixed port 8900). Upstream callbacks go to the ``web`` process.
@@ -43,7 +43,7 @@ from devstack import services
 from devstack.services import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
-PROCESSES = ("web", "submit", "poll", "store", "beat", "flower")
+PROCESSES = ("web", "submit", "poll", "store", "notify", "beat", "flower")
 DEFAULT_ENV_FILE = Path(tempfile.gettempdir()) / "imagineq-run.env"
 DEFAULT_DATA_DIR = ROOT / "var" / "run"
 FLOWER_DEFAULT_PORT = 5555

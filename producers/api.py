@@ -83,6 +83,7 @@ class Producer:
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         priority: Priority | str = Priority.INTERACTIVE,
+        notify_url: str | None = None,
     ) -> Job:
         """Validate, write the job, publish its chain. The same idempotency key returns the same job."""
         request = JobRequest(
@@ -92,6 +93,7 @@ class Producer:
             metadata=dict(metadata or {}),
             priority=Priority(priority),
             idempotency_key=idempotency_key,
+            notify_url=notify_url,
         )
         return self.enqueue_many([request])[0]
 
@@ -205,6 +207,10 @@ class Producer:
             request = item if isinstance(item, JobRequest) else JobRequest.from_mapping(item)
             request.validate()
             check_producer_key(request)
+            if request.notify_url and self.settings.notify.signing_secret is None:
+                raise ValidationError(
+                    "notify_url", "needs IMAGINEQ_NOTIFY__SIGNING_SECRET (the secret its deliveries are signed with)"
+                )
         except ValidationError as error:
             if index or not isinstance(item, JobRequest):
                 raise ValidationError(f"requests[{index}].{error.field}", error.message) from None

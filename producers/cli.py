@@ -44,6 +44,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         aspect_ratio=args.aspect_ratio,
         mode=args.mode,
         idempotency_key=args.idempotency_key,
+        notify_url=args.notify_url,
     )
     # The id at once (on stderr with --json, which keeps stdout one JSON document).
     print(f"job {job.id} {job.state.value}", file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -99,11 +100,23 @@ def _follow(producer: Any, job: Any, *, timeout_s: float, out: Any) -> Any:
 
 def _cmd_job(args: argparse.Namespace) -> int:
     from producers.api import Producer
+    from workers.notify.store import delivery_log
 
-    job = find_job(Producer(), args.job_id)
+    producer = Producer()
+    job = find_job(producer, args.job_id)
     if job is None:
         return EXIT_FAILED
-    print(json.dumps(job.to_dict(), indent=2) if args.json else _job_table(job))
+    deliveries = delivery_log(producer.redis, producer.keys, job.id)
+    if args.json:
+        print(json.dumps({**job.to_dict(), "deliveries": deliveries}, indent=2))
+        return EXIT_OK
+    print(_job_table(job))
+    for entry in deliveries:
+        outcome = entry.get("status") or entry.get("error")
+        print(
+            f"{'webhook':8} {entry.get('event')} → {entry.get('url')} attempt {entry.get('attempt')}: "
+            f"{outcome} ({entry.get('latency_ms')} ms){' ' + entry['error'] if entry.get('error') else ''}"
+        )
     return EXIT_OK
 
 
@@ -281,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--aspect-ratio", default="2:3", help="2:3 (default), 3:2 or 1:1")
     submit.add_argument("--mode", default="normal", help="fun, normal (default) or spicy")
     submit.add_argument("--idempotency-key", default=None, help="the same key returns the same job")
+    submit.add_argument("--notify-url", default=None, help="POST the job's end there (signed webhook)")
     submit.add_argument("--wait", action="store_true", help="wait until the job is terminal")
     submit.add_argument("--timeout", type=float, default=1200.0, help="seconds to --wait (default 1200)")
     submit.add_argument("--json", action="store_true", help="print the job record as JSON")

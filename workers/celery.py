@@ -21,6 +21,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.update(beat_config(settings))
     app.conf.imports = ("workers.tasks", "workers.reconcile", "workers.batch.nightly")
+    from workers.notify.dispatch import DispatchStep
+
+    app.steps["worker"].add(DispatchStep)  # active only in workers that consume the notify queue
     return app
 
 

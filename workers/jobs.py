@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum, StrEnum
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from workers.errors import ValidationError
 
@@ -143,6 +144,8 @@ class JobRequest:
     #: The ingress principal that enqueued the job (set by the web, never by the caller); its
     #: idempotency keys are its own.
     owner: str | None = None
+    #: Where to POST this job's end (signed webhooks: ``workers.notify``), besides its principal's endpoints.
+    notify_url: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`~workers.errors.ValidationError` naming the first bad field."""
@@ -172,6 +175,8 @@ class JobRequest:
         _optional_key("idempotency_key", self.idempotency_key)
         _optional_key("batch_id", self.batch_id)
         _optional_key("owner", self.owner)
+        if self.notify_url is not None:
+            check_notify_url("notify_url", self.notify_url)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> JobRequest:
@@ -204,6 +209,26 @@ class JobRequest:
         return request
 
 
+NOTIFY_URL_MAX_CHARS: Final = 2048
+
+
+def check_notify_url(name: str, url: object) -> None:
+    """A webhook URL: http(s), a host, no user info (credentials belong in the signature, not the URL)."""
+    if not isinstance(url, str):
+        raise ValidationError(name, f"must be a string (got {_type_name(url)})")
+    if len(url) > NOTIFY_URL_MAX_CHARS:
+        raise ValidationError(name, f"must be at most {NOTIFY_URL_MAX_CHARS} characters (got {len(url)})")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(name, f"must be an http:// or https:// URL with a host (got {url[:80]!r})")
+    if parts.username is not None or parts.password is not None:
+        raise ValidationError(name, "must not carry a user name or password")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValidationError(name, "has an invalid port") from None
+
+
 #: Counters kept on the record (``JobStore.incr``); absent means 0.
 COUNTER_FIELDS: Final = ("attempts", "submit_attempts", "poll_errors", "store_attempts")
 _INT_FIELDS: Final = frozenset({*COUNTER_FIELDS, "size"})
@@ -215,6 +240,7 @@ _STR_FIELDS: Final = frozenset(
         "idempotency_key",
         "batch_id",
         "owner",
+        "notify_url",
         "account",
         "task_id",
         "reason",
@@ -253,6 +279,8 @@ class Job:
     batch_id: str | None = None
     #: The ingress principal that enqueued the job (None: the Python API, the CLI, a batch file).
     owner: str | None = None
+    #: Where this job's end is POSTed (besides its principal's webhook endpoints).
+    notify_url: str | None = None
     #: Name of the upstream account the job was submitted on (never the key).
     account: str | None = None
     #: The upstream taskId.
@@ -296,6 +324,7 @@ class Job:
             idempotency_key=self.idempotency_key,
             batch_id=self.batch_id,
             owner=self.owner,
+            notify_url=self.notify_url,
         )
 
     @classmethod
@@ -312,6 +341,7 @@ class Job:
             idempotency_key=request.idempotency_key,
             batch_id=request.batch_id,
             owner=request.owner,
+            notify_url=request.notify_url,
             created_at=created_at,
             updated_at=created_at,
             timestamps={JobState.QUEUED.value: created_at},

@@ -60,6 +60,27 @@ class Keys:
         fields ``type job batch owner at``; trimmed to about ``Settings.events_max_len`` entries."""
         return f"{self.prefix}:events"
 
+    # -- outbound webhooks (workers/notify) -------------------------------------------------------------
+    def delivery(self, delivery_id: str) -> str:
+        """Hash: one event's delivery to one endpoint (what, where, attempts, outcome)."""
+        return f"{self.prefix}:delivery:{delivery_id}"
+
+    def deliveries_due(self) -> str:
+        """Sorted set: deliveries waiting for their next attempt (score = when, ms)."""
+        return f"{self.prefix}:deliveries:due"
+
+    def deliveries_sending(self) -> str:
+        """Sorted set: deliveries a worker is sending (score = when that worker is presumed dead, ms)."""
+        return f"{self.prefix}:deliveries:sending"
+
+    def endpoint_breaker(self, url_digest: str) -> str:
+        """Hash: an endpoint's failures in a row and until when it is left alone (its circuit breaker)."""
+        return f"{self.prefix}:endpoint:{url_digest}"
+
+    def job_deliveries(self, job_id: str) -> str:
+        """List: the job's delivery log, newest first (one JSON entry per attempt)."""
+        return f"{self.job(job_id)}:deliveries"
+
     def state_index(self, state: str) -> str:
         """Sorted set: job ids in ``state``, scored by the time they entered it (ms)."""
         return f"{self.prefix}:state:{state}"

@@ -25,6 +25,7 @@ from producers.dashboard.sessions import COOKIE, Session, SessionStore, csrf_ok
 from producers.web.context import Web
 from producers.web.principals import may_see
 from workers.jobs import KEY_MAX_CHARS, Job, JobState
+from workers.notify.store import delivery_log
 from workers.storage import build_s3_client
 from workers.storage.sidecar import read_sidecar
 
@@ -252,6 +253,7 @@ def job_page(request: Request, dashboard: DashboardDep, session: SessionDep, job
         session,
         job=job,
         steps=timeline(job),
+        deliveries=delivery_log(dashboard.web.redis, dashboard.web.keys, job.id),
         sidecar=sidecar,
         video=video,
         notice=request.query_params.get("notice"),

@@ -34,6 +34,7 @@ from workers.jobs import (
     JobRequest,
     JobState,
 )
+from workers.notify.store import delivery_log
 
 router = APIRouter()
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -107,7 +108,9 @@ def post_jobs(
     summary="One job",
 )
 def get_job(web: WebDep, caller: Caller, job_id: JobId) -> JobView:
-    return JobView.of(job_or_404(web, caller, job_id))
+    view = JobView.of(job_or_404(web, caller, job_id))
+    view.deliveries = delivery_log(web.redis, web.keys, job_id)
+    return view
 
 
 @router.get(

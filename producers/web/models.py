@@ -10,6 +10,7 @@ from workers.jobs import (
     ASPECT_RATIOS,
     KEY_MAX_CHARS,
     MODES,
+    NOTIFY_URL_MAX_CHARS,
     PROMPT_MAX_CHARS,
     Job,
     JobState,
@@ -47,6 +48,8 @@ class JobIn(BaseModel):
     priority: Priority = Priority.INTERACTIVE
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=KEY_MAX_CHARS)
     batch_id: str | None = Field(default=None, min_length=1, max_length=KEY_MAX_CHARS)
+    #: Where this job's end is POSTed, signed (Standard Webhooks), besides the principal's endpoints.
+    notify_url: str | None = Field(default=None, min_length=8, max_length=NOTIFY_URL_MAX_CHARS)
 
     @field_validator("prompt")
     @classmethod
@@ -88,6 +91,9 @@ class JobView(BaseModel):
     updated_at: float
     #: State → when the job last entered it (seconds since the epoch, Redis clock).
     timestamps: dict[str, float]
+    notify_url: str | None = None
+    #: Webhook delivery attempts, oldest first (on ``GET /v1/jobs/{id}`` only).
+    deliveries: list[dict[str, Any]] | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobView:

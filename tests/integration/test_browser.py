@@ -70,7 +70,7 @@ def test_flowers_broker_tab_shows_each_queues_length(tmp_path: Path, chromium: B
             # Then: the Broker tab names the broker and shows every queue with its length.
             expect(session.page.get_by_text("not supported")).to_have_count(0)
             expect(session.page.locator("table")).to_contain_text("submit")
-            assert broker_rows(session) == {"poll": 0, "store": 0, "submit": 7}
+            assert broker_rows(session) == {"notify": 0, "poll": 0, "store": 0, "submit": 7}
             assert "redis://" in session.page.content()
             session.screenshot("flower-broker")
 

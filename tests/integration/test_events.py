@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -134,7 +134,7 @@ def test_a_tenant_gets_its_own_jobs_events_and_filters_narrow_them(dep: Deployme
 
 def test_imagineq_watch_prints_the_events_after_an_id(dep: Deployment):
     client = redis.Redis.from_url(dep.settings.redis_url, decode_responses=True)
-    newest = client.xrevrange(dep.producer.keys.events(), count=1)
+    newest = cast("list[Any]", client.xrevrange(dep.producer.keys.events(), count=1))
     after = newest[0][0] if newest else "0-0"
     jobs = dep.wait_all(dep.producer.enqueue_many([{"prompt": f"Watched, take {i}"} for i in range(2)]))
 

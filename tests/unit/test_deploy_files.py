@@ -30,8 +30,8 @@ from config.celery import POLL_TIME_LIMIT_S, SUBMIT_TIME_LIMIT_S
 from config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = ("web", "submit", "poll", "store", "beat", "flower", "simulator")
-WORKERS = ("submit", "poll", "store")
+PROCESSES = ("web", "submit", "poll", "store", "notify", "beat", "flower", "simulator")
+WORKERS = ("submit", "poll", "store", "notify")
 #: Compose commands allowed to extend their Procfile line, and with what.
 COMPOSE_EXTRA_ARGS = {
     # Bound to 0.0.0.0 the simulator would hand out result URLs on 127.0.0.1, unreachable from workers.

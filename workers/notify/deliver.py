@@ -1,0 +1,170 @@
+"""One delivery attempt: breaker, payload, Standard Webhooks signature, a guarded POST, its outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from standardwebhooks.webhooks import Webhook
+
+from config.settings import Settings, redact_url
+from workers.jobs import Job, JobState
+from workers.jobstore import JobStore
+from workers.notify.store import Delivery, DeliveryStore
+from workers.notify.targets import secret_for
+from workers.storage.destinations import AddressPolicy, RefusedDestination, guarded_session
+
+log = logging.getLogger("imagineq.notify")
+USER_AGENT = "ImagineQ-Webhooks/1"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    status: int | None
+    latency_ms: float
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class Notifier:
+    """Sends deliveries for one worker process (one pooled, guarded HTTP session)."""
+
+    def __init__(self, settings: Settings, store: DeliveryStore, jobs: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.jobs = jobs
+        self.session = guarded_session(
+            AddressPolicy.of(settings.notify.allow_networks), user_agent=USER_AGENT, pool_maxsize=32
+        )
+        self._presigner: Any = None
+
+    def deliver(self, delivery_id: str) -> None:
+        delivery = self.store.get(delivery_id)
+        if delivery is None or delivery.status != "pending":
+            return  # expired, or already done: a redelivered task
+        open_until = self.store.breaker_open_until(delivery.url)
+        if open_until > self.store.now_ms():
+            self.store.defer(delivery, open_until)
+            return
+        secret = secret_for(delivery.ref, delivery.url, self.settings)
+        if secret is None:
+            self._record(delivery, 0, Attempt(None, 0.0, "the endpoint is no longer configured"))
+            self.store.finish(delivery, status="failed")
+            return
+        timeout_s = self.settings.notify.timeout_s
+        attempt_no = self.store.sending(delivery, lease_s=2 * timeout_s + 10)
+        attempt = self.post(delivery, secret)
+        self._record(delivery, attempt_no, attempt)
+        self.store.endpoint_result(delivery.url, attempt.ok)
+        if attempt.ok:
+            self.store.finish(delivery, status="delivered")
+            return
+        retry_at = self.store.next_attempt_ms(delivery, attempt_no)
+        if retry_at is None:
+            log.warning(
+                "delivery %s to %s given up after %d attempts", delivery.id, redact_url(delivery.url), attempt_no
+            )
+            self.store.finish(delivery, status="failed")
+        else:
+            self.store.finish(delivery, status="pending", retry_at_ms=retry_at)
+
+    # -- the request -------------------------------------------------------------------------------
+    def post(self, delivery: Delivery, secret: str) -> Attempt:
+        body = json.dumps(self.payload(delivery), ensure_ascii=False, separators=(",", ":"))
+        message_id = f"evt_{delivery.event}"
+        now = datetime.now(tz=UTC)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": Webhook(secret).sign(message_id, now, body),
+        }
+        limits = self.settings.notify
+        started = time.perf_counter()
+        try:
+            with self.session.post(
+                delivery.url,
+                data=body.encode(),
+                headers=headers,
+                timeout=(limits.timeout_s, limits.timeout_s),
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                for _ in response.iter_content(chunk_size=8192):  # read (and drop) up to the cap
+                    if response.raw.tell() > limits.max_response_bytes:
+                        break
+                status = response.status_code
+        except RefusedDestination as error:
+            return Attempt(None, _ms(started), f"refused before connecting: {error}")
+        except requests.RequestException as error:
+            return Attempt(None, _ms(started), f"{type(error).__name__}: {_short(str(error))}")
+        latency = _ms(started)
+        if 300 <= status < 400:
+            return Attempt(status, latency, "redirect not followed")
+        return Attempt(status, latency, None if 200 <= status < 300 else f"HTTP {status}")
+
+    def payload(self, delivery: Delivery) -> dict[str, Any]:
+        data: dict[str, Any] = {"event_id": delivery.event, "batch_id": delivery.batch_id}
+        if delivery.job_id is not None:
+            job = self.jobs.get(delivery.job_id)
+            data["job"] = public_view(job) if job is not None else {"id": delivery.job_id}
+            if job is not None and self.settings.notify.include_video_url and job.state is JobState.STORED:
+                data["video_url"] = self._video_url(job)
+        return {
+            "type": delivery.type,
+            "timestamp": datetime.fromtimestamp(delivery.at, tz=UTC).isoformat(),
+            "data": data,
+        }
+
+    def _video_url(self, job: Job) -> str | None:
+        if not job.s3_uri:
+            return None
+        if self._presigner is None:
+            from workers.storage import build_s3_client
+
+            self._presigner = build_s3_client(self.settings.s3, self.settings.http)
+        bucket, _, key = job.s3_uri.removeprefix("s3://").partition("/")
+        ttl = self.settings.notify.video_url_ttl_s
+        params = {"Bucket": bucket, "Key": key}
+        return str(self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl))
+
+    def _record(self, delivery: Delivery, attempt_no: int, attempt: Attempt) -> None:
+        if delivery.job_id is None:
+            return
+        self.store.log(
+            delivery.job_id,
+            {
+                "event": delivery.type,
+                "event_id": delivery.event,
+                "endpoint": delivery.ref,
+                "url": redact_url(delivery.url),
+                "attempt": attempt_no,
+                "status": attempt.status,
+                "latency_ms": round(attempt.latency_ms, 1),
+                "error": attempt.error,
+                "at": time.time(),
+            },
+        )
+
+
+def public_view(job: Job) -> dict[str, Any]:
+    """The job as the API shows it: no internal bookkeeping (``extra``), no secret (none is stored)."""
+    data = job.to_dict()
+    data.pop("extra", None)
+    return data
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 200 else text[:199] + "…"
