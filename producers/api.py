@@ -45,6 +45,16 @@ class NotCancelable(Exception):
         self.job = job
 
 
+def check_notify_url_allowed(request: JobRequest, settings: Settings) -> None:
+    """A job's own notify_url is signed with the deployment's signing secret: refused without one."""
+    from workers.errors import ValidationError
+
+    if request.notify_url and settings.notify.signing_secret is None:
+        raise ValidationError(
+            "notify_url", "needs IMAGINEQ_NOTIFY__SIGNING_SECRET (the secret its deliveries are signed with)"
+        )
+
+
 def priority_level(priority: Priority) -> int:
     return PRIORITY_BATCH if priority is Priority.BATCH else PRIORITY_INTERACTIVE
 
@@ -207,10 +217,7 @@ class Producer:
             request = item if isinstance(item, JobRequest) else JobRequest.from_mapping(item)
             request.validate()
             check_producer_key(request)
-            if request.notify_url and self.settings.notify.signing_secret is None:
-                raise ValidationError(
-                    "notify_url", "needs IMAGINEQ_NOTIFY__SIGNING_SECRET (the secret its deliveries are signed with)"
-                )
+            check_notify_url_allowed(request, self.settings)
         except ValidationError as error:
             if index or not isinstance(item, JobRequest):
                 raise ValidationError(f"requests[{index}].{error.field}", error.message) from None

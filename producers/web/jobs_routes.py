@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from config.settings import PrincipalSettings
-from producers.api import NotCancelable, check_producer_key
+from producers.api import NotCancelable, check_notify_url_allowed, check_producer_key
 from producers.web import listing
 from producers.web.context import Caller, Web, WebDep
 from producers.web.models import (
@@ -87,6 +87,7 @@ def post_jobs(
         try:
             request = JobRequest.from_mapping(data)
             check_producer_key(request)
+            check_notify_url_allowed(request, web.settings)
             requests.append(dataclasses.replace(request, owner=caller.name))
         except ValidationError as error:
             loc: list[str | int] = ["body"] if single else ["body", index]

@@ -601,3 +601,12 @@ def test_an_idempotency_key_over_http_and_the_python_api_names_two_jobs(web: Web
         producer.enqueue("x", idempotency_key="batch:b123:line:1")
     refused = web.post("/v1/jobs", json={"prompt": "x", "idempotency_key": "batch:b123:line:1"})
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "idempotency_key"]
+
+
+def test_a_notify_url_is_refused_naming_the_field_when_bad_or_when_no_secret_signs_it(web: Web):
+    unsigned = web.post("/v1/jobs", json={"prompt": "x", "notify_url": "https://hooks.example/imagineq"})
+    assert unsigned.status_code == 422
+    (issue,) = unsigned.json()["detail"]
+    assert issue["loc"] == ["body", "notify_url"] and "IMAGINEQ_NOTIFY__SIGNING_SECRET" in issue["msg"]
+    bad = web.post("/v1/jobs", json={"prompt": "x", "notify_url": "ftp://hooks.example/imagineq"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "notify_url"]

@@ -251,6 +251,7 @@ def test_a_notify_worker_killed_mid_delivery_delivers_after_it_comes_back(
 ):
     arrived = threading.Event()
     receiver.secrets_by_path["/hang"] = JOB_SECRET
+
     def hang() -> None:
         arrived.set()
         time.sleep(3)  # past the 1 s timeout: the worker is killed while it waits for this answer

@@ -1,0 +1,78 @@
+"""Which endpoints an event goes to, and which secret signs each (workers.notify.targets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import load_settings
+from workers.events import Event
+from workers.jobs import Job, JobRequest
+from workers.notify.targets import secret_for, targets_for
+
+SETTINGS = load_settings(
+    api_key="k",
+    notify={"signing_secret": "whsec_job"},
+    ingress_principals=[
+        {
+            "name": "acme",
+            "token": "t1",
+            "webhooks": [
+                {"url": "https://a.example/all", "secret": "whsec_a1"},
+                {"url": "https://a.example/stored", "secret": "whsec_a2", "events": ["job.stored"]},
+            ],
+        },
+        {"name": "ops", "token": "t2", "admin": True, "webhooks": [{"url": "https://o.example/", "secret": "whsec_o"}]},
+    ],
+)
+
+
+def event(kind: str, *, job: str | None = "j1", owner: str | None = "acme") -> Event:
+    return Event.of("1-0", {"type": kind, "job": job or "", "batch": "b1", "owner": owner or "", "at": "1"})
+
+
+def job(notify_url: str | None) -> Job:
+    return Job.new(JobRequest(prompt="p", owner="acme", notify_url=notify_url), job_id="j1")
+
+
+def test_a_jobs_event_goes_to_its_notify_url_and_its_principals_endpoints_that_want_it():
+    stored = targets_for(event("job.stored"), job("https://me.example/hook"), SETTINGS)
+    failed = targets_for(event("job.failed"), job(None), SETTINGS)
+
+    assert [(t.ref, t.url) for t in stored] == [
+        ("job", "https://me.example/hook"),
+        ("principal:acme:0", "https://a.example/all"),
+        ("principal:acme:1", "https://a.example/stored"),
+    ]
+    assert [t.ref for t in failed] == ["principal:acme:0"]  # the second endpoint wants job.stored only
+    assert targets_for(event("job.stored", owner=None), job(None), SETTINGS) == []  # a CLI job: nobody's
+
+
+def test_a_batch_goes_to_the_admins_endpoints():
+    assert [t.ref for t in targets_for(event("batch.completed", job=None, owner=None), None, SETTINGS)] == [
+        "principal:ops:0"
+    ]
+
+
+def test_secrets_are_looked_up_by_reference_and_only_for_the_url_still_configured():
+    assert secret_for("job", "https://anything/", SETTINGS) == "whsec_job"
+    assert secret_for("principal:acme:1", "https://a.example/stored", SETTINGS) == "whsec_a2"
+    assert secret_for("principal:acme:1", "https://a.example/moved", SETTINGS) is None
+    assert secret_for("principal:acme:7", "https://a.example/all", SETTINGS) is None
+    assert secret_for("nonsense", "https://a.example/all", SETTINGS) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://x.example/", "http:// or https://"),
+        ("https://user:pw@x.example/", "user name or password"),
+        ("https://x.example:99999/", "invalid port"),
+        ("https://" + "a" * 2050, "at most 2048"),
+    ],
+)
+def test_a_bad_notify_url_is_refused_naming_the_field(url: str, message: str):
+    from workers.errors import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        JobRequest(prompt="p", notify_url=url).validate()
+    assert refused.value.field == "notify_url" and message in refused.value.message
