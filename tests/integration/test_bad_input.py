@@ -264,7 +264,7 @@ def test_a_batch_line_with_unknown_fields_is_reported(settings: Settings, tmp_pa
     source.write_text('{"prompt": "a cat", "colour": "red", "priority": "interactive"}\n')
     result = submit_batch(settings, source)
     assert [bad.error for bad in result.bad_lines] == [
-        "unknown field(s) colour, priority; allowed: prompt, aspect_ratio, mode, id, metadata"
+        "unknown field(s) colour, priority; allowed: prompt, aspect_ratio, mode, id, metadata, notify_url"
     ]
     assert jobs_written(settings) == 0
 

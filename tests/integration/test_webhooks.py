@@ -36,8 +36,8 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-TENANT = f"acme-{uuid.uuid4().hex}"
-JOB_SECRET, TENANT_SECRET = new_secret(), new_secret()
+TENANT, ADMIN = f"acme-{uuid.uuid4().hex}", f"ops-{uuid.uuid4().hex}"
+JOB_SECRET, TENANT_SECRET, ADMIN_SECRET = new_secret(), new_secret(), new_secret()
 
 
 @dataclass
@@ -111,7 +111,7 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    started = Receiver({"/job": JOB_SECRET, "/tenant": TENANT_SECRET}).start()
+    started = Receiver({"/job": JOB_SECRET, "/tenant": TENANT_SECRET, "/ops": ADMIN_SECRET}).start()
     yield started
     started.stop()
 
@@ -119,7 +119,13 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Deployment]:
     principals = [
-        {"name": "acme", "token": TENANT, "webhooks": [{"url": receiver.url("/tenant"), "secret": TENANT_SECRET}]}
+        {"name": "acme", "token": TENANT, "webhooks": [{"url": receiver.url("/tenant"), "secret": TENANT_SECRET}]},
+        {
+            "name": "ops",
+            "token": ADMIN,
+            "admin": True,
+            "webhooks": [{"url": receiver.url("/ops"), "secret": ADMIN_SECRET, "events": ["batch.completed"]}],
+        },
     ]
     env = {
         "IMAGINEQ_INGRESS_PRINCIPALS": json.dumps(principals),
@@ -272,3 +278,26 @@ def test_a_notify_worker_killed_mid_delivery_delivers_after_it_comes_back(
     ids = {item.headers["webhook-id"] for item in receiver.at("/hang")}
     assert len(receiver.at("/hang")) >= 2 and len(ids) == 1  # the same message, at least once
     assert must(dep.producer.get(job.id)).state is JobState.STORED
+
+
+def test_a_batch_line_with_a_notify_url_and_the_batch_done_reach_their_endpoints(
+    dep: Deployment, receiver: Receiver, tmp_path: Any
+):
+    lines = tmp_path / "evening.jsonl"
+    lines.write_text(
+        json.dumps({"prompt": "An evening tram", "notify_url": receiver.url("/job")})
+        + "\n"
+        + json.dumps({"prompt": "An evening ferry"})
+        + "\n"
+    )
+    done = dep.cli("batch", "submit", str(lines), "--wait", "--json", timeout_s=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    batch_id = json.loads(done.stdout)["id"]
+
+    def arrived() -> bool:
+        ops = [item.payload for item in receiver.at("/ops")]
+        line = [item.payload for item in receiver.at("/job") if item.payload["data"].get("batch_id") == batch_id]
+        return any(p["type"] == "batch.completed" and p["data"]["batch_id"] == batch_id for p in ops) and bool(line)
+
+    wait_until(arrived, 30, "batch.completed for the admin, job.stored for the line's notify_url")
+    assert not receiver.rejected

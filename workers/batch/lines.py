@@ -1,6 +1,7 @@
 """One batch line at a time: JSONL lines read in bounded pieces and parsed into requests.
 
-Each line is one request: ``prompt``, optional ``aspect_ratio``, ``mode``, ``id`` and ``metadata``. Each
+Each line is one request: ``prompt``, optional ``aspect_ratio``, ``mode``, ``id``, ``metadata`` and
+``notify_url`` (where the job's end is POSTed, signed: ``workers.notify``). Each
 line is validated on its own: a bad line (invalid JSON or UTF-8, a failed validation, a repeated ``id``,
 a line over ``batch_max_line_bytes``) is recorded with its line number and error, and never blocks the
 good ones. Blank lines are skipped.
@@ -26,7 +27,7 @@ from workers.errors import ValidationError
 from workers.jobs import KEY_MAX_CHARS, JobRequest, Priority
 
 #: Fields a line may have.
-LINE_FIELDS: Final = ("prompt", "aspect_ratio", "mode", "id", "metadata")
+LINE_FIELDS: Final = ("prompt", "aspect_ratio", "mode", "id", "metadata", "notify_url")
 _NAME: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: Ids longer than this are hashed inside idempotency keys (which are at most KEY_MAX_CHARS long).
 _ID_IN_KEY_MAX: Final = 100
@@ -124,7 +125,7 @@ class LineParser:
             first = self._seen[line_id]
             return ParsedLine(line, line_id, error=f"duplicate id {line_id!r} (first on line {first})")
         fields: dict[str, Any] = {
-            name: data[name] for name in ("prompt", "aspect_ratio", "mode", "metadata") if name in data
+            name: data[name] for name in ("prompt", "aspect_ratio", "mode", "metadata", "notify_url") if name in data
         }
         fields.update(
             priority=Priority.BATCH,
