@@ -96,6 +96,17 @@ def broker_key_prefix(redis_prefix: str) -> str:
     return f"{redis_prefix}:celery:"
 
 
+def sentinel_transport_options(settings: Settings) -> dict[str, Any]:
+    """For a ``sentinel://`` broker URL: the master to follow and the Sentinels' password (kombu's
+    sentinel transport, and Flower's Broker tab, read both from the transport options)."""
+    if not settings.redis_url.startswith("sentinel://"):
+        return {}
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": REDIS_SOCKET_OPTIONS["socket_timeout"]}
+    if settings.redis_sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    return {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": sentinel_kwargs}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     longest_task_s = max(SUBMIT_TIME_LIMIT_S, POLL_TIME_LIMIT_S, STORE_TIME_LIMIT_S)
     if settings.visibility_timeout_s <= longest_task_s + 30:
@@ -115,6 +126,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "priority_steps": list(PRIORITY_STEPS),
             "sep": QUEUE_SEP,
             "global_keyprefix": broker_prefix(settings),
+            **sentinel_transport_options(settings),
         },
         "broker_pool_limit": 10,
         "task_serializer": "json",

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 from celery.schedules import crontab
 
 from config.celery import REDIS_SOCKET_OPTIONS, TASK_INBOX, TASK_RECONCILE
-from config.settings import Settings
+from config.settings import Settings, sentinel_nodes
 
 RECONCILE_ENTRY: Final = "imagineq-reconcile"
 NIGHTLY_ENTRY: Final = "imagineq-nightly-inbox"
@@ -34,6 +35,27 @@ def nightly_crontab(expression: str) -> crontab:
         month_of_year=month_of_year,
         day_of_week=day_of_week,
     )
+
+
+def redbeat_redis(settings: Settings) -> dict[str, Any]:
+    """redbeat's Redis: the deployment's URL, or for a Sentinel list redbeat's own Sentinel form
+    (``redis-sentinel://`` with the Sentinels, the master's name and the passwords as options)."""
+    nodes = sentinel_nodes(settings.redis_url)
+    if nodes is None:
+        return {"redbeat_redis_url": settings.redis_url, "redbeat_redis_options": REDIS_OPTIONS}
+    first = urlsplit(settings.redis_url.split(";")[0].strip())
+    database = first.path.strip("/")
+    options: dict[str, Any] = {
+        **REDIS_OPTIONS,
+        "sentinels": nodes,
+        "service_name": settings.redis_sentinel_master,
+        "db": int(database) if database else 0,
+    }
+    if first.password:
+        options["password"] = unquote(first.password)
+    if settings.redis_sentinel_password is not None:
+        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password.get_secret_value()}
+    return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -64,8 +86,7 @@ def beat_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         # The lock is renewed every loop: loop well inside its timeout.
         "beat_max_loop_interval": max(1.0, lock_timeout / 5),
-        "redbeat_redis_url": settings.redis_url,
-        "redbeat_redis_options": REDIS_OPTIONS,
+        **redbeat_redis(settings),
         "redbeat_key_prefix": prefix,
         "redbeat_lock_key": f"{prefix}lock",
         "redbeat_lock_timeout": lock_timeout,

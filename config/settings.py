@@ -344,8 +344,14 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    #: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) or ``unix:///path/to/socket``.
+    #: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) or ``unix:///path/to/socket``; or
+    #: Sentinel: ``sentinel://[:password@]host:26379[/db];sentinel://host2:26379;...`` (kombu's form: the
+    #: password is the data nodes'), with ``redis_sentinel_master`` naming the primary to follow.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: The master name the Sentinels know the primary by (``sentinel monitor <name> ...``).
+    redis_sentinel_master: str = Field(default="mymaster", min_length=1, max_length=128)
+    #: The Sentinels' own password (``requirepass`` of the sentinel processes), when they have one.
+    redis_sentinel_password: SecretStr | None = None
     #: Key prefix for every Redis key ImagineQ owns (several deployments can share a Redis).
     redis_prefix: str = Field(default="iq", pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -529,17 +535,36 @@ def account_named(accounts: Mapping[str, AccountSettings], name: str) -> Account
         raise ConfigError(f"unknown account {name!r}; configured: {list(accounts)}") from None
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+
+
+def sentinel_nodes(url: str) -> list[tuple[str, int]] | None:
+    """The (host, port) of every Sentinel of a ``sentinel://`` URL list; None for any other URL."""
+    if not url.startswith("sentinel://"):
+        return None
+    nodes = []
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        nodes.append((parts.hostname or "localhost", parts.port or 26379))
+    return nodes
 
 
 def check_redis_url(value: str) -> str:
     """``value`` if it is a Redis URL redis-py can connect with, else ValueError saying what is wrong."""
-    from urllib.parse import urlsplit
+    if value.startswith("sentinel://"):
+        for part in value.split(";"):
+            if not part.strip().startswith("sentinel://"):
+                raise ValueError("a Sentinel list is sentinel://host:port;sentinel://host:port;...")
+            _check_url(part.strip())
+        return value
+    return _check_url(value)
 
+
+def _check_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in REDIS_SCHEMES:
         shown = f"{parts.scheme}://" if parts.scheme else "no scheme"
-        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, not {shown}")
+        raise ValueError(f"must be a redis://, rediss://, unix:// or sentinel:// URL, not {shown}")
     if parts.scheme == "unix":
         if not parts.path:
             raise ValueError("a unix:// URL needs the socket's path (unix:///path/to/redis.sock)")
@@ -558,9 +583,11 @@ def check_redis_url(value: str) -> str:
 
 def redact_url(url: str) -> str:
     """The URL without user info, query string and fragment: safe to show or log (no password, no
-    presigned signature). Every URL ImagineQ prints goes through here."""
-    from urllib.parse import urlsplit, urlunsplit
+    presigned signature). Every URL ImagineQ prints goes through here (a Sentinel list part by part)."""
+    from urllib.parse import urlunsplit
 
+    if url.startswith("sentinel://") and ";" in url:
+        return ";".join(redact_url(part.strip()) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         netloc = parts.hostname or ""

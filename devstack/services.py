@@ -195,23 +195,32 @@ def redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
 
 
 def start_redis(
-    log_dir: Path, *, port: int | None = None, appendonly: bool = False, data_dir: Path | None = None
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    appendonly: bool = False,
+    data_dir: Path | None = None,
+    replica_of: str | None = None,
 ) -> Service:
     """A private redis-server, keeping its files (the AOF, with ``appendonly``) in ``data_dir`` (a folder
     per port under ``log_dir`` by default). Without ``port``, on a free one: redis-server cannot bind
     port 0 itself (0 turns TCP off), so a port taken between the choice and the bind means another try."""
     if port is not None:
-        return _start_redis_on(log_dir, port, appendonly=appendonly, data_dir=data_dir)
+        return _start_redis_on(log_dir, port, appendonly=appendonly, data_dir=data_dir, replica_of=replica_of)
     for attempt in range(5):
         try:
-            return _start_redis_on(log_dir, free_port(), appendonly=appendonly, data_dir=data_dir)
+            return _start_redis_on(
+                log_dir, free_port(), appendonly=appendonly, data_dir=data_dir, replica_of=replica_of
+            )
         except ServiceError:
             if attempt == 4:
                 raise
     raise AssertionError("unreachable")
 
 
-def _start_redis_on(log_dir: Path, port: int, *, appendonly: bool, data_dir: Path | None) -> Service:
+def _start_redis_on(
+    log_dir: Path, port: int, *, appendonly: bool, data_dir: Path | None, replica_of: str | None = None
+) -> Service:
     data_dir = data_dir or log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -235,9 +244,39 @@ def _start_redis_on(log_dir: Path, port: int, *, appendonly: bool, data_dir: Pat
         "--daemonize",
         "no",
     ]
+    if replica_of is not None:  # "host port"
+        argv += ["--replicaof", *replica_of.split()]
     service = spawn(f"redis-{port}", argv, log_dir=log_dir, url=f"redis://127.0.0.1:{port}/0")
     _await_ready(service, lambda: redis_reachable(service.url), 20)
     return service
+
+
+def start_sentinel(
+    log_dir: Path, *, master: str, master_port: int, quorum: int = 2, down_after_ms: int = 1000
+) -> Service:
+    """A Sentinel (the same redis-server, ``--sentinel``) watching the primary on ``master_port`` as
+    ``master``, on a free port; its config file (which Sentinel rewrites) in its own folder."""
+    for attempt in range(5):
+        port = free_port()
+        folder = log_dir / f"sentinel-{port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "sentinel.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+            f"sentinel monitor {master} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
+            f"sentinel failover-timeout {master} 10000\n"
+            f"sentinel parallel-syncs {master} 1\n"
+        )
+        service = spawn(f"sentinel-{port}", [redis_server_binary(), str(config), "--sentinel"], log_dir=log_dir)
+        service.url = url = f"redis://127.0.0.1:{port}"
+        try:
+            _await_ready(service, lambda url=url: redis_reachable(url), 20)  # type: ignore[misc]
+            return service
+        except ServiceError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,17 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """The same fix on kombu's Sentinel channel (the primary it connects to is the Sentinels' answer)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = SentinelChannel
+
+
 def use_for_redis_urls() -> None:
-    """``redis://`` and ``rediss://`` broker URLs select this transport in this process."""
+    """``redis://`` and ``rediss://`` broker URLs select this transport in this process, ``sentinel://``
+    its Sentinel form."""
     for scheme in ("redis", "rediss"):
         kombu_transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    kombu_transport.TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"

@@ -8,20 +8,65 @@ broker and redbeat) and reads the same values the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from config.celery import REDIS_SOCKET_OPTIONS
-from config.settings import Settings
+from config.settings import Settings, sentinel_nodes
 from workers.jobstore import JobStore
 from workers.keys import Keys
 from workers.lua_scripts import load_script
 
 
 def redis_client(settings: Settings) -> Redis:
-    """A client for the deployment's Redis, decoding replies to ``str``."""
-    return Redis.from_url(settings.redis_url, decode_responses=True, retry_on_timeout=True, **REDIS_SOCKET_OPTIONS)
+    """A client for the deployment's Redis, decoding replies to ``str``. With a ``sentinel://`` list, a
+    client of the primary the Sentinels name: on a lost connection (or a primary turned replica) it
+    asks them again, so it follows a failover by itself."""
+    nodes = sentinel_nodes(settings.redis_url)
+    if nodes is None:
+        return Redis.from_url(settings.redis_url, decode_responses=True, retry_on_timeout=True, **REDIS_SOCKET_OPTIONS)
+    from redis.sentinel import Sentinel
+
+    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options(settings), **data_node_options(settings))  # type: ignore[no-untyped-call]
+    master = sentinel.master_for(settings.redis_sentinel_master, decode_responses=True, retry_on_timeout=True)  # type: ignore[no-untyped-call]
+    return cast(Redis, master)
+
+
+def async_redis_client(settings: Settings) -> AsyncRedis:
+    """:func:`redis_client`, for asyncio (the web's event streams)."""
+    nodes = sentinel_nodes(settings.redis_url)
+    if nodes is None:
+        return cast(AsyncRedis, AsyncRedis.from_url(settings.redis_url, decode_responses=True))
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    sentinel = AsyncSentinel(nodes, sentinel_kwargs=sentinel_options(settings), **data_node_options(settings))  # type: ignore[no-untyped-call]
+    return cast(AsyncRedis, sentinel.master_for(settings.redis_sentinel_master, decode_responses=True))
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """How to talk to the Sentinels themselves: their password, and the socket timeouts."""
+    options: dict[str, Any] = {
+        "socket_timeout": REDIS_SOCKET_OPTIONS["socket_timeout"],
+        "socket_connect_timeout": REDIS_SOCKET_OPTIONS["socket_connect_timeout"],
+    }
+    if settings.redis_sentinel_password is not None:
+        options["password"] = settings.redis_sentinel_password.get_secret_value()
+    return options
+
+
+def data_node_options(settings: Settings) -> dict[str, Any]:
+    """The primary's (and replicas') password and database, from the first ``sentinel://`` URL."""
+    first = urlsplit(settings.redis_url.split(";")[0].strip())
+    database = first.path.strip("/")
+    options: dict[str, Any] = {**REDIS_SOCKET_OPTIONS, "db": int(database) if database else 0}
+    if first.password:
+        options["password"] = unquote(first.password)
+    if first.username:
+        options["username"] = unquote(first.username)
+    return options
 
 
 @dataclass(frozen=True)

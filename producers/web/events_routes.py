@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from producers.web.context import Caller, WebDep
 from producers.web.models import AUTH_ERRORS, JobView
+from workers.clients import async_redis_client
 from workers.events import EVENT_ID_PATTERN, EVENTS_LOST, Event, older, valid_event_id
 from workers.jobs import KEY_MAX_CHARS, Job
 
@@ -47,7 +48,7 @@ async def events(
     if start is not None and not valid_event_id(start):
         raise HTTPException(422, "Last-Event-ID must be an event id such as 1733000000000-0")
     owner = None if caller.admin else caller.name
-    client = aioredis.Redis.from_url(web.settings.redis_url, decode_responses=True)
+    client = async_redis_client(web.settings)
     key = web.keys.events()
 
     async def stream() -> AsyncIterator[str]:

@@ -214,7 +214,7 @@ def test_python_api_refuses_the_whole_list_when_one_item_is_bad(producer: Produc
         producer.enqueue_many([{"prompt": "fine"}, {"prompt": "fine", "colour": "red"}])
     assert str(raised.value) == (
         "requests[1].colour: unknown field; allowed: aspect_ratio, batch_id, idempotency_key, metadata, "
-        "mode, priority, prompt"
+        "mode, notify_url, priority, prompt"
     )
 
 
@@ -762,8 +762,8 @@ SETTINGS_CASES = [
     (
         "mistyped Redis URL, password hidden",
         {"IMAGINEQ_REDIS_URL": "http://:hunter2@127.0.0.1:6379/0"},
-        "Invalid configuration:\n  redis_url [IMAGINEQ_REDIS_URL]: Value error, must be a redis://, rediss:// or "
-        "unix:// URL, not http:// (got 'http://127.0.0.1:6379/0')\n",
+        "Invalid configuration:\n  redis_url [IMAGINEQ_REDIS_URL]: Value error, must be a redis://, rediss://, "
+        "unix:// or sentinel:// URL, not http:// (got 'http://127.0.0.1:6379/0')\n",
     ),
 ]
 

