@@ -20,10 +20,11 @@ them read ``TIME``, so property tests can drive time. Production never passes a 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -47,13 +48,18 @@ BACKOFF_MAX_S = 60.0
 BACKOFF_MEMORY_S = 3600.0
 
 
+#: How long the number of connected replicas (for ``replica_acks=-1``) is taken as known.
+REPLICAS_RECHECK_S = 10.0
+
+
 @dataclass(frozen=True)
 class Acquired:
     """The outcome of :meth:`QuotaLimiter.acquire_slot`.
 
     With ``account`` set, the job holds a slot (creation entry + lease) on it. Otherwise ``wait_s`` (> 0)
     is how long until the account that frees soonest may have room, and ``reason`` says what blocks it:
-    ``in_progress``, ``creations``, ``cooldown`` or ``paused``.
+    ``in_progress``, ``creations``, ``cooldown``, ``paused``, or ``replicas`` (no replica acknowledged
+    the slot in time: a failover now could forget it, so the job does not go to the upstream yet).
     """
 
     account: str | None
@@ -94,8 +100,13 @@ class QuotaLimiter:
         lease_ttl_s: float = 120.0,
         unknown_grace_s: float = 900.0,
         clock: Callable[[], int] | None = None,
+        replica_acks: int = -1,
+        replica_ack_timeout_ms: int = 200,
     ) -> None:
         self._redis = client
+        self.replica_acks = replica_acks
+        self.replica_ack_timeout_ms = replica_ack_timeout_ms
+        self._replicas_seen: tuple[float, int] = (-1e9, 0)
         self._keys = keys
         self._accounts = {account.name: account for account in accounts}
         self.lease_ttl_s = lease_ttl_s
@@ -119,6 +130,8 @@ class QuotaLimiter:
             settings.accounts,
             lease_ttl_s=settings.quota_lease_ttl_s,
             unknown_grace_s=settings.unknown_outcome_grace_s,
+            replica_acks=settings.quota_replica_acks,
+            replica_ack_timeout_ms=settings.quota_replica_ack_timeout_ms,
         )
 
     # -- slots ----------------------------------------------------------------------------------------
@@ -145,10 +158,40 @@ class QuotaLimiter:
             account = self._account(name)
             keys += self._quota_keys(name)
             args += [account.in_progress_limit, account.creations_limit, _ms(account.enforced_window_s)]
-        reply = self._acquire(keys=keys, args=args)
-        if int(reply[0]) == 1:
-            return Acquired(names[int(reply[1])])
-        return Acquired(None, wait_s=int(reply[1]) / 1000, reason=_text(reply[2]))
+        wanted = self._wanted_acks()
+        if not wanted:
+            reply = self._acquire(keys=keys, args=args)
+            acks = 0
+        else:
+            # On one connection, so WAIT counts the replicas that have this very write.
+            with self._redis.pipeline(transaction=False) as pipe:
+                self._acquire(keys=keys, args=args, client=pipe)
+                pipe.execute_command("WAIT", wanted, self.replica_ack_timeout_ms)  # type: ignore[no-untyped-call]
+                reply, acks = pipe.execute()
+        if int(reply[0]) != 1:
+            return Acquired(None, wait_s=int(reply[1]) / 1000, reason=_text(reply[2]))
+        chosen = names[int(reply[1])]
+        if int(acks) < wanted:
+            # The slot (its lease) goes back; its creation entry stays spent (double counting is safe).
+            self.release(chosen, job_id)
+            return Acquired(None, wait_s=self.replica_ack_timeout_ms / 1000, reason="replicas")
+        return Acquired(chosen)
+
+    def _wanted_acks(self) -> int:
+        """Replicas that must have a new slot before it is used: the setting, or with -1 (auto) one
+        when the primary has a replica connected (looked up at most every ``REPLICAS_RECHECK_S``)."""
+        if self.replica_acks >= 0:
+            return self.replica_acks
+        at, count = self._replicas_seen
+        now = time.monotonic()
+        if now - at > REPLICAS_RECHECK_S:
+            try:
+                info = cast("dict[str, Any]", self._redis.info("replication"))
+                count = int(info.get("connected_slaves", 0))
+            except redis.RedisError:
+                count = self._replicas_seen[1]
+            self._replicas_seen = (now, count)
+        return 1 if count > 0 else 0
 
     def renew_lease(self, account: str, job_id: str, ttl_s: float | None = None) -> bool:
         """Extend the job's lease to at least now + ``ttl_s``; False if it holds none (reclaimed/released)."""

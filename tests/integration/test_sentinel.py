@@ -5,6 +5,7 @@ broker and real workers follow the primary through a failover (the primary SIGKI
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,3 +129,37 @@ def enqueue_after_failover(dep: Deployment, count: int) -> list[Any]:
 
     wait_until(enqueued, 60, "the producer to reach the new primary")
     return jobs
+
+
+def test_a_quota_slot_is_used_only_once_a_replica_has_it(tmp_path: Path):
+    from pydantic import SecretStr
+
+    from config.settings import AccountSettings
+    from workers.keys import Keys
+    from workers.quota import QuotaLimiter
+
+    with services.LocalStack(tmp_path) as stack:
+        primary = stack.add(services.start_redis(tmp_path))
+        port = primary.url.rsplit(":", 1)[1].split("/")[0]
+        replica = stack.add(services.start_redis(tmp_path, replica_of=f"127.0.0.1 {port}"))
+        client = redis.Redis.from_url(primary.url, decode_responses=True)
+        wait_until(
+            lambda: int(cast("dict[str, Any]", client.info("replication"))["connected_slaves"]) == 1, 30, "a replica"
+        )
+        account = AccountSettings(name="a", api_key=SecretStr("k"))
+        keys = Keys("iq")
+        limiter = QuotaLimiter(client, keys, [account], replica_acks=-1, replica_ack_timeout_ms=300)
+
+        assert limiter.acquire_slot("job-1").account == "a"  # the replica acknowledged it
+
+        os.killpg(replica.process.pid, signal.SIGSTOP)  # connected, but it acknowledges nothing
+        try:
+            refused = limiter.acquire_slot("job-2")
+            assert (refused.account, refused.reason) == (None, "replicas")
+            assert client.zscore(keys.leases("a"), "job-2") is None  # its lease went back at once
+        finally:
+            os.killpg(replica.process.pid, signal.SIGCONT)
+        assert limiter.acquire_slot("job-2").account == "a"
+        never = QuotaLimiter(client, keys, [account], replica_acks=0)
+        assert never.acquire_slot("job-3").account == "a"
+        client.close()
