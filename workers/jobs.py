@@ -13,6 +13,7 @@ from the state indexes (scored by time), not from the id.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -210,6 +211,13 @@ class JobRequest:
 
 
 NOTIFY_URL_MAX_CHARS: Final = 2048
+#: An http(s) URL with a host name or IPv4 address, an optional port (1-65535), no user info, no spaces.
+NOTIFY_URL_PATTERN: Final = (
+    r"^https?://[A-Za-z0-9.-]+"
+    r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+    r"([/?#][!-~]*)?$"
+)
+_NOTIFY_URL = re.compile(NOTIFY_URL_PATTERN)
 
 
 def check_notify_url(name: str, url: object) -> None:
@@ -227,6 +235,8 @@ def check_notify_url(name: str, url: object) -> None:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
         raise ValidationError(name, "has an invalid port") from None
+    if not _NOTIFY_URL.match(url):
+        raise ValidationError(name, "must be http(s)://host[:port][/path], a host name or IPv4 address, no spaces")
 
 
 #: Counters kept on the record (``JobStore.incr``); absent means 0.

@@ -11,6 +11,7 @@ from workers.jobs import (
     KEY_MAX_CHARS,
     MODES,
     NOTIFY_URL_MAX_CHARS,
+    NOTIFY_URL_PATTERN,
     PROMPT_MAX_CHARS,
     Job,
     JobState,
@@ -49,7 +50,9 @@ class JobIn(BaseModel):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=KEY_MAX_CHARS)
     batch_id: str | None = Field(default=None, min_length=1, max_length=KEY_MAX_CHARS)
     #: Where this job's end is POSTed, signed (Standard Webhooks), besides the principal's endpoints.
-    notify_url: str | None = Field(default=None, min_length=8, max_length=NOTIFY_URL_MAX_CHARS)
+    notify_url: str | None = Field(
+        default=None, min_length=8, max_length=NOTIFY_URL_MAX_CHARS, pattern=NOTIFY_URL_PATTERN
+    )
 
     @field_validator("prompt")
     @classmethod
