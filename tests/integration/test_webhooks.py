@@ -245,7 +245,7 @@ def test_500s_timeouts_redirects_and_private_addresses(dep: Deployment, web: ser
         outcome(
             slow.id, lambda log: len(log) >= 2 and log[-1]["status"] == 200 and "Timeout" in (log[0]["error"] or "")
         ),
-        30,
+        60,
         "slow: a timeout, then delivered",
     )
     wait_until(outcome(moved.id, lambda log: len(log) >= 2), 60, "redirects retried")
