@@ -100,7 +100,8 @@ class JobView(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobView:
-        data = job.public_dict()
+        data = job.to_dict()
+        data.pop("extra", None)
         return cls.model_validate({name: data[name] for name in cls.model_fields if name in data})
 
 
