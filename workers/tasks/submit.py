@@ -77,18 +77,16 @@ def submit(self: Task, job_id: str) -> str | None:
         )
     except OutcomeUnknown as error:
         rt.quota.hold(account, job_id)
-        rt.jobs.transition(
+        fail_unknown(
+            rt,
             job_id,
-            JobState.FAILED,
-            expect=JobState.SUBMITTING,
-            fields={
+            {
                 "reason": error.reason,
                 "error": f"createTask outcome unknown ({error}); "
                 "not resubmitted automatically: `imagineq resubmit JOB_ID` retries it",
             },
         )
         log.error("submit: job %s createTask outcome unknown on account %s", job_id, account)
-        settle_unknown(rt, job_id)
         stop_chain(self)
         return None
     except AccountError as error:
@@ -145,18 +143,15 @@ def recover_interrupted_submit(rt: Runtime, job: Job) -> Job | None:
         # createTask may have been sent: never resubmit blindly.
         if job.account:
             rt.quota.hold(job.account, job.id)
-        failed = rt.jobs.transition(
+        fail_unknown(
+            rt,
             job.id,
-            JobState.FAILED,
-            expect=JobState.SUBMITTING,
-            fields={
+            {
                 "reason": "outcome_unknown",
                 "error": "a submit worker died while createTask was in "
                 "flight; not resubmitted automatically: `imagineq resubmit JOB_ID` retries it",
             },
         )
-        if failed:
-            settle_unknown(rt, job.id)
         return None
     if job.account:
         rt.quota.release(job.account, job.id)
@@ -165,16 +160,24 @@ def recover_interrupted_submit(rt: Runtime, job: Job) -> Job | None:
     return None
 
 
-def settle_unknown(rt: Runtime, job_id: str) -> None:
-    """A job just failed ``outcome_unknown``: if the task's callback already came while the job was
-    submitting (the web left a marker naming the task), a woken poll reads that task's record from the
-    upstream, and a success is stored after all (failed → downloading). A callback that comes later
-    wakes the same poll through the web."""
-    if not rt.settings.callbacks.enabled or (task_id := take_wake(rt.redis, rt.keys, job_id)) is None:
-        return
-    if rt.jobs.update(job_id, expect=JobState.FAILED, fields={"task_id": task_id}) and (job := rt.jobs.get(job_id)):
+def fail_unknown(rt: Runtime, job_id: str, fields: dict[str, str]) -> bool:
+    """Fail a submitting job whose createTask may have reached the upstream (``outcome_unknown``: never
+    resubmitted blindly). If the task's callback already came while the job was submitting (the web left
+    a marker naming the task), the task id is written in the same move (``transition`` keeps the task
+    index; ``update`` may not write it) and a woken poll reads that task's record from the upstream, so a
+    success is stored after all (failed → downloading). A callback that comes later wakes the same poll
+    through the web. False when the job was no longer submitting."""
+    task_id = take_wake(rt.redis, rt.keys, job_id) if rt.settings.callbacks.enabled else None
+    moved = rt.jobs.transition(
+        job_id,
+        JobState.FAILED,
+        expect=JobState.SUBMITTING,
+        fields={**fields, **({"task_id": task_id} if task_id else {})},
+    )
+    if moved and task_id is not None and (job := rt.jobs.get(job_id)):
         log.warning("job %s: createTask's answer was lost but task %s called back; asking for it", job_id, task_id)
         publish_rest(job, woken=True)
+    return moved
 
 
 def _back_to_queue(rt: Runtime, job_id: str) -> None:
