@@ -334,9 +334,11 @@ class Reconciler:
         with self.rt.redis.pipeline(transaction=False) as pipe:
             for key in lists:
                 pipe.llen(key)
-            pipe.zcount(self.rt.keys.broker_unacked_index(), live_since, "+inf")
-            *lengths, in_flight = pipe.execute()
-        messages = sum(int(n) for n in lengths) + int(in_flight)
+            lengths = pipe.execute()
+        # Only submit messages count: poll and store messages held by the same (dead or live) workers
+        # would otherwise make up for a lost submit message, and it would never be suspected.
+        held = list(self._held_submits(live_since))
+        messages = sum(int(n) for n in lengths) + len(held)
         if queued <= messages:
             self.rt.redis.delete(self.rt.keys.reconcile_suspects())
             return
@@ -345,7 +347,7 @@ class Reconciler:
         if messages > LOST_SCAN_MAX_MESSAGES:
             log.warning("reconcile: backlog too big to scan for lost messages (%d)", messages)
             return
-        found = set(self._job_ids_in_messages(lists, live_since))
+        found = set(self._job_ids_in_lists(lists)) | set(held)
         missing = [
             job_id
             for job_id in self.rt.jobs.ids_in_state(
@@ -382,7 +384,8 @@ class Reconciler:
             yield ids
             start += len(ids)
 
-    def _job_ids_in_messages(self, lists: list[str], live_since: float) -> Iterator[str]:
+    def _job_ids_in_lists(self, lists: list[str]) -> Iterator[str]:
+        """The jobs of the submit messages waiting in ``lists``."""
         for key in lists:
             start = 0
             while raw := cast("list[str]", self.rt.redis.lrange(key, start, start + _SCAN - 1)):
@@ -390,6 +393,9 @@ class Reconciler:
                 for payload in raw:
                     if (job_id := _submit_job_id(json.loads(payload))) is not None:
                         yield job_id
+
+    def _held_submits(self, live_since: float) -> Iterator[str]:
+        """The jobs of the submit messages live workers hold (delivered since ``live_since``)."""
         index = self.rt.keys.broker_unacked_index()
         live = set(cast("list[str]", self.rt.redis.zrangebyscore(index, live_since, "+inf")))
         for tag, value in cast("dict[str, str]", self.rt.redis.hgetall(self.rt.keys.broker_unacked())).items():
