@@ -52,7 +52,9 @@ class Notifier:
             return  # expired, or already done: a redelivered task
         open_until = self.store.breaker_open_until(delivery.url)
         if open_until > self.store.now_ms():
-            self.store.defer(delivery, open_until)
+            if self.store.hold(delivery, open_until):
+                # Shown once, so a job whose event has not been sent yet says why.
+                self._record(delivery, 0, Attempt(None, 0.0, "held: the endpoint keeps failing (breaker open)"))
             return
         secret = secret_for(delivery.ref, delivery.url, self.settings)
         if secret is None:

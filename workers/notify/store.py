@@ -122,9 +122,18 @@ class DeliveryStore:
                 pipe.zadd(self._keys.deliveries_due(), {delivery.id: retry_at_ms})
             pipe.execute()
 
-    def defer(self, delivery: Delivery, until_ms: int) -> None:
-        """Wait without an attempt (its endpoint's breaker is open)."""
-        self._redis.zadd(self._keys.deliveries_due(), {delivery.id: until_ms})
+    def hold(self, delivery: Delivery, until_ms: int) -> bool:
+        """Wait without an attempt while the endpoint's breaker is open; True the first time for this
+        delivery. The wake-up is spread over a quarter of the wait (at least 200 ms): the deliveries
+        held together do not all wake at the instant the breaker closes, and which of them probes the
+        endpoint first is left to chance rather than to the order of their ids, so none is always last.
+        """
+        spread_ms = max(200, (until_ms - self.now_ms()) // 4)
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._keys.deliveries_due(), {delivery.id: until_ms + random.randint(0, spread_ms)})
+            pipe.hsetnx(self._keys.delivery(delivery.id), "held", "1")
+            first = bool(pipe.execute()[1])
+        return first
 
     def pop_due(self, limit: int = 200) -> list[str]:
         """Deliveries whose next attempt is due, and those whose sender is presumed dead."""
