@@ -20,7 +20,7 @@ from config.settings import Settings, sentinel_nodes
 
 RECONCILE_ENTRY: Final = "imagineq-reconcile"
 NIGHTLY_ENTRY: Final = "imagineq-nightly-inbox"
-SCHEDULER: Final = "redbeat.RedBeatScheduler"
+SCHEDULER: Final = "workers.beat:Scheduler"
 #: redbeat's own Redis client: notice a dead Redis instead of hanging; retry a lost connection for 60 s.
 REDIS_OPTIONS: Final = {**REDIS_SOCKET_OPTIONS, "retry_period": 60}
 

@@ -28,7 +28,7 @@ SENT = "Sending due task imagineq-reconcile"
 
 
 def beat(stack: LocalStack, env: dict[str, str], name: str) -> Service:
-    argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", "redbeat.RedBeatScheduler", "-l", "INFO"]
+    argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", "workers.beat:Scheduler", "-l", "INFO"]
     return stack.spawn(name, argv, env)
 
 
@@ -67,6 +67,27 @@ def test_two_beats_only_the_lock_holder_schedules_and_the_other_takes_over(stack
 
     wait_until(lambda: sends(second) >= 2, 30, "the second beat to take over")
     assert "beat: Acquired lock" in second.log_tail(100_000)
+
+
+def test_beat_rides_out_a_redis_restart(stack: LocalStack):
+    """The lock's renewal fails while Redis is down: beat skips those ticks and schedules again once it is
+    back (redbeat alone would exit)."""
+    port = services.free_port()
+    server = stack.add(services.start_redis(stack.log_dir, port=port, appendonly=True))
+    env = {
+        "IMAGINEQ_REDIS_URL": server.url,
+        "IMAGINEQ_REDIS_PREFIX": "beat",
+        "IMAGINEQ_RECONCILE_INTERVAL_S": "1",
+        "IMAGINEQ_BEAT_LOCK_TIMEOUT_S": "3",
+    }
+    scheduler = beat(stack, env, "beat-restart")
+    wait_until(lambda: sends(scheduler) >= 2, 60, "beat to schedule")
+    server.stop()
+    wait_until(lambda: "Redis unreachable" in scheduler.log_tail(100_000), 30, "beat to notice Redis is gone")
+    down = sends(scheduler)
+    stack.add(services.start_redis(stack.log_dir, port=port, appendonly=True))
+    wait_until(lambda: sends(scheduler) >= down + 2, 60, "beat to schedule again")
+    assert scheduler.alive(), scheduler.log_tail()
 
 
 # -- the nightly inbox ------------------------------------------------------------------------------------

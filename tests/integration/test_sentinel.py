@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import redis
+import requests
 
+from config.celery import broker_prefix
 from config.settings import load_settings
 from devstack import services
 from tests.integration.deployment import Deployment, deployment, wait_until
@@ -114,6 +117,60 @@ def test_workers_and_the_broker_follow_the_primary_through_a_failover(cluster: C
         done = dep.wait_all(later, timeout=120)
         assert all(job.state is JobState.STORED for job in done), [(j.state, j.error) for j in done]
         assert all(worker.alive() for group in dep.workers.values() for worker in group)
+
+
+def test_beat_and_flower_follow_the_primary_through_a_failover(cluster: Cluster, tmp_path: Path):
+    """Beat (celery-redbeat: its schedule and lock) publishes to the new primary, and Flower's task events
+    and Broker tab come from it, without either being restarted. Only a submit worker runs, so beat's
+    reconcile messages stay queued on ``poll`` where they can be counted."""
+    env = {
+        "IMAGINEQ_REDIS_URL": cluster.url,
+        "IMAGINEQ_REDIS_SENTINEL_MASTER": MASTER,
+        "IMAGINEQ_RECONCILE_INTERVAL_S": "1",
+        "IMAGINEQ_BEAT_LOCK_TIMEOUT_S": "3",
+    }
+    user, password = "ops", "flower-" + os.urandom(6).hex()
+    with deployment(tmp_path / "deployment", env=env, workers={"submit": 1}) as dep:
+        argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", "workers.beat:Scheduler", "-l", "INFO"]
+        beat = dep.stack.spawn("beat", argv, dep.env)
+        flower = dep.start_flower(services.free_port(), user, password)
+        poll_queue = f"{broker_prefix(dep.settings)}poll"
+        wait_until(lambda: queued(cluster, poll_queue) >= 2, 60, "beat's first reconcile messages")
+
+        promoted = cluster.kill_primary()
+
+        # Beat goes on scheduling into the new primary (a fresh client on it sees the queue grow).
+        after = queued(cluster, poll_queue, at=promoted)
+        wait_until(
+            lambda: queued(cluster, poll_queue, at=promoted) >= after + 3, 60, "beat to publish to the new primary"
+        )
+        # Flower: a task run after the failover reaches it (events over the new primary's pub/sub) ...
+        job = enqueue_after_failover(dep, 1)[0]
+
+        def flower_saw_the_submit() -> bool:
+            reply = requests.get(f"{flower.url}/api/tasks", auth=(user, password), timeout=5)
+            tasks = reply.json().values() if reply.status_code == 200 else []
+            return any(task["name"] == "imagineq.submit" and job.id in (task["args"] or "") for task in tasks)
+
+        wait_until(flower_saw_the_submit, 60, "flower to see a task started after the failover")
+        # ... and its Broker tab's numbers are the new primary's (a dead broker connection answers 500).
+        reply = requests.get(f"{flower.url}/api/queues/length", auth=(user, password), timeout=10)
+        assert reply.status_code == 200, reply.text
+        lengths = {queue["name"]: queue["messages"] for queue in reply.json()["active_queues"]}
+        submit_queue = f"{broker_prefix(dep.settings)}submit"
+        assert lengths == {"submit": queued(cluster, submit_queue, at=promoted)}, lengths
+        assert beat.alive() and flower.alive()
+
+
+def queued(cluster: Cluster, queue: str, at: tuple[str, int] | None = None) -> int:
+    host, port = at or cluster.master_address()
+    client = redis.Redis(host=host, port=port, socket_timeout=2)
+    try:
+        return int(cast(int, client.llen(queue)))
+    except redis.RedisError:
+        return -1
+    finally:
+        client.close()
 
 
 def enqueue_after_failover(dep: Deployment, count: int) -> list[Any]:
