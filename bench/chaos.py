@@ -24,7 +24,11 @@ connections hang, exactly what a network partition looks like to a client; then 
 stays down (connections refused) and comes back on the same ports and data directory, with every object
 it had stored, which the checks afterwards read back.
 
-    python bench/chaos.py [--jobs 200] [--scenario NAME ...] [--s3-outage-s 60]
+Redis failover, on a stack of its own: a primary, two replicas and three Sentinels, the clients given only
+the Sentinels, and the real creation window (300 per hour) on both sides; the primary is SIGKILLed while
+jobs are in every state.
+
+    python bench/chaos.py [--jobs 200] [--failover-jobs 300] [--scenario NAME ...] [--s3-outage-s 60]
 """
 
 from __future__ import annotations
@@ -85,9 +89,11 @@ STACK_ENV = {
     "IMAGINEQ_RECONCILE_INTERVAL_S": str(RECONCILE_EVERY_S),
     "IMAGINEQ_RECONCILE_LOST_MIN_AGE_S": "15",
 }
+#: The Redis failover runs on its own stack with the real creation window on both sides: a failover that
+#: forgot creation-log entries would let ImagineQ create past it, and the simulator refuse (429).
+HA_CREATIONS_PER_HOUR = 300
+HA_MASTER = "imagineq-chaos"
 SIMULATOR_ARGS = (
-    "--max-per-window",
-    str(CREATIONS_PER_HOUR),
     "--gen-time",
     "1:3",
     "--video-bytes",
@@ -123,21 +129,39 @@ SIM_DEFAULTS = {
 class ChaosStack:
     """Every process of a deployment, each one killable and restartable."""
 
-    def __init__(self, stack: LocalStack, workers_per_queue: int = 2) -> None:
+    def __init__(self, stack: LocalStack, workers_per_queue: int = 2, *, ha: bool = False) -> None:
         self.stack = stack
+        self.ha = ha
         self.redis_port = services.free_port()
         self.redis = stack.add(services.start_redis(stack.log_dir, port=self.redis_port, appendonly=True))
+        redis_env: dict[str, str] = {}
+        self.sentinels: list[services.Service] = []
+        if ha:
+            # Two replicas and three Sentinels (quorum 2) follow the primary; clients find it through them.
+            for _ in range(2):
+                stack.add(services.start_redis(stack.log_dir, replica_of=f"127.0.0.1 {self.redis_port}"))
+            self.sentinels = [
+                stack.add(services.start_sentinel(stack.log_dir, master=HA_MASTER, master_port=self.redis_port))
+                for _ in range(3)
+            ]
+            redis_env["IMAGINEQ_REDIS_SENTINEL_MASTER"] = HA_MASTER
+            services.wait_until(lambda: len(self.sentinel_replicas()) == 2, 30, "the Sentinels to see 2 replicas")
+        redis_url = (
+            ";".join(f"sentinel://{s.url.removeprefix('redis://')}" for s in self.sentinels) if ha else self.redis.url
+        )
+        self.creations_per_hour = HA_CREATIONS_PER_HOUR if ha else CREATIONS_PER_HOUR
         self.s3 = stack.add(services.start_s3(stack.log_dir))
-        self.simulator = stack.simulator(list(SIMULATOR_ARGS))
+        self.simulator = stack.simulator([*SIMULATOR_ARGS, "--max-per-window", str(self.creations_per_hour)])
         web_socket = services.reserve_port()
         web_port = web_socket.getsockname()[1]
         self.env = services.deployment_env(
-            redis_url=self.redis.url,
+            redis_url=redis_url,
             s3=self.s3,
             simulator_url=self.simulator.url,
             bucket=BUCKET,
             extra={
                 **STACK_ENV,
+                **redis_env,
                 "IMAGINEQ_ACCOUNTS": json.dumps(
                     [
                         {
@@ -145,7 +169,7 @@ class ChaosStack:
                             "api_key": "sim-key",
                             "base_url": self.simulator.url,
                             "max_in_progress": IN_PROGRESS_LIMIT,
-                            "max_creations_per_window": CREATIONS_PER_HOUR,
+                            "max_creations_per_window": self.creations_per_hour,
                         }
                     ]
                 ),
@@ -161,6 +185,7 @@ class ChaosStack:
         for queue in ("submit", "poll", "store"):
             for _ in range(workers_per_queue):
                 self.dep.start_worker(queue, concurrency=2)
+        self.figures: dict[str, float] = {}
         self._stop = threading.Event()
         self._workers_lock = threading.Lock()
         #: Workers that exited by themselves and were restarted (as compose's ``restart: unless-stopped``).
@@ -213,6 +238,31 @@ class ChaosStack:
         victim.kill()
         self.dep.start_worker(queue, concurrency=2)
 
+    def _sentinel(self, *command: str) -> Any:
+        client = redis.Redis.from_url(self.sentinels[0].url, decode_responses=True, socket_timeout=2)
+        try:
+            return client.execute_command("SENTINEL", *command)  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+    def sentinel_replicas(self) -> list[Any]:
+        with contextlib.suppress(redis.RedisError):
+            return list(self._sentinel("replicas", HA_MASTER))
+        return []
+
+    def primary_port(self) -> int:
+        return int(self._sentinel("get-master-addr-by-name", HA_MASTER)[1])
+
+    def kill_primary(self) -> float:
+        """SIGKILL the current primary (it fsyncs nothing); returns the seconds until the Sentinels had
+        promoted a replica."""
+        port = self.primary_port()
+        (victim,) = [s for s in self.stack.services if s.url.startswith(f"redis://127.0.0.1:{port}")]
+        killed_at = time.monotonic()
+        victim.kill()
+        services.wait_until(lambda: self.primary_port() != port, 60, "the Sentinels to promote a replica")
+        return time.monotonic() - killed_at
+
     def restart_redis(self, down_s: float) -> None:
         """Stop Redis (SIGTERM: it fsyncs the AOF), keep it down, start it again on the same port and dir."""
         self.redis.stop()
@@ -259,6 +309,11 @@ class Report:
     violations: list[str] = field(default_factory=list)
     #: Workers that exited by themselves during the scenario (restarted by the supervisor).
     worker_crashes: int = 0
+    #: The most creations the upstream saw in one rolling window, and its 429 refusals.
+    max_creations_in_window: int = 0
+    upstream_refusals: int = 0
+    #: What the scenario measured itself (seconds to promote, to recover, ...).
+    figures: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
     def line(self) -> str:
@@ -268,8 +323,10 @@ class Report:
             f"failed={sum(self.failed.values())} ({reasons}) lost={self.lost} "
             f"duplicate_creations={self.duplicate_creations} unknown_outcome={self.unknown_outcome} "
             f"duplicate_s3_writes={self.duplicate_s3_writes} peak_in_progress={self.peak_in_progress} "
-            f"worker_crashes={self.worker_crashes} violations={len(self.violations)} "
-            f"elapsed_s={self.elapsed_s:.0f}"
+            f"worker_crashes={self.worker_crashes} max_creations_in_window={self.max_creations_in_window} "
+            f"upstream_refusals={self.upstream_refusals} violations={len(self.violations)} "
+            + "".join(f"{key}={value:.1f} " for key, value in self.figures.items())
+            + f"elapsed_s={self.elapsed_s:.0f}"
         )
 
 
@@ -281,6 +338,7 @@ def run_scenario(
 ) -> Report:
     """Enqueue ``jobs`` over ``spread_s`` (a stream, not one burst) while ``inject`` runs; drain; check."""
     chaos.reset_simulator()
+    chaos.figures = {}
     crashes_before = sum(chaos.crashes.values())
     started = time.monotonic()
     accepted: list[Job] = []
@@ -326,6 +384,7 @@ def run_scenario(
         time.sleep(1.0)
     report = _check(chaos, name, accepted)
     report.worker_crashes = sum(chaos.crashes.values()) - crashes_before
+    report.figures = dict(chaos.figures)
     report.elapsed_s = time.monotonic() - started
     return report
 
@@ -356,6 +415,13 @@ def _check(chaos: ChaosStack, name: str, accepted: list[Job]) -> Report:
     report.peak_in_progress = int(stats["peak_in_progress"])
     if report.peak_in_progress > IN_PROGRESS_LIMIT:
         report.violations.append(f"peak in progress {report.peak_in_progress} > {IN_PROGRESS_LIMIT}")
+    report.max_creations_in_window = int(stats["max_creations_in_window"])
+    if report.max_creations_in_window > chaos.creations_per_hour:
+        report.violations.append(f"{report.max_creations_in_window} creations in a window > {chaos.creations_per_hour}")
+    report.upstream_refusals = int(stats["rate_limited"])
+    if chaos.ha and report.upstream_refusals:
+        # Nothing here forces a 429: one means ImagineQ sent past a quota it should have known.
+        report.violations.append(f"the upstream refused {report.upstream_refusals} createTask calls (429)")
     per_job: Counter[str] = Counter()
     for task in chaos.dep.sim("tasks")["tasks"]:
         url = task.get("callBackUrl") or ""
@@ -514,6 +580,33 @@ def _replay_out_of_order(chaos: ChaosStack) -> None:
                 requests.post(url, json={"code": code, "msg": "replay", "data": data}, headers=headers, timeout=5)
 
 
+def redis_failover(chaos: ChaosStack, jobs: list[Job]) -> None:
+    """SIGKILL the Redis primary while jobs are in every state; the Sentinels promote a replica and every
+    process finds it by itself. Measured: the seconds to the promotion, and to the first job stored after
+    the kill (the pipeline moving again)."""
+    chaos.sim(file_rate_bytes_per_s=VIDEO_BYTES)
+    for state in (JobState.SUBMITTING, JobState.GENERATING, JobState.DOWNLOADING):
+        _wait_for_state(chaos, jobs, state, timeout_s=20)
+    stored_before = _stored(chaos)
+    killed_at = time.monotonic()
+    chaos.figures["promote_s"] = chaos.kill_primary()
+    deadline = killed_at + 180
+    while time.monotonic() < deadline and _stored(chaos) <= stored_before:
+        time.sleep(0.1)
+    chaos.figures["recover_s"] = time.monotonic() - killed_at
+    chaos.sim(file_rate_bytes_per_s=0)
+
+
+def _stored(chaos: ChaosStack) -> int:
+    with contextlib.suppress(redis.RedisError, OSError):
+        return int(chaos.jobs.count_by_state()[JobState.STORED])
+    return -1
+
+
+#: Scenarios that need the Sentinel stack (ChaosStack(ha=True)); the others run on the single Redis.
+HA_SCENARIOS = frozenset({"redis_failover"})
+
+
 def scenarios(*, kills: int, redis_down_s: float, phase_s: float, s3_outage_s: float) -> dict[str, Injector]:
     return {
         "calm": calm,
@@ -522,6 +615,7 @@ def scenarios(*, kills: int, redis_down_s: float, phase_s: float, s3_outage_s: f
         "upstream_faults": upstream_faults(phase_s),
         "s3_outage": s3_outage(s3_outage_s),
         "callbacks": callback_faults(phase_s),
+        "redis_failover": redis_failover,
     }
 
 
@@ -535,9 +629,10 @@ def result_line(reports: list[Report]) -> str:
 
 
 @contextlib.contextmanager
-def chaos_stack(log_dir: Path) -> Iterator[ChaosStack]:
+def chaos_stack(log_dir: Path, *, ha: bool = False) -> Iterator[ChaosStack]:
+    log_dir.mkdir(parents=True, exist_ok=True)
     with services.terminate_on_signals(), LocalStack(log_dir) as stack:
-        chaos = ChaosStack(stack)
+        chaos = ChaosStack(stack, ha=ha)
         try:
             yield chaos
         finally:
@@ -547,6 +642,9 @@ def chaos_stack(log_dir: Path) -> Iterator[ChaosStack]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=200, help="jobs per scenario (default 200)")
+    parser.add_argument(
+        "--failover-jobs", type=int, default=300, help="jobs of redis_failover (default 300: a full creation window)"
+    )
     parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
     parser.add_argument("--s3-outage-s", type=float, default=60.0)
     parser.add_argument("--redis-down-s", type=float, default=5.0)
@@ -561,13 +659,18 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.scenario or list(table)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="imagineq-chaos-"))
     reports: list[Report] = []
-    with chaos_stack(log_dir) as chaos:
-        for name in chosen:
-            report = run_scenario(chaos, name, table[name], jobs=args.jobs, drain_s=args.drain_s)
-            reports.append(report)
-            print(report.line(), flush=True)
-            for violation in report.violations[:10]:
-                print(f"  violation: {violation}", flush=True)
+    for ha in (False, True):
+        names = [name for name in chosen if (name in HA_SCENARIOS) == ha]
+        if not names:
+            continue
+        with chaos_stack(log_dir / ("ha" if ha else "single"), ha=ha) as chaos:
+            for name in names:
+                jobs = args.failover_jobs if name == "redis_failover" else args.jobs
+                report = run_scenario(chaos, name, table[name], jobs=jobs, drain_s=args.drain_s)
+                reports.append(report)
+                print(report.line(), flush=True)
+                for violation in report.violations[:10]:
+                    print(f"  violation: {violation}", flush=True)
     print(f"logs: {log_dir}")
     print(result_line(reports), flush=True)
     return 0 if all(not r.violations for r in reports) else 1
