@@ -49,7 +49,8 @@ PREFIX = str(Settings.model_config["env_prefix"])
 DELIMITER = str(Settings.model_config["env_nested_delimiter"])
 
 # ${NAME}, ${NAME:-default}, ${NAME:?message} as compose and sh read them; $$ escapes compose's turn.
-_INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+# The argument holds no "${": an expression nested in a default is replaced first (see interpolate).
+_INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:(?!\$\{)[^}])*))?\}")
 _ENV_LINE = re.compile(r"^#?\s?([A-Z][A-Z0-9_]*)=(.*)$")
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")  # honcho's rule; other lines are ignored
 
@@ -109,7 +110,11 @@ def interpolate(value: str) -> str:
             return argument
         return f"example-{name.lower()}" if "?" in operator else ""
 
-    return _INTERPOLATION.sub(one, value)
+    while True:  # innermost first: a default may itself be interpolated (``${A:-x${B:?}}``)
+        done = _INTERPOLATION.sub(one, value)
+        if done == value:
+            return done
+        value = done
 
 
 # -- the settings model ---------------------------------------------------------------------------------
@@ -304,16 +309,25 @@ def secret_problems(compose: dict[str, Any]) -> list[str]:
     return problems
 
 
+#: The `ha` profile's services: Redis's replica and the Sentinels.
+HA_SERVICES = ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
+
+
 def profile_problems(compose: dict[str, Any]) -> list[str]:
     services = compose["services"]
     problems = []
     if services.get("simulator", {}).get("profiles") != ["dev"]:
         problems.append("simulator must run only under profiles: [dev]")
+    for name in HA_SERVICES:
+        if services.get(name, {}).get("profiles") != ["ha"]:
+            problems.append(f"{name} must run only under profiles: [ha]")
+    optional = {"simulator", *HA_SERVICES}
     for name, service in services.items():
-        if name != "simulator" and service.get("profiles"):
-            problems.append(f"{name} is in profiles {service['profiles']}; only the simulator should be")
-        if name != "simulator" and "simulator" in (service.get("depends_on") or {}):
-            problems.append(f"{name} depends on the dev-only simulator")
+        if name not in optional and service.get("profiles"):
+            problems.append(f"{name} is in profiles {service['profiles']}; only the dev and ha services should be")
+        for needed in optional & set(service.get("depends_on") or {}):
+            if name not in optional:
+                problems.append(f"{name} depends on {needed}, which only a profile starts")
     return problems
 
 
@@ -371,6 +385,25 @@ def test_env_example_shows_the_true_defaults(files: dict[str, Any]) -> None:
 
 def test_compose_environment_builds_valid_settings(files: dict[str, Any]) -> None:
     assert compose_settings_problems(files["compose"]) == []
+
+
+def test_the_ha_profile_points_every_app_process_at_the_sentinels(files: dict[str, Any]) -> None:
+    from config.settings import load_settings, sentinel_nodes
+
+    compose = files["compose"]
+    assert {name for name in HA_SERVICES if compose["services"][name]["profiles"] == ["ha"]} == set(HA_SERVICES)
+    ha_url = parse_env_example(files["example_text"])["REDIS_HA_URL"]
+    app_env = compose["x-imagineq"]
+    assert app_env["IMAGINEQ_REDIS_URL"].startswith("${REDIS_HA_URL:-")  # when set, it replaces the one Redis
+    settings = load_settings(
+        redis_url=ha_url,
+        redis_sentinel_master=app_env["IMAGINEQ_REDIS_SENTINEL_MASTER"],
+        redis_sentinel_password="example",
+        api_key="k",
+    )
+    assert sentinel_nodes(settings.redis_url) == [("sentinel-1", 26379), ("sentinel-2", 26379), ("sentinel-3", 26379)]
+    monitored = " ".join(words(compose["services"]["sentinel-1"]["command"]))
+    assert f"sentinel monitor {settings.redis_sentinel_master} redis 6379 2" in monitored
 
 
 def test_redis_persists_and_never_evicts(files: dict[str, Any]) -> None:
