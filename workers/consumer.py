@@ -12,18 +12,26 @@ one before (4.3/s over 60 tasks; ``-c 1`` never piles up and holds 29.6/s).
 Here each bucket has at most one pending look, so the entries never pile up and the bucket delivers
 its rate. A look that was lost (its timer entry cleared when the broker connection dropped) is
 replaced once it is overdue.
+
+It also reconnects to a lost broker sooner. Celery retries the connection 2 s after it broke, then 4 s
+after that, 6 s, ... (kombu's defaults, which Celery passes no setting for): a Redis back after 2.5 s,
+or a Sentinel failover promoted in 2.2 s, was reached only 6 s after the break (measured in the chaos
+bench's ``redis_failover``). Here the tries start after 0.5 s and add 0.5 s each, up to 5 s apart.
 """
 
 from __future__ import annotations
 
+import functools
 from time import monotonic
-from typing import Any
+from typing import Any, Final
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.utils.limits import TokenBucket
 
 #: A pending look this long overdue is taken as lost (its timer was cleared) and replaced.
 LOST_LOOK_S = 1.0
+#: Broker reconnection: the first try after this long, each next one this much later, at most this apart.
+RECONNECT_INTERVALS: Final = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 5.0}
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -31,6 +39,11 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         #: Per bucket, when its one pending look is due (monotonic seconds).
         self._bucket_looks: dict[int, float] = {}
         super().__init__(*args, **kwargs)
+
+    def ensure_connected(self, conn: Any) -> Any:
+        if not isinstance(conn.ensure_connection, functools.partial):
+            conn.ensure_connection = functools.partial(conn.ensure_connection, **RECONNECT_INTERVALS)
+        return super().ensure_connected(conn)
 
     def on_close(self) -> None:
         # The buckets are emptied here; a look cleared with the connection must not keep later
