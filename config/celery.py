@@ -23,6 +23,7 @@ job record, so every task is idempotent and safe to run twice):
 from __future__ import annotations
 
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 from kombu import Queue  # type: ignore[attr-defined]
 
@@ -96,14 +97,31 @@ def broker_key_prefix(redis_prefix: str) -> str:
     return f"{redis_prefix}:celery:"
 
 
+def sentinel_auth(settings: Settings) -> dict[str, Any]:
+    """The Sentinels' own password, as the ``password`` of the connections to them (none: empty)."""
+    password = settings.redis_sentinel_password
+    return {} if password is None else {"password": password.get_secret_value()}
+
+
+def sentinel_data_node(settings: Settings) -> dict[str, Any]:
+    """The primary's (and replicas') database, user and password, from the first ``sentinel://`` URL
+    (kombu's form: the user info of a Sentinel URL is the data nodes')."""
+    first = urlsplit(settings.redis_url.split(";")[0].strip())
+    database = first.path.strip("/")
+    options: dict[str, Any] = {"db": int(database) if database else 0}
+    if first.password:
+        options["password"] = unquote(first.password)
+    if first.username:
+        options["username"] = unquote(first.username)
+    return options
+
+
 def sentinel_transport_options(settings: Settings) -> dict[str, Any]:
     """For a ``sentinel://`` broker URL: the master to follow and the Sentinels' password (kombu's
     sentinel transport, and Flower's Broker tab, read both from the transport options)."""
     if not settings.redis_url.startswith("sentinel://"):
         return {}
-    sentinel_kwargs: dict[str, Any] = {"socket_timeout": REDIS_SOCKET_OPTIONS["socket_timeout"]}
-    if settings.redis_sentinel_password is not None:
-        sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    sentinel_kwargs = {"socket_timeout": REDIS_SOCKET_OPTIONS["socket_timeout"], **sentinel_auth(settings)}
     return {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": sentinel_kwargs}
 
 

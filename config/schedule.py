@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 from celery.schedules import crontab
 
-from config.celery import REDIS_SOCKET_OPTIONS, TASK_INBOX, TASK_RECONCILE
+from config.celery import REDIS_SOCKET_OPTIONS, TASK_INBOX, TASK_RECONCILE, sentinel_auth, sentinel_data_node
 from config.settings import Settings, sentinel_nodes
 
 RECONCILE_ENTRY: Final = "imagineq-reconcile"
@@ -43,18 +42,14 @@ def redbeat_redis(settings: Settings) -> dict[str, Any]:
     nodes = sentinel_nodes(settings.redis_url)
     if nodes is None:
         return {"redbeat_redis_url": settings.redis_url, "redbeat_redis_options": REDIS_OPTIONS}
-    first = urlsplit(settings.redis_url.split(";")[0].strip())
-    database = first.path.strip("/")
     options: dict[str, Any] = {
         **REDIS_OPTIONS,
         "sentinels": nodes,
         "service_name": settings.redis_sentinel_master,
-        "db": int(database) if database else 0,
+        **sentinel_data_node(settings),
     }
-    if first.password:
-        options["password"] = unquote(first.password)
     if settings.redis_sentinel_password is not None:
-        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password.get_secret_value()}
+        options["sentinel_kwargs"] = sentinel_auth(settings)
     return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}
 
 

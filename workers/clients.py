@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from config.celery import REDIS_SOCKET_OPTIONS
+from config.celery import REDIS_SOCKET_OPTIONS, sentinel_auth, sentinel_data_node
 from config.settings import Settings, sentinel_nodes
 from workers.jobstore import JobStore
 from workers.keys import Keys
@@ -48,25 +47,16 @@ def async_redis_client(settings: Settings) -> AsyncRedis:
 
 def sentinel_options(settings: Settings) -> dict[str, Any]:
     """How to talk to the Sentinels themselves: their password, and the socket timeouts."""
-    options: dict[str, Any] = {
+    return {
         "socket_timeout": REDIS_SOCKET_OPTIONS["socket_timeout"],
         "socket_connect_timeout": REDIS_SOCKET_OPTIONS["socket_connect_timeout"],
+        **sentinel_auth(settings),
     }
-    if settings.redis_sentinel_password is not None:
-        options["password"] = settings.redis_sentinel_password.get_secret_value()
-    return options
 
 
 def data_node_options(settings: Settings) -> dict[str, Any]:
-    """The primary's (and replicas') password and database, from the first ``sentinel://`` URL."""
-    first = urlsplit(settings.redis_url.split(";")[0].strip())
-    database = first.path.strip("/")
-    options: dict[str, Any] = {**REDIS_SOCKET_OPTIONS, "db": int(database) if database else 0}
-    if first.password:
-        options["password"] = unquote(first.password)
-    if first.username:
-        options["username"] = unquote(first.username)
-    return options
+    """How to talk to the primary (and replicas): the socket options, its database and password."""
+    return {**REDIS_SOCKET_OPTIONS, **sentinel_data_node(settings)}
 
 
 @dataclass(frozen=True)
