@@ -13,19 +13,13 @@ import redis
 from config.settings import NotifySettings
 from workers.events import Event
 from workers.keys import Keys
+from workers.lua_scripts import load_script
 from workers.notify.targets import Target
 
 #: Attempts shown per job (the newest).
 LOG_KEPT: Final = 100
 #: Records outlive their last possible attempt by this long (for the logs that point at them).
 RECORD_SLACK_S: Final = 86400
-
-# Pops up to ARGV[2] members scored at most ARGV[1] from KEYS[1]: each is handed to one caller only.
-_POP_DUE: Final = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
-return ids
-"""
 
 
 @dataclass(frozen=True)
@@ -70,7 +64,7 @@ class DeliveryStore:
         self._settings = settings
         self._ttl_s = int(settings.retry_for_s) + RECORD_SLACK_S
         self._job_ttl_s = job_ttl_s
-        self._pop = client.register_script(_POP_DUE)
+        self._pop = load_script(client, "deliveries_pop")
 
     def now_ms(self) -> int:
         seconds, micros = cast("tuple[int, int]", self._redis.time())
