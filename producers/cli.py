@@ -258,7 +258,7 @@ def _event_line(producer: Any, event: Any, *, as_json: bool) -> str:
     if as_json:
         data = event.to_dict()
         if job is not None:
-            data["job"] = {k: v for k, v in job.to_dict().items() if k != "extra"}
+            data["job"] = job.public_dict()
         return json.dumps(data, ensure_ascii=False)
     when = time.strftime("%H:%M:%S", time.gmtime(event.at))
     if event.job_id is None:

@@ -370,6 +370,13 @@ class Job:
         data["metadata"] = dict(self.metadata)
         return data
 
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the internal bookkeeping (``extra``): what the API, the event stream
+        and webhooks show of a job."""
+        data = self.to_dict()
+        data.pop("extra", None)
+        return data
+
     def to_hash(self) -> dict[str, str]:
         """The hash fields for this record; empty values are left out (see the module docstring)."""
         out: dict[str, str] = {

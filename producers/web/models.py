@@ -100,8 +100,7 @@ class JobView(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobView:
-        data = job.to_dict()
-        data.pop("extra", None)
+        data = job.public_dict()
         return cls.model_validate({name: data[name] for name in cls.model_fields if name in data})
 
 

@@ -117,7 +117,7 @@ class Notifier:
         data: dict[str, Any] = {"event_id": delivery.event, "batch_id": delivery.batch_id}
         if delivery.job_id is not None:
             job = self.jobs.get(delivery.job_id)
-            data["job"] = public_view(job) if job is not None else {"id": delivery.job_id}
+            data["job"] = job.public_dict() if job is not None else {"id": delivery.job_id}
             if job is not None and self.settings.notify.include_video_url and job.state is JobState.STORED:
                 data["video_url"] = self._video_url(job)
         return {
@@ -155,13 +155,6 @@ class Notifier:
                 "at": time.time(),
             },
         )
-
-
-def public_view(job: Job) -> dict[str, Any]:
-    """The job as the API shows it: no internal bookkeeping (``extra``), no secret (none is stored)."""
-    data = job.to_dict()
-    data.pop("extra", None)
-    return data
 
 
 def _ms(started: float) -> float:
