@@ -8,6 +8,7 @@ the API), the quotas and queues (no tenant's data), and no batches (operators su
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode, urlsplit
@@ -23,10 +24,10 @@ from producers.dashboard import formatting
 from producers.dashboard.data import DashboardData, batch_progress, timeline
 from producers.dashboard.sessions import COOKIE, Session, SessionStore, csrf_ok
 from producers.web.context import Web
-from producers.web.principals import may_see
-from workers.jobs import KEY_MAX_CHARS, Job, JobState
+from producers.web.jobs_routes import job_or_404
+from workers.jobs import KEY_MAX_CHARS, JobState
 from workers.notify.store import delivery_log
-from workers.storage import build_s3_client
+from workers.storage import build_s3_client, presigned_get_url
 from workers.storage.sidecar import read_sidecar
 
 HERE = Path(__file__).resolve().parent
@@ -37,27 +38,30 @@ PAGE_ROWS = 50
 
 
 class Dashboard:
-    """The dashboard's state in one web process: data readers, sessions, a presigning S3 client."""
+    """The dashboard's state in one web process: data readers, sessions, S3 clients (made on first use,
+    so a web that never shows a job page never builds them)."""
 
     def __init__(self, web: Web) -> None:
         settings = web.settings
         self.web = web
         self.data = DashboardData(web)
         self.sessions = SessionStore(web.redis, web.keys, settings.principals(), ttl_s=settings.dashboard.session_ttl_s)
-        self.s3 = build_s3_client(settings.s3, settings.http)
+
+    @cached_property
+    def s3(self) -> Any:
+        return build_s3_client(self.web.settings.s3, self.web.settings.http)
+
+    @cached_property
+    def presigner(self) -> Any:
+        """Signs for the endpoint browsers reach (``dashboard.video_endpoint_url``), else the app's."""
+        settings = self.web.settings
         endpoint = settings.dashboard.video_endpoint_url
-        video_s3 = settings.s3.model_copy(update={"endpoint_url": endpoint}) if endpoint else settings.s3
-        self.presigner = build_s3_client(video_s3, settings.http)
-        self.media_origin = _origin(self.presigner.meta.endpoint_url)
+        if not endpoint:
+            return self.s3
+        return build_s3_client(settings.s3.model_copy(update={"endpoint_url": endpoint}), settings.http)
 
     def presigned(self, uri: str) -> str | None:
-        if not uri.startswith("s3://"):
-            return None
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        ttl = self.web.settings.dashboard.video_url_ttl_s
-        return str(
-            self.presigner.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl)
-        )
+        return presigned_get_url(self.presigner, uri, self.web.settings.dashboard.video_url_ttl_s)
 
 
 def _origin(url: str) -> str:
@@ -86,23 +90,30 @@ SessionDep = Annotated[Session, Depends(signed_in)]
 
 
 def render(
-    request: Request, template: str, session: Session | None, status_code: int = 200, **context: Any
+    request: Request,
+    template: str,
+    session: Session | None,
+    status_code: int = 200,
+    media: str | None = None,
+    **context: Any,
 ) -> Response:
-    dashboard = dashboard_of(request)
+    """The page, with its security headers; ``media``: the URL of a video it plays (allowed by the CSP:
+    presigned URLs name their own host, on AWS the bucket's, so the policy takes the URL's origin)."""
     response = templates.TemplateResponse(
         request,
         template,
         {"session": session, "partial": request.query_params.get("partial") == "1", **context},
         status_code=status_code,
     )
-    secure_headers(response, dashboard.media_origin)
+    secure_headers(response, _origin(media) if media else None)
     return response
 
 
-def secure_headers(response: Response, media_origin: str) -> None:
+def secure_headers(response: Response, media_origin: str | None) -> None:
+    media = f"'self' {media_origin}" if media_origin else "'self'"
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        f"media-src 'self' {media_origin}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        f"media-src {media}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
@@ -131,13 +142,6 @@ def parse_state(value: str | None) -> JobState | None:
         return JobState(value)
     except ValueError:
         raise HTTPException(422, f"state must be one of {', '.join(s.value for s in JobState)}") from None
-
-
-def visible_job(dashboard: Dashboard, session: Session, job_id: str) -> Job:
-    job = dashboard.web.jobs.get(job_id)
-    if job is None or not may_see(session.principal, job):
-        raise HTTPException(404, f"job {job_id} not found")
-    return job
 
 
 # -- sign-in ------------------------------------------------------------------------------------------
@@ -238,7 +242,7 @@ def jobs(
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, dashboard: DashboardDep, session: SessionDep, job_id: str) -> Response:
-    job = visible_job(dashboard, session, job_id)
+    job = job_or_404(dashboard.web, session.principal, job_id)
     sidecar = None
     if job.state is JobState.STORED and job.s3_uri:
         bucket, _, key = job.s3_uri.removeprefix("s3://").partition("/")
@@ -251,6 +255,7 @@ def job_page(request: Request, dashboard: DashboardDep, session: SessionDep, job
         request,
         "job.html",
         session,
+        media=video,
         job=job,
         steps=timeline(job),
         deliveries=delivery_log(dashboard.web.redis, dashboard.web.keys, job.id),
@@ -271,7 +276,7 @@ def act(
 ) -> Response:
     """Cancel a queued job, or queue a failed one again; the job's page then says what happened."""
     check_action(request, session, csrf)
-    job = visible_job(dashboard, session, job_id)
+    job = job_or_404(dashboard.web, session.principal, job_id)
     try:
         if action == "cancel":
             dashboard.web.producer.cancel(job.id, by=f"from the dashboard by {session.principal.name}")

@@ -129,14 +129,11 @@ class Notifier:
     def _video_url(self, job: Job) -> str | None:
         if not job.s3_uri:
             return None
-        if self._presigner is None:
-            from workers.storage import build_s3_client
+        from workers.storage import build_s3_client, presigned_get_url
 
+        if self._presigner is None:
             self._presigner = build_s3_client(self.settings.s3, self.settings.http)
-        bucket, _, key = job.s3_uri.removeprefix("s3://").partition("/")
-        ttl = self.settings.notify.video_url_ttl_s
-        params = {"Bucket": bucket, "Key": key}
-        return str(self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl))
+        return presigned_get_url(self._presigner, job.s3_uri, self.settings.notify.video_url_ttl_s)
 
     def _record(self, delivery: Delivery, attempt_no: int, attempt: Attempt) -> None:
         if delivery.job_id is None:

@@ -9,7 +9,7 @@
 """
 
 from config.settings import redact_url
-from workers.storage.client import build_s3_client
+from workers.storage.client import build_s3_client, presigned_get_url
 from workers.storage.errors import BadResult, ResultGone, ResultTooLarge, StorageError, TransferError
 from workers.storage.object_keys import object_key, sidecar_key
 from workers.storage.objects import Storage, StoredObject
@@ -24,6 +24,7 @@ __all__ = [
     "TransferError",
     "build_s3_client",
     "object_key",
+    "presigned_get_url",
     "redact_url",
     "sidecar_key",
 ]

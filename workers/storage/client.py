@@ -42,6 +42,14 @@ def build_s3_client(s3: S3Settings, http: HttpSettings) -> S3Client:
     )
 
 
+def presigned_get_url(client: S3Client, s3_uri: str, ttl_s: int) -> str | None:
+    """A GET URL of the object ``s3://bucket/key``, valid ``ttl_s``; None for any other location."""
+    if not s3_uri.startswith("s3://"):
+        return None
+    bucket, _, key = s3_uri.removeprefix("s3://").partition("/")
+    return str(client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_s))
+
+
 def client_error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", "unknown"))
 
