@@ -390,11 +390,16 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = Field(default=10_000, ge=1)
     #: Enforce the global Redis quotas. Off only for the benchmark's naive baseline (rate_limit alone).
     quota_enforce: bool = True
-    #: Replicas that must hold a new quota slot (its creation-log entry and lease) before createTask is
-    #: sent (Redis ``WAIT``), so a failover cannot forget it: -1 (default) one when the primary has a
-    #: replica connected, else none; 0 never waits; N that many. Without them in time, the job waits.
-    quota_replica_acks: int = Field(default=-1, ge=-1, le=10)
+    #: Replicas that must hold a write before it is relied on (Redis ``WAIT``), so a failover cannot
+    #: forget it: a new quota slot (its creation-log entry and lease) before createTask is sent, and new
+    #: jobs before the producer is told they are accepted. -1 (default) one when the primary has a
+    #: replica connected, else none; 0 never waits; N that many.
+    replica_acks: int = Field(default=-1, ge=-1, le=10)
+    #: How long an acquire waits for them; without them in time the slot goes back and the job waits.
     quota_replica_ack_timeout_ms: int = Field(default=200, ge=1, le=10_000)
+    #: How long an enqueue waits for them (0: it does not wait). Without them in time the jobs are still
+    #: accepted (they are on the primary) and a warning is logged.
+    enqueue_replica_ack_timeout_ms: int = Field(default=1000, ge=0, le=60_000)
 
     # -- HTTP ingress: the ``web`` process (producers/web/) ------------------------------------------
     #: Named principals of the ingress (JSON list of {name, token, admin, limits...}): each sees only its

@@ -75,7 +75,14 @@ class Clients:
         return cls(
             client,
             keys,
-            JobStore(client, keys, terminal_ttl_s=settings.job_ttl_s, events_max_len=settings.events_max_len),
+            JobStore(
+                client,
+                keys,
+                terminal_ttl_s=settings.job_ttl_s,
+                events_max_len=settings.events_max_len,
+                replica_acks=settings.replica_acks,
+                replica_ack_timeout_ms=settings.enqueue_replica_ack_timeout_ms,
+            ),
         )
 
 

@@ -15,6 +15,7 @@ The client may decode responses or not; both are handled.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
@@ -33,6 +34,9 @@ from workers.jobs import (
 from workers.keys import Keys
 from workers.lua_scripts import ScriptCall, evalsha_pipeline, load_script
 from workers.messages import BrokerMessage
+from workers.replication import ReplicaAcks
+
+log = logging.getLogger("imagineq.jobs")
 
 #: Builds the broker message pushed together with a new job record.
 MessageFactory = Callable[[Job], BrokerMessage]
@@ -98,7 +102,14 @@ class JobStore:
     """Create, read and move jobs; all writes are atomic Lua scripts timed by the Redis clock."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, *, terminal_ttl_s: int = 30 * 86400, events_max_len: int = 100_000
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        terminal_ttl_s: int = 30 * 86400,
+        events_max_len: int = 100_000,
+        replica_acks: int = 0,
+        replica_ack_timeout_ms: int = 0,
     ) -> None:
         if terminal_ttl_s < 1:
             raise ValueError("terminal_ttl_s must be at least 1")
@@ -106,6 +117,9 @@ class JobStore:
         self._keys = keys
         self.terminal_ttl_s = terminal_ttl_s
         self.events_max_len = events_max_len
+        #: New jobs wait for these replicas (``workers.replication``) before create returns them.
+        self._replica_acks = ReplicaAcks(client, replica_acks if replica_ack_timeout_ms else 0)
+        self._replica_ack_timeout_ms = replica_ack_timeout_ms
         self._create = load_script(client, "job_create")
         self._transition = load_script(client, "job_transition")
         self._update = load_script(client, "job_update")
@@ -133,7 +147,17 @@ class JobStore:
 
     def _create_chunk(self, requests: Sequence[JobRequest], message: MessageFactory | None) -> list[tuple[Job, bool]]:
         jobs = [Job.new(request, job_id=new_job_id()) for request in requests]
-        results = evalsha_pipeline(self._client, [self._create_call(job, message=message) for job in jobs])
+        calls = [self._create_call(job, message=message) for job in jobs]
+        wanted = self._replica_acks.wanted()
+        results, acks = evalsha_pipeline(self._client, calls, replicas=wanted, timeout_ms=self._replica_ack_timeout_ms)
+        if acks < wanted:
+            # They are on the primary and accepted; only a failover in the next moment could lose them.
+            log.warning(
+                "%d job(s) accepted without a replica's acknowledgement in %d ms (first %s)",
+                len(jobs),
+                self._replica_ack_timeout_ms,
+                jobs[0].id,
+            )
         out: list[tuple[Job, bool] | None] = [None] * len(jobs)
         existing: dict[int, str] = {}
         for i, (job, result) in enumerate(zip(jobs, results, strict=True)):

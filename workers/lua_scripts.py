@@ -44,24 +44,37 @@ def load_script(client: redis.Redis, name: str) -> Script:
 ScriptCall = tuple[Script, Sequence[Any], Sequence[Any]]
 
 
-def evalsha_pipeline(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+def evalsha_pipeline(
+    client: redis.Redis, calls: Sequence[ScriptCall], *, replicas: int = 0, timeout_ms: int = 0
+) -> tuple[list[Any], int]:
     """Run ``calls`` in one non-transactional pipeline: one round trip when the scripts are loaded.
 
     A result that is an exception other than ``NOSCRIPT`` is returned in place (callers decide); commands
-    that met ``NOSCRIPT`` did not run, so they are sent again once their scripts are loaded.
+    that met ``NOSCRIPT`` did not run, so they are sent again once their scripts are loaded. With
+    ``replicas``, each pipeline ends in ``WAIT replicas timeout_ms`` (on the connection of the writes,
+    so it counts the replicas that have them). Returns the results and the fewest replicas any of the
+    pipelines was acknowledged by (0 when none was asked for).
     """
-    results = _send(client, calls)
+    results, acks = _send(client, calls, replicas, timeout_ms)
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:
         for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
             script.sha = str(client.script_load(script.script))
-        for i, result in zip(missing, _send(client, [calls[i] for i in missing]), strict=True):
+        again, again_acks = _send(client, [calls[i] for i in missing], replicas, timeout_ms)
+        for i, result in zip(missing, again, strict=True):
             results[i] = result
-    return results
+        acks = min(acks, again_acks)
+    return results, acks
 
 
-def _send(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+def _send(client: redis.Redis, calls: Sequence[ScriptCall], replicas: int, timeout_ms: int) -> tuple[list[Any], int]:
     with client.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(pipe.execute(raise_on_error=False))
+        if replicas:
+            pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+        results = list(pipe.execute(raise_on_error=False))
+    if not replicas:
+        return results, 0
+    acks = results.pop()
+    return results, int(acks) if isinstance(acks, int) else 0

@@ -20,17 +20,17 @@ them read ``TIME``, so property tests can drive time. Production never passes a 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis
 
 from config.settings import AccountSettings, ConfigError, Settings, account_named
 from workers.keys import Keys
 from workers.lua_scripts import load_script
+from workers.replication import ReplicaAcks
 
 #: Lease members that stand for an unknown task's slot after its job was tried again (see detach_hold).
 HELD_PREFIX = "held:"
@@ -46,10 +46,6 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
 #: A streak of cooldowns is forgotten after this long even without a success.
 BACKOFF_MEMORY_S = 3600.0
-
-
-#: How long the number of connected replicas (for ``replica_acks=-1``) is taken as known.
-REPLICAS_RECHECK_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,9 +100,8 @@ class QuotaLimiter:
         replica_ack_timeout_ms: int = 200,
     ) -> None:
         self._redis = client
-        self.replica_acks = replica_acks
+        self._replica_acks = ReplicaAcks(client, replica_acks)
         self.replica_ack_timeout_ms = replica_ack_timeout_ms
-        self._replicas_seen: tuple[float, int] = (-1e9, 0)
         self._keys = keys
         self._accounts = {account.name: account for account in accounts}
         self.lease_ttl_s = lease_ttl_s
@@ -130,7 +125,7 @@ class QuotaLimiter:
             settings.accounts,
             lease_ttl_s=settings.quota_lease_ttl_s,
             unknown_grace_s=settings.unknown_outcome_grace_s,
-            replica_acks=settings.quota_replica_acks,
+            replica_acks=settings.replica_acks,
             replica_ack_timeout_ms=settings.quota_replica_ack_timeout_ms,
         )
 
@@ -158,7 +153,7 @@ class QuotaLimiter:
             account = self._account(name)
             keys += self._quota_keys(name)
             args += [account.in_progress_limit, account.creations_limit, _ms(account.enforced_window_s)]
-        wanted = self._wanted_acks()
+        wanted = self._replica_acks.wanted()
         if not wanted:
             reply = self._acquire(keys=keys, args=args)
             acks = 0
@@ -176,22 +171,6 @@ class QuotaLimiter:
             self.release(chosen, job_id)
             return Acquired(None, wait_s=self.replica_ack_timeout_ms / 1000, reason="replicas")
         return Acquired(chosen)
-
-    def _wanted_acks(self) -> int:
-        """Replicas that must have a new slot before it is used: the setting, or with -1 (auto) one
-        when the primary has a replica connected (looked up at most every ``REPLICAS_RECHECK_S``)."""
-        if self.replica_acks >= 0:
-            return self.replica_acks
-        at, count = self._replicas_seen
-        now = time.monotonic()
-        if now - at > REPLICAS_RECHECK_S:
-            try:
-                info = cast("dict[str, Any]", self._redis.info("replication"))
-                count = int(info.get("connected_slaves", 0))
-            except redis.RedisError:
-                count = self._replicas_seen[1]
-            self._replicas_seen = (now, count)
-        return 1 if count > 0 else 0
 
     def renew_lease(self, account: str, job_id: str, ttl_s: float | None = None) -> bool:
         """Extend the job's lease to at least now + ``ttl_s``; False if it holds none (reclaimed/released)."""

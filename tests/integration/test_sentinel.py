@@ -220,3 +220,37 @@ def test_a_quota_slot_is_used_only_once_a_replica_has_it(tmp_path: Path):
         never = QuotaLimiter(client, keys, [account], replica_acks=0)
         assert never.acquire_slot("job-3").account == "a"
         client.close()
+
+
+def test_an_enqueue_returns_once_a_replica_has_the_jobs(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from workers.jobstore import JobStore
+    from workers.keys import Keys
+
+    with services.LocalStack(tmp_path) as stack:
+        primary = stack.add(services.start_redis(tmp_path))
+        port = primary.url.rsplit(":", 1)[1].split("/")[0]
+        replica = stack.add(services.start_redis(tmp_path, replica_of=f"127.0.0.1 {port}"))
+        client = redis.Redis.from_url(primary.url, decode_responses=True)
+        on_replica = redis.Redis.from_url(replica.url, decode_responses=True)
+        wait_until(
+            lambda: int(cast("dict[str, Any]", client.info("replication"))["connected_slaves"]) == 1, 30, "a replica"
+        )
+        keys = Keys("iq")
+        jobs = JobStore(client, keys, replica_acks=-1, replica_ack_timeout_ms=2000)
+
+        job, _ = jobs.create(JobRequest(prompt="held by a replica"))
+        # WAIT returned: the replica has it the moment create does.
+        assert on_replica.exists(keys.job(job.id)) == 1
+        assert "without a replica's acknowledgement" not in caplog.text
+
+        os.killpg(replica.process.pid, signal.SIGSTOP)  # connected, but it acknowledges nothing
+        try:
+            with caplog.at_level("WARNING", logger="imagineq.jobs"):
+                late, _ = jobs.create(JobRequest(prompt="no replica answers"))
+        finally:
+            os.killpg(replica.process.pid, signal.SIGCONT)
+        # Accepted all the same (it is on the primary), and said so.
+        assert jobs.get(late.id) is not None
+        assert f"1 job(s) accepted without a replica's acknowledgement in 2000 ms (first {late.id})" in caplog.text
+        client.close()
+        on_replica.close()
