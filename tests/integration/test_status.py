@@ -15,7 +15,7 @@ from devstack.services import Service
 from producers.api import Producer
 from producers.status import StatusReader
 from producers.status_cli import render
-from workers.jobs import JobState
+from workers.jobs import Job, JobState
 from workers.logs import Redactor
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def test_status_shows_quotas_credits_queues_jobs_and_failures(settings: Settings
     # main cooling down and spare paused.
     producer = Producer(settings)
     queued = [producer.enqueue(f"prompt {i}") for i in range(3)]
-    producer.enqueue("a batch line", priority="batch")
+    batch_job = producer.enqueue("a batch line", priority="batch")
     failed = producer.enqueue("doomed")
     jobs, quota = producer.jobs, StatusReader(settings).quota
     assert quota is not None
@@ -71,8 +71,14 @@ def test_status_shows_quotas_credits_queues_jobs_and_failures(settings: Settings
     submit = next(queue for queue in status.queues if queue.queue == "submit")
     assert submit.waiting == {0: 4, 3: 0, 6: 0, 9: 1} and submit.held == 0  # the failed job's message too
     assert status.jobs["queued"] == 4 and status.jobs["failed"] == 1
-    # Enqueued within the same millisecond, the first jobs may tie: any of them is the oldest.
-    assert status.oldest_queued_job in {job.id for job in queued} and status.oldest_queued_age_s is not None
+
+    # The queued index is ordered by the millisecond of creation: jobs enqueued within the first job's
+    # millisecond tie with it (the batch line too, on a fast machine), and any of them is the oldest.
+    def created_ms(job: Job) -> int:
+        return round(job.created_at * 1_000_000) // 1000  # as the index scores it: whole microseconds, floored
+
+    tied = {job.id for job in [*queued, batch_job] if created_ms(job) == created_ms(queued[0])}
+    assert status.oldest_queued_job in tied and status.oldest_queued_age_s is not None
     [failure] = status.failures
     assert (failure.job_id, failure.reason) == (failed.id, "rejected")
 
