@@ -201,17 +201,24 @@ def start_redis(
     appendonly: bool = False,
     data_dir: Path | None = None,
     replica_of: str | None = None,
+    password: str | None = None,
 ) -> Service:
     """A private redis-server, keeping its files (the AOF, with ``appendonly``) in ``data_dir`` (a folder
     per port under ``log_dir`` by default). Without ``port``, on a free one: redis-server cannot bind
-    port 0 itself (0 turns TCP off), so a port taken between the choice and the bind means another try."""
+    port 0 itself (0 turns TCP off), so a port taken between the choice and the bind means another try.
+    With ``password``, clients (and, as a replica, it towards its primary) must authenticate; the password
+    goes in a config file of its own (mode 0600), never on the command line, and in the service's URL."""
+
+    def on(chosen: int) -> Service:
+        return _start_redis_on(
+            log_dir, chosen, appendonly=appendonly, data_dir=data_dir, replica_of=replica_of, password=password
+        )
+
     if port is not None:
-        return _start_redis_on(log_dir, port, appendonly=appendonly, data_dir=data_dir, replica_of=replica_of)
+        return on(port)
     for attempt in range(5):
         try:
-            return _start_redis_on(
-                log_dir, free_port(), appendonly=appendonly, data_dir=data_dir, replica_of=replica_of
-            )
+            return on(free_port())
         except ServiceError:
             if attempt == 4:
                 raise
@@ -219,12 +226,25 @@ def start_redis(
 
 
 def _start_redis_on(
-    log_dir: Path, port: int, *, appendonly: bool, data_dir: Path | None, replica_of: str | None = None
+    log_dir: Path,
+    port: int,
+    *,
+    appendonly: bool,
+    data_dir: Path | None,
+    replica_of: str | None = None,
+    password: str | None = None,
 ) -> Service:
     data_dir = data_dir or log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
+    config: list[str] = []
+    if password is not None:
+        secrets_file = data_dir / "auth.conf"
+        secrets_file.touch(mode=0o600)
+        secrets_file.write_text(f"requirepass {password}\nmasterauth {password}\n")
+        config = [str(secrets_file)]  # the config file comes first, the options after it
     argv = [
         redis_server_binary(),
+        *config,
         "--port",
         str(port),
         "--bind",
@@ -246,30 +266,49 @@ def _start_redis_on(
     ]
     if replica_of is not None:  # "host port"
         argv += ["--replicaof", *replica_of.split()]
-    service = spawn(f"redis-{port}", argv, log_dir=log_dir, url=f"redis://127.0.0.1:{port}/0")
+    auth = f":{password}@" if password is not None else ""
+    service = spawn(f"redis-{port}", argv, log_dir=log_dir, url=f"redis://{auth}127.0.0.1:{port}/0")
     _await_ready(service, lambda: redis_reachable(service.url), 20)
     return service
 
 
 def start_sentinel(
-    log_dir: Path, *, master: str, master_port: int, quorum: int = 2, down_after_ms: int = 1000
+    log_dir: Path,
+    *,
+    master: str,
+    master_port: int,
+    quorum: int = 2,
+    down_after_ms: int = 1000,
+    master_password: str | None = None,
+    password: str | None = None,
 ) -> Service:
     """A Sentinel (the same redis-server, ``--sentinel``) watching the primary on ``master_port`` as
-    ``master``, on a free port; its config file (which Sentinel rewrites) in its own folder."""
+    ``master``, on a free port; its config file (which Sentinel rewrites) in its own folder, mode 0600.
+    ``master_password`` is the data nodes' password; ``password`` the Sentinels' own (``requirepass``, also
+    used between Sentinels), in the service's URL."""
     for attempt in range(5):
         port = free_port()
         folder = log_dir / f"sentinel-{port}"
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / "sentinel.conf"
-        config.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
-            f"sentinel monitor {master} 127.0.0.1 {master_port} {quorum}\n"
-            f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
-            f"sentinel failover-timeout {master} 10000\n"
-            f"sentinel parallel-syncs {master} 1\n"
-        )
+        config.touch(mode=0o600)
+        lines = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            f"dir {folder}",
+            f"sentinel monitor {master} 127.0.0.1 {master_port} {quorum}",
+            f"sentinel down-after-milliseconds {master} {down_after_ms}",
+            f"sentinel failover-timeout {master} 10000",
+            f"sentinel parallel-syncs {master} 1",
+        ]
+        if master_password is not None:
+            lines.append(f"sentinel auth-pass {master} {master_password}")
+        if password is not None:
+            lines += [f"requirepass {password}", f"sentinel sentinel-pass {password}"]
+        config.write_text("\n".join(lines) + "\n")
         service = spawn(f"sentinel-{port}", [redis_server_binary(), str(config), "--sentinel"], log_dir=log_dir)
-        service.url = url = f"redis://127.0.0.1:{port}"
+        auth = f":{password}@" if password is not None else ""
+        service.url = url = f"redis://{auth}127.0.0.1:{port}"
         try:
             _await_ready(service, lambda url=url: redis_reachable(url), 20)  # type: ignore[misc]
             return service

@@ -254,3 +254,49 @@ def test_an_enqueue_returns_once_a_replica_has_the_jobs(tmp_path: Path, caplog: 
         assert f"1 job(s) accepted without a replica's acknowledgement in 2000 ms (first {late.id})" in caplog.text
         client.close()
         on_replica.close()
+
+
+def test_passwords_of_the_data_nodes_and_of_the_sentinels_work_and_are_never_printed(tmp_path: Path):
+    """Data nodes with one password, Sentinels with another (``requirepass`` on both tiers): the sentinel://
+    URL carries the data nodes' password, IMAGINEQ_REDIS_SENTINEL_PASSWORD the Sentinels'. Jobs run through
+    real workers, and neither password shows in the CLI's output or any process's log."""
+    data_password, sentinel_password = "data-" + os.urandom(8).hex(), "sentinel-" + os.urandom(8).hex()
+    with services.LocalStack(tmp_path / "redis") as stack:
+        primary = stack.add(services.start_redis(stack.log_dir, password=data_password))
+        port = int(primary.url.rsplit(":", 1)[1].split("/")[0])
+        stack.add(services.start_redis(stack.log_dir, replica_of=f"127.0.0.1 {port}", password=data_password))
+        sentinels = [
+            stack.add(
+                services.start_sentinel(
+                    stack.log_dir,
+                    master=MASTER,
+                    master_port=port,
+                    master_password=data_password,
+                    password=sentinel_password,
+                )
+            )
+            for _ in range(3)
+        ]
+        addresses = [s.url.rsplit("@", 1)[1] for s in sentinels]
+        url = f"sentinel://:{data_password}@{addresses[0]};" + ";".join(f"sentinel://{a}" for a in addresses[1:])
+        env = {
+            "IMAGINEQ_REDIS_URL": url,
+            "IMAGINEQ_REDIS_SENTINEL_MASTER": MASTER,
+            "IMAGINEQ_REDIS_SENTINEL_PASSWORD": sentinel_password,
+        }
+        # Without the Sentinels' password they refuse to say where the primary is.
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis.from_url(f"redis://{addresses[0]}").execute_command("SENTINEL", "masters")  # type: ignore[no-untyped-call]
+        with deployment(tmp_path / "deployment", env=env) as dep:
+            done = dep.wait_all(
+                dep.producer.enqueue_many([{"prompt": f"Behind passwords, take {i}"} for i in range(3)])
+            )
+            assert [job.state for job in done] == [JobState.STORED] * 3, [(j.state, j.error) for j in done]
+            status = dep.cli("status")
+            assert status.returncode == 0, status.stderr
+            shown = status.stdout + status.stderr
+            assert "sentinel://" in shown and data_password not in shown and sentinel_password not in shown
+        logs = {path: path.read_text(errors="replace") for path in (tmp_path / "deployment").glob("*.log")}
+        assert logs
+        leaked = [path.name for path, text in logs.items() if data_password in text or sentinel_password in text]
+        assert leaked == []
