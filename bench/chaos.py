@@ -131,24 +131,19 @@ class ChaosStack:
 
     def __init__(self, stack: LocalStack, workers_per_queue: int = 2, *, ha: bool = False) -> None:
         self.stack = stack
-        self.ha = ha
         self.redis_port = services.free_port()
-        self.redis = stack.add(services.start_redis(stack.log_dir, port=self.redis_port, appendonly=True))
         redis_env: dict[str, str] = {}
-        self.sentinels: list[services.Service] = []
+        self.cluster: services.ReplicatedRedis | None = None
         if ha:
             # Two replicas and three Sentinels (quorum 2) follow the primary; clients find it through them.
-            for _ in range(2):
-                stack.add(services.start_redis(stack.log_dir, replica_of=f"127.0.0.1 {self.redis_port}"))
-            self.sentinels = [
-                stack.add(services.start_sentinel(stack.log_dir, master=HA_MASTER, master_port=self.redis_port))
-                for _ in range(3)
-            ]
+            self.cluster = services.start_replicated_redis(
+                stack, master=HA_MASTER, port=self.redis_port, appendonly=True
+            )
+            self.redis = self.cluster.primary
             redis_env["IMAGINEQ_REDIS_SENTINEL_MASTER"] = HA_MASTER
-            services.wait_until(lambda: len(self.sentinel_replicas()) == 2, 30, "the Sentinels to see 2 replicas")
-        redis_url = (
-            ";".join(f"sentinel://{s.url.removeprefix('redis://')}" for s in self.sentinels) if ha else self.redis.url
-        )
+        else:
+            self.redis = stack.add(services.start_redis(stack.log_dir, port=self.redis_port, appendonly=True))
+        redis_url = self.cluster.url if self.cluster is not None else self.redis.url
         self.creations_per_hour = HA_CREATIONS_PER_HOUR if ha else CREATIONS_PER_HOUR
         self.s3 = stack.add(services.start_s3(stack.log_dir))
         self.simulator = stack.simulator([*SIMULATOR_ARGS, "--max-per-window", str(self.creations_per_hour)])
@@ -198,6 +193,11 @@ class ChaosStack:
         stack.callback(self._stop.set)
 
     @property
+    def ha(self) -> bool:
+        """Redis is a Sentinel cluster (a failover can be injected)."""
+        return self.cluster is not None
+
+    @property
     def jobs(self) -> Any:
         return self.dep.producer.jobs
 
@@ -238,29 +238,11 @@ class ChaosStack:
         victim.kill()
         self.dep.start_worker(queue, concurrency=2)
 
-    def _sentinel(self, *command: str) -> Any:
-        client = redis.Redis.from_url(self.sentinels[0].url, decode_responses=True, socket_timeout=2)
-        try:
-            return client.execute_command("SENTINEL", *command)  # type: ignore[no-untyped-call]
-        finally:
-            client.close()
-
-    def sentinel_replicas(self) -> list[Any]:
-        with contextlib.suppress(redis.RedisError):
-            return list(self._sentinel("replicas", HA_MASTER))
-        return []
-
-    def primary_port(self) -> int:
-        return int(self._sentinel("get-master-addr-by-name", HA_MASTER)[1])
-
     def kill_primary(self) -> float:
-        """SIGKILL the current primary (it fsyncs nothing); returns the seconds until the Sentinels had
-        promoted a replica."""
-        port = self.primary_port()
-        (victim,) = [s for s in self.stack.services if s.url.startswith(f"redis://127.0.0.1:{port}")]
+        """SIGKILL the current primary; returns the seconds until the Sentinels had promoted a replica."""
+        assert self.cluster is not None, "a failover needs the Sentinel stack (ha=True)"
         killed_at = time.monotonic()
-        victim.kill()
-        services.wait_until(lambda: self.primary_port() != port, 60, "the Sentinels to promote a replica")
+        self.cluster.kill_primary()
         return time.monotonic() - killed_at
 
     def restart_redis(self, down_s: float) -> None:

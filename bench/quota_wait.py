@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, cast
 
 import redis
 from pydantic import SecretStr
@@ -58,13 +57,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000)
     args = parser.parse_args()
     with services.LocalStack(Path(tempfile.mkdtemp(prefix="bench-quota-wait-"))) as stack:
-        primary = stack.add(services.start_redis(stack.log_dir))
-        port = primary.url.rsplit(":", 1)[1].split("/")[0]
-        stack.add(services.start_redis(stack.log_dir, replica_of=f"127.0.0.1 {port}"))
-        client = redis.Redis.from_url(primary.url, decode_responses=True)
-        services.wait_until(
-            lambda: int(cast("dict[str, Any]", client.info("replication"))["connected_slaves"]) == 1, 30, "a replica"
-        )
+        nodes = services.start_replicated_redis(stack, replicas=1, sentinels=0)
+        client = redis.Redis.from_url(nodes.primary.url, decode_responses=True)
         # Limits out of reach: every acquire succeeds, so only the write and its acknowledgement are timed.
         account = AccountSettings(
             name="a", api_key=SecretStr("k"), max_in_progress=10**6, max_creations_per_window=10**9

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -554,6 +555,97 @@ class LocalStack(contextlib.ExitStack):
 
     def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Service:
         return self.add(spawn(name, argv, log_dir=self.log_dir, env=env))
+
+
+@dataclass
+class ReplicatedRedis:
+    """A primary, its replicas and the Sentinels watching it as ``master`` (maybe none), all private, on
+    loopback. ``url`` is the ``sentinel://`` list ImagineQ is given (the data nodes' password in its first
+    part); without Sentinels, the primary's URL."""
+
+    master: str
+    primary: Service
+    replicas: list[Service]
+    sentinels: list[Service]
+    url: str
+
+    def _ask(self, *command: str) -> Any:
+        client = redis.Redis.from_url(self.sentinels[0].url, decode_responses=True, socket_timeout=2)
+        try:
+            return client.execute_command("SENTINEL", *command)  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+    def master_address(self) -> tuple[str, int]:
+        host, port = self._ask("get-master-addr-by-name", self.master)
+        return str(host), int(port)
+
+    def replicas_known(self) -> int:
+        """How many replicas the (first) Sentinel knows; 0 while it cannot be asked."""
+        try:
+            return len(self._ask("replicas", self.master))
+        except redis.RedisError:
+            return 0
+
+    def kill_primary(self) -> tuple[str, int]:
+        """SIGKILL the current primary (whichever node that is now); returns the address the Sentinels
+        promote instead, once they have."""
+        old = self.master_address()
+        (victim,) = [node for node in (self.primary, *self.replicas) if _port_of(node.url) == old[1]]
+        victim.kill()
+        wait_until(lambda: self.master_address() != old, 60, "the Sentinels to promote a replica")
+        return self.master_address()
+
+
+def _port_of(url: str) -> int:
+    return int(urlsplit(url).port or 0)
+
+
+def start_replicated_redis(
+    stack: LocalStack,
+    *,
+    master: str = "imagineq",
+    replicas: int = 2,
+    sentinels: int = 3,
+    port: int | None = None,
+    appendonly: bool = False,
+    password: str | None = None,
+    sentinel_password: str | None = None,
+) -> ReplicatedRedis:
+    """A :class:`ReplicatedRedis` on ``stack`` (its primary on ``port`` if given), ready once every
+    replica is connected to the primary and known to the Sentinels. ``password`` is the data nodes',
+    ``sentinel_password`` the Sentinels'."""
+    log_dir = stack.log_dir
+    primary = stack.add(start_redis(log_dir, port=port, appendonly=appendonly, password=password))
+    primary_port = _port_of(primary.url)
+    copies = [
+        stack.add(start_redis(log_dir, replica_of=f"127.0.0.1 {primary_port}", password=password))
+        for _ in range(replicas)
+    ]
+    watchers = [
+        stack.add(
+            start_sentinel(
+                log_dir, master=master, master_port=primary_port, master_password=password, password=sentinel_password
+            )
+        )
+        for _ in range(sentinels)
+    ]
+    addresses = [urlsplit(watcher.url).netloc.rsplit("@", 1)[-1] for watcher in watchers]
+    auth = f":{password}@" if password is not None else ""
+    url = ";".join(f"sentinel://{auth if i == 0 else ''}{address}" for i, address in enumerate(addresses))
+    cluster = ReplicatedRedis(master, primary, copies, watchers, url or primary.url)
+    client = redis.Redis.from_url(primary.url, decode_responses=True)
+    try:
+        wait_until(
+            lambda: int(cast("dict[str, Any]", client.info("replication"))["connected_slaves"]) == replicas,
+            30,
+            f"{replicas} replica(s) to connect",
+        )
+    finally:
+        client.close()
+    if watchers:
+        wait_until(lambda: cluster.replicas_known() == replicas, 30, f"the Sentinels to know {replicas} replicas")
+    return cluster
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import requests
 from config.celery import broker_prefix
 from config.settings import load_settings
 from devstack import services
+from devstack.services import ReplicatedRedis
 from tests.integration.deployment import Deployment, deployment, wait_until
 from workers.clients import Clients
 from workers.jobs import JobRequest, JobState
@@ -27,59 +28,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 MASTER = "imagineq-test"
 
 
-class Cluster:
-    def __init__(self, log_dir: Path) -> None:
-        self.stack = services.LocalStack(log_dir)
-        self.primary = self.stack.add(services.start_redis(log_dir))
-        port = self.primary.url.rsplit(":", 1)[1].split("/")[0]
-        self.replicas = [
-            self.stack.add(services.start_redis(log_dir, replica_of=f"127.0.0.1 {port}")) for _ in range(2)
-        ]
-        self.sentinels = [
-            self.stack.add(services.start_sentinel(log_dir, master=MASTER, master_port=int(port))) for _ in range(3)
-        ]
-        self.url = ";".join(f"sentinel://{s.url.removeprefix('redis://')}" for s in self.sentinels)
-        wait_until(self._all_replicas_known, 30, "the Sentinels to know both replicas")
-
-    def master_address(self) -> tuple[str, int]:
-        client = redis.Redis.from_url(self.sentinels[0].url, decode_responses=True)
-        try:
-            host, port = cast("list[str]", client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER))  # type: ignore[no-untyped-call]
-            return host, int(port)
-        finally:
-            client.close()
-
-    def _all_replicas_known(self) -> bool:
-        client = redis.Redis.from_url(self.sentinels[0].url, decode_responses=True)
-        try:
-            replicas = client.execute_command("SENTINEL", "replicas", MASTER)  # type: ignore[no-untyped-call]
-            return len(cast("list[Any]", replicas)) == 2
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    def kill_primary(self) -> tuple[str, int]:
-        """SIGKILL the primary; returns the address the Sentinels promote instead."""
-        old = self.master_address()
-        self.primary.stop(sig=signal.SIGKILL)
-        wait_until(lambda: self.master_address() != old, 60, "the Sentinels to promote a replica")
-        return self.master_address()
-
-    def close(self) -> None:
-        self.stack.close()
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    made = Cluster(tmp_path / "redis")
-    try:
-        yield made
-    finally:
-        made.close()
+def cluster(tmp_path: Path) -> Iterator[ReplicatedRedis]:
+    with services.LocalStack(tmp_path / "redis") as stack:
+        yield services.start_replicated_redis(stack, master=MASTER)
 
 
-def test_the_clients_and_their_lua_scripts_follow_the_primary_through_a_failover(cluster: Cluster):
+def test_the_clients_and_their_lua_scripts_follow_the_primary_through_a_failover(cluster: ReplicatedRedis):
     settings = load_settings(redis_url=cluster.url, redis_sentinel_master=MASTER, api_key="k")
     clients = Clients.build(settings)
     job, _ = clients.jobs.create(JobRequest(prompt="before the failover"))
@@ -105,7 +60,7 @@ def test_the_clients_and_their_lua_scripts_follow_the_primary_through_a_failover
     clients.redis.close()
 
 
-def test_workers_and_the_broker_follow_the_primary_through_a_failover(cluster: Cluster, tmp_path: Path):
+def test_workers_and_the_broker_follow_the_primary_through_a_failover(cluster: ReplicatedRedis, tmp_path: Path):
     env = {"IMAGINEQ_REDIS_URL": cluster.url, "IMAGINEQ_REDIS_SENTINEL_MASTER": MASTER}
     with deployment(tmp_path / "deployment", env=env) as dep:
         first = dep.wait_all(dep.producer.enqueue_many([{"prompt": f"Before, take {i}"} for i in range(5)]))
@@ -119,7 +74,7 @@ def test_workers_and_the_broker_follow_the_primary_through_a_failover(cluster: C
         assert all(worker.alive() for group in dep.workers.values() for worker in group)
 
 
-def test_beat_and_flower_follow_the_primary_through_a_failover(cluster: Cluster, tmp_path: Path):
+def test_beat_and_flower_follow_the_primary_through_a_failover(cluster: ReplicatedRedis, tmp_path: Path):
     """Beat (celery-redbeat: its schedule and lock) publishes to the new primary, and Flower's task events
     and Broker tab come from it, without either being restarted. Only a submit worker runs, so beat's
     reconcile messages stay queued on ``poll`` where they can be counted."""
@@ -162,7 +117,7 @@ def test_beat_and_flower_follow_the_primary_through_a_failover(cluster: Cluster,
         assert beat.alive() and flower.alive()
 
 
-def queued(cluster: Cluster, queue: str, at: tuple[str, int] | None = None) -> int:
+def queued(cluster: ReplicatedRedis, queue: str, at: tuple[str, int] | None = None) -> int:
     host, port = at or cluster.master_address()
     client = redis.Redis(host=host, port=port, socket_timeout=2)
     try:
@@ -196,13 +151,9 @@ def test_a_quota_slot_is_used_only_once_a_replica_has_it(tmp_path: Path):
     from workers.quota import QuotaLimiter
 
     with services.LocalStack(tmp_path) as stack:
-        primary = stack.add(services.start_redis(tmp_path))
-        port = primary.url.rsplit(":", 1)[1].split("/")[0]
-        replica = stack.add(services.start_redis(tmp_path, replica_of=f"127.0.0.1 {port}"))
-        client = redis.Redis.from_url(primary.url, decode_responses=True)
-        wait_until(
-            lambda: int(cast("dict[str, Any]", client.info("replication"))["connected_slaves"]) == 1, 30, "a replica"
-        )
+        nodes = services.start_replicated_redis(stack, replicas=1, sentinels=0)
+        (replica,) = nodes.replicas
+        client = redis.Redis.from_url(nodes.primary.url, decode_responses=True)
         account = AccountSettings(name="a", api_key=SecretStr("k"))
         keys = Keys("iq")
         limiter = QuotaLimiter(client, keys, [account], replica_acks=-1, replica_ack_timeout_ms=300)
@@ -227,14 +178,10 @@ def test_an_enqueue_returns_once_a_replica_has_the_jobs(tmp_path: Path, caplog: 
     from workers.keys import Keys
 
     with services.LocalStack(tmp_path) as stack:
-        primary = stack.add(services.start_redis(tmp_path))
-        port = primary.url.rsplit(":", 1)[1].split("/")[0]
-        replica = stack.add(services.start_redis(tmp_path, replica_of=f"127.0.0.1 {port}"))
-        client = redis.Redis.from_url(primary.url, decode_responses=True)
+        nodes = services.start_replicated_redis(stack, replicas=1, sentinels=0)
+        (replica,) = nodes.replicas
+        client = redis.Redis.from_url(nodes.primary.url, decode_responses=True)
         on_replica = redis.Redis.from_url(replica.url, decode_responses=True)
-        wait_until(
-            lambda: int(cast("dict[str, Any]", client.info("replication"))["connected_slaves"]) == 1, 30, "a replica"
-        )
         keys = Keys("iq")
         jobs = JobStore(client, keys, replica_acks=-1, replica_ack_timeout_ms=2000)
 
@@ -262,31 +209,18 @@ def test_passwords_of_the_data_nodes_and_of_the_sentinels_work_and_are_never_pri
     real workers, and neither password shows in the CLI's output or any process's log."""
     data_password, sentinel_password = "data-" + os.urandom(8).hex(), "sentinel-" + os.urandom(8).hex()
     with services.LocalStack(tmp_path / "redis") as stack:
-        primary = stack.add(services.start_redis(stack.log_dir, password=data_password))
-        port = int(primary.url.rsplit(":", 1)[1].split("/")[0])
-        stack.add(services.start_redis(stack.log_dir, replica_of=f"127.0.0.1 {port}", password=data_password))
-        sentinels = [
-            stack.add(
-                services.start_sentinel(
-                    stack.log_dir,
-                    master=MASTER,
-                    master_port=port,
-                    master_password=data_password,
-                    password=sentinel_password,
-                )
-            )
-            for _ in range(3)
-        ]
-        addresses = [s.url.rsplit("@", 1)[1] for s in sentinels]
-        url = f"sentinel://:{data_password}@{addresses[0]};" + ";".join(f"sentinel://{a}" for a in addresses[1:])
+        made = services.start_replicated_redis(
+            stack, master=MASTER, replicas=1, password=data_password, sentinel_password=sentinel_password
+        )
+        first_sentinel = made.sentinels[0].url.rsplit("@", 1)[1]
         env = {
-            "IMAGINEQ_REDIS_URL": url,
+            "IMAGINEQ_REDIS_URL": made.url,
             "IMAGINEQ_REDIS_SENTINEL_MASTER": MASTER,
             "IMAGINEQ_REDIS_SENTINEL_PASSWORD": sentinel_password,
         }
         # Without the Sentinels' password they refuse to say where the primary is.
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis.from_url(f"redis://{addresses[0]}").execute_command("SENTINEL", "masters")  # type: ignore[no-untyped-call]
+            redis.Redis.from_url(f"redis://{first_sentinel}").execute_command("SENTINEL", "masters")  # type: ignore[no-untyped-call]
         with deployment(tmp_path / "deployment", env=env) as dep:
             done = dep.wait_all(
                 dep.producer.enqueue_many([{"prompt": f"Behind passwords, take {i}"} for i in range(3)])
