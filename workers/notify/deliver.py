@@ -51,8 +51,9 @@ class Notifier:
         if delivery is None or delivery.status != "pending":
             return  # expired, or already done: a redelivered task
         open_until = self.store.breaker_open_until(delivery.url)
-        if open_until > self.store.now_ms():
-            if self.store.hold(delivery, open_until):
+        now_ms = self.store.now_ms()
+        if open_until > now_ms:
+            if self.store.hold(delivery, open_until, now_ms):
                 # Shown once, so a job whose event has not been sent yet says why.
                 self._record(delivery, 0, Attempt(None, 0.0, "held: the endpoint keeps failing (breaker open)"))
             return

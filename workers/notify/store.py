@@ -116,13 +116,14 @@ class DeliveryStore:
                 pipe.zadd(self._keys.deliveries_due(), {delivery.id: retry_at_ms})
             pipe.execute()
 
-    def hold(self, delivery: Delivery, until_ms: int) -> bool:
+    def hold(self, delivery: Delivery, until_ms: int, now_ms: int) -> bool:
         """Wait without an attempt while the endpoint's breaker is open; True the first time for this
-        delivery. The wake-up is spread over a quarter of the wait (at least 200 ms): the deliveries
-        held together do not all wake at the instant the breaker closes, and which of them probes the
-        endpoint first is left to chance rather than to the order of their ids, so none is always last.
+        delivery (``now_ms``: the Redis time the breaker was read at). The wake-up is spread over a
+        quarter of the wait (at least 200 ms): the deliveries held together do not all wake at the
+        instant the breaker closes, and which of them probes the endpoint first is left to chance rather
+        than to the order of their ids, so none is always last.
         """
-        spread_ms = max(200, (until_ms - self.now_ms()) // 4)
+        spread_ms = max(200, (until_ms - now_ms) // 4)
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self._keys.deliveries_due(), {delivery.id: until_ms + random.randint(0, spread_ms)})
             pipe.hsetnx(self._keys.delivery(delivery.id), "held", "1")
