@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import boto3
 import requests
 
+from config.schedule import SCHEDULER
 from config.settings import Settings, load_settings
 from devstack import services
 from devstack.services import LocalStack, Service
@@ -131,6 +132,12 @@ def settings_from(env: Mapping[str, str]) -> Settings:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def start_beat(stack: LocalStack, env: Mapping[str, str], name: str = "beat") -> Service:
+    """The Procfile's beat command (its schedule and lock in Redis) with ``env``, on ``stack``."""
+    argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", SCHEDULER, "-l", "INFO"]
+    return stack.spawn(name, argv, env)
 
 
 @contextmanager

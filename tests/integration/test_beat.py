@@ -4,7 +4,6 @@ nightly inbox pickup submits each file once and moves it to the processed locati
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from config.settings import Settings, load_settings
 from devstack import services
 from devstack.services import LocalStack, Service
 from tests.conftest import S3_TEST_CREDENTIALS, s3_client_for
-from tests.integration.deployment import deployment, wait_until
+from tests.integration.deployment import deployment, start_beat, wait_until
 from workers.batch.inbox import run_inbox
 from workers.batch.reader import BatchSubmitter
 from workers.jobs import JobState
@@ -25,11 +24,6 @@ from workers.jobs import JobState
 pytestmark = pytest.mark.integration
 
 SENT = "Sending due task imagineq-reconcile"
-
-
-def beat(stack: LocalStack, env: dict[str, str], name: str) -> Service:
-    argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", "workers.beat:Scheduler", "-l", "INFO"]
-    return stack.spawn(name, argv, env)
 
 
 def sends(service: Service) -> int:
@@ -51,9 +45,9 @@ def test_two_beats_only_the_lock_holder_schedules_and_the_other_takes_over(stack
         "IMAGINEQ_RECONCILE_INTERVAL_S": "1",
         "IMAGINEQ_BEAT_LOCK_TIMEOUT_S": "3",
     }
-    first = beat(stack, env, "beat-1")
+    first = start_beat(stack, env, "beat-1")
     wait_until(lambda: sends(first) >= 1, 60, "the first beat to schedule")
-    second = beat(stack, env, "beat-2")
+    second = start_beat(stack, env, "beat-2")
     wait_until(
         lambda: "beat: Starting" in second.log_tail(100_000) and sends(first) >= 6, 60, "both beats to run a while"
     )
@@ -80,7 +74,7 @@ def test_beat_rides_out_a_redis_restart(stack: LocalStack):
         "IMAGINEQ_RECONCILE_INTERVAL_S": "1",
         "IMAGINEQ_BEAT_LOCK_TIMEOUT_S": "3",
     }
-    scheduler = beat(stack, env, "beat-restart")
+    scheduler = start_beat(stack, env, "beat-restart")
     wait_until(lambda: sends(scheduler) >= 2, 60, "beat to schedule")
     server.stop()
     wait_until(lambda: "Redis unreachable" in scheduler.log_tail(100_000), 30, "beat to notice Redis is gone")
@@ -205,7 +199,7 @@ def test_the_nightly_cron_fires_through_beat_into_the_inbox_task(tmp_path: Path)
     (inbox / "tonight.jsonl").write_text(lines("tonight", 3))
     env = {"IMAGINEQ_INBOX": str(inbox), "IMAGINEQ_NIGHTLY_CRON": "* * * * *"}
     with deployment(tmp_path / "services", env=env, workers={"submit": 1, "poll": 1, "store": 1}) as dep:
-        scheduler = beat(dep.stack, dep.env, "beat-nightly")
+        scheduler = start_beat(dep.stack, dep.env, "beat-nightly")
         moved = inbox / "processed" / "tonight.jsonl"
         wait_until(moved.exists, 90, "beat's nightly run to pick the file up")
         assert "Sending due task imagineq-nightly-inbox" in scheduler.log_tail(100_000)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from devstack import services
-from tests.integration.deployment import deployment, wait_until
+from tests.integration.deployment import deployment, start_beat, wait_until
 from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
@@ -104,8 +103,7 @@ def test_the_whole_pipeline_runs_over_tls_and_the_password_is_never_printed(
 
     env = {"IMAGINEQ_REDIS_URL": url, "IMAGINEQ_RECONCILE_INTERVAL_S": "1"}
     with deployment(tmp_path / "deployment", env=env) as dep:
-        argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", "workers.beat:Scheduler", "-l", "INFO"]
-        beat = dep.stack.spawn("beat", argv, dep.env)
+        beat = start_beat(dep.stack, dep.env)
         done = dep.wait_all(dep.producer.enqueue_many([{"prompt": f"Over TLS, take {i}"} for i in range(3)]))
         assert [job.state for job in done] == [JobState.STORED] * 3, [(j.state, j.error) for j in done]
         wait_until(lambda: "Sending due task imagineq-reconcile" in beat.log_tail(100_000), 60, "beat to schedule")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -20,7 +19,7 @@ from config.celery import broker_prefix
 from config.settings import load_settings
 from devstack import services
 from devstack.services import ReplicatedRedis
-from tests.integration.deployment import Deployment, deployment, wait_until
+from tests.integration.deployment import Deployment, deployment, start_beat, wait_until
 from workers.clients import Clients
 from workers.jobs import JobRequest, JobState
 
@@ -86,8 +85,7 @@ def test_beat_and_flower_follow_the_primary_through_a_failover(cluster: Replicat
     }
     user, password = "ops", "flower-" + os.urandom(6).hex()
     with deployment(tmp_path / "deployment", env=env, workers={"submit": 1}) as dep:
-        argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", "workers.beat:Scheduler", "-l", "INFO"]
-        beat = dep.stack.spawn("beat", argv, dep.env)
+        beat = start_beat(dep.stack, dep.env)
         flower = dep.start_flower(services.free_port(), user, password)
         poll_queue = f"{broker_prefix(dep.settings)}poll"
         wait_until(lambda: queued(cluster, poll_queue) >= 2, 60, "beat's first reconcile messages")
