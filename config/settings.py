@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -594,8 +594,6 @@ def _check_url(value: str) -> str:
 def redact_url(url: str) -> str:
     """The URL without user info, query string and fragment: safe to show or log (no password, no
     presigned signature). Every URL ImagineQ prints goes through here (a Sentinel list part by part)."""
-    from urllib.parse import urlunsplit
-
     if url.startswith("sentinel://") and ";" in url:
         return ";".join(redact_url(part.strip()) for part in url.split(";"))
     try:
