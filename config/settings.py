@@ -398,7 +398,8 @@ class Settings(BaseSettings):
     #: How long an acquire waits for them; without them in time the slot goes back and the job waits.
     quota_replica_ack_timeout_ms: int = Field(default=200, ge=1, le=10_000)
     #: How long an enqueue waits for them (0: it does not wait). Without them in time the jobs are still
-    #: accepted (they are on the primary) and a warning is logged.
+    #: accepted (they are on the primary) and a warning is logged. A submit's createTask marker waits as
+    #: long; unacknowledged, createTask is not sent and the job goes back to the queue.
     enqueue_replica_ack_timeout_ms: int = Field(default=1000, ge=0, le=60_000)
 
     # -- HTTP ingress: the ``web`` process (producers/web/) ------------------------------------------

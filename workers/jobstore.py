@@ -48,6 +48,16 @@ TASK_INDEX_SLACK_S: Final = 86400
 _SCAN_COUNT: Final = 1000
 
 
+def _update_args(
+    expect: JobState | Iterable[JobState], fields: Mapping[str, FieldValue], incr: Mapping[str, int]
+) -> list[str]:
+    """job_update.lua's ARGV: the expected states, then the fields and increments."""
+    if "task_id" in fields:
+        raise ValueError("task_id is written by transition(), which also keeps the task index")
+    states = sorted(_states(expect) or (), key=lambda state: state.value)
+    return [str(len(states)), *(state.value for state in states), *_field_args(fields, incr)]
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -353,16 +363,32 @@ class JobStore:
         Not for ``task_id`` (use :meth:`transition`, which keeps the task index). Returns False, having
         written nothing, when the job is missing or in another state. ``pipe`` as in :meth:`transition`.
         """
-        fields = fields or {}
-        if "task_id" in fields:
-            raise ValueError("task_id is written by transition(), which also keeps the task index")
-        states = sorted(_states(expect) or (), key=lambda state: state.value)
-        args = [str(len(states)), *(state.value for state in states), *_field_args(fields, incr or {})]
+        args = _update_args(expect, fields or {}, incr or {})
         keys = [self._keys.job(job_id)]
         if pipe is not None:
             self._update(keys, args, client=pipe)
             return True
         return bool(self._update(keys, args))
+
+    def update_acknowledged(
+        self, job_id: str, *, expect: JobState | Iterable[JobState], fields: Mapping[str, FieldValue]
+    ) -> bool | None:
+        """:meth:`update`, then ``WAIT`` for the replicas new jobs wait for (on the same connection):
+        True when written and acknowledged, False when not written (missing job, another state), None
+        when written but no replica acknowledged it in time (a failover could still forget it)."""
+        args = _update_args(expect, fields, {})
+        wanted = self._replica_acks.wanted()
+        (written,), acks = evalsha_pipeline(
+            self._client,
+            [(self._update, [self._keys.job(job_id)], args)],
+            replicas=wanted,
+            timeout_ms=self._replica_ack_timeout_ms,
+        )
+        if isinstance(written, Exception):
+            raise written
+        if not written:
+            return False
+        return True if acks >= wanted else None
 
     def incr(self, job_id: str, field: str, by: int = 1) -> int:
         """Add ``by`` to a counter on the record and return the new value; LookupError if no such job."""

@@ -113,6 +113,7 @@ class QuotaLimiter:
         self._snapshot = load_script(client, "quota_snapshot")
         self._reclaim = load_script(client, "quota_reclaim")
         self._release = load_script(client, "quota_release")
+        self._unsent = load_script(client, "quota_unsent")
         self._calls = load_script(client, "quota_calls")
         self._detach = load_script(client, "quota_detach")
 
@@ -187,6 +188,16 @@ class QuotaLimiter:
             keys=[keys.leases(account), keys.slot_wakes(account), keys.poll_plan(account), keys.poll_owners(account)],
             args=[job_id, limit],
         )
+
+    def release_unsent(self, job_id: str) -> str | None:
+        """A slot taken for a createTask that was surely never sent: on the account where the job holds
+        its lease, give back the creation it spent and release the slot. The account, or None when the
+        job holds no lease (it lapsed; its creation then stays spent, which is safe)."""
+        for name in self._accounts:
+            if self._unsent(keys=[self._keys.leases(name), self._keys.creations(name)], args=[job_id]):
+                self.release(name, job_id)
+                return name
+        return None
 
     def wait_for_release(self, timeout_s: float, accounts: Sequence[str] | None = None) -> bool:
         """Block until a slot is released on one of ``accounts`` (default: all) or ``timeout_s`` passes;

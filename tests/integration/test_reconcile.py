@@ -87,6 +87,28 @@ def test_a_stale_submit_claim_goes_back_to_the_queue_and_is_stored(dep: Deployme
     assert dep.producer.wait(job.id, timeout=60).state is JobState.STORED
 
 
+def test_a_submit_that_died_after_its_slot_but_before_its_marker_gives_the_creation_back(rt: Runtime):
+    """A slot was taken (lease and creation entry) and the worker died before writing create_sent_at (e.g.
+    Redis went away in between): nothing was sent, so the recovery gives the creation back with the slot.
+    Left spent, it would hold the requeued job back for up to an hour in a full window."""
+    from workers.tasks.submit import recover_interrupted_submit
+
+    job = orphan(rt, "Slot taken, then the worker died")
+    assert rt.jobs.transition(job.id, JobState.SUBMITTING, expect=JobState.QUEUED, fields={"claim": "dead"})
+    assert rt.quota.acquire_slot(job.id).account == "default"
+
+    def spent() -> list[str]:
+        entries = cast("list[str]", rt.redis.zrange(rt.keys.creations("default"), 0, -1))
+        return [entry for entry in entries if entry.startswith(f"{job.id}:")]
+
+    assert len(spent()) == 1
+
+    recovered = recover_interrupted_submit(rt, must(rt.jobs.get(job.id)))
+
+    assert recovered is not None and recovered.state is JobState.QUEUED
+    assert spent() == [] and rt.redis.zscore(rt.keys.leases("default"), job.id) is None
+
+
 def test_a_stale_claim_after_create_task_was_sent_is_never_resubmitted(dep: Deployment, rt: Runtime):
     created_before = dep.stats()["created"]
     job = orphan(rt, "createTask may have gone out")

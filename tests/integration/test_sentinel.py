@@ -192,8 +192,12 @@ def test_an_enqueue_returns_once_a_replica_has_the_jobs(tmp_path: Path, caplog: 
         try:
             with caplog.at_level("WARNING", logger="imagineq.jobs"):
                 late, _ = jobs.create(JobRequest(prompt="no replica answers"))
+            # A submit's createTask marker is written the same way: unacknowledged, it says so (None).
+            assert jobs.update_acknowledged(late.id, expect=JobState.QUEUED, fields={"claim": "x"}) is None
         finally:
             os.killpg(replica.process.pid, signal.SIGCONT)
+        assert jobs.update_acknowledged(job.id, expect=JobState.QUEUED, fields={"claim": "y"}) is True
+        assert jobs.update_acknowledged(job.id, expect=JobState.GENERATING, fields={"claim": "z"}) is False
         # Accepted all the same (it is on the primary), and said so.
         assert jobs.get(late.id) is not None
         assert f"1 job(s) accepted without a replica's acknowledgement in 2000 ms (first {late.id})" in caplog.text

@@ -65,11 +65,18 @@ def submit(self: Task, job_id: str) -> str | None:
         requeue(self)
 
     callback_url, token_hash = _callback_url(rt, job_id)
-    rt.jobs.update(
+    marked = rt.jobs.update_acknowledged(
         job_id,
         expect=JobState.SUBMITTING,
         fields={"account": account, "create_sent_at": time.time(), "callback_token_hash": token_hash},
     )
+    if marked is None:
+        # The marker is what tells a recovery that createTask may have gone out; one a failover could
+        # forget must not precede it. Not sent: the slot and its creation go back, the job waits.
+        log.warning("submit: job %s: no replica acknowledged its createTask marker; queued again", job_id)
+        rt.quota.release_unsent(job_id)
+        _back_to_queue(rt, job_id)
+        requeue(self)
     client = rt.upstream(account)
     try:
         task_id = client.create_task(
@@ -153,8 +160,9 @@ def recover_interrupted_submit(rt: Runtime, job: Job) -> Job | None:
             },
         )
         return None
-    if job.account:
-        rt.quota.release(job.account, job.id)
+    # No marker (written, and acknowledged by a replica, before any createTask): nothing was sent, so
+    # the slot and the creation it spent go back.
+    rt.quota.release_unsent(job.id)
     if rt.jobs.transition(job.id, JobState.QUEUED, expect=JobState.SUBMITTING, fields={"claim": None}):
         return rt.jobs.get(job.id)
     return None
