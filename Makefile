@@ -33,8 +33,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m devstack.demo $(if $(KEEP),--keep,)
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist): its tests mostly wait on real servers and
+# workers, and each process starts its own Redis and S3 server, so they never share state.
+TEST_WORKERS ?= 4
+
 test: install browser redis-tls lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is never used).
 browser:
@@ -59,7 +63,7 @@ unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
 integration: install browser redis-tls
-	$(BIN)/python -m pytest -q tests/integration
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/integration
 
 bench: install
 	$(BIN)/python bench/simulator_rate.py
