@@ -225,6 +225,17 @@ def test_a_transfer_past_its_deadline_is_given_up(s3_endpoint, s3_bucket, files)
         ("100.64.0.1", False),
         ("0.0.0.0", False),
         ("224.0.0.251", False),
+        # IPv6 forms that carry an internal IPv4 address to a gateway or tunnel that forwards to it.
+        ("2002:7f00:1::1", False),  # 6to4 of 127.0.0.1
+        ("2002:a9fe:a9fe::1", False),  # 6to4 of the metadata address
+        ("2002:5db8:d822::1", True),  # 6to4 of a public address
+        ("::7f00:1", False),  # IPv4-compatible 127.0.0.1
+        ("::a00:1", False),  # IPv4-compatible 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("64:ff9b::7f00:1", False),  # NAT64 of 127.0.0.1
+        ("64:ff9b::5db8:d822", True),  # NAT64 of a public address
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64: its layout is the operator's
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", False),  # Teredo whose client is 127.0.0.1
     ],
 )
 def test_only_public_addresses_are_allowed_by_default(address, allowed):

@@ -100,11 +100,51 @@ class AddressPolicy:
 
     def allows(self, address: str) -> bool:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope id names an interface
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if any(ip.version == network.version and ip in network for network in self.allowed_networks):
+        if isinstance(ip, ipaddress.IPv6Address):
+            embedded = embedded_ipv4(ip)
+            if ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            elif embedded and not self._allowed_network(ip):
+                # 6to4, NAT64, Teredo and IPv4-compatible addresses reach the IPv4 address inside them:
+                # they are as allowed as that address, never more.
+                return all(self._allows_ip(inner) for inner in embedded)
+        return self._allows_ip(ip)
+
+    def _allows_ip(self, ip: IPAddress) -> bool:
+        if self._allowed_network(ip):
             return True
         return ip.is_global and not ip.is_multicast
+
+    def _allowed_network(self, ip: IPAddress) -> bool:
+        return any(ip.version == network.version and ip in network for network in self.allowed_networks)
+
+
+#: IPv6 prefixes whose addresses carry an IPv4 address a gateway forwards to: NAT64's well-known prefix
+#: (RFC 6052, the last 32 bits) and its local-use prefix (RFC 8215, any layout: refused as a whole).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+#: The deprecated IPv4-compatible form ``::a.b.c.d`` (RFC 4291), which some stacks still route as IPv4.
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_UNSPECIFIED_V4 = ipaddress.IPv4Address("0.0.0.0")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to (mapped, 6to4, Teredo, NAT64, IPv4-compatible); the
+    local-use NAT64 prefix, whose layout is the operator's, yields the unspecified address (refused)."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if ip in _NAT64:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    elif ip in _NAT64_LOCAL:
+        found.append(_UNSPECIFIED_V4)
+    elif ip in _IPV4_COMPATIBLE and int(ip) > 1:  # not :: or ::1, which are themselves
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
 
 
 def _normal_host(host: str) -> str:
