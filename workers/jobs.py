@@ -86,6 +86,9 @@ PROMPT_MAX_CHARS: Final = 5000
 ASPECT_RATIOS: Final = ("2:3", "3:2", "1:1")
 MODES: Final = ("fun", "normal", "spicy")
 METADATA_MAX_BYTES: Final = 16 * 1024
+#: Nesting of objects and lists in metadata: deeper documents cannot be shown by every reader (the
+#: JSON encoders of the API, the events and the dashboard stop far below Python's own limit).
+METADATA_MAX_DEPTH: Final = 16
 KEY_MAX_CHARS: Final = 200
 
 
@@ -123,6 +126,26 @@ def _encodable(name: str, value: str) -> None:
         raise ValidationError(
             name, f"must be valid UTF-8 text (unpaired surrogate at character {error.start})"
         ) from None
+
+
+def nesting_depth(value: object) -> int:
+    """How deeply objects and lists nest in ``value`` (a scalar is 0, ``{}`` 1, ``{"a": []}`` 2), up to
+    ``METADATA_MAX_DEPTH + 1`` (anything deeper reads as that); walked without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if depth <= METADATA_MAX_DEPTH:  # past the limit the answer is known to be "too deep"
+            stack.extend((child, depth) for child in children)
+    return deepest
 
 
 def encode_metadata(metadata: Mapping[str, Any]) -> str:
@@ -163,6 +186,8 @@ class JobRequest:
             raise ValidationError("metadata", f"must be an object (got {_type_name(self.metadata)})")
         if not all(isinstance(key, str) for key in self.metadata):
             raise ValidationError("metadata", "keys must be strings")
+        if nesting_depth(self.metadata) > METADATA_MAX_DEPTH:
+            raise ValidationError("metadata", f"must be nested at most {METADATA_MAX_DEPTH} levels deep")
         try:
             size = len(encode_metadata(self.metadata).encode())
         except (TypeError, ValueError) as error:

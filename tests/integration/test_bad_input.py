@@ -140,6 +140,14 @@ def web(web_url: str, redis_url: str) -> str:
 
 # -- 1. one request, on every surface ----------------------------------------------------------------------
 
+def nested(depth: int) -> dict[str, Any]:
+    """An object nested ``depth`` levels deep: ``{"a": {"a": ... {}}}``."""
+    document: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        document = {"a": document}
+    return document
+
+
 #: (case, request fields, Python API / batch message, HTTP 422 loc, HTTP 422 msg)
 REQUEST_CASES = [
     (
@@ -184,6 +192,14 @@ REQUEST_CASES = [
         "mode: must be one of fun, normal, spicy (got 'wild')",
         ["body", "mode"],
         "Input should be 'fun', 'normal' or 'spicy'",
+    ),
+    (
+        # 1.5 KB, well under the size cap: it was written, then every reader of it answered 500.
+        "metadata nested 256 levels deep",
+        {"prompt": "a cat", "metadata": nested(256)},
+        "metadata: must be nested at most 16 levels deep",
+        ["body", "metadata"],
+        "must be nested at most 16 levels deep",
     ),
     (
         "unpaired surrogate (text that is not UTF-8)",

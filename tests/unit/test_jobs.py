@@ -18,6 +18,7 @@ from workers.jobs import (
     JobState,
     Priority,
     allowed_from,
+    nesting_depth,
 )
 
 S = JobState
@@ -35,6 +36,7 @@ BAD_REQUESTS = [
     ({"metadata": {1: "a"}}, "metadata", "keys must be strings"),
     ({"metadata": {"x": {1}}}, "metadata", "must be JSON-serialisable (Object of type set is not JSON serializable)"),
     ({"metadata": {"x": "y" * 16400}}, "metadata", "must be at most 16384 bytes as JSON (got 16408)"),
+    ({"metadata": {"a": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}}, "metadata", "must be nested at most 16 levels deep"),
     ({"priority": "urgent"}, "priority", "must be one of interactive, batch (got 'urgent')"),
     ({"idempotency_key": ""}, "idempotency_key", "must be 1 to 200 characters (got 0)"),
     ({"idempotency_key": "k" * 201}, "idempotency_key", "must be 1 to 200 characters (got 201)"),
@@ -176,3 +178,10 @@ def test_round_trip_property(prompt, metadata, extra, counters):
     job.attempts, job.submit_attempts, job.poll_errors, job.store_attempts = counters
     job.extra = extra
     assert Job.from_hash(job.to_hash()) == job
+
+
+def test_metadata_may_nest_exactly_to_the_cap():
+    at_cap = {"a": [[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]}
+    assert nesting_depth(at_cap) == 16
+    JobRequest(prompt="a cat", metadata=at_cap).validate()
+    assert nesting_depth(1) == 0 and nesting_depth({}) == 1 and nesting_depth({"a": [{}]}) == 3
