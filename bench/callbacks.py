@@ -70,7 +70,7 @@ def run(mode: str, jobs: int, gen_time: str, log_dir: Path) -> Run:
         simulator = stack.simulator(sim_args)
         web_socket = services.reserve_port()
         port = web_socket.getsockname()[1]
-        extra = {"IMAGINEQ_INGRESS_TOKENS": json.dumps(["bench"])}
+        extra = {"IMAGINEQ_INGRESS_TOKENS": json.dumps(["bench-token-0123456789abcdef"])}
         if callbacks:
             extra |= {
                 "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",

@@ -170,7 +170,7 @@ class ChaosStack:
                 ),
                 "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
                 "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
-                "IMAGINEQ_INGRESS_TOKENS": '["chaos"]',
+                "IMAGINEQ_INGRESS_TOKENS": '["chaos-token-0123456789abcdef"]',
             },
         )
         self.dep = Deployment(stack, self.env, self.simulator)

@@ -108,7 +108,7 @@ def run(mode: str, accounts: int, jobs_per_account: int, log_dir: Path) -> Run:
             "IMAGINEQ_ACCOUNTS": json.dumps(
                 [{"name": f"acct{i}", "api_key": key, "base_url": simulator.url} for i, key in enumerate(keys)]
             ),
-            "IMAGINEQ_INGRESS_TOKENS": json.dumps(["bench"]),
+            "IMAGINEQ_INGRESS_TOKENS": json.dumps(["bench-token-0123456789abcdef"]),
         }
         if callbacks:
             extra |= {

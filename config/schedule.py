@@ -37,11 +37,16 @@ def nightly_crontab(expression: str) -> crontab:
 
 
 def redbeat_redis(settings: Settings) -> dict[str, Any]:
-    """redbeat's Redis: the deployment's URL, or for a Sentinel list redbeat's own Sentinel form
-    (``redis-sentinel://`` with the Sentinels, the master's name and the passwords as options)."""
+    """redbeat's Redis: the broker's (redbeat falls back to ``broker_url``), or for a Sentinel list
+    redbeat's own Sentinel form (``redis-sentinel://`` with the Sentinels, the master's name and the
+    passwords as options).
+
+    The URL is never written into ``redbeat_redis_url``: every worker's configuration is shown to whoever
+    asks (``celery inspect conf``, Flower's Config tab), and Celery masks the password of ``broker_url``
+    and of keys named like a secret, not of a key called ``..._url``."""
     nodes = sentinel_nodes(settings.redis_url)
     if nodes is None:
-        return {"redbeat_redis_url": settings.redis_url, "redbeat_redis_options": REDIS_OPTIONS}
+        return {"redbeat_redis_options": REDIS_OPTIONS}
     options: dict[str, Any] = {
         **REDIS_OPTIONS,
         "sentinels": nodes,

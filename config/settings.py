@@ -33,6 +33,30 @@ def _secret_not_blank(value: SecretStr) -> SecretStr:
     return value
 
 
+#: A bearer token is the whole of a caller's identity: at least this long, and not a repeated few
+#: characters (``secrets.token_urlsafe(24)`` gives 32 characters of 64 kinds).
+TOKEN_MIN_CHARS = 24
+TOKEN_MIN_DISTINCT = 10
+
+
+def strong_token(value: SecretStr) -> SecretStr:
+    """A token long and varied enough that guessing it is hopeless (the value is never shown)."""
+    token = value.get_secret_value()
+    if len(token) < TOKEN_MIN_CHARS or len(set(token)) < TOKEN_MIN_DISTINCT:
+        raise ValueError(
+            f"a token must be at least {TOKEN_MIN_CHARS} characters with at least {TOKEN_MIN_DISTINCT} different "
+            "ones (e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    return value
+
+
+def token_fingerprint(token: SecretStr) -> str:
+    """The sha256 of a token: what a dashboard session remembers of the token it was opened with."""
+    import hashlib
+
+    return hashlib.sha256(token.get_secret_value().encode()).hexdigest()
+
+
 class AccountSettings(BaseModel):
     """One upstream account (API key) and its quotas."""
 
@@ -179,6 +203,9 @@ class HttpSettings(BaseModel):
     user_agent: str = "Mozilla/5.0 (compatible; ImagineQ/0.1; +https://github.com/imagineq)"
 
 
+#: The admin principal every plain ``ingress_tokens`` entry stands for.
+LEGACY_PRINCIPAL = "default"
+
 #: What an endpoint may subscribe to (the events stream's types, ``workers.events``).
 EVENT_TYPES = ("job.stored", "job.failed", "job.expired", "job.canceled", "batch.completed")
 
@@ -223,6 +250,9 @@ class NotifySettings(BaseModel):
     backoff_max_s: float = Field(default=600.0, gt=0)
     #: Connect and read timeout of one attempt; the answer's body is read up to ``max_response_bytes``.
     timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: The whole of one attempt (connect, request, the answer's headers and body) ends after this long,
+    #: however the receiver drips its bytes: it counts as a failed attempt.
+    attempt_deadline_s: float = Field(default=15.0, gt=0, le=60)
     max_response_bytes: int = Field(default=64 * 1024, ge=0)
     #: After this many failures in a row an endpoint is left alone (its deliveries wait) for
     #: ``breaker_open_s``, doubling each time it fails again, up to ``backoff_max_s``.
@@ -232,7 +262,10 @@ class NotifySettings(BaseModel):
     include_video_url: bool = False
     video_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)
     #: Networks a receiver may be in although they are not public (e.g. ``["127.0.0.0/8"]`` for a local
-    #: receiver); every other loopback, private, link-local or reserved address is refused.
+    #: receiver); every other loopback, private, link-local or reserved address is refused. These hold
+    #: for the operator's receivers only: the principals' webhook endpoints and the ``notify_url`` of jobs
+    #: enqueued without a principal (Python API, CLI, batches). A principal's own ``notify_url`` follows
+    #: that principal's ``notify_hosts`` and ``notify_networks``.
     allow_networks: list[str] = []
 
     @field_validator("signing_secret")
@@ -259,8 +292,67 @@ class PrincipalSettings(BaseModel):
     max_metadata_bytes: int = Field(default=1024 * 1024, ge=0)
     #: Where this principal's events are POSTed (its jobs'; ``batch.completed`` for an admin).
     webhooks: list[WebhookEndpoint] = []
+    #: Event streams (``GET /v1/events``) this principal may hold open at once, across every web replica.
+    max_event_streams: int = Field(default=5, ge=1, le=1000)
+    #: Job records this principal may have in Redis at once, finished ones included (a finished record is
+    #: kept ``job_ttl_s``): with the prompt and metadata caps, a bound on its share of Redis's memory.
+    max_kept_jobs: int = Field(default=100_000, ge=1)
+    #: The secret the ``notify_url`` deliveries of this principal's jobs are signed with (``whsec_…``).
+    #: Unset: derived from ``notify.signing_secret`` and the principal's name (``imagineq notify-secret``
+    #: prints it), so no two principals share one and none can sign for another.
+    notify_secret: SecretStr | None = None
+    #: Hosts this principal's ``notify_url`` may name: ``name``, ``*.domain`` or ``name:port``; a name
+    #: without a port allows 80 and 443 only. Empty: any host, on ports 80 and 443.
+    notify_hosts: list[str] = []
+    #: Networks (CIDR) this principal's ``notify_url`` may reach although they are not public; none by
+    #: default (every loopback, private, link-local or reserved address is refused).
+    notify_networks: list[str] = []
 
-    _token_not_blank = field_validator("token")(_secret_not_blank)
+    _token_strong = field_validator("token")(strong_token)
+
+    @field_validator("notify_secret")
+    @classmethod
+    def _notify_secret_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _secret_not_blank(value)
+
+    @field_validator("notify_networks")
+    @classmethod
+    def _notify_networks(cls, value: list[str]) -> list[str]:
+        return check_networks(value)
+
+    @field_validator("notify_hosts")
+    @classmethod
+    def _notify_hosts(cls, value: list[str]) -> list[str]:
+        return check_host_patterns(value)
+
+    @property
+    def token_sha256(self) -> str:
+        return token_fingerprint(self.token)
+
+
+def check_networks(value: list[str]) -> list[str]:
+    """Every entry a network in CIDR form (a bare address is its own /32 or /128)."""
+    import ipaddress
+
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{network!r} is not a network (CIDR, e.g. 127.0.0.0/8)") from None
+    return value
+
+
+def check_host_patterns(value: list[str]) -> list[str]:
+    """Every entry a host name, ``*.domain`` pattern or ``name:port``."""
+    for host in value:
+        name = host.removeprefix("*.")
+        name, colon, port = name.rpartition(":") if not name.endswith("]") else (name, "", "")
+        name = name if colon else port
+        if colon and not port.isdigit():
+            raise ValueError(f"{host!r}: the port must be a number")
+        if not name or "*" in name or "/" in name or "@" in name:
+            raise ValueError(f"{host!r} is not a host name, *.domain pattern or name:port")
+    return value
 
 
 #: Where the upstream's result files live (its own domain and kie.ai's file hosts), besides the hosts of
@@ -300,31 +392,19 @@ class DownloadSettings(BaseModel):
     throughput_window_s: float = Field(default=30.0, gt=0)
     #: No transfer of one result may take longer than this.
     deadline_s: float = Field(default=900.0, gt=0)
+    #: A result host must have answered with its status and headers this long after the request began
+    #: (a host that drips its headers would otherwise hold a store worker until the whole deadline).
+    headers_deadline_s: float = Field(default=60.0, gt=0)
 
     @field_validator("allow_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"{network!r} is not a network (CIDR, e.g. 127.0.0.0/8)") from None
-        return value
+        return check_networks(value)
 
     @field_validator("result_hosts")
     @classmethod
     def _hosts(cls, value: list[str]) -> list[str]:
-        for host in value:
-            name = host.removeprefix("*.")
-            name, colon, port = name.rpartition(":") if not name.endswith("]") else (name, "", "")
-            name = name if colon else port
-            if colon and not port.isdigit():
-                raise ValueError(f"{host!r}: the port must be a number")
-            if not name or "*" in name or "/" in name or "@" in name:
-                raise ValueError(f"{host!r} is not a host name, *.domain pattern or name:port")
-        return value
+        return check_host_patterns(value)
 
     @field_validator("content_types")
     @classmethod
@@ -419,11 +499,28 @@ class Settings(BaseSettings):
     docs_enabled: bool = False
     dashboard: DashboardSettings = DashboardSettings()
     notify: NotifySettings = NotifySettings()
+    #: New jobs are refused (503, nothing written) while Redis uses more than this share of its
+    #: ``maxmemory`` (read from the server; no check when it has none): room is kept for the work in
+    #: flight, the broker and the quotas, which must never meet a full Redis.
+    redis_memory_budget_pct: float = Field(default=90.0, gt=0, le=100)
     #: Entries the events stream keeps (``GET /v1/events``, ``imagineq watch``), about: a client away for
     #: longer than that many job endings is told it missed some (an ``events-lost`` event).
     events_max_len: int = Field(default=100_000, ge=1000)
     #: A request's headers must be complete this long after its connection opened (or the last response).
     web_header_timeout_s: float = Field(default=10.0, gt=0)
+    #: ...and its body this long after its headers: a client that announces a body and never sends it
+    #: holds a connection no longer than this.
+    web_body_timeout_s: float = Field(default=30.0, gt=0)
+    #: Connections one client address may hold open to one web process at once (beyond: closed at once),
+    #: so no single client can take the process's ``--limit-concurrency``. Trusted proxies are exempt.
+    web_max_connections_per_client: int = Field(default=32, ge=1)
+    #: Proxies (addresses or CIDR) in front of the web whose ``X-Forwarded-For`` and ``X-Forwarded-Proto``
+    #: are believed: the client's address and scheme (for limits, the Secure cookie and the dashboard's
+    #: origin check) are then the ones they forward. Nobody's by default.
+    web_trusted_proxies: list[str] = []
+    #: Failed sign-ins and unknown bearer tokens one client address may send per minute (and at once);
+    #: past that every request of that address with a token answers 429 until the minute has refilled.
+    web_auth_failures_per_min: int = Field(default=10, ge=1)
     #: How long ``/healthz`` reuses its last worker ping (a ping waits up to 0.5 s for replies).
     health_workers_cache_s: float = Field(default=10.0, ge=0)
     #: How long the web keeps a callback that arrived before submit recorded the taskId.
@@ -471,6 +568,38 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         return check_redis_url(value)
 
+    @field_validator("ingress_tokens", "ops_tokens")
+    @classmethod
+    def _strong_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for index, token in enumerate(value):
+            try:
+                strong_token(token)
+            except ValueError as error:
+                raise ValueError(f"token {index}: {error}") from None
+        return value
+
+    @field_validator("web_trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return check_networks(value)
+
+    @model_validator(mode="after")
+    def _principals_apart(self) -> Settings:
+        """Names and tokens say who a caller is: each may stand for one principal only."""
+        names = [principal.name for principal in self.ingress_principals]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"ingress principal names must be unique; repeated: {repeated}")
+        if self.ingress_tokens and LEGACY_PRINCIPAL in names:
+            raise ValueError(
+                f"no ingress principal may be named {LEGACY_PRINCIPAL!r} while ingress_tokens are set "
+                f"(each plain token is the admin principal {LEGACY_PRINCIPAL!r})"
+            )
+        fingerprints = [principal.token_sha256 for principal in self.principals()]
+        if len(set(fingerprints)) != len(fingerprints):
+            raise ValueError("every ingress token must be different (one token, one principal)")
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_name(cls, value: Any) -> Any:
@@ -510,9 +639,14 @@ class Settings(BaseSettings):
         return account_named({account.name: account for account in self.accounts}, name)
 
     def principals(self) -> list[PrincipalSettings]:
-        """Every principal of the ingress: the configured ones, and ``default`` (admin) per plain token."""
-        legacy = [PrincipalSettings(name="default", token=token, admin=True) for token in self.ingress_tokens]
+        """Every principal of the ingress: the configured ones, and ``default`` (admin) per plain token
+        (one principal with several tokens: one entry per token)."""
+        legacy = [PrincipalSettings(name=LEGACY_PRINCIPAL, token=token, admin=True) for token in self.ingress_tokens]
         return [*self.ingress_principals, *legacy]
+
+    def principal(self, name: str) -> PrincipalSettings | None:
+        """The principal called ``name`` (for ``default``, its first token's entry), or None."""
+        return next((principal for principal in self.principals() if principal.name == name), None)
 
     def result_hosts(self) -> list[str]:
         """The allowed result hosts: the configured ones and the hosts of the accounts' base URLs."""
@@ -613,7 +747,7 @@ def _describe(error: ValidationError) -> str:
         field = ".".join(str(part) for part in item["loc"]) or "settings"
         env_name = f"IMAGINEQ_{str(item['loc'][0]).upper()}" if item["loc"] else "IMAGINEQ_*"
         value = item.get("input")
-        secret = "key" in field.lower() or "secret" in field.lower()
+        secret = any(word in field.lower() for word in ("key", "secret", "token", "password"))
         if isinstance(value, str) and "url" in field.lower():
             value = redact_url(value)
         shown = "" if secret or isinstance(value, dict | list) else f" (got {value!r})"

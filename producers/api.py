@@ -46,13 +46,20 @@ class NotCancelable(Exception):
 
 
 def check_notify_url_allowed(request: JobRequest, settings: Settings) -> None:
-    """A job's own notify_url is signed with the deployment's signing secret: refused without one."""
+    """A job's own notify_url needs a secret to sign its deliveries with (its principal's, or the
+    deployment's), and a principal's may name only that principal's ``notify_hosts``."""
     from workers.errors import ValidationError
+    from workers.notify.targets import check_tenant_notify_url, notify_secret
 
-    if request.notify_url and settings.notify.signing_secret is None:
+    if not request.notify_url:
+        return
+    if notify_secret(request.owner, settings) is None:
         raise ValidationError(
             "notify_url", "needs IMAGINEQ_NOTIFY__SIGNING_SECRET (the secret its deliveries are signed with)"
         )
+    principal = settings.principal(request.owner) if request.owner is not None else None
+    if principal is not None:
+        check_tenant_notify_url(request.notify_url, principal)
 
 
 def priority_level(priority: Priority) -> int:
@@ -115,11 +122,14 @@ class Producer:
         """
         return [job for job, _ in self.enqueue_many_created(requests)]
 
-    def enqueue_many_created(self, requests: Iterable[JobRequest | Mapping[str, Any]]) -> list[tuple[Job, bool]]:
-        """:meth:`enqueue_many` with ``created`` per job (False: the idempotency
-        key named an existing job, nothing was sent)."""
+    def enqueue_many_created(
+        self, requests: Iterable[JobRequest | Mapping[str, Any]], *, job_ids: Sequence[str] | None = None
+    ) -> list[tuple[Job, bool]]:
+        """:meth:`enqueue_many` with ``created`` per job (False: the idempotency key named an existing job,
+        nothing was sent); ``job_ids``: the ids the new jobs get, in order (chosen before, e.g. to count
+        them against a principal's limits first)."""
         validated = [self._validated(index, item) for index, item in enumerate(requests)]
-        return self.jobs.create_many(validated, chunk=CHUNK, message=self._message)
+        return self.jobs.create_many(validated, chunk=CHUNK, message=self._message, job_ids=job_ids)
 
     def _message(self, job: Job) -> BrokerMessage:
         return submit_message(job.id, priority=priority_level(job.priority), keys=self.keys)

@@ -273,6 +273,27 @@ def _event_line(producer: Any, event: Any, *, as_json: bool) -> str:
     return f"{when}  {event.type:16} job {event.job_id}{batch}  {detail}".rstrip()
 
 
+def _cmd_notify_secret(args: argparse.Namespace) -> int:
+    """Print the secret a principal's (or, without one, the Python API's) ``notify_url`` webhooks are
+    signed with: the operator hands it to that tenant, whose receiver verifies with it."""
+    from config.settings import get_settings
+    from workers.notify.targets import notify_secret
+
+    settings = get_settings()
+    if args.principal is not None and settings.principal(args.principal) is None:
+        print(f"error: no ingress principal is named {args.principal!r}", file=sys.stderr)
+        return EXIT_USAGE
+    secret = notify_secret(args.principal, settings)
+    if secret is None:
+        print(
+            "error: no signing secret: set IMAGINEQ_NOTIFY__SIGNING_SECRET (or the principal's notify_secret)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    print(secret)
+    return EXIT_OK
+
+
 def _cmd_simulator(rest: Sequence[str]) -> int:
     # A process of its own, not an import: the simulator stands apart from the producers.
     return subprocess.call([sys.executable, "-m", "simulator", *rest])
@@ -332,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--count", type=int, default=None, help="stop after this many events")
     watch.add_argument("--json", action="store_true", help="one JSON object per event")
     watch.set_defaults(handler=_cmd_watch)
+
+    secret = commands.add_parser(
+        "notify-secret", help="print the secret a principal's notify_url webhooks are signed with (for its receiver)"
+    )
+    secret.add_argument("principal", nargs="?", default=None, help="the principal (default: jobs without one)")
+    secret.set_defaults(handler=_cmd_notify_secret)
 
     commands.add_parser("simulator", help="run the Apikley simulator (see `imagineq simulator --help`)", add_help=False)
     demo = commands.add_parser("demo", help="run the end-to-end demo on private local services")

@@ -82,6 +82,7 @@ class Clients:
                 events_max_len=settings.events_max_len,
                 replica_acks=settings.replica_acks,
                 replica_ack_timeout_ms=settings.enqueue_replica_ack_timeout_ms,
+                memory_budget_pct=settings.redis_memory_budget_pct,
             ),
         )
 

@@ -4,6 +4,7 @@
 
     ImagineQError
     ├── ValidationError(field, message)      bad user input; nothing was sent
+    ├── RedisFull(used, budget)              Redis is near its maxmemory: new jobs refused, nothing written
     └── UpstreamError                        status, code, endpoint, request_id, body (≤ 500 chars)
         ├── RetryableError(retry_after_s)    try again later; the job is not failed
         │   ├── RateLimited                  429 (the whole account cools down)
@@ -104,6 +105,29 @@ class ValidationError(ImagineQError):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+
+class RedisFull(ImagineQError):
+    """Redis is past its memory budget: new jobs are refused (nothing was written) until finished jobs'
+    records expire or the operator gives Redis more memory. The work already accepted goes on."""
+
+    _reason = "redis_full"
+    #: A client may try again after about this long (records expire, jobs finish).
+    retry_after_s: ClassVar[int] = 30
+
+    def __init__(self, used_bytes: int, budget_bytes: int, wanted_bytes: int) -> None:
+        super().__init__(used_bytes, budget_bytes, wanted_bytes)
+        self.used_bytes = used_bytes
+        self.budget_bytes = budget_bytes
+        self.wanted_bytes = wanted_bytes
+
+    def __str__(self) -> str:
+        mb = 1024 * 1024
+        return (
+            f"Redis is full for new jobs: {self.used_bytes / mb:.1f} MB used, these jobs need about "
+            f"{self.wanted_bytes / mb:.1f} MB more, and new jobs may use at most {self.budget_bytes / mb:.1f} MB "
+            "(redis_memory_budget_pct of maxmemory); nothing was written, try again later"
+        )
 
 
 class UpstreamError(ImagineQError):

@@ -3,7 +3,8 @@
 Layout (keys from :class:`~workers.keys.Keys`): a hash per job (field names in :mod:`workers.jobs`), a
 sorted set per state (member = job id, score = ms the job entered it), ``task_index`` (upstream taskId →
 job id) and ``idempotency`` (producer key → job id). Every write is one Lua script in ``workers/lua/``:
-``job_create``, ``job_transition`` (state CAS), ``job_update`` (field CAS) and ``job_incr``.
+``job_create``, ``job_discard`` (taking back a call's new jobs), ``job_transition`` (state CAS),
+``job_update`` (field CAS) and ``job_incr``.
 
 Expiry: a terminal job's hash and idempotency key expire after ``terminal_ttl_s``; leaving a terminal state
 (``failed → queued|downloading``) removes the expiry again. Task index keys always carry an expiry of
@@ -33,6 +34,7 @@ from workers.jobs import (
 )
 from workers.keys import Keys
 from workers.lua_scripts import ScriptCall, evalsha_pipeline, load_script
+from workers.memory import MemoryBudget, record_bytes
 from workers.messages import BrokerMessage
 from workers.replication import ReplicaAcks
 
@@ -45,6 +47,8 @@ FieldValue = str | int | float | None
 
 #: Extra life of a task index key beyond the terminal TTL (it is written before the job turns terminal).
 TASK_INDEX_SLACK_S: Final = 86400
+#: New jobs' messages per LPUSH (one command per queue and chunk keeps their order).
+_PUSH_CHUNK: Final = 500
 _SCAN_COUNT: Final = 1000
 
 
@@ -120,7 +124,10 @@ class JobStore:
         events_max_len: int = 100_000,
         replica_acks: int = 0,
         replica_ack_timeout_ms: int = 0,
+        memory_budget_pct: float | None = None,
     ) -> None:
+        """``memory_budget_pct``: new jobs must fit under this share of Redis's ``maxmemory``
+        (:mod:`workers.memory`); None: no check."""
         if terminal_ttl_s < 1:
             raise ValueError("terminal_ttl_s must be at least 1")
         self._client = client
@@ -130,7 +137,9 @@ class JobStore:
         #: New jobs wait for these replicas (``workers.replication``) before create returns them.
         self._replica_acks = ReplicaAcks(client, replica_acks if replica_ack_timeout_ms else 0)
         self._replica_ack_timeout_ms = replica_ack_timeout_ms
+        self._memory = MemoryBudget(client, memory_budget_pct) if memory_budget_pct else None
         self._create = load_script(client, "job_create")
+        self._discard_script = load_script(client, "job_discard")
         self._transition = load_script(client, "job_transition")
         self._update = load_script(client, "job_update")
         self._incr = load_script(client, "job_incr")
@@ -141,56 +150,80 @@ class JobStore:
         return self.create_many([request], message=message)[0]
 
     def create_many(
-        self, requests: Sequence[JobRequest], chunk: int = 500, *, message: MessageFactory | None = None
+        self,
+        requests: Sequence[JobRequest],
+        chunk: int = 500,
+        *,
+        message: MessageFactory | None = None,
+        job_ids: Sequence[str] | None = None,
     ) -> list[tuple[Job, bool]]:
-        """Like :meth:`create` for many requests: one round trip per ``chunk`` (plus one to read the
-        existing jobs when a chunk repeats idempotency keys). All requests are validated first.
+        """Like :meth:`create` for many requests, all of them or none: every request is validated and the
+        memory they need is checked against Redis's budget (:class:`~workers.errors.RedisFull`) before
+        anything is written; a write that fails part-way is taken back whole.
 
-        ``message(job)`` gives the broker message to push with each *new* record, in the same script:
-        a job and its message are written together or not at all."""
+        The records are written first, one script each, ``chunk`` per round trip (plus one to read the
+        existing jobs when a chunk repeats idempotency keys), and the new jobs' messages (``message(job)``)
+        are pushed after every record is in: until then no worker knows the new jobs, so taking them back
+        is exact. ``job_ids``: the ids to give the new jobs, in order (default: fresh ones).
+        """
         for request in requests:
             request.validate()
+        ids = list(job_ids) if job_ids is not None else [new_job_id() for _ in requests]
+        if len(ids) != len(requests):
+            raise ValueError(f"{len(ids)} job ids for {len(requests)} requests")
+        jobs = [Job.new(request, job_id=job_id) for request, job_id in zip(requests, ids, strict=True)]
+        if self._memory is not None:
+            self._memory.check(sum(record_bytes(job) for job in jobs))
         out: list[tuple[Job, bool]] = []
-        for start in range(0, len(requests), chunk):
-            out += self._create_chunk(requests[start : start + chunk], message)
+        pushed: dict[str, BrokerMessage] = {}
+        wanted = self._replica_acks.wanted()
+        try:
+            for start in range(0, len(jobs), chunk):
+                last = start + chunk >= len(jobs) and message is None
+                out += self._create_chunk(jobs[start : start + chunk], replicas=wanted if last else 0)
+            created = [job for job, fresh in out if fresh]
+            if message is not None:
+                pushed = {job.id: message(job) for job in created}
+                self._push(created, pushed, replicas=wanted)
+        except BaseException:
+            self._discard([job for job, fresh in out if fresh], pushed)
+            raise
         return out
 
-    def _create_chunk(self, requests: Sequence[JobRequest], message: MessageFactory | None) -> list[tuple[Job, bool]]:
-        jobs = [Job.new(request, job_id=new_job_id()) for request in requests]
-        calls = [self._create_call(job, message=message) for job in jobs]
-        wanted = self._replica_acks.wanted()
-        results, acks = evalsha_pipeline(self._client, calls, replicas=wanted, timeout_ms=self._replica_ack_timeout_ms)
-        if acks < wanted:
-            # They are on the primary and accepted; only a failover in the next moment could lose them.
-            log.warning(
-                "%d job(s) accepted without a replica's acknowledgement in %d ms (first %s)",
-                len(jobs),
-                self._replica_ack_timeout_ms,
-                jobs[0].id,
-            )
+    def _create_chunk(self, jobs: Sequence[Job], *, replicas: int) -> list[tuple[Job, bool]]:
+        calls = [self._create_call(job) for job in jobs]
+        results, acks = evalsha_pipeline(
+            self._client, calls, replicas=replicas, timeout_ms=self._replica_ack_timeout_ms
+        )
+        self._note_acks(jobs, replicas, acks)
         out: list[tuple[Job, bool] | None] = [None] * len(jobs)
         existing: dict[int, str] = {}
+        failure: Exception | None = None
         for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
             if isinstance(result, Exception):
-                raise result
-            if int(result[0]) == 1:
+                failure = failure or result
+            elif int(result[0]) == 1:
                 job.created_at = job.updated_at = float(_text(result[2]))
                 job.timestamps[JobState.QUEUED.value] = job.created_at
                 out[i] = (job, True)
             else:
                 existing[i] = _text(result[1])
+        if failure is not None:
+            # The records this chunk did write go back now; the caller takes back the earlier chunks'.
+            self._discard([item[0] for item in out if item is not None and item[1]], {})
+            raise failure
         if existing:
             found = self.get_many(list(existing.values()))
             for (i, job_id), job_found in zip(existing.items(), found, strict=True):
                 if job_found is None:
                     # The key outlived its record (deleted by hand): take it over.
-                    out[i] = self._create_one(jobs[i], stale_id=job_id, message=message)
+                    out[i] = self._create_one(jobs[i], stale_id=job_id)
                 else:
                     out[i] = (job_found, False)
         return [item for item in out if item is not None]
 
-    def _create_one(self, job: Job, *, stale_id: str, message: MessageFactory | None) -> tuple[Job, bool]:
-        script, keys, args = self._create_call(job, stale_id=stale_id, message=message)
+    def _create_one(self, job: Job, *, stale_id: str) -> tuple[Job, bool]:
+        script, keys, args = self._create_call(job, stale_id=stale_id)
         result = script(keys, args)
         if int(result[0]) == 1:
             job.created_at = job.updated_at = float(_text(result[2]))
@@ -201,21 +234,62 @@ class JobStore:
             raise RuntimeError(f"idempotency key {job.idempotency_key!r} names a job that keeps vanishing")
         return found, False
 
-    def _create_call(self, job: Job, *, stale_id: str = "", message: MessageFactory | None = None) -> ScriptCall:
-        built = message(job) if message is not None else None
-        keys = [
-            self._keys.job(job.id),
-            self._keys.state_index(JobState.QUEUED.value),
-            built.queue_key if built is not None else self._keys.job(job.id),
-        ]
+    def _create_call(self, job: Job, *, stale_id: str = "") -> ScriptCall:
+        keys = [self._keys.job(job.id), self._keys.state_index(JobState.QUEUED.value)]
         if job.idempotency_key is not None:
             keys.append(self._keys.idempotency(job.idempotency_key, job.owner))
         fields = {name: value for name, value in job.to_hash().items() if name not in MANAGED_FIELDS}
         fields.pop(TIMESTAMP_PREFIX + JobState.QUEUED.value, None)
-        args: list[str] = [job.id, stale_id, built.payload if built is not None else ""]
+        args: list[str] = [job.id, stale_id]
         for name, value in fields.items():
             args += [name, value]
         return self._create, keys, args
+
+    def _push(self, jobs: Sequence[Job], messages: Mapping[str, BrokerMessage], *, replicas: int) -> None:
+        """Each new job's message, in job order (one LPUSH per queue and chunk keeps the order), then
+        ``WAIT`` for ``replicas`` on the same connection: replication is ordered, so they then hold every
+        record of the call too."""
+        by_queue: dict[str, list[str]] = {}
+        for job in jobs:
+            by_queue.setdefault(messages[job.id].queue_key, []).append(messages[job.id].payload)
+        with self._client.pipeline(transaction=False) as pipe:
+            for queue_key, payloads in by_queue.items():
+                for start in range(0, len(payloads), _PUSH_CHUNK):
+                    pipe.lpush(queue_key, *payloads[start : start + _PUSH_CHUNK])
+            if replicas:
+                pipe.execute_command("WAIT", replicas, self._replica_ack_timeout_ms)  # type: ignore[no-untyped-call]
+            replies = pipe.execute()
+        if replicas:
+            self._note_acks(jobs, replicas, int(replies[-1]))
+
+    def _note_acks(self, jobs: Sequence[Job], wanted: int, acks: int) -> None:
+        if wanted and jobs and acks < wanted:
+            # They are on the primary and accepted; only a failover in the next moment could lose them.
+            log.warning(
+                "%d job(s) accepted without a replica's acknowledgement in %d ms (first %s)",
+                len(jobs),
+                self._replica_ack_timeout_ms,
+                jobs[0].id,
+            )
+
+    def _discard(self, jobs: Sequence[Job], pushed: Mapping[str, BrokerMessage]) -> None:
+        """Take back jobs this call created (``job_discard.lua``: only while still queued), with the
+        messages ``pushed`` for them."""
+        if not jobs:
+            return
+        calls: list[ScriptCall] = []
+        for job in jobs:
+            sent = pushed.get(job.id)
+            keys = [
+                self._keys.job(job.id),
+                self._keys.state_index(JobState.QUEUED.value),
+                sent.queue_key if sent is not None else self._keys.job(job.id),
+            ]
+            if job.idempotency_key is not None:
+                keys.append(self._keys.idempotency(job.idempotency_key, job.owner))
+            calls.append((self._discard_script, keys, [job.id, sent.payload if sent is not None else ""]))
+        evalsha_pipeline(self._client, calls)
+        log.warning("took back %d job(s) of a write that failed part-way (first %s)", len(jobs), jobs[0].id)
 
     # -- read ---------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:

@@ -35,9 +35,26 @@ class Keys:
         """Sorted set: an ingress principal's jobs not yet seen finished (score = ms created)."""
         return f"{self.prefix}:principal:{owner}:jobs"
 
+    def owner_kept(self, owner: str) -> str:
+        """Sorted set: an ingress principal's job records not yet seen expired, finished ones included
+        (score = ms created)."""
+        return f"{self.prefix}:principal:{owner}:kept"
+
     def enqueue_bucket(self, owner: str) -> str:
         """Hash: token bucket for an ingress principal's enqueue rate (tokens, ts)."""
         return f"{self.prefix}:principal:{owner}:enqueue"
+
+    def event_streams(self, owner: str) -> str:
+        """Sorted set: an ingress principal's open event streams (member = stream id, score = lease end ms)."""
+        return f"{self.prefix}:principal:{owner}:streams"
+
+    def auth_failures(self, address: str) -> str:
+        """Hash: token bucket of a client address's failed sign-ins and unknown tokens (tokens, ts)."""
+        return f"{self.prefix}:auth-failures:{address}"
+
+    def auth_lockout(self, address: str) -> str:
+        """String with PX expiry: the client address has failed too often; its tokens are not even looked at."""
+        return f"{self.prefix}:auth-lockout:{address}"
 
     def store_claim(self, job_id: str) -> str:
         """String with PX expiry: the token of the store step transferring the job's result."""

@@ -40,6 +40,19 @@ def load_script(client: redis.Redis, name: str) -> Script:
         return script
 
 
+_registered_async: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def load_async_script(client: Any, name: str) -> Any:
+    """:func:`load_script` for an asyncio client (``redis.asyncio``): an ``AsyncScript``."""
+    with _lock:
+        scripts = _registered_async.setdefault(client, {})
+        script = scripts.get(name)
+        if script is None:
+            script = scripts[name] = client.register_script(script_source(name))
+        return script
+
+
 #: One queued call: (script, keys, args).
 ScriptCall = tuple[Script, Sequence[Any], Sequence[Any]]
 

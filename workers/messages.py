@@ -1,9 +1,10 @@
 """Celery ``submit`` messages built directly, so a job record and its message are written together.
 
-``enqueue_many`` must take thousands of jobs a second, and a job must never exist without its message
-(or a message without its job). So the producer builds the broker message itself — the exact Celery
-protocol-2 / kombu Redis-transport envelope that ``send_task`` would LPUSH — and ``job_create.lua``
-pushes it in the same script that writes the record, only when the record is new.
+``enqueue_many`` must take thousands of jobs a second, and a message must never exist without its job.
+So the producer builds the broker message itself — the exact Celery protocol-2 / kombu Redis-transport
+envelope that ``send_task`` would LPUSH — and ``JobStore.create_many`` pushes the messages of the new
+records only, once every record of the call is written (a producer that dies in between leaves queued
+jobs without a message, which the reconciler re-publishes).
 
 The envelope is checked against Celery's own (``tests/integration/test_messages.py``) and consumed by real
 workers in every integration test.

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from config.settings import PrincipalSettings
 from producers.status import CREDITS_TIMEOUT_S, Status, StatusReader
 from producers.web.context import Web
 from workers.batch.store import BatchStatus, BatchStore
@@ -41,6 +42,16 @@ class Overview:
     creations: dict[str, tuple[list[int], float]]
     #: Jobs stored in each of the last 60 minutes, oldest first.
     stored_per_minute: list[int]
+
+
+@dataclass(frozen=True)
+class TenantOverview:
+    """What a principal that is not an admin sees first: its own counts and newest jobs."""
+
+    principal: PrincipalSettings
+    live: int
+    kept: int
+    newest: list[JobRow]
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,11 @@ class DashboardData:
             buckets = counts[position * CREATION_BUCKETS : (position + 1) * CREATION_BUCKETS]
             creations[name] = (buckets, window_s / CREATION_BUCKETS)
         return Overview(status, creations, counts[len(accounts) * CREATION_BUCKETS :])
+
+    def tenant_overview(self, principal: PrincipalSettings, *, newest: int = 10) -> TenantOverview:
+        rows, _ = self.newest_jobs(state=None, batch=None, owner=principal.name, before=None, limit=newest)
+        limits = self.web.limits
+        return TenantOverview(principal, limits.live(principal.name), limits.kept(principal.name), rows)
 
     # -- jobs -----------------------------------------------------------------------------------------
     def newest_jobs(

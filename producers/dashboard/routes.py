@@ -23,7 +23,7 @@ from producers.api import NotCancelable
 from producers.dashboard import formatting
 from producers.dashboard.data import DashboardData, batch_progress, timeline
 from producers.dashboard.sessions import COOKIE, Session, SessionStore, csrf_ok
-from producers.web.context import Web
+from producers.web.context import Web, client_address
 from producers.web.jobs_routes import job_or_404
 from workers.jobs import KEY_MAX_CHARS, JobState
 from workers.notify.store import delivery_log
@@ -120,13 +120,32 @@ def secure_headers(response: Response, media_origin: str | None) -> None:
     response.headers["Cache-Control"] = "no-store"
 
 
-def check_action(request: Request, session: Session, csrf: str | None) -> None:
-    """A POST must carry the session's CSRF token, and come from the dashboard's own origin."""
+def check_same_origin(request: Request) -> None:
+    """Refuse a POST a browser sent from another site: its ``Origin`` (when sent) must be the dashboard's
+    own, and ``Sec-Fetch-Site`` (when sent) must not say cross-site."""
     origin = request.headers.get("origin")
     if origin is not None and origin != _origin(str(request.base_url)):
         raise HTTPException(403, "cross-origin request refused")
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        raise HTTPException(403, "cross-site request refused")
+
+
+def check_action(request: Request, session: Session, csrf: str | None) -> None:
+    """A POST must carry the session's CSRF token, and come from the dashboard's own origin."""
+    check_same_origin(request)
     if not csrf_ok(session, csrf):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+
+#: What an action's outcome says on the job's page: the page is given one of these codes, never text, so
+#: a link cannot make the dashboard show words of someone else's choosing.
+NOTICES = {
+    "canceled": "Canceled.",
+    "queued": "Queued again.",
+    "not-cancelable": "This job is past queued: it can no longer be canceled.",
+    "not-resubmittable": "Only a failed job that a new attempt may fix can be queued again.",
+    "over-limit": "Not queued again: this principal is at one of its limits; try again later.",
+}
 
 
 def owner_filter(principal: PrincipalSettings, wanted: str | None) -> str | None:
@@ -154,8 +173,14 @@ def signin_page(request: Request) -> Response:
 
 @router.post("/signin")
 def signin(request: Request, dashboard: DashboardDep, token: Annotated[str, Form(max_length=512)] = "") -> Response:
+    # A sign-in posted from another site would sign the browser in as the attacker (login CSRF).
+    check_same_origin(request)
+    throttle = dashboard.web.throttle
+    address = client_address(request)
+    throttle.refuse_if_blocked(address)
     principal = dashboard.web.principals.find(token.strip()) if token.strip() else None
     if principal is None:
+        throttle.failed(address)
         return render(request, "signin.html", None, status_code=401, error="Unknown token.")
     session_id = dashboard.sessions.open(principal)
     response = RedirectResponse("/", status_code=303)
@@ -191,8 +216,13 @@ def signout(
 
 @router.get("/")
 def overview(request: Request, dashboard: DashboardDep, session: SessionDep) -> Response:
+    principal = session.principal
+    if not principal.admin:
+        # A tenant sees its own work only: no accounts, credits, queues or throughput of the deployment.
+        own = dashboard.data.tenant_overview(principal)
+        return render(request, "overview.html", session, tenant=own, admin=False, now=time.time())
     data = dashboard.data.overview()
-    return render(request, "overview.html", session, overview=data, admin=session.principal.admin, now=time.time())
+    return render(request, "overview.html", session, overview=data, admin=True, now=time.time())
 
 
 @router.get("/jobs")
@@ -261,7 +291,7 @@ def job_page(request: Request, dashboard: DashboardDep, session: SessionDep, job
         deliveries=delivery_log(dashboard.web.redis, dashboard.web.keys, job.id),
         sidecar=sidecar,
         video=video,
-        notice=request.query_params.get("notice"),
+        notice=NOTICES.get(request.query_params.get("notice", "")),
     )
 
 
@@ -276,16 +306,24 @@ def act(
 ) -> Response:
     """Cancel a queued job, or queue a failed one again; the job's page then says what happened."""
     check_action(request, session, csrf)
-    job = job_or_404(dashboard.web, session.principal, job_id)
+    web = dashboard.web
+    job = job_or_404(web, session.principal, job_id)
+    notice = "canceled" if action == "cancel" else "queued"
     try:
         if action == "cancel":
-            dashboard.web.producer.cancel(job.id, by=f"from the dashboard by {session.principal.name}")
-            notice = "Canceled."
+            web.producer.cancel(job.id, by=f"from the dashboard by {session.principal.name}")
         else:
-            dashboard.web.producer.resubmit(job)
-            notice = "Queued again."
-    except (NotCancelable, ValueError) as error:
-        notice = str(error)
+            # A resubmit makes a finished job live again: the principal's limits hold as for a new job.
+            with web.limits.admitted(session.principal, [job.id], new_records=False):
+                web.producer.resubmit(job)
+    except NotCancelable:
+        notice = "not-cancelable"
+    except ValueError:
+        notice = "not-resubmittable"
+    except HTTPException as refused:
+        if refused.status_code != 429:
+            raise
+        notice = "over-limit"
     return RedirectResponse(f"/jobs/{job.id}?{urlencode({'notice': notice})}", status_code=303)
 
 

@@ -2,8 +2,10 @@
 
 Signing in takes an ingress token (the principal it names is who the pages show jobs for); the token is
 checked once and never stored. The session is a Redis hash keyed by the sha256 of the cookie's value
-(a dump of Redis does not hand out live cookies), holding the principal's name and a CSRF token, with the
-sign-in's lifetime as its expiry. Every web replica reads the same sessions; signing out deletes it.
+(a dump of Redis does not hand out live cookies), holding the principal's name, the sha256 of the token it
+was opened with and a CSRF token, with the sign-in's lifetime as its expiry. A session is good only while
+that token is still its principal's: rotating or removing a token signs its sessions out at once. Every
+web replica reads the same sessions; signing out deletes it.
 
 Every action (a POST) must carry the session's CSRF token in its form, compared in constant time, and
 its ``Origin`` (when the browser sends one) must be the dashboard's own: with SameSite=Strict that makes a
@@ -36,7 +38,8 @@ class SessionStore:
     def __init__(self, client: redis.Redis, keys: Keys, principals: list[PrincipalSettings], ttl_s: int) -> None:
         self._redis = client
         self._keys = keys
-        self._principals = {principal.name: principal for principal in principals}
+        # By name and token: a principal with several tokens (``default``) has one entry per token.
+        self._principals = {(principal.name, principal.token_sha256): principal for principal in principals}
         self._ttl_s = ttl_s
 
     def _key(self, session_id: str) -> str:
@@ -47,18 +50,25 @@ class SessionStore:
         session_id = secrets.token_urlsafe(32)
         key = self._key(session_id)
         with self._redis.pipeline() as pipe:
-            pipe.hset(key, mapping={"principal": principal.name, "csrf": secrets.token_urlsafe(32)})
+            pipe.hset(
+                key,
+                mapping={
+                    "principal": principal.name,
+                    "token": principal.token_sha256,
+                    "csrf": secrets.token_urlsafe(32),
+                },
+            )
             pipe.expire(key, self._ttl_s)
             pipe.execute()
         return session_id
 
     def find(self, session_id: str | None) -> Session | None:
-        """The live session of this cookie value; None when unknown, expired, or its principal is gone
-        from the settings (a removed token signs its sessions out)."""
+        """The live session of this cookie value; None when unknown, expired, or the token it was opened
+        with is no longer its principal's (a rotated or removed token signs its sessions out)."""
         if not session_id or len(session_id) > 128:
             return None
         data = cast("dict[str, str]", self._redis.hgetall(self._key(session_id)))
-        principal = self._principals.get(data.get("principal", ""))
+        principal = self._principals.get((data.get("principal", ""), data.get("token", "")))
         if principal is None or not data.get("csrf"):
             return None
         return Session(principal=principal, csrf=data["csrf"])

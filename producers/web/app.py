@@ -10,15 +10,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from config.settings import Settings, get_settings
 from producers.web.body_limit import BodyLimit
 from producers.web.context import Web
 from producers.web.events_routes import router as events_router
-from producers.web.handlers import method_not_allowed, validation_error
+from producers.web.handlers import method_not_allowed, redis_full, validation_error
 from producers.web.jobs_routes import router as jobs_router
 from producers.web.models import Problem
 from producers.web.ops_routes import router as ops_router
+from workers.errors import RedisFull
 
 log = logging.getLogger("imagineq.http")
 
@@ -40,8 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.web = web
     app.add_middleware(BodyLimit, max_bytes=settings.ingress_max_body_bytes)
+    # Outermost: the client's address and scheme are the ones trusted proxies forward (nobody's by
+    # default; uvicorn runs with --no-proxy-headers, so this is the only place they are believed).
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.web_trusted_proxies)
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
+    app.add_exception_handler(RedisFull, redis_full)  # type: ignore[arg-type]
     app.include_router(jobs_router)
     app.include_router(events_router)
     app.include_router(ops_router)

@@ -21,6 +21,7 @@ from producers.api import Producer
 from producers.callbacks import CallbackReceiver
 from producers.metrics import RedisCollector, build_registry
 from producers.web.principals import EnqueueLimits, TokenTable, principal_table
+from producers.web.throttle import AuthThrottle
 from workers.chains import rest_of_job
 from workers.clients import Clients
 from workers.jobs import (
@@ -59,7 +60,8 @@ class Web:
         self.registry = build_registry(RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES))
         self.principals = principal_table(settings.principals())
         self.ops_tokens: TokenTable[bool] = TokenTable((token, True) for token in settings.ops_tokens)
-        self.limits = EnqueueLimits(self.redis, self.keys, self.jobs)
+        self.limits = EnqueueLimits(self.redis, self.keys)
+        self.throttle = AuthThrottle(self.redis, self.keys, settings.web_auth_failures_per_min)
         self._workers: tuple[float, list[str]] = (-1e9, [])
         self._workers_lock = threading.Lock()
 
@@ -100,12 +102,24 @@ _bearer = HTTPBearer(auto_error=False, description="One of the configured ingres
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
+def client_address(request: Request) -> str:
+    """The client's address: the connection's peer, or what a trusted proxy forwarded
+    (``web_trusted_proxies``, applied by the app's proxy-headers middleware)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 def authorized(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> PrincipalSettings:
-    """The principal of the bearer token on ``/v1/jobs*`` (401 without a known one)."""
-    principal = web_of(request).principals.find(credentials.credentials) if credentials is not None else None
+    """The principal of the bearer token on ``/v1/*`` (401 without a known one; 429 for an address that
+    sent too many unknown ones, before its token is even looked at)."""
+    web = web_of(request)
+    address = client_address(request)
+    web.throttle.refuse_if_blocked(address)
+    principal = web.principals.find(credentials.credentials) if credentials is not None else None
     if principal is None:
+        if credentials is not None:
+            web.throttle.failed(address)
         raise HTTPException(401, "missing or unknown bearer token", {"WWW-Authenticate": "Bearer"})
     return principal
 

@@ -1,5 +1,6 @@
 """``GET /v1/events``: the events stream as server-sent events (bearer token required, as the jobs API).
 
+A principal may hold ``max_event_streams`` streams open at once, across every web replica (429 past it).
 A principal gets the events of its own jobs (an admin every event, ``batch.completed`` included),
 filtered by ``batch`` and/or ``job``. Each event's SSE ``id`` is its stream id: a client that reconnects
 with ``Last-Event-ID`` (browsers' EventSource does it by itself) or ``?after=`` gets every event after it,
@@ -11,6 +12,7 @@ keep the connection and a dead client is noticed.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -19,7 +21,8 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from producers.web.context import Caller, WebDep
-from producers.web.models import AUTH_ERRORS, JobView
+from producers.web.models import AUTH_ERRORS, JobView, Problem
+from producers.web.principals import StreamLeases
 from workers.clients import async_redis_client
 from workers.events import EVENT_ID_PATTERN, EVENTS_LOST, Event, older
 from workers.jobs import KEY_MAX_CHARS, Job
@@ -27,11 +30,18 @@ from workers.jobs import KEY_MAX_CHARS, Job
 router = APIRouter()
 #: How long one read waits for new entries before a keep-alive comment (and a look at the client).
 BLOCK_MS = 5000
+#: A stream's place among its principal's open streams lasts this long unless renewed (every read): a web
+#: that died without closing its streams gives their places back within it.
+STREAM_LEASE_S = 30.0
 
 
 @router.get(
     "/v1/events",
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}, **AUTH_ERRORS},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"},
+        **AUTH_ERRORS,
+        429: {"model": Problem, "description": "The principal has max_event_streams streams open (Retry-After)"},
+    },
     response_class=StreamingResponse,
     summary="The events of jobs that ended and batches done, as server-sent events",
 )
@@ -49,6 +59,13 @@ async def events(
     owner = None if caller.admin else caller.name
     client = async_redis_client(web.settings)
     key = web.keys.events()
+    leases = StreamLeases(client, web.keys, ttl_s=STREAM_LEASE_S)
+    stream_id = uuid.uuid4().hex
+    try:
+        await leases.open(caller, stream_id)  # a principal's open streams are capped (429 past it)
+    except BaseException:
+        await client.aclose()
+        raise
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -66,6 +83,7 @@ async def events(
                     yield f"event: {EVENTS_LOST}\ndata: {json.dumps(lost)}\n\n"
             yield "retry: 3000\n: connected\n\n"
             while not await request.is_disconnected():
+                await leases.renew(caller, stream_id)
                 reply = await client.xread({key: cursor}, count=200, block=BLOCK_MS)
                 if not reply:
                     yield ": keep-alive\n\n"
@@ -77,6 +95,7 @@ async def events(
                         if event.matches(batch=batch, job=job, owner=owner):
                             yield await _message(client, web.keys.job, event)
         finally:
+            await leases.close(caller, stream_id)
             await client.aclose()
 
     return StreamingResponse(

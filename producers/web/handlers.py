@@ -1,4 +1,5 @@
-"""Error answers in the API's own shapes: 405 with every allowed method, 422 naming the field as sent."""
+"""Error answers in the API's own shapes: 405 with every allowed method, 422 naming the field as sent,
+503 when Redis has no room for new jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import Match
+
+from workers.errors import RedisFull
 
 
 async def method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
@@ -34,3 +37,8 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
             loc = [loc[0], *loc[2:]]
         issues.append({"loc": loc, "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))})
     return JSONResponse({"detail": jsonable_encoder(issues)}, status_code=422)
+
+
+async def redis_full(request: Request, exc: RedisFull) -> JSONResponse:
+    """503 with Retry-After: the deployment takes no new jobs until room is back (nothing was written)."""
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})

@@ -33,6 +33,7 @@ from workers.jobs import (
     Job,
     JobRequest,
     JobState,
+    new_job_id,
 )
 from workers.notify.store import delivery_log
 
@@ -85,18 +86,20 @@ def post_jobs(
         if data["idempotency_key"] is None and idempotency_key is not None:
             data["idempotency_key"] = idempotency_key if single else f"{idempotency_key}:{index}"
         try:
-            request = JobRequest.from_mapping(data)
+            request = dataclasses.replace(JobRequest.from_mapping(data), owner=caller.name)
             check_producer_key(request)
             check_notify_url_allowed(request, web.settings)
-            requests.append(dataclasses.replace(request, owner=caller.name))
+            requests.append(request)
         except ValidationError as error:
             loc: list[str | int] = ["body"] if single else ["body", index]
             raise RequestValidationError(
                 [{"loc": (*loc, *error.field.split(".")), "msg": error.message, "type": "value_error"}]
             ) from None
-    web.limits.check(caller, requests)
-    enqueued = web.producer.enqueue_many_created(requests)
-    web.limits.record(caller, [job for job, created in enqueued if created])
+    web.limits.check_request(caller, requests)
+    job_ids = [new_job_id() for _ in requests]
+    with web.limits.admitted(caller, job_ids) as admission:
+        enqueued = web.producer.enqueue_many_created(requests, job_ids=job_ids)
+        admission.use(job.id for job, created in enqueued if created)
     views = [EnqueuedJob(**JobView.of(job).model_dump(), created=created) for job, created in enqueued]
     response.status_code = 201 if any(view.created for view in views) else 200
     return views[0] if single else EnqueuedJobs(jobs=views)

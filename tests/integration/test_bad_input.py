@@ -50,7 +50,7 @@ from workers.upstream import UpstreamClient
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "bad-input-token"
+TOKEN = "bad-input-token-7Kq2Xw9ZpL4m"
 HMAC_KEY = "bad-input-hmac"
 MAX_BODY = 1024 * 1024
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -139,6 +139,7 @@ def web(web_url: str, redis_url: str) -> str:
 
 
 # -- 1. one request, on every surface ----------------------------------------------------------------------
+
 
 def nested(depth: int) -> dict[str, Any]:
     """An object nested ``depth`` levels deep: ``{"a": {"a": ... {}}}``."""

@@ -36,7 +36,7 @@ def callback_deployment(log_dir: Path, **poll: str) -> Iterator[tuple[Deployment
     env = {
         "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
-        "IMAGINEQ_INGRESS_TOKENS": json.dumps(["e2e-token"]),
+        "IMAGINEQ_INGRESS_TOKENS": json.dumps(["e2e-token-0123456789abcdef"]),
         **{f"IMAGINEQ_POLL__{name.upper()}": value for name, value in poll.items()},
     }
     simulator_args = (

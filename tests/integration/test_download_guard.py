@@ -44,7 +44,8 @@ sys.addaudithook(_audit)
 
 
 class Files(BaseHTTPRequestHandler):
-    """``/video``; ``/octet``; ``/redirect?to=URL`` (302); ``/drip`` (1 byte every 0.3 s)."""
+    """``/video``; ``/octet``; ``/redirect?to=URL`` (302); ``/drip`` (1 byte every 0.3 s); ``/drip-headers``
+    (its status line and headers 1 byte every 0.3 s, each byte resetting a read timeout)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -64,6 +65,17 @@ class Files(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(VIDEO)))
             self.end_headers()
             self.wfile.write(VIDEO)
+        elif path == "/drip-headers":
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {len(VIDEO)}\r\n\r\n".encode()
+            try:
+                for i in range(len(head)):
+                    self.wfile.write(head[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.3)
+                self.wfile.write(VIDEO)
+            except OSError:
+                pass  # the store gave up on us: what the test wants
+            self.close_connection = True
         elif path == "/drip":
             self.send_response(200)
             self.send_header("Content-Type", "video/mp4")
@@ -196,6 +208,18 @@ def test_a_slow_drip_gives_up_within_the_throughput_window(s3_endpoint, s3_bucke
         store(target, f"{files}/drip")
     assert caught.value.retryable and "too slow" in str(caught.value)
     assert time.monotonic() - started < 8  # 1 s window, a few checks a second, far below the read timeout
+
+
+def test_a_host_that_drips_its_headers_is_given_up_at_the_headers_deadline(s3_endpoint, s3_bucket, files):
+    """Each header byte resets the read timeout (10 s here): only a deadline from the request's start
+    ends it. It used to start after the headers, so such a host held a store worker until its time limit."""
+    target = storage(s3_endpoint, s3_bucket, files, headers_deadline_s=1.5)
+    started = time.monotonic()
+    with pytest.raises(TransferError) as caught:
+        store(target, f"{files}/drip-headers")
+    took = time.monotonic() - started
+    assert "no response headers within 1.5 s" in str(caught.value)
+    assert took < 12, took  # the whole head takes 20 s to drip
 
 
 def test_a_transfer_past_its_deadline_is_given_up(s3_endpoint, s3_bucket, files):

@@ -32,24 +32,24 @@ from workers.quota import QuotaLimiter
 
 pytestmark = pytest.mark.integration
 
-TOKENS = ("token-one", "token-two")
+TOKENS = ("token-one-5f3a9c2e7b1d4086", "token-two-8e2b6d0f4a9c1357")
 HMAC_KEY = "callback-hmac-key"
 MAX_BODY = 2 * 1024 * 1024
 AUTH = {"Authorization": f"Bearer {TOKENS[0]}"}
-OPS_TOKEN = "ops-token-0123456789"
+OPS_TOKEN = "ops-token-0123456789abcdef"
 OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}
 #: Tenants: two plain ones, and two with small limits to flood.
 PRINCIPALS: list[dict[str, Any]] = [
-    {"name": "alice", "token": "alice-token-0123456789"},
-    {"name": "bob", "token": "bob-token-0123456789"},
+    {"name": "alice", "token": "alice-token-0123456789abcdef"},
+    {"name": "bob", "token": "bob-token-0123456789abcdef"},
     {
         "name": "flood",
-        "token": "flood-token-0123456789",
+        "token": "flood-token-0123456789abcdef",
         "enqueue_per_s": 0.2,
         "enqueue_burst": 5,
         "max_metadata_bytes": 2000,
     },
-    {"name": "hoarder", "token": "hoarder-token-0123456789", "max_live_jobs": 3},
+    {"name": "hoarder", "token": "hoarder-token-0123456789abcdef", "max_live_jobs": 3},
 ]
 STORE_LIST = "iq:celery:store"
 POLL_LIST = "iq:celery:poll"

@@ -24,7 +24,7 @@ def settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Settings:  # type: ig
     monkeypatch.chdir(tmp_path)  # no stray .env
     return load_settings(
         api_key=API_KEY,
-        ingress_tokens=["ingress-token-abcdef"],
+        ingress_tokens=["ingress-token-abcdef-0123456789"],
         callbacks={"hmac_key": "hmac-key-abcdef"},
         s3={"access_key_id": "AKIAEXAMPLEKEY", "secret_access_key": "s3-secret-abcdef"},
     )
@@ -52,7 +52,7 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 def test_every_configured_secret_is_known(settings: Settings) -> None:
     assert set(secrets_of(settings)) >= {
         API_KEY,
-        "ingress-token-abcdef",
+        "ingress-token-abcdef-0123456789",
         "hmac-key-abcdef",
         "AKIAEXAMPLEKEY",
         "s3-secret-abcdef",

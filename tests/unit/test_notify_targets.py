@@ -15,13 +15,18 @@ SETTINGS = load_settings(
     ingress_principals=[
         {
             "name": "acme",
-            "token": "t1",
+            "token": "acme-token-0123456789abcdef",
             "webhooks": [
                 {"url": "https://a.example/all", "secret": "whsec_a1"},
                 {"url": "https://a.example/stored", "secret": "whsec_a2", "events": ["job.stored"]},
             ],
         },
-        {"name": "ops", "token": "t2", "admin": True, "webhooks": [{"url": "https://o.example/", "secret": "whsec_o"}]},
+        {
+            "name": "ops",
+            "token": "ops-token-0123456789abcdef",
+            "admin": True,
+            "webhooks": [{"url": "https://o.example/", "secret": "whsec_o"}],
+        },
     ],
 )
 

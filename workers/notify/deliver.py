@@ -10,13 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+from celery.exceptions import SoftTimeLimitExceeded
 from standardwebhooks.webhooks import Webhook
+from urllib3.exceptions import ProtocolError
 
 from config.settings import Settings, redact_url
 from workers.jobs import Job, JobState
 from workers.jobstore import JobStore
 from workers.notify.store import Delivery, DeliveryStore
-from workers.notify.targets import secret_for
+from workers.notify.targets import secret_for, tenant_host_allowed, tenant_policy
+from workers.socket_watch import Deadline
 from workers.storage.destinations import AddressPolicy, RefusedDestination, guarded_session
 
 log = logging.getLogger("imagineq.notify")
@@ -41,32 +44,61 @@ class Notifier:
         self.settings = settings
         self.store = store
         self.jobs = jobs
+        # The operator's receivers, and one session per tenant (each with its own networks), made on first use.
         self.session = guarded_session(
             AddressPolicy.of(settings.notify.allow_networks), user_agent=USER_AGENT, pool_maxsize=32
         )
+        self._tenant_sessions: dict[str, requests.Session] = {}
         self._presigner: Any = None
+
+    def session_for(self, delivery: Delivery) -> requests.Session:
+        if delivery.tenant is None:
+            return self.session
+        session = self._tenant_sessions.get(delivery.tenant)
+        if session is None:
+            _, networks = tenant_policy(self.settings.principal(delivery.tenant))
+            session = guarded_session(networks, user_agent=USER_AGENT, pool_maxsize=8)
+            self._tenant_sessions[delivery.tenant] = session
+        return session
 
     def deliver(self, delivery_id: str) -> None:
         delivery = self.store.get(delivery_id)
         if delivery is None or delivery.status != "pending":
             return  # expired, or already done: a redelivered task
-        open_until = self.store.breaker_open_until(delivery.url)
+        open_until = self.store.breaker_open_until(delivery)
         now_ms = self.store.now_ms()
         if open_until > now_ms:
             if self.store.hold(delivery, open_until, now_ms):
                 # Shown once, so a job whose event has not been sent yet says why.
                 self._record(delivery, 0, Attempt(None, 0.0, "held: the endpoint keeps failing (breaker open)"))
             return
-        secret = secret_for(delivery.ref, delivery.url, self.settings)
+        secret = secret_for(delivery.ref, delivery.url, self.settings, delivery.tenant)
         if secret is None:
             self._record(delivery, 0, Attempt(None, 0.0, "the endpoint is no longer configured"))
             self.store.finish(delivery, status="failed")
             return
-        timeout_s = self.settings.notify.timeout_s
-        attempt_no = self.store.sending(delivery, lease_s=2 * timeout_s + 10)
-        attempt = self.post(delivery, secret)
+        if delivery.tenant is not None and not tenant_host_allowed(
+            delivery.url, self.settings.principal(delivery.tenant)
+        ):
+            # Checked at enqueue too: this catches a principal whose notify_hosts changed since.
+            self._record(delivery, 0, Attempt(None, 0.0, "refused: not one of the principal's notify_hosts"))
+            self.store.finish(delivery, status="failed")
+            return
+        # The attempt ends by its deadline: its lease outlasts it, so no other worker sends it meanwhile.
+        attempt_no = self.store.sending(delivery, lease_s=self.settings.notify.attempt_deadline_s + 10)
+        try:
+            attempt = self.post(delivery, secret)
+        except SoftTimeLimitExceeded:
+            # Never expected (the deadline is far shorter), but an attempt must always be counted.
+            attempt = Attempt(None, 0.0, "the task's time limit ended the attempt")
+            self._conclude(delivery, attempt_no, attempt)
+            raise
+        self._conclude(delivery, attempt_no, attempt)
+
+    def _conclude(self, delivery: Delivery, attempt_no: int, attempt: Attempt) -> None:
+        """Record the attempt, tell the breaker, and finish the delivery or schedule its next attempt."""
         self._record(delivery, attempt_no, attempt)
-        self.store.endpoint_result(delivery.url, attempt.ok)
+        self.store.endpoint_result(delivery, attempt.ok)
         if attempt.ok:
             self.store.finish(delivery, status="delivered")
             return
@@ -92,23 +124,36 @@ class Notifier:
         }
         limits = self.settings.notify
         started = time.perf_counter()
+        deadline = Deadline(limits.attempt_deadline_s)
         try:
-            with self.session.post(
-                delivery.url,
-                data=body.encode(),
-                headers=headers,
-                timeout=(limits.timeout_s, limits.timeout_s),
-                allow_redirects=False,
-                stream=True,
-            ) as response:
+            with (
+                deadline,
+                self.session_for(delivery).post(
+                    delivery.url,
+                    data=body.encode(),
+                    headers=headers,
+                    timeout=(limits.timeout_s, limits.timeout_s),
+                    allow_redirects=False,
+                    stream=True,
+                ) as response,
+            ):
                 for _ in response.iter_content(chunk_size=8192):  # read (and drop) up to the cap
                     if response.raw.tell() > limits.max_response_bytes:
                         break
                 status = response.status_code
         except RefusedDestination as error:
+            if delivery.tenant is not None:
+                return Attempt(None, _ms(started), "refused before connecting: not a network this principal may reach")
             return Attempt(None, _ms(started), f"refused before connecting: {error}")
-        except requests.RequestException as error:
+        except (requests.RequestException, ProtocolError, OSError) as error:
+            if deadline.passed:
+                return Attempt(None, _ms(started), f"no complete answer within {limits.attempt_deadline_s:g} s")
+            if delivery.tenant is not None:
+                # A tenant's receiver: say that it failed, never what was learnt of the network behind it.
+                return Attempt(None, _ms(started), "no answer (connection failed or timed out)")
             return Attempt(None, _ms(started), f"{type(error).__name__}: {_short(str(error))}")
+        if deadline.passed:  # the answer ended early because the deadline shut it
+            return Attempt(None, _ms(started), f"no complete answer within {limits.attempt_deadline_s:g} s")
         latency = _ms(started)
         if 300 <= status < 400:
             return Attempt(status, latency, "redirect not followed")

@@ -14,7 +14,7 @@ from config.settings import NotifySettings
 from workers.events import Event
 from workers.keys import Keys
 from workers.lua_scripts import load_script
-from workers.notify.targets import Target
+from workers.notify.targets import Target, breaker_scope
 
 #: Attempts shown per job (the newest).
 LOG_KEPT: Final = 100
@@ -31,6 +31,8 @@ class Delivery:
     batch_id: str | None
     ref: str
     url: str
+    #: The principal whose own ``notify_url`` this is (its trust applies), or None: the operator's receiver.
+    tenant: str | None
     at: float  #: when the event happened (s)
     created_ms: int
     attempts: int
@@ -46,6 +48,7 @@ class Delivery:
             batch_id=raw.get("batch") or None,
             ref=raw.get("ref", ""),
             url=raw.get("url", ""),
+            tenant=raw.get("tenant") or None,
             at=float(raw.get("at", 0)),
             created_ms=int(raw.get("created_ms", 0)),
             attempts=int(raw.get("attempts", 0)),
@@ -83,6 +86,7 @@ class DeliveryStore:
             "batch": event.batch_id or "",
             "ref": target.ref,
             "url": target.url,
+            "tenant": target.tenant or "",
             "at": repr(event.at),
             "created_ms": str(self.now_ms()),
             "attempts": "0",
@@ -149,14 +153,17 @@ class DeliveryStore:
         return at
 
     # -- endpoints ---------------------------------------------------------------------------------
-    def breaker_open_until(self, url: str) -> int:
-        """ms until which the endpoint is left alone (0: it is not)."""
-        value = self._redis.hget(self._keys.endpoint_breaker(url_digest(url)), "open_until")
+    def _breaker(self, delivery: Delivery) -> str:
+        return self._keys.endpoint_breaker(url_digest(breaker_scope(delivery.url, delivery.tenant)))
+
+    def breaker_open_until(self, delivery: Delivery) -> int:
+        """ms until which the delivery's endpoint (its receiver under its trust) is left alone (0: it is not)."""
+        value = self._redis.hget(self._breaker(delivery), "open_until")
         return int(cast("str | None", value) or 0)
 
-    def endpoint_result(self, url: str, ok: bool) -> None:
+    def endpoint_result(self, delivery: Delivery, ok: bool) -> None:
         """Count a success (closes the breaker) or a failure (opens it after ``breaker_failures``)."""
-        key = self._keys.endpoint_breaker(url_digest(url))
+        key = self._breaker(delivery)
         if ok:
             self._redis.delete(key)
             return

@@ -1,10 +1,12 @@
-"""A transfer deadline: a minimum throughput over a sliding window, and a total time limit.
+"""A transfer deadline: the response's headers in time, a minimum throughput over a sliding window, and a
+total time limit.
 
 The per-read timeout alone lets a server that sends one byte every few seconds hold a store slot for as
-long as it likes. A watchdog thread looks at the transfer's progress a few times a window; when the
-transfer is too slow, or past its deadline, it shuts the connection's socket (which ends a read blocked
-in another thread) and the stream raises :class:`TransferTooSlow` instead of yielding more, or ending as
-if complete, so no object is committed.
+long as it likes, whether it drips its headers or its body. A watchdog thread, started before the request,
+looks at the transfer a few times a window; when the headers have not come within ``headers_deadline_s``,
+or the body is too slow, or the whole transfer is past its deadline, it aborts (shuts the sockets of the
+transfer, which ends a read blocked in another thread: :mod:`workers.socket_watch`) and the stream raises
+:class:`TransferTooSlow` instead of yielding more, or ending as if complete, so no object is committed.
 """
 
 from __future__ import annotations
@@ -31,12 +33,17 @@ class TransferWatchdog:
         min_bytes_per_s: int,
         window_s: float,
         deadline_s: float,
+        headers_deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``headers_deadline_s``: until :meth:`headers_received`, the transfer must get its headers
+        within this long of starting (None: no such phase; the throughput is watched from the start)."""
         self._abort = abort
         self._min_bytes = min_bytes_per_s * window_s
         self._window_s = window_s
         self._deadline_s = deadline_s
+        self._headers_deadline_s = headers_deadline_s
+        self._headers = headers_deadline_s is None
         self._clock = clock
         self._bytes = 0
         self._lock = threading.Lock()
@@ -57,6 +64,12 @@ class TransferWatchdog:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def headers_received(self) -> None:
+        """The response's headers are in: from now on its body's throughput is watched."""
+        with self._lock:
+            self._headers = True
+            self._window_start, self._window_bytes = self._clock(), self._bytes
+
     def stream(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """``chunks``, counted; raises :class:`TransferTooSlow` once the watchdog has tripped."""
         for chunk in chunks:
@@ -70,9 +83,12 @@ class TransferWatchdog:
         """One look at the transfer (the thread does this a few times a window)."""
         now = self._clock()
         with self._lock:
-            total = self._bytes
+            total, headers = self._bytes, self._headers
         if now - self._started > self._deadline_s:
             self._trip(f"transfer took longer than its deadline of {self._deadline_s:.0f} s")
+        elif not headers:
+            if self._headers_deadline_s is not None and now - self._started > self._headers_deadline_s:
+                self._trip(f"no response headers within {self._headers_deadline_s:g} s")
         elif now - self._window_start >= self._window_s:
             moved = total - self._window_bytes
             if moved < self._min_bytes:

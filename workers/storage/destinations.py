@@ -29,10 +29,11 @@ from typing import Any, ClassVar
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import connection
 from urllib3.util.retry import Retry
+
+from workers.socket_watch import WatchedConnectionMixin, use_connection_classes
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -190,16 +191,17 @@ class _Guard:
         raise NewConnectionError(self, f"Failed to establish a new connection: {error}")  # type: ignore[arg-type]
 
 
-class GuardedHTTPConnection(_Guard, HTTPConnection):
+class GuardedHTTPConnection(WatchedConnectionMixin, _Guard, HTTPConnection):
     pass
 
 
-class GuardedHTTPSConnection(_Guard, HTTPSConnection):
+class GuardedHTTPSConnection(WatchedConnectionMixin, _Guard, HTTPSConnection):
     pass
 
 
 class GuardedAdapter(HTTPAdapter):
-    """A requests adapter whose connections check and pin the addresses they connect to."""
+    """A requests adapter whose connections check and pin the addresses they connect to, and register
+    with the thread's :class:`~workers.socket_watch.SocketWatch` (so a deadline can end them)."""
 
     def __init__(self, policy: AddressPolicy, **kwargs: Any) -> None:
         self._policy = policy
@@ -210,9 +212,7 @@ class GuardedAdapter(HTTPAdapter):
         policy = self._policy
         http_conn = type("PolicyHTTPConnection", (GuardedHTTPConnection,), {"policy": policy})
         https_conn = type("PolicyHTTPSConnection", (GuardedHTTPSConnection,), {"policy": policy})
-        http_pool = type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn})
-        https_pool = type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn})
-        self.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+        use_connection_classes(self, http_conn, https_conn)
 
 
 def guarded_session(policy: AddressPolicy, *, user_agent: str, pool_maxsize: int = 16) -> requests.Session:

@@ -17,9 +17,7 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +29,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import DownloadSettings, HttpSettings, S3Settings, redact_url
+from workers.socket_watch import SocketWatch
 from workers.storage.client import build_s3_client, client_error_code, is_not_found
 from workers.storage.deadline import TransferTooSlow, TransferWatchdog
 from workers.storage.errors import BadResult, ResultTooLarge, StorageError, TransferError
@@ -193,9 +192,27 @@ class Storage:
         metadata = {"job-id": job_id, "prompt-sha256": prompt_sha256}
         if task_id is not None:
             metadata["task-id"] = task_id
-        with self._fetcher.open(url, refresh) as response:
-            announced = content_length(response)
-            size, sha256 = self._upload(response, key, metadata, announced)
+        # Watched from before the request: a host that drips its headers is given up as one that drips
+        # its body (the sockets of the transfer, every redirect hop's included, are shut on a trip).
+        sockets = SocketWatch()
+        watchdog = TransferWatchdog(
+            sockets.shut,
+            min_bytes_per_s=self._downloads.min_bytes_per_s,
+            window_s=self._downloads.throughput_window_s,
+            deadline_s=self._downloads.deadline_s,
+            headers_deadline_s=self._downloads.headers_deadline_s,
+        )
+        with sockets, watchdog:
+            try:
+                response = self._fetcher.open(url, refresh)
+            except StorageError as e:
+                if watchdog.tripped is not None:
+                    raise TransferError(watchdog.tripped, url=url) from e
+                raise
+            watchdog.headers_received()
+            with response:
+                announced = content_length(response)
+                size, sha256 = self._upload(response, key, metadata, announced, watchdog)
         if not self._fits_one_put(announced):
             self._verify(key, expected=size, url=url)
         uri = f"s3://{self.bucket}/{key}"
@@ -219,15 +236,14 @@ class Storage:
         return announced is not None and announced < self._transfer_config.multipart_threshold
 
     def _upload(
-        self, response: requests.Response, key: str, metadata: dict[str, str], announced: int | None
+        self,
+        response: requests.Response,
+        key: str,
+        metadata: dict[str, str],
+        announced: int | None,
+        watchdog: TransferWatchdog,
     ) -> tuple[int, str]:
-        """Stream the body into ``key``; (size, sha256). Any failure leaves no object behind."""
-        watchdog = TransferWatchdog(
-            lambda: _shut(response),
-            min_bytes_per_s=self._downloads.min_bytes_per_s,
-            window_s=self._downloads.throughput_window_s,
-            deadline_s=self._downloads.deadline_s,
-        )
+        """Stream the body into ``key`` under ``watchdog``; (size, sha256). Any failure leaves no object."""
         reader = HashingReader(
             watchdog.stream(response.iter_content(chunk_size=DOWNLOAD_CHUNK_BYTES)),
             max_bytes=self._s3.max_download_bytes,
@@ -235,21 +251,20 @@ class Storage:
         )
         url = response.url
         try:
-            with watchdog:
-                if self._fits_one_put(announced):
-                    body = reader.read(announced or 0)
-                    reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
-                    self._client.put_object(
-                        Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
-                    )
-                else:
-                    self._client.upload_fileobj(
-                        reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
-                        self.bucket,
-                        key,
-                        ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
-                        Config=self._transfer_config,
-                    )
+            if self._fits_one_put(announced):
+                body = reader.read(announced or 0)
+                reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
+                self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
+                )
+            else:
+                self._client.upload_fileobj(
+                    reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
+                    self.bucket,
+                    key,
+                    ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
+                    Config=self._transfer_config,
+                )
         except TransferTooSlow as e:
             raise TransferError(str(e), url=url) from e
         except TooManyBytes as e:
@@ -291,12 +306,3 @@ class Storage:
             self._client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as e:
             raise TransferError(f"cannot delete {key!r}: {type(e).__name__}") from e
-
-
-def _shut(response: requests.Response) -> None:
-    """Shut the response's socket from another thread: a read blocked on it returns at once."""
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
