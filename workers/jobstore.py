@@ -66,6 +66,10 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _optional_text(value: str | bytes | None) -> str | None:
+    return None if value is None else _text(value)
+
+
 def _encode(name: str, value: str | int | float) -> str:
     if isinstance(value, bool):
         raise TypeError(f"field {name!r}: booleans are not stored; pass 0 or 1")
@@ -303,6 +307,24 @@ class JobStore:
                 pipe.hgetall(self._keys.job(job_id))
             rows = pipe.execute()
         return [Job.from_hash(row) if row else None for row in rows]
+
+    def get_many_matching(
+        self, job_ids: Sequence[str], *, batch: str | None = None, owner: str | None = None
+    ) -> list[Job | None]:
+        """:meth:`get_many`, but only the jobs of ``batch`` and/or ``owner`` are read whole (None for
+        the others): a filter that matches little reads two short fields per job, not every record."""
+        if batch is None and owner is None:
+            return self.get_many(job_ids)
+        with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self._keys.job(job_id), ["batch_id", "owner"])
+            rows = pipe.execute()
+        wanted = [
+            (batch is None or _optional_text(row[0]) == batch) and (owner is None or _optional_text(row[1]) == owner)
+            for row in rows
+        ]
+        found = iter(self.get_many([job_id for job_id, keep in zip(job_ids, wanted, strict=True) if keep]))
+        return [next(found) if keep else None for keep in wanted]
 
     def by_task_id(self, task_id: str) -> Job | None:
         """The job the upstream task belongs to (its ``task_id`` may since have moved on to a new task)."""

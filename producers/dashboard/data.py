@@ -157,7 +157,8 @@ class DashboardData:
         rows: list[JobRow] = []
         last: tuple[float, str] | None = None
         for chunk in _chunks(entries, 50):
-            for position, job in zip(chunk, self.web.jobs.get_many([job_id for _, job_id in chunk]), strict=True):
+            jobs = self.web.jobs.get_many_matching([job_id for _, job_id in chunk], batch=batch, owner=owner)
+            for position, job in zip(chunk, jobs, strict=True):
                 if len(rows) == limit or budget == 0:
                     return rows, last  # there is at least this one more entry
                 budget -= 1

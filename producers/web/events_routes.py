@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -95,8 +96,10 @@ async def events(
                         if event.matches(batch=batch, job=job, owner=owner):
                             yield await _message(client, web.keys.job, event)
         finally:
-            await leases.close(caller, stream_id)
-            await client.aclose()
+            # A client that goes away cancels this generator: the cleanup must still run to its end.
+            with anyio.CancelScope(shield=True):
+                await leases.close(caller, stream_id)
+                await client.aclose()
 
     return StreamingResponse(
         stream(),

@@ -2,7 +2,8 @@
 
 ``batch`` and ``owner`` (a principal that is not an admin sees its own jobs only) filter the entries read,
 so a filtered page may hold fewer than ``limit`` jobs while ``next_cursor`` is still set: at most
-``SCAN_BUDGET_FACTOR`` × ``limit`` entries are read per page.
+``SCAN_BUDGET_FACTOR`` × ``limit`` entries are looked at per page, two short fields each; only the jobs
+that match are read whole.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def list_jobs(
     chunk = min(max(limit + 1, 50), 1000)
     for current in states:
         for rows in index_after(web, current, after, chunk):
-            for (member, score), job in zip(rows, web.jobs.get_many([m for m, _ in rows]), strict=True):
+            jobs = web.jobs.get_many_matching([m for m, _ in rows], batch=batch, owner=owner)
+            for (member, score), job in zip(rows, jobs, strict=True):
                 if len(found) == limit or budget == 0:
                     # There is at least this one more entry: the page ends here.
                     assert last is not None

@@ -41,6 +41,9 @@ from workers.lua_scripts import load_async_script, load_script
 
 #: Oldest entries of a principal's live set looked at on every enqueue (finished ones leave).
 PRUNE_EACH_TIME: Final = 50
+#: A place taken for a job whose record is not written yet is kept this long (a request writes its jobs
+#: within moments of taking their places; one that died gives them back after this).
+RESERVED_S: Final = 120
 _PRUNE_CHUNK: Final = 1000
 T = TypeVar("T")
 
@@ -167,22 +170,34 @@ class EnqueueLimits:
         return int(cast(int, self._redis.zcard(self._keys.owner_kept(owner))))
 
     def _prune(self, owner: str, *, everything: bool) -> None:
-        """Let finished jobs leave the live set and expired records the kept set: the oldest few, or all."""
-        self._prune_set(self._keys.owner_jobs(owner), everything, _finished)
-        self._prune_set(self._keys.owner_kept(owner), everything, lambda state: state is None)
+        """Let finished jobs leave the live set and expired records the kept set: the oldest few, or all.
+        A job without a record is gone only once its place is older than ``RESERVED_S``: until then it
+        may be a place taken for a job about to be written."""
+        seconds, micros = cast("tuple[int, int]", self._redis.time())
+        reserved_after = seconds * 1000 + micros // 1000 - RESERVED_S * 1000
 
-    def _prune_set(self, key: str, everything: bool, gone: Callable[[str | bytes | None], bool]) -> None:
+        def finished(state: str | bytes | None, score: float) -> bool:
+            return (state is None and score < reserved_after) or (state is not None and _finished(state))
+
+        def expired(state: str | bytes | None, score: float) -> bool:
+            return state is None and score < reserved_after
+
+        self._prune_set(self._keys.owner_jobs(owner), everything, finished)
+        self._prune_set(self._keys.owner_kept(owner), everything, expired)
+
+    def _prune_set(self, key: str, everything: bool, gone: Callable[[str | bytes | None, float], bool]) -> None:
         start = 0
         while True:
             count = _PRUNE_CHUNK if everything else PRUNE_EACH_TIME
-            ids = cast("list[str]", self._redis.zrange(key, start, start + count - 1))
-            if not ids:
+            rows = cast("list[tuple[str, float]]", self._redis.zrange(key, start, start + count - 1, withscores=True))
+            if not rows:
                 break
+            ids = [job_id for job_id, _ in rows]
             with self._redis.pipeline(transaction=False) as pipe:
                 for job_id in ids:
                     pipe.hget(self._keys.job(job_id), "state")
                 states = pipe.execute()
-            done = [job_id for job_id, state in zip(ids, states, strict=True) if gone(state)]
+            done = [job_id for (job_id, score), state in zip(rows, states, strict=True) if gone(state, score)]
             if done:
                 self._redis.zrem(key, *done)
             start += len(ids) - len(done)
@@ -249,8 +264,5 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _finished(state: str | bytes | None) -> bool:
-    if state is None:
-        return True
-    value = state.decode() if isinstance(state, bytes) else state
-    return JobState(value).terminal
+def _finished(state: str | bytes) -> bool:
+    return JobState(_text(state)).terminal

@@ -1,8 +1,8 @@
 """Failed sign-ins and unknown bearer tokens, throttled per client address across every web replica.
 
 Each failure takes a token from the address's bucket (``web_auth_failures_per_min`` per minute, as many at
-once); a failure that finds the bucket empty locks the address out until a token is back, and while it is
-locked out none of its tokens is even compared: a guesser gets ``web_auth_failures_per_min`` guesses a
+once); the failure that empties it locks the address out until a token is back, and while it is locked
+out none of its tokens is even compared: a guesser gets ``web_auth_failures_per_min`` guesses a
 minute, whatever its speed, and a caller with a good token is never slowed down by anyone else's failures.
 """
 
@@ -37,10 +37,10 @@ class AuthThrottle:
             )
 
     def failed(self, address: str) -> None:
-        """Count one failure of ``address``; lock it out when its bucket is empty."""
+        """Count one failure of ``address``; lock it out when that emptied its bucket."""
         wait_s = float(
-            load_script(self._redis, "quota_tokens")(
-                keys=[self._keys.auth_failures(address)], args=["", self.per_min / 60, self.per_min, 1]
+            load_script(self._redis, "auth_failure")(
+                keys=[self._keys.auth_failures(address)], args=[self.per_min / 60, self.per_min]
             )
         )
         if wait_s > 0:
