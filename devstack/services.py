@@ -203,16 +203,24 @@ def start_redis(
     data_dir: Path | None = None,
     replica_of: str | None = None,
     password: str | None = None,
+    maxmemory: str | None = None,
 ) -> Service:
     """A private redis-server, keeping its files (the AOF, with ``appendonly``) in ``data_dir`` (a folder
     per port under ``log_dir`` by default). Without ``port``, on a free one: redis-server cannot bind
     port 0 itself (0 turns TCP off), so a port taken between the choice and the bind means another try.
     With ``password``, clients (and, as a replica, it towards its primary) must authenticate; the password
-    goes in a config file of its own (mode 0600), never on the command line, and in the service's URL."""
+    goes in a config file of its own (mode 0600), never on the command line, and in the service's URL.
+    ``maxmemory`` (e.g. ``"16mb"``): refuse writes past it (``noeviction``), as production's should."""
 
     def on(chosen: int) -> Service:
         return _start_redis_on(
-            log_dir, chosen, appendonly=appendonly, data_dir=data_dir, replica_of=replica_of, password=password
+            log_dir,
+            chosen,
+            appendonly=appendonly,
+            data_dir=data_dir,
+            replica_of=replica_of,
+            password=password,
+            maxmemory=maxmemory,
         )
 
     if port is not None:
@@ -234,6 +242,7 @@ def _start_redis_on(
     data_dir: Path | None,
     replica_of: str | None = None,
     password: str | None = None,
+    maxmemory: str | None = None,
 ) -> Service:
     data_dir = data_dir or log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -267,6 +276,8 @@ def _start_redis_on(
     ]
     if replica_of is not None:  # "host port"
         argv += ["--replicaof", *replica_of.split()]
+    if maxmemory is not None:
+        argv += ["--maxmemory", maxmemory]
     auth = f":{password}@" if password is not None else ""
     service = spawn(f"redis-{port}", argv, log_dir=log_dir, url=f"redis://{auth}127.0.0.1:{port}/0")
     _await_ready(service, lambda: redis_reachable(service.url), 20)

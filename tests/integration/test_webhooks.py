@@ -29,6 +29,7 @@ from devstack import services
 from tests.integration.deployment import Deployment, deployment, must, wait_until
 from workers.jobs import JobState
 from workers.notify.store import delivery_log
+from workers.notify.targets import derived_secret
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +113,9 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    started = Receiver({"/job": JOB_SECRET, "/tenant": TENANT_SECRET, "/ops": ADMIN_SECRET}).start()
+    # A tenant's own notify_url is signed with its secret, derived from the deployment's (its own path).
+    secrets = {"/job": JOB_SECRET, "/acme-job": derived_secret(JOB_SECRET, "acme")}
+    started = Receiver({**secrets, "/tenant": TENANT_SECRET, "/ops": ADMIN_SECRET}).start()
     yield started
     started.stop()
 
@@ -120,7 +123,14 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Deployment]:
     principals = [
-        {"name": "acme", "token": TENANT, "webhooks": [{"url": receiver.url("/tenant"), "secret": TENANT_SECRET}]},
+        {
+            "name": "acme",
+            "token": TENANT,
+            "webhooks": [{"url": receiver.url("/tenant"), "secret": TENANT_SECRET}],
+            # The tenant's own notify_url may reach the receiver (loopback, its port) and nothing else.
+            "notify_hosts": [f"127.0.0.1:{receiver.port}"],
+            "notify_networks": ["127.0.0.0/8"],
+        },
         {
             "name": "ops",
             "token": ADMIN,
@@ -163,14 +173,14 @@ def test_every_delivery_is_signed_and_verifies_and_is_logged_on_the_job(
     dep: Deployment, web: services.Service, receiver: Receiver
 ):
     plain = enqueue(web, {"prompt": "A heron lands on a jetty"})
-    own_url = enqueue(web, {"prompt": "A heron takes off", "notify_url": receiver.url("/job")})
+    own_url = enqueue(web, {"prompt": "A heron takes off", "notify_url": receiver.url("/acme-job")})
     dep.wait_all([must(dep.producer.get(plain["id"])), must(dep.producer.get(own_url["id"]))])
 
-    wait_until(lambda: len(receiver.at("/tenant")) >= 2 and bool(receiver.at("/job")), 20, "three deliveries")
+    wait_until(lambda: len(receiver.at("/tenant")) >= 2 and bool(receiver.at("/acme-job")), 20, "three deliveries")
     assert not receiver.rejected, receiver.rejected
     tenant = {item.payload["data"]["job"]["id"]: item for item in receiver.at("/tenant")}
     assert set(tenant) >= {plain["id"], own_url["id"]}
-    (mine,) = receiver.at("/job")
+    (mine,) = receiver.at("/acme-job")
     assert mine.payload["data"]["job"]["id"] == own_url["id"]
     for item in [*tenant.values(), mine]:
         assert item.payload["type"] == "job.stored" and item.payload["data"]["job"]["state"] == "stored"
