@@ -280,7 +280,10 @@ class PrincipalSettings(BaseModel):
     model_config = {"frozen": True}
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    token: SecretStr
+    #: The principal's bearer token; or, instead, ``token_sha256``: its sha256 (hex), so a process that
+    #: needs the principals (the notify workers: their webhooks) never holds the token itself.
+    token: SecretStr | None = None
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     #: An admin sees and acts on every job; everyone else only on the jobs they enqueued.
     admin: bool = False
     #: Jobs enqueued per second (a token bucket), and the most at once.
@@ -302,13 +305,23 @@ class PrincipalSettings(BaseModel):
     #: prints it), so no two principals share one and none can sign for another.
     notify_secret: SecretStr | None = None
     #: Hosts this principal's ``notify_url`` may name: ``name``, ``*.domain`` or ``name:port``; a name
-    #: without a port allows 80 and 443 only. Empty: any host, on ports 80 and 443.
+    #: without a port allows 80 and 443 only. Empty: any host, on ports 80 and 443. (Not for an admin: its
+    #: ``notify_url`` is the operator's, under ``notify.allow_networks``.)
     notify_hosts: list[str] = []
     #: Networks (CIDR) this principal's ``notify_url`` may reach although they are not public; none by
     #: default (every loopback, private, link-local or reserved address is refused).
     notify_networks: list[str] = []
 
-    _token_strong = field_validator("token")(strong_token)
+    @field_validator("token")
+    @classmethod
+    def _token_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else strong_token(value)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> PrincipalSettings:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token and token_sha256")
+        return self
 
     @field_validator("notify_secret")
     @classmethod
@@ -326,8 +339,12 @@ class PrincipalSettings(BaseModel):
         return check_host_patterns(value)
 
     @property
-    def token_sha256(self) -> str:
-        return token_fingerprint(self.token)
+    def fingerprint(self) -> str:
+        """The sha256 (hex) of the principal's token, however it was given."""
+        if self.token is not None:
+            return token_fingerprint(self.token)
+        assert self.token_sha256 is not None
+        return self.token_sha256
 
 
 def check_networks(value: list[str]) -> list[str]:
@@ -422,6 +439,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         extra="ignore",
+        # An empty variable is an unset one (docker compose passes ${OPTIONAL:-} through as "").
+        env_ignore_empty=True,
     )
 
     #: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) or ``unix:///path/to/socket``; or
@@ -595,7 +614,7 @@ class Settings(BaseSettings):
                 f"no ingress principal may be named {LEGACY_PRINCIPAL!r} while ingress_tokens are set "
                 f"(each plain token is the admin principal {LEGACY_PRINCIPAL!r})"
             )
-        fingerprints = [principal.token_sha256 for principal in self.principals()]
+        fingerprints = [principal.fingerprint for principal in self.principals()]
         if len(set(fingerprints)) != len(fingerprints):
             raise ValueError("every ingress token must be different (one token, one principal)")
         return self

@@ -103,7 +103,7 @@ def secrets_of(settings: Settings) -> list[str]:
         settings.s3.access_key_id,
         settings.s3.secret_access_key,
         *settings.ingress_tokens,
-        *(principal.token for principal in settings.ingress_principals),
+        *(principal.token for principal in settings.ingress_principals if principal.token is not None),
         *settings.ops_tokens,
     ]
     return [secret.get_secret_value() for secret in candidates if secret is not None]

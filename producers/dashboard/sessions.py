@@ -39,7 +39,7 @@ class SessionStore:
         self._redis = client
         self._keys = keys
         # By name and token: a principal with several tokens (``default``) has one entry per token.
-        self._principals = {(principal.name, principal.token_sha256): principal for principal in principals}
+        self._principals = {(principal.name, principal.fingerprint): principal for principal in principals}
         self._ttl_s = ttl_s
 
     def _key(self, session_id: str) -> str:
@@ -54,7 +54,7 @@ class SessionStore:
                 key,
                 mapping={
                     "principal": principal.name,
-                    "token": principal.token_sha256,
+                    "token": principal.fingerprint,
                     "csrf": secrets.token_urlsafe(32),
                 },
             )

@@ -59,7 +59,7 @@ class Web:
         )
         self.registry = build_registry(RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES))
         self.principals = principal_table(settings.principals())
-        self.ops_tokens: TokenTable[bool] = TokenTable((token, True) for token in settings.ops_tokens)
+        self.ops_tokens: TokenTable[bool] = TokenTable.of_tokens((token, True) for token in settings.ops_tokens)
         self.limits = EnqueueLimits(self.redis, self.keys)
         self.throttle = AuthThrottle(self.redis, self.keys, settings.web_auth_failures_per_min)
         self._workers: tuple[float, list[str]] = (-1e9, [])

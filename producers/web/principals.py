@@ -23,6 +23,7 @@ them when a limit is reached, so they stay near the truth without a scan of ever
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,7 +35,7 @@ import redis.asyncio as aioredis
 from fastapi import HTTPException
 from pydantic import SecretStr
 
-from config.settings import PrincipalSettings
+from config.settings import PrincipalSettings, token_fingerprint
 from workers.jobs import Job, JobRequest, JobState, encode_metadata
 from workers.keys import Keys
 from workers.lua_scripts import load_async_script, load_script
@@ -49,25 +50,30 @@ T = TypeVar("T")
 
 
 class TokenTable(Generic[T]):
-    """Finds what a bearer token stands for: constant time per token, every token compared."""
+    """Finds what a bearer token stands for by its sha256: constant time per entry, every entry compared
+    (the table may be given the tokens themselves or only their digests)."""
 
-    def __init__(self, entries: Iterable[tuple[SecretStr, T]]) -> None:
-        self._tokens = [(token.get_secret_value().encode(), value) for token, value in entries]
+    def __init__(self, entries: Iterable[tuple[str, T]]) -> None:
+        self._digests = [(bytes.fromhex(digest), value) for digest, value in entries]
+
+    @classmethod
+    def of_tokens(cls, entries: Iterable[tuple[SecretStr, T]]) -> TokenTable[T]:
+        return cls((token_fingerprint(token), value) for token, value in entries)
 
     def __bool__(self) -> bool:
-        return bool(self._tokens)
+        return bool(self._digests)
 
     def find(self, given: str) -> T | None:
         found: T | None = None
-        encoded = given.encode()
-        for token, value in self._tokens:
-            if hmac.compare_digest(encoded, token) and found is None:
+        digest = hashlib.sha256(given.encode()).digest()
+        for known, value in self._digests:
+            if hmac.compare_digest(digest, known) and found is None:
                 found = value
         return found
 
 
 def principal_table(principals: Iterable[PrincipalSettings]) -> TokenTable[PrincipalSettings]:
-    return TokenTable((principal.token, principal) for principal in principals)
+    return TokenTable((principal.fingerprint, principal) for principal in principals)
 
 
 def may_see(principal: PrincipalSettings, job: Job) -> bool:

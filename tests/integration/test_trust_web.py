@@ -8,6 +8,7 @@ address-based limits they meet never touch the tests' other clients on 127.0.0.1
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -36,7 +37,10 @@ TENANT = f"acme-{uuid.uuid4().hex}"
 RIVAL = f"rival-{uuid.uuid4().hex}"
 RACER = f"racer-{uuid.uuid4().hex}"
 HOARDER = f"hoarder-{uuid.uuid4().hex}"
+HASHED = f"hashed-{uuid.uuid4().hex}"
 PRINCIPALS: list[dict[str, Any]] = [
+    # Given by its digest only: a process holding these settings never holds the token.
+    {"name": "hashed", "token_sha256": hashlib.sha256(HASHED.encode()).hexdigest()},
     {"name": "ops", "token": ADMIN, "admin": True},
     {"name": "acme", "token": TENANT, "max_event_streams": 3, "max_live_jobs": 3},
     {"name": "rival", "token": RIVAL},
@@ -356,6 +360,12 @@ def test_a_listing_filtered_by_batch_reads_little_of_redis(web: Web):
     sent = int(cast(dict[str, Any], web.redis.info("stats"))["total_net_output_bytes"]) - sent_before
     assert page["jobs"] == [] and page["next_cursor"] is not None  # 1,500 entries looked at, none matched
     assert sent < 300_000, sent  # the 1,500 records looked at weigh 7.5 MB
+
+
+def test_a_principal_given_by_its_tokens_digest_signs_in_with_the_token(web: Web):
+    assert requests.get(f"{web.url}/v1/jobs", headers=bearer(HASHED), timeout=5).status_code == 200
+    signed = requests.post(f"{web.url}/signin", data={"token": HASHED}, allow_redirects=False, timeout=5)
+    assert signed.status_code == 303
 
 
 def test_principals_must_have_unique_names_and_tokens():

@@ -257,7 +257,7 @@ def redis_problems(compose: dict[str, Any]) -> list[str]:
     command = " ".join(words(redis.get("command")))
     problems = [
         f"redis runs without {flag!r}"
-        for flag in ("--appendonly yes", "--maxmemory-policy noeviction")
+        for flag in ("--appendonly yes", "--maxmemory-policy noeviction", "--maxmemory ")
         if flag not in command
     ]
     named = set(compose.get("volumes") or {})
@@ -304,8 +304,37 @@ def secret_problems(compose: dict[str, Any]) -> list[str]:
     redis = compose["services"].get("redis", {})
     if "requirepass" not in " ".join(words(redis.get("command"))):
         problems.append("redis runs without a password (requirepass)")
-    if ":${REDIS_PASSWORD:?" not in str(compose.get("x-imagineq", {}).get("IMAGINEQ_REDIS_URL", "")):
+    if ":${REDIS_PASSWORD:?" not in str(compose.get("x-redis", {}).get("IMAGINEQ_REDIS_URL", "")):
         problems.append("the app's IMAGINEQ_REDIS_URL has no password")
+    return problems
+
+
+#: The secrets each app process may hold in its environment: the ones it uses, nothing more.
+SECRETS = {
+    "IMAGINEQ_API_KEY": {"web", "submit", "poll", "store"},
+    "IMAGINEQ_ACCOUNTS": {"web", "submit", "poll", "store"},
+    "IMAGINEQ_S3__ACCESS_KEY_ID": {"web", "poll", "store", "notify"},
+    "IMAGINEQ_S3__SECRET_ACCESS_KEY": {"web", "poll", "store", "notify"},
+    "IMAGINEQ_INGRESS_PRINCIPALS": {"web", "notify"},
+    "IMAGINEQ_INGRESS_TOKENS": {"web", "notify"},
+    "IMAGINEQ_OPS_TOKENS": {"web"},
+    "IMAGINEQ_CALLBACKS__HMAC_KEY": {"web"},
+    "IMAGINEQ_NOTIFY__SIGNING_SECRET": {"web", "notify"},
+    "FLOWER_BASIC_AUTH": {"flower"},
+}
+
+
+def secret_scope_problems(compose: dict[str, Any]) -> list[str]:
+    """No app container gets a secret it does not use, nor any file of them whole (.env)."""
+    problems = []
+    for name in PROCESSES:
+        service = compose["services"].get(name, {})
+        for secret, users in SECRETS.items():
+            if secret in environment(service) and name not in users:
+                problems.append(f"{name} is given {secret}, which it does not use")
+        files = [entry["path"] if isinstance(entry, dict) else entry for entry in service.get("env_file") or []]
+        if ".env" in files:
+            problems.append(f"{name} is given .env whole (every secret in it)")
     return problems
 
 
@@ -393,7 +422,7 @@ def test_the_ha_profile_points_every_app_process_at_the_sentinels(files: dict[st
     compose = files["compose"]
     assert {name for name in HA_SERVICES if compose["services"][name]["profiles"] == ["ha"]} == set(HA_SERVICES)
     ha_url = parse_env_example(files["example_text"])["REDIS_HA_URL"]
-    app_env = compose["x-imagineq"]
+    app_env = compose["x-redis"]
     assert app_env["IMAGINEQ_REDIS_URL"].startswith("${REDIS_HA_URL:-")  # when set, it replaces the one Redis
     settings = load_settings(
         redis_url=ha_url,
@@ -416,6 +445,10 @@ def test_flower_requires_basic_auth(files: dict[str, Any]) -> None:
 
 def test_credentials_are_required_and_never_on_a_command_line(files: dict[str, Any]) -> None:
     assert secret_problems(files["compose"]) == []
+
+
+def test_each_process_gets_only_the_secrets_it_uses(files: dict[str, Any]) -> None:
+    assert secret_scope_problems(files["compose"]) == []
 
 
 def test_simulator_only_in_the_dev_profile(files: dict[str, Any]) -> None:
@@ -455,6 +488,7 @@ def all_problems(f: dict[str, Any]) -> list[str]:
         *redis_problems(f["compose"]),
         *flower_problems(f["procfile"], f["compose"]),
         *secret_problems(f["compose"]),
+        *secret_scope_problems(f["compose"]),
         *profile_problems(f["compose"]),
         *service_problems(f["compose"]),
     ]
@@ -499,6 +533,15 @@ def all_problems(f: dict[str, Any]) -> list[str]:
             lambda f: _break_compose(f, "stop_grace_period: 150s", "stop_grace_period: 10s"),
             "submit: stop_grace",
         ),
+        (
+            lambda f: _break_compose(
+                f,
+                "      <<: *redis-env\n      FLOWER_BASIC_AUTH",
+                "      <<: [*redis-env, *upstream-env]\n      FLOWER_BASIC_AUTH",
+            ),
+            "flower is given IMAGINEQ_API_KEY",
+        ),
+        (lambda f: _break_compose(f, "    - path: imagineq.env", "    - path: .env"), "given .env whole"),
         (lambda f: _break_compose(f, "${MINIO_PORT:-9000}", "${MINIO_API_PORT:-9000}"), "MINIO_API_PORT"),
         (lambda f: _break_example(f, "# IMAGINEQ_S3__REGION=us-east-1\n", ""), "IMAGINEQ_S3__REGION"),
         (
@@ -517,6 +560,8 @@ def all_problems(f: dict[str, Any]) -> list[str]:
         "minio-default-password",
         "password-on-command-line",
         "grace-too-short",
+        "secret-given-to-flower",
+        "dotenv-given-whole",
         "undocumented-variable",
         "setting-not-listed",
         "wrong-default",

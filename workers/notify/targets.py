@@ -3,8 +3,8 @@
 Two kinds of receiver, trusted differently:
 
 - **the operator's**: a principal's ``webhooks`` endpoints (written into the settings by the operator),
-  and the ``notify_url`` of a job enqueued without a principal (the Python API, the CLI, a batch): they
-  may be in the networks of ``notify.allow_networks``, on any port;
+  and the ``notify_url`` of a job enqueued without a principal (the Python API, the CLI, a batch) or by
+  an admin: they may be in the networks of ``notify.allow_networks``, on any port;
 - **a tenant's**: the ``notify_url`` a principal gave its own job. It may name only the principal's
   ``notify_hosts`` (any host on ports 80 and 443 by default), in public networks or the principal's
   ``notify_networks``, and it is signed with that principal's own secret (``notify_secret``, else one
@@ -43,7 +43,7 @@ def targets_for(event: Event, job: Job | None, settings: Settings) -> list[Targe
     targets: list[Target] = []
     if event.job_id is not None:
         if job is not None and job.notify_url and notify_secret(job.owner, settings) is not None:
-            targets.append(Target(JOB_TARGET, job.notify_url, tenant=job.owner))
+            targets.append(Target(JOB_TARGET, job.notify_url, tenant=tenant_of(job.owner, settings)))
         principals = [p for p in settings.principals() if p.name == event.owner] if event.owner else []
     else:  # a batch: the admins' endpoints
         principals = [p for p in settings.principals() if p.admin]
@@ -52,6 +52,15 @@ def targets_for(event: Event, job: Job | None, settings: Settings) -> list[Targe
             if event.type in endpoint.events:
                 targets.append(Target(f"principal:{principal.name}:{index}", endpoint.url))
     return targets
+
+
+def tenant_of(owner: str | None, settings: Settings) -> str | None:
+    """Whose trust a job's ``notify_url`` is sent under: its owner's, unless it has none or is an admin
+    (an admin's receivers are the operator's)."""
+    if owner is None:
+        return None
+    principal = settings.principal(owner)
+    return None if principal is not None and principal.admin else owner
 
 
 def secret_for(ref: str, url: str, settings: Settings, tenant: str | None = None) -> str | None:
