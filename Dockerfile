@@ -6,6 +6,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY config/ config/
+COPY core/ core/
 COPY workers/ workers/
 COPY producers/ producers/
 COPY simulator/ simulator/
@@ -20,7 +21,7 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Installed, not copied: the code runs from site-packages (with workers/lua/*.lua as package data), so
+# Installed, not copied: the code runs from site-packages (with core/lua/*.lua as package data), so
 # no source tree or .env file sits in the working directory to shadow it. (DL3013: the only index is the
 # wheel directory built above from this very checkout.)
 # hadolint ignore=DL3013

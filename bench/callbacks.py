@@ -29,10 +29,10 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the test deployment
 
 
+from core.jobs import JobState
 from devstack import services
 from producers.api import Producer
 from tests.integration.deployment import settings_from
-from workers.jobs import JobState
 from workers.storage import Storage
 
 HMAC_KEY = "bench-hmac-key"

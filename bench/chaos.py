@@ -55,11 +55,11 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the test deployment
 
 from config.celery import TASK_RECONCILE
+from core.jobs import Job, JobState
 from devstack import services
 from devstack.services import LocalStack
 from producers.callbacks import sign
 from tests.integration.deployment import Deployment
-from workers.jobs import Job, JobState
 
 HMAC_KEY = "chaos-hmac-key"
 BUCKET = "imagineq-chaos"

@@ -34,9 +34,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.jobs import Job, JobRequest, JobState
+from core.keys import Keys
 from devstack import services
-from workers.jobs import Job, JobRequest, JobState
-from workers.keys import Keys
 
 TOKEN = f"bench-{uuid.uuid4().hex}"
 DAY_S = 86400.0

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: b
 from standardwebhooks.webhooks import Webhook
 
 from bench.pipeline import SIMULATOR_ARGS, UNLIMITED
+from core.jobs import JobState
 from tests.integration.deployment import deployment
-from workers.jobs import JobState
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 

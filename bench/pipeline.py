@@ -44,9 +44,9 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the test deployment
 
+from core.jobs import JobState
 from devstack import services
 from tests.integration.deployment import deployment, settings_from
-from workers.jobs import JobState
 
 #: Instant generation, 1 KB videos, no simulated quota: the same for the pipeline and the I/O floor.
 SIMULATOR_ARGS = (

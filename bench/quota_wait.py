@@ -24,11 +24,11 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: devstack is not installed
 
 from config.settings import AccountSettings
+from core.jobs import JobRequest
+from core.jobstore import JobStore
+from core.keys import Keys
+from core.quota import QuotaLimiter
 from devstack import services
-from workers.jobs import JobRequest
-from workers.jobstore import JobStore
-from workers.keys import Keys
-from workers.quota import QuotaLimiter
 
 
 def timed(limiter: QuotaLimiter, count: int, offset: int) -> list[float]:

@@ -93,7 +93,7 @@ def broker_prefix(settings: Settings) -> str:
 
 
 def broker_key_prefix(redis_prefix: str) -> str:
-    """The broker's key prefix inside deployment prefix ``redis_prefix`` (``workers.keys`` names the keys)."""
+    """The broker's key prefix inside deployment prefix ``redis_prefix`` (``core.keys`` names the keys)."""
     return f"{redis_prefix}:celery:"
 
 

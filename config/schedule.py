@@ -73,7 +73,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def redbeat_key_prefix(redis_prefix: str) -> str:
-    """celery-redbeat's key prefix inside deployment prefix ``redis_prefix`` (``workers.keys`` names it)."""
+    """celery-redbeat's key prefix inside deployment prefix ``redis_prefix`` (``core.keys`` names it)."""
     return f"{redis_prefix}:redbeat:"
 
 

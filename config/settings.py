@@ -206,7 +206,7 @@ class HttpSettings(BaseModel):
 #: The admin principal every plain ``ingress_tokens`` entry stands for.
 LEGACY_PRINCIPAL = "default"
 
-#: What an endpoint may subscribe to (the events stream's types, ``workers.events``).
+#: What an endpoint may subscribe to (the events stream's types, ``core.events``).
 EVENT_TYPES = ("job.stored", "job.failed", "job.expired", "job.canceled", "batch.completed")
 
 

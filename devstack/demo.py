@@ -25,10 +25,10 @@ from rich.live import Live
 from rich.table import Table
 
 from config.settings import load_settings
+from core.jobs import Job, JobState
 from devstack import services
 from producers.api import Producer
 from producers.status_cli import STATE_STYLE
-from workers.jobs import Job, JobState
 
 PROMPTS: list[tuple[str, str, str]] = [
     ("A red fox trots through fresh snow at dawn, slow tracking shot", "3:2", "normal"),

@@ -19,10 +19,10 @@ from celery import Celery
 
 from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE
 from config.settings import Settings, get_settings
+from core.clients import Clients
+from core.jobs import Job, JobRequest, Priority
+from core.messages import BrokerMessage, submit_message
 from workers.batch.lines import BATCH_KEY_PREFIX
-from workers.clients import Clients
-from workers.jobs import Job, JobRequest, Priority
-from workers.messages import BrokerMessage, submit_message
 
 #: Jobs written and published per Redis round trip by ``enqueue_many``.
 CHUNK = 500
@@ -31,7 +31,7 @@ CHUNK = 500
 def check_producer_key(request: JobRequest) -> None:
     """A producer's idempotency key may not have the form of a batch line's (``batch:<id>:line:<n>``):
     it would hand back that line's job, or take its place."""
-    from workers.errors import ValidationError
+    from core.errors import ValidationError
 
     if request.idempotency_key is not None and request.idempotency_key.startswith(BATCH_KEY_PREFIX):
         raise ValidationError("idempotency_key", f"must not start with {BATCH_KEY_PREFIX!r} (the keys of batch lines)")
@@ -48,7 +48,7 @@ class NotCancelable(Exception):
 def check_notify_url_allowed(request: JobRequest, settings: Settings) -> None:
     """A job's own notify_url needs a secret to sign its deliveries with (its principal's, or the
     deployment's), and a principal's may name only that principal's ``notify_hosts``."""
-    from workers.errors import ValidationError
+    from core.errors import ValidationError
     from workers.notify.targets import check_tenant_notify_url, notify_secret
 
     if not request.notify_url:
@@ -157,7 +157,7 @@ class Producer:
     def cancel(self, job_id: str, *, by: str) -> Job:
         """Cancel a queued job (``by`` says where from, in its error); the job as it is now. Raises
         NotCancelable (its message says why) when it is already past ``queued``."""
-        from workers.jobs import JobState
+        from core.jobs import JobState
 
         fields = {"reason": "canceled", "error": f"canceled {by}"}
         self.jobs.transition(job_id, JobState.CANCELED, expect=JobState.QUEUED, fields=fields)
@@ -174,14 +174,14 @@ class Producer:
     def resubmit(self, job: Job) -> Job:
         """Queue a failed job again (a new upstream task, its own quota slot); ValueError when it is not
         failed, or changed state meanwhile."""
-        from workers.jobs import JobState
+        from core.jobs import JobState
 
         if job.state is not JobState.FAILED:
             raise ValueError(f"job {job.id} is {job.state.value}; only failed jobs can be resubmitted")
         if job.reason == "outcome_unknown" and job.account:
             # Its first task may still run upstream: that slot stays taken on its own, and this attempt
             # takes (and logs) a slot and a creation of its own.
-            from workers.quota import QuotaLimiter
+            from core.quota import QuotaLimiter
 
             QuotaLimiter.for_settings(self.redis, self.keys, self.settings).detach_hold(job.account, job.id)
         cleared = dict.fromkeys(("reason", "error", "task_id", "account", "create_sent_at", "submit_attempts"))
@@ -196,7 +196,7 @@ class Producer:
         """Write a stored job's video to ``target`` and return its sha256. It is written beside the
         target and renamed once whole and checked against the job's sha256, so a failed download leaves
         no half file; ValueError when the job has no video or the bytes do not match."""
-        from workers.jobs import JobState
+        from core.jobs import JobState
         from workers.storage import build_s3_client
 
         if job.state is not JobState.STORED or not job.s3_uri:
@@ -221,7 +221,7 @@ class Producer:
         self.redis.close()
 
     def _validated(self, index: int, item: JobRequest | Mapping[str, Any]) -> JobRequest:
-        from workers.errors import ValidationError
+        from core.errors import ValidationError
 
         try:
             request = item if isinstance(item, JobRequest) else JobRequest.from_mapping(item)

@@ -13,10 +13,10 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from config.settings import Settings
+from core.jobs import JobState
+from core.quota import QuotaLimiter
 from workers.batch.reader import BAD_LINES_KEPT, PRIORITY_LEVELS, BatchSubmitter, SubmitResult
 from workers.batch.store import BatchStatus, wait_until_finished
-from workers.jobs import JobState
-from workers.quota import QuotaLimiter
 
 EXIT_OK, EXIT_FAILED = 0, 1
 #: Bad lines printed after a submit (all of them are in the manifest).

@@ -40,11 +40,11 @@ from typing import Any, Final
 
 import redis
 
+from core.errors import TransportError
+from core.jobs import Job, JobState
+from core.jobstore import JobStore
+from core.keys import Keys
 from workers.completion import SALVAGEABLE_REASONS, stash_wake, take_wake
-from workers.errors import TransportError
-from workers.jobs import Job, JobState
-from workers.jobstore import JobStore
-from workers.keys import Keys
 from workers.upstream import TaskRecord
 
 log = logging.getLogger("imagineq.callbacks")

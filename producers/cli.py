@@ -156,8 +156,8 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from core.jobs import JobState
     from producers.api import Producer
-    from workers.jobs import JobState
 
     producer = Producer()
     states = [JobState(args.state)] if args.state else list(JobState)
@@ -222,8 +222,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     """Print the events stream: a line (or a JSON object) per job that ends and per batch done."""
     from typing import cast
 
+    from core.events import Event, valid_event_id
     from producers.api import Producer
-    from workers.events import Event, valid_event_id
 
     if args.after is not None and not valid_event_id(args.after):
         print("error: --after must be an event id such as 1733000000000-0", file=sys.stderr)
@@ -305,7 +305,7 @@ def _cmd_demo(_: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workers.jobs import JobState as JobStateNames
+    from core.jobs import JobState as JobStateNames
 
     parser = argparse.ArgumentParser(prog="imagineq", description="Text prompts to stored Grok Imagine videos.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import redis
 
     from config.settings import get_settings, redact_url
-    from workers.errors import ImagineQError, ValidationError
+    from core.errors import ImagineQError, ValidationError
     from workers.logs import configure_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)

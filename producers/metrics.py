@@ -17,11 +17,11 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from workers.clients import as_text
-from workers.jobstore import JobStore
-from workers.keys import Keys
+from core.clients import as_text
+from core.jobstore import JobStore
+from core.keys import Keys
+from core.quota import QuotaLimiter
 from workers.queues import read_depths
-from workers.quota import QuotaLimiter
 
 UPSTREAM_ERROR_PREFIX = "upstream_error:"
 CALLBACK_PREFIX = "callback:"

@@ -23,11 +23,11 @@ import redis
 
 from config.celery import QUEUES
 from config.settings import AccountSettings, Settings, redact_url
-from workers.clients import Clients
-from workers.errors import UpstreamError
-from workers.jobs import Job, JobState
+from core.clients import Clients
+from core.errors import UpstreamError
+from core.jobs import Job, JobState
+from core.quota import QuotaLimiter
 from workers.queues import held_by_queue, read_depths
-from workers.quota import QuotaLimiter
 from workers.upstream import UpstreamClient
 
 #: Upstream timeout (connect and read) of the credits check: status must answer even when it does not.

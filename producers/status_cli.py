@@ -22,8 +22,8 @@ from rich.text import Text
 
 from config.celery import PRIORITY_STEPS
 from config.settings import get_settings
+from core.jobs import JobState
 from producers.status import Status, StatusReader
-from workers.jobs import JobState
 from workers.logs import Redactor
 
 EXIT_OK, EXIT_FAILED = 0, 1

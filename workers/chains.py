@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery, chain
 
 from config.celery import TASK_POLL, TASK_STORE
-from workers.jobs import Job, JobState
+from core.jobs import Job, JobState
 
 
 def rest_of_job(celery_app: Celery, job: Job, *, woken: bool = False, priority: int | None = None) -> Any:

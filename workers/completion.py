@@ -19,10 +19,10 @@ from typing import Any, Final, cast
 import redis
 
 from config.settings import ConfigError
-from workers.jobs import Job, JobState
-from workers.jobstore import JobStore
-from workers.keys import Keys
-from workers.quota import QuotaLimiter
+from core.jobs import Job, JobState
+from core.jobstore import JobStore
+from core.keys import Keys
+from core.quota import QuotaLimiter
 from workers.upstream import TaskRecord, TaskState
 
 log = logging.getLogger("imagineq.completion")

@@ -1,13 +1,13 @@
 """The poll planner: per account, when each running task is next asked about (ARCHITECTURE.md, "Polls").
 
 The account's recordInfo budget (``record_info_per_s`` in every rolling second, less the guard) is a
-calendar of slots shared by every poll worker on every machine (``workers/lua/poll_plan.lua``). A poll
+calendar of slots shared by every poll worker on every machine (``core/lua/poll_plan.lua``). A poll
 message books its job's next check in the first free slot at or after the time the job may next be
 checked — not before the shortest plausible generation time, then not sooner than the interval the
 job's age allows (the upstream's suggested back-off for long tasks) — and re-runs when that slot comes.
 So the budget goes round the tasks that may have finished, the one checked longest ago first, and a
 finished task is seen within about (tasks booked ÷ budget) seconds. The call itself is still counted
-by the rolling log (:meth:`~workers.quota.QuotaLimiter.take_record_info_call`), so a late or woken
+by the rolling log (:meth:`~core.quota.QuotaLimiter.take_record_info_call`), so a late or woken
 check can never push a second over the limit.
 
 A job's booking is owned by one poll message (its Celery task id, which a re-publish keeps). A second
@@ -26,8 +26,8 @@ from enum import StrEnum
 import redis
 
 from config.settings import AccountSettings, account_named
-from workers.keys import Keys
-from workers.lua_scripts import load_script
+from core.keys import Keys
+from core.lua_scripts import load_script
 
 #: Another message's booking this overdue means that message was lost; the one running takes over.
 TAKEOVER_S = 15.0

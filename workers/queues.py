@@ -14,7 +14,7 @@ from typing import cast
 import redis
 
 from config.celery import PRIORITY_STEPS
-from workers.keys import Keys
+from core.keys import Keys
 
 
 @dataclass(frozen=True)

@@ -67,15 +67,15 @@ from config.celery import (
     TASK_STORE,
     TASK_SUBMIT,
 )
+from core.clients import release_token_lock
+from core.errors import NotFound, UpstreamError
+from core.jobs import Job, JobState, Priority
+from core.messages import submit_message
+from core.quota import HELD_PREFIX
 from workers.batch.locations import Files
 from workers.batch.store import BatchStore
 from workers.celery import app
-from workers.clients import release_token_lock
 from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
-from workers.errors import NotFound, UpstreamError
-from workers.jobs import Job, JobState, Priority
-from workers.messages import submit_message
-from workers.quota import HELD_PREFIX
 from workers.runtime import Runtime
 from workers.storage import build_s3_client
 from workers.tasks.process import runtime

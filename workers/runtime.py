@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import redis
 
 from config.settings import Settings
-from workers.clients import Clients
-from workers.jobstore import JobStore
-from workers.keys import Keys
+from core.clients import Clients
+from core.jobstore import JobStore
+from core.keys import Keys
+from core.quota import QuotaLimiter
 from workers.poll_plan import PollPlan
-from workers.quota import QuotaLimiter
 from workers.storage import Storage
 from workers.upstream import UpstreamClient, build_session
 

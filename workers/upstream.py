@@ -1,8 +1,8 @@
 """The Apikley market API client (Grok Imagine text-to-video), see ARCHITECTURE.md, "The upstream".
 
 One :class:`UpstreamClient` per account. Every call returns the response's ``data`` decoded into a
-plain value, or raises an :class:`~workers.errors.UpstreamError` built in one place
-(:func:`~workers.errors.error_from_response` for answers, :meth:`UpstreamClient._transport_error` for
+plain value, or raises an :class:`~core.errors.UpstreamError` built in one place
+(:func:`~core.errors.error_from_response` for answers, :meth:`UpstreamClient._transport_error` for
 failures of ``requests``). The client never retries: quotas and the tasks own that decision, and
 the error class says which one applies.
 
@@ -29,7 +29,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry
 
 from config.settings import AccountSettings, HttpSettings
-from workers.errors import (
+from core.errors import (
     CREATE_TASK,
     CREDIT,
     DOWNLOAD_URL,

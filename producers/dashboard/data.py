@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from config.settings import PrincipalSettings
+from core.jobs import Job, JobState
 from producers.status import CREDITS_TIMEOUT_S, Status, StatusReader
 from producers.web.context import Web
 from workers.batch.store import BatchStatus, BatchStore
-from workers.jobs import Job, JobState
 
 CREDITS_EVERY_S = 30.0
 #: Bars in an account's creations chart (its rolling window split evenly).

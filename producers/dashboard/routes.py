@@ -19,13 +19,13 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from config.settings import PrincipalSettings
+from core.jobs import KEY_MAX_CHARS, JobState
 from producers.api import NotCancelable
 from producers.dashboard import formatting
 from producers.dashboard.data import DashboardData, batch_progress, timeline
 from producers.dashboard.sessions import COOKIE, Session, SessionStore, csrf_ok
 from producers.web.context import Web, client_address
 from producers.web.jobs_routes import job_or_404
-from workers.jobs import KEY_MAX_CHARS, JobState
 from workers.notify.store import delivery_log
 from workers.storage import build_s3_client, presigned_get_url
 from workers.storage.sidecar import read_sidecar

@@ -23,7 +23,7 @@ from typing import cast
 import redis
 
 from config.settings import PrincipalSettings
-from workers.keys import Keys
+from core.keys import Keys
 
 COOKIE = "imagineq_session"
 

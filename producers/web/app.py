@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from config.settings import Settings, get_settings
+from core.errors import RedisFull
 from producers.web.body_limit import BodyLimit
 from producers.web.context import Web
 from producers.web.events_routes import router as events_router
@@ -20,7 +21,6 @@ from producers.web.handlers import method_not_allowed, redis_full, validation_er
 from producers.web.jobs_routes import router as jobs_router
 from producers.web.models import Problem
 from producers.web.ops_routes import router as ops_router
-from workers.errors import RedisFull
 
 log = logging.getLogger("imagineq.http")
 

@@ -17,18 +17,18 @@ from config.celery import (
     QUEUES,
 )
 from config.settings import PrincipalSettings, Settings
+from core.clients import Clients
+from core.jobs import (
+    Job,
+    Priority,
+)
+from core.quota import QuotaLimiter
 from producers.api import Producer
 from producers.callbacks import CallbackReceiver
 from producers.metrics import RedisCollector, build_registry
 from producers.web.principals import EnqueueLimits, TokenTable, principal_table
 from producers.web.throttle import AuthThrottle
 from workers.chains import rest_of_job
-from workers.clients import Clients
-from workers.jobs import (
-    Job,
-    Priority,
-)
-from workers.quota import QuotaLimiter
 
 log = logging.getLogger("imagineq.http")
 

@@ -21,12 +21,12 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
+from core.clients import async_redis_client
+from core.events import EVENT_ID_PATTERN, EVENTS_LOST, Event, older
+from core.jobs import KEY_MAX_CHARS, Job
 from producers.web.context import Caller, WebDep
 from producers.web.models import AUTH_ERRORS, JobView, Problem
 from producers.web.principals import StreamLeases
-from workers.clients import async_redis_client
-from workers.events import EVENT_ID_PATTERN, EVENTS_LOST, Event, older
-from workers.jobs import KEY_MAX_CHARS, Job
 
 router = APIRouter()
 #: How long one read waits for new entries before a keep-alive comment (and a look at the client).

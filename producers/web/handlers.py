@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 
-from workers.errors import RedisFull
+from core.errors import RedisFull
 
 
 async def method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:

@@ -10,6 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from config.settings import PrincipalSettings
+from core.errors import ValidationError
+from core.jobs import (
+    KEY_MAX_CHARS,
+    Job,
+    JobRequest,
+    JobState,
+    new_job_id,
+)
 from producers.api import NotCancelable, check_notify_url_allowed, check_producer_key
 from producers.web import listing
 from producers.web.context import Caller, Web, WebDep
@@ -27,14 +35,6 @@ from producers.web.models import (
     Problem,
 )
 from producers.web.principals import may_see
-from workers.errors import ValidationError
-from workers.jobs import (
-    KEY_MAX_CHARS,
-    Job,
-    JobRequest,
-    JobState,
-    new_job_id,
-)
 from workers.notify.store import delivery_log
 
 router = APIRouter()

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import cast
 
-from producers.web.context import Web
-from producers.web.models import JobPage, JobView
-from workers.jobs import (
+from core.jobs import (
     JobState,
 )
+from producers.web.context import Web
+from producers.web.models import JobPage, JobView
 
 #: A page reads at most this many index entries per ``limit`` (matters only with ``batch``).
 SCAN_BUDGET_FACTOR = 10

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from workers.jobs import (
+from core.jobs import (
     ASPECT_RATIOS,
     KEY_MAX_CHARS,
     MODES,

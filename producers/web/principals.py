@@ -36,9 +36,9 @@ from fastapi import HTTPException
 from pydantic import SecretStr
 
 from config.settings import PrincipalSettings, token_fingerprint
-from workers.jobs import Job, JobRequest, JobState, encode_metadata
-from workers.keys import Keys
-from workers.lua_scripts import load_async_script, load_script
+from core.jobs import Job, JobRequest, JobState, encode_metadata
+from core.keys import Keys
+from core.lua_scripts import load_async_script, load_script
 
 #: Oldest entries of a principal's live set looked at on every enqueue (finished ones leave).
 PRUNE_EACH_TIME: Final = 50

@@ -14,8 +14,8 @@ from typing import cast
 import redis
 from fastapi import HTTPException
 
-from workers.keys import Keys
-from workers.lua_scripts import load_script
+from core.keys import Keys
+from core.lua_scripts import load_script
 
 
 class AuthThrottle:

@@ -16,10 +16,10 @@ import requests
 
 from config.schedule import SCHEDULER
 from config.settings import Settings, load_settings
+from core.jobs import Job
 from devstack import services
 from devstack.services import LocalStack, Service
 from producers.api import Producer
-from workers.jobs import Job
 
 T = TypeVar("T")
 

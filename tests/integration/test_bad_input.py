@@ -33,6 +33,11 @@ import requests
 from pydantic import SecretStr
 
 from config.settings import ConfigError, HttpSettings, S3Settings, Settings, get_settings, load_settings
+from core.errors import TransportError, ValidationError
+from core.jobs import JobRequest, JobState
+from core.jobstore import JobStore
+from core.keys import Keys
+from core.quota import QuotaLimiter
 from devstack import services
 from devstack.services import LocalStack
 from producers import cli
@@ -40,11 +45,6 @@ from producers.api import Producer
 from producers.callbacks import sign, token_hash
 from tests.conftest import S3_TEST_CREDENTIALS, local_files, s3_client_for
 from workers.batch.reader import BAD_LINES_KEPT, BatchSubmitter
-from workers.errors import TransportError, ValidationError
-from workers.jobs import JobRequest, JobState
-from workers.jobstore import JobStore
-from workers.keys import Keys
-from workers.quota import QuotaLimiter
 from workers.storage import BadResult, ResultTooLarge, Storage, StorageError
 from workers.upstream import UpstreamClient
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from core.jobs import JobState
 from devstack import services
 from devstack.services import LocalStack
 from tests.integration.deployment import FAST_POLL, Deployment, wait_until
-from workers.jobs import JobState
 from workers.storage import Storage
 
 RESTARTS = 3

@@ -16,10 +16,10 @@ import redis
 from playwright.sync_api import Browser, expect
 
 from config.celery import QUEUE_SEP, broker_prefix
+from core.jobs import Priority
 from devstack import services
 from tests.integration import browser
 from tests.integration.deployment import Deployment, deployment, wait_until
-from workers.jobs import Priority
 
 pytestmark = pytest.mark.integration
 

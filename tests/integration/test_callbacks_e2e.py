@@ -18,10 +18,10 @@ from typing import cast
 import pytest
 import requests
 
+from core.jobs import JobState
 from devstack import services
 from producers.callbacks import sign
 from tests.integration.deployment import Deployment, deployment, must, wait_until
-from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect
 
+from core.jobs import JobState
 from devstack import services
 from tests.integration import browser
 from tests.integration.deployment import Deployment, deployment, must, wait_until
-from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ import pytest
 import redis
 import requests
 
+from core.jobs import JobState
 from devstack import services
 from tests.integration.deployment import Deployment, deployment, must, wait_until
-from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
 

@@ -21,14 +21,14 @@ import redis
 import requests
 
 from config.settings import load_settings
+from core.jobs import JobRequest, JobState
+from core.jobstore import JobStore
+from core.keys import Keys
+from core.quota import QuotaLimiter
 from devstack import services
 from devstack.services import LocalStack, Service
 from producers.callbacks import sign, token_hash
 from tests.integration.deployment import must
-from workers.jobs import JobRequest, JobState
-from workers.jobstore import JobStore
-from workers.keys import Keys
-from workers.quota import QuotaLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -588,8 +588,8 @@ def test_a_tenant_may_hold_only_so_many_unfinished_jobs(web: Web):
 
 
 def test_an_idempotency_key_over_http_and_the_python_api_names_two_jobs(web: Web):
+    from core.errors import ValidationError
     from producers.api import Producer
-    from workers.errors import ValidationError
 
     producer = Producer(web.settings, client=web.redis)
     by_api = producer.enqueue("from the API", idempotency_key="order-7")

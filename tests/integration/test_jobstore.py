@@ -11,9 +11,9 @@ import pytest
 import redis
 from redis.connection import Connection
 
-from workers.jobs import JobRequest, JobState, Priority
-from workers.jobstore import TASK_INDEX_SLACK_S, JobStore
-from workers.keys import Keys
+from core.jobs import JobRequest, JobState, Priority
+from core.jobstore import TASK_INDEX_SLACK_S, JobStore
+from core.keys import Keys
 
 pytestmark = pytest.mark.integration
 

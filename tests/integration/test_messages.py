@@ -7,9 +7,9 @@ import pytest
 
 from config.celery import broker_prefix
 from config.settings import load_settings
+from core.keys import Keys
+from core.messages import submit_message
 from workers.celery import create_app
-from workers.keys import Keys
-from workers.messages import submit_message
 
 pytestmark = pytest.mark.integration
 

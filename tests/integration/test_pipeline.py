@@ -17,8 +17,8 @@ from typing import cast
 import av
 import pytest
 
+from core.jobs import JobRequest, JobState
 from tests.integration.deployment import Deployment, deployment, must, wait_until
-from workers.jobs import JobRequest, JobState
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ import redis
 from pydantic import SecretStr
 
 from config.settings import AccountSettings
-from workers.keys import Keys
+from core.keys import Keys
+from core.quota import QuotaLimiter
 from workers.poll_plan import TAKEOVER_S, PollPlan, Turn, TurnCode
-from workers.quota import QuotaLimiter
 
 pytestmark = pytest.mark.integration
 

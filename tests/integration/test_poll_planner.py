@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.jobs import JobState
 from tests.integration.deployment import Deployment, deployment, wait_until
-from workers.jobs import JobState
 from workers.reconcile import Reconciler
 from workers.runtime import Runtime
 

@@ -14,8 +14,8 @@ import redis
 from pydantic import SecretStr
 
 from config.settings import AccountSettings, ConfigError
-from workers.keys import Keys
-from workers.quota import Acquired, QuotaLimiter
+from core.keys import Keys
+from core.quota import Acquired, QuotaLimiter
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from pydantic import SecretStr
 
 from config.settings import AccountSettings
-from workers.keys import Keys
-from workers.quota import (
+from core.keys import Keys
+from core.quota import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
     IN_PROGRESS_HINT_CAP_S,

@@ -9,9 +9,9 @@ from typing import cast
 import psutil
 import pytest
 
+from core.jobs import JobState
+from core.quota import QuotaLimiter
 from tests.integration.deployment import deployment, wait_until
-from workers.jobs import JobState
-from workers.quota import QuotaLimiter
 
 pytestmark = pytest.mark.integration
 

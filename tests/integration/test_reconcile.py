@@ -14,10 +14,10 @@ from typing import Any, cast
 
 import pytest
 
+from core.jobs import Job, JobRequest, JobState
+from core.keys import Keys
+from core.messages import submit_message
 from tests.integration.deployment import Deployment, deployment, must, wait_until
-from workers.jobs import Job, JobRequest, JobState
-from workers.keys import Keys
-from workers.messages import submit_message
 from workers.reconcile import Reconciler
 from workers.runtime import Runtime
 from workers.upstream import TaskState

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from core.jobs import JobState
 from devstack import services
 from tests.integration.deployment import deployment, start_beat, wait_until
-from workers.jobs import JobState
 
 pytestmark = pytest.mark.integration
 PASSWORD = "tls-redis-" + "9f3c1e7a5b2d4c6e"

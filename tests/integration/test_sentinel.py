@@ -17,11 +17,11 @@ import requests
 
 from config.celery import broker_prefix
 from config.settings import load_settings
+from core.clients import Clients
+from core.jobs import JobRequest, JobState
 from devstack import services
 from devstack.services import ReplicatedRedis
 from tests.integration.deployment import Deployment, deployment, start_beat, wait_until
-from workers.clients import Clients
-from workers.jobs import JobRequest, JobState
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 MASTER = "imagineq-test"
@@ -145,8 +145,8 @@ def test_a_quota_slot_is_used_only_once_a_replica_has_it(tmp_path: Path):
     from pydantic import SecretStr
 
     from config.settings import AccountSettings
-    from workers.keys import Keys
-    from workers.quota import QuotaLimiter
+    from core.keys import Keys
+    from core.quota import QuotaLimiter
 
     with services.LocalStack(tmp_path) as stack:
         nodes = services.start_replicated_redis(stack, replicas=1, sentinels=0)
@@ -172,8 +172,8 @@ def test_a_quota_slot_is_used_only_once_a_replica_has_it(tmp_path: Path):
 
 
 def test_an_enqueue_returns_once_a_replica_has_the_jobs(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    from workers.jobstore import JobStore
-    from workers.keys import Keys
+    from core.jobstore import JobStore
+    from core.keys import Keys
 
     with services.LocalStack(tmp_path) as stack:
         nodes = services.start_replicated_redis(stack, replicas=1, sentinels=0)

@@ -10,12 +10,12 @@ import pytest
 from rich.console import Console
 
 from config.settings import Settings, load_settings
+from core.jobs import Job, JobState
 from devstack import services
 from devstack.services import Service
 from producers.api import Producer
 from producers.status import StatusReader
 from producers.status_cli import render
-from workers.jobs import Job, JobState
 from workers.logs import Redactor
 
 pytestmark = pytest.mark.integration

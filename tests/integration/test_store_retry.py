@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from core.jobs import JobState
 from tests.integration.deployment import Deployment, deployment, must, wait_until
-from workers.jobs import JobState
 from workers.reconcile import Reconciler
 from workers.runtime import Runtime
 

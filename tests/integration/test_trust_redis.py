@@ -17,13 +17,13 @@ import pytest
 import redis
 import requests
 
+from core.errors import RedisFull
+from core.jobs import JobRequest
+from core.jobstore import JobStore
+from core.keys import Keys
+from core.messages import submit_message
 from devstack import services
 from devstack.services import LocalStack
-from workers.errors import RedisFull
-from workers.jobs import JobRequest
-from workers.jobstore import JobStore
-from workers.keys import Keys
-from workers.messages import submit_message
 
 pytestmark = pytest.mark.integration
 

@@ -23,12 +23,12 @@ import pytest
 import redis
 import requests
 
+from core.jobs import JobRequest, JobState
+from core.jobstore import JobStore
+from core.keys import Keys
 from devstack import services
 from devstack.services import LocalStack, Service
 from tests.integration.deployment import must, wait_until
-from workers.jobs import JobRequest, JobState
-from workers.jobstore import JobStore
-from workers.keys import Keys
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import requests
 
+from core.jobs import JobRequest
 from devstack import services
 from tests.integration.deployment import Deployment, deployment, wait_until
 from tests.integration.test_webhooks import Receiver, new_secret
-from workers.jobs import JobRequest
 from workers.notify.store import delivery_log
 from workers.notify.targets import derived_secret
 

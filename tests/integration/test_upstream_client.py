@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from config.settings import AccountSettings, HttpSettings
-from workers.errors import (
+from core.errors import (
     CREATE_TASK,
     RECORD_INFO,
     NoCredits,

@@ -25,9 +25,9 @@ import pytest
 import requests
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from core.jobs import JobState
 from devstack import services
 from tests.integration.deployment import Deployment, deployment, must, wait_until
-from workers.jobs import JobState
 from workers.notify.store import delivery_log
 from workers.notify.targets import derived_secret
 

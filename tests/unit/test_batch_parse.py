@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from config.schedule import NIGHTLY_ENTRY, RECONCILE_ENTRY, beat_config
 from config.settings import ConfigError, load_settings
+from core.jobs import KEY_MAX_CHARS, Priority
+from core.keys import Keys
 from workers.batch.lines import LineParser, batch_id_for, idempotency_key, iter_lines
 from workers.batch.locations import Location
-from workers.jobs import KEY_MAX_CHARS, Priority
-from workers.keys import Keys
 
 MAX = 1024
 

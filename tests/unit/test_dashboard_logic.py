@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from core.jobs import Job, JobRequest, JobState
 from producers.dashboard import formatting
 from producers.dashboard.data import batch_progress, row_of, timeline
 from workers.batch.store import BatchStatus
-from workers.jobs import Job, JobRequest, JobState
 
 
 def job_with(timestamps: dict[str, float], state: JobState) -> Job:

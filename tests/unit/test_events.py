@@ -1,8 +1,8 @@
-"""Event filtering and stream id order (workers.events)."""
+"""Event filtering and stream id order (core.events)."""
 
 from __future__ import annotations
 
-from workers.events import Event, older, valid_event_id
+from core.events import Event, older, valid_event_id
 
 
 def event(job: str | None = "j1", batch: str | None = "b1", owner: str | None = "acme") -> Event:

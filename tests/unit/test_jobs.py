@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.errors import ValidationError
-from workers.jobs import (
+from core.errors import ValidationError
+from core.jobs import (
     TERMINAL_STATES,
     TRANSITIONS,
     Job,

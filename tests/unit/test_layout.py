@@ -1,4 +1,4 @@
-"""Imports run downhill only: config ← workers ← producers; the simulator and devstack stand apart.
+"""Imports run downhill only: config ← core ← workers ← producers; the simulator and devstack stand apart.
 
 Every import in every module counts, lazy ones inside functions included, read from the source with
 ``ast`` (nothing is imported). The picture of these directions is in ARCHITECTURE.md ("Layout").
@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Package → the packages of ours it may import (itself always allowed).
 ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset(),
-    "workers": frozenset({"config"}),
-    "producers": frozenset({"config", "workers"}),
+    "core": frozenset({"config"}),
+    "workers": frozenset({"config", "core"}),
+    "producers": frozenset({"config", "core", "workers"}),
     "simulator": frozenset(),
-    "devstack": frozenset({"config", "workers", "producers", "simulator"}),
+    "devstack": frozenset({"config", "core", "workers", "producers", "simulator"}),
 }
 OURS = frozenset(ALLOWED) | {"tests", "bench"}
 

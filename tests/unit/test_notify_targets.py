@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from config.settings import load_settings
-from workers.events import Event
-from workers.jobs import Job, JobRequest
+from core.events import Event
+from core.jobs import Job, JobRequest
 from workers.notify.targets import secret_for, targets_for
 
 SETTINGS = load_settings(
@@ -76,7 +76,7 @@ def test_secrets_are_looked_up_by_reference_and_only_for_the_url_still_configure
     ],
 )
 def test_a_bad_notify_url_is_refused_naming_the_field(url: str, message: str):
-    from workers.errors import ValidationError
+    from core.errors import ValidationError
 
     with pytest.raises(ValidationError) as refused:
         JobRequest(prompt="p", notify_url=url).validate()

@@ -81,7 +81,7 @@ def shipped_packages() -> list[str]:
 
 
 def test_shipped_packages_leave_the_local_development_services_out() -> None:
-    assert shipped_packages() == ["config", "producers", "simulator", "workers"]
+    assert shipped_packages() == ["config", "core", "producers", "simulator", "workers"]
 
 
 def test_every_shipped_module_imports_without_the_dev_extras(tmp_path: Path) -> None:

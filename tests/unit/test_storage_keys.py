@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from config.settings import DEFAULT_KEY_TEMPLATE
-from workers.errors import ImagineQError
+from core.errors import ImagineQError
 from workers.storage import (
     BadResult,
     ResultGone,

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from config.settings import AccountSettings, HttpSettings
-from workers.errors import (
+from core.errors import (
     BODY_MAX_CHARS,
     CREATE_TASK,
     CREDIT,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from config.settings import Settings
+from core.errors import ImagineQError
 from workers.batch.locations import BATCH_SUFFIX, Location
 from workers.batch.reader import BatchSubmitter
-from workers.errors import ImagineQError
 
 log = logging.getLogger("imagineq.batch")
 

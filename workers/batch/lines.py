@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
-from workers.errors import ValidationError
-from workers.jobs import KEY_MAX_CHARS, JobRequest, Priority
+from core.errors import ValidationError
+from core.jobs import KEY_MAX_CHARS, JobRequest, Priority
 
 #: Fields a line may have.
 LINE_FIELDS: Final = ("prompt", "aspect_ratio", "mode", "id", "metadata", "notify_url")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from workers.errors import ImagineQError
+from core.errors import ImagineQError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

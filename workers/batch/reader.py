@@ -22,13 +22,13 @@ import redis
 
 from config.celery import PRIORITY_BATCH, PRIORITY_STEPS
 from config.settings import Settings, get_settings
+from core.clients import Clients
+from core.errors import ValidationError
+from core.jobs import Job
+from core.messages import BrokerMessage, submit_message
 from workers.batch.lines import BadLine, LineParser, ParsedLine, batch_id_for, iter_lines
 from workers.batch.locations import Files, Location
 from workers.batch.store import BatchStatus, BatchStore, LineEntry
-from workers.clients import Clients
-from workers.errors import ValidationError
-from workers.jobs import Job
-from workers.messages import BrokerMessage, submit_message
 from workers.storage import build_s3_client
 
 log = logging.getLogger("imagineq.batch")

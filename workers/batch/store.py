@@ -1,6 +1,6 @@
 """Batch records in Redis: what a batch is, how far it got, and its results manifest.
 
-Layout (keys from :class:`~workers.keys.Keys`):
+Layout (keys from :class:`~core.keys.Keys`):
 
 - ``batch(id)`` hash: ``name``, ``source`` (input URI), ``results`` (manifest URI), ``level`` (broker
   priority of its submit messages), ``status`` (``reading`` → ``submitted`` → ``done``), ``created_at``,
@@ -30,12 +30,12 @@ from typing import Any, Final, cast
 
 import redis
 
+from core.clients import as_text, release_token_lock
+from core.errors import ImagineQError
+from core.jobs import JobState
+from core.keys import Keys
+from core.lua_scripts import load_script
 from workers.batch.locations import Files, Location
-from workers.clients import as_text, release_token_lock
-from workers.errors import ImagineQError
-from workers.jobs import JobState
-from workers.keys import Keys
-from workers.lua_scripts import load_script
 
 #: A reader that stops renewing its claim for this long is taken for dead; its batch may be read again.
 READ_CLAIM_TTL_S: Final = 120.0

@@ -15,8 +15,8 @@ from standardwebhooks.webhooks import Webhook
 from urllib3.exceptions import ProtocolError
 
 from config.settings import Settings, redact_url
-from workers.jobs import Job, JobState
-from workers.jobstore import JobStore
+from core.jobs import Job, JobState
+from core.jobstore import JobStore
 from workers.notify.store import Delivery, DeliveryStore
 from workers.notify.targets import secret_for, tenant_host_allowed, tenant_policy
 from workers.socket_watch import Deadline

@@ -20,8 +20,8 @@ from celery import Celery, bootsteps
 
 from config.celery import NOTIFY_QUEUE, TASK_DELIVER
 from config.settings import Settings
-from workers.clients import Clients
-from workers.events import Event
+from core.clients import Clients
+from core.events import Event
 from workers.notify.store import DeliveryStore
 from workers.notify.targets import targets_for
 

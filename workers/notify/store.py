@@ -11,9 +11,9 @@ from typing import Any, Final, cast
 import redis
 
 from config.settings import NotifySettings
-from workers.events import Event
-from workers.keys import Keys
-from workers.lua_scripts import load_script
+from core.events import Event
+from core.keys import Keys
+from core.lua_scripts import load_script
 from workers.notify.targets import Target, breaker_scope
 
 #: Attempts shown per job (the newest).

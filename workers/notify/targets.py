@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from config.settings import PrincipalSettings, Settings, WebhookEndpoint
-from workers.errors import ValidationError
-from workers.events import Event
-from workers.jobs import Job
+from core.errors import ValidationError
+from core.events import Event
+from core.jobs import Job
 from workers.storage.destinations import WEB_PORTS, AddressPolicy, HostAllowlist
 
 JOB_TARGET = "job"

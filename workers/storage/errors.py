@@ -17,7 +17,7 @@ URLs in messages lose their query string and user info (presigned signatures). T
 from __future__ import annotations
 
 from config.settings import redact_url
-from workers.errors import ImagineQError
+from core.errors import ImagineQError
 
 
 class StorageError(ImagineQError):

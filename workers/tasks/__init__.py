@@ -8,7 +8,7 @@ Messages carry the job id only. Every step re-reads the job record (the truth), 
 is in the state the step expects, and moves it on with a compare-and-set, so a redelivered message, a
 callback and a poll can race safely: whoever loses the CAS does nothing.
 
-Retries are decided from the error class alone (``workers.errors``): waiting for quota, cooldowns and
+Retries are decided from the error class alone (``core.errors``): waiting for quota, cooldowns and
 pauses re-publish the job without ETA and never count against the job; transient errors count and back
 off; fatal errors fail the job with a reason.
 """

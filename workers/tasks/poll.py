@@ -13,14 +13,14 @@ from typing import NoReturn
 from celery import Task
 
 from config.celery import TASK_POLL
-from workers.celery import app
-from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
-from workers.errors import (
+from core.errors import (
     AccountError,
     FatalError,
     UpstreamError,
 )
-from workers.jobs import Job, JobState
+from core.jobs import Job, JobState
+from workers.celery import app
+from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
 from workers.poll_plan import TurnCode
 from workers.runtime import Runtime
 from workers.schedule import MAX_POLL_DELAY_S, backoff_s, check_interval_s

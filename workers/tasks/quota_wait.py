@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from workers.errors import (
+from core.errors import (
     UpstreamError,
 )
 from workers.runtime import Runtime

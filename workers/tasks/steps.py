@@ -7,9 +7,9 @@ from typing import NoReturn
 
 from celery import Task
 
+from core.jobs import Job, JobState
 from workers.celery import app
 from workers.chains import rest_of_job
-from workers.jobs import Job, JobState
 from workers.runtime import Runtime
 
 log = logging.getLogger("imagineq.tasks")

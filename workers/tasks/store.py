@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from celery import Task
 
 from config.celery import TASK_STORE
-from workers.celery import app
-from workers.errors import (
+from core.errors import (
     NotFound,
     UpstreamError,
 )
-from workers.jobs import JobState
+from core.jobs import JobState
+from workers.celery import app
 from workers.runtime import Runtime
 from workers.schedule import backoff_s
 from workers.storage import ResultGone, StorageError

@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 
-from workers.clients import release_token_lock
+from core.clients import release_token_lock
 from workers.runtime import Runtime
 
 #: A store claim lives this long unless its heartbeat renews it (a killed worker frees it quickly).

@@ -10,15 +10,15 @@ import uuid
 from celery import Task
 
 from config.celery import SUBMIT_TIME_LIMIT_S, TASK_SUBMIT
-from workers.celery import app
-from workers.completion import take_wake
-from workers.errors import (
+from core.errors import (
     AccountError,
     FatalError,
     OutcomeUnknown,
     RetryableError,
 )
-from workers.jobs import Job, JobState
+from core.jobs import Job, JobState
+from workers.celery import app
+from workers.completion import take_wake
 from workers.runtime import Runtime
 from workers.schedule import backoff_s
 from workers.tasks.process import runtime

@@ -1,6 +1,6 @@
-"""Load the Lua scripts kept beside the code in ``workers/lua/`` (one file per operation).
+"""Load the Lua scripts kept beside the code in ``core/lua/`` (one file per operation).
 
-``load_script(client, "job_create")`` reads ``workers/lua/job_create.lua`` once per process and registers it
+``load_script(client, "job_create")`` reads ``core/lua/job_create.lua`` once per process and registers it
 once per client (``register_script``), so callers may ask for a script on every call for free. A registered
 ``Script`` re-loads itself on ``NOSCRIPT`` (a restarted or flushed Redis) when called directly or on a
 pipeline; code that sends raw ``EVALSHA`` on a pipeline (to save the pipeline's ``SCRIPT EXISTS`` round
@@ -26,8 +26,8 @@ _registered: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref
 
 @cache
 def script_source(name: str) -> str:
-    """The text of ``workers/lua/{name}.lua``."""
-    return resources.files("workers").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    """The text of ``core/lua/{name}.lua``."""
+    return resources.files("core").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 def load_script(client: redis.Redis, name: str) -> Script:

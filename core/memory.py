@@ -5,7 +5,7 @@ events. With ``maxmemory`` and ``noeviction`` (as it must be: an evicted quota e
 a full Redis refuses writes, and a refused write half-way through a burst of new jobs would leave the
 work in flight no room to finish. So new jobs are refused first: a call that creates jobs asks whether the
 memory it needs fits under ``redis_memory_budget_pct`` of ``maxmemory`` and is refused whole
-(:class:`~workers.errors.RedisFull`) when it does not, before anything is written. The rest (``maxmemory``
+(:class:`~core.errors.RedisFull`) when it does not, before anything is written. The rest (``maxmemory``
 less the budget) stays for the jobs already accepted, their messages and the quotas.
 
 The need is estimated from the records themselves (:func:`record_bytes`, calibrated against Redis's own
@@ -19,8 +19,8 @@ from typing import Any, Final, cast
 
 import redis
 
-from workers.errors import RedisFull
-from workers.jobs import Job
+from core.errors import RedisFull
+from core.jobs import Job
 
 #: What a job costs Redis besides its fields' bytes: the hash's own structures, its queued-index entry
 #: and its submit message (a Celery envelope of about 1.3 KB), rounded up.

@@ -1,6 +1,6 @@
 """A job: its states, the transitions allowed between them, the request that makes one, and its record.
 
-The record lives in one Redis hash per job (see :class:`workers.jobstore.JobStore`); this module is pure.
+The record lives in one Redis hash per job (see :class:`core.jobstore.JobStore`); this module is pure.
 Hash field names are the :class:`Job` attribute names, plus ``at_<state>`` (time the state was last
 entered). Empty values are never stored: a missing field reads as ``None``/``0``/``{}``. To keep a queued
 job small, creation writes only ``created_at``: ``updated_at`` and ``at_queued`` read as ``created_at``
@@ -21,7 +21,7 @@ from enum import Enum, StrEnum
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from workers.errors import ValidationError
+from core.errors import ValidationError
 
 
 class JobState(StrEnum):
@@ -172,7 +172,7 @@ class JobRequest:
     notify_url: str | None = None
 
     def validate(self) -> None:
-        """Raise :class:`~workers.errors.ValidationError` naming the first bad field."""
+        """Raise :class:`~core.errors.ValidationError` naming the first bad field."""
         if not isinstance(self.prompt, str):
             raise ValidationError("prompt", f"must be a string (got {_type_name(self.prompt)})")
         if not self.prompt.strip():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.celery import SUBMIT_QUEUE, TASK_SUBMIT
-from workers.keys import Keys
+from core.keys import Keys
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 

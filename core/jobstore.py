@@ -1,8 +1,8 @@
 """The job records in Redis, and the one compare-and-set every state change goes through.
 
-Layout (keys from :class:`~workers.keys.Keys`): a hash per job (field names in :mod:`workers.jobs`), a
+Layout (keys from :class:`~core.keys.Keys`): a hash per job (field names in :mod:`core.jobs`), a
 sorted set per state (member = job id, score = ms the job entered it), ``task_index`` (upstream taskId →
-job id) and ``idempotency`` (producer key → job id). Every write is one Lua script in ``workers/lua/``:
+job id) and ``idempotency`` (producer key → job id). Every write is one Lua script in ``core/lua/``:
 ``job_create``, ``job_discard`` (taking back a call's new jobs), ``job_transition`` (state CAS),
 ``job_update`` (field CAS) and ``job_incr``.
 
@@ -23,7 +23,7 @@ from typing import Any, Final, cast
 import redis
 from redis.client import Pipeline
 
-from workers.jobs import (
+from core.jobs import (
     MANAGED_FIELDS,
     TIMESTAMP_PREFIX,
     Job,
@@ -32,11 +32,11 @@ from workers.jobs import (
     allowed_from,
     new_job_id,
 )
-from workers.keys import Keys
-from workers.lua_scripts import ScriptCall, evalsha_pipeline, load_script
-from workers.memory import MemoryBudget, record_bytes
-from workers.messages import BrokerMessage
-from workers.replication import ReplicaAcks
+from core.keys import Keys
+from core.lua_scripts import ScriptCall, evalsha_pipeline, load_script
+from core.memory import MemoryBudget, record_bytes
+from core.messages import BrokerMessage
+from core.replication import ReplicaAcks
 
 log = logging.getLogger("imagineq.jobs")
 
@@ -131,14 +131,14 @@ class JobStore:
         memory_budget_pct: float | None = None,
     ) -> None:
         """``memory_budget_pct``: new jobs must fit under this share of Redis's ``maxmemory``
-        (:mod:`workers.memory`); None: no check."""
+        (:mod:`core.memory`); None: no check."""
         if terminal_ttl_s < 1:
             raise ValueError("terminal_ttl_s must be at least 1")
         self._client = client
         self._keys = keys
         self.terminal_ttl_s = terminal_ttl_s
         self.events_max_len = events_max_len
-        #: New jobs wait for these replicas (``workers.replication``) before create returns them.
+        #: New jobs wait for these replicas (``core.replication``) before create returns them.
         self._replica_acks = ReplicaAcks(client, replica_acks if replica_ack_timeout_ms else 0)
         self._replica_ack_timeout_ms = replica_ack_timeout_ms
         self._memory = MemoryBudget(client, memory_budget_pct) if memory_budget_pct else None
@@ -162,7 +162,7 @@ class JobStore:
         job_ids: Sequence[str] | None = None,
     ) -> list[tuple[Job, bool]]:
         """Like :meth:`create` for many requests, all of them or none: every request is validated and the
-        memory they need is checked against Redis's budget (:class:`~workers.errors.RedisFull`) before
+        memory they need is checked against Redis's budget (:class:`~core.errors.RedisFull`) before
         anything is written; a write that fails part-way is taken back whole.
 
         The records are written first, one script each, ``chunk`` per round trip (plus one to read the

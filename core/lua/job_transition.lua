@@ -1,9 +1,9 @@
 -- job_transition.lua: compare-and-set a job's state; the one way any state changes after creation.
 --
--- The transition table lives in Python (workers/jobs.py): the caller passes the states the job may be in
+-- The transition table lives in Python (core/jobs.py): the caller passes the states the job may be in
 -- (those allowed to move to the target, narrowed by the caller's expectation); this script hard-codes none.
 --
--- KEYS (all passed in, see workers/keys.py):
+-- KEYS (all passed in, see core/keys.py):
 --   KEYS[1]        job hash             <prefix>:job:<id>
 --   KEYS[2]        target state index   <prefix>:state:<to>   sorted set, member = id, score = ms entered
 --   KEYS[2+i]      state index of ARGV[6+i], i = 1..n (the job is removed from the one it is in)

@@ -15,9 +15,9 @@ from redis.asyncio import Redis as AsyncRedis
 
 from config.celery import REDIS_SOCKET_OPTIONS, sentinel_auth, sentinel_data_node
 from config.settings import Settings, sentinel_nodes
-from workers.jobstore import JobStore
-from workers.keys import Keys
-from workers.lua_scripts import load_script
+from core.jobstore import JobStore
+from core.keys import Keys
+from core.lua_scripts import load_script
 
 
 def redis_client(settings: Settings) -> Redis:

@@ -1,6 +1,6 @@
 -- job_create.lua: write a new queued job's record, or return the job an idempotency key already names.
 --
--- Key layout (all passed in, see workers/keys.py):
+-- Key layout (all passed in, see core/keys.py):
 --   KEYS[1]  job hash         <prefix>:job:<id>        the record; field names = Job attributes
 --   KEYS[2]  queued index     <prefix>:state:queued    sorted set, member = job id, score = ms entered
 --   KEYS[3]  idempotency key  <prefix>:idem:<key>      string = job id; only when the request has a key

@@ -1,6 +1,6 @@
 """Per-account upstream quotas, enforced in Redis for every worker at once (ARCHITECTURE.md, "Quotas").
 
-Each account has, under :class:`~workers.keys.Keys`:
+Each account has, under :class:`~core.keys.Keys`:
 
 - a sliding creation log (sorted set, one entry per createTask, score = ms), capped by
   ``creations_limit`` over ``creation_window_s`` — one ``ZREMRANGEBYSCORE`` + ``ZCARD``, however long the
@@ -12,7 +12,7 @@ Each account has, under :class:`~workers.keys.Keys`:
 - a wake list: each released slot pushes one entry, and a submitter waiting for a slot blocks on it
   (``BLPOP``), so a freed slot is taken again at once, not at the waiter's next look.
 
-Every decision is one Lua script (``workers/lua/quota_*.lua``) timed by the Redis server clock.
+Every decision is one Lua script (``core/lua/quota_*.lua``) timed by the Redis server clock.
 
 Test seam: ``QuotaLimiter(..., clock=...)`` passes ``clock()`` (ms) to the scripts instead of letting
 them read ``TIME``, so property tests can drive time. Production never passes a clock.
@@ -28,9 +28,9 @@ from typing import Any
 import redis
 
 from config.settings import AccountSettings, ConfigError, Settings, account_named
-from workers.keys import Keys
-from workers.lua_scripts import load_script
-from workers.replication import ReplicaAcks
+from core.keys import Keys
+from core.lua_scripts import load_script
+from core.replication import ReplicaAcks
 
 #: Lease members that stand for an unknown task's slot after its job was tried again (see detach_hold).
 HELD_PREFIX = "held:"
