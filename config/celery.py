@@ -22,6 +22,7 @@ job record, so every task is idempotent and safe to run twice):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
@@ -50,10 +51,35 @@ TASK_DELIVER = "imagineq.deliver"
 #: The nightly pickup of batch files from the inbox (beat, ``nightly_cron``).
 TASK_INBOX = "imagineq.batch_inbox"
 
-#: Hard time limits per task (seconds); soft limits fire a little earlier so the task can tidy up.
-SUBMIT_TIME_LIMIT_S = 120
-POLL_TIME_LIMIT_S = 90
-STORE_TIME_LIMIT_S = 3000
+
+@dataclass(frozen=True)
+class TimeLimit:
+    """A task's limits (seconds): the soft one raises inside the task so it can tidy up, the hard one
+    kills its process (the message is then redelivered: every step is idempotent)."""
+
+    soft_s: int
+    hard_s: int
+
+    def options(self) -> dict[str, int]:
+        """As ``@app.task`` takes them."""
+        return {"soft_time_limit": self.soft_s, "time_limit": self.hard_s}
+
+
+#: Every task's limits, in one place: the tasks read them, and the broker's visibility timeout must
+#: exceed the longest (``celery_config`` checks it), or a running task's message would be handed out again.
+TIME_LIMITS: Final = {
+    TASK_SUBMIT: TimeLimit(100, 120),
+    TASK_POLL: TimeLimit(75, 90),
+    TASK_STORE: TimeLimit(2900, 3000),
+    TASK_DELIVER: TimeLimit(90, 120),
+    TASK_RECONCILE: TimeLimit(240, 300),
+    TASK_INBOX: TimeLimit(3300, 3400),
+}
+SUBMIT_TIME_LIMIT_S = TIME_LIMITS[TASK_SUBMIT].hard_s
+POLL_TIME_LIMIT_S = TIME_LIMITS[TASK_POLL].hard_s
+STORE_TIME_LIMIT_S = TIME_LIMITS[TASK_STORE].hard_s
+#: The longest poll countdown (``PollSettings.schedule`` intervals are at most 30 s).
+LONGEST_COUNTDOWN_S = 30
 
 
 #: Every Redis client of a deployment (the broker, redbeat, ImagineQ's own): notice a dead Redis instead
@@ -126,11 +152,11 @@ def sentinel_transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    longest_task_s = max(SUBMIT_TIME_LIMIT_S, POLL_TIME_LIMIT_S, STORE_TIME_LIMIT_S)
-    if settings.visibility_timeout_s <= longest_task_s + 30:
+    longest_task, longest = max(TIME_LIMITS.items(), key=lambda item: item[1].hard_s)
+    if settings.visibility_timeout_s <= longest.hard_s + LONGEST_COUNTDOWN_S:
         raise ValueError(
             f"visibility_timeout_s ({settings.visibility_timeout_s}) must exceed the longest task time "
-            f"limit ({longest_task_s} s) plus the longest poll countdown (30 s)"
+            f"limit ({longest_task}: {longest.hard_s} s) plus the longest poll countdown ({LONGEST_COUNTDOWN_S} s)"
         )
     return {
         # The scheme selects the transport: workers.broker's (kombu's Redis transport, surviving a lost
@@ -173,7 +199,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "task_create_missing_queues": False,
         "task_annotations": {name: {"rate_limit": limit} for name, limit in rate_limits(settings).items()},
-        "task_time_limit": STORE_TIME_LIMIT_S,
+        "task_time_limit": longest.hard_s,
         "worker_send_task_events": True,
         "task_send_sent_event": False,  # one more publish per message; Flower shows received/started
         "worker_hijack_root_logger": False,

@@ -98,10 +98,14 @@ class ValidationError(ImagineQError):
 
     _reason = "invalid_request"
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, item: int | None = None, item_field: str | None = None) -> None:
+        """``item``: the index of the bad request in a list, ``item_field`` the field within it (``field``
+        then reads ``requests[i].<item_field>``)."""
         super().__init__(field, message)
         self.field = field
         self.message = message
+        self.item = item
+        self.item_field = item_field if item_field is not None else field
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"

@@ -21,6 +21,7 @@ from enum import Enum, StrEnum
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from config.celery import PRIORITY_STEPS
 from core.errors import ValidationError
 
 
@@ -170,9 +171,20 @@ class JobRequest:
     owner: str | None = None
     #: Where to POST this job's end (signed webhooks: ``workers.notify``), besides its principal's endpoints.
     notify_url: str | None = None
+    #: The broker priority of its messages when not its class's own (a batch submitted at ``normal``
+    #: priority); set by the batch reader, never by a caller. ``core.messages.broker_priority`` reads it.
+    priority_level: int | None = None
+    #: True once :meth:`validate` passed: a request is checked once, however many hands it goes through.
+    _valid: bool = field(default=False, init=False, repr=False, compare=False)
 
     def validate(self) -> None:
-        """Raise :class:`~core.errors.ValidationError` naming the first bad field."""
+        """Raise :class:`~core.errors.ValidationError` naming the first bad field (once per request)."""
+        if self._valid:
+            return
+        self._check()
+        object.__setattr__(self, "_valid", True)
+
+    def _check(self) -> None:
         if not isinstance(self.prompt, str):
             raise ValidationError("prompt", f"must be a string (got {_type_name(self.prompt)})")
         if not self.prompt.strip():
@@ -203,16 +215,21 @@ class JobRequest:
         _optional_key("owner", self.owner)
         if self.notify_url is not None:
             check_notify_url("notify_url", self.notify_url)
+        if self.priority_level is not None and self.priority_level not in PRIORITY_STEPS:
+            raise ValidationError("priority_level", f"must be one of {PRIORITY_STEPS} (got {self.priority_level!r})")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> JobRequest:
-        """A validated request from decoded JSON (HTTP body, JSONL line).
+    def from_mapping(cls, data: Mapping[str, Any], **server_set: Any) -> JobRequest:
+        """A validated request from decoded JSON (HTTP body, JSONL line), with the fields only the
+        server sets (``owner``, ``priority_level``) given apart.
 
         Unknown fields are refused by name; ``null`` for an optional field means its default.
         """
+        if not set(server_set) <= SERVER_SET_FIELDS:
+            raise TypeError(f"only {sorted(SERVER_SET_FIELDS)} are set by the server, not {sorted(server_set)}")
         if not isinstance(data, Mapping):
             raise ValidationError("request", f"must be an object (got {_type_name(data)})")
-        known = {f.name for f in fields(cls)} - SERVER_SET_FIELDS
+        known = {f.name for f in fields(cls) if f.init} - SERVER_SET_FIELDS
         unknown = sorted(str(name) for name in data if name not in known)
         if unknown:
             raise ValidationError(
@@ -230,7 +247,7 @@ class JobRequest:
                 raise ValidationError(
                     "priority", f"must be one of {', '.join(p.value for p in Priority)} (got {priority!r})"
                 ) from None
-        request = cls(**values)
+        request = cls(**values, **server_set)
         request.validate()
         return request
 
@@ -266,7 +283,7 @@ def check_notify_url(name: str, url: object) -> None:
 
 #: Counters kept on the record (``JobStore.incr``); absent means 0.
 COUNTER_FIELDS: Final = ("attempts", "submit_attempts", "poll_errors", "store_attempts")
-_INT_FIELDS: Final = frozenset({*COUNTER_FIELDS, "size"})
+_INT_FIELDS: Final = frozenset({*COUNTER_FIELDS, "size", "priority_level"})
 _STR_FIELDS: Final = frozenset(
     {
         "prompt",
@@ -288,8 +305,8 @@ _STR_FIELDS: Final = frozenset(
         "callback_token_hash",
     }
 )
-#: Request fields no caller may give: the web sets them from who is calling.
-SERVER_SET_FIELDS: Final = frozenset({"owner"})
+#: Request fields no caller may give: the web sets the owner from who is calling, the batch reader the level.
+SERVER_SET_FIELDS: Final = frozenset({"owner", "priority_level"})
 #: Fields only the store writes (through its Lua scripts), never through ``fields=``.
 MANAGED_FIELDS: Final = frozenset({"id", "state", "created_at", "updated_at"})
 TIMESTAMP_PREFIX: Final = "at_"
@@ -316,6 +333,8 @@ class Job:
     owner: str | None = None
     #: Where this job's end is POSTed (besides its principal's webhook endpoints).
     notify_url: str | None = None
+    #: Broker priority of its messages when not its class's own (see ``JobRequest.priority_level``).
+    priority_level: int | None = None
     #: Name of the upstream account the job was submitted on (never the key).
     account: str | None = None
     #: The upstream taskId.
@@ -360,6 +379,7 @@ class Job:
             batch_id=self.batch_id,
             owner=self.owner,
             notify_url=self.notify_url,
+            priority_level=self.priority_level,
         )
 
     @classmethod
@@ -377,6 +397,7 @@ class Job:
             batch_id=request.batch_id,
             owner=request.owner,
             notify_url=request.notify_url,
+            priority_level=request.priority_level,
             created_at=created_at,
             updated_at=created_at,
             timestamps={JobState.QUEUED.value: created_at},

@@ -20,10 +20,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from config.celery import SUBMIT_QUEUE, TASK_SUBMIT
+from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE, SUBMIT_QUEUE, TASK_SUBMIT
+from core.jobs import Job, Priority
 from core.keys import Keys
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def broker_priority(job: Job) -> int:
+    """The broker priority of every message of ``job`` — its submit, its poll and its store, whoever
+    publishes them (the producer, a worker, the web's wake-up, the reconciler): interactive work first,
+    batch work last, a batch submitted at ``normal`` priority in between."""
+    if job.priority_level is not None:
+        return job.priority_level
+    return PRIORITY_BATCH if job.priority is Priority.BATCH else PRIORITY_INTERACTIVE
 
 
 @dataclass(frozen=True)
@@ -32,8 +42,10 @@ class BrokerMessage:
     payload: str
 
 
-def submit_message(job_id: str, *, priority: int, keys: Keys) -> BrokerMessage:
-    """The message ``app.send_task("imagineq.submit", args=(job_id,), priority=priority)`` would send."""
+def submit_message(job: Job, *, keys: Keys) -> BrokerMessage:
+    """The message ``app.send_task("imagineq.submit", args=(job.id,), priority=broker_priority(job))``
+    would send."""
+    job_id, priority = job.id, broker_priority(job)
     task_id = str(uuid.uuid4())
     body = json.dumps([[job_id], {}, _EMBED])
     headers: dict[str, Any] = {

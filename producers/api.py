@@ -17,7 +17,6 @@ from typing import Any
 import redis
 from celery import Celery
 
-from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE
 from config.settings import Settings, get_settings
 from core.clients import Clients
 from core.jobs import Job, JobRequest, Priority
@@ -60,10 +59,6 @@ def check_notify_url_allowed(request: JobRequest, settings: Settings) -> None:
     principal = settings.principal(request.owner) if request.owner is not None else None
     if principal is not None and not principal.admin:  # an admin's receivers are the operator's
         check_tenant_notify_url(request.notify_url, principal)
-
-
-def priority_level(priority: Priority) -> int:
-    return PRIORITY_BATCH if priority is Priority.BATCH else PRIORITY_INTERACTIVE
 
 
 class Producer:
@@ -122,17 +117,27 @@ class Producer:
         """
         return [job for job, _ in self.enqueue_many_created(requests)]
 
-    def enqueue_many_created(
-        self, requests: Iterable[JobRequest | Mapping[str, Any]], *, job_ids: Sequence[str] | None = None
-    ) -> list[tuple[Job, bool]]:
+    def enqueue_many_created(self, requests: Iterable[JobRequest | Mapping[str, Any]]) -> list[tuple[Job, bool]]:
         """:meth:`enqueue_many` with ``created`` per job (False: the idempotency key named an existing job,
-        nothing was sent); ``job_ids``: the ids the new jobs get, in order (chosen before, e.g. to count
-        them against a principal's limits first)."""
-        validated = [self._validated(index, item) for index, item in enumerate(requests)]
-        return self.jobs.create_many(validated, chunk=CHUNK, message=self._message, job_ids=job_ids)
+        nothing was sent)."""
+        return self.enqueue_prepared(self.prepare(requests))
+
+    def prepare(self, items: Iterable[JobRequest | Mapping[str, Any]], *, owner: str | None = None) -> list[JobRequest]:
+        """The requests, each checked once, here: its fields (``JobRequest.validate``), its idempotency key
+        and its notify_url against this deployment's settings; ``owner``: the principal enqueueing
+        mappings (set by the web). A ValidationError names the item (``requests[i].field``) and carries
+        ``item`` and ``item_field`` for callers that point at it otherwise."""
+        return [self._prepared(index, item, owner) for index, item in enumerate(items)]
+
+    def enqueue_prepared(
+        self, requests: Sequence[JobRequest], *, job_ids: Sequence[str] | None = None
+    ) -> list[tuple[Job, bool]]:
+        """Write requests that went through :meth:`prepare`; ``job_ids``: the ids the new jobs get, in
+        order (chosen before, e.g. to count them against a principal's limits first)."""
+        return self.jobs.create_many(requests, chunk=CHUNK, message=self._message, job_ids=job_ids)
 
     def _message(self, job: Job) -> BrokerMessage:
-        return submit_message(job.id, priority=priority_level(job.priority), keys=self.keys)
+        return submit_message(job, keys=self.keys)
 
     def publish(self, job: Job) -> None:
         """(Re-)publish a job's chain, e.g. for an operator resubmit or the reconciler."""
@@ -220,17 +225,22 @@ class Producer:
     def close(self) -> None:
         self.redis.close()
 
-    def _validated(self, index: int, item: JobRequest | Mapping[str, Any]) -> JobRequest:
+    def _prepared(self, index: int, item: JobRequest | Mapping[str, Any], owner: str | None) -> JobRequest:
         from core.errors import ValidationError
 
         try:
-            request = item if isinstance(item, JobRequest) else JobRequest.from_mapping(item)
-            request.validate()
+            if isinstance(item, JobRequest):
+                request = item
+                request.validate()
+            else:
+                request = JobRequest.from_mapping(item, **({"owner": owner} if owner is not None else {}))
             check_producer_key(request)
             check_notify_url_allowed(request, self.settings)
         except ValidationError as error:
             if index or not isinstance(item, JobRequest):
-                raise ValidationError(f"requests[{index}].{error.field}", error.message) from None
+                raise ValidationError(
+                    f"requests[{index}].{error.field}", error.message, item=index, item_field=error.field
+                ) from None
             raise
         return request
 

@@ -55,26 +55,24 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, Final, cast
 
-from celery import Celery, chain
+from celery import Celery
 
 from config.celery import (
-    PRIORITY_BATCH,
-    PRIORITY_INTERACTIVE,
     PRIORITY_STEPS,
     SUBMIT_QUEUE,
-    TASK_POLL,
     TASK_RECONCILE,
-    TASK_STORE,
     TASK_SUBMIT,
+    TIME_LIMITS,
 )
 from core.clients import release_token_lock
 from core.errors import NotFound, UpstreamError
-from core.jobs import Job, JobState, Priority
+from core.jobs import Job, JobState
 from core.messages import submit_message
 from core.quota import HELD_PREFIX
 from workers.batch.locations import Files
 from workers.batch.store import BatchStore
 from workers.celery import app
+from workers.chains import rest_of_job
 from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
 from workers.runtime import Runtime
 from workers.storage import build_s3_client
@@ -85,7 +83,7 @@ from workers.upstream import TaskState
 log = logging.getLogger("imagineq.reconcile")
 
 #: A run that dies leaves its lock for at most this long.
-LOCK_TTL_S: Final = 300.0
+LOCK_TTL_S: Final = TIME_LIMITS[TASK_RECONCILE].hard_s
 #: Failure reasons whose lease is deliberately held (the task may exist upstream): never released early.
 HELD_REASONS: Final = frozenset({"outcome_unknown"})
 #: recordInfo calls for salvage per run (they share the poll workers' rolling recordInfo log).
@@ -123,7 +121,7 @@ class Reconciler:
         """Every case once; returns (and adds to the counters hash) how many jobs each case touched."""
         lock = self.rt.keys.reconcile_lock()
         token = uuid.uuid4().hex
-        if not self.rt.redis.set(lock, token, nx=True, px=int(LOCK_TTL_S * 1000)):
+        if not self.rt.redis.set(lock, token, nx=True, px=LOCK_TTL_S * 1000):
             log.info("reconcile: another run is in progress")
             return {}
         try:
@@ -195,7 +193,7 @@ class Reconciler:
             if not self.rt.jobs.update(job.id, expect=JobState.GENERATING, fields=stamp):
                 continue
             self.rt.plan.forget(job.account, job.id)  # the new message books afresh; a late old one stops
-            self._chain(TASK_POLL, TASK_STORE, job_id=job.id)
+            rest_of_job(self.app, job).apply_async()
             self.counts["silent_poll"] += 1
             log.warning("reconcile: job %s had no poll for %.0fs; poll re-published", job.id, now - max(activity))
 
@@ -213,7 +211,7 @@ class Reconciler:
             stamp = {"reconciled_store_at": now}
             if not self.rt.jobs.update(job.id, expect=JobState.DOWNLOADING, fields=stamp):
                 continue
-            self._chain(TASK_STORE, job_id=job.id)
+            rest_of_job(self.app, job).apply_async()
             self.counts["unstored"] += 1
             log.warning("reconcile: job %s generated but not stored; store re-published", job.id)
 
@@ -274,7 +272,7 @@ class Reconciler:
             budget -= 1
             changes = {"reason": None, "error": None, "store_attempts": None, "store_retried_at": now}
             if self.rt.jobs.transition(job_id, JobState.DOWNLOADING, expect=JobState.FAILED, fields=changes):
-                self._chain(TASK_STORE, job_id=job_id)
+                self._publish_rest(job_id)
                 self.counts["store_retried"] += 1
                 log.warning("reconcile: job %s failed to store (%s); storing it again", job_id, reason)
 
@@ -309,7 +307,7 @@ class Reconciler:
         if job is None or job.state is not JobState.FAILED or job.reason not in SALVAGEABLE_REASONS:
             return
         if apply_terminal(self.rt.jobs, self.rt.quota, job, record) is Applied.DOWNLOADING:
-            self._chain(TASK_STORE, job_id=job_id)
+            self._publish_rest(job_id)
             self.counts["salvaged"] += 1
             log.warning("reconcile: job %s timed out but task %s completed later; salvaged", job_id, task_id)
 
@@ -406,14 +404,14 @@ class Reconciler:
                 yield job_id
 
     def _publish_submit(self, job: Job) -> None:
-        level = self.batches.level(job.batch_id) if job.batch_id else None
-        if level is None:
-            level = PRIORITY_BATCH if job.priority is Priority.BATCH else PRIORITY_INTERACTIVE
-        message = submit_message(job.id, priority=level, keys=self.rt.keys)
+        message = submit_message(job, keys=self.rt.keys)
         self.rt.redis.lpush(message.queue_key, message.payload)
 
-    def _chain(self, *steps: str, job_id: str) -> None:
-        chain(*(self.app.signature(name, args=(job_id,), immutable=True) for name in steps)).apply_async()
+    def _publish_rest(self, job_id: str) -> None:
+        """The rest of the chain of a job just moved on (read again: its steps follow its new state)."""
+        job = self.rt.jobs.get(job_id)
+        if job is not None:
+            rest_of_job(self.app, job).apply_async()
 
     def _now(self) -> float:
         seconds, micros = cast("tuple[int, int]", self.rt.redis.time())
@@ -434,7 +432,7 @@ def _submit_job_id(message: Any) -> str | None:
 # -- tasks ------------------------------------------------------------------------------------------------
 
 
-@app.task(name=TASK_RECONCILE, soft_time_limit=240, time_limit=LOCK_TTL_S)
+@app.task(name=TASK_RECONCILE, **TIME_LIMITS[TASK_RECONCILE].options())
 def reconcile() -> dict[str, int]:
     """Beat, every ``reconcile_interval_s``: one reconciler run."""
     return Reconciler(runtime(), app).run()

@@ -11,17 +11,10 @@ from celery import Celery
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from config.celery import (
-    PRIORITY_BATCH,
-    PRIORITY_INTERACTIVE,
-    QUEUES,
-)
+from config.celery import QUEUES
 from config.settings import PrincipalSettings, Settings
 from core.clients import Clients
-from core.jobs import (
-    Job,
-    Priority,
-)
+from core.jobs import Job
 from core.quota import QuotaLimiter
 from producers.api import Producer
 from producers.callbacks import CallbackReceiver
@@ -67,8 +60,7 @@ class Web:
 
     def wake(self, job: Job) -> None:
         """A callback said the job's task ended: a poll reads its record now, then store follows."""
-        level = PRIORITY_BATCH if job.priority is Priority.BATCH else PRIORITY_INTERACTIVE
-        rest_of_job(self.celery, job, woken=True, priority=level).apply_async()
+        rest_of_job(self.celery, job, woken=True).apply_async()
 
     def workers_seen(self) -> list[str]:
         with self._workers_lock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
@@ -14,11 +13,10 @@ from core.errors import ValidationError
 from core.jobs import (
     KEY_MAX_CHARS,
     Job,
-    JobRequest,
     JobState,
     new_job_id,
 )
-from producers.api import NotCancelable, check_notify_url_allowed, check_producer_key
+from producers.api import NotCancelable
 from producers.web import listing
 from producers.web.context import Caller, Web, WebDep
 from producers.web.models import (
@@ -80,25 +78,23 @@ def post_jobs(
     """Validate everything first (nothing is written if one item is bad), then write and publish."""
     single = isinstance(body, JobIn)
     items = [body] if isinstance(body, JobIn) else body
-    requests: list[JobRequest] = []
+    data: list[dict[str, Any]] = []
     for index, item in enumerate(items):
-        data = item.model_dump()
-        if data["idempotency_key"] is None and idempotency_key is not None:
-            data["idempotency_key"] = idempotency_key if single else f"{idempotency_key}:{index}"
-        try:
-            request = dataclasses.replace(JobRequest.from_mapping(data), owner=caller.name)
-            check_producer_key(request)
-            check_notify_url_allowed(request, web.settings)
-            requests.append(request)
-        except ValidationError as error:
-            loc: list[str | int] = ["body"] if single else ["body", index]
-            raise RequestValidationError(
-                [{"loc": (*loc, *error.field.split(".")), "msg": error.message, "type": "value_error"}]
-            ) from None
+        fields = item.model_dump()
+        if fields["idempotency_key"] is None and idempotency_key is not None:
+            fields["idempotency_key"] = idempotency_key if single else f"{idempotency_key}:{index}"
+        data.append(fields)
+    try:
+        requests = web.producer.prepare(data, owner=caller.name)
+    except ValidationError as error:
+        loc: list[str | int] = ["body"] if single else ["body", error.item or 0]
+        raise RequestValidationError(
+            [{"loc": (*loc, *error.item_field.split(".")), "msg": error.message, "type": "value_error"}]
+        ) from None
     web.limits.check_request(caller, requests)
     job_ids = [new_job_id() for _ in requests]
     with web.limits.admitted(caller, job_ids) as admission:
-        enqueued = web.producer.enqueue_many_created(requests, job_ids=job_ids)
+        enqueued = web.producer.enqueue_prepared(requests, job_ids=job_ids)
         admission.use(job.id for job, created in enqueued if created)
     views = [EnqueuedJob(**JobView.of(job).model_dump(), created=created) for job, created in enqueued]
     response.status_code = 201 if any(view.created for view in views) else 200

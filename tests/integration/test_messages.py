@@ -7,6 +7,7 @@ import pytest
 
 from config.celery import broker_prefix
 from config.settings import load_settings
+from core.jobs import Job, JobRequest, Priority
 from core.keys import Keys
 from core.messages import submit_message
 from workers.celery import create_app
@@ -19,7 +20,8 @@ def test_submit_message_matches_what_celery_sends(redis_url, redis_client, prior
     settings = load_settings(redis_url=redis_url, api_key="k")
     app = create_app(settings)
     app.send_task("imagineq.submit", args=("job-1",), priority=priority)
-    ours = submit_message("job-1", priority=priority, keys=Keys(settings.redis_prefix))
+    job = Job.new(JobRequest(prompt="p", priority=Priority.BATCH if priority else Priority.INTERACTIVE), job_id="job-1")
+    ours = submit_message(job, keys=Keys(settings.redis_prefix))
 
     # Celery put its message on the very list we push ours to.
     theirs = json.loads(redis_client.lpop(ours.queue_key))

@@ -243,7 +243,7 @@ def _held_by_a_worker(rt: Runtime, job: Job, *, delivered_s_ago: float) -> str:
     """The job's submit message as kombu keeps one a worker took (acks late): in the unacked hash, with
     its delivery time in the unacked index. A SIGKILLed worker leaves it there for the visibility timeout."""
     tag = f"test-tag-{job.id}"
-    raw = json.loads(submit_message(job.id, priority=0, keys=Keys("iq")).payload)
+    raw = json.loads(submit_message(job, keys=Keys("iq")).payload)
     rt.redis.hset("iq:celery:unacked", tag, json.dumps([raw, "submit", "submit"]))
     rt.redis.zadd("iq:celery:unacked_index", {tag: time.time() - delivered_s_ago})
     return tag

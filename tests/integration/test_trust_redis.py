@@ -92,7 +92,7 @@ def test_a_write_that_meets_a_full_redis_part_way_is_taken_back_whole(stack: Loc
     before = everything(client)
     requests_ = [JobRequest(prompt=HEAVY, idempotency_key=f"key-{i}") for i in range(800)]
     with pytest.raises(redis.ResponseError, match="OOM"):
-        store.create_many(requests_, chunk=100, message=lambda job: submit_message(job.id, priority=0, keys=keys))
+        store.create_many(requests_, chunk=100, message=lambda job: submit_message(job, keys=keys))
     assert everything(client) == before
 
 

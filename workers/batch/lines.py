@@ -86,9 +86,11 @@ def iter_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes |
 class LineParser:
     """Turns lines into requests for one batch; remembers ids so a repeated one is a bad line."""
 
-    def __init__(self, batch_id: str, *, max_bytes: int) -> None:
+    def __init__(self, batch_id: str, *, max_bytes: int, priority_level: int | None = None) -> None:
+        """``priority_level``: the broker priority of the batch's messages (its jobs carry it)."""
         self.batch_id = batch_id
         self.max_bytes = max_bytes
+        self.priority_level = priority_level
         self._seen: dict[str, int] = {}
 
     def parse(self, line: int, raw: bytes | None) -> ParsedLine | None:
@@ -133,7 +135,7 @@ class LineParser:
             idempotency_key=idempotency_key(self.batch_id, line, line_id),
         )
         try:
-            request = JobRequest.from_mapping(fields)
+            request = JobRequest.from_mapping(fields, priority_level=self.priority_level)
         except ValidationError as error:
             return ParsedLine(line, line_id, error=str(error))
         if line_id is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from config.celery import TASK_INBOX
+from config.celery import TASK_INBOX, TIME_LIMITS
 from workers.batch.inbox import run_inbox
 from workers.celery import app
 from workers.tasks import runtime
@@ -13,7 +13,7 @@ from workers.tasks import runtime
 log = logging.getLogger("imagineq.batch")
 
 
-@app.task(name=TASK_INBOX, soft_time_limit=3300, time_limit=3400)
+@app.task(name=TASK_INBOX, **TIME_LIMITS[TASK_INBOX].options())
 def batch_inbox() -> int:
     """Beat, at ``nightly_cron``: submit the inbox's batch files and move them to the processed location."""
     started = time.monotonic()

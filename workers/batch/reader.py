@@ -136,12 +136,12 @@ class BatchSubmitter:
         bad: list[BadLine],
         on_chunk: Callable[[int], None] | None,
     ) -> None:
-        parser = LineParser(batch_id, max_bytes=self.settings.batch_max_line_bytes)
+        parser = LineParser(batch_id, max_bytes=self.settings.batch_max_line_bytes, priority_level=level)
         chunk: list[ParsedLine] = []
         good = lines = 0
 
         def message(job: Job) -> BrokerMessage:
-            return submit_message(job.id, priority=level, keys=self.keys)
+            return submit_message(job, keys=self.keys)
 
         def flush() -> None:
             nonlocal good

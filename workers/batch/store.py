@@ -298,11 +298,6 @@ class BatchStore:
         found = [self.get(as_text(batch_id)) for batch_id in ids]
         return [status for status in found if status is not None]
 
-    def level(self, batch_id: str) -> int | None:
-        """The broker priority the batch's submit messages use."""
-        raw = self._client.hget(self._keys.batch(batch_id), "level")
-        return int(as_text(raw)) if raw is not None else None
-
     # -- the manifest -------------------------------------------------------------------------------
     def finalise(self, batch_id: str, files: Files) -> BatchStatus | None:
         """Settle the batch; if every line is terminal (and nobody else is at it), write the manifest and

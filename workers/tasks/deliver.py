@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from config.celery import TASK_DELIVER
+from config.celery import TASK_DELIVER, TIME_LIMITS
 from workers.celery import app
 from workers.notify.deliver import Notifier
 from workers.notify.store import DeliveryStore
@@ -25,6 +25,6 @@ def notifier() -> Notifier:
         return _notifier
 
 
-@app.task(name=TASK_DELIVER, soft_time_limit=90, time_limit=120)
+@app.task(name=TASK_DELIVER, **TIME_LIMITS[TASK_DELIVER].options())
 def deliver(delivery_id: str) -> None:
     notifier().deliver(delivery_id)

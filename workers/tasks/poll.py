@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from celery import Task
 
-from config.celery import TASK_POLL
+from config.celery import TASK_POLL, TIME_LIMITS
 from core.errors import (
     AccountError,
     FatalError,
@@ -35,7 +35,7 @@ WOKEN_RECHECK_S = 1.0
 WOKEN_RECHECKS = 5
 
 
-@app.task(name=TASK_POLL, bind=True, max_retries=None, soft_time_limit=75, time_limit=90)
+@app.task(name=TASK_POLL, bind=True, max_retries=None, **TIME_LIMITS[TASK_POLL].options())
 def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
     """Ask recordInfo, when the poll plan says so, until the task is terminal.
 

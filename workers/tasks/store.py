@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from celery import Task
 
-from config.celery import TASK_STORE
+from config.celery import TASK_STORE, TIME_LIMITS
 from core.errors import (
     NotFound,
     UpstreamError,
@@ -27,7 +27,7 @@ from workers.tasks.store_claim import store_claim
 log = logging.getLogger("imagineq.tasks")
 
 
-@app.task(name=TASK_STORE, bind=True, max_retries=None, soft_time_limit=2900, time_limit=3000)
+@app.task(name=TASK_STORE, bind=True, max_retries=None, **TIME_LIMITS[TASK_STORE].options())
 def store(self: Task, job_id: str) -> str | None:
     """Stream the result into S3; idempotent (an existing object is not re-uploaded)."""
     rt = runtime()

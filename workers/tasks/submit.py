@@ -9,7 +9,7 @@ import uuid
 
 from celery import Task
 
-from config.celery import SUBMIT_TIME_LIMIT_S, TASK_SUBMIT
+from config.celery import SUBMIT_TIME_LIMIT_S, TASK_SUBMIT, TIME_LIMITS
 from core.errors import (
     AccountError,
     FatalError,
@@ -28,7 +28,7 @@ from workers.tasks.steps import MAX_TRANSIENT_ATTEMPTS, count, fail_job, publish
 log = logging.getLogger("imagineq.tasks")
 
 
-@app.task(name=TASK_SUBMIT, bind=True, max_retries=None, soft_time_limit=100, time_limit=120)
+@app.task(name=TASK_SUBMIT, bind=True, max_retries=None, **TIME_LIMITS[TASK_SUBMIT].options())
 def submit(self: Task, job_id: str) -> str | None:
     """Take quota, call createTask, record the taskId. Waits for quota in-process, then re-publishes."""
     rt = runtime()
