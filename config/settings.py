@@ -18,13 +18,11 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.errors import ConfigError as ConfigError  # raised here; defined with the root of the errors
+
 DEFAULT_BASE_URL = "https://api.apikley.ru"
 DEFAULT_KEY_TEMPLATE = "videos/{yyyy}/{mm}/{dd}/{job_id}.mp4"
 KEY_TEMPLATE_FIELDS = {"yyyy", "mm", "dd", "job_id", "task_id", "account"}
-
-
-class ConfigError(Exception):
-    """Configuration is invalid; the message lists every bad field and why."""
 
 
 def _secret_not_blank(value: SecretStr) -> SecretStr:

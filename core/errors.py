@@ -1,96 +1,63 @@
-"""The one error tree of ImagineQ, and the mapping from an upstream response to it.
+"""The one error tree of ImagineQ: every error it raises on purpose, drawn whole here (each class lives
+with the code that raises it; the module is named where it is not this one).
 
 ::
 
-    ImagineQError
-    ├── ValidationError(field, message)      bad user input; nothing was sent
-    ├── RedisFull(used, budget)              Redis is near its maxmemory: new jobs refused, nothing written
-    └── UpstreamError                        status, code, endpoint, request_id, body (≤ 500 chars)
-        ├── RetryableError(retry_after_s)    try again later; the job is not failed
-        │   ├── RateLimited                  429 (the whole account cools down)
-        │   ├── Unavailable                  500, other 5xx, 408 outside recordInfo
-        │   │   └── Maintenance              455 (the whole account cools down)
-        │   ├── TransportError               not sent (connect failure/timeout), or a garbled answer
-        │   └── OutcomeUnknown               createTask sent, no answer: the task may exist upstream
-        ├── FatalError                       this job fails with ``reason``
-        │   ├── Rejected                     422, and any other 4xx (see below)
-        │   ├── NotFound                     404
-        │   ├── GenerationFailed             501
-        │   └── ResultTimeout                408 from recordInfo: no result for > 10 min
-        └── AccountError                     the account pauses; the job waits (is not failed)
-            ├── Unauthorized                 401, 403 (incl. Cloudflare "error code: 1010")
-            ├── NoCredits                    402
-            ├── KeyCapExceeded               433
-            └── FeatureDisabled              505
+    ImagineQError (config.errors)
+    ├── ConfigError (config.errors)              invalid settings: every bad field named, before anything runs
+    ├── ValidationError(field, message)          bad user input; nothing was sent or written
+    ├── RedisFull(used, budget, wanted)          Redis is near its maxmemory: new jobs refused, nothing written
+    ├── UpstreamError                            status, code, endpoint, request_id, body (≤ 500 chars)
+    │   ├── RetryableError(retry_after_s)        try again later; the job is not failed
+    │   │   ├── RateLimited                      429 (the whole account cools down)
+    │   │   ├── Unavailable                      500, other 5xx, 408 outside recordInfo
+    │   │   │   └── Maintenance                  455 (the whole account cools down)
+    │   │   ├── TransportError                   not sent (connect failure/timeout), or a garbled answer
+    │   │   └── OutcomeUnknown                   createTask sent, no answer: the task may exist upstream
+    │   ├── FatalError                           this job fails with ``reason``
+    │   │   ├── Rejected                         422, and any other 4xx
+    │   │   ├── NotFound                         404
+    │   │   ├── GenerationFailed                 501
+    │   │   └── ResultTimeout                    408 from recordInfo: no result for > 10 min
+    │   └── AccountError                         the account pauses; the job waits (is not failed)
+    │       ├── Unauthorized                     401, 403 (incl. Cloudflare "error code: 1010")
+    │       ├── NoCredits                        402
+    │       ├── KeyCapExceeded                   433
+    │       └── FeatureDisabled                  505
+    ├── StorageError (workers.storage.errors)    url (no query string), status; fatal unless said otherwise
+    │   ├── ResultGone                           403/404/410 even after one refresh → job ``expired``
+    │   ├── ResultTooLarge                       announced or streamed bytes > ``s3.max_download_bytes``
+    │   ├── BadResult                            not http(s), not a video, unexpected status; retryable
+    │   │                                        only for a body length ≠ Content-Length
+    │   └── TransferError                        network or S3 failure (retryable); every boto error
+    ├── StreamError (workers.streams)            a stream broke a promise; translated into a StorageError
+    │   ├── TooManyBytes                         more than the cap arrived
+    │   ├── LengthMismatch                       fewer or more bytes than announced
+    │   └── TransferTooSlow (…storage.deadline)  below the minimum throughput, or past a deadline
+    ├── RefusedDestination (…storage.destinations)  an address results and webhooks may not reach
+    ├── BatchBusy (workers.batch.store)          another process is reading this batch
+    ├── LocationError (workers.batch.locations)  a batch file or folder cannot be read, written or moved
+    ├── NotCancelable (producers.api)            the job is past queued
+    └── CallbackRejected (producers.callbacks)   an upstream callback refused; its outcome says the status
 
-Tasks decide from the class alone: ``retryable`` is true exactly for ``RetryableError``, and
-``cools_down_account`` for the two that hold every submitter of the account back; an
-``AccountError`` is neither retried on the same account nor a job failure — the caller pauses the
-account and re-queues the job. ``reason`` is a stable snake_case code for job records and metrics.
-
-Decisions for codes the upstream does not document (all in :data:`_BY_CODE` / :func:`_classify`):
-
-- any other code ≥ 500 → ``Unavailable`` (the server's fault, worth retrying);
-- 403 with a JSON body → ``Unauthorized`` (the key is refused: an account matter, not a job's);
-- any other 4xx → ``Rejected`` (the upstream refused *this* request; sending it again unchanged would
-  loop, so the job fails visibly with the status and code kept on the error);
-- a 504 on createTask without a known body code → ``OutcomeUnknown`` (a gateway gave up waiting after
-  forwarding the request, so the task may exist — never resubmit that blindly);
-- a code below 400 other than 200 → ``TransportError`` (an answer we cannot interpret).
-
-A body that is not a JSON object (HTML from a proxy, plain text) is a ``TransportError`` carrying the
-HTTP status, except: 5xx → ``Unavailable``; 429 → ``RateLimited`` (a proxy's rate limit still means
-"slow down", and the account cooldown is the right reaction); 403 "error code: 1010" → ``Unauthorized``.
+Tasks decide from the class alone: ``retryable`` is true exactly for ``RetryableError`` (and the
+retryable storage errors), and ``cools_down_account`` for the two that hold every submitter of the
+account back; an ``AccountError`` is neither retried on the same account nor a job failure — the caller
+pauses the account and re-queues the job. ``reason`` is a stable snake_case code for job records and
+metrics. The upstream's answers are read into this tree in one place, ``workers.upstream.answers``; boto's
+errors in one place too, ``workers.storage.client.s3_errors``.
 """
 
 from __future__ import annotations
 
-import email.utils
-import time
-from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
-#: Short endpoint names used on errors and in logs.
-CREATE_TASK: Final = "createTask"
-RECORD_INFO: Final = "recordInfo"
-DOWNLOAD_URL: Final = "download-url"
-CREDIT: Final = "credit"
+# The root lives below every layer (so the settings' error is in the tree too); it is read from here.
+from config.errors import ConfigError as ConfigError
+from config.errors import ImagineQError as ImagineQError
 
 #: Longest body (and message) kept on an error.
 BODY_MAX_CHARS: Final = 500
-
-#: Response headers that may carry the upstream's request id, in order of preference.
-REQUEST_ID_HEADERS: Final = (
-    "X-Request-Id",
-    "X-Request-ID",
-    "Request-Id",
-    "X-Trace-Id",
-    "X-Amzn-Trace-Id",
-    "CF-Ray",
-)
-
-
-class ImagineQError(Exception):
-    """Root of every error ImagineQ raises on purpose."""
-
-    _reason: ClassVar[str] = "error"
-    _retryable: ClassVar[bool] = False
-    _cools_down_account: ClassVar[bool] = False
-
-    @property
-    def reason(self) -> str:
-        """Stable snake_case code, usable as a job failure reason."""
-        return self._reason
-
-    @property
-    def retryable(self) -> bool:
-        """True when the same call, unchanged, may succeed later."""
-        return self._retryable
-
-    @property
-    def cools_down_account(self) -> bool:
-        """True when every submitter of the account must hold back for a while (429, 455)."""
-        return self._cools_down_account
 
 
 class ValidationError(ImagineQError):
@@ -283,202 +250,6 @@ class FeatureDisabled(AccountError):
     """505: the feature is disabled for this account."""
 
     _reason = "feature_disabled"
-
-
-#: ``(endpoint or None, code) → class``; an endpoint-specific entry wins over the ``None`` one.
-_BY_CODE: Final[dict[tuple[str | None, int], type[UpstreamError]]] = {
-    (None, 401): Unauthorized,
-    (None, 402): NoCredits,
-    (None, 403): Unauthorized,
-    (None, 404): NotFound,
-    (None, 408): Unavailable,
-    (RECORD_INFO, 408): ResultTimeout,
-    (None, 422): Rejected,
-    (None, 429): RateLimited,
-    (None, 433): KeyCapExceeded,
-    (None, 455): Maintenance,
-    (None, 500): Unavailable,
-    (None, 501): GenerationFailed,
-    (None, 505): FeatureDisabled,
-    (CREATE_TASK, 504): OutcomeUnknown,
-}
-_KNOWN_CODES: Final = frozenset(code for _, code in _BY_CODE)
-
-_CLOUDFLARE_1010_MESSAGE: Final = (
-    "blocked by Cloudflare (error code: 1010, bot-like client): send a real browser-like User-Agent "
-    "(HttpSettings.user_agent)"
-)
-
-
-def error_from_response(
-    endpoint: str,
-    http_status: int,
-    body_json: Any,
-    raw_text: str,
-    headers: Mapping[str, str],
-) -> UpstreamError | None:
-    """The error a response stands for, or None for success (HTTP 2xx with body ``code`` 200).
-
-    ``body_json`` is the decoded body (None when it was not JSON); ``raw_text`` is kept, truncated,
-    on the error. The body ``code`` wins over the HTTP status when it is a documented error code, so
-    both upstream styles (HTTP 200 + body code, mirrored HTTP status) map alike.
-    """
-    endpoint = _short_endpoint(endpoint)
-    request_id = _request_id(headers)
-    body = raw_text
-    if not isinstance(body_json, dict):
-        if http_status == 403 and "1010" in raw_text:
-            return Unauthorized(
-                _CLOUDFLARE_1010_MESSAGE,
-                status=http_status,
-                endpoint=endpoint,
-                request_id=request_id,
-                body=body,
-            )
-        # Only a status that means the same with or without a body is trusted without one.
-        trusted = http_status == 429 or http_status >= 500
-        cls = _classify(endpoint, http_status) if trusted else TransportError
-        return _build(
-            cls,
-            f"bad response: not a JSON object (HTTP {http_status})",
-            headers,
-            status=http_status,
-            code=None,
-            endpoint=endpoint,
-            request_id=request_id,
-            body=body,
-        )
-
-    code = _as_int(body_json.get("code"))
-    is_2xx = 200 <= http_status < 300
-    if is_2xx and code == 200:
-        return None
-    message = _message(body_json)
-    effective: int
-    if code is not None and code in _KNOWN_CODES:
-        effective = code
-    elif not is_2xx:
-        effective = http_status
-    elif code is None:
-        return TransportError(
-            f"bad response: no code in body{': ' + message if message else ''}",
-            status=http_status,
-            endpoint=endpoint,
-            request_id=request_id,
-            body=body,
-        )
-    else:
-        effective = code
-    cls = _classify(endpoint, effective)
-    if not message:
-        message = f"upstream error {effective}"
-    return _build(
-        cls,
-        message,
-        headers,
-        status=http_status,
-        code=code,
-        endpoint=endpoint,
-        request_id=request_id,
-        body=body,
-    )
-
-
-def _classify(endpoint: str, code: int) -> type[UpstreamError]:
-    cls = _BY_CODE.get((endpoint, code)) or _BY_CODE.get((None, code))
-    if cls is not None:
-        return cls
-    if code >= 500:
-        return Unavailable
-    if code >= 400:
-        return Rejected
-    return TransportError
-
-
-def _build(
-    cls: type[UpstreamError],
-    message: str,
-    headers: Mapping[str, str],
-    *,
-    status: int,
-    code: int | None,
-    endpoint: str,
-    request_id: str | None,
-    body: str,
-) -> UpstreamError:
-    if issubclass(cls, RetryableError):
-        return cls(
-            message,
-            retry_after_s=parse_retry_after(_header(headers, "Retry-After")),
-            status=status,
-            code=code,
-            endpoint=endpoint,
-            request_id=request_id,
-            body=body,
-        )
-    return cls(message, status=status, code=code, endpoint=endpoint, request_id=request_id, body=body)
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from ``Retry-After`` (delta seconds or HTTP-date); None when absent or garbled."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is read as such
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds or seconds == float("inf"):  # NaN / inf
-        return None
-    return max(0.0, seconds)
-
-
-def _short_endpoint(endpoint: str) -> str:
-    """``/api/v1/jobs/recordInfo?taskId=x`` → ``recordInfo``; short names pass through."""
-    return endpoint.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-
-
-def _message(body: Mapping[str, Any]) -> str:
-    for key in ("msg", "message"):
-        value = body.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-    return ""
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, item in headers.items():
-        if key.lower() == lowered:
-            return item
-    return None
-
-
-def _request_id(headers: Mapping[str, str]) -> str | None:
-    for name in REQUEST_ID_HEADERS:
-        value = _header(headers, name)
-        if value:
-            return _truncate(value.strip(), 200)
-    return None
 
 
 def _truncate(text: str, limit: int = BODY_MAX_CHARS) -> str:

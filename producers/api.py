@@ -19,6 +19,7 @@ from celery import Celery
 
 from config.settings import Settings, get_settings
 from core.clients import Clients
+from core.errors import ImagineQError
 from core.jobs import Job, JobRequest, Priority
 from core.messages import BrokerMessage, submit_message
 from workers.batch.lines import BATCH_KEY_PREFIX
@@ -36,7 +37,7 @@ def check_producer_key(request: JobRequest) -> None:
         raise ValidationError("idempotency_key", f"must not start with {BATCH_KEY_PREFIX!r} (the keys of batch lines)")
 
 
-class NotCancelable(Exception):
+class NotCancelable(ImagineQError):
     """The job is past ``queued``: it reached (or is reaching) the upstream, or already ended."""
 
     def __init__(self, job: Job, message: str) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import redis
 
-from core.errors import TransportError
+from core.errors import ImagineQError, TransportError
 from core.jobs import Job, JobState
 from core.jobstore import JobStore
 from core.keys import Keys
@@ -99,7 +99,7 @@ _STATUS: Final = {
 }
 
 
-class CallbackRejected(Exception):
+class CallbackRejected(ImagineQError):
     """The callback is refused; ``outcome`` says why (and which HTTP status to answer)."""
 
     def __init__(self, outcome: Outcome, message: str) -> None:

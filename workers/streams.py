@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 
+from core.errors import ImagineQError
 
-class StreamError(Exception):
+
+class StreamError(ImagineQError):
     """The stream broke a promise; the storage layer translates these into its own errors."""
 
 

@@ -17,8 +17,6 @@ import pytest
 
 from config.settings import AccountSettings, HttpSettings
 from core.errors import (
-    CREATE_TASK,
-    RECORD_INFO,
     NoCredits,
     OutcomeUnknown,
     RateLimited,
@@ -29,6 +27,7 @@ from core.errors import (
     ValidationError,
 )
 from workers.upstream import TaskState, UpstreamClient
+from workers.upstream.answers import CREATE_TASK, RECORD_INFO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from workers.upstream import Session
+from workers.upstream.client import Session
 
 URLS = ("http://example.com/api/v1/jobs/recordInfo?taskId=1", "http://127.0.0.1:9/f.mp4", "https://cdn.example/x")
 

@@ -17,10 +17,6 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 from config.settings import AccountSettings, HttpSettings
 from core.errors import (
     BODY_MAX_CHARS,
-    CREATE_TASK,
-    CREDIT,
-    DOWNLOAD_URL,
-    RECORD_INFO,
     AccountError,
     FatalError,
     FeatureDisabled,
@@ -40,10 +36,16 @@ from core.errors import (
     Unavailable,
     UpstreamError,
     ValidationError,
+)
+from workers.upstream import TaskRecord, TaskState, UpstreamClient
+from workers.upstream.answers import (
+    CREATE_TASK,
+    CREDIT,
+    DOWNLOAD_URL,
+    RECORD_INFO,
     error_from_response,
     parse_retry_after,
 )
-from workers.upstream import TaskRecord, TaskState, UpstreamClient
 
 API_KEY = "sk-test-0123456789abcdef"
 

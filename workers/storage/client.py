@@ -1,14 +1,19 @@
-"""The S3 client for AWS or any S3-compatible endpoint, and reading the errors it raises."""
+"""The S3 client for AWS or any S3-compatible endpoint, and the one translation of the errors it raises
+(:func:`s3_errors`: boto's errors into the storage errors of :mod:`core.errors`' tree)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import HttpSettings, S3Settings
+from workers.storage.errors import ObjectMissing, TransferError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -58,3 +63,21 @@ def is_not_found(error: ClientError) -> bool:
     code = client_error_code(error)
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in {"404", "NoSuchKey", "NoSuchBucket", "NotFound"} or status == 404
+
+
+@contextmanager
+def s3_errors(what: str, *, url: str | None = None, tolerate: Collection[str] = ()) -> Iterator[None]:
+    """Every S3 call runs in here: boto's errors come out as ``TransferError("<what>: <code or type>")``
+    (retryable), a missing bucket or object as its subclass :class:`ObjectMissing` (callers that expect
+    one catch it); error codes in ``tolerate`` are not errors at all (the block simply ends)."""
+    try:
+        yield
+    except ClientError as e:
+        code = client_error_code(e)
+        if code in tolerate:
+            return
+        if is_not_found(e):
+            raise ObjectMissing(f"{what}: {code}", url=url) from e
+        raise TransferError(f"{what}: {code}", url=url) from e
+    except (BotoCoreError, S3UploadFailedError) as e:
+        raise TransferError(f"{what}: {type(e).__name__}", url=url) from e

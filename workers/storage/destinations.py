@@ -33,13 +33,14 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.util import connection
 from urllib3.util.retry import Retry
 
+from core.errors import ImagineQError
 from workers.socket_watch import WatchedConnectionMixin, use_connection_classes
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class RefusedDestination(Exception):
+class RefusedDestination(ImagineQError):
     """A connection was refused before it was made: the address is not one results may come from.
 
     Deliberately not an ``OSError``: urllib3 and requests pass it through untouched, so it can never be

@@ -1,14 +1,5 @@
-"""What can go wrong storing a result, and what each failure means for the job.
-
-::
-
-    ImagineQError
-    └── StorageError                 url (no query string), status; fatal unless said otherwise
-        ├── ResultGone               403/404/410 even after one refresh → job ``expired``
-        ├── ResultTooLarge           announced or streamed bytes > ``s3.max_download_bytes``
-        ├── BadResult                not http(s), redirect off http(s), not a video, unexpected status;
-        │                            retryable only for a body length ≠ Content-Length
-        └── TransferError            network or S3 failure (retryable)
+"""What can go wrong storing a result, and what each failure means for the job (the tree is drawn whole
+in :mod:`core.errors`).
 
 URLs in messages lose their query string and user info (presigned signatures). The chained
 ``__cause__`` of a :class:`TransferError` is the library's own exception and may still quote a URL.
@@ -72,3 +63,7 @@ class TransferError(StorageError):
 
     _reason = "transfer"
     _retryable = True
+
+
+class ObjectMissing(TransferError):
+    """S3 says the bucket or object does not exist (callers that expect it may catch this one)."""

@@ -24,15 +24,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import requests
-from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import DownloadSettings, HttpSettings, S3Settings, redact_url
 from workers.socket_watch import SocketWatch
-from workers.storage.client import build_s3_client, client_error_code, is_not_found
+from workers.storage.client import build_s3_client, s3_errors
 from workers.storage.deadline import TransferTooSlow, TransferWatchdog
-from workers.storage.errors import BadResult, ResultTooLarge, StorageError, TransferError
+from workers.storage.errors import BadResult, ObjectMissing, ResultTooLarge, StorageError, TransferError
 from workers.storage.fetch import ResultFetcher, content_length
 from workers.storage.object_keys import object_key
 from workers.storage.sidecar import put_sidecar, read_sidecar
@@ -107,16 +105,16 @@ class Storage:
     def ensure_bucket(self) -> None:
         """Check the bucket exists; create it when missing and ``s3.create_bucket`` is set."""
         try:
-            self._client.head_bucket(Bucket=self.bucket)
+            with s3_errors(f"cannot reach bucket {self.bucket!r}"):
+                self._client.head_bucket(Bucket=self.bucket)
             return
-        except ClientError as e:
-            if not is_not_found(e):
-                raise TransferError(f"cannot reach bucket {self.bucket!r}: {client_error_code(e)}") from e
-        except BotoCoreError as e:
-            raise TransferError(f"cannot reach bucket {self.bucket!r}: {type(e).__name__}") from e
+        except ObjectMissing:
+            pass
         if not self._s3.create_bucket:
             raise StorageError(f"bucket {self.bucket!r} does not exist (set s3.create_bucket to create it)")
-        try:
+        with s3_errors(
+            f"cannot create bucket {self.bucket!r}", tolerate={"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
+        ):
             if self._s3.region == "us-east-1":
                 self._client.create_bucket(Bucket=self.bucket)
             else:
@@ -124,24 +122,16 @@ class Storage:
                     Bucket=self.bucket,
                     CreateBucketConfiguration={"LocationConstraint": self._s3.region},  # type: ignore[typeddict-item]
                 )
-        except ClientError as e:
-            if client_error_code(e) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
-                raise TransferError(f"cannot create bucket {self.bucket!r}: {client_error_code(e)}") from e
-        except BotoCoreError as e:
-            raise TransferError(f"cannot create bucket {self.bucket!r}: {type(e).__name__}") from e
         logger.info("created bucket %s", self.bucket)
 
     def find(self, key: str, *, job_id: str | None = None) -> StoredObject | None:
         """The stored video at ``key`` if it is complete (its sidecar exists) and, when ``job_id`` is
         given, its ``job-id`` metadata matches; else None."""
         try:
-            head = self._client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as e:
-            if is_not_found(e):
-                return None
-            raise TransferError(f"cannot look up {key!r}: {client_error_code(e)}") from e
-        except BotoCoreError as e:
-            raise TransferError(f"cannot look up {key!r}: {type(e).__name__}") from e
+            with s3_errors(f"cannot look up {key!r}"):
+                head = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ObjectMissing:
+            return None
         if job_id is not None and head.get("Metadata", {}).get("job-id") != job_id:
             logger.warning("object %s exists but is not marked as job %s's; it will be replaced", key, job_id)
             return None
@@ -254,17 +244,19 @@ class Storage:
             if self._fits_one_put(announced):
                 body = reader.read(announced or 0)
                 reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
-                self._client.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
-                )
+                with s3_errors(f"upload of {key!r} failed", url=url):
+                    self._client.put_object(
+                        Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
+                    )
             else:
-                self._client.upload_fileobj(
-                    reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
-                    self.bucket,
-                    key,
-                    ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
-                    Config=self._transfer_config,
-                )
+                with s3_errors(f"upload of {key!r} failed", url=url):
+                    self._client.upload_fileobj(
+                        reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
+                        self.bucket,
+                        key,
+                        ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
+                        Config=self._transfer_config,
+                    )
         except TransferTooSlow as e:
             raise TransferError(str(e), url=url) from e
         except TooManyBytes as e:
@@ -285,24 +277,16 @@ class Storage:
                     retryable=True,
                 ) from e
             raise TransferError(f"download failed: {type(e).__name__}", url=url) from e
-        except ClientError as e:
-            raise TransferError(f"upload of {key!r} failed: {client_error_code(e)}", url=url) from e
-        except (BotoCoreError, S3UploadFailedError) as e:
-            raise TransferError(f"upload of {key!r} failed: {type(e).__name__}", url=url) from e
         return reader.bytes_read, reader.hexdigest()
 
     def _verify(self, key: str, *, expected: int, url: str) -> None:
         """The object holds exactly ``expected`` bytes, or it is deleted and BadResult raised."""
-        try:
+        with s3_errors(f"cannot verify {key!r}", url=url):
             actual = int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
-        except (BotoCoreError, ClientError) as e:
-            raise TransferError(f"cannot verify {key!r}: {type(e).__name__}", url=url) from e
         if actual != expected:
             self._delete(key)
             raise BadResult(f"stored {actual} bytes, {expected} downloaded", url=url, retryable=True)
 
     def _delete(self, key: str) -> None:
-        try:
+        with s3_errors(f"cannot delete {key!r}"):
             self._client.delete_object(Bucket=self.bucket, Key=key)
-        except (BotoCoreError, ClientError) as e:
-            raise TransferError(f"cannot delete {key!r}: {type(e).__name__}") from e

@@ -30,16 +30,12 @@ from urllib3.util.retry import Retry
 
 from config.settings import AccountSettings, HttpSettings
 from core.errors import (
-    CREATE_TASK,
-    CREDIT,
-    DOWNLOAD_URL,
-    RECORD_INFO,
     OutcomeUnknown,
     TransportError,
     UpstreamError,
     ValidationError,
-    error_from_response,
 )
+from workers.upstream.answers import CREATE_TASK, CREDIT, DOWNLOAD_URL, RECORD_INFO, error_from_response
 
 logger = logging.getLogger("imagineq.upstream")
 
