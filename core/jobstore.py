@@ -17,12 +17,13 @@ The client may decode responses or not; both are handled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
 import redis
 from redis.client import Pipeline
 
+from core.job_creation import JobCreation, MessageFactory
 from core.jobs import (
     MANAGED_FIELDS,
     TIMESTAMP_PREFIX,
@@ -30,25 +31,19 @@ from core.jobs import (
     JobRequest,
     JobState,
     allowed_from,
-    new_job_id,
 )
 from core.keys import Keys
-from core.lua_scripts import ScriptCall, evalsha_pipeline, load_script
-from core.memory import MemoryBudget, record_bytes
-from core.messages import BrokerMessage
+from core.lua_scripts import evalsha_pipeline, load_script
+from core.memory import MemoryBudget
 from core.replication import ReplicaAcks
 
 log = logging.getLogger("imagineq.jobs")
 
-#: Builds the broker message pushed together with a new job record.
-MessageFactory = Callable[[Job], BrokerMessage]
 
 FieldValue = str | int | float | None
 
 #: Extra life of a task index key beyond the terminal TTL (it is written before the job turns terminal).
 TASK_INDEX_SLACK_S: Final = 86400
-#: New jobs' messages per LPUSH (one command per queue and chunk keeps their order).
-_PUSH_CHUNK: Final = 500
 _SCAN_COUNT: Final = 1000
 
 
@@ -141,9 +136,14 @@ class JobStore:
         #: New jobs wait for these replicas (``core.replication``) before create returns them.
         self._replica_acks = ReplicaAcks(client, replica_acks if replica_ack_timeout_ms else 0)
         self._replica_ack_timeout_ms = replica_ack_timeout_ms
-        self._memory = MemoryBudget(client, memory_budget_pct) if memory_budget_pct else None
-        self._create = load_script(client, "job_create")
-        self._discard_script = load_script(client, "job_discard")
+        self._creation = JobCreation(
+            client,
+            keys,
+            self,
+            replica_acks=self._replica_acks,
+            replica_ack_timeout_ms=replica_ack_timeout_ms,
+            memory=MemoryBudget(client, memory_budget_pct) if memory_budget_pct else None,
+        )
         self._transition = load_script(client, "job_transition")
         self._update = load_script(client, "job_update")
         self._incr = load_script(client, "job_incr")
@@ -161,139 +161,9 @@ class JobStore:
         message: MessageFactory | None = None,
         job_ids: Sequence[str] | None = None,
     ) -> list[tuple[Job, bool]]:
-        """Like :meth:`create` for many requests, all of them or none: every request is validated and the
-        memory they need is checked against Redis's budget (:class:`~core.errors.RedisFull`) before
-        anything is written; a write that fails part-way is taken back whole.
-
-        The records are written first, one script each, ``chunk`` per round trip (plus one to read the
-        existing jobs when a chunk repeats idempotency keys), and the new jobs' messages (``message(job)``)
-        are pushed after every record is in: until then no worker knows the new jobs, so taking them back
-        is exact. ``job_ids``: the ids to give the new jobs, in order (default: fresh ones).
-        """
-        for request in requests:
-            request.validate()
-        ids = list(job_ids) if job_ids is not None else [new_job_id() for _ in requests]
-        if len(ids) != len(requests):
-            raise ValueError(f"{len(ids)} job ids for {len(requests)} requests")
-        jobs = [Job.new(request, job_id=job_id) for request, job_id in zip(requests, ids, strict=True)]
-        if self._memory is not None:
-            self._memory.check(sum(record_bytes(job) for job in jobs))
-        out: list[tuple[Job, bool]] = []
-        pushed: dict[str, BrokerMessage] = {}
-        wanted = self._replica_acks.wanted()
-        try:
-            for start in range(0, len(jobs), chunk):
-                last = start + chunk >= len(jobs) and message is None
-                out += self._create_chunk(jobs[start : start + chunk], replicas=wanted if last else 0)
-            created = [job for job, fresh in out if fresh]
-            if message is not None:
-                pushed = {job.id: message(job) for job in created}
-                self._push(created, pushed, replicas=wanted)
-        except BaseException:
-            self._discard([job for job, fresh in out if fresh], pushed)
-            raise
-        return out
-
-    def _create_chunk(self, jobs: Sequence[Job], *, replicas: int) -> list[tuple[Job, bool]]:
-        calls = [self._create_call(job) for job in jobs]
-        results, acks = evalsha_pipeline(
-            self._client, calls, replicas=replicas, timeout_ms=self._replica_ack_timeout_ms
-        )
-        self._note_acks(jobs, replicas, acks)
-        out: list[tuple[Job, bool] | None] = [None] * len(jobs)
-        existing: dict[int, str] = {}
-        failure: Exception | None = None
-        for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
-            if isinstance(result, Exception):
-                failure = failure or result
-            elif int(result[0]) == 1:
-                job.created_at = job.updated_at = float(_text(result[2]))
-                job.timestamps[JobState.QUEUED.value] = job.created_at
-                out[i] = (job, True)
-            else:
-                existing[i] = _text(result[1])
-        if failure is not None:
-            # The records this chunk did write go back now; the caller takes back the earlier chunks'.
-            self._discard([item[0] for item in out if item is not None and item[1]], {})
-            raise failure
-        if existing:
-            found = self.get_many(list(existing.values()))
-            for (i, job_id), job_found in zip(existing.items(), found, strict=True):
-                if job_found is None:
-                    # The key outlived its record (deleted by hand): take it over.
-                    out[i] = self._create_one(jobs[i], stale_id=job_id)
-                else:
-                    out[i] = (job_found, False)
-        return [item for item in out if item is not None]
-
-    def _create_one(self, job: Job, *, stale_id: str) -> tuple[Job, bool]:
-        script, keys, args = self._create_call(job, stale_id=stale_id)
-        result = script(keys, args)
-        if int(result[0]) == 1:
-            job.created_at = job.updated_at = float(_text(result[2]))
-            job.timestamps[JobState.QUEUED.value] = job.created_at
-            return job, True
-        found = self.get(_text(result[1]))
-        if found is None:
-            raise RuntimeError(f"idempotency key {job.idempotency_key!r} names a job that keeps vanishing")
-        return found, False
-
-    def _create_call(self, job: Job, *, stale_id: str = "") -> ScriptCall:
-        keys = [self._keys.job(job.id), self._keys.state_index(JobState.QUEUED.value)]
-        if job.idempotency_key is not None:
-            keys.append(self._keys.idempotency(job.idempotency_key, job.owner))
-        fields = {name: value for name, value in job.to_hash().items() if name not in MANAGED_FIELDS}
-        fields.pop(TIMESTAMP_PREFIX + JobState.QUEUED.value, None)
-        args: list[str] = [job.id, stale_id]
-        for name, value in fields.items():
-            args += [name, value]
-        return self._create, keys, args
-
-    def _push(self, jobs: Sequence[Job], messages: Mapping[str, BrokerMessage], *, replicas: int) -> None:
-        """Each new job's message, in job order (one LPUSH per queue and chunk keeps the order), then
-        ``WAIT`` for ``replicas`` on the same connection: replication is ordered, so they then hold every
-        record of the call too."""
-        by_queue: dict[str, list[str]] = {}
-        for job in jobs:
-            by_queue.setdefault(messages[job.id].queue_key, []).append(messages[job.id].payload)
-        with self._client.pipeline(transaction=False) as pipe:
-            for queue_key, payloads in by_queue.items():
-                for start in range(0, len(payloads), _PUSH_CHUNK):
-                    pipe.lpush(queue_key, *payloads[start : start + _PUSH_CHUNK])
-            if replicas:
-                pipe.execute_command("WAIT", replicas, self._replica_ack_timeout_ms)  # type: ignore[no-untyped-call]
-            replies = pipe.execute()
-        if replicas:
-            self._note_acks(jobs, replicas, int(replies[-1]))
-
-    def _note_acks(self, jobs: Sequence[Job], wanted: int, acks: int) -> None:
-        if wanted and jobs and acks < wanted:
-            # They are on the primary and accepted; only a failover in the next moment could lose them.
-            log.warning(
-                "%d job(s) accepted without a replica's acknowledgement in %d ms (first %s)",
-                len(jobs),
-                self._replica_ack_timeout_ms,
-                jobs[0].id,
-            )
-
-    def _discard(self, jobs: Sequence[Job], pushed: Mapping[str, BrokerMessage]) -> None:
-        """Take back jobs this call created (``job_discard.lua``: only while still queued), with the
-        messages ``pushed`` for them."""
-        if not jobs:
-            return
-        calls: list[ScriptCall] = []
-        for job in jobs:
-            sent = pushed.get(job.id)
-            keys = [
-                self._keys.job(job.id),
-                self._keys.state_index(JobState.QUEUED.value),
-                sent.queue_key if sent is not None else self._keys.job(job.id),
-            ]
-            if job.idempotency_key is not None:
-                keys.append(self._keys.idempotency(job.idempotency_key, job.owner))
-            calls.append((self._discard_script, keys, [job.id, sent.payload if sent is not None else ""]))
-        evalsha_pipeline(self._client, calls)
-        log.warning("took back %d job(s) of a write that failed part-way (first %s)", len(jobs), jobs[0].id)
+        """Like :meth:`create` for many requests, all of them or none (:class:`core.job_creation.JobCreation`):
+        ``created`` is False for a request whose idempotency key already named a job."""
+        return self._creation.create_many(requests, chunk=chunk, message=message, job_ids=job_ids)
 
     # -- read ---------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
