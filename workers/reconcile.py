@@ -30,16 +30,13 @@ record says a step should be running when nothing shows it is, each case counted
 ``batch_finalised``
     a batch whose every line is terminal gets its manifest, even when nobody waits for it.
 ``lost_message_suspected`` / ``lost_message``
-    ``queued`` jobs with no ``submit`` message. A job and its message are written by one script, so this
-    takes a Redis failure or a hand edit. Every run compares the counts (queued jobs vs. messages queued and
-    in flight), which can only show a shortfall. When it does and the backlog is small enough to read
-    (≤ ``LOST_SCAN_MAX_MESSAGES``), the submit lists and the unacked messages are scanned for job ids; a job
-    queued for ``reconcile_lost_min_age_s`` and missing from two scans in a row (a message in a worker's
-    hands is in the unacked hash, and two scans a run apart rule out one being moved between them) gets a
-    new message. A message in the unacked hash for longer than ``reconcile_submitting_stale_s`` is held by
-    a worker that died (it would come back only after the hour-long visibility timeout): it does not count.
-    Bigger backlogs are only reported: reading millions of messages every minute would cost more than the
-    rare loss it finds.
+    ``queued`` jobs with no ``submit`` message (a producer that died between its records and their
+    messages, a Redis failure, a hand edit). Every run compares the counts (queued jobs vs. messages queued
+    and in flight, :mod:`workers.broker_messages`); on a shortfall with a backlog small enough to read
+    (≤ ``LOST_SCAN_MAX_MESSAGES``) the messages are scanned for job ids, and a job queued for
+    ``reconcile_lost_min_age_s`` and missing from two scans in a row gets a new message. A message unacked
+    for longer than ``reconcile_submitting_stale_s`` belongs to a dead worker: it does not count. Bigger
+    backlogs are only reported: reading millions of messages every minute costs more than the rare loss.
 
 One run at a time (a Redis lock); each case looks at ``reconcile_limit`` jobs at most (oldest first); a
 case that fails is logged and counted (``reconcile:error``) and does not stop the others.
@@ -47,8 +44,6 @@ case that fails is logged and counted (``reconcile:error``) and does not stop th
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import uuid
 from collections import Counter
@@ -61,7 +56,6 @@ from config.celery import (
     PRIORITY_STEPS,
     SUBMIT_QUEUE,
     TASK_RECONCILE,
-    TASK_SUBMIT,
     TIME_LIMITS,
 )
 from core.clients import release_token_lock
@@ -71,6 +65,7 @@ from core.messages import submit_message
 from core.quota import HELD_PREFIX
 from workers.batch.locations import Files
 from workers.batch.store import BatchStore
+from workers.broker_messages import held_submits, queued_submits
 from workers.celery import app
 from workers.chains import rest_of_job
 from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
@@ -324,10 +319,8 @@ class Reconciler:
             self.rt.redis.delete(self.rt.keys.reconcile_suspects())
             return
         lists = [self.rt.keys.broker_queue(SUBMIT_QUEUE, step) for step in PRIORITY_STEPS]
-        # A message a worker took (acks late) stays in the unacked hash until that worker acks
-        # it, or until the visibility timeout (an hour) when the worker was killed. A submit runs, waits
-        # and re-publishes itself well within reconcile_submitting_stale_s, so an older delivery belongs
-        # to a dead worker: its job counts as having no message.
+        # A submit runs, waits and re-publishes itself well within reconcile_submitting_stale_s: a message
+        # delivered before that belongs to a dead worker, and its job counts as having no message.
         live_since = self._now() - self.settings.reconcile_submitting_stale_s
         with self.rt.redis.pipeline(transaction=False) as pipe:
             for key in lists:
@@ -335,7 +328,7 @@ class Reconciler:
             lengths = pipe.execute()
         # Only submit messages count: poll and store messages held by the same (dead or live) workers
         # would otherwise make up for a lost submit message, and it would never be suspected.
-        held = list(self._held_submits(live_since))
+        held = list(held_submits(self.rt.redis, self.rt.keys, live_since))
         messages = sum(int(n) for n in lengths) + len(held)
         if queued <= messages:
             self.rt.redis.delete(self.rt.keys.reconcile_suspects())
@@ -345,7 +338,7 @@ class Reconciler:
         if messages > LOST_SCAN_MAX_MESSAGES:
             log.warning("reconcile: backlog too big to scan for lost messages (%d)", messages)
             return
-        found = set(self._job_ids_in_lists(lists)) | set(held)
+        found = set(queued_submits(self.rt.redis, lists)) | set(held)
         missing = [
             job_id
             for job_id in self.rt.jobs.ids_in_state(
@@ -382,27 +375,6 @@ class Reconciler:
             yield ids
             start += len(ids)
 
-    def _job_ids_in_lists(self, lists: list[str]) -> Iterator[str]:
-        """The jobs of the submit messages waiting in ``lists``."""
-        for key in lists:
-            start = 0
-            while raw := cast("list[str]", self.rt.redis.lrange(key, start, start + _SCAN - 1)):
-                start += len(raw)
-                for payload in raw:
-                    if (job_id := _submit_job_id(json.loads(payload))) is not None:
-                        yield job_id
-
-    def _held_submits(self, live_since: float) -> Iterator[str]:
-        """The jobs of the submit messages live workers hold (delivered since ``live_since``)."""
-        index = self.rt.keys.broker_unacked_index()
-        live = set(cast("list[str]", self.rt.redis.zrangebyscore(index, live_since, "+inf")))
-        for tag, value in cast("dict[str, str]", self.rt.redis.hgetall(self.rt.keys.broker_unacked())).items():
-            if tag not in live:
-                continue  # held by a worker that died (see lost_messages)
-            message = json.loads(value)
-            if isinstance(message, list) and message and (job_id := _submit_job_id(message[0])) is not None:
-                yield job_id
-
     def _publish_submit(self, job: Job) -> None:
         message = submit_message(job, keys=self.rt.keys)
         self.rt.redis.lpush(message.queue_key, message.payload)
@@ -416,17 +388,6 @@ class Reconciler:
     def _now(self) -> float:
         seconds, micros = cast("tuple[int, int]", self.rt.redis.time())
         return seconds + micros / 1e6
-
-
-def _submit_job_id(message: Any) -> str | None:
-    """The job id a kombu/Celery submit message carries (None for other tasks or unreadable bodies)."""
-    try:
-        if message.get("headers", {}).get("task") != TASK_SUBMIT:
-            return None
-        body = json.loads(base64.b64decode(message["body"]))
-        return str(body[0][0])
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
-        return None
 
 
 # -- tasks ------------------------------------------------------------------------------------------------
