@@ -15,10 +15,10 @@ from rich.table import Table
 from config.settings import Settings
 from core.jobs import JobState
 from core.quota import QuotaLimiter
+from producers.exit_codes import EXIT_FAILED, EXIT_OK
 from workers.batch.reader import BAD_LINES_KEPT, PRIORITY_LEVELS, BatchSubmitter, SubmitResult
 from workers.batch.store import BatchStatus, wait_until_finished
 
-EXIT_OK, EXIT_FAILED = 0, 1
 #: Bad lines printed after a submit (all of them are in the manifest).
 BAD_LINES_SHOWN = 20
 LIVE_STATES = ("queued", "submitting", "generating", "downloading")

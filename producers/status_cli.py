@@ -23,10 +23,10 @@ from rich.text import Text
 from config.celery import PRIORITY_STEPS
 from config.settings import get_settings
 from core.jobs import JobState
+from producers.exit_codes import EXIT_FAILED, EXIT_OK
 from producers.status import Status, StatusReader
 from workers.logs import Redactor
 
-EXIT_OK, EXIT_FAILED = 0, 1
 DEFAULT_WATCH_S = 2.0
 #: In ``--watch``, credits (an upstream call per account) are refreshed at most this often.
 CREDITS_EVERY_S = 30.0

@@ -43,6 +43,7 @@ from devstack.services import LocalStack
 from producers import cli
 from producers.api import Producer
 from producers.callbacks import sign, token_hash
+from producers.exit_codes import EXIT_OK, EXIT_USAGE
 from tests.conftest import S3_TEST_CREDENTIALS, local_files, s3_client_for
 from workers.batch.reader import BAD_LINES_KEPT, BatchSubmitter
 from workers.storage import BadResult, ResultTooLarge, Storage, StorageError
@@ -312,7 +313,7 @@ def test_cli_exits_2_with_the_field_and_the_limit(
     stderr: str,
 ) -> None:
     with nothing_written(raw_redis):
-        assert run_cli(capsys, *argv) == (cli.EXIT_USAGE, stderr)
+        assert run_cli(capsys, *argv) == (EXIT_USAGE, stderr)
 
 
 def test_cli_argument_that_is_not_utf8_exits_2(redis_url: str, raw_redis: redis.Redis, tmp_path: Path):
@@ -327,7 +328,7 @@ def test_cli_argument_that_is_not_utf8_exits_2(redis_url: str, raw_redis: redis.
             capture_output=True,
             timeout=60,
         )
-    assert done.returncode == cli.EXIT_USAGE
+    assert done.returncode == EXIT_USAGE
     assert done.stderr == b"error: prompt: must be valid UTF-8 text (unpaired surrogate at character 6)\n"
 
 
@@ -395,7 +396,7 @@ def test_cli_batch_submit_prints_the_bad_lines(
     source = tmp_path / "cli.jsonl"
     source.write_bytes(b'{"prompt": "good"}\n{"prompt": \n')
     code, err = run_cli(capsys, "batch", "submit", str(source))
-    assert code == cli.EXIT_OK  # the good lines went through; --wait exits 1 when any line was bad
+    assert code == EXIT_OK  # the good lines went through; --wait exits 1 when any line was bad
     assert "2 lines read, 1 good, 1 bad, 1 new jobs" in err
     assert "line 2: invalid JSON: Expecting value" in err
 
@@ -808,7 +809,7 @@ def test_cli_without_redis_says_so_in_one_line_and_exits_2(
     monkeypatch.setenv("IMAGINEQ_REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
     get_settings.cache_clear()
     code, err = run_cli(capsys, *argv)
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert err.startswith(f"error: Redis at redis://127.0.0.1:{port}/0 (IMAGINEQ_REDIS_URL): ")
     assert err.count("\n") == 1 and "hunter2" not in err and "Traceback" not in err
 
@@ -825,7 +826,7 @@ def test_cli_with_bad_settings_exits_2_and_lists_the_field(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with nothing_written(raw_redis):
-        assert run_cli(capsys, "submit", "a cat") == (cli.EXIT_USAGE, stderr)
+        assert run_cli(capsys, "submit", "a cat") == (EXIT_USAGE, stderr)
 
 
 def test_a_worker_without_an_api_key_refuses_to_start(redis_url: str, tmp_path: Path):

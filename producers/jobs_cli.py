@@ -1,0 +1,313 @@
+"""``imagineq submit|job|jobs|resubmit|cancel|fetch|watch``: one job at a time, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from producers.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+
+def _job_table(job: Any) -> str:
+    data = job.to_dict()
+    rows = [
+        ("job", data.get("id")),
+        ("state", data.get("state")),
+        ("reason", data.get("reason")),
+        ("error", data.get("error")),
+        ("account", data.get("account")),
+        ("task", data.get("task_id")),
+        ("s3", data.get("s3_uri")),
+        ("size", data.get("size")),
+        ("sha256", data.get("sha256")),
+    ]
+    return "\n".join(f"{name:8} {value}" for name, value in rows if value not in (None, ""))
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from producers.api import Producer
+
+    producer = Producer()
+    job = producer.enqueue(
+        args.prompt,
+        aspect_ratio=args.aspect_ratio,
+        mode=args.mode,
+        idempotency_key=args.idempotency_key,
+        notify_url=args.notify_url,
+    )
+    # The id at once (on stderr with --json, which keeps stdout one JSON document).
+    print(f"job {job.id} {job.state.value}", file=sys.stderr if args.json else sys.stdout, flush=True)
+    if args.wait:
+        job = _follow(producer, job, timeout_s=args.timeout, out=sys.stderr if args.json else sys.stdout)
+    print(json.dumps(job.to_dict(), indent=2) if args.json else _job_table(job))
+    if args.wait and job.state.value != "stored":
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+#: The shortest job id prefix a command accepts.
+MIN_PREFIX = 8
+
+
+def find_job(producer: Any, text: str) -> Any:
+    """The job ``text`` names: its id, or a unique prefix of at least 8 characters; None (with the
+    reason printed) otherwise."""
+    job = producer.get(text)
+    if job is not None:
+        return job
+    if len(text) < MIN_PREFIX:
+        print(
+            f"error: job {text} not found (give the id, or a unique prefix of {MIN_PREFIX}+ characters)",
+            file=sys.stderr,
+        )
+        return None
+    matches = producer.jobs.ids_with_prefix(text.lower(), limit=3)
+    if len(matches) > 1:
+        shown = ", ".join(matches[:2]) + (", ..." if len(matches) > 2 else "")
+        print(f"error: {text} is the start of several jobs ({shown}); give more of the id", file=sys.stderr)
+        return None
+    job = producer.get(matches[0]) if matches else None
+    if job is None:
+        print(f"error: job {text} not found", file=sys.stderr)
+    return job
+
+
+def _follow(producer: Any, job: Any, *, timeout_s: float, out: Any) -> Any:
+    """Wait for ``job`` to end, printing a line at each state it moves to; TimeoutError past ``timeout_s``."""
+    started = time.monotonic()
+    state = job.state
+    while not job.state.terminal:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"job {job.id} is still {job.state.value} after {timeout_s:.0f}s")
+        time.sleep(0.25)
+        job = producer.get(job.id) or job
+        if job.state is not state:
+            state = job.state
+            print(f"{time.monotonic() - started:6.1f}s  {state.value}", file=out, flush=True)
+    return job
+
+
+def _cmd_job(args: argparse.Namespace) -> int:
+    from producers.api import Producer
+    from workers.notify.store import delivery_log
+
+    producer = Producer()
+    job = find_job(producer, args.job_id)
+    if job is None:
+        return EXIT_FAILED
+    deliveries = delivery_log(producer.redis, producer.keys, job.id)
+    if args.json:
+        print(json.dumps({**job.to_dict(), "deliveries": deliveries}, indent=2))
+        return EXIT_OK
+    print(_job_table(job))
+    for entry in deliveries:
+        outcome = entry.get("status") or entry.get("error")
+        print(
+            f"{'webhook':8} {entry.get('event')} → {entry.get('url')} attempt {entry.get('attempt')}: "
+            f"{outcome} ({entry.get('latency_ms')} ms){' ' + entry['error'] if entry.get('error') else ''}"
+        )
+    return EXIT_OK
+
+
+def _cmd_resubmit(args: argparse.Namespace) -> int:
+    from producers.api import Producer
+
+    producer = Producer()
+    job = find_job(producer, args.job_id)
+    if job is None:
+        return EXIT_FAILED
+    try:
+        producer.resubmit(job)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"job {job.id} queued again (was failed: {job.reason})")
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from producers.api import NotCancelable, Producer
+
+    producer = Producer()
+    job = find_job(producer, args.job_id)
+    if job is None:
+        return EXIT_FAILED
+    try:
+        producer.cancel(job.id, by="from the command line")
+    except NotCancelable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"job {job.id} canceled")
+    return EXIT_OK
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from core.jobs import JobState
+    from producers.api import Producer
+
+    producer = Producer()
+    states = [JobState(args.state)] if args.state else list(JobState)
+    # Newest first in each state; with --batch, read at most ten times the limit per state.
+    read = args.limit * (10 if args.batch else 1)
+    rows = [row for state in states for row in producer.jobs.newest_in_state(state, read)]
+    rows.sort(key=lambda row: row[1], reverse=True)
+    jobs = [job for job in producer.jobs.get_many([job_id for job_id, _ in rows]) if job is not None]
+    if args.batch:
+        jobs = [job for job in jobs if job.batch_id == args.batch]
+    jobs = jobs[: args.limit]
+    if args.json:
+        print(json.dumps([job.to_dict() for job in jobs], indent=2))
+        return EXIT_OK
+    table = Table("job", "state", "age", "took", "account", "prompt")
+    now = time.time()
+    for job in jobs:
+        took = job.updated_at - job.created_at if job.state.terminal else None
+        table.add_row(
+            job.id,
+            job.state.value,
+            _duration(now - job.created_at),
+            "" if took is None else _duration(took),
+            job.account or "",
+            job.prompt if len(job.prompt) <= 48 else job.prompt[:47] + "…",
+        )
+    # Not on a terminal (a pipe, a file): wide enough that no id is cut short.
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
+    return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from producers.api import Producer
+
+    producer = Producer()
+    job = find_job(producer, args.job_id)
+    if job is None:
+        return EXIT_FAILED
+    target = Path(args.path or f"{job.id}.mp4")
+    if target.is_dir():
+        target = target / f"{job.id}.mp4"
+    try:
+        digest = producer.download(job, target)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{target} ({target.stat().st_size:,} bytes, sha256 {digest[:12]}…)")
+    return EXIT_OK
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    """Print the events stream: a line (or a JSON object) per job that ends and per batch done."""
+    from typing import cast
+
+    from core.events import Event, valid_event_id
+    from producers.api import Producer
+
+    if args.after is not None and not valid_event_id(args.after):
+        print("error: --after must be an event id such as 1733000000000-0", file=sys.stderr)
+        return EXIT_USAGE
+    producer = Producer()
+    key = producer.keys.events()
+    cursor = args.after
+    if cursor is None:
+        newest = cast("list[tuple[str, dict[str, str]]]", producer.redis.xrevrange(key, count=1))
+        cursor = newest[0][0] if newest else "0-0"
+    shown = 0
+    try:
+        while args.count is None or shown < args.count:
+            reply = cast("list[Any]", producer.redis.xread({key: cursor}, count=200, block=5000) or [])
+            for _, entries in reply:
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    event = Event.of(entry_id, fields)
+                    if not event.matches(batch=args.batch, job=args.job, owner=None):
+                        continue
+                    print(_event_line(producer, event, as_json=args.json), flush=True)
+                    shown += 1
+                    if args.count is not None and shown >= args.count:
+                        return EXIT_OK
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _event_line(producer: Any, event: Any, *, as_json: bool) -> str:
+    job = producer.get(event.job_id) if event.job_id else None
+    if as_json:
+        data = event.to_dict()
+        if job is not None:
+            data["job"] = job.public_dict()
+        return json.dumps(data, ensure_ascii=False)
+    when = time.strftime("%H:%M:%S", time.gmtime(event.at))
+    if event.job_id is None:
+        return f"{when}  {event.type:16} batch {event.batch_id}"
+    if job is None:
+        detail = ""
+    elif job.reason:
+        detail = f"{job.reason}: {job.error}"
+    else:
+        detail = job.s3_uri or ""
+    batch = f"  batch {event.batch_id}" if event.batch_id else ""
+    return f"{when}  {event.type:16} job {event.job_id}{batch}  {detail}".rstrip()
+
+
+def register(commands: Any) -> None:
+    from core.jobs import JobState as JobStateNames
+
+    submit = commands.add_parser("submit", help="enqueue one prompt")
+    submit.add_argument("prompt")
+    submit.add_argument("--aspect-ratio", default="2:3", help="2:3 (default), 3:2 or 1:1")
+    submit.add_argument("--mode", default="normal", help="fun, normal (default) or spicy")
+    submit.add_argument("--idempotency-key", default=None, help="the same key returns the same job")
+    submit.add_argument("--notify-url", default=None, help="POST the job's end there (signed webhook)")
+    submit.add_argument("--wait", action="store_true", help="wait until the job is terminal")
+    submit.add_argument("--timeout", type=float, default=1200.0, help="seconds to --wait (default 1200)")
+    submit.add_argument("--json", action="store_true", help="print the job record as JSON")
+    submit.set_defaults(handler=_cmd_submit)
+
+    job = commands.add_parser("job", help="show one job")
+    job.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
+    job.add_argument("--json", action="store_true")
+    job.set_defaults(handler=_cmd_job)
+
+    resubmit = commands.add_parser("resubmit", help="queue a failed job again (e.g. outcome_unknown)")
+    resubmit.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
+    resubmit.set_defaults(handler=_cmd_resubmit)
+
+    cancel = commands.add_parser("cancel", help="cancel a job that has not been submitted yet")
+    cancel.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
+    cancel.set_defaults(handler=_cmd_cancel)
+
+    jobs = commands.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--state", choices=[state.value for state in JobStateNames], help="only jobs in this state")
+    jobs.add_argument("--batch", default=None, help="only jobs of this batch")
+    jobs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(handler=_cmd_jobs)
+
+    fetch = commands.add_parser("fetch", help="download a stored job's video")
+    fetch.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
+    fetch.add_argument("path", nargs="?", default=None, help="file or folder to write (default ./JOB_ID.mp4)")
+    fetch.set_defaults(handler=_cmd_fetch)
+
+    watch = commands.add_parser("watch", help="print events as jobs end and batches finish (Ctrl-C stops)")
+    watch.add_argument("--batch", default=None, help="only this batch's events")
+    watch.add_argument("--job", default=None, help="only this job's events (its full id)")
+    watch.add_argument("--after", default=None, help="start after this event id (default: from now on)")
+    watch.add_argument("--count", type=int, default=None, help="stop after this many events")
+    watch.add_argument("--json", action="store_true", help="one JSON object per event")
+    watch.set_defaults(handler=_cmd_watch)
