@@ -9,7 +9,8 @@ import sys
 from aiohttp import web
 
 from simulator.app import build_app
-from simulator.options import SimOptions, parse_args
+from simulator.arguments import parse_args
+from simulator.options import SimOptions
 from simulator.state import SimState
 
 READY_PREFIX = "simulator listening on "

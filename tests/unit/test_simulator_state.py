@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from simulator.arguments import parse_args
 from simulator.errors import ApiError
 from simulator.faults import Faults, parse_force_status
 from simulator.files import CHUNK_BYTES, FTYP_BOX, UrlSigner, expected_sha256, iter_chunks
-from simulator.options import SimOptions, apply_overrides, parse_args
+from simulator.options import SimOptions, apply_overrides
 from simulator.quota import InProgressSet, SlidingWindowLog
 from simulator.state import Account, SimState, key_id
 from simulator.tasks import Task, TaskState

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from config.settings import DEFAULT_KEY_TEMPLATE
+from config.storage import DEFAULT_KEY_TEMPLATE
 from core.errors import ImagineQError
 from workers.storage import (
     BadResult,
