@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser redis-tls demo test lint unit integration bench chaos run clean lock
+.PHONY: install browser redis-tls demo test lint unit integration bench chaos run clean lock docs
 
 PIP_VERSION := 26.3
 
@@ -77,6 +77,12 @@ run: install
 
 chaos: install
 	$(BIN)/python -m pytest -q -m chaos tests
+
+# The documentation site, built offline into var/site/ (--strict: a broken link or anchor fails it). The
+# configuration page is written from the settings models first.
+docs: install
+	$(BIN)/python -m devstack.reference docs/configuration.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

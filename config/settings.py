@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     """After an unknown createTask outcome the job's slot stays taken this long (the task may run)."""
     worker_max_memory_per_child_mb: int = Field(default=512, ge=64)
     """A worker pool process is replaced after its current task once its RSS passes this (MiB): a bound on slow
-    growth in long-lived processes (see the README's operations notes).
+    growth in long-lived processes (see the operating notes in the docs).
     """
     worker_max_tasks_per_child: int = Field(default=10_000, ge=1)
     """...and after this many tasks, whatever its size."""

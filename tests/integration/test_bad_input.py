@@ -4,7 +4,7 @@ One row per input, checked on the surface the user meets it on — the Python AP
 naming the field and the limit), the CLI (exit code + stderr), the HTTP ingress (4xx body), a batch
 (the report of bad lines), the job record (a failed job's ``reason`` and ``error``) — and, for every
 row, that nothing was written: Redis job keys and queue lists, the batch's jobs and S3 objects are as
-before. README.md's "Reliability" section renders this table.
+before. docs/reliability.md renders this table.
 
 Real servers throughout: a private Redis, a SeaweedFS S3 server, the web process under uvicorn, a tiny local
 HTTP server standing in for a misbehaving result URL or upstream.
