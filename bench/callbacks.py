@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: b
 
 from core.jobs import JobState
 from devstack import services
+from devstack.deployment import settings_from
 from producers.api import Producer
-from tests.integration.deployment import settings_from
 from workers.storage import Storage
 
 HMAC_KEY = "bench-hmac-key"

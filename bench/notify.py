@@ -36,7 +36,7 @@ from standardwebhooks.webhooks import Webhook
 
 from bench.pipeline import SIMULATOR_ARGS, UNLIMITED
 from core.jobs import JobState
-from tests.integration.deployment import deployment
+from devstack.deployment import deployment
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: b
 
 from core.jobs import JobState
 from devstack import services
-from tests.integration.deployment import deployment, settings_from
+from devstack.deployment import deployment, settings_from
 
 #: Instant generation, 1 KB videos, no simulated quota: the same for the pipeline and the I/O floor.
 SIMULATOR_ARGS = (

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the test deployment
 
-from tests.integration.deployment import Deployment, deployment
+from devstack.deployment import Deployment, deployment
 
 IN_PROGRESS = 30
 PER_WINDOW = 300

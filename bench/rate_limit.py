@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: b
 from bench.rate_limit_app import STARTS_KEY
 from config.celery import celery_config
 from devstack import services
-from tests.integration.deployment import settings_from
+from devstack.deployment import settings_from
 
 
 @dataclass

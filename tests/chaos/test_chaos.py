@@ -1,6 +1,6 @@
 """The chaos bench's scenarios as tests (``make chaos``; excluded from ``make test``).
 
-One stack of real processes for the module (bench/chaos.py: AOF Redis, SeaweedFS S3, simulator, web, two
+One stack of real processes for the module (devstack/chaos.py: AOF Redis, SeaweedFS S3, simulator, web, two
 workers per queue, a fast reconcile loop); each test runs one scenario on a smaller stream of jobs and
 holds it to the bench's goals: nothing lost, no violation (every failure has a reason, stored bytes are
 the upstream's, the in-progress cap held, terminal jobs stay put), no duplicate upstream creation and no
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.chaos import (
+from devstack.chaos import (
     HA_CREATIONS_PER_HOUR,
     HA_SCENARIOS,
     ChaosStack,

@@ -13,7 +13,7 @@ import pytest
 
 from config.celery import PRIORITY_BATCH
 from core.jobs import JobState
-from tests.integration.deployment import Deployment, deployment, must, wait_until
+from devstack.deployment import Deployment, deployment, must, wait_until
 from workers.batch.reader import BatchSubmitter
 from workers.batch.store import wait_until_finished
 from workers.reconcile import Reconciler

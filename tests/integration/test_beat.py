@@ -15,9 +15,10 @@ from config.celery import broker_prefix
 from config.settings import Settings, load_settings
 from core.jobs import JobState
 from devstack import services
+from devstack.deployment import deployment, wait_until
+from devstack.imagineq import start_beat
 from devstack.services import LocalStack, Service
 from tests.conftest import S3_TEST_CREDENTIALS, s3_client_for
-from tests.integration.deployment import deployment, start_beat, wait_until
 from workers.batch.inbox import run_inbox
 from workers.batch.reader import BatchSubmitter
 

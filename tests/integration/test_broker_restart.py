@@ -12,8 +12,8 @@ from pathlib import Path
 
 from core.jobs import JobState
 from devstack import services
+from devstack.deployment import FAST_POLL, Deployment, wait_until
 from devstack.services import LocalStack
-from tests.integration.deployment import FAST_POLL, Deployment, wait_until
 from workers.storage import Storage
 
 RESTARTS = 3

@@ -18,8 +18,8 @@ from playwright.sync_api import Browser, expect
 from config.celery import QUEUE_SEP, broker_prefix
 from core.jobs import Priority
 from devstack import services
+from devstack.deployment import Deployment, deployment, wait_until
 from tests.integration import browser
-from tests.integration.deployment import Deployment, deployment, wait_until
 
 pytestmark = pytest.mark.integration
 

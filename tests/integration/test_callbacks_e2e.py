@@ -20,8 +20,8 @@ import requests
 
 from core.jobs import JobState
 from devstack import services
+from devstack.deployment import Deployment, deployment, must, wait_until
 from producers.callbacks import sign
-from tests.integration.deployment import Deployment, deployment, must, wait_until
 
 pytestmark = pytest.mark.integration
 

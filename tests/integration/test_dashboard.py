@@ -18,8 +18,8 @@ from playwright.sync_api import Browser, Page, expect
 
 from core.jobs import JobState
 from devstack import services
+from devstack.deployment import Deployment, deployment, must, wait_until
 from tests.integration import browser
-from tests.integration.deployment import Deployment, deployment, must, wait_until
 
 pytestmark = pytest.mark.integration
 

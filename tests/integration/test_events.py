@@ -15,7 +15,7 @@ import requests
 
 from core.jobs import JobState
 from devstack import services
-from tests.integration.deployment import Deployment, deployment, must, wait_until
+from devstack.deployment import Deployment, deployment, must, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,9 @@ from core.jobstore import JobStore
 from core.keys import Keys
 from core.quota import QuotaLimiter
 from devstack import services
+from devstack.deployment import must
 from devstack.services import LocalStack, Service
 from producers.callbacks import sign, token_hash
-from tests.integration.deployment import must
 
 pytestmark = pytest.mark.integration
 

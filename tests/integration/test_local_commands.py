@@ -17,7 +17,7 @@ import av
 import pytest
 import requests
 
-from tests.integration.deployment import wait_until
+from devstack.deployment import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -23,7 +23,7 @@ import requests
 
 from core.jobs import JobState
 from devstack import services
-from tests.integration.deployment import deployment, wait_until
+from devstack.deployment import deployment, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def test_no_secret_in_logs_messages_records_flower_or_status(tmp_path: Path) -> 
             dep.env,
         )
         web.url = f"http://127.0.0.1:{web_port}"
-        wait_until(lambda: services._http_ok(f"{web.url}/healthz"), 30, "web")
+        wait_until(lambda: services.http_ok(f"{web.url}/healthz"), 30, "web")
         flower = dep.start_flower(flower_port, FLOWER_USER, FLOWER_PASSWORD)
 
         # When: jobs come in through the Python API and the HTTP ingress, and run to the end.

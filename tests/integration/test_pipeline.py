@@ -18,7 +18,7 @@ import av
 import pytest
 
 from core.jobs import JobRequest, JobState
-from tests.integration.deployment import Deployment, deployment, must, wait_until
+from devstack.deployment import Deployment, deployment, must, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from core.jobs import JobState
-from tests.integration.deployment import Deployment, deployment, wait_until
+from devstack.deployment import Deployment, deployment, wait_until
 from workers.reconcile import Reconciler
 from workers.runtime import Runtime
 

@@ -11,7 +11,7 @@ import pytest
 
 from core.jobs import JobState
 from core.quota import QuotaLimiter
-from tests.integration.deployment import deployment, wait_until
+from devstack.deployment import deployment, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import pytest
 from core.jobs import Job, JobRequest, JobState
 from core.keys import Keys
 from core.messages import submit_message
-from tests.integration.deployment import Deployment, deployment, must, wait_until
+from devstack.deployment import Deployment, deployment, must, wait_until
 from workers.reconcile import Reconciler
 from workers.runtime import Runtime
 from workers.upstream import TaskState

@@ -21,7 +21,8 @@ from cryptography.x509.oid import NameOID
 
 from core.jobs import JobState
 from devstack import services
-from tests.integration.deployment import deployment, start_beat, wait_until
+from devstack.deployment import deployment, wait_until
+from devstack.imagineq import start_beat
 
 pytestmark = pytest.mark.integration
 PASSWORD = "tls-redis-" + "9f3c1e7a5b2d4c6e"

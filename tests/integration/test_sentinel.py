@@ -20,8 +20,9 @@ from config.settings import load_settings
 from core.clients import Clients
 from core.jobs import JobRequest, JobState
 from devstack import services
+from devstack.deployment import Deployment, deployment, wait_until
+from devstack.imagineq import start_beat
 from devstack.services import ReplicatedRedis
-from tests.integration.deployment import Deployment, deployment, start_beat, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 MASTER = "imagineq-test"

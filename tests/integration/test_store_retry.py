@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from core.jobs import JobState
-from tests.integration.deployment import Deployment, deployment, must, wait_until
+from devstack.deployment import Deployment, deployment, must, wait_until
 from workers.reconcile import Reconciler
 from workers.runtime import Runtime
 

@@ -27,8 +27,8 @@ from core.jobs import JobRequest, JobState
 from core.jobstore import JobStore
 from core.keys import Keys
 from devstack import services
+from devstack.deployment import must, wait_until
 from devstack.services import LocalStack, Service
-from tests.integration.deployment import must, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ import requests
 
 from core.jobs import JobRequest
 from devstack import services
-from tests.integration.deployment import Deployment, deployment, wait_until
+from devstack.deployment import Deployment, deployment, wait_until
 from tests.integration.test_webhooks import Receiver, new_secret
 from workers.notify.store import delivery_log
 from workers.notify.targets import derived_secret

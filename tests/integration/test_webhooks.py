@@ -27,7 +27,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from core.jobs import JobState
 from devstack import services
-from tests.integration.deployment import Deployment, deployment, must, wait_until
+from devstack.deployment import Deployment, deployment, must, wait_until
 from workers.notify.store import delivery_log
 from workers.notify.targets import derived_secret
 

@@ -1,4 +1,6 @@
-"""A whole deployment on private local services: Redis, S3 server, simulator, real Celery workers."""
+"""A whole deployment on private local services — Redis, an S3 server, the simulator, real Celery workers —
+for the tests and the benches, with what they do to it (start workers and Flower, drive the simulator,
+run the CLI, wait for jobs)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from typing import Any, TypeVar
 import boto3
 import requests
 
-from config.schedule import SCHEDULER
 from config.settings import Settings, load_settings
 from core.jobs import Job
 from devstack import services
@@ -54,19 +55,7 @@ class Deployment:
     def start_flower(self, port: int, user: str, password: str) -> Service:
         """The Procfile's flower command on ``port``, its login in its environment as in production;
         ready once it has seen every running worker (so it receives their task events from then on)."""
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-            "--persistent=True",
-            f"--db={self.stack.log_dir / f'flower-{port}.db'}",
-            "--max_tasks=10000",
-        ]
+        argv = services.flower_argv(port, str(self.stack.log_dir / f"flower-{port}.db"))
         service = self.stack.spawn(f"flower-{port}", argv, {**self.env, "FLOWER_BASIC_AUTH": f"{user}:{password}"})
         service.url = f"http://127.0.0.1:{port}"
         workers = [w for group in self.workers.values() for w in group if w.alive()]
@@ -132,12 +121,6 @@ def settings_from(env: Mapping[str, str]) -> Settings:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def start_beat(stack: LocalStack, env: Mapping[str, str], name: str = "beat") -> Service:
-    """The Procfile's beat command (its schedule and lock in Redis) with ``env``, on ``stack``."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S", SCHEDULER, "-l", "INFO"]
-    return stack.spawn(name, argv, env)
 
 
 @contextmanager
