@@ -38,7 +38,7 @@ with the code that raises it; the module is named where it is not this one).
     ├── BatchBusy (workers.batch.store)          another process is reading this batch
     ├── LocationError (workers.batch.locations)  a batch file or folder cannot be read, written or moved
     ├── NotCancelable (producers.api)            the job is past queued
-    └── CallbackRejected (producers.callbacks)   an upstream callback refused; its outcome says the status
+    └── CallbackRejected (producers.web.callbacks)   an upstream callback refused; its outcome says the status
 
 Tasks decide from the class alone: ``retryable`` is true exactly for ``RetryableError`` (and the
 retryable storage errors), and ``cools_down_account`` for the two that hold every submitter of the

@@ -54,7 +54,7 @@ from core.jobs import Job, JobState
 from devstack import services
 from devstack.deployment import Deployment
 from devstack.services import LocalStack
-from producers.callbacks import sign
+from producers.web.callbacks import sign
 
 HMAC_KEY = "chaos-hmac-key"
 BUCKET = "imagineq-chaos"

@@ -1,6 +1,6 @@
 """The ``web`` process: HTTP ingress for jobs, the upstream's callbacks, ``/metrics`` and ``/healthz``.
 
-Served by ``uvicorn producers.http:app``; :func:`producers.web.app.create_app` builds the app from a
+Served by ``uvicorn producers.http:app``; :func:`producers.app.create_app` builds the app from a
 ``Settings`` (tests and benchmarks start it as a real uvicorn process). Handlers that touch Redis are
 plain ``def``s, so FastAPI runs them in its thread pool and the event loop never blocks.
 
@@ -27,7 +27,7 @@ plain ``def``s, so FastAPI runs them in its thread pool and the event loop never
 from __future__ import annotations
 
 from config.settings import get_settings
-from producers.web.app import create_app
+from producers.app import create_app
 from workers.logs import UVICORN_LOGGERS, configure_logging
 
 __all__ = ["app", "create_app"]

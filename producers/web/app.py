@@ -25,7 +25,9 @@ from producers.web.ops_routes import router as ops_router
 log = logging.getLogger("imagineq.http")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_api(settings: Settings | None = None) -> FastAPI:
+    """The HTTP API (jobs, events, callbacks, operations, docs) without the dashboard, which
+    :func:`producers.app.create_app` adds on top."""
     settings = settings or get_settings()
     web = Web(settings)
     if not settings.principals():
@@ -54,10 +56,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.add_event_handler("shutdown", web.close)
     if settings.docs_enabled:
         add_docs(app)
-    if settings.dashboard.enabled:
-        from producers.dashboard.routes import add_dashboard
-
-        add_dashboard(app, web)
     return app
 
 

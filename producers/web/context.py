@@ -17,8 +17,8 @@ from core.clients import Clients
 from core.jobs import Job
 from core.quota import QuotaLimiter
 from producers.api import Producer
-from producers.callbacks import CallbackReceiver
-from producers.metrics import RedisCollector, build_registry
+from producers.web.callbacks import CallbackReceiver
+from producers.web.metrics import RedisCollector, build_registry
 from producers.web.principals import EnqueueLimits, TokenTable, principal_table
 from producers.web.throttle import AuthThrottle
 from workers.chains import rest_of_job
@@ -81,7 +81,7 @@ class Web:
 
 
 def web_of(request: Request) -> Web:
-    """The app's :class:`Web` (set by ``create_app``)."""
+    """The app's :class:`Web` (set by ``create_api``)."""
     web: Web = request.app.state.web
     return web
 

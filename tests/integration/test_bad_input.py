@@ -42,8 +42,8 @@ from devstack import services
 from devstack.services import LocalStack
 from producers import cli
 from producers.api import Producer
-from producers.callbacks import sign, token_hash
 from producers.exit_codes import EXIT_OK, EXIT_USAGE
+from producers.web.callbacks import sign, token_hash
 from tests.conftest import S3_TEST_CREDENTIALS, local_files, s3_client_for
 from workers.batch.reader import BAD_LINES_KEPT, BatchSubmitter
 from workers.storage import BadResult, ResultTooLarge, Storage, StorageError

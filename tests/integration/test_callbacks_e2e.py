@@ -21,7 +21,7 @@ import requests
 from core.jobs import JobState
 from devstack import services
 from devstack.deployment import Deployment, deployment, must, wait_until
-from producers.callbacks import sign
+from producers.web.callbacks import sign
 
 pytestmark = pytest.mark.integration
 

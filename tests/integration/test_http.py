@@ -28,7 +28,7 @@ from core.quota import QuotaLimiter
 from devstack import services
 from devstack.deployment import must
 from devstack.services import LocalStack, Service
-from producers.callbacks import sign, token_hash
+from producers.web.callbacks import sign, token_hash
 
 pytestmark = pytest.mark.integration
 

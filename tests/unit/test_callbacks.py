@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from producers.callbacks import (
+from producers.web.callbacks import (
     MAX_FUTURE_SKEW_S,
     CallbackRejected,
     Outcome,
