@@ -5,7 +5,7 @@ import json
 import pytest
 
 from config import ConfigError, load_settings
-from config.celery import celery_config
+from config.celery import TIME_LIMITS, celery_config
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +90,15 @@ def test_duplicate_account_names_are_refused(monkeypatch):
 def test_visibility_timeout_must_outlast_every_task():
     with pytest.raises(ValueError, match="visibility_timeout_s"):
         celery_config(load_settings(visibility_timeout_s=600))
+    # The store (3,000 s) fits under 3,100 s, but the nightly inbox (3,400 s) does not: every task counts.
+    with pytest.raises(ValueError, match="imagineq.batch_inbox: 3400 s"):
+        celery_config(load_settings(visibility_timeout_s=3100))
+    from workers.celery import app
+
+    app.loader.import_default_modules()  # the task modules (app.conf.imports), as a worker loads them
+    assert {name: (limit.soft_s, limit.hard_s) for name, limit in TIME_LIMITS.items()} == {
+        name: (app.tasks[name].soft_time_limit, app.tasks[name].time_limit) for name in TIME_LIMITS
+    }, "every task takes its limits from config.celery.TIME_LIMITS"
     config = celery_config(load_settings())
     assert config["broker_transport_options"]["visibility_timeout"] == 3600
     assert config["worker_prefetch_multiplier"] == 1
