@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
 
 from devstack.processes import Service, ServiceError, await_ready, find_binary, free_port, spawn, wait_until
-
-if TYPE_CHECKING:
-    from devstack.stack import LocalStack
 
 
 def redis_server_binary() -> str:
@@ -217,7 +215,8 @@ def _port_of(url: str) -> int:
 
 
 def start_replicated_redis(
-    stack: LocalStack,
+    log_dir: Path,
+    register: Callable[[Service], Service],
     *,
     master: str = "imagineq",
     replicas: int = 2,
@@ -227,18 +226,18 @@ def start_replicated_redis(
     password: str | None = None,
     sentinel_password: str | None = None,
 ) -> ReplicatedRedis:
-    """A :class:`ReplicatedRedis` on ``stack`` (its primary on ``port`` if given), ready once every
-    replica is connected to the primary and known to the Sentinels. ``password`` is the data nodes',
-    ``sentinel_password`` the Sentinels'."""
-    log_dir = stack.log_dir
-    primary = stack.add(start_redis(log_dir, port=port, appendonly=appendonly, password=password))
+    """A :class:`ReplicatedRedis` with its files under ``log_dir``, each of its servers passed to
+    ``register`` as it starts (a stack's ``add``: stopped with the stack), its primary on ``port`` if given;
+    ready once every replica is connected to the primary and known to the Sentinels. ``password`` is the
+    data nodes', ``sentinel_password`` the Sentinels'."""
+    primary = register(start_redis(log_dir, port=port, appendonly=appendonly, password=password))
     primary_port = _port_of(primary.url)
     copies = [
-        stack.add(start_redis(log_dir, replica_of=f"127.0.0.1 {primary_port}", password=password))
+        register(start_redis(log_dir, replica_of=f"127.0.0.1 {primary_port}", password=password))
         for _ in range(replicas)
     ]
     watchers = [
-        stack.add(
+        register(
             start_sentinel(
                 log_dir, master=master, master_port=primary_port, master_password=password, password=sentinel_password
             )

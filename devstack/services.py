@@ -35,11 +35,10 @@ from devstack.redis_servers import (
     redis_reachable,
     redis_server_binary,
     start_redis,
-    start_replicated_redis,
     start_sentinel,
 )
 from devstack.s3_servers import S3Credentials, s3_credentials, s3_ports, start_moto_s3, start_s3, weed_binary
-from devstack.stack import LocalStack, start_simulator
+from devstack.stack import LocalStack, start_replicated_redis, start_simulator
 
 __all__ = [
     "REPO_ROOT",

@@ -7,9 +7,11 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from devstack.processes import Service, ServiceError, first_line_url, spawn
-from devstack.redis_servers import redis_reachable, start_redis
+from devstack.redis_servers import ReplicatedRedis, redis_reachable, start_redis
+from devstack.redis_servers import start_replicated_redis as replicated_redis
 from devstack.s3_servers import start_moto_s3, start_s3
 
 
@@ -55,3 +57,8 @@ class LocalStack(contextlib.ExitStack):
 
     def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Service:
         return self.add(spawn(name, argv, log_dir=self.log_dir, env=env))
+
+
+def start_replicated_redis(stack: LocalStack, **options: Any) -> ReplicatedRedis:
+    """A primary, replicas and Sentinels on ``stack`` (see :func:`devstack.redis_servers.start_replicated_redis`)."""
+    return replicated_redis(stack.log_dir, stack.add, **options)

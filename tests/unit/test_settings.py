@@ -91,7 +91,7 @@ def test_visibility_timeout_must_outlast_every_task():
     with pytest.raises(ValueError, match="visibility_timeout_s"):
         celery_config(load_settings(visibility_timeout_s=600))
     # The store (3,000 s) fits under 3,100 s, but the nightly inbox (3,400 s) does not: every task counts.
-    with pytest.raises(ValueError, match="imagineq.batch_inbox: 3400 s"):
+    with pytest.raises(ValueError, match=r"imagineq\.batch_inbox: 3400 s"):
         celery_config(load_settings(visibility_timeout_s=3100))
     from workers.celery import app
 
