@@ -203,8 +203,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": False,  # one more publish per message; Flower shows received/started
         "worker_hijack_root_logger": False,
-        # Celery's consumer, with a rate_limit that delivers its configured rate (workers/consumer.py).
-        "worker_consumer": "workers.consumer:Consumer",
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_enable_remote_control": True,
         "timezone": "UTC",

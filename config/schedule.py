@@ -19,7 +19,6 @@ from config.settings import Settings, sentinel_nodes
 
 RECONCILE_ENTRY: Final = "imagineq-reconcile"
 NIGHTLY_ENTRY: Final = "imagineq-nightly-inbox"
-SCHEDULER: Final = "workers.beat:Scheduler"
 #: redbeat's own Redis client: notice a dead Redis instead of hanging; retry a lost connection for 60 s.
 REDIS_OPTIONS: Final = {**REDIS_SOCKET_OPTIONS, "retry_period": 60}
 
@@ -82,7 +81,6 @@ def beat_config(settings: Settings) -> dict[str, Any]:
     prefix = redbeat_key_prefix(settings.redis_prefix)
     lock_timeout = settings.beat_lock_timeout_s
     return {
-        "beat_scheduler": SCHEDULER,
         "beat_schedule": beat_schedule(settings),
         # The lock is renewed every loop: loop well inside its timeout.
         "beat_max_loop_interval": max(1.0, lock_timeout / 5),

@@ -41,11 +41,6 @@ def _cmd_simulator(rest: Sequence[str]) -> int:
     return subprocess.call([sys.executable, "-m", "simulator", *rest])
 
 
-def _cmd_demo(_: argparse.Namespace) -> int:
-    # The demo lives with the local development services (a checkout, not the installed package).
-    return subprocess.call([sys.executable, "-m", "devstack.demo"])
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagineq", description="Text prompts to stored Grok Imagine videos.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,8 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     secret.set_defaults(handler=_cmd_notify_secret)
 
     commands.add_parser("simulator", help="run the Apikley simulator (see `imagineq simulator --help`)", add_help=False)
-    demo = commands.add_parser("demo", help="run the end-to-end demo on private local services")
-    demo.set_defaults(handler=_cmd_demo)
 
     # Command groups that live in their own modules register themselves here.
     for module_name in EXTENSIONS:

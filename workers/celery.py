@@ -21,6 +21,10 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.update(beat_config(settings))
     app.conf.imports = ("workers.tasks", "workers.reconcile", "workers.batch.nightly")
+    # The parts of Celery replaced here, named as Celery loads them (config, below, names none of ours):
+    # a consumer whose rate_limit delivers its configured rate, and a beat that rides out a lost Redis.
+    app.conf.worker_consumer = "workers.consumer:Consumer"
+    app.conf.beat_scheduler = "workers.beat:Scheduler"
     from workers.notify.dispatch import DispatchStep
 
     app.steps["worker"].add(DispatchStep)  # active only in workers that consume the notify queue

@@ -8,6 +8,7 @@ Every import in every module counts, lazy ones inside functions included, read f
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,13 @@ ALLOWED: dict[str, frozenset[str]] = {
 OURS = frozenset(ALLOWED)
 
 
+#: A module or object named in a string, as Celery, uvicorn and importlib take them ("workers.beat:Scheduler").
+_DOTTED = re.compile(r"^([a-z_]+)(\.[a-z_][a-z0-9_]*)+(:[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
 def imported_packages(path: Path) -> list[tuple[int, str]]:
-    """(line, top-level package) of every import of ours in ``path``; relative imports stay inside."""
+    """(line, top-level package) of every import of ours in ``path`` — and of every module of ours named
+    in a string, which something will import; relative imports stay inside."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
@@ -38,6 +44,8 @@ def imported_packages(path: Path) -> list[tuple[int, str]]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [node.module]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _DOTTED.match(node.value):
+            names = [node.value]
         else:
             continue
         found += [(node.lineno, name.split(".")[0]) for name in names if name.split(".")[0] in OURS]
@@ -66,5 +74,8 @@ def test_every_package_is_covered() -> None:
 
 def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from producers.api import Producer\n    import devstack.services\n")
-    assert imported_packages(module) == [(2, "producers"), (3, "devstack")]
+    module.write_text(
+        "def f():\n    from producers.api import Producer\n    import devstack.services\n"
+        'CONSUMER = "workers.consumer:Consumer"\n'
+    )
+    assert sorted(imported_packages(module)) == [(2, "producers"), (3, "devstack"), (4, "workers")]
