@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -10,10 +11,11 @@ from typing import Any
 from aiohttp import web
 
 from simulator.callbacks import CallbackSender
-from simulator.clips import ClipCache
+from simulator.clips import ClipCache, ClipKind, ImageKind
 from simulator.errors import REASONS, ApiError
-from simulator.files import CHUNK_BYTES, expected_sha256, iter_chunks
-from simulator.state import Account, SimState
+from simulator.files import CHUNK_BYTES, FILE_PATH_RE, expected_sha256, iter_chunks
+from simulator.state import UPLOAD_MAX_BYTES, Account, SimState
+from simulator.tasks import Task
 
 STATE: web.AppKey[SimState] = web.AppKey("state", SimState)
 CALLBACKS: web.AppKey[CallbackSender] = web.AppKey("callbacks", CallbackSender)
@@ -117,14 +119,18 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
         if forced is not None:
             state.stats.forced_errors += 1
             raise ApiError(forced.code, forced.msg)
-        if not name.endswith(".mp4"):
+        match = FILE_PATH_RE.match(f"/files/{task_id}/{name}")
+        if match is None:
             raise ApiError(404, "file not found")
-        task = state.file_for(task_id, name.removesuffix(".mp4"))
+        task = state.file_for(task_id, match["token"])
+        index = int(match["index"] or 0)
+        if index >= task.outputs or match["ext"] != task.extension:
+            raise ApiError(404, "file not found")
     except ApiError as err:
         state.stats.error(err.code, None)
         return web.Response(status=err.code, reason=REASONS.get(err.code, "Error"), text=err.msg)
-    resp = web.StreamResponse(headers={"Content-Type": "video/mp4", "Accept-Ranges": "none"})
-    clip = None if task.video_bytes else await request.app[CLIPS].get(task.aspect_ratio, task.mode)
+    resp = web.StreamResponse(headers={"Content-Type": task.content_type, "Accept-Ranges": "none"})
+    clip = None if task.video_bytes else await request.app[CLIPS].get(file_kind(task, index))
     resp.content_length = len(clip.data) if clip else task.video_bytes
     await resp.prepare(request)
     if request.method == "HEAD":
@@ -138,6 +144,58 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(len(chunk) / state.options.file_rate_bytes_per_s)
     await resp.write_eof()
     return resp
+
+
+def file_kind(task: Task, index: int) -> ClipKind | ImageKind:
+    """What output ``index`` of ``task`` shows."""
+    if task.kind == "video":
+        return ClipKind(task.aspect_ratio, task.mode, task.resolution, task.duration_s)
+    return ImageKind(task.aspect_ratio, task.resolution, task.image_format, index)
+
+
+# -- the file store (uploads for image inputs) ---------------------------------------------------
+
+
+async def upload_stream(request: web.Request, state: SimState, account: Account) -> Any:
+    """``POST /file-upload/api/file-stream-upload``: multipart ``file``, ``uploadPath``, ``fileName``."""
+    try:
+        form = await request.post()
+    except ValueError as error:
+        raise ApiError(400, f"multipart body expected: {error}") from None
+    part = form.get("file")
+    if not isinstance(part, web.FileField):
+        raise ApiError(400, "file is required (a multipart file part)")
+    data = part.file.read()
+    file_name = str(form.get("fileName") or part.filename or "")
+    mime = part.content_type or "application/octet-stream"
+    return state.upload(account, data, str(form.get("uploadPath") or ""), file_name, mime)
+
+
+async def upload_base64(request: web.Request, state: SimState, account: Account) -> Any:
+    """``POST /file-upload/api/file-base64-upload``: ``base64Data`` (plain or a data URL), ``uploadPath``,
+    ``fileName``."""
+    body = await _json_body(request)
+    raw = body.get("base64Data") if isinstance(body, dict) else None
+    if not isinstance(raw, str) or not raw:
+        raise ApiError(400, "base64Data is required")
+    mime = "application/octet-stream"
+    if raw.startswith("data:"):
+        header, _, raw = raw.partition(",")
+        mime = header.removeprefix("data:").split(";")[0] or mime
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise ApiError(400, "base64Data is not valid base64") from None
+    return state.upload(account, data, str(body.get("uploadPath") or ""), str(body.get("fileName") or ""), mime)
+
+
+async def serve_upload(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        upload = state.uploaded_file(request.match_info["key_id"], request.match_info["path"])
+    except ApiError as err:
+        return web.Response(status=err.code, text=err.msg)
+    return web.Response(body=upload.data, content_type=upload.mime_type)
 
 
 # -- /__sim__ controls (no auth: local test tooling only) ------------------------------------
@@ -180,7 +238,8 @@ async def sim_file_sha256(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     task = state.tasks.get(task_id)
     if task is not None and not task.video_bytes and "size" not in request.query:
-        clip = await request.app[CLIPS].get(task.aspect_ratio, task.mode)
+        index = int(request.query.get("index", "0")) if request.query.get("index", "0").isdigit() else 0
+        clip = await request.app[CLIPS].get(file_kind(task, index))
         return web.json_response({"taskId": task_id, "size": len(clip.data), "sha256": clip.sha256}, dumps=_dumps)
     try:
         size = int(request.query.get("size", task.video_bytes if task else state.options.video_bytes))
@@ -190,7 +249,7 @@ async def sim_file_sha256(request: web.Request) -> web.Response:
 
 
 def build_app(state: SimState) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=UPLOAD_MAX_BYTES + 1024 * 1024)
     app[STATE] = state
     sender = CallbackSender(state)
     app[CALLBACKS] = sender
@@ -207,6 +266,9 @@ def build_app(state: SimState) -> web.Application:
     app.router.add_post("/api/v1/common/download-url", api("download-url", download_url))
     app.router.add_get("/api/v1/chat/credit", api("credit", credit))
     app.router.add_get("/files/{task_id}/{name}", serve_file)
+    app.router.add_post("/file-upload/api/file-stream-upload", api("upload", upload_stream))
+    app.router.add_post("/file-upload/api/file-base64-upload", api("upload", upload_base64))
+    app.router.add_get("/uploads/{key_id}/{path:.+}", serve_upload)
     if state.options.admin:  # the task list shows every callback URL, per-job secrets included
         app.router.add_get("/__sim__/stats", sim_stats)
         app.router.add_get("/__sim__/tasks", sim_tasks)

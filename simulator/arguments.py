@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
-from simulator.options import UNLIMITED_CREDITS, SimOptions
+from simulator.options import UNLIMITED_CREDITS, SimOptions, every_pool, runtime_value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def _parse_gen_time(text: str) -> tuple[float, float]:
@@ -100,10 +112,47 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--gen-time",
         type=_parse_gen_time,
-        default=d.gen_time,
+        default=None,
         metavar="MIN:MAX",
-        help="generation time, uniform, simulated seconds (default 10:25). First 10%% of it the "
-        "task is 'waiting', next 10%% 'queuing', then 'generating'",
+        help="generation time of every model, uniform, simulated seconds (default: each model's documented "
+        "time, 10:25 for text-to-video). First 10%% of it the task is 'waiting', next 10%% 'queuing', "
+        "then 'generating'",
+    )
+    a(
+        "--gen-times",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="generation time per model pool, e.g. '{\"text-to-image\": [1, 2]}' (after --gen-time)",
+    )
+    a(
+        "--pool-limits",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="[in_progress, per_window] per key for the pools other than text-to-video, e.g. "
+        "'{\"image-to-video\": [25, 250]}' (default: each model's documented limits)",
+    )
+    a(
+        "--create-rate",
+        type=int,
+        default=d.create_rate,
+        metavar="N",
+        help="createTask requests per key per --create-rate-window-s before 429; 0 = unlimited (default %(default)s)",
+    )
+    a(
+        "--create-rate-window-s",
+        type=float,
+        default=d.create_rate_window_s,
+        metavar="S",
+        help="the rolling window of --create-rate, simulated seconds (default %(default)s)",
+    )
+    a(
+        "--images-per-task",
+        type=int,
+        default=d.images_per_task,
+        metavar="N",
+        help="images one text-to-image task returns, 1 to 6 (default %(default)s)",
     )
     a(
         "--fail-rate",
@@ -218,6 +267,15 @@ def parse_args(argv: list[str] | None = None) -> SimOptions:
         parser.error("--window-s must be > 0")
     if ns.record_info_per_s < 0:
         parser.error("--record-info-per-s must be >= 0")
+    gen_times = every_pool(ns.gen_time) if ns.gen_time is not None else {}
+    try:
+        gen_times.update(runtime_value("gen_times", ns.gen_times))
+        pool_limits = runtime_value("pool_limits", ns.pool_limits)
+        images = runtime_value("images_per_task", ns.images_per_task)
+        create_rate = runtime_value("create_rate", ns.create_rate)
+        create_rate_window_s = runtime_value("create_rate_window_s", ns.create_rate_window_s)
+    except ValueError as error:
+        parser.error(str(error))
     return SimOptions(
         host=ns.host,
         port=ns.port,
@@ -228,7 +286,12 @@ def parse_args(argv: list[str] | None = None) -> SimOptions:
         record_info_per_s=ns.record_info_per_s,
         credits=ns.credits,
         maintenance=ns.maintenance,
-        gen_time=ns.gen_time,
+        gen_time=ns.gen_time or SimOptions().gen_time,
+        gen_times=gen_times,
+        pool_limits=pool_limits,
+        images_per_task=images,
+        create_rate=create_rate,
+        create_rate_window_s=create_rate_window_s,
         fail_rate=ns.fail_rate,
         moderation_words=[w.strip().lower() for w in ns.moderation_words.split(",") if w.strip()],
         error_style=ns.error_style,

@@ -35,7 +35,7 @@ def sign(hmac_key: str, task_id: str, timestamp: str) -> str:
 
 def callback_body(state: SimState, task: Task) -> dict[str, Any]:
     now = max(state.clock(), task.complete_at)
-    data = task.record(now, state.result_url(task, now))
+    data = task.record(now, state.result_urls(task, now))
     if task.final_state is TaskState.SUCCESS:
         return {"code": 200, "msg": "Playground task completed successfully.", "data": data}
     return {"code": 501, "msg": f"generation failed: {task.fail_msg}", "data": data}

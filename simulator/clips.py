@@ -1,18 +1,21 @@
-"""Playable result videos: a short H.264 MP4 clip per (aspect ratio, mode), rendered once and cached.
+"""Playable result videos and images: an H.264 MP4 clip per (aspect ratio, mode, resolution, duration)
+and a PNG or JPEG image per (aspect ratio, resolution, format, index), rendered once and cached.
 
-Each clip is a few seconds long, at a small size with the requested width-to-height ratio, and shows
-what it is (the simulator, the size, the mode) with a ball whose motion follows the mode (steady for
-normal, bouncing for fun, fast for spicy) and a progress bar, so a player visibly plays it. PyAV's
-wheel brings its own FFmpeg (with libx264), Pillow draws the frames.
+A clip has the requested width-to-height ratio, resolution (its shorter side: 480 or 720 pixels) and
+duration, and shows what it is (the simulator, the size, the mode) with a ball whose motion follows the
+mode (steady for normal, bouncing for fun, fast for spicy) and a progress bar, so a player visibly plays
+it. An image shows its index among its task's images. PyAV's wheel brings its own FFmpeg (with libx264),
+Pillow draws the frames.
 
-Rendering one takes about 0.2 s of CPU, so it happens once per (aspect ratio, mode), off the event loop,
-the first time a file of that kind is served; every task of that kind then serves the same bytes.
+Rendering happens once per kind of file, off the event loop, the first time a file of that kind is
+served; every task of that kind then serves the same bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import math
 import tempfile
 from dataclasses import dataclass
@@ -21,10 +24,26 @@ from pathlib import Path
 import av
 from PIL import Image, ImageDraw, ImageFont
 
-#: Width and height per aspect ratio (even numbers: yuv420p halves both for the colour planes).
-FRAME_SIZES: dict[str, tuple[int, int]] = {"2:3": (320, 480), "3:2": (480, 320), "1:1": (400, 400)}
-SECONDS = 3
-FPS = 24
+#: Width to height per aspect ratio.
+RATIOS: dict[str, tuple[int, int]] = {"2:3": (2, 3), "3:2": (3, 2), "1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16)}
+#: The shorter side per resolution.
+SHORT_SIDES: dict[str, int] = {"480p": 480, "720p": 720}
+FPS = 12
+
+
+def frame_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
+    """Width and height (even numbers: yuv420p halves both for the colour planes)."""
+    w, h = RATIOS[aspect_ratio]
+    short = SHORT_SIDES[resolution]
+    if w >= h:
+        return _even(short * w / h), short
+    return short, _even(short * h / w)
+
+
+def _even(value: float) -> int:
+    return int(value) // 2 * 2
+
+
 _BACKGROUND = (24, 26, 40)
 _BALL = (240, 160, 40)
 _BAR = (90, 200, 120)
@@ -36,17 +55,51 @@ class Clip:
     sha256: str
 
 
-def render(aspect_ratio: str, mode: str) -> bytes:
+@dataclass(frozen=True)
+class ClipKind:
+    aspect_ratio: str = "2:3"
+    mode: str = "normal"
+    resolution: str = "480p"
+    seconds: int = 6
+
+
+@dataclass(frozen=True)
+class ImageKind:
+    aspect_ratio: str = "2:3"
+    resolution: str = "480p"
+    format: str = "png"
+    index: int = 0
+
+
+def render(kind: ClipKind) -> bytes:
     """The MP4 bytes of one clip (``moov`` first, so a browser can start playing before the end)."""
-    width, height = FRAME_SIZES[aspect_ratio]
+    width, height = frame_size(kind.aspect_ratio, kind.resolution)
     # Into a file: moving ``moov`` to the front rewrites the file, which FFmpeg does by reopening it.
     with tempfile.TemporaryDirectory(prefix="clip-") as folder:
         path = Path(folder) / "clip.mp4"
-        _encode(path, aspect_ratio, mode, width, height)
+        _encode(path, kind, width, height)
         return path.read_bytes()
 
 
-def _encode(path: Path, aspect_ratio: str, mode: str, width: int, height: int) -> None:
+def render_image(kind: ImageKind) -> bytes:
+    """The PNG or JPEG bytes of one image."""
+    width, height = frame_size(kind.aspect_ratio, kind.resolution)
+    image = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    title = ImageFont.load_default(size=max(14, width // 16))
+    radius = min(width, height) // 6
+    cx, cy = width // 2, height // 2 + height // 10
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=_BALL)
+    draw.text((width // 2, height // 5), "ImagineQ simulator", font=title, fill="white", anchor="mm")
+    label = f"image {kind.index + 1}  {kind.aspect_ratio}  {width}x{height}"
+    draw.text((width // 2, height // 5 + width // 12), label, font=title, fill=(180, 180, 200), anchor="mm")
+    out = io.BytesIO()
+    image.save(out, format="JPEG" if kind.format == "jpeg" else "PNG")
+    return out.getvalue()
+
+
+def _encode(path: Path, kind: ClipKind, width: int, height: int) -> None:
+    aspect_ratio, mode = kind.aspect_ratio, kind.mode
     title_size = max(14, width // 16)
     title = ImageFont.load_default(size=title_size)
     detail = ImageFont.load_default(size=max(10, width // 28))
@@ -55,7 +108,7 @@ def _encode(path: Path, aspect_ratio: str, mode: str, width: int, height: int) -
         stream = container.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "veryfast", "crf": "28", "tune": "animation"}
-        frames = SECONDS * FPS
+        frames = kind.seconds * FPS
         for index in range(frames):
             image = Image.new("RGB", (width, height), _BACKGROUND)
             draw = ImageDraw.Draw(image)
@@ -81,20 +134,19 @@ def _ball(mode: str, t: float, span: int, amplitude: int) -> tuple[int, int]:
 
 
 class ClipCache:
-    """Clips by (aspect ratio, mode), each rendered at most once, in a worker thread."""
+    """Files by kind, each rendered at most once, in a worker thread."""
 
     def __init__(self) -> None:
-        self._clips: dict[tuple[str, str], asyncio.Future[Clip]] = {}
+        self._clips: dict[ClipKind | ImageKind, asyncio.Future[Clip]] = {}
 
-    async def get(self, aspect_ratio: str, mode: str) -> Clip:
-        key = (aspect_ratio, mode)
-        future = self._clips.get(key)
+    async def get(self, kind: ClipKind | ImageKind) -> Clip:
+        future = self._clips.get(kind)
         if future is None:
-            future = asyncio.get_running_loop().run_in_executor(None, _make, aspect_ratio, mode)
-            self._clips[key] = future
+            future = asyncio.get_running_loop().run_in_executor(None, _make, kind)
+            self._clips[kind] = future
         return await asyncio.shield(future)
 
 
-def _make(aspect_ratio: str, mode: str) -> Clip:
-    data = render(aspect_ratio, mode)
+def _make(kind: ClipKind | ImageKind) -> Clip:
+    data = render(kind) if isinstance(kind, ClipKind) else render_image(kind)
     return Clip(data=data, sha256=hashlib.sha256(data).hexdigest())

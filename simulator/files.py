@@ -17,7 +17,10 @@ CHUNK_BYTES = 64 * 1024
 #: A minimal ISO-BMFF ``ftyp`` box (size 24, brand isom, compatible isom/mp41).
 FTYP_BOX = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isommp41"
 
-FILE_PATH_RE = re.compile(r"^/files/(?P<task_id>[0-9a-f]{32})/(?P<token>[0-9]+-[0-9a-f]{32})\.mp4$")
+#: ``/files/<task>/<token>[_<n>].<ext>``: output n (0 when left out) of the task.
+FILE_PATH_RE = re.compile(
+    r"^/files/(?P<task_id>[0-9a-f]{32})/(?P<token>[0-9]+-[0-9a-f]{32})(_(?P<index>[0-9]))?\.(?P<ext>mp4|png|jpg)$"
+)
 
 
 def iter_chunks(task_id: str, size: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -59,8 +62,9 @@ class UrlSigner:
         expires_ms = int(expires_at * 1000)
         return f"{expires_ms}-{self._sig(task_id, expires_ms)}"
 
-    def path(self, task_id: str, expires_at: float) -> str:
-        return f"/files/{task_id}/{self.token(task_id, expires_at)}.mp4"
+    def path(self, task_id: str, expires_at: float, index: int = 0, ext: str = "mp4") -> str:
+        suffix = f"_{index}" if index else ""
+        return f"/files/{task_id}/{self.token(task_id, expires_at)}{suffix}.{ext}"
 
     def check(self, task_id: str, token: str, now: float) -> str:
         """Return ``"ok"``, ``"expired"`` or ``"invalid"``."""

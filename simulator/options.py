@@ -39,7 +39,20 @@ class SimOptions:
     record_info_per_s: float = 10.0
     credits: int = UNLIMITED_CREDITS
     maintenance: bool = False
+    #: Generation time of text-to-video; set at run time or on the command line, of every model.
     gen_time: tuple[float, float] = (10.0, 25.0)
+    #: Generation time per model pool; a pool not named takes its model's documented time.
+    gen_times: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: (in progress, creations per window) per key for the pools other than text-to-video (whose are
+    #: ``max_in_progress`` and ``max_per_window``); a pool not named takes its model's limits.
+    pool_limits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: createTask requests per key per ``create_rate_window_s`` (kie.ai: about 20 per 10 s); 0 = unlimited.
+    create_rate: int = 0
+    create_rate_window_s: float = 10.0
+    #: Images one text-to-image task returns (Apikley says one; kie.ai's pages imply six).
+    images_per_task: int = 1
+    #: How long an uploaded file is kept (the upstream's file store: 3 days).
+    upload_ttl_s: float = 3 * 86400.0
     fail_rate: float = 0.0
     moderation_words: list[str] = field(default_factory=lambda: ["forbidden", "nsfw-test"])
     error_style: ErrorStyle = "envelope"
@@ -73,6 +86,8 @@ class SimOptions:
         out["api_keys"] = len(self.api_keys)
         out["hmac_key"] = self.hmac_key is not None
         out["gen_time"] = list(self.gen_time)
+        out["gen_times"] = {pool: list(times) for pool, times in self.gen_times.items()}
+        out["pool_limits"] = {pool: list(limits) for pool, limits in self.pool_limits.items()}
         return out
 
 
@@ -125,6 +140,39 @@ def _gen_time(name: str, v: Any) -> tuple[float, float]:
     return (lo, hi)
 
 
+def every_pool(times: tuple[float, float]) -> dict[str, tuple[float, float]]:
+    from simulator.models import POOLS
+
+    return dict.fromkeys(POOLS, times)
+
+
+def _gen_times(name: str, v: Any) -> dict[str, tuple[float, float]]:
+    from simulator.models import POOLS
+
+    if not isinstance(v, dict) or not set(v) <= set(POOLS):
+        raise ValueError(f"{name} must map pools ({', '.join(POOLS)}) to [min, max]")
+    return {pool: _gen_time(f"{name}.{pool}", times) for pool, times in v.items()}
+
+
+def _pool_limits(name: str, v: Any) -> dict[str, tuple[int, int]]:
+    from simulator.models import POOLS
+
+    if not isinstance(v, dict) or not set(v) <= set(POOLS) - {"text-to-video"}:
+        raise ValueError(f"{name} must map pools other than text-to-video to [in_progress, per_window]")
+    out = {}
+    for pool, limits in v.items():
+        if not isinstance(limits, list | tuple) or len(limits) != 2:
+            raise ValueError(f"{name}.{pool} must be [in_progress, per_window]")
+        out[pool] = (_positive_int(name, limits[0]) or 1, _positive_int(name, limits[1]) or 1)
+    return out
+
+
+def _images(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 6:
+        raise ValueError(f"{name} must be an integer from 1 to 6")
+    return v
+
+
 def _credits(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < UNLIMITED_CREDITS:
         raise ValueError(f"{name} must be an integer >= -1 (-1 = unlimited)")
@@ -147,6 +195,12 @@ _RUNTIME_FIELDS: dict[str, Any] = {
     "fail_rate": _probability,
     "maintenance": _bool,
     "gen_time": _gen_time,
+    "gen_times": _gen_times,
+    "pool_limits": _pool_limits,
+    "create_rate": _positive_int,
+    "create_rate_window_s": _positive,
+    "images_per_task": _images,
+    "upload_ttl_s": _positive,
     "callback_retries": _positive_int,
     "callback_backoff_s": _non_negative,
     "callback_timeout_s": _positive,
@@ -180,7 +234,14 @@ def apply_overrides(options: SimOptions, changes: Mapping[str, Any]) -> list[str
         _credits("credits", changes["credits"])
     for name, value in parsed.items():
         setattr(options, name, value)
+    if "gen_time" in parsed and "gen_times" not in parsed:
+        options.gen_times = every_pool(options.gen_time)  # one time for every model, as asked
     return list(parsed)
+
+
+def runtime_value(name: str, value: Any) -> Any:
+    """``value`` checked as ``/__sim__/config`` checks ``name`` (ValueError naming it otherwise)."""
+    return _RUNTIME_FIELDS[name](name, value)
 
 
 def validate_credits(v: Any) -> int:

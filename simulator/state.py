@@ -9,15 +9,17 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from simulator.errors import ApiError
 from simulator.faults import Faults, parse_force_status
 from simulator.files import FILE_PATH_RE, UrlSigner
+from simulator.models import MODELS, POOLS, Parent
 from simulator.options import (
     UNLIMITED_CREDITS,
     UNLIMITED_CREDITS_REPORTED,
@@ -30,6 +32,11 @@ from simulator.stats import Stats, key_stats_json
 from simulator.tasks import Task, TaskState
 from simulator.validation import validate_create
 
+#: Paths in the file store: plain segments only.
+UPLOAD_PATH_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+#: The largest file the store takes.
+UPLOAD_MAX_BYTES = 100 * 1024 * 1024
+
 MODERATION_FAIL_CODE = "content_moderation"
 INTERNAL_FAIL_CODE = "500"
 
@@ -40,16 +47,44 @@ def key_id(api_key: str) -> str:
 
 
 @dataclass
+class Pool:
+    """One model pool of one key: its tasks in progress and its creations in the rolling window."""
+
+    window: SlidingWindowLog = field(default_factory=SlidingWindowLog)
+    in_progress: InProgressSet = field(default_factory=InProgressSet)
+
+
+@dataclass
+class Upload:
+    """A file uploaded to the key's file store."""
+
+    data: bytes
+    mime_type: str
+    uploaded_at: float
+
+
+@dataclass
 class Account:
-    """One API key: its own quotas and credits."""
+    """One API key: its own quotas (one per model pool), credits and uploaded files."""
 
     key_id: str
     credits: int
-    window: SlidingWindowLog = field(default_factory=SlidingWindowLog)
+    pools: dict[str, Pool] = field(default_factory=lambda: {pool: Pool() for pool in POOLS})
+    #: createTask requests of every model (the optional account-wide request rate).
+    create_requests: SlidingWindowLog = field(default_factory=SlidingWindowLog)
     #: recordInfo calls answered in the last rolling second (the limit), and every one that arrived.
     record_info_answered: SlidingWindowLog = field(default_factory=SlidingWindowLog)
     record_info_arrived: SlidingWindowLog = field(default_factory=SlidingWindowLog)
-    in_progress: InProgressSet = field(default_factory=InProgressSet)
+    uploads: dict[str, Upload] = field(default_factory=dict)
+
+    @property
+    def window(self) -> SlidingWindowLog:
+        """The text-to-video pool's creation log (the only pool before the other models)."""
+        return self.pools["text-to-video"].window
+
+    @property
+    def in_progress(self) -> InProgressSet:
+        return self.pools["text-to-video"].in_progress
 
 
 class SimState:
@@ -117,28 +152,42 @@ class SimState:
 
     def create_task(self, account: Account, body: Any) -> Task:
         """Validate (422), charge (402), admit (429) and record a new task."""
-        req = validate_create(body)
-        if account.credits == 0:
-            raise ApiError(402, "insufficient credits")
         now = self.clock()
         opts = self.options
+        if opts.create_rate > 0:
+            # kie.ai's account-wide cap on new generation requests, counted as they arrive.
+            rate_window = opts.wall(opts.create_rate_window_s)
+            if account.create_requests.count(now, rate_window) >= opts.create_rate:
+                wait = account.create_requests.seconds_until_free(now, rate_window)
+                raise ApiError(
+                    429,
+                    f"rate limited: {opts.create_rate} generation requests per {opts.create_rate_window_s:g} s",
+                    retry_after_s=_retry_after(wait),
+                )
+            account.create_requests.record(now)
+        req = validate_create(body, self._parent_finder(account), self._image_checker(account))
+        if account.credits == 0:
+            raise ApiError(402, "insufficient credits")
+        model, checked = req.model, req.checked
+        pool = account.pools[model.pool]
+        in_progress_limit, window_limit = self.limits(model.pool)
         window_wall = opts.wall(opts.window_s)
-        if account.in_progress.count(now) >= opts.max_in_progress:
-            wait = account.in_progress.seconds_until_free(now)
+        if pool.in_progress.count(now) >= in_progress_limit:
+            wait = pool.in_progress.seconds_until_free(now)
             raise ApiError(
                 429,
-                f"rate limited: too many tasks in progress (limit {opts.max_in_progress})",
+                f"rate limited: too many {model.pool} tasks in progress (limit {in_progress_limit})",
                 retry_after_s=_retry_after(wait),
             )
-        if account.window.count(now, window_wall) >= opts.max_per_window:
-            wait = account.window.seconds_until_free(now, window_wall)
+        if pool.window.count(now, window_wall) >= window_limit:
+            wait = pool.window.seconds_until_free(now, window_wall)
             raise ApiError(
                 429,
-                f"rate limited: {opts.max_per_window} creations per {opts.window_s:g} s window",
+                f"rate limited: {window_limit} {model.pool} creations per {opts.window_s:g} s window",
                 retry_after_s=_retry_after(wait),
             )
 
-        lo, hi = opts.gen_time
+        lo, hi = opts.gen_times.get(model.pool, opts.gen_time if model.pool == "text-to-video" else model.gen_time)
         gen_s = self.rng.uniform(lo, hi)
         fails = self.rng.random() < opts.fail_rate
         task_id = f"{self.rng.getrandbits(128):032x}"
@@ -153,18 +202,27 @@ class SimState:
         elif fails:
             fail_code, fail_msg = INTERNAL_FAIL_CODE, "internal error"
 
+        parent = self.tasks.get(checked.parent.task_id) if checked.parent else None
+        aspect_ratio = parent.aspect_ratio if parent is not None else checked.aspect_ratio
+        images = opts.images_per_task if model.pool == "text-to-image" else 1
         task = Task(
             task_id=task_id,
             key_id=account.key_id,
-            model=req.model,
+            model=model.name,
             param=req.body,
             callback_url=req.callback_url,
             created_at=now,
             complete_at=now + opts.wall(gen_s),
             cost_ms=round(gen_s * 1000),
-            video_bytes=opts.video_bytes,
-            aspect_ratio=req.aspect_ratio,
-            mode=req.mode,
+            video_bytes=opts.video_bytes if checked.kind == "video" else 0,
+            aspect_ratio=aspect_ratio,
+            mode=checked.mode,
+            pool=model.pool,
+            kind=checked.kind,
+            resolution=checked.resolution,
+            duration_s=checked.duration_s + (parent.duration_s if model.pool == "extend" and parent else 0),
+            outputs=images,
+            image_format="jpeg" if model.pool == "image-to-image" else "png",
             url_ttl_wall_s=opts.wall(opts.url_ttl_s),
             fail_code=fail_code,
             fail_msg=fail_msg,
@@ -173,18 +231,94 @@ class SimState:
         self.tasks[task_id] = task
         if account.credits != UNLIMITED_CREDITS:
             account.credits -= 1
-        account.window.record(now)
-        account.in_progress.add(task.complete_at, task_id)
+        pool.window.record(now)
+        pool.in_progress.add(task.complete_at, task_id)
         self.in_progress.add(task.complete_at, task_id)
 
         ks = self.stats.key(account.key_id)
         ks.created += 1
         self.stats.created += 1
-        ks.peak_in_progress = max(ks.peak_in_progress, account.in_progress.count(now))
+        ps = ks.pool(model.pool)
+        ps.created += 1
+        ps.peak_in_progress = max(ps.peak_in_progress, pool.in_progress.count(now))
+        ps.max_creations_in_window = max(ps.max_creations_in_window, pool.window.count(now, window_wall))
+        if opts.create_rate > 0:
+            requests = account.create_requests.count(now, opts.wall(opts.create_rate_window_s))
+            ks.max_create_requests_in_window = max(ks.max_create_requests_in_window, requests)
+        if model.pool == "text-to-video":
+            ks.peak_in_progress = max(ks.peak_in_progress, pool.in_progress.count(now))
+            ks.max_creations_in_window = max(ks.max_creations_in_window, pool.window.count(now, window_wall))
         self.stats.peak_in_progress = max(self.stats.peak_in_progress, self.in_progress.count(now))
-        in_window = account.window.count(now, window_wall)
-        ks.max_creations_in_window = max(ks.max_creations_in_window, in_window)
         return task
+
+    def limits(self, pool: str) -> tuple[int, int]:
+        """The pool's (in progress, creations per window) per key."""
+        if pool == "text-to-video":
+            return self.options.max_in_progress, self.options.max_per_window
+        model = next(m for m in MODELS.values() if m.pool == pool)
+        chosen = self.options.pool_limits.get(pool)
+        return (chosen[0], chosen[1]) if chosen else (model.in_progress, model.per_window)
+
+    def _parent_finder(self, account: Account) -> Callable[[str, str], Parent]:
+        def find(field_name: str, task_id: str) -> Parent:
+            task = self.tasks.get(task_id)
+            if task is None or task.key_id != account.key_id:
+                raise ApiError(422, f"{field_name}: no task {task_id} of this account")
+            if task.state_at(self.clock()) is not TaskState.SUCCESS:
+                raise ApiError(422, f"{field_name}: task {task_id} has not succeeded")
+            kind: Literal["video", "image"] = "video" if task.kind == "video" else "image"
+            return Parent(task_id=task_id, model=task.model, kind=kind, outputs=task.outputs)
+
+        return find
+
+    def _image_checker(self, account: Account) -> Callable[[str, str], None]:
+        """Our own file store's URLs must name a file still there; other URLs are taken on trust."""
+
+        def check(field_name: str, url: str) -> None:
+            prefix = f"{self.base_url}/uploads/{account.key_id}/"
+            if not url.startswith(prefix):
+                return
+            upload = account.uploads.get(url.removeprefix(prefix))
+            if upload is None or self._upload_expired(upload):
+                raise ApiError(422, f"{field_name}: the file could not be fetched (404: not found or expired)")
+            if not upload.mime_type.startswith("image/"):
+                raise ApiError(422, f"{field_name}: not an image ({upload.mime_type})")
+
+        return check
+
+    def _upload_expired(self, upload: Upload) -> bool:
+        return self.clock() - upload.uploaded_at >= self.options.wall(self.options.upload_ttl_s)
+
+    # -- the file store ---------------------------------------------------------------------------
+
+    def upload(self, account: Account, data: bytes, upload_path: str, file_name: str, mime_type: str) -> dict[str, Any]:
+        """Keep ``data`` as ``upload_path/file_name`` (the same name overwrites) for ``upload_ttl_s``."""
+        path = "/".join(part for part in (upload_path.strip("/"), file_name) if part)
+        if not path or ".." in path.split("/") or not UPLOAD_PATH_RE.match(path):
+            raise ApiError(400, "uploadPath and fileName must be plain path segments ([A-Za-z0-9._-])")
+        if len(data) > UPLOAD_MAX_BYTES:
+            raise ApiError(400, f"file too large (at most {UPLOAD_MAX_BYTES} bytes)")
+        now = self.clock()
+        account.uploads[path] = Upload(data=data, mime_type=mime_type, uploaded_at=now)
+        ks = self.stats.key(account.key_id)
+        ks.uploads += 1
+        self.stats.uploads += 1
+        url = f"{self.base_url}/uploads/{account.key_id}/{path}"
+        return {
+            "fileName": file_name,
+            "filePath": path,
+            "downloadUrl": url,
+            "fileSize": len(data),
+            "mimeType": mime_type,
+            "uploadedAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now)),
+        }
+
+    def uploaded_file(self, key_id: str, path: str) -> Upload:
+        account = next((a for a in self.accounts.values() if a.key_id == key_id), None)
+        upload = account.uploads.get(path) if account else None
+        if upload is None or self._upload_expired(upload):
+            raise ApiError(404, "file not found")
+        return upload
 
     def record_info(self, account: Account, task_id: str | None) -> dict[str, Any]:
         if not task_id:
@@ -198,7 +332,7 @@ class SimState:
         task.record_info_calls += 1
         self.stats.record_info_per_task[task_id] += 1
         now = self.clock()
-        return task.record(now, self.result_url(task, now))
+        return task.record(now, self.result_urls(task, now))
 
     def _admit_record_info(self, account: Account) -> None:
         """The upstream's "10 recordInfo per second per key", counted over every rolling second."""
@@ -216,10 +350,13 @@ class SimState:
             )
         account.record_info_answered.record(now)
 
-    def result_url(self, task: Task, now: float) -> str | None:
+    def result_urls(self, task: Task, now: float) -> list[str]:
         if task.state_at(now) is not TaskState.SUCCESS:
-            return None
-        return self.base_url + self.signer.path(task.task_id, task.url_expires_at)
+            return []
+        return [
+            self.base_url + self.signer.path(task.task_id, task.url_expires_at, index, task.extension)
+            for index in range(task.outputs)
+        ]
 
     def download_url(self, account: Account, body: Any) -> str:
         url = body.get("url") if isinstance(body, dict) else None
@@ -238,7 +375,8 @@ class SimState:
             raise ApiError(404, "file not found")
         self.stats.download_urls_issued += 1
         expires_at = now + self.options.wall(self.options.download_url_ttl_s)
-        return self.base_url + self.signer.path(task.task_id, expires_at)
+        index = int(match["index"] or 0)
+        return self.base_url + self.signer.path(task.task_id, expires_at, index, task.extension)
 
     def credit(self, account: Account) -> int:
         return UNLIMITED_CREDITS_REPORTED if account.credits == UNLIMITED_CREDITS else account.credits
@@ -265,8 +403,16 @@ class SimState:
         for account in self.accounts.values():
             entry = key_stats_json(s.key(account.key_id))
             entry["in_progress"] = account.in_progress.count(now)
+            entry["in_progress_by_pool"] = {name: pool.in_progress.count(now) for name, pool in account.pools.items()}
             entry["credits"] = account.credits
             per_key[account.key_id] = entry
+        pools: dict[str, dict[str, int]] = {}
+        for ks in s.per_key.values():
+            for name, ps in ks.pools.items():
+                agg = pools.setdefault(name, {"created": 0, "peak_in_progress": 0, "max_creations_in_window": 0})
+                agg["created"] += ps.created
+                agg["peak_in_progress"] = max(agg["peak_in_progress"], ps.peak_in_progress)
+                agg["max_creations_in_window"] = max(agg["max_creations_in_window"], ps.max_creations_in_window)
         return {
             "in_progress": self.in_progress.count(now),
             "peak_in_progress": s.peak_in_progress,
@@ -290,6 +436,11 @@ class SimState:
             "forced_errors": s.forced_errors,
             "errors_by_code": {str(c): n for c, n in sorted(s.errors_by_code.items())},
             "tasks": len(self.tasks),
+            "uploads": s.uploads,
+            "max_create_requests_in_window": max(
+                (ks.max_create_requests_in_window for ks in s.per_key.values()), default=0
+            ),
+            "pools": pools,
             "per_key": per_key,
         }
 
@@ -308,6 +459,10 @@ class SimState:
                 "callback_attempts": t.callback_attempts,
                 "record_info_calls": t.record_info_calls,
                 "video_bytes": t.video_bytes,
+                "model": t.model,
+                "pool": t.pool,
+                "outputs": t.outputs,
+                "param": t.param,
             }
             for t in self.tasks.values()
         ]

@@ -8,8 +8,18 @@ from typing import Any
 
 
 @dataclass
+class PoolStats:
+    """Counters for one model pool of one key."""
+
+    created: int = 0
+    peak_in_progress: int = 0
+    max_creations_in_window: int = 0
+
+
+@dataclass
 class KeyStats:
-    """Counters for one API key (one account)."""
+    """Counters for one API key (one account); ``peak_in_progress`` and ``max_creations_in_window`` are the
+    text-to-video pool's (``pools`` holds every pool's)."""
 
     create_calls: int = 0
     created: int = 0
@@ -20,7 +30,17 @@ class KeyStats:
     max_record_info_per_s: int = 0
     peak_in_progress: int = 0
     max_creations_in_window: int = 0
+    #: The most createTask requests that arrived in any rolling request-rate window (when one is set).
+    max_create_requests_in_window: int = 0
+    uploads: int = 0
     errors_by_code: Counter[int] = field(default_factory=Counter)
+    pools: dict[str, PoolStats] = field(default_factory=dict)
+
+    def pool(self, name: str) -> PoolStats:
+        stats = self.pools.get(name)
+        if stats is None:
+            stats = self.pools[name] = PoolStats()
+        return stats
 
 
 @dataclass
@@ -43,6 +63,7 @@ class Stats:
     bytes_served: int = 0
     download_urls_issued: int = 0
     forced_errors: int = 0
+    uploads: int = 0
     errors_by_code: Counter[int] = field(default_factory=Counter)
     per_key: dict[str, KeyStats] = field(default_factory=dict)
 
@@ -73,5 +94,15 @@ def key_stats_json(ks: KeyStats) -> dict[str, Any]:
         "max_record_info_per_s": ks.max_record_info_per_s,
         "peak_in_progress": ks.peak_in_progress,
         "max_creations_in_window": ks.max_creations_in_window,
+        "max_create_requests_in_window": ks.max_create_requests_in_window,
+        "uploads": ks.uploads,
         "errors_by_code": {str(c): n for c, n in sorted(ks.errors_by_code.items())},
+        "pools": {
+            name: {
+                "created": ps.created,
+                "peak_in_progress": ps.peak_in_progress,
+                "max_creations_in_window": ps.max_creations_in_window,
+            }
+            for name, ps in sorted(ks.pools.items())
+        },
     }

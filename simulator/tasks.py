@@ -40,6 +40,14 @@ class Task:
     url_ttl_wall_s: float
     aspect_ratio: str = "2:3"
     mode: str = "normal"
+    #: The model's quota pool, what the task makes, and how many files it returns.
+    pool: str = "text-to-video"
+    kind: str = "video"
+    resolution: str = "480p"
+    duration_s: int = 6
+    outputs: int = 1
+    #: png or jpeg, for an image task
+    image_format: str = "png"
     fail_code: str = ""  #: empty for a task that will succeed
     fail_msg: str = ""
     record_info_calls: int = 0
@@ -76,13 +84,25 @@ class Task:
     def url_expires_at(self) -> float:
         return self.complete_at + self.url_ttl_wall_s
 
-    def record(self, now: float, result_url: str | None) -> dict[str, Any]:
+    @property
+    def extension(self) -> str:
+        if self.kind == "video":
+            return "mp4"
+        return "jpg" if self.image_format == "jpeg" else "png"
+
+    @property
+    def content_type(self) -> str:
+        if self.kind == "video":
+            return "video/mp4"
+        return "image/jpeg" if self.image_format == "jpeg" else "image/png"
+
+    def record(self, now: float, result_urls: list[str]) -> dict[str, Any]:
         """The ``data`` object of recordInfo (and of the callback body)."""
         state = self.state_at(now)
         terminal = state.terminal
         result_json = ""
-        if state is TaskState.SUCCESS and result_url is not None:
-            result_json = json.dumps({"resultUrls": [result_url]})
+        if state is TaskState.SUCCESS and result_urls:
+            result_json = json.dumps({"resultUrls": result_urls})
         return {
             "taskId": self.task_id,
             "model": self.model,

@@ -164,7 +164,7 @@ def test_missing_or_wrong_key_is_401(sim: Sim) -> None:
         ({"model": MODEL, "input": {}}, "input.prompt"),
         ({"model": MODEL, "input": {"prompt": ""}}, "input.prompt"),
         ({"model": MODEL, "input": {"prompt": "x" * 5001}}, "5000"),
-        ({"model": MODEL, "input": {"prompt": "x", "aspect_ratio": "16:9"}}, "input.aspect_ratio"),
+        ({"model": MODEL, "input": {"prompt": "x", "aspect_ratio": "4:3"}}, "input.aspect_ratio"),
         ({"model": MODEL, "input": {"prompt": "x", "mode": "wild"}}, "input.mode"),
         ({"model": "grok-imagine/image", "input": {"prompt": "x"}}, "model"),
         ({"input": {"prompt": "x"}}, "model"),

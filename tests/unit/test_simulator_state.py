@@ -88,9 +88,9 @@ def test_task_state_follows_elapsed_fraction() -> None:
     assert task.state_at(110.0) is TaskState.SUCCESS
     assert task.updated_at(101.5) == pytest.approx(101.0)
     assert task.updated_at(105.0) == pytest.approx(102.0)
-    record = task.record(105.0, None)
+    record = task.record(105.0, [])
     assert record["completeTime"] is None and record["costTime"] is None
-    done = task.record(111.0, "http://x/f.mp4")
+    done = task.record(111.0, ["http://x/f.mp4"])
     assert json.loads(done["resultJson"]) == {"resultUrls": ["http://x/f.mp4"]}
     assert done["costTime"] == 10_000 and done["completeTime"] == 110_000
 
@@ -281,13 +281,23 @@ def test_forced_status_rules_are_consumed() -> None:
 )
 def test_validation_messages(payload: Any, needle: str) -> None:
     with pytest.raises(ApiError) as e:
-        validate_create(payload)
+        validate_create(payload, _no_parent, _any_image)
     assert e.value.code == 422 and needle in e.value.msg
 
 
 def test_validation_defaults() -> None:
-    req = validate_create({"model": MODEL, "callBackUrl": "", "input": {"prompt": "p"}})
-    assert (req.aspect_ratio, req.mode, req.callback_url) == ("2:3", "normal", None)
+    req = validate_create({"model": MODEL, "callBackUrl": "", "input": {"prompt": "p"}}, _no_parent, _any_image)
+    checked = req.checked
+    assert (checked.aspect_ratio, checked.mode, checked.duration_s, checked.resolution) == ("2:3", "normal", 6, "480p")
+    assert req.callback_url is None
+
+
+def _no_parent(field: str, task_id: str) -> Any:
+    raise ApiError(422, f"{field}: no task {task_id}")
+
+
+def _any_image(field: str, url: str) -> None:
+    return None
 
 
 # -- recordInfo rate -------------------------------------------------------------------------------
