@@ -37,8 +37,10 @@ def check_networks(value: list[str]) -> list[str]:
 
 
 def check_host_patterns(value: list[str]) -> list[str]:
-    """Every entry a host name, ``*.domain`` pattern or ``name:port``."""
+    """Every entry a host name, ``*.domain`` pattern, ``*`` (any name) or ``name:port``."""
     for host in value:
+        if host == "*" or host.startswith("*:"):
+            host = "any" + host[1:]
         name = host.removeprefix("*.")
         name, colon, port = name.rpartition(":") if not name.endswith("]") else (name, "", "")
         name = name if colon else port

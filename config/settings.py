@@ -36,7 +36,9 @@ from config.upstream import (
     AccountSettings,
     CallbackSettings,
     HttpSettings,
+    ModelSettings,
     PollSettings,
+    PoolLimits,
     account_named,
 )
 
@@ -51,8 +53,10 @@ __all__ = [
     "DashboardSettings",
     "DownloadSettings",
     "HttpSettings",
+    "ModelSettings",
     "NotifySettings",
     "PollSettings",
+    "PoolLimits",
     "PrincipalSettings",
     "S3Settings",
     "Settings",
@@ -100,6 +104,10 @@ class Settings(BaseSettings):
     upstream_base_url: str = DEFAULT_BASE_URL
     """The upstream API base of the account ``api_key`` makes."""
 
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    """The models of the family this deployment takes, by name (``text-to-video``, ``image-to-video``,
+    ``text-to-image``, ``image-to-image``, ``upscale``, ``extend``): switched off, their pools' default caps,
+    their prices. A model not named takes the catalog's defaults."""
     s3: S3Settings = S3Settings()
     """Where results are stored (``IMAGINEQ_S3__*``)."""
     callbacks: CallbackSettings = CallbackSettings()
@@ -135,6 +143,9 @@ class Settings(BaseSettings):
     """
     worker_max_tasks_per_child: int = Field(default=10_000, ge=1)
     """...and after this many tasks, whatever its size."""
+    upload_reuse_s: float = Field(default=2.5 * 86400, gt=0)
+    """An image uploaded to an account's upstream file store is named again by later jobs for this long, then
+    uploaded again: the store deletes files after 3 days, and a task must find its image there."""
     quota_enforce: bool = True
     """Enforce the global Redis quotas. Off only for the benchmark's naive baseline (rate_limit alone)."""
     replica_acks: int = Field(default=-1, ge=-1, le=10)

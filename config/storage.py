@@ -56,12 +56,16 @@ class DownloadSettings(SettingsModel):
     """Hosts results may come from, for the URL and every redirect hop: exact names or ``*.domain`` (any name under
     it), on ports 80 and 443, or ``name:port``. The accounts' base URL hosts are added.
     """
+    image_hosts: list[str] = Field(default_factory=lambda: ["*"])
+    """Hosts an input image URL may name (the URL and every redirect hop), as ``result_hosts``; ``*`` is any host
+    name on ports 80 and 443. Its addresses must be public all the same (``allow_networks``)."""
     allow_networks: list[str] = Field(default_factory=list)
     """Networks (CIDR) allowed although not public, e.g. ``["127.0.0.0/8"]`` for a local simulator. Loopback,
     private, link-local (cloud metadata), multicast and reserved addresses are refused else.
     """
-    content_types: list[str] = Field(default_factory=lambda: ["video/*"])
-    """Media types a result must be sent with (``type/*`` for any subtype)."""
+    content_types: list[str] = Field(default_factory=lambda: ["video/*", "image/*"])
+    """Media types a result must be sent with (``type/*`` for any subtype); a video model's results must be of
+    the ``video/`` ones, an image model's of the ``image/`` ones."""
     min_bytes_per_s: int = Field(default=32 * 1024, ge=0)
     """A transfer slower than this over ``throughput_window_s`` is abandoned (and retried later)."""
     throughput_window_s: float = Field(default=30.0, gt=0)
@@ -78,7 +82,7 @@ class DownloadSettings(SettingsModel):
     def _networks(cls, value: list[str]) -> list[str]:
         return check_networks(value)
 
-    @field_validator("result_hosts")
+    @field_validator("result_hosts", "image_hosts")
     @classmethod
     def _hosts(cls, value: list[str]) -> list[str]:
         return check_host_patterns(value)

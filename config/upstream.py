@@ -12,6 +12,15 @@ from config.models import FrozenSettingsModel, SettingsModel, secret_not_blank
 DEFAULT_BASE_URL = "https://api.apikley.ru"
 
 
+class PoolLimits(FrozenSettingsModel):
+    """One account's caps for one model's pool, where they are not the model's defaults."""
+
+    max_in_progress: int | None = Field(default=None, ge=1)
+    """Tasks of the pool's model not yet terminal."""
+    max_creations_per_window: int | None = Field(default=None, ge=1)
+    """Creations of the pool's model per rolling window."""
+
+
 class AccountSettings(FrozenSettingsModel):
     """One upstream account (API key) and its quotas."""
 
@@ -21,10 +30,22 @@ class AccountSettings(FrozenSettingsModel):
     """The account's API key (secret)."""
     base_url: str = DEFAULT_BASE_URL
     """The upstream API base."""
+    upload_base_url: str | None = None
+    """The base of the upstream's file upload API (image inputs go there first); unset: ``base_url`` +
+    ``/file-upload``, as Apikley serves it."""
     max_in_progress: int = Field(default=30, ge=1)
-    """Upstream cap on tasks not yet terminal."""
+    """Upstream cap on text-to-video tasks not yet terminal."""
     max_creations_per_window: int = Field(default=300, ge=1)
-    """Upstream cap on creations per rolling window."""
+    """Upstream cap on text-to-video creations per rolling window."""
+    pools: dict[str, PoolLimits] = Field(default_factory=dict)
+    """The caps of the other models' pools (``image-to-video``, ``text-to-image``, ...) where they are not the
+    models' defaults (``models``), e.g. ``{"text-to-image": {"max_in_progress": 40}}``."""
+    create_requests_per_window: int | None = Field(default=None, ge=1)
+    """createTask requests of every model together in every rolling ``create_requests_window_s``; unset: not
+    limited. kie.ai documents about 20 new generation requests per 10 seconds per account."""
+    create_requests_window_s: float = Field(default=10.0, gt=0)
+    """The window of ``create_requests_per_window`` (``window_guard_s`` is added on our side, as to the creation
+    window)."""
     creation_window_s: float = Field(default=3600.0, gt=0)
     """Length of the rolling creation window (the upstream's is an hour)."""
     window_guard_s: float = Field(default=2.0, ge=0)
@@ -44,9 +65,11 @@ class AccountSettings(FrozenSettingsModel):
 
     _key_not_blank = field_validator("api_key")(secret_not_blank)
 
-    @field_validator("base_url")
+    @field_validator("base_url", "upload_base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
@@ -63,6 +86,10 @@ class AccountSettings(FrozenSettingsModel):
                 f"({self.max_creations_per_window})"
             )
         return self
+
+    @property
+    def upload_base(self) -> str:
+        return (self.upload_base_url or f"{self.base_url}/file-upload").rstrip("/")
 
     @property
     def in_progress_limit(self) -> int:
@@ -86,6 +113,21 @@ class AccountSettings(FrozenSettingsModel):
         return calls, calls / self.record_info_per_s + self.record_info_guard_s
 
 
+class ModelSettings(SettingsModel):
+    """One model of the family as this deployment uses it (every field unset: the catalog's default)."""
+
+    enabled: bool = True
+    """Take jobs of this model (a model switched off is refused at enqueue, naming the setting)."""
+    max_in_progress: int | None = Field(default=None, ge=1)
+    """The pool's in-progress cap per account (text-to-video: the accounts' ``max_in_progress``)."""
+    max_creations_per_window: int | None = Field(default=None, ge=1)
+    """The pool's creations per window per account (text-to-video: ``max_creations_per_window``)."""
+    credits_per_task: float | None = Field(default=None, ge=0)
+    """The estimate of one task, before the per-second part."""
+    credits_per_second: dict[str, float] | None = None
+    """Credits per second of video by resolution (``{"480p": 2.4, "720p": 4.5}``)."""
+
+
 class CallbackSettings(SettingsModel):
     public_base_url: str | None = None
     """Public base URL of the ``web`` process; callbacks are off when unset."""
@@ -103,8 +145,9 @@ class PollSettings(SettingsModel):
     """When to ask recordInfo (ARCHITECTURE.md, "Polls"): the poll planner spends each account's budget
     on the tasks that may have finished, within these bounds."""
 
-    first_check_s: float = Field(default=10.0, ge=0)
-    """No task is asked about before it is this old: the upstream's shortest generation time."""
+    first_check_s: float | None = Field(default=None, ge=0)
+    """No task is asked about before it is this old; unset: its model's shortest typical generation time
+    (10 s for text-to-video, 5 s for text-to-image)."""
     schedule: list[tuple[float, float]] = Field(
         default_factory=lambda: [(30.0, 1.0), (120.0, 5.0), (float("inf"), 15.0)]
     )

@@ -35,6 +35,7 @@ with the code that raises it; the module is named where it is not this one).
     │   ├── LengthMismatch                       fewer or more bytes than announced
     │   └── TransferTooSlow (…storage.deadline)  below the minimum throughput, or past a deadline
     ├── RefusedDestination (…storage.destinations)  an address results and webhooks may not reach
+    ├── InputError (workers.inputs)              a job's image or parent cannot be used at submit time
     ├── BatchBusy (workers.batch.store)          another process is reading this batch
     ├── LocationError (workers.batch.locations)  a batch file or folder cannot be read, written or moved
     ├── NotCancelable (producers.api)            the job is past queued

@@ -17,11 +17,13 @@ from typing import Final, Protocol
 
 import redis
 
+from core.errors import ValidationError
 from core.jobs import MANAGED_FIELDS, TIMESTAMP_PREFIX, Job, JobRequest, JobState, new_job_id
 from core.keys import Keys
 from core.lua_scripts import ScriptCall, evalsha_pipeline, load_script
 from core.memory import MemoryBudget, record_bytes
-from core.messages import BrokerMessage
+from core.messages import BrokerMessage, ready_rank
+from core.quota import WAKES_KEPT
 from core.replication import ReplicaAcks
 
 log = logging.getLogger("imagineq.jobs")
@@ -75,6 +77,8 @@ class JobCreation:
         ``job_ids``: the ids to give the new jobs, in order (default: fresh ones)."""
         for request in requests:
             request.validate()
+            if request.needs_parent:
+                raise ValidationError("parent", "must be looked up by a producer, which checks the parent job")
         ids = list(job_ids) if job_ids is not None else [new_job_id() for _ in requests]
         if len(ids) != len(requests):
             raise ValueError(f"{len(ids)} job ids for {len(requests)} requests")
@@ -155,12 +159,27 @@ class JobCreation:
         ``WAIT`` for ``replicas`` on the same connection: replication is ordered, so they then hold every
         record of the call too."""
         by_queue: dict[str, list[str]] = {}
+        ready: dict[str, dict[str, float]] = {}
+        pins: dict[str, dict[str, str]] = {}
         for job in jobs:
             by_queue.setdefault(messages[job.id].queue_key, []).append(messages[job.id].payload)
+            ready.setdefault(job.pool, {})[job.id] = ready_rank(job)
+            if job.pin:
+                pins.setdefault(job.pool, {})[job.id] = job.pin
         with self._redis.pipeline(transaction=False) as pipe:
+            # The jobs become ready with their messages (the submitters' tickets), never before.
+            for pool, pinned in pins.items():
+                pipe.hset(self._keys.pins(pool), mapping=pinned)
+            for pool, ranks in ready.items():
+                pipe.zadd(self._keys.ready(pool), ranks)
             for queue_key, payloads in by_queue.items():
                 for start in range(0, len(payloads), _PUSH_CHUNK):
                     pipe.lpush(queue_key, *payloads[start : start + _PUSH_CHUNK])
+            if jobs:
+                wakes = self._keys.dispatch_wakes()
+                pipe.lpush(wakes, *["1"] * min(len(jobs), WAKES_KEPT))
+                pipe.ltrim(wakes, 0, WAKES_KEPT - 1)
+                pipe.pexpire(wakes, 60_000)
             if replicas:
                 pipe.execute_command("WAIT", replicas, self._replica_ack_timeout_ms)  # type: ignore[no-untyped-call]
             replies = pipe.execute()
@@ -189,6 +208,8 @@ class JobCreation:
                 self._keys.job(job.id),
                 self._keys.state_index(JobState.QUEUED.value),
                 sent.queue_key if sent is not None else self._keys.job(job.id),
+                self._keys.ready(job.pool),
+                self._keys.pins(job.pool),
             ]
             if job.idempotency_key is not None:
                 keys.append(self._keys.idempotency(job.idempotency_key, job.owner))

@@ -6,17 +6,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from config.celery import PRIORITY_STEPS
+from core.catalog import DEFAULT_MODEL, ModelSpec, model_named
+from core.catalog.models import ASPECT_RATIOS as ASPECT_RATIOS
+from core.catalog.models import MODES as MODES
+from core.catalog.models import PROMPT_MAX_CHARS as PROMPT_MAX_CHARS
 from core.errors import ValidationError
 from core.job_state import Priority
 
-PROMPT_MAX_CHARS: Final = 5000
-ASPECT_RATIOS: Final = ("2:3", "3:2", "1:1")
-MODES: Final = ("fun", "normal", "spicy")
 METADATA_MAX_BYTES: Final = 16 * 1024
 #: Nesting of objects and lists in metadata: deeper documents cannot be shown by every reader (the
 #: JSON encoders of the API, the events and the dashboard stop far below Python's own limit).
@@ -26,13 +27,6 @@ KEY_MAX_CHARS: Final = 200
 
 def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if not isinstance(value, str):
-        raise ValidationError(name, f"must be a string (got {_type_name(value)})")
-    if value not in allowed:
-        raise ValidationError(name, f"must be one of {', '.join(allowed)} (got {value!r})")
 
 
 def _optional_key(name: str, value: object) -> None:
@@ -80,13 +74,22 @@ def encode_metadata(metadata: Mapping[str, Any]) -> str:
     return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True)
 
 
+#: Request fields that are about the job, not about what the model makes (everything else given in a
+#: mapping is one of the model's fields, checked by its declaration).
+JOB_FIELDS: Final = ("model", "metadata", "priority", "idempotency_key", "batch_id", "notify_url")
+
+
 @dataclass(frozen=True)
 class JobRequest:
-    """What a producer asks for; :meth:`validate` enforces the upstream's limits before anything is sent."""
+    """What a producer asks for; :meth:`validate` enforces the upstream's limits before anything is sent.
 
-    prompt: str
-    aspect_ratio: str = "2:3"
-    mode: str = "normal"
+    ``prompt``, ``aspect_ratio`` and ``mode`` may be given as themselves (the text-to-video request every
+    release took); every other field of the model goes in ``input``. The model's declaration
+    (:mod:`core.catalog`) checks them all together; :attr:`values` is the result."""
+
+    prompt: str | None = None
+    aspect_ratio: str | None = None
+    mode: str | None = None
     #: Free-form, JSON-serialisable, kept on the record and in the S3 sidecar (≤ 16 KB as JSON).
     metadata: dict[str, Any] = field(default_factory=dict)
     priority: Priority = Priority.INTERACTIVE
@@ -101,26 +104,56 @@ class JobRequest:
     #: The broker priority of its messages when not its class's own (a batch submitted at ``normal``
     #: priority); set by the batch reader, never by a caller. ``core.messages.broker_priority`` reads it.
     priority_level: int | None = None
+    #: The model (short name ``text-to-video`` or the upstream's ``grok-imagine/text-to-video``).
+    model: str = DEFAULT_MODEL
+    #: The model's other fields (``duration``, ``resolution``, ``image``, ``parent``, ...).
+    input: Mapping[str, Any] = field(default_factory=dict)
+    #: The account a derived job must run on (its parent's), and what its parent made (``video``/``image``):
+    #: set by the producer once it found the parent, never by a caller.
+    pin: str | None = None
+    parent_output: str | None = None
     #: True once :meth:`validate` passed: a request is checked once, however many hands it goes through.
     _valid: bool = field(default=False, init=False, repr=False, compare=False)
+    _values: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def validate(self) -> None:
         """Raise :class:`~core.errors.ValidationError` naming the first bad field (once per request)."""
         if self._valid:
             return
-        self._check()
+        object.__setattr__(self, "_values", self._check())
         object.__setattr__(self, "_valid", True)
 
-    def _check(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise ValidationError("prompt", f"must be a string (got {_type_name(self.prompt)})")
-        if not self.prompt.strip():
-            raise ValidationError("prompt", "must not be empty")
-        if len(self.prompt) > PROMPT_MAX_CHARS:
-            raise ValidationError("prompt", f"must be at most {PROMPT_MAX_CHARS} characters (got {len(self.prompt)})")
-        _encodable("prompt", self.prompt)
-        _one_of("aspect_ratio", self.aspect_ratio, ASPECT_RATIOS)
-        _one_of("mode", self.mode, MODES)
+    @property
+    def spec(self) -> ModelSpec:
+        return model_named(self.model)
+
+    @property
+    def needs_parent(self) -> bool:
+        """A derived job whose parent no producer has looked up yet (``pin``, ``parent_output`` unset)."""
+        return self.spec.parent is not None and "parent" in self.values and self.parent_output is None
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The model's fields, checked and completed with their defaults (validates first)."""
+        self.validate()
+        return dict(self._values)
+
+    def _given(self, spec: ModelSpec) -> dict[str, Any]:
+        if not isinstance(self.input, Mapping):
+            raise ValidationError("input", f"must be an object of {spec.short}'s fields (got {_type_name(self.input)})")
+        given = {str(name): value for name, value in self.input.items()}
+        takes_prompt = any(f.name == "prompt" for f in spec.fields)
+        for name, value in (("prompt", self.prompt), ("aspect_ratio", self.aspect_ratio), ("mode", self.mode)):
+            if value is None or (name == "prompt" and value == "" and not takes_prompt):
+                continue
+            if name in given:
+                raise ValidationError(name, "is given twice (as itself and in input)")
+            given[name] = value
+        return given
+
+    def _check(self) -> dict[str, Any]:
+        spec = self.spec
+        values = spec.validate(self._given(spec))
         if not isinstance(self.metadata, dict):
             raise ValidationError("metadata", f"must be an object (got {_type_name(self.metadata)})")
         if not all(isinstance(key, str) for key in self.metadata):
@@ -144,37 +177,43 @@ class JobRequest:
             check_notify_url("notify_url", self.notify_url)
         if self.priority_level is not None and self.priority_level not in PRIORITY_STEPS:
             raise ValidationError("priority_level", f"must be one of {PRIORITY_STEPS} (got {self.priority_level!r})")
+        return values
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], **server_set: Any) -> JobRequest:
         """A validated request from decoded JSON (HTTP body, JSONL line), with the fields only the
         server sets (``owner``, ``priority_level``) given apart.
 
-        Unknown fields are refused by name; ``null`` for an optional field means its default.
+        The job's own fields (:data:`JOB_FIELDS`) are read here; every other field is one of the model's,
+        and one the model does not take is refused by name. ``null`` for an optional field means its
+        default.
         """
         if not set(server_set) <= SERVER_SET_FIELDS:
             raise TypeError(f"only {sorted(SERVER_SET_FIELDS)} are set by the server, not {sorted(server_set)}")
         if not isinstance(data, Mapping):
             raise ValidationError("request", f"must be an object (got {_type_name(data)})")
-        known = {f.name for f in fields(cls) if f.init} - SERVER_SET_FIELDS
-        unknown = sorted(str(name) for name in data if name not in known)
+        spec = model_named(data.get("model", DEFAULT_MODEL) or DEFAULT_MODEL)
+        job_values = {name: data[name] for name in JOB_FIELDS if data.get(name) is not None}
+        model_values = {name: value for name, value in data.items() if name not in JOB_FIELDS}
+        forbidden = sorted(str(name) for name in model_values if name in SERVER_SET_FIELDS)
+        unknown = [str(name) for name in model_values if name not in {f.name for f in spec.fields}] + forbidden
         if unknown:
+            allowed = [*JOB_FIELDS, *(f.name for f in spec.fields)]
             raise ValidationError(
-                ", ".join(unknown),
-                f"unknown field{'s' if len(unknown) > 1 else ''}; allowed: {', '.join(sorted(known))}",
+                ", ".join(sorted(set(unknown))),
+                f"unknown field{'s' if len(set(unknown)) > 1 else ''} for {spec.short}; allowed: {', '.join(allowed)}",
             )
-        if "prompt" not in data:
-            raise ValidationError("prompt", "is required")
-        values = {name: value for name, value in data.items() if value is not None or name == "prompt"}
-        priority = values.get("priority")
+        priority = job_values.get("priority")
         if priority is not None and not isinstance(priority, Priority):
             try:
-                values["priority"] = Priority(priority)
-            except ValueError:
+                job_values["priority"] = Priority(priority)
+            except (ValueError, TypeError):
                 raise ValidationError(
                     "priority", f"must be one of {', '.join(p.value for p in Priority)} (got {priority!r})"
                 ) from None
-        request = cls(**values, **server_set)
+        # The three fields every release took stay fields of the request; the model checks them all.
+        common = {name: model_values.pop(name) for name in ("prompt", "aspect_ratio", "mode") if name in model_values}
+        request = cls(**common, **job_values, input=model_values, **server_set)
         request.validate()
         return request
 
@@ -209,4 +248,4 @@ def check_notify_url(name: str, url: object) -> None:
 
 
 #: Request fields no caller may give: the web sets the owner from who is calling, the batch reader the level.
-SERVER_SET_FIELDS: Final = frozenset({"owner", "priority_level"})
+SERVER_SET_FIELDS: Final = frozenset({"owner", "priority_level", "pin", "parent_output"})

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Final
 
+from core.catalog import DEFAULT_MODEL, ModelSpec, model_named
 from core.job_request import (
     ASPECT_RATIOS,
     KEY_MAX_CHARS,
@@ -65,6 +66,7 @@ __all__ = [
     "Priority",
     "allowed_from",
     "check_notify_url",
+    "encode_json",
     "encode_metadata",
     "nesting_depth",
     "new_job_id",
@@ -81,13 +83,14 @@ _INT_FIELDS: Final = frozenset({*COUNTER_FIELDS, "size", "priority_level"})
 _STR_FIELDS: Final = frozenset(
     {
         "prompt",
-        "aspect_ratio",
-        "mode",
+        "model",
         "idempotency_key",
         "batch_id",
         "owner",
         "notify_url",
         "account",
+        "pin",
+        "parent_output",
         "task_id",
         "reason",
         "error",
@@ -114,9 +117,12 @@ class Job:
 
     id: str
     state: JobState
+    #: The model's prompt ("" for a model that takes none); the rest of its fields are in ``input``.
     prompt: str
-    aspect_ratio: str = "2:3"
-    mode: str = "normal"
+    #: The model's short name (its quota pool); records from before the catalog read as text-to-video.
+    model: str = DEFAULT_MODEL
+    #: The model's fields other than the prompt, as checked (``aspect_ratio``, ``duration``, ``image``...).
+    input: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     priority: Priority = Priority.INTERACTIVE
     idempotency_key: str | None = None
@@ -129,6 +135,10 @@ class Job:
     priority_level: int | None = None
     #: Name of the upstream account the job was submitted on (never the key).
     account: str | None = None
+    #: The account the job must run on (a derived job: its parent's task lives there).
+    pin: str | None = None
+    #: What a derived job's parent made (``video`` or ``image``; an upscale makes the same).
+    parent_output: str | None = None
     #: The upstream taskId.
     task_id: str | None = None
     #: Times the job was claimed by a submit worker (entered ``submitting``).
@@ -146,10 +156,14 @@ class Job:
     #: The upstream's failCode/failMsg for a failed generation.
     fail_code: str | None = None
     fail_msg: str | None = None
+    #: The task's first result URL (``result_urls`` holds them all).
     result_url: str | None = None
+    result_urls: list[str] = field(default_factory=list)
+    #: The first output's object (``outputs`` holds them all: uri, key, content_type, size, sha256).
     s3_uri: str | None = None
     size: int | None = None
     sha256: str | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
     #: SHA-256 of the per-job callback token (the token itself is never stored).
     callback_token_hash: str | None = None
     created_at: float = 0.0
@@ -160,11 +174,35 @@ class Job:
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
+    def spec(self) -> ModelSpec:
+        return model_named(self.model)
+
+    @property
+    def pool(self) -> str:
+        """The quota pool the job counts against (its model's)."""
+        return self.spec.pool
+
+    @property
+    def aspect_ratio(self) -> str | None:
+        value = self.input.get("aspect_ratio")
+        return None if value is None else str(value)
+
+    @property
+    def mode(self) -> str | None:
+        value = self.input.get("mode")
+        return None if value is None else str(value)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every field of the model the job was made with, the prompt included."""
+        return {**({"prompt": self.prompt} if self.prompt else {}), **self.input}
+
+    @property
     def request(self) -> JobRequest:
         return JobRequest(
-            prompt=self.prompt,
-            aspect_ratio=self.aspect_ratio,
-            mode=self.mode,
+            prompt=self.prompt or None,
+            model=self.model,
+            input=dict(self.input),
             metadata=self.metadata,
             priority=self.priority,
             idempotency_key=self.idempotency_key,
@@ -172,17 +210,21 @@ class Job:
             owner=self.owner,
             notify_url=self.notify_url,
             priority_level=self.priority_level,
+            pin=self.pin,
+            parent_output=self.parent_output,
         )
 
     @classmethod
     def new(cls, request: JobRequest, *, job_id: str | None = None, created_at: float = 0.0) -> Job:
         """A queued job for ``request`` (not yet stored)."""
+        values = request.values
+        prompt = values.pop("prompt", "")
         return cls(
             id=job_id or new_job_id(),
             state=JobState.QUEUED,
-            prompt=request.prompt,
-            aspect_ratio=request.aspect_ratio,
-            mode=request.mode,
+            prompt=prompt,
+            model=request.spec.short,
+            input=values,
             metadata=dict(request.metadata),
             priority=request.priority,
             idempotency_key=request.idempotency_key,
@@ -190,6 +232,8 @@ class Job:
             owner=request.owner,
             notify_url=request.notify_url,
             priority_level=request.priority_level,
+            pin=request.pin,
+            parent_output=request.parent_output,
             created_at=created_at,
             updated_at=created_at,
             timestamps={JobState.QUEUED.value: created_at},
@@ -206,6 +250,9 @@ class Job:
         data["timestamps"] = dict(self.timestamps)
         data["extra"] = dict(self.extra)
         data["metadata"] = dict(self.metadata)
+        data["input"] = dict(self.input)
+        data["outputs"] = [dict(output) for output in self.outputs]
+        data["result_urls"] = list(self.result_urls)
         return data
 
     def public_dict(self) -> dict[str, Any]:
@@ -225,6 +272,10 @@ class Job:
         }
         if self.metadata:
             out["metadata"] = encode_metadata(self.metadata)
+        for name in _JSON_FIELDS:
+            value = getattr(self, name)
+            if value:
+                out[name] = encode_json(value)
         for name in _STR_FIELDS:
             value = getattr(self, name)
             if value is not None and value != "":
@@ -255,6 +306,14 @@ class Job:
             created_at=created_at,
             updated_at=float(raw.pop("updated_at", created_at)),
         )
+        for name in _JSON_FIELDS:
+            if name in raw:
+                setattr(job, name, json.loads(raw.pop(name)))
+        # A record from before the catalog: a text-to-video job with its two fields at the top level,
+        # and its one output in s3_uri/size/sha256.
+        for legacy in ("aspect_ratio", "mode"):
+            if legacy in raw:
+                job.input.setdefault(legacy, raw.pop(legacy))
         job.timestamps[JobState.QUEUED.value] = created_at
         for name, value in raw.items():
             if name in _STR_FIELDS:
@@ -265,6 +324,10 @@ class Job:
                 job.timestamps[name[len(TIMESTAMP_PREFIX) :]] = float(value)
             else:
                 job.extra[name] = value
+        if job.result_url and not job.result_urls:
+            job.result_urls = [job.result_url]
+        if job.s3_uri and not job.outputs:
+            job.outputs = [{"index": 0, "uri": job.s3_uri, "size": job.size, "sha256": job.sha256}]
         return job
 
     @property
@@ -273,3 +336,10 @@ class Job:
 
 
 _STATE_VALUES: Final = frozenset(state.value for state in JobState)
+#: Fields stored as JSON.
+_JSON_FIELDS: Final = ("input", "outputs", "result_urls")
+
+
+def encode_json(value: Any) -> str:
+    """How a JSON field (``input``, ``outputs``, ``result_urls``) is stored in the record."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)

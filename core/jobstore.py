@@ -35,6 +35,7 @@ from core.jobs import (
 from core.keys import Keys
 from core.lua_scripts import evalsha_pipeline, load_script
 from core.memory import MemoryBudget
+from core.messages import ready_rank
 from core.replication import ReplicaAcks
 
 log = logging.getLogger("imagineq.jobs")
@@ -42,6 +43,9 @@ log = logging.getLogger("imagineq.jobs")
 
 FieldValue = str | int | float | None
 
+#: A job a submitter took from its ready set is moved out of queued within moments; one still queued this
+#: long after lost its submitter.
+DISPATCH_GRACE_S: Final = 30.0
 #: Extra life of a task index key beyond the terminal TTL (it is written before the job turns terminal).
 TASK_INDEX_SLACK_S: Final = 86400
 _SCAN_COUNT: Final = 1000
@@ -145,6 +149,7 @@ class JobStore:
             memory=MemoryBudget(client, memory_budget_pct) if memory_budget_pct else None,
         )
         self._transition = load_script(client, "job_transition")
+        self._ready = load_script(client, "job_ready")
         self._update = load_script(client, "job_update")
         self._incr = load_script(client, "job_incr")
 
@@ -252,8 +257,13 @@ class JobStore:
         incr: Mapping[str, int] | None = None,
         pipe: Pipeline | None = None,
         read: Job | None = None,
+        ready: bool = True,
     ) -> bool:
         """Move the job to ``to`` if its state is in ``expect`` (when given) and ``to`` is allowed from it.
+
+        A job entering ``queued`` enters its pool's ready set too, where submitters take jobs from, unless
+        ``ready`` is False (it waits out a delay; its own message puts it back); one leaving ``queued``
+        leaves it.
 
         ``fields`` are written in the same step (None or '' deletes), ``incr`` counters added; a
         ``task_id`` field also writes the task index. Entering ``submitting`` counts one ``attempts``.
@@ -307,9 +317,26 @@ class JobStore:
             *(state.value for state in froms),
             *_field_args(fields, incr),
         ]
-        if to.terminal:  # the job's end is recorded in the events stream, in the same step
+        # the job's end is recorded in the events stream, in the same step
+        args += ["1", str(self.events_max_len)] if to.terminal else ["0"]
+        job = None
+        if to is JobState.QUEUED or JobState.QUEUED in sources:
+            # Entering or leaving queued moves the job into or out of its pool's ready set (a job that
+            # is missing is refused by the script).
+            job = read if read is not None and read.id == job_id else self.get(job_id)
+        if job is not None:
+            keys += [
+                self._keys.ready(job.pool),
+                self._keys.dispatch_wakes(),
+                self._keys.pins(job.pool),
+                self._keys.dispatched(),
+            ]
+            entering = to is JobState.QUEUED and ready
+            args += ["1", repr(ready_rank(job)) if entering else "", (job.pin or "") if entering else ""]
+        else:
+            args.append("0")
+        if to.terminal:
             keys.append(self._keys.events())
-            args += ["1", str(self.events_max_len)]
         if pipe is not None:
             self._transition(keys, args, client=pipe)
             return True
@@ -355,6 +382,23 @@ class JobStore:
         if not written:
             return False
         return True if acks >= wanted else None
+
+    def make_ready(self, job: Job, *, taken_grace_s: float = DISPATCH_GRACE_S) -> bool:
+        """Put the queued ``job`` back in its pool's ready set when it is not there and no submitter took it
+        from there in the last ``taken_grace_s`` (``job_ready.lua``); True when it was put back."""
+        keys = self._keys
+        return bool(
+            self._ready(
+                keys=[
+                    keys.job(job.id),
+                    keys.ready(job.pool),
+                    keys.dispatched(),
+                    keys.pins(job.pool),
+                    keys.dispatch_wakes(),
+                ],
+                args=[job.id, repr(ready_rank(job)), job.pin or "", round(taken_grace_s * 1000)],
+            )
+        )
 
     def incr(self, job_id: str, field: str, by: int = 1) -> int:
         """Add ``by`` to a counter on the record and return the new value; LookupError if no such job."""

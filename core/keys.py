@@ -102,14 +102,44 @@ class Keys:
         """Sorted set: job ids in ``state``, scored by the time they entered it (ms)."""
         return f"{self.prefix}:state:{state}"
 
-    # -- quotas (per account) -----------------------------------------------------------------------
-    def creations(self, account: str) -> str:
-        """Sorted set: the sliding log of creations (member unique per creation, score = ms)."""
-        return f"{self.prefix}:quota:{account}:creations"
+    # -- dispatch: the queued jobs submitters choose from -----------------------------------------------
+    def ready(self, pool: str) -> str:
+        """Sorted set: a pool's queued jobs whose message is out (member = job id, score = rank: the job's
+        broker priority step, then its age; ``core.messages.ready_rank``)."""
+        return f"{self.prefix}:ready:{pool}"
 
-    def leases(self, account: str) -> str:
-        """Sorted set: in-progress leases (member = job id, score = lease expiry ms)."""
-        return f"{self.prefix}:quota:{account}:leases"
+    def pins(self, pool: str) -> str:
+        """Hash: job id -> the account a ready job must run on (a derived job: its parent's)."""
+        return f"{self.prefix}:ready:{pool}:pins"
+
+    def dispatched(self) -> str:
+        """Sorted set: jobs a submitter took from a ready set (score = ms); one still queued a while later
+        lost its submitter between the take and its move, and goes back (the reconciler)."""
+        return f"{self.prefix}:dispatched"
+
+    def dispatch_wakes(self) -> str:
+        """List: one entry per freed slot and per job made ready; submitters with nothing to dispatch BLPOP
+        it (entries may be stale: a woken submitter just looks again)."""
+        return f"{self.prefix}:dispatch-wakes"
+
+    # -- quotas (per account, and per model pool) ----------------------------------------------------------
+    def creations(self, account: str, pool: str | None = None) -> str:
+        """Sorted set: the sliding log of a pool's creations (member unique per creation, score = ms);
+        text-to-video's keeps the name it had before there were other pools."""
+        return f"{self.prefix}:quota:{account}{_pool_part(pool)}:creations"
+
+    def leases(self, account: str, pool: str | None = None) -> str:
+        """Sorted set: a pool's in-progress leases (member = job id, score = lease expiry ms)."""
+        return f"{self.prefix}:quota:{account}{_pool_part(pool)}:leases"
+
+    def uploaded(self, account: str, sha256: str) -> str:
+        """String with expiry: the URL of an image (by content) in the account's upstream file store, while
+        it may still be named (``uploads.reuse_s`` of the store's 3 days)."""
+        return f"{self.prefix}:upload:{account}:{sha256}"
+
+    def create_requests(self, account: str) -> str:
+        """Sorted set: the account's createTask requests of every model in the last rolling window."""
+        return f"{self.prefix}:quota:{account}:create-requests"
 
     def cooldown(self, account: str) -> str:
         """String with PX expiry: submitters stay away while it exists (upstream 429/455)."""
@@ -130,10 +160,6 @@ class Keys:
     def record_info_calls(self, account: str) -> str:
         """Sorted set: the account's recordInfo calls in the last rolling window (score = call ms)."""
         return f"{self.prefix}:quota:{account}:recordinfo-calls"
-
-    def slot_wakes(self, account: str) -> str:
-        """List: one entry per released in-progress slot; submitters waiting for a slot BLPOP it."""
-        return f"{self.prefix}:quota:{account}:slot-wakes"
 
     def poll_plan(self, account: str) -> str:
         """Sorted set: the account's booked recordInfo checks (member = job id, score = slot ms)."""
@@ -213,3 +239,11 @@ class Keys:
     def counters(self) -> str:
         """Hash: monotonically increasing counters (upstream errors by code, bytes stored, ...)."""
         return f"{self.prefix}:counters"
+
+
+#: The pool whose quota keys carry no pool name (the only pool before the catalog).
+UNNAMED_POOL = "text-to-video"
+
+
+def _pool_part(pool: str | None) -> str:
+    return "" if pool is None or pool == UNNAMED_POOL else f":{pool}"

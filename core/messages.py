@@ -18,9 +18,9 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE, SUBMIT_QUEUE, TASK_SUBMIT
+from config.celery import PRIORITY_BATCH, PRIORITY_INTERACTIVE, PRIORITY_STEPS, SUBMIT_QUEUE, TASK_SUBMIT
 from core.jobs import Job, Priority
 from core.keys import Keys
 
@@ -34,6 +34,20 @@ def broker_priority(job: Job) -> int:
     if job.priority_level is not None:
         return job.priority_level
     return PRIORITY_BATCH if job.priority is Priority.BATCH else PRIORITY_INTERACTIVE
+
+
+#: A rank counts microseconds from here (until 2051 they stay below one step's weight)...
+_RANK_EPOCH_S: Final = 1_577_836_800  # 2020-01-01
+#: ...and a priority step weighs more than any of them; the largest rank stays well inside a double's
+#: exact integers.
+_STEP_WEIGHT: Final = 10**15
+
+
+def ready_rank(job: Job) -> float:
+    """The job's place in its pool's ready set (lowest first): its broker priority step, then the moment
+    it was created (to the microsecond, so one call's jobs keep their order)."""
+    step = PRIORITY_STEPS.index(broker_priority(job)) if broker_priority(job) in PRIORITY_STEPS else 0
+    return float(step * _STEP_WEIGHT + round((job.created_at - _RANK_EPOCH_S) * 1_000_000))
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def _copy_out(producer: Producer, jobs: list[Job]) -> list[Path]:
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     paths = []
     for job in jobs:
-        path = DEMO_DIR / f"{job.id}-{job.aspect_ratio.replace(':', 'x')}-{job.mode}.mp4"
+        path = DEMO_DIR / f"{job.id}-{(job.aspect_ratio or '').replace(':', 'x')}-{job.mode}.mp4"
         producer.download(job, path)
         paths.append(path)
     producer.close()

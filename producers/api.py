@@ -8,21 +8,26 @@ upstream task exists (see ``workers.tasks``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery
 
 from config.settings import Settings, get_settings
+from core.catalog import DEFAULT_MODEL, Catalog
 from core.clients import Clients
 from core.errors import ImagineQError
 from core.jobs import Job, JobRequest, Priority
 from core.messages import BrokerMessage, submit_message
 from workers.batch.lines import BATCH_KEY_PREFIX
+
+if TYPE_CHECKING:
+    from workers.intake import Intake
 
 #: Jobs written and published per Redis round trip by ``enqueue_many``.
 CHUNK = 500
@@ -75,7 +80,9 @@ class Producer:
         self.settings = settings or get_settings()
         clients = Clients.build(self.settings, client)
         self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
+        self.catalog = Catalog(self.settings)
         self._app = app
+        self._intake: Intake | None = None
 
     @property
     def app(self) -> Celery:
@@ -89,20 +96,28 @@ class Producer:
 
     def enqueue(
         self,
-        prompt: str,
+        prompt: str | None = None,
         *,
-        aspect_ratio: str = "2:3",
-        mode: str = "normal",
+        model: str = DEFAULT_MODEL,
+        aspect_ratio: str | None = None,
+        mode: str | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         priority: Priority | str = Priority.INTERACTIVE,
         notify_url: str | None = None,
+        **fields: Any,
     ) -> Job:
-        """Validate, write the job, publish its chain. The same idempotency key returns the same job."""
+        """Validate, write the job, publish its chain. The same idempotency key returns the same job.
+
+        ``model`` names the model of the family (``text-to-video`` by default); ``fields`` are its other
+        fields (``duration="10"``, ``resolution="720p"``, ``image=Path("cat.png")`` or bytes or a URL,
+        ``parent=job.id``, ...), checked by its declaration (``core.catalog``)."""
         request = JobRequest(
             prompt=prompt,
             aspect_ratio=aspect_ratio,
             mode=mode,
+            model=model,
+            input=fields,
             metadata=dict(metadata or {}),
             priority=Priority(priority),
             idempotency_key=idempotency_key,
@@ -123,12 +138,30 @@ class Producer:
         nothing was sent)."""
         return self.enqueue_prepared(self.prepare(requests))
 
-    def prepare(self, items: Iterable[JobRequest | Mapping[str, Any]], *, owner: str | None = None) -> list[JobRequest]:
-        """The requests, each checked once, here: its fields (``JobRequest.validate``), its idempotency key
-        and its notify_url against this deployment's settings; ``owner``: the principal enqueueing
-        mappings (set by the web). A ValidationError names the item (``requests[i].field``) and carries
-        ``item`` and ``item_field`` for callers that point at it otherwise."""
-        return [self._prepared(index, item, owner) for index, item in enumerate(items)]
+    def prepare(
+        self,
+        items: Iterable[JobRequest | Mapping[str, Any]],
+        *,
+        owner: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+    ) -> list[JobRequest]:
+        """The requests, each checked once, here: its images stored and its parent looked up
+        (``workers.intake``), its fields (``JobRequest.validate``), its model switched on, its idempotency
+        key and its notify_url against this deployment's settings; ``owner``: the principal enqueueing
+        mappings (set by the web); ``files``: a multipart request's file parts, by name. A
+        ValidationError names the item (``requests[i].field``) and carries ``item`` and ``item_field`` for
+        callers that point at it otherwise."""
+        return [self._prepared(index, item, owner, files or {}) for index, item in enumerate(items)]
+
+    @property
+    def intake(self) -> Intake:
+        if self._intake is None:
+            from workers.intake import Intake
+            from workers.storage import build_s3_client
+
+            s3, http = self.settings.s3, self.settings.http
+            self._intake = Intake(self.settings, self.jobs.get, lambda: build_s3_client(s3, http))
+        return self._intake
 
     def enqueue_prepared(
         self, requests: Sequence[JobRequest], *, job_ids: Sequence[str] | None = None
@@ -189,8 +222,15 @@ class Producer:
             # takes (and logs) a slot and a creation of its own.
             from core.quota import QuotaLimiter
 
-            QuotaLimiter.for_settings(self.redis, self.keys, self.settings).detach_hold(job.account, job.id)
-        cleared = dict.fromkeys(("reason", "error", "task_id", "account", "create_sent_at", "submit_attempts"))
+            QuotaLimiter.for_settings(self.redis, self.keys, self.settings).detach_hold(
+                job.account, job.id, pool=job.pool
+            )
+        cleared = dict.fromkeys(
+            (
+                *("reason", "error", "task_id", "account", "create_sent_at", "submit_attempts"),
+                *("result_url", "result_urls", "outputs", "s3_uri", "size", "sha256", "store_started_at"),
+            )
+        )
         if not self.jobs.transition(job.id, JobState.QUEUED, expect=JobState.FAILED, fields=cleared):
             raise ValueError(f"job {job.id} changed state meanwhile; look again")
         queued = self.jobs.get(job.id)
@@ -198,16 +238,20 @@ class Producer:
         self.publish(queued)
         return queued
 
-    def download(self, job: Job, target: Path) -> str:
-        """Write a stored job's video to ``target`` and return its sha256. It is written beside the
-        target and renamed once whole and checked against the job's sha256, so a failed download leaves
-        no half file; ValueError when the job has no video or the bytes do not match."""
+    def download(self, job: Job, target: Path, *, index: int = 0) -> str:
+        """Write output ``index`` of a stored job to ``target`` and return its sha256. It is written beside
+        the target and renamed once whole and checked against the output's sha256, so a failed download
+        leaves no half file; ValueError when the job has no such output or the bytes do not match."""
         from core.jobs import JobState
         from workers.storage import build_s3_client
 
-        if job.state is not JobState.STORED or not job.s3_uri:
-            raise ValueError(f"job {job.id} is {job.state.value}: only a stored job has a video")
-        bucket, key = job.s3_uri.removeprefix("s3://").split("/", 1)
+        if job.state is not JobState.STORED or not job.outputs:
+            raise ValueError(f"job {job.id} is {job.state.value}: only a stored job has outputs")
+        output = next((o for o in job.outputs if o.get("index") == index), None)
+        if output is None:
+            raise ValueError(f"job {job.id} has {len(job.outputs)} output(s); there is no output {index}")
+        uri, expected = str(output["uri"]), output.get("sha256")
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
         body = build_s3_client(self.settings.s3, self.settings.http).get_object(Bucket=bucket, Key=key)["Body"]
         partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
@@ -216,8 +260,8 @@ class Producer:
                 for chunk in body.iter_chunks(1024 * 1024):
                     digest.update(chunk)
                     out.write(chunk)
-            if job.sha256 and digest.hexdigest() != job.sha256:
-                raise ValueError(f"{job.s3_uri} does not match the job's sha256; nothing written")
+            if expected and digest.hexdigest() != expected:
+                raise ValueError(f"{uri} does not match the output's sha256; nothing written")
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
@@ -226,15 +270,23 @@ class Producer:
     def close(self) -> None:
         self.redis.close()
 
-    def _prepared(self, index: int, item: JobRequest | Mapping[str, Any], owner: str | None) -> JobRequest:
+    def _prepared(
+        self, index: int, item: JobRequest | Mapping[str, Any], owner: str | None, files: Mapping[str, bytes]
+    ) -> JobRequest:
         from core.errors import ValidationError
 
         try:
             if isinstance(item, JobRequest):
-                request = item
+                values = self.intake.values(item.spec, item.input, owner=item.owner, files=files)
+                request = dataclasses.replace(item, input=values) if values != item.input else item
                 request.validate()
+            elif not isinstance(item, Mapping):
+                raise ValidationError("request", f"must be an object (got {type(item).__name__})")
             else:
-                request = JobRequest.from_mapping(item, **({"owner": owner} if owner is not None else {}))
+                values = self.intake.item(item, owner=owner, files=files)
+                request = JobRequest.from_mapping(values, **({"owner": owner} if owner is not None else {}))
+            request = self.intake.with_parent(request)
+            self.catalog.spec(request.model)  # switched off on this deployment: refused by name
             check_producer_key(request)
             check_notify_url_allowed(request, self.settings)
         except ValidationError as error:
@@ -263,7 +315,7 @@ def default_producer() -> Producer:
     return _default
 
 
-def enqueue(prompt: str, **options: Any) -> Job:
+def enqueue(prompt: str | None = None, **options: Any) -> Job:
     return default_producer().enqueue(prompt, **options)
 
 

@@ -8,7 +8,10 @@ import sys
 import time
 from typing import Any
 
+from core.catalog import MODELS
 from producers.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+MODEL_NAMES = tuple(MODELS)
 
 
 def _job_table(job: Any) -> str:
@@ -20,23 +23,61 @@ def _job_table(job: Any) -> str:
         ("error", data.get("error")),
         ("account", data.get("account")),
         ("task", data.get("task_id")),
+        ("model", data.get("model")),
         ("s3", data.get("s3_uri")),
         ("size", data.get("size")),
         ("sha256", data.get("sha256")),
     ]
+    outputs = data.get("outputs") or []
+    if len(outputs) > 1:
+        rows += [(f"out {o['index']}", f"{o['uri']} ({o.get('content_type')}, {o.get('size')} bytes)") for o in outputs]
     return "\n".join(f"{name:8} {value}" for name, value in rows if value not in (None, ""))
+
+
+def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The model's fields given on the command line: the flags of the common ones, ``--field NAME=VALUE``
+    (a JSON value, else text) for any other."""
+    from pathlib import Path
+
+    fields: dict[str, Any] = {}
+    for name in ("aspect_ratio", "mode", "duration", "resolution", "parent", "index", "extend_at", "extend_times"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    images: list[Any] = [
+        image if image.startswith(("http://", "https://", "s3://")) else Path(image) for image in args.image or []
+    ]
+    if images:
+        # image-to-image takes a list (images), the others one image.
+        fields["images" if args.model in ("image-to-image", "grok-imagine/image-to-image") else "image"] = (
+            images if len(images) > 1 or args.model in ("image-to-image", "grok-imagine/image-to-image") else images[0]
+        )
+    for item in args.field or []:
+        name, equals, text = item.partition("=")
+        if not equals or not name:
+            raise ValueError(f"--field {item!r}: must be NAME=VALUE")
+        try:
+            fields[name] = json.loads(text)
+        except ValueError:
+            fields[name] = text
+    return fields
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from producers.api import Producer
 
+    try:
+        fields = _model_fields(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     producer = Producer()
     job = producer.enqueue(
         args.prompt,
-        aspect_ratio=args.aspect_ratio,
-        mode=args.mode,
+        model=args.model,
         idempotency_key=args.idempotency_key,
         notify_url=args.notify_url,
+        **fields,
     )
     # The id at once (on stderr with --json, which keeps stdout one JSON document).
     print(f"job {job.id} {job.state.value}", file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -198,15 +239,26 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     job = find_job(producer, args.job_id)
     if job is None:
         return EXIT_FAILED
-    target = Path(args.path or f"{job.id}.mp4")
-    if target.is_dir():
-        target = target / f"{job.id}.mp4"
-    try:
-        digest = producer.download(job, target)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"{target} ({target.stat().st_size:,} bytes, sha256 {digest[:12]}…)")
+    outputs = job.outputs or [{"index": 0, "uri": job.s3_uri or ""}]
+    chosen = [o for o in outputs if args.index is None or o.get("index") == args.index]
+    if not chosen:
+        print(f"error: job {job.id} has {len(outputs)} output(s); there is no --index {args.index}", file=sys.stderr)
+        return EXIT_USAGE
+    for output in chosen:
+        index = int(output.get("index", 0))
+        extension = str(output.get("uri", "")).rpartition(".")[2] or "mp4"
+        name = f"{job.id}.{extension}" if len(outputs) == 1 else f"{job.id}-{index}.{extension}"
+        target = Path(args.path or name)
+        if target.is_dir():
+            target = target / name
+        elif len(chosen) > 1:
+            target = target.with_name(f"{target.stem}-{index}{target.suffix or '.' + extension}")
+        try:
+            digest = producer.download(job, target, index=index)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{target} ({target.stat().st_size:,} bytes, sha256 {digest[:12]}…)")
     return EXIT_OK
 
 
@@ -268,10 +320,25 @@ def _event_line(producer: Any, event: Any, *, as_json: bool) -> str:
 def register(commands: Any) -> None:
     from core.jobs import JobState as JobStateNames
 
-    submit = commands.add_parser("submit", help="enqueue one prompt")
-    submit.add_argument("prompt")
-    submit.add_argument("--aspect-ratio", default="2:3", help="2:3 (default), 3:2 or 1:1")
-    submit.add_argument("--mode", default="normal", help="fun, normal (default) or spicy")
+    submit = commands.add_parser("submit", help="enqueue one job (a prompt, an image, a parent job)")
+    submit.add_argument("prompt", nargs="?", default=None, help="what to make (optional for some models)")
+    submit.add_argument(
+        "--model", default="text-to-video", help=f"the model: {', '.join(MODEL_NAMES)} (default text-to-video)"
+    )
+    submit.add_argument("--aspect-ratio", default=None, help="2:3 (default), 3:2, 1:1, 16:9 or 9:16")
+    submit.add_argument("--mode", default=None, help="fun, normal (default) or spicy")
+    submit.add_argument("--duration", default=None, help="seconds of video: 6 (default), 10 or 15")
+    submit.add_argument("--resolution", default=None, help="480p (default) or 720p")
+    submit.add_argument(
+        "--image", action="append", default=None, metavar="PATH|URL", help="an image file, URL or s3:// object"
+    )
+    submit.add_argument("--parent", default=None, help="the job an upscale, extend or image-to-video starts from")
+    submit.add_argument("--index", type=int, default=None, help="which image of the parent (image-to-video)")
+    submit.add_argument("--extend-at", type=int, default=None, help="extend: where to continue from (seconds)")
+    submit.add_argument("--extend-times", default=None, help="extend: seconds to add, 6 or 10")
+    submit.add_argument(
+        "--field", action="append", default=None, metavar="NAME=VALUE", help="any other field of the model"
+    )
     submit.add_argument("--idempotency-key", default=None, help="the same key returns the same job")
     submit.add_argument("--notify-url", default=None, help="POST the job's end there (signed webhook)")
     submit.add_argument("--wait", action="store_true", help="wait until the job is terminal")
@@ -301,7 +368,10 @@ def register(commands: Any) -> None:
 
     fetch = commands.add_parser("fetch", help="download a stored job's video")
     fetch.add_argument("job_id", help="the job's id, or a unique prefix of 8+ characters")
-    fetch.add_argument("path", nargs="?", default=None, help="file or folder to write (default ./JOB_ID.mp4)")
+    fetch.add_argument(
+        "path", nargs="?", default=None, help="file or folder to write (default ./JOB_ID.mp4, ./JOB_ID-N.png ...)"
+    )
+    fetch.add_argument("--index", type=int, default=None, help="only output N (default: every output)")
     fetch.set_defaults(handler=_cmd_fetch)
 
     watch = commands.add_parser("watch", help="print events as jobs end and batches finish (Ctrl-C stops)")

@@ -23,6 +23,7 @@ import redis
 
 from config.celery import QUEUES
 from config.settings import AccountSettings, Settings, redact_url
+from core.catalog import DEFAULT_MODEL
 from core.clients import Clients
 from core.errors import UpstreamError
 from core.jobs import Job, JobState
@@ -42,6 +43,17 @@ FAILURE_STATES = (JobState.FAILED, JobState.EXPIRED)
 
 
 @dataclass(frozen=True)
+class PoolStatus:
+    """One model pool of an account other than text-to-video's (whose figures are the account's own)."""
+
+    pool: str
+    creations_in_window: int
+    creations_limit: int
+    in_progress: int
+    in_progress_limit: int
+
+
+@dataclass(frozen=True)
 class AccountStatus:
     account: str
     creations_in_window: int
@@ -54,6 +66,8 @@ class AccountStatus:
     credits: int | None
     #: Why ``credits`` is unknown (None when it is known, or was not asked).
     credits_error: str | None = None
+    #: The other pools in use now (a task in progress or a creation in the window).
+    pools: tuple[PoolStatus, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,18 @@ class StatusReader:
                 results = pool.map(lambda account: self.credits_of(account, timeout_s), to_ask)
                 answers.update(zip((a.name for a in to_ask), results, strict=True))
         out = []
+        others: dict[str, list[PoolStatus]] = {}
+        for pool_quota in self.quota.snapshot(pool=None):
+            if pool_quota.pool != DEFAULT_MODEL and (pool_quota.in_progress or pool_quota.creations_in_window):
+                others.setdefault(pool_quota.account, []).append(
+                    PoolStatus(
+                        pool=pool_quota.pool,
+                        creations_in_window=pool_quota.creations_in_window,
+                        creations_limit=pool_quota.creations_limit,
+                        in_progress=pool_quota.in_progress,
+                        in_progress_limit=pool_quota.in_progress_limit,
+                    )
+                )
         for quota in self.quota.snapshot():
             account = self.settings.account(quota.account)
             credits, error = answers.get(quota.account, (None, None))
@@ -176,6 +202,7 @@ class StatusReader:
                     paused=quota.paused,
                     credits=credits,
                     credits_error=error,
+                    pools=tuple(others.get(quota.account, ())),
                 )
             )
         return out

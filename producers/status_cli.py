@@ -178,6 +178,15 @@ def _accounts(status: Status, cell: Cell) -> Table | Text:
             cell(account.paused, "red") if account.paused else cell("—", "dim"),
             credits,
         )
+        for pool in account.pools:
+            table.add_row(
+                cell(f"  {pool.pool}", "dim"),
+                cell(f"{pool.creations_in_window} / {pool.creations_limit} per {duration(account.window_s)}"),
+                cell(f"{pool.in_progress} / {pool.in_progress_limit}"),
+                cell("", ""),
+                cell("", ""),
+                cell("", ""),
+            )
     return table
 
 

@@ -19,7 +19,7 @@ from typing import Any, Final, cast
 import redis
 
 from config.settings import ConfigError
-from core.jobs import Job, JobState
+from core.jobs import Job, JobState, encode_json
 from core.jobstore import JobStore
 from core.keys import Keys
 from core.quota import QuotaLimiter
@@ -60,8 +60,21 @@ def apply_terminal(jobs: JobStore, quota: QuotaLimiter, job: Job, record: TaskRe
     if salvage and not success:
         return Applied.NOTHING  # a late failure changes nothing for an already failed job
     if success:
+        urls = list(record.result_urls)
+        most = job.spec.max_outputs
+        if len(urls) > most:
+            log.warning(
+                "job %s: task %s returned %d results; %s makes at most %d",
+                job.id,
+                record.task_id,
+                len(urls),
+                job.model,
+                most,
+            )
+            urls = urls[:most]
         fields: dict[str, Any] = {
-            "result_url": record.result_urls[0],
+            "result_url": urls[0],
+            "result_urls": encode_json(urls),
             "completed_ms": record.complete_time_ms,
             "task_id": record.task_id,
         }
@@ -82,13 +95,13 @@ def apply_terminal(jobs: JobStore, quota: QuotaLimiter, job: Job, record: TaskRe
         moved = jobs.transition(job.id, JobState.FAILED, expect=JobState.GENERATING, fields=fail_fields)
         outcome = Applied.FAILED
     if job.account:
-        _release(quota, job.account, job.id)
+        _release(quota, job.account, job.id, job.pool)
     return outcome if moved else Applied.NOTHING
 
 
-def _release(quota: QuotaLimiter, account: str, job_id: str) -> None:
+def _release(quota: QuotaLimiter, account: str, job_id: str, pool: str) -> None:
     try:
-        quota.release(account, job_id)
+        quota.release(account, job_id, pool=pool)
     except ConfigError:
         # This process does not know the account (misconfigured web): the lease expires by itself.
         log.error("job %s: cannot release the lease on unknown account %r", job_id, account)

@@ -15,6 +15,9 @@ record says a step should be running when nothing shows it is, each case counted
     was reclaimed meanwhile is put back, since the task is still in progress upstream.
 ``unstored``
     ``downloading`` for ``reconcile_store_silent_s`` with no store running (no store claim): a new store.
+``abandoned_dispatch``
+    ``queued`` jobs a submitter took from their ready set (``keys.dispatched``) more than
+    ``DISPATCH_GRACE_S`` ago without moving them on (it died in between): back in their ready sets.
 ``terminal_lease`` / ``expired_lease``
     leases held by terminal (or vanished) jobs are released — except ``outcome_unknown`` holds, which run
     out by themselves — and expired leases are reclaimed.
@@ -61,6 +64,7 @@ from config.celery import (
 from core.clients import release_token_lock
 from core.errors import NotFound, UpstreamError
 from core.jobs import Job, JobState
+from core.jobstore import DISPATCH_GRACE_S
 from core.messages import submit_message
 from core.quota import HELD_PREFIX
 from workers.batch.locations import Files
@@ -125,6 +129,7 @@ class Reconciler:
                 self.silent_polls,
                 self.unstored,
                 self.leases,
+                self.abandoned_dispatches,
                 self.salvage,
                 self.failed_stores,
                 self.finalise_batches,
@@ -172,7 +177,7 @@ class Reconciler:
         for job in self._jobs_in(JobState.GENERATING, silent_s):
             if job.account is None:
                 continue
-            leases = self.rt.keys.leases(job.account)
+            leases = self.rt.keys.leases(job.account, job.pool)
             expiry_ms = cast("float | None", self.rt.redis.zscore(leases, job.id))
             activity = [job.timestamps.get(JobState.GENERATING.value, job.updated_at)]
             if expiry_ms is not None:
@@ -215,8 +220,8 @@ class Reconciler:
             for job_id in job_ids:
                 self.counts["expired_lease"] += 1
                 log.warning("reconcile: expired lease of job %s on account %s reclaimed", job_id, name)
-        for account in self.settings.accounts:
-            members = cast("list[str]", self.rt.redis.zrange(self.rt.keys.leases(account.name), 0, -1))
+        for account, pool in ((account, pool) for account in self.settings.accounts for pool in self.rt.quota.pools):
+            members = cast("list[str]", self.rt.redis.zrange(self.rt.keys.leases(account.name, pool), 0, -1))
             if not members:
                 continue
             with self.rt.redis.pipeline(transaction=False) as pipe:
@@ -230,11 +235,24 @@ class Reconciler:
                     continue
                 if state == JobState.FAILED.value and reason in HELD_REASONS:
                     continue
-                self.rt.quota.release(account.name, job_id)
+                self.rt.quota.release(account.name, job_id, pool=pool)
                 self.counts["terminal_lease"] += 1
                 log.warning(
                     "reconcile: lease of %s job %s on account %s released", state or "vanished", job_id, account.name
                 )
+
+    def abandoned_dispatches(self) -> None:
+        """Jobs a submitter took from a ready set but never moved out of queued (it died in between) go
+        back to their ready sets; the dispatched set forgets everything older than the grace."""
+        before_ms = (self._now() - DISPATCH_GRACE_S) * 1000
+        key = self.rt.keys.dispatched()
+        stale = cast("list[str]", self.rt.redis.zrangebyscore(key, "-inf", before_ms, start=0, num=_SCAN))
+        for job in self.rt.jobs.get_many(stale):
+            if job is not None and job.state is JobState.QUEUED and self.rt.jobs.make_ready(job):
+                self.counts["abandoned_dispatch"] += 1
+                log.warning("reconcile: job %s was taken by a submitter that vanished; ready again", job.id)
+        if stale:
+            self.rt.redis.zremrangebyscore(key, "-inf", before_ms)  # a job taken again since keeps its entry
 
     def salvage(self) -> None:
         now = self._now()

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 import redis
 
 from config.settings import Settings
+from core.catalog import Catalog
 from core.clients import Clients
 from core.jobstore import JobStore
 from core.keys import Keys
 from core.quota import QuotaLimiter
+from workers.inputs import Inputs
 from workers.poll_plan import PollPlan
 from workers.storage import Storage
 from workers.upstream import UpstreamClient, build_session
@@ -26,7 +28,9 @@ class Runtime:
     quota: QuotaLimiter
     plan: PollPlan
     storage: Storage
+    catalog: Catalog
     _clients: dict[str, UpstreamClient] = field(default_factory=dict)
+    _inputs: Inputs | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -45,7 +49,16 @@ class Runtime:
             quota=QuotaLimiter.for_settings(clients.redis, clients.keys, settings),
             plan=PollPlan(clients.redis, clients.keys, settings.accounts),
             storage=storage,
+            catalog=Catalog(settings),
         )
+
+    @property
+    def inputs(self) -> Inputs:
+        """Image inputs and parents at submit time (built on first use)."""
+        with self._lock:
+            if self._inputs is None:
+                self._inputs = Inputs(self.settings, self.redis, self.keys, self.jobs, self.storage)
+            return self._inputs
 
     def upstream(self, account: str) -> UpstreamClient:
         """The client for ``account`` (one pooled session per account per process)."""
@@ -61,4 +74,6 @@ class Runtime:
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
+        if self._inputs is not None:
+            self._inputs.close()
         self.redis.close()

@@ -70,6 +70,13 @@ class HashingReader:
     def seekable(self) -> bool:
         return False
 
+    def peek(self, size: int) -> bytes:
+        """Up to ``size`` of the next bytes without taking them (they are read again by ``read``); fewer
+        only at the end, or when the first chunk is shorter."""
+        if not self._pending:
+            self._next_chunk()
+        return self._pending[:size]
+
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             return self._read_all()

@@ -22,14 +22,20 @@
 --   then     d, then d field names to HDEL
 --   then     c, then c pairs field, increment to HINCRBY
 --   then     e: 1 when the target is terminal and an event is to be recorded, then the stream's
---            approximate maximum length; the stream is then the LAST key ( <prefix>:events )
+--            approximate maximum length; the stream is then the LAST key ( <prefix>:events ); else 0
+--   then     r: 1 when the job's ready set changes with this move, then the job's rank there ('' = the job
+--            leaves the set, and the dispatched set) and the account it is pinned to ('' = none); the ready
+--            set, the dispatch wake list, the pool's pins and the dispatched set are then the four keys
+--            after the task index key
 -- Effects (all or nothing): state = target, at_<target> and updated_at = Redis TIME (float s), the fields;
 --   the id moves from its current state index to the target's (score = ms); task index SET EX when task_id
---   is written; expiry as above; for a terminal target, an entry ``type job.<to>, job, batch, owner, at``
+--   is written; expiry as above; a job entering ``queued`` is added to its pool's ready set (and one wake
+--   posted for the submitters waiting there), one leaving it is removed; for a terminal target, an entry ``type job.<to>, job, batch, owner, at``
 --   added to the events stream in the same step (so no job ends without its event).
 -- Returns: 1 done; 0 refused (job missing, or its state not among ARGV[7..6+n]) with nothing written.
 
 local job, id, to = KEYS[1], ARGV[1], ARGV[2]
+-- (the events stream, when given, is the last key)
 local ttl, task_ttl, idem = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local n = tonumber(ARGV[6])
 
@@ -69,12 +75,17 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local a = 7 + n
 local s = tonumber(ARGV[a])
 local set = {'state', to, 'at_' .. to, now, 'updated_at', now}
+local task_key_used = false
 for i = a + 1, a + 2 * s, 2 do
   set[#set + 1] = ARGV[i]
   set[#set + 1] = ARGV[i + 1]
   if ARGV[i] == 'task_id' then
     redis.call('SET', KEYS[k], id, 'EX', task_ttl)
+    task_key_used = true
   end
+end
+if task_key_used then
+  k = k + 1
 end
 redis.call('HSET', job, unpack(set))
 a = a + 2 * s + 1
@@ -92,6 +103,24 @@ if tonumber(ARGV[a] or '0') == 1 then
   local about = redis.call('HMGET', job, 'batch_id', 'owner')
   redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', ARGV[a + 1], '*', 'type', 'job.' .. to, 'job', id,
     'batch', about[1] or '', 'owner', about[2] or '', 'at', now)
+  a = a + 2
+else
+  a = a + 1
+end
+if tonumber(ARGV[a] or '0') == 1 then
+  if ARGV[a + 1] == '' then
+    redis.call('ZREM', KEYS[k], id)
+    redis.call('HDEL', KEYS[k + 2], id)
+    redis.call('ZREM', KEYS[k + 3], id)
+  else
+    redis.call('ZADD', KEYS[k], ARGV[a + 1], id)
+    if ARGV[a + 2] ~= '' then
+      redis.call('HSET', KEYS[k + 2], id, ARGV[a + 2])
+    end
+    redis.call('LPUSH', KEYS[k + 1], '1')
+    redis.call('LTRIM', KEYS[k + 1], 0, 63)
+    redis.call('PEXPIRE', KEYS[k + 1], 60000)
+  end
 end
 
 redis.call('ZREM', from_index, id)

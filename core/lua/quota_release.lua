@@ -2,11 +2,11 @@
 -- submitter, and take the job off the poll plan.
 --
 -- KEYS[1]  leases       sorted set  member = job id, score = lease expiry ms
--- KEYS[2]  slot wakes   list        one entry per released slot; waiting submitters BLPOP it
+-- KEYS[2]  dispatch wakes list     one entry per released slot; waiting submitters BLPOP it
 -- KEYS[3]  poll plan    sorted set  member = job id (poll_plan.lua)
 -- KEYS[4]  poll owners  hash        job id -> poll message
 -- ARGV[1]  job id
--- ARGV[2]  most wakes kept (the account's in-progress limit: more releases than slots wake nobody more)
+-- ARGV[2]  most wakes kept (more than the submitters that can wait wake nobody more)
 -- Returns 1 if the job held a slot (a wake was posted), else 0.
 
 local job = ARGV[1]

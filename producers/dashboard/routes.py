@@ -112,7 +112,7 @@ def render(
 def secure_headers(response: Response, media_origin: str | None) -> None:
     media = f"'self' {media_origin}" if media_origin else "'self'"
     response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"default-src 'self'; script-src 'self'; style-src 'self'; img-src {media} data:; "
         f"media-src {media}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -280,17 +280,26 @@ def job_page(request: Request, dashboard: DashboardDep, session: SessionDep, job
             sidecar = read_sidecar(dashboard.s3, bucket, key)
         except Exception as error:  # the page still shows the job when S3 is away
             sidecar = {"unavailable": str(error)}
-    video = dashboard.presigned(job.s3_uri) if job.state is JobState.STORED and job.s3_uri else None
+    # Each output through a short-lived link: videos play, images show in a gallery.
+    outputs = [
+        {**output, "link": dashboard.presigned(str(output["uri"]))}
+        for output in (job.outputs if job.state is JobState.STORED else [])
+    ]
+    videos = [o for o in outputs if str(o.get("content_type", "video/mp4")).startswith("video/") and o["link"]]
+    images = [o for o in outputs if str(o.get("content_type", "")).startswith("image/") and o["link"]]
+    video = videos[0]["link"] if videos else None
     return render(
         request,
         "job.html",
         session,
-        media=video,
+        media=video or (images[0]["link"] if images else None),
         job=job,
         steps=timeline(job),
         deliveries=delivery_log(dashboard.web.redis, dashboard.web.keys, job.id),
         sidecar=sidecar,
         video=video,
+        videos=videos,
+        images=images,
         notice=NOTICES.get(request.query_params.get("notice", "")),
     )
 

@@ -25,17 +25,11 @@ async def method_not_allowed(request: Request, exc: HTTPException) -> JSONRespon
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 shape, minus pydantic's union branch tags: the loc names the field as sent."""
-    body = exc.body
-    branch = "list[JobIn]" if isinstance(body, list) else "JobIn"
-    issues = []
-    for error in exc.errors():
-        loc = list(error.get("loc", ()))
-        if len(loc) > 1 and loc[0] == "body" and loc[1] in ("JobIn", "list[JobIn]"):
-            if loc[1] != branch:
-                continue
-            loc = [loc[0], *loc[2:]]
-        issues.append({"loc": loc, "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))})
+    """FastAPI's 422 shape; the loc names the field as sent."""
+    issues = [
+        {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+        for error in exc.errors()
+    ]
     return JSONResponse({"detail": jsonable_encoder(issues)}, status_code=422)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from config.settings import PrincipalSettings
 from core.errors import ValidationError
@@ -23,16 +24,18 @@ from producers.web.models import (
     AUTH_ERRORS,
     CURSOR_PATTERN,
     HEADER_KEY_MAX_CHARS,
+    MAX_JOBS_PER_REQUEST,
+    MULTIPART_SCHEMA,
     Conflict,
     EnqueuedJob,
     EnqueuedJobs,
-    JobIn,
     JobPage,
-    JobsIn,
     JobView,
     Problem,
+    jobs_body_schema,
 )
 from producers.web.principals import may_see
+from producers.web.uploads import read_jobs_body
 from workers.notify.store import delivery_log
 
 router = APIRouter()
@@ -57,13 +60,22 @@ def job_or_404(web: Web, caller: PrincipalSettings, job_id: str) -> Job:
         413: {"model": Problem, "description": "Request body, or its metadata, over the principal's limit"},
         429: {"model": Problem, "description": "Over the principal's enqueue rate or live-job cap (Retry-After)"},
     },
-    summary="Enqueue one job, or a list of up to 1,000",
+    summary="Enqueue one job, or a list of up to 1,000, of any model of the family",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": jobs_body_schema()},
+                "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+            },
+        }
+    },
 )
-def post_jobs(
+async def post_jobs(
+    request: Request,
     web: WebDep,
     caller: Caller,
     response: Response,
-    body: Annotated[JobsIn, Body()],
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -75,22 +87,35 @@ def post_jobs(
         ),
     ] = None,
 ) -> EnqueuedJob | EnqueuedJobs:
-    """Validate everything first (nothing is written if one item is bad), then write and publish."""
-    single = isinstance(body, JobIn)
-    items = [body] if isinstance(body, JobIn) else body
-    data: list[dict[str, Any]] = []
+    """Validate everything first, by each model's declaration (nothing is written if one item is bad),
+    then write and publish. A multipart body carries the job (or list) as its ``job`` part and image
+    files as other parts, which images name as ``{"upload": "<part name>"}``."""
+    body, files = await read_jobs_body(request)
+    return await run_in_threadpool(_enqueue, web, caller, response, body, files, idempotency_key)
+
+
+def _enqueue(
+    web: Web,
+    caller: PrincipalSettings,
+    response: Response,
+    body: Any,
+    files: dict[str, bytes],
+    idempotency_key: str | None,
+) -> EnqueuedJob | EnqueuedJobs:
+    single = not isinstance(body, list)
+    items = [body] if single else body
+    if not single and not 1 <= len(items) <= MAX_JOBS_PER_REQUEST:
+        raise _invalid(["body"], f"must be a list of 1 to {MAX_JOBS_PER_REQUEST} jobs (got {len(items)})")
+    data: list[Any] = []
     for index, item in enumerate(items):
-        fields = item.model_dump()
-        if fields["idempotency_key"] is None and idempotency_key is not None:
-            fields["idempotency_key"] = idempotency_key if single else f"{idempotency_key}:{index}"
-        data.append(fields)
+        if isinstance(item, dict) and item.get("idempotency_key") is None and idempotency_key is not None:
+            item = {**item, "idempotency_key": idempotency_key if single else f"{idempotency_key}:{index}"}
+        data.append(item)
     try:
-        requests = web.producer.prepare(data, owner=caller.name)
+        requests = web.producer.prepare(data, owner=caller.name, files=files)
     except ValidationError as error:
         loc: list[str | int] = ["body"] if single else ["body", error.item or 0]
-        raise RequestValidationError(
-            [{"loc": (*loc, *error.item_field.split(".")), "msg": error.message, "type": "value_error"}]
-        ) from None
+        raise _invalid([*loc, *_field_path(error.item_field)], error.message) from None
     web.limits.check_request(caller, requests)
     job_ids = [new_job_id() for _ in requests]
     with web.limits.admitted(caller, job_ids) as admission:
@@ -99,6 +124,21 @@ def post_jobs(
     views = [EnqueuedJob(**JobView.of(job).model_dump(), created=created) for job, created in enqueued]
     response.status_code = 201 if any(view.created for view in views) else 200
     return views[0] if single else EnqueuedJobs(jobs=views)
+
+
+def _invalid(loc: list[str | int], message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": tuple(loc), "msg": message, "type": "value_error"}])
+
+
+def _field_path(field: str) -> list[str | int]:
+    """``images[1]`` → ``["images", 1]``; ``requests[0].prompt`` stays a dotted path of names."""
+    path: list[str | int] = []
+    for part in field.split("."):
+        name, _, rest = part.partition("[")
+        path.append(name)
+        if rest.endswith("]") and rest[:-1].isdigit():
+            path.append(int(rest[:-1]))
+    return path
 
 
 @router.get(

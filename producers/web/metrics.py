@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from core.clients import as_text
 from core.jobstore import JobStore
 from core.keys import Keys
-from core.quota import QuotaLimiter
+from core.quota import AccountQuota, QuotaLimiter
 from workers.queues import read_depths
 
 UPSTREAM_ERROR_PREFIX = "upstream_error:"
@@ -58,33 +58,44 @@ class RedisCollector(Collector):
         return metric
 
     def _accounts(self) -> Iterator[Metric]:
-        labels = ["account"]
+        labels = ["account", "pool"]
         created = GaugeMetricFamily(
-            "imagineq_account_creations_in_window", "createTask calls in the rolling window", labels=labels
+            "imagineq_account_creations_in_window",
+            "createTask calls of a model pool in the rolling window",
+            labels=labels,
         )
         created_limit = GaugeMetricFamily(
-            "imagineq_account_creations_limit", "creations allowed per window (less margin)", labels=labels
+            "imagineq_account_creations_limit", "creations allowed per window in a pool (less margin)", labels=labels
         )
-        leased = GaugeMetricFamily("imagineq_account_in_progress", "in-progress leases held", labels=labels)
+        leased = GaugeMetricFamily("imagineq_account_in_progress", "in-progress leases held in a pool", labels=labels)
         leased_limit = GaugeMetricFamily(
-            "imagineq_account_in_progress_limit", "in-progress leases allowed (less margin)", labels=labels
+            "imagineq_account_in_progress_limit", "in-progress leases allowed in a pool (less margin)", labels=labels
         )
+        ready = GaugeMetricFamily("imagineq_ready_jobs", "Queued jobs a submitter may take, by pool", labels=["pool"])
         cooldown = GaugeMetricFamily(
-            "imagineq_account_cooldown_remaining_seconds", "cooldown left (upstream 429/455)", labels=labels
+            "imagineq_account_cooldown_remaining_seconds", "cooldown left (upstream 429/455)", labels=["account"]
         )
         paused = GaugeMetricFamily(
             "imagineq_account_paused",
             "1 while the account is paused (402/433/...); no end time",
             labels=["account", "reason"],
         )
-        for quota in self._quota.snapshot():
-            created.add_metric([quota.account], quota.creations_in_window)
-            created_limit.add_metric([quota.account], quota.creations_limit)
-            leased.add_metric([quota.account], quota.in_progress)
-            leased_limit.add_metric([quota.account], quota.in_progress_limit)
+        accounts: dict[str, AccountQuota] = {}
+        for quota in self._quota.snapshot(pool=None):
+            created.add_metric([quota.account, quota.pool], quota.creations_in_window)
+            created_limit.add_metric([quota.account, quota.pool], quota.creations_limit)
+            leased.add_metric([quota.account, quota.pool], quota.in_progress)
+            leased_limit.add_metric([quota.account, quota.pool], quota.in_progress_limit)
+            accounts.setdefault(quota.account, quota)
+        for quota in accounts.values():
             cooldown.add_metric([quota.account], quota.cooldown_s)
             paused.add_metric([quota.account, quota.paused or ""], 1 if quota.paused else 0)
-        yield from (created, created_limit, leased, leased_limit, cooldown, paused)
+        with self._redis.pipeline(transaction=False) as pipe:
+            for pool in self._quota.pools:
+                pipe.zcard(self._keys.ready(pool))
+            for pool, size in zip(self._quota.pools, pipe.execute(), strict=True):
+                ready.add_metric([pool], int(size))
+        yield from (created, created_limit, leased, leased_limit, ready, cooldown, paused)
 
     def _queue_depth(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(

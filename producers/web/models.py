@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
+from core.catalog import DEFAULT_MODEL, FAMILY, ModelSpec
 from core.jobs import (
-    ASPECT_RATIOS,
     KEY_MAX_CHARS,
-    MODES,
     NOTIFY_URL_MAX_CHARS,
     NOTIFY_URL_PATTERN,
-    PROMPT_MAX_CHARS,
     Job,
     JobState,
     Priority,
@@ -23,46 +21,88 @@ MAX_JOBS_PER_REQUEST = 1000
 #: A list's ``Idempotency-Key`` header gives item ``i`` the key ``{header}:{i}``, which must still fit.
 HEADER_KEY_MAX_CHARS = KEY_MAX_CHARS - 5
 
-#: "Holds a character that is not whitespace", with Python's ``str.isspace`` set spelled out, so that the
-#: schema (ECMA regex), pydantic (Rust regex) and ``JobRequest`` (``str.strip``) agree on every string.
-NOT_BLANK = r"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 #: ``state~score~id`` of the last entry a page looked at (score: ms the job entered the state).
 _STATES_RE = "|".join(state.value for state in JobState)
 CURSOR_PATTERN = rf"^({_STATES_RE})~-?[0-9]{{1,20}}(\.[0-9]{{1,12}})?~[A-Za-z0-9_-]{{0,64}}$"
 
-AspectRatio = Literal["2:3", "3:2", "1:1"]
-Mode = Literal["fun", "normal", "spicy"]
-assert set(AspectRatio.__args__) == set(ASPECT_RATIOS) and set(Mode.__args__) == set(MODES)  # type: ignore[attr-defined]
+
+def job_schema(spec: ModelSpec) -> dict[str, Any]:
+    """The JSON schema of one job of ``spec`` (shown in the OpenAPI document; the model's declaration
+    checks the body itself, so the schema and the checks cannot drift apart)."""
+    properties: dict[str, Any] = {
+        "model": {
+            "type": "string",
+            "enum": [spec.short, spec.name],
+            "description": "The model (default text-to-video)" if spec.short == DEFAULT_MODEL else "The model",
+        },
+        **{field.name: field.schema() for field in spec.fields},
+        **JOB_FIELD_SCHEMAS,
+    }
+    required = [field.name for field in spec.fields if field.required]
+    if spec.short != DEFAULT_MODEL:
+        required.insert(0, "model")
+    # null for an optional field means its default
+    properties = {name: schema if name in required else _nullable(schema) for name, schema in properties.items()}
+    return {
+        "title": f"{spec.title} job",
+        "type": "object",
+        "description": f"{spec.title} ({spec.name}): {spec.output} output"
+        + (f", up to {spec.max_outputs}" if spec.max_outputs > 1 else ""),
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
 
 
-class JobIn(BaseModel):
-    """One text-to-video request."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS, pattern=NOT_BLANK)
-    aspect_ratio: AspectRatio = "2:3"
-    mode: Mode = "normal"
-    #: Free-form JSON kept on the record and in the S3 sidecar (≤ 16 KB as JSON).
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    priority: Priority = Priority.INTERACTIVE
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=KEY_MAX_CHARS)
-    batch_id: str | None = Field(default=None, min_length=1, max_length=KEY_MAX_CHARS)
-    #: Where this job's end is POSTed, signed (Standard Webhooks), besides the principal's endpoints.
-    notify_url: str | None = Field(
-        default=None, min_length=8, max_length=NOTIFY_URL_MAX_CHARS, pattern=NOTIFY_URL_PATTERN
-    )
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if "oneOf" in schema:
+        return {**schema, "oneOf": [*schema["oneOf"], {"type": "null"}]}
+    out = dict(schema)
+    if isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    if "enum" in out:
+        out["enum"] = [*out["enum"], None]
+    return out
 
 
-JobsIn = JobIn | Annotated[list[JobIn], Field(min_length=1, max_length=MAX_JOBS_PER_REQUEST)]
+#: The job's own fields, the same for every model.
+JOB_FIELD_SCHEMAS: dict[str, Any] = {
+    "metadata": {"type": "object", "description": "Free-form JSON kept on the record and in the S3 sidecar"},
+    "priority": {"type": "string", "enum": [p.value for p in Priority], "default": Priority.INTERACTIVE.value},
+    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": KEY_MAX_CHARS},
+    "batch_id": {"type": "string", "minLength": 1, "maxLength": KEY_MAX_CHARS},
+    "notify_url": {
+        "type": "string",
+        "minLength": 8,
+        "maxLength": NOTIFY_URL_MAX_CHARS,
+        "pattern": NOTIFY_URL_PATTERN,
+        "description": "Where this job's end is POSTed, signed (Standard Webhooks), besides the principal's endpoints",
+    },
+}
+
+
+#: ``POST /v1/jobs`` as multipart: the job (or list) as JSON in ``job``, image files in other parts.
+MULTIPART_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "job": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": 'The job (or list) as JSON; an image names a file part as {"upload": "<part name>"}',
+        }
+    },
+    "required": ["job"],
+    "additionalProperties": {"type": "string", "format": "binary"},
+}
+
+
+def jobs_body_schema() -> dict[str, Any]:
+    """``POST /v1/jobs``: one job of any model, or a list of up to 1,000."""
+    one = {"oneOf": [job_schema(spec) for spec in FAMILY]}
+    return {
+        "anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_JOBS_PER_REQUEST}],
+    }
 
 
 class JobView(BaseModel):
@@ -70,9 +110,14 @@ class JobView(BaseModel):
 
     id: str
     state: JobState
+    #: The model's short name (text-to-video, image-to-video, text-to-image, ...).
+    model: str
     prompt: str
-    aspect_ratio: str
-    mode: str
+    #: The model's other fields, as checked (with their defaults).
+    input: dict[str, Any]
+    #: Kept for the clients of text-to-video: ``input``'s, when the model has them.
+    aspect_ratio: str | None = None
+    mode: str | None = None
     metadata: dict[str, Any]
     priority: Priority
     idempotency_key: str | None = None
@@ -87,9 +132,14 @@ class JobView(BaseModel):
     fail_code: str | None = None
     fail_msg: str | None = None
     result_url: str | None = None
+    #: Every result URL of the task (valid 24 h upstream).
+    result_urls: list[str] = Field(default_factory=list)
+    #: The first output's object (``outputs`` has them all).
     s3_uri: str | None = None
     size: int | None = None
     sha256: str | None = None
+    #: Each stored output: index, uri, content_type, size, sha256.
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
     created_at: float
     updated_at: float
     #: State → when the job last entered it (seconds since the epoch, Redis clock).
@@ -101,6 +151,7 @@ class JobView(BaseModel):
     @classmethod
     def of(cls, job: Job) -> JobView:
         data = job.public_dict()
+        data["aspect_ratio"], data["mode"] = job.aspect_ratio, job.mode
         return cls.model_validate({name: data[name] for name in cls.model_fields if name in data})
 
 

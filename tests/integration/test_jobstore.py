@@ -54,8 +54,8 @@ def test_queued_record_is_compact(store, redis_client):
         "id",
         "state",
         "prompt",
-        "aspect_ratio",
-        "mode",
+        "model",
+        "input",
         "priority",
         "created_at",
     }

@@ -284,7 +284,7 @@ def test_cli_lists_cancels_and_fetches_jobs(dep: Deployment, tmp_path):
     assert hashlib.sha256(video.read_bytes()).hexdigest() == stored.sha256
     assert not list(tmp_path.glob("*.part"))
     not_stored = dep.cli("fetch", waiting.id, str(tmp_path / "x.mp4"))
-    assert not_stored.returncode == 1 and "only a stored job has a video" in not_stored.stderr
+    assert not_stored.returncode == 1 and "only a stored job has outputs" in not_stored.stderr
     assert not (tmp_path / "x.mp4").exists()
 
     with socket.socket() as probe:  # a loopback port nothing listens on (reserved, then closed)

@@ -61,7 +61,7 @@ def orphan(rt: Runtime, prompt: str) -> Job:
 
 def upstream_task(rt: Runtime, prompt: str, *, finished: bool = False) -> str:
     client = rt.upstream("default")
-    task_id = client.create_task(prompt=prompt, aspect_ratio="2:3", mode="normal")
+    task_id = client.create_task({"prompt": prompt, "aspect_ratio": "2:3", "mode": "normal"})
     if finished:
         wait_until(lambda: client.record_info(task_id).state is TaskState.SUCCESS, 30, "the upstream task")
     return task_id

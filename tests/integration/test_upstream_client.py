@@ -196,7 +196,7 @@ def refused_port() -> Iterator[int]:
 
 
 def create(client: UpstreamClient, callback_url: str | None = None) -> str:
-    return client.create_task(prompt=PROMPT, aspect_ratio="3:2", mode="fun", callback_url=callback_url)
+    return client.create_task({"prompt": PROMPT, "aspect_ratio": "3:2", "mode": "fun"}, callback_url=callback_url)
 
 
 def assert_no_key(error: BaseException) -> None:
@@ -330,10 +330,10 @@ def test_success_without_task_id_is_outcome_unknown(upstream: FakeUpstream, clie
 
 
 def test_invalid_input_is_refused_before_sending(upstream: FakeUpstream, client: UpstreamClient) -> None:
-    with pytest.raises(ValidationError, match="5000"):
-        client.create_task(prompt="x" * 5001, aspect_ratio="2:3", mode="normal")
-    with pytest.raises(ValidationError, match="aspect_ratio"):
-        client.create_task(prompt="ok", aspect_ratio="16:9", mode="normal")
+    with pytest.raises(ValidationError, match="model"):
+        client.create_task({"prompt": "ok"}, model="grok-imagine/text-to-music")
+    with pytest.raises(ValidationError, match="callback_url"):
+        client.create_task({"prompt": "ok"}, callback_url="ftp://example.test/cb")
     assert upstream.seen == []
 
 

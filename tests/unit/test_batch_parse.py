@@ -44,7 +44,7 @@ def test_good_lines_become_batch_requests_keyed_by_batch_and_line_id():
         (b'["a list"]', "must be a JSON object (got list)"),
         (b'{"prompt": ""}', "prompt: must not be empty"),
         (b'{"prompt": "x", "mode": "wild"}', "mode: must be one of fun, normal, spicy"),
-        (b'{"prompt": "x", "aspect_ratio": "16:9"}', "aspect_ratio: must be one of"),
+        (b'{"prompt": "x", "aspect_ratio": "4:3"}', "aspect_ratio: must be one of"),
         (b'{"aspect_ratio": "1:1"}', "prompt: is required"),
         (b'{"prompt": "x", "priority": "interactive"}', "unknown field(s) priority"),
         (b'{"prompt": "x", "id": true}', "id: must be a string or an integer"),

@@ -233,7 +233,7 @@ def default_problems(example_text: str) -> list[str]:
     for name in documented:
         field = setting_field(name)
         default = field.get_default(call_default_factory=True) if field else None
-        if default is None or default == []:
+        if default is None or default == [] or default == {}:
             continue  # "unset by default": the line shows an example
         if value_at(loaded, name) != default:
             problems.append(f".env.example: {name}={documented[name]} but the default is {default!r}")

@@ -29,7 +29,7 @@ BAD_REQUESTS = [
     ({"prompt": 42}, "prompt", "must be a string (got int)"),
     ({"prompt": "   \n"}, "prompt", "must not be empty"),
     ({"prompt": "x" * 5001}, "prompt", "must be at most 5000 characters (got 5001)"),
-    ({"aspect_ratio": "4:3"}, "aspect_ratio", "must be one of 2:3, 3:2, 1:1 (got '4:3')"),
+    ({"aspect_ratio": "4:3"}, "aspect_ratio", "must be one of 2:3, 3:2, 1:1, 16:9, 9:16 (got '4:3')"),
     ({"aspect_ratio": 1.5}, "aspect_ratio", "must be a string (got float)"),
     ({"mode": "wild"}, "mode", "must be one of fun, normal, spicy (got 'wild')"),
     ({"metadata": ["a"]}, "metadata", "must be an object (got list)"),
@@ -70,13 +70,19 @@ def test_from_mapping_fills_defaults_and_converts_priority():
 
 def test_from_mapping_names_unknown_fields():
     with pytest.raises(ValidationError) as caught:
-        JobRequest.from_mapping({"prompt": "p", "seed": 1, "duration": 6})
-    assert caught.value.field == "duration, seed"
-    assert caught.value.message.startswith("unknown fields; allowed: aspect_ratio, batch_id, ")
+        JobRequest.from_mapping({"prompt": "p", "seed": 1, "style": 6})
+    assert caught.value.field == "seed, style"
+    assert caught.value.message.startswith("unknown fields for text-to-video; allowed: model, metadata, ")
+    with pytest.raises(ValidationError) as caught:
+        JobRequest.from_mapping({"model": "text-to-image", "prompt": "p", "duration": 6})
+    assert caught.value.field == "duration"
+    assert "allowed: model, metadata, priority, idempotency_key, batch_id, notify_url, prompt, aspect_ratio" in str(
+        caught.value
+    )
 
 
 def test_from_mapping_requires_a_prompt_and_an_object():
-    with pytest.raises(ValidationError, match=r"^prompt: is required$"):
+    with pytest.raises(ValidationError, match=r"^prompt: is required by grok-imagine/text-to-video$"):
         JobRequest.from_mapping({"mode": "fun"})
     with pytest.raises(ValidationError, match=r"^request: must be an object \(got list\)$"):
         JobRequest.from_mapping(["prompt"])  # type: ignore[arg-type]
@@ -120,8 +126,7 @@ def test_round_trip_through_a_hash_of_a_full_job():
         id="abc",
         state=S.STORED,
         prompt="p",
-        aspect_ratio="1:1",
-        mode="spicy",
+        input={"aspect_ratio": "1:1", "mode": "spicy", "duration": "10", "resolution": "720p"},
         metadata={"k": [1]},
         priority=Priority.BATCH,
         idempotency_key="idem",
@@ -137,9 +142,11 @@ def test_round_trip_through_a_hash_of_a_full_job():
         fail_code=None,
         fail_msg=None,
         result_url="https://x/y.mp4",
+        result_urls=["https://x/y.mp4"],
         s3_uri="s3://b/k",
         size=0,
         sha256="00ff",
+        outputs=[{"index": 0, "uri": "s3://b/k", "size": 0, "sha256": "00ff", "content_type": "video/mp4"}],
         callback_token_hash="h",
         created_at=1700000000.5,
         updated_at=1700000100.25,
@@ -150,6 +157,27 @@ def test_round_trip_through_a_hash_of_a_full_job():
     assert "at_queued" not in data and "reason" not in data  # implied by created_at / empty: not stored
     assert Job.from_hash(data) == job
     assert Job.from_hash({k.encode(): v.encode() for k, v in data.items()}) == job
+
+
+def test_a_record_from_before_the_catalog_reads_as_a_text_to_video_job_with_one_output():
+    job = Job.from_hash(
+        {
+            "id": "j",
+            "state": "stored",
+            "prompt": "p",
+            "aspect_ratio": "1:1",
+            "mode": "fun",
+            "result_url": "https://x/y.mp4",
+            "s3_uri": "s3://b/k",
+            "size": "3",
+            "sha256": "ab",
+        }
+    )
+    assert (job.model, job.aspect_ratio, job.mode, job.extra) == ("text-to-video", "1:1", "fun", {})
+    assert job.values == {"prompt": "p", "aspect_ratio": "1:1", "mode": "fun"}
+    assert job.result_urls == ["https://x/y.mp4"]
+    assert job.outputs == [{"index": 0, "uri": "s3://b/k", "size": 3, "sha256": "ab"}]
+    job.request.validate()  # it can be made again (resubmitted, copied) as it was
 
 
 def test_minimal_hash_reads_with_defaults():

@@ -454,7 +454,7 @@ def test_requests_failures_map_by_whether_the_request_may_have_been_sent(
     client = UpstreamClient(account, HttpSettings(), session=RaisingSession(error))
 
     with pytest.raises(UpstreamError) as created:
-        client.create_task(prompt="a cat", aspect_ratio="2:3", mode="normal")
+        client.create_task({"prompt": "a cat", "aspect_ratio": "2:3", "mode": "normal"})
     with pytest.raises(UpstreamError) as read:
         client.record_info("task-1")
 

@@ -1,6 +1,7 @@
 """One batch line at a time: JSONL lines read in bounded pieces and parsed into requests.
 
-Each line is one request: ``prompt``, optional ``aspect_ratio``, ``mode``, ``id``, ``metadata`` and
+Each line is one request: an optional ``model`` (default text-to-video) and that model's fields
+(``prompt``, ``aspect_ratio``, ``duration``, ``image``, ...), an optional ``id``, ``metadata`` and
 ``notify_url`` (where the job's end is POSTed, signed: ``workers.notify``). Each
 line is validated on its own: a bad line (invalid JSON or UTF-8, a failed validation, a repeated ``id``,
 a line over ``batch_max_line_bytes``) is recorded with its line number and error, and never blocks the
@@ -19,15 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
 from core.errors import ValidationError
 from core.jobs import KEY_MAX_CHARS, JobRequest, Priority
 
-#: Fields a line may have.
-LINE_FIELDS: Final = ("prompt", "aspect_ratio", "mode", "id", "metadata", "notify_url")
+#: Fields of a request a line may not set: the batch sets them.
+BATCH_SET_FIELDS: Final = ("priority", "batch_id", "idempotency_key")
+#: Looks after a line's images before it is checked and its parent after (``workers.intake.Intake``).
+LineIntake = Callable[[Mapping[str, Any]], dict[str, Any]]
+LineParent = Callable[[JobRequest], JobRequest]
 _NAME: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: Ids longer than this are hashed inside idempotency keys (which are at most KEY_MAX_CHARS long).
 _ID_IN_KEY_MAX: Final = 100
@@ -86,11 +90,21 @@ def iter_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes |
 class LineParser:
     """Turns lines into requests for one batch; remembers ids so a repeated one is a bad line."""
 
-    def __init__(self, batch_id: str, *, max_bytes: int, priority_level: int | None = None) -> None:
+    def __init__(
+        self,
+        batch_id: str,
+        *,
+        max_bytes: int,
+        priority_level: int | None = None,
+        intake: LineIntake | None = None,
+        parent: LineParent | None = None,
+    ) -> None:
         """``priority_level``: the broker priority of the batch's messages (its jobs carry it)."""
         self.batch_id = batch_id
         self.max_bytes = max_bytes
         self.priority_level = priority_level
+        self.intake = intake
+        self.parent = parent
         self._seen: dict[str, int] = {}
 
     def parse(self, line: int, raw: bytes | None) -> ParsedLine | None:
@@ -119,23 +133,23 @@ class LineParser:
         line_id, id_error = _line_id(data.get("id"))
         if id_error is not None:
             return ParsedLine(line, None, error=id_error)
-        unknown = sorted(str(name) for name in data if name not in LINE_FIELDS)
+        unknown = sorted(str(name) for name in data if name in BATCH_SET_FIELDS)
         if unknown:
-            names, allowed = ", ".join(unknown), ", ".join(LINE_FIELDS)
-            return ParsedLine(line, line_id, error=f"unknown field(s) {names}; allowed: {allowed}")
+            names = ", ".join(unknown)
+            return ParsedLine(line, line_id, error=f"unknown field(s) {names}; the batch sets them")
         if line_id is not None and line_id in self._seen:
             first = self._seen[line_id]
             return ParsedLine(line, line_id, error=f"duplicate id {line_id!r} (first on line {first})")
-        fields: dict[str, Any] = {
-            name: data[name] for name in ("prompt", "aspect_ratio", "mode", "metadata", "notify_url") if name in data
-        }
+        fields: dict[str, Any] = {name: value for name, value in data.items() if name != "id"}
         fields.update(
             priority=Priority.BATCH,
             batch_id=self.batch_id,
             idempotency_key=idempotency_key(self.batch_id, line, line_id),
         )
         try:
+            fields = self.intake(fields) if self.intake is not None else fields
             request = JobRequest.from_mapping(fields, priority_level=self.priority_level)
+            request = self.parent(request) if self.parent is not None else request
         except ValidationError as error:
             return ParsedLine(line, line_id, error=str(error))
         if line_id is not None:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import redis
 
 from config.celery import PRIORITY_BATCH, PRIORITY_STEPS
 from config.settings import Settings, get_settings
+from core.catalog import DEFAULT_MODEL, Catalog, model_named
 from core.clients import Clients
 from core.errors import ValidationError
 from core.jobs import Job
@@ -29,6 +30,7 @@ from core.messages import BrokerMessage, submit_message
 from workers.batch.lines import BadLine, LineParser, ParsedLine, batch_id_for, iter_lines
 from workers.batch.locations import Files, Location
 from workers.batch.store import BatchStatus, BatchStore, LineEntry
+from workers.intake import Intake
 from workers.storage import build_s3_client
 
 log = logging.getLogger("imagineq.batch")
@@ -71,9 +73,18 @@ class BatchSubmitter:
         )
         s3, http = self.settings.s3, self.settings.http
         self.files = files or Files(lambda: build_s3_client(s3, http))
+        self.intake = Intake(self.settings, self.jobs.get, lambda: build_s3_client(s3, http))
+        self.catalog = Catalog(self.settings)
 
     def close(self) -> None:
         self.redis.close()
+
+    def _line_intake(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """A line's images and parent looked after; a model switched off here is refused by name."""
+        model = item.get("model") or DEFAULT_MODEL
+        if isinstance(model, str) and model_named(model, field="model"):
+            self.catalog.spec(model)
+        return self.intake.item(item, owner=None, files={})
 
     def identify(self, source: Location, name: str | None = None) -> str:
         return batch_id_for(name=name, identity="" if name is not None else self.files.identity(source))
@@ -136,7 +147,13 @@ class BatchSubmitter:
         bad: list[BadLine],
         on_chunk: Callable[[int], None] | None,
     ) -> None:
-        parser = LineParser(batch_id, max_bytes=self.settings.batch_max_line_bytes, priority_level=level)
+        parser = LineParser(
+            batch_id,
+            max_bytes=self.settings.batch_max_line_bytes,
+            priority_level=level,
+            intake=self._line_intake,
+            parent=self.intake.with_parent,
+        )
         chunk: list[ParsedLine] = []
         good = lines = 0
 

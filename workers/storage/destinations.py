@@ -58,7 +58,8 @@ WEB_PORTS = frozenset({80, 443})
 
 @dataclass(frozen=True)
 class HostAllowlist:
-    """Hosts results may be downloaded from: ``name``, ``*.domain`` (names under it), ``...:port``."""
+    """Hosts results may be downloaded from: ``name``, ``*.domain`` (names under it), ``*`` (any name),
+    ``...:port``."""
 
     patterns: tuple[tuple[str, int | None], ...]
 
@@ -71,6 +72,8 @@ class HostAllowlist:
         for pattern, pattern_port in self.patterns:
             if (port not in WEB_PORTS) if pattern_port is None else (port != pattern_port):
                 continue
+            if pattern == "*":
+                return True
             if pattern.startswith("*."):
                 if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
                     return True

@@ -38,3 +38,19 @@ def object_key(template: str, *, job_id: str, task_id: str | None, account: str 
 def sidecar_key(key: str) -> str:
     """``videos/x.mp4`` → ``videos/x.json``; other keys get ``.json`` appended."""
     return (key.removesuffix(".mp4") if key.endswith(".mp4") else key) + ".json"
+
+
+def output_key(key: str, index: int, extension: str) -> str:
+    """Where output ``index`` of a job goes, from the job's key (the key template's): the key itself for
+    the one video of a video job (where every video has always gone), else ``<key without its
+    extension>/<index>.<extension>`` (``videos/2026/12/05/<job>/0.png``)."""
+    stem, dot, current = key.rpartition(".")
+    if index == 0 and dot and current == extension:
+        return key
+    return f"{stem if dot and '/' not in current else key}/{index}.{extension}"
+
+
+def input_key(key: str, index: int, extension: str) -> str:
+    """Where the job's input image ``index`` is kept, beside its outputs."""
+    stem, dot, current = key.rpartition(".")
+    return f"{stem if dot and '/' not in current else key}/input-{index}.{extension}"

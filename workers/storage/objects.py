@@ -32,7 +32,7 @@ from workers.storage.client import build_s3_client, s3_errors
 from workers.storage.deadline import TransferTooSlow, TransferWatchdog
 from workers.storage.errors import BadResult, ObjectMissing, ResultTooLarge, StorageError, TransferError
 from workers.storage.fetch import ResultFetcher, content_length
-from workers.storage.object_keys import object_key
+from workers.storage.object_keys import object_key, output_key
 from workers.storage.sidecar import put_sidecar, read_sidecar
 from workers.streams import HashingReader, LengthMismatch, TooManyBytes
 
@@ -46,6 +46,32 @@ UPLOAD_CONCURRENCY: Final = 4
 #: Small enough that progress shows within seconds at the minimum throughput (the watchdog sees chunks).
 DOWNLOAD_CHUNK_BYTES: Final = 64 * 1024
 VIDEO_CONTENT_TYPE: Final = "video/mp4"
+#: File name extensions by media type, and the one a kind of output takes when its URL names none.
+EXTENSIONS: Final = {"video/mp4": "mp4", "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+DEFAULT_EXTENSIONS: Final = {"video": "mp4", "image": "png"}
+#: What the first bytes of a file say it is.
+_SIGNATURES: Final = (
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"WEBP", 8, "image/webp"),
+    (b"ftyp", 4, "video/mp4"),
+)
+
+
+def sniff(head: bytes) -> str | None:
+    """The media type the bytes start like (PNG, JPEG, WEBP, MP4), or None."""
+    for signature, offset, media_type in _SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return media_type
+    return None
+
+
+def extension_for(url: str, kind: str) -> str:
+    """An output's file name extension: the result URL's own, when it is one of ``kind``'s."""
+    suffix = url.split("?", 1)[0].rsplit("/", 1)[-1].rpartition(".")[2].lower()
+    suffix = "jpg" if suffix == "jpeg" else suffix
+    known = {ext for media, ext in EXTENSIONS.items() if media.startswith(kind + "/")}
+    return suffix if suffix in known else DEFAULT_EXTENSIONS[kind]
 
 
 @dataclass(frozen=True)
@@ -57,6 +83,17 @@ class StoredObject:
     sha256: str
     #: False when the object already existed and nothing was downloaded.
     created: bool
+    content_type: str = VIDEO_CONTENT_TYPE
+
+    def output(self, index: int) -> dict[str, Any]:
+        """The job record's entry for this object as output ``index``."""
+        return {
+            "index": index,
+            "uri": self.uri,
+            "content_type": self.content_type,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
 
 
 class Storage:
@@ -94,6 +131,11 @@ class Storage:
         )
         # s3transfer's default lets 10 parts wait in memory; bound it to what is being sent.
         self._transfer_config.max_in_memory_upload_chunks = UPLOAD_CONCURRENCY
+
+    @property
+    def client(self) -> S3Client:
+        """The S3 client (for the objects beside the outputs: a job's input images)."""
+        return self._client
 
     @property
     def bucket(self) -> str:
@@ -147,6 +189,7 @@ class Storage:
             size=size,
             sha256=sidecar["sha256"],
             created=False,
+            content_type=str(head.get("ContentType") or VIDEO_CONTENT_TYPE),
         )
 
     def store(
@@ -161,10 +204,14 @@ class Storage:
         sidecar: Mapping[str, Any],
         refresh: Callable[[str], str] | None = None,
         first_attempt: bool = False,
+        index: int = 0,
+        kind: str = "video",
     ) -> StoredObject:
-        """Stream ``url`` into S3 under the job's key and write the JSON sidecar next to it.
+        """Stream ``url`` into S3 as output ``index`` of the job (``workers.storage.object_keys.output_key``)
+        and write the JSON sidecar next to it. ``kind``: what the job's model makes (``video`` or
+        ``image``): the response's type must be one of it, and so must its bytes when they say.
 
-        Idempotent: a complete object for the job is returned (``created=False``) without downloading.
+        Idempotent: a complete object for the output is returned (``created=False``) without downloading.
         ``refresh(url)`` is asked once for a fresh link when the URL answers 403/404/410; its own
         errors propagate unchanged. A job the key template cannot name (missing or unsafe
         ``task_id``/``account``) is a fatal :class:`StorageError`.
@@ -173,6 +220,7 @@ class Storage:
             key = object_key(self._s3.key_template, job_id=job_id, task_id=task_id, account=account, when=created_at)
         except ValueError as e:
             raise StorageError(f"no object key for job {job_id!r}: {e}") from e
+        key = output_key(key, index, extension_for(url, kind))
         # ``first_attempt``: the caller knows no earlier attempt ever began an upload for this job, so
         # there is nothing to find (saves a HEAD per job).
         existing = None if first_attempt else self.find(key, job_id=job_id)
@@ -194,7 +242,7 @@ class Storage:
         )
         with sockets, watchdog:
             try:
-                response = self._fetcher.open(url, refresh)
+                response = self._fetcher.open(url, refresh, kind=kind)
             except StorageError as e:
                 if watchdog.tripped is not None:
                     raise TransferError(watchdog.tripped, url=url) from e
@@ -202,7 +250,8 @@ class Storage:
             watchdog.headers_received()
             with response:
                 announced = content_length(response)
-                size, sha256 = self._upload(response, key, metadata, announced, watchdog)
+                declared = (response.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+                size, sha256, content_type = self._upload(response, key, metadata, announced, watchdog, declared, kind)
         if not self._fits_one_put(announced):
             self._verify(key, expected=size, url=url)
         uri = f"s3://{self.bucket}/{key}"
@@ -211,13 +260,17 @@ class Storage:
             "job_id": job_id,
             "task_id": task_id,
             "s3_uri": uri,
+            "output": index,
+            "content_type": content_type,
             "size": size,
             "sha256": sha256,
             "stored_at": datetime.now(UTC).isoformat(),
         }
         put_sidecar(self._client, self.bucket, key, document, job_id)
-        logger.info("stored job %s at %s (%d bytes) from %s", job_id, uri, size, redact_url(url))
-        return StoredObject(uri=uri, bucket=self.bucket, key=key, size=size, sha256=sha256, created=True)
+        logger.info("stored job %s output %d at %s (%d bytes) from %s", job_id, index, uri, size, redact_url(url))
+        return StoredObject(
+            uri=uri, bucket=self.bucket, key=key, size=size, sha256=sha256, created=True, content_type=content_type
+        )
 
     # -- upload -------------------------------------------------------------------------------------
     def _fits_one_put(self, announced: int | None) -> bool:
@@ -232,21 +285,30 @@ class Storage:
         metadata: dict[str, str],
         announced: int | None,
         watchdog: TransferWatchdog,
-    ) -> tuple[int, str]:
-        """Stream the body into ``key`` under ``watchdog``; (size, sha256). Any failure leaves no object."""
+        declared: str,
+        kind: str,
+    ) -> tuple[int, str, str]:
+        """Stream the body into ``key`` under ``watchdog``; (size, sha256, content type). Any failure
+        leaves no object. The content type is what the first bytes say, when they say, and must be of
+        ``kind``; else the declared one."""
+        url = response.url
         reader = HashingReader(
             watchdog.stream(response.iter_content(chunk_size=DOWNLOAD_CHUNK_BYTES)),
             max_bytes=self._s3.max_download_bytes,
             expected_bytes=announced,
         )
-        url = response.url
+        content_type = declared or VIDEO_CONTENT_TYPE
         try:
+            sniffed = sniff(reader.peek(16))
+            if sniffed is not None and not sniffed.startswith(kind + "/"):
+                raise BadResult(f"result is {sniffed} by its bytes, not a {kind}", url=url)
+            content_type = sniffed or content_type
             if self._fits_one_put(announced):
                 body = reader.read(announced or 0)
                 reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
                 with s3_errors(f"upload of {key!r} failed", url=url):
                     self._client.put_object(
-                        Bucket=self.bucket, Key=key, Body=body, ContentType=VIDEO_CONTENT_TYPE, Metadata=metadata
+                        Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, Metadata=metadata
                     )
             else:
                 with s3_errors(f"upload of {key!r} failed", url=url):
@@ -254,7 +316,7 @@ class Storage:
                         reader,  # type: ignore[arg-type]  # s3transfer takes any object with read()
                         self.bucket,
                         key,
-                        ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": metadata},
+                        ExtraArgs={"ContentType": content_type, "Metadata": metadata},
                         Config=self._transfer_config,
                     )
         except TransferTooSlow as e:
@@ -277,7 +339,7 @@ class Storage:
                     retryable=True,
                 ) from e
             raise TransferError(f"download failed: {type(e).__name__}", url=url) from e
-        return reader.bytes_read, reader.hexdigest()
+        return reader.bytes_read, reader.hexdigest(), content_type
 
     def _verify(self, key: str, *, expected: int, url: str) -> None:
         """The object holds exactly ``expected`` bytes, or it is deleted and BadResult raised."""

@@ -57,7 +57,7 @@ def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
     submitted_at = job.timestamps.get(JobState.GENERATING.value, job.updated_at)
     age_s = time.time() - submitted_at
     if age_s > rt.settings.poll.deadline_s:
-        rt.quota.release(job.account, job_id)
+        rt.quota.release(job.account, job_id, pool=job.pool)
         fail_job(
             rt, job_id, JobState.GENERATING, "timed_out", f"no terminal state after {rt.settings.poll.deadline_s:.0f}s"
         )
@@ -69,7 +69,7 @@ def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
     message = self.request.id
     if not urgent:
         # With callbacks on, polling is a safety net: the first check comes late.
-        first_s = poll_settings.safety_first_s if callbacks else poll_settings.first_check_s
+        first_s = poll_settings.safety_first_s if callbacks else rt.catalog.first_check_s(job.spec)
         turn = rt.plan.turn(job.account, job_id, message, not_before_s=submitted_at + first_s)
         if turn.code is TurnCode.DUPLICATE:
             log.info("poll: job %s is followed by another poll message; this one stops", job_id)
@@ -83,7 +83,7 @@ def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
     try:
         record = rt.upstream(job.account).record_info(job.task_id)
     except FatalError as error:
-        rt.quota.release(job.account, job_id)
+        rt.quota.release(job.account, job_id, pool=job.pool)
         count(rt, f"upstream_error:{error.code or error.status}")
         fail_job(rt, job_id, JobState.GENERATING, error.reason, str(error))
         stop_chain(self)
@@ -95,7 +95,7 @@ def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
             rt.quota.pause(job.account, error.reason)
         attempts = rt.jobs.incr(job_id, "poll_errors")
         log.warning("poll: job %s recordInfo failed (%s), attempt %d", job_id, error, attempts)
-        rt.quota.renew_lease(job.account, job_id)
+        rt.quota.renew_lease(job.account, job_id, pool=job.pool)
         _next_check(self, rt, job.account, job_id, backoff_s(attempts, base_s=2.0, cap_s=30.0), urgent)
 
     if record.state.terminal:
@@ -106,7 +106,7 @@ def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
             return job_id
         stop_chain(self)  # failed, or a callback moved it first and enqueued store itself
         return None
-    rt.quota.renew_lease(job.account, job_id)  # still running: keep the slot
+    rt.quota.renew_lease(job.account, job_id, pool=job.pool)  # still running: keep the slot
     if urgent:
         requeue(self, countdown=WOKEN_RECHECK_S)
     interval = poll_settings.safety_interval_s if callbacks else check_interval_s(age_s, poll_settings.schedule)

@@ -1,4 +1,4 @@
-"""Waiting in a submit for a quota slot, and resuming paused accounts once their credits are back."""
+"""Waiting in a submit for a job that may go, and resuming paused accounts once their credits are back."""
 
 from __future__ import annotations
 
@@ -8,34 +8,36 @@ import time
 from core.errors import (
     UpstreamError,
 )
+from core.quota import Dispatched
 from workers.runtime import Runtime
 
 log = logging.getLogger("imagineq.tasks")
 
 
-def wait_for_slot(rt: Runtime, job_id: str) -> str | None:
-    """Wait in-process (bounded well below the visibility timeout) for a quota slot on any account.
+def next_dispatch(rt: Runtime, *, wait: bool = True) -> Dispatched:
+    """The next job to submit with its slot (see ``QuotaLimiter.dispatch``), waiting in-process (bounded
+    well below the visibility timeout) while jobs are ready but none may go yet. ``empty`` when no job is
+    ready; with no job id and a reason, the wait ran out (the caller re-publishes its ticket), or (``wait``
+    False) no ready job may go at once.
 
-    Full in-progress sets are waited on by blocking on their wake lists, so the first slot released
-    anywhere is taken again within a round trip; other waits (the creation window, a cooldown, a pause)
-    sleep for the limiter's hint."""
+    Full in-progress sets are waited on by blocking on the dispatch wake list, so the first slot released
+    (or job made ready) anywhere is looked at within a round trip; other waits (a creation window, the
+    createTask rate, a cooldown, a pause) sleep for the limiter's hint, also cut short by a wake."""
     if not rt.settings.quota_enforce:
-        return rt.settings.accounts[0].name  # benchmark baseline: Celery rate_limit alone
+        return rt.quota.take_unlimited(rt.settings.accounts[0].name)  # benchmark baseline: rate_limit alone
+    if not wait:
+        return rt.quota.dispatch()
     deadline = time.monotonic() + rt.settings.quota_wait_max_s
     while True:
-        acquired = rt.quota.acquire_slot(job_id)
-        if acquired.account is not None:
-            return acquired.account
-        if acquired.reason == "paused":
+        dispatched = rt.quota.dispatch()
+        if dispatched.job_id is not None or dispatched.empty:
+            return dispatched
+        if dispatched.reason == "paused":
             resume_paused_accounts(rt)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return None
-        wait_s = max(0.01, min(acquired.wait_s, remaining))
-        if acquired.reason == "in_progress":
-            rt.quota.wait_for_release(wait_s)  # a released slot wakes us at once
-        else:
-            time.sleep(wait_s)
+            return dispatched
+        rt.quota.wait_for_release(max(0.01, min(dispatched.wait_s, remaining)))
 
 
 def resume_paused_accounts(rt: Runtime) -> None:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from celery import Task
 
@@ -15,7 +16,7 @@ from core.errors import (
     NotFound,
     UpstreamError,
 )
-from core.jobs import JobState
+from core.jobs import JobState, encode_json
 from workers.celery import app
 from workers.runtime import Runtime
 from workers.schedule import backoff_s
@@ -39,7 +40,8 @@ def store(self: Task, job_id: str) -> str | None:
             # Another store runs (or died < STORE_CLAIM_TTL_S ago): look again once its claim lapses.
             remaining_ms = int(rt.redis.pttl(rt.keys.store_claim(job_id)))  # type: ignore[arg-type]
             requeue(self, countdown=max(remaining_ms, 0) / 1000 + 0.5)
-        assert job.result_url is not None
+        urls = job.result_urls or ([job.result_url] if job.result_url else [])
+        assert urls, f"job {job_id} is downloading without a result URL"
         account = job.account
         refresh = _refresher(rt, account) if account else None
         # Mark the upload as begun before it begins: a later attempt that sees no mark knows there is
@@ -47,18 +49,32 @@ def store(self: Task, job_id: str) -> str | None:
         first_attempt = not job.extra.get("store_started_at")
         if first_attempt:
             rt.jobs.update(job_id, expect=JobState.DOWNLOADING, fields={"store_started_at": time.time()})
+        # Outputs already stored by an earlier attempt stay; the others are fetched, in order.
+        outputs = {int(output["index"]): output for output in job.outputs if "index" in output}
+        fresh_bytes = 0
         try:
-            stored = rt.storage.store(
-                job_id=job_id,
-                task_id=job.task_id,
-                account=account,
-                url=job.result_url,
-                created_at=datetime.fromtimestamp(job.created_at, tz=UTC),
-                prompt_sha256=hashlib.sha256(job.prompt.encode()).hexdigest(),
-                sidecar=job.to_dict(),
-                refresh=refresh,
-                first_attempt=first_attempt,
-            )
+            for index, url in enumerate(urls):
+                if index in outputs:
+                    continue
+                stored = rt.storage.store(
+                    job_id=job_id,
+                    task_id=job.task_id,
+                    account=account,
+                    url=url,
+                    created_at=datetime.fromtimestamp(job.created_at, tz=UTC),
+                    prompt_sha256=hashlib.sha256(job.prompt.encode()).hexdigest(),
+                    sidecar=job.to_dict(),
+                    refresh=refresh,
+                    first_attempt=first_attempt,
+                    index=index,
+                    kind=job.spec.output_of(job.parent_output),
+                )
+                outputs[index] = stored.output(index)
+                fresh_bytes += stored.size if stored.created else 0
+                if len(urls) > 1:  # progress kept, so a retry fetches only what is missing
+                    rt.jobs.update(
+                        job_id, expect=JobState.DOWNLOADING, fields={"outputs": encode_json(_in_order(outputs))}
+                    )
         except ResultGone as error:
             rt.jobs.transition(
                 job_id,
@@ -85,17 +101,29 @@ def store(self: Task, job_id: str) -> str | None:
                 return None
             log.warning("store: job %s attempt %d failed: %s", job_id, attempts, error)
             requeue(self, countdown=backoff_s(attempts, base_s=2.0, cap_s=30.0))
+        listed = _in_order(outputs)
+        first = listed[0]
         rt.jobs.transition(
             job_id,
             JobState.STORED,
             expect=JobState.DOWNLOADING,
             read=job,
-            fields={"s3_uri": stored.uri, "size": stored.size, "sha256": stored.sha256},
+            fields={
+                "s3_uri": first["uri"],
+                "size": first["size"],
+                "sha256": first["sha256"],
+                "outputs": encode_json(listed),
+            },
         )
-        if stored.created:
-            rt.redis.hincrby(rt.keys.counters(), "bytes_stored", stored.size)
-        log.info("store: job %s stored at %s (%d bytes)", job_id, stored.uri, stored.size)
+        if fresh_bytes:
+            rt.redis.hincrby(rt.keys.counters(), "bytes_stored", fresh_bytes)
+        total = sum(int(output["size"]) for output in listed)
+        log.info("store: job %s stored %d output(s) at %s (%d bytes)", job_id, len(listed), first["uri"], total)
         return job_id
+
+
+def _in_order(outputs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [outputs[index] for index in sorted(outputs)]
 
 
 def _refresher(rt: Runtime, account: str) -> Callable[[str], str]:

@@ -47,6 +47,7 @@ CREATE_TASK: Final = "createTask"
 RECORD_INFO: Final = "recordInfo"
 DOWNLOAD_URL: Final = "download-url"
 CREDIT: Final = "credit"
+FILE_UPLOAD: Final = "file-upload"
 
 #: Response headers that may carry the upstream's request id, in order of preference.
 REQUEST_ID_HEADERS: Final = (

@@ -1,4 +1,4 @@
-"""The Apikley market API client (Grok Imagine text-to-video), see ARCHITECTURE.md, "The upstream".
+"""The Apikley market API client (the Grok Imagine family), see ARCHITECTURE.md, "The upstream".
 
 One :class:`UpstreamClient` per account. Every call returns the response's ``data`` decoded into a
 plain value, or raises an :class:`~core.errors.UpstreamError` built in one place
@@ -29,28 +29,25 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry
 
 from config.settings import AccountSettings, HttpSettings
+from core.catalog import model_named
 from core.errors import (
     OutcomeUnknown,
     TransportError,
     UpstreamError,
     ValidationError,
 )
-from workers.upstream.answers import CREATE_TASK, CREDIT, DOWNLOAD_URL, RECORD_INFO, error_from_response
+from workers.upstream.answers import CREATE_TASK, CREDIT, DOWNLOAD_URL, FILE_UPLOAD, RECORD_INFO, error_from_response
 
 logger = logging.getLogger("imagineq.upstream")
 
 MODEL: Final = "grok-imagine/text-to-video"
-PROMPT_MAX_CHARS: Final = 5000
-ASPECT_RATIOS: Final = ("2:3", "3:2", "1:1")
-MODES: Final = ("fun", "normal", "spicy")
-DEFAULT_ASPECT_RATIO: Final = "2:3"
-DEFAULT_MODE: Final = "normal"
 
 _PATHS: Final = {
     CREATE_TASK: "/api/v1/jobs/createTask",
     RECORD_INFO: "/api/v1/jobs/recordInfo",
     DOWNLOAD_URL: "/api/v1/common/download-url",
     CREDIT: "/api/v1/chat/credit",
+    FILE_UPLOAD: "/api/file-stream-upload",  # under the account's upload base
 }
 _REDACTED: Final = "[redacted]"
 
@@ -204,17 +201,19 @@ class UpstreamClient:
             self._session.close()
 
     # -- endpoints ----------------------------------------------------------------------------------
-    def create_task(self, *, prompt: str, aspect_ratio: str, mode: str, callback_url: str | None = None) -> str:
-        """Create a task and return its taskId.
+    def create_task(self, input: Mapping[str, Any], *, model: str = MODEL, callback_url: str | None = None) -> str:
+        """Create a task of ``model`` with ``input`` (the model's declaration made it:
+        ``ModelSpec.upstream_input``) and return its taskId.
 
-        Raises :class:`ValidationError` before sending for input the upstream would refuse, and
-        :class:`OutcomeUnknown` when the request went out but no usable answer came back.
+        Raises :class:`ValidationError` before sending for a model the catalog does not know or a bad
+        callback URL, and :class:`OutcomeUnknown` when the request went out but no usable answer came back.
         """
-        _validate_task_input(prompt, aspect_ratio, mode, callback_url)
-        payload: dict[str, Any] = {
-            "model": MODEL,
-            "input": {"prompt": prompt, "aspect_ratio": aspect_ratio, "mode": mode},
-        }
+        model_named(model)
+        if not isinstance(input, Mapping):
+            raise ValidationError("input", "must be an object")
+        if callback_url is not None and urlsplit(callback_url).scheme not in ("http", "https"):
+            raise ValidationError("callback_url", "must be an http(s) URL")
+        payload: dict[str, Any] = {"model": model, "input": dict(input)}
         if callback_url is not None:
             payload["callBackUrl"] = callback_url
         data = self._call(CREATE_TASK, "POST", json_body=payload)
@@ -255,6 +254,17 @@ class UpstreamClient:
             raise TransportError("bad response: credits is not a number", endpoint=CREDIT, status=200)
         return value
 
+    def upload_file(self, data: bytes, *, file_name: str, upload_path: str, media_type: str) -> str:
+        """Put ``data`` in the account's file store (the stream upload; files live 3 days there, the same
+        name overwrites) and return the URL tasks may name."""
+        files = {"file": (file_name, data, media_type)}
+        form = {"uploadPath": upload_path, "fileName": file_name}
+        answer = self._call(FILE_UPLOAD, "POST", files=files, form=form)
+        url = (answer.get("downloadUrl") or answer.get("fileUrl")) if isinstance(answer, Mapping) else None
+        if not isinstance(url, str) or urlsplit(url.strip()).scheme not in ("http", "https"):
+            raise TransportError("bad response: no URL for the uploaded file", endpoint=FILE_UPLOAD, status=200)
+        return url.strip()
+
     # -- plumbing -----------------------------------------------------------------------------------
     def _call(
         self,
@@ -263,16 +273,26 @@ class UpstreamClient:
         *,
         params: Mapping[str, str] | None = None,
         json_body: Mapping[str, Any] | None = None,
+        files: Mapping[str, Any] | None = None,
+        form: Mapping[str, str] | None = None,
     ) -> Any:
         """Send one request; return the body's ``data`` or raise the matching UpstreamError."""
-        url = self._account.base_url + _PATHS[endpoint]
+        base = self._account.upload_base if endpoint == FILE_UPLOAD else self._account.base_url
+        url = base + _PATHS[endpoint]
         status: int | None = None
         code: Any = None
         started = time.monotonic()
         try:
             try:
                 response = self._session.request(
-                    method, url, params=params, json=json_body, headers=self._headers, timeout=self._timeout
+                    method,
+                    url,
+                    params=params,
+                    json=json_body,
+                    files=files,
+                    data=form,
+                    headers=self._headers,
+                    timeout=self._timeout,
                 )
             except requests.RequestException as failure:
                 raise self._transport_error(endpoint, failure) from failure
@@ -340,19 +360,6 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
         yield current
         linked = (current.__cause__, current.__context__, getattr(current, "reason", None), *current.args)
         stack.extend(item for item in linked if isinstance(item, BaseException))
-
-
-def _validate_task_input(prompt: str, aspect_ratio: str, mode: str, callback_url: str | None) -> None:
-    if not prompt.strip():
-        raise ValidationError("prompt", "must not be empty")
-    if len(prompt) > PROMPT_MAX_CHARS:
-        raise ValidationError("prompt", f"must be at most {PROMPT_MAX_CHARS} characters (got {len(prompt)})")
-    if aspect_ratio not in ASPECT_RATIOS:
-        raise ValidationError("aspect_ratio", f"must be one of {', '.join(ASPECT_RATIOS)} (got {aspect_ratio!r})")
-    if mode not in MODES:
-        raise ValidationError("mode", f"must be one of {', '.join(MODES)} (got {mode!r})")
-    if callback_url is not None and urlsplit(callback_url).scheme not in ("http", "https"):
-        raise ValidationError("callback_url", "must be an http(s) URL")
 
 
 def _decode_json(text: str) -> Any:
