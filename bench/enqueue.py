@@ -9,12 +9,15 @@ Starts a private redis-server, enqueues N jobs with ``enqueue_many`` and, in the
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the devstack
 
 from config.settings import load_settings
 from devstack import services
