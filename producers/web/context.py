@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from config.celery import QUEUES
 from config.settings import PrincipalSettings, Settings
 from core.clients import Clients
-from core.jobs import Job
+from core.jobs import Job, JobState
 from core.quota import QuotaLimiter
 from producers.api import Producer
 from producers.web.callbacks import CallbackReceiver
@@ -59,7 +59,11 @@ class Web:
         self._workers_lock = threading.Lock()
 
     def wake(self, job: Job) -> None:
-        """A callback said the job's task ended: a poll reads its record now, then store follows."""
+        """A callback said the job's task ended: its in-progress slot is free upstream already, so it goes
+        back at once (the next job need not wait for the record to be read); a poll reads the record now,
+        then store follows."""
+        if job.account is not None and job.state is JobState.GENERATING:
+            self.quota.release(job.account, job.id, pool=job.pool)
         rest_of_job(self.celery, job, woken=True).apply_async()
 
     def workers_seen(self) -> list[str]:
