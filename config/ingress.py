@@ -139,6 +139,11 @@ class PrincipalSettings(FrozenSettingsModel):
     """Metadata bytes (as JSON) in one request, all its jobs together."""
     webhooks: list[WebhookEndpoint] = Field(default_factory=list)
     """Where this principal's events are POSTed (its jobs'; ``batch.completed`` for an admin)."""
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    """This principal's share of the creations when slots are scarce, against the others' (fair share: 3 takes
+    three times what 1 takes, within each priority class)."""
+    max_slot_share: float | None = Field(default=None, gt=0, le=1)
+    """At most this fraction of each account pool's in-progress slots for this principal's jobs (unset: no cap)."""
     max_event_streams: int = Field(default=5, ge=1, le=1000)
     """Event streams (``GET /v1/events``) this principal may hold open at once, across every web replica."""
     max_kept_jobs: int = Field(default=100_000, ge=1)

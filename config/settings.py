@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     """
     worker_max_tasks_per_child: int = Field(default=10_000, ge=1)
     """...and after this many tasks, whatever its size."""
+    fair_share_aging_s: float = Field(default=600.0, gt=0)
+    """A batch job (or one below interactive priority) queued longer than this is served in the interactive class,
+    as if it had just arrived there, so no backlog starves behind a steady stream of interactive work."""
     upload_reuse_s: float = Field(default=2.5 * 86400, gt=0)
     """An image uploaded to an account's upstream file store is named again by later jobs for this long, then
     uploaded again: the store deletes files after 3 days, and a task must find its image there."""

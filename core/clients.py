@@ -7,6 +7,7 @@ broker and redbeat) and reads the same values the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -83,8 +84,15 @@ class Clients:
                 replica_acks=settings.replica_acks,
                 replica_ack_timeout_ms=settings.enqueue_replica_ack_timeout_ms,
                 memory_budget_pct=settings.redis_memory_budget_pct,
+                weight_of=principal_weights(settings),
             ),
         )
+
+
+def principal_weights(settings: Settings) -> Callable[[str | None], float]:
+    """Each ingress principal's fair-share weight, by name (1 for the operator's own jobs and unknown names)."""
+    weights = {principal.name: principal.weight for principal in settings.ingress_principals}
+    return lambda owner: weights.get(owner, 1.0) if owner is not None else 1.0
 
 
 def as_text(value: Any) -> str:

@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
 import redis
+from redis.client import Pipeline
 
 from core.errors import ValidationError
 from core.jobs import MANAGED_FIELDS, TIMESTAMP_PREFIX, Job, JobRequest, JobState, new_job_id
 from core.keys import Keys
 from core.lua_scripts import ScriptCall, evalsha_pipeline, load_script
 from core.memory import MemoryBudget, record_bytes
-from core.messages import BrokerMessage, ready_rank
-from core.quota import WAKES_KEPT
+from core.messages import STEP_WEIGHT, BrokerMessage, created_ms, fair_principal, ready_step
 from core.replication import ReplicaAcks
 
 log = logging.getLogger("imagineq.jobs")
@@ -54,6 +54,7 @@ class JobCreation:
         replica_acks: ReplicaAcks,
         replica_ack_timeout_ms: int,
         memory: MemoryBudget | None,
+        weight_of: Callable[[str | None], float] = lambda owner: 1.0,
     ) -> None:
         self._redis = client
         self._keys = keys
@@ -62,6 +63,8 @@ class JobCreation:
         self._replica_ack_timeout_ms = replica_ack_timeout_ms
         self._memory = memory
         self._create = load_script(client, "job_create")
+        self._ready_add = load_script(client, "ready_add")
+        self._weight_of = weight_of
         self._discard_script = load_script(client, "job_discard")
 
     def create_many(
@@ -159,32 +162,41 @@ class JobCreation:
         ``WAIT`` for ``replicas`` on the same connection: replication is ordered, so they then hold every
         record of the call too."""
         by_queue: dict[str, list[str]] = {}
-        ready: dict[str, dict[str, float]] = {}
-        pins: dict[str, dict[str, str]] = {}
+        by_pool: dict[str, list[Job]] = {}
         for job in jobs:
             by_queue.setdefault(messages[job.id].queue_key, []).append(messages[job.id].payload)
-            ready.setdefault(job.pool, {})[job.id] = ready_rank(job)
-            if job.pin:
-                pins.setdefault(job.pool, {})[job.id] = job.pin
+            by_pool.setdefault(job.pool, []).append(job)
         with self._redis.pipeline(transaction=False) as pipe:
             # The jobs become ready with their messages (the submitters' tickets), never before.
-            for pool, pinned in pins.items():
-                pipe.hset(self._keys.pins(pool), mapping=pinned)
-            for pool, ranks in ready.items():
-                pipe.zadd(self._keys.ready(pool), ranks)
+            for pool, members in by_pool.items():
+                for start in range(0, len(members), _PUSH_CHUNK):
+                    self._ready_call(pool, members[start : start + _PUSH_CHUNK], pipe)
             for queue_key, payloads in by_queue.items():
                 for start in range(0, len(payloads), _PUSH_CHUNK):
                     pipe.lpush(queue_key, *payloads[start : start + _PUSH_CHUNK])
-            if jobs:
-                wakes = self._keys.dispatch_wakes()
-                pipe.lpush(wakes, *["1"] * min(len(jobs), WAKES_KEPT))
-                pipe.ltrim(wakes, 0, WAKES_KEPT - 1)
-                pipe.pexpire(wakes, 60_000)
             if replicas:
                 pipe.execute_command("WAIT", replicas, self._replica_ack_timeout_ms)  # type: ignore[no-untyped-call]
             replies = pipe.execute()
         if replicas:
             self._note_acks(jobs, replicas, int(replies[-1]))
+
+    def _ready_call(self, pool: str, jobs: Sequence[Job], pipe: Pipeline) -> None:
+        """ready_add.lua for some of a pool's new jobs: their fair-share ranks, in the same step."""
+        keys = self._keys
+        script_keys = [
+            keys.ready(pool),
+            keys.ready_meta(pool),
+            keys.fair(pool),
+            keys.ready_age(pool),
+            keys.waiting(),
+            keys.dispatch_wakes(),
+            *(keys.job(job.id) for job in jobs),
+        ]
+        args: list[str | float] = [STEP_WEIGHT, len(jobs)]
+        for job in jobs:
+            principal = fair_principal(job)
+            args += [job.id, ready_step(job), principal, self._weight_of(job.owner), created_ms(job), job.pin or ""]
+        self._ready_add(keys=script_keys, args=args, client=pipe)
 
     def _note_acks(self, jobs: Sequence[Job], wanted: int, acks: int) -> None:
         if wanted and jobs and acks < wanted:
@@ -209,7 +221,9 @@ class JobCreation:
                 self._keys.state_index(JobState.QUEUED.value),
                 sent.queue_key if sent is not None else self._keys.job(job.id),
                 self._keys.ready(job.pool),
-                self._keys.pins(job.pool),
+                self._keys.ready_meta(job.pool),
+                self._keys.ready_age(job.pool),
+                self._keys.waiting(),
             ]
             if job.idempotency_key is not None:
                 keys.append(self._keys.idempotency(job.idempotency_key, job.owner))

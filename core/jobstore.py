@@ -17,7 +17,7 @@ The client may decode responses or not; both are handled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
 import redis
@@ -35,7 +35,7 @@ from core.jobs import (
 from core.keys import Keys
 from core.lua_scripts import evalsha_pipeline, load_script
 from core.memory import MemoryBudget
-from core.messages import ready_rank
+from core.messages import created_ms, fair_principal, ready_rank, ready_step
 from core.replication import ReplicaAcks
 
 log = logging.getLogger("imagineq.jobs")
@@ -128,9 +128,11 @@ class JobStore:
         replica_acks: int = 0,
         replica_ack_timeout_ms: int = 0,
         memory_budget_pct: float | None = None,
+        weight_of: Callable[[str | None], float] | None = None,
     ) -> None:
         """``memory_budget_pct``: new jobs must fit under this share of Redis's ``maxmemory``
-        (:mod:`core.memory`); None: no check."""
+        (:mod:`core.memory`); None: no check. ``weight_of(owner)``: a principal's fair-share weight
+        (default 1 for all)."""
         if terminal_ttl_s < 1:
             raise ValueError("terminal_ttl_s must be at least 1")
         self._client = client
@@ -147,6 +149,7 @@ class JobStore:
             replica_acks=self._replica_acks,
             replica_ack_timeout_ms=replica_ack_timeout_ms,
             memory=MemoryBudget(client, memory_budget_pct) if memory_budget_pct else None,
+            **({"weight_of": weight_of} if weight_of is not None else {}),
         )
         self._transition = load_script(client, "job_transition")
         self._ready = load_script(client, "job_ready")
@@ -325,14 +328,9 @@ class JobStore:
             # is missing is refused by the script).
             job = read if read is not None and read.id == job_id else self.get(job_id)
         if job is not None:
-            keys += [
-                self._keys.ready(job.pool),
-                self._keys.dispatch_wakes(),
-                self._keys.pins(job.pool),
-                self._keys.dispatched(),
-            ]
-            entering = to is JobState.QUEUED and ready
-            args += ["1", repr(ready_rank(job)) if entering else "", (job.pin or "") if entering else ""]
+            keys += self._ready_keys(job)
+            entering = "1" if to is JobState.QUEUED and ready else ""
+            args += ["1", entering, *self._ready_args(job)]
         else:
             args.append("0")
         if to.terminal:
@@ -393,12 +391,32 @@ class JobStore:
                     keys.job(job.id),
                     keys.ready(job.pool),
                     keys.dispatched(),
-                    keys.pins(job.pool),
+                    keys.ready_meta(job.pool),
                     keys.dispatch_wakes(),
+                    keys.ready_age(job.pool),
+                    keys.waiting(),
                 ],
-                args=[job.id, repr(ready_rank(job)), job.pin or "", round(taken_grace_s * 1000)],
+                args=[job.id, *self._ready_args(job), round(taken_grace_s * 1000)],
             )
         )
+
+    def _ready_keys(self, job: Job) -> list[str]:
+        """The keys job_transition.lua's ready block reads, in its order."""
+        keys = self._keys
+        return [
+            keys.ready(job.pool),
+            keys.dispatch_wakes(),
+            keys.ready_meta(job.pool),
+            keys.dispatched(),
+            keys.ready_age(job.pool),
+            keys.waiting(),
+        ]
+
+    @staticmethod
+    def _ready_args(job: Job) -> list[str]:
+        """What the ready set keeps of a job: its rank (when the record has none), principal, step, created
+        ms and pin."""
+        return [ready_rank(job), fair_principal(job), str(ready_step(job)), created_ms(job), job.pin or ""]
 
     def incr(self, job_id: str, field: str, by: int = 1) -> int:
         """Add ``by`` to a counter on the record and return the new value; LookupError if no such job."""

@@ -105,12 +105,30 @@ class Keys:
     # -- dispatch: the queued jobs submitters choose from -----------------------------------------------
     def ready(self, pool: str) -> str:
         """Sorted set: a pool's queued jobs whose message is out (member = job id, score = rank: the job's
-        broker priority step, then its age; ``core.messages.ready_rank``)."""
+        priority step, then its fair-share tag; ``core/lua/ready_add.lua``)."""
         return f"{self.prefix}:ready:{pool}"
 
-    def pins(self, pool: str) -> str:
-        """Hash: job id -> the account a ready job must run on (a derived job: its parent's)."""
-        return f"{self.prefix}:ready:{pool}:pins"
+    def ready_meta(self, pool: str) -> str:
+        """Hash: job id -> what dispatch needs of a ready job: its principal, step, creation ms and the
+        account it must run on (a derived job: its parent's)."""
+        return f"{self.prefix}:ready:{pool}:meta"
+
+    def ready_age(self, pool: str) -> str:
+        """Sorted set: a pool's ready jobs below interactive priority, by creation ms (aging)."""
+        return f"{self.prefix}:ready:{pool}:age"
+
+    def fair(self, pool: str) -> str:
+        """Hash: a pool's fair-share state: each step's virtual time, each principal's last finish tag."""
+        return f"{self.prefix}:fair:{pool}"
+
+    def waiting(self) -> str:
+        """Sorted set (all scores 0): every ready job as ``principal|created ms|job id``, so a principal's
+        queued jobs are counted, and its oldest found, by lex range."""
+        return f"{self.prefix}:waiting"
+
+    def creation_log(self) -> str:
+        """Sorted set: the last hour's dispatches, ``job id:ms:principal`` by ms (each principal's share)."""
+        return f"{self.prefix}:creation-log"
 
     def dispatched(self) -> str:
         """Sorted set: jobs a submitter took from a ready set (score = ms); one still queued a while later
@@ -131,6 +149,10 @@ class Keys:
     def leases(self, account: str, pool: str | None = None) -> str:
         """Sorted set: a pool's in-progress leases (member = job id, score = lease expiry ms)."""
         return f"{self.prefix}:quota:{account}{_pool_part(pool)}:leases"
+
+    def lease_owners(self, account: str, pool: str | None = None) -> str:
+        """Hash: job id -> the principal a pool's lease is held for (share caps, in progress per principal)."""
+        return f"{self.prefix}:quota:{account}{_pool_part(pool)}:lease-owners"
 
     def uploaded(self, account: str, sha256: str) -> str:
         """String with expiry: the URL of an image (by content) in the account's upstream file store, while

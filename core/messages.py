@@ -36,18 +36,33 @@ def broker_priority(job: Job) -> int:
     return PRIORITY_BATCH if job.priority is Priority.BATCH else PRIORITY_INTERACTIVE
 
 
-#: A rank counts microseconds from here (until 2051 they stay below one step's weight)...
-_RANK_EPOCH_S: Final = 1_577_836_800  # 2020-01-01
-#: ...and a priority step weighs more than any of them; the largest rank stays well inside a double's
-#: exact integers.
-_STEP_WEIGHT: Final = 10**15
+#: A priority step's weight in a ready rank: more than any fair-share tag reaches (``ready_add.lua``).
+STEP_WEIGHT: Final = 10**12
+#: The principal of jobs no ingress principal enqueued (the Python API, the CLI, batch files): a name no
+#: principal can have.
+OPERATOR: Final = "@operator"
 
 
-def ready_rank(job: Job) -> float:
-    """The job's place in its pool's ready set (lowest first): its broker priority step, then the moment
-    it was created (to the microsecond, so one call's jobs keep their order)."""
-    step = PRIORITY_STEPS.index(broker_priority(job)) if broker_priority(job) in PRIORITY_STEPS else 0
-    return float(step * _STEP_WEIGHT + round((job.created_at - _RANK_EPOCH_S) * 1_000_000))
+def ready_step(job: Job) -> int:
+    """The job's priority step in the ready sets: 0 interactive, then each broker priority step down."""
+    priority = broker_priority(job)
+    return PRIORITY_STEPS.index(priority) if priority in PRIORITY_STEPS else 0
+
+
+def fair_principal(job: Job) -> str:
+    """Whose share a job counts against: its ingress principal, or the operator's."""
+    return job.owner or OPERATOR
+
+
+def created_ms(job: Job) -> str:
+    """When the job was created, in ms, as 13 digits (the ready sets' lex order reads it)."""
+    return f"{round(job.created_at * 1000):013d}"
+
+
+def ready_rank(job: Job) -> str:
+    """The job's rank in its pool's ready set as written when it first became ready; a job from before
+    ranks were written goes first in its step."""
+    return job.extra.get("rank") or f"{ready_step(job) * STEP_WEIGHT:.6f}"
 
 
 @dataclass(frozen=True)

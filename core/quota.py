@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -39,6 +39,7 @@ from config.settings import AccountSettings, ConfigError, Settings, account_name
 from core.catalog import DEFAULT_MODEL, MODELS, Catalog, PoolCaps, pool_caps
 from core.keys import Keys
 from core.lua_scripts import load_script
+from core.messages import STEP_WEIGHT
 from core.replication import ReplicaAcks
 
 #: Lease members that stand for an unknown task's slot after its job was tried again (see detach_hold).
@@ -83,6 +84,8 @@ class Dispatched:
     rank: str = ""
     wait_s: float = 0.0
     reason: str = ""
+    #: A job taken but given back (no replica acknowledged its slot): it goes back to its ready set.
+    undone: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -137,6 +140,8 @@ class QuotaLimiter:
         accounts: Sequence[AccountSettings],
         *,
         caps: CapsFor = default_caps,
+        share_caps: Mapping[str, float] | None = None,
+        aging_s: float = 600.0,
         lease_ttl_s: float = 120.0,
         unknown_grace_s: float = 900.0,
         clock: Callable[[], int] | None = None,
@@ -149,6 +154,9 @@ class QuotaLimiter:
         self._keys = keys
         self._accounts = {account.name: account for account in accounts}
         self._caps = caps
+        #: Principal -> the share of each pool's in-progress slots its jobs may hold at most.
+        self._share_caps = dict(share_caps or {})
+        self.aging_s = aging_s
         self.lease_ttl_s = lease_ttl_s
         self.unknown_grace_s = unknown_grace_s
         self._clock = clock
@@ -171,6 +179,8 @@ class QuotaLimiter:
             keys,
             settings.accounts,
             caps=Catalog(settings).caps,
+            share_caps={p.name: p.max_slot_share for p in settings.ingress_principals if p.max_slot_share},
+            aging_s=settings.fair_share_aging_s,
             lease_ttl_s=settings.quota_lease_ttl_s,
             unknown_grace_s=settings.unknown_outcome_grace_s,
             replica_acks=settings.replica_acks,
@@ -198,8 +208,9 @@ class QuotaLimiter:
         job, pool, account = _text(reply[1]), chosen_pools[int(reply[2])], names[int(reply[3])]
         rank = _text(reply[4])
         if reply[-1] is False:  # no replica acknowledged the slot in time (see _run_dispatch)
-            self.undispatch(job, pool, account, rank)
-            return Dispatched(None, wait_s=self.replica_ack_timeout_ms / 1000, reason="replicas")
+            # The slot and its creation go back; the caller puts the job back in its ready set.
+            self.release_unsent(job, pool=pool, accounts=[account])
+            return Dispatched(None, pool=pool, wait_s=self.replica_ack_timeout_ms / 1000, reason="replicas", undone=job)
         return Dispatched(job, pool=pool, account=account, rank=rank)
 
     def take_unlimited(self, account: str) -> Dispatched:
@@ -215,16 +226,6 @@ class QuotaLimiter:
                 self._redis.zadd(self._keys.dispatched(), {job: time.time() * 1000})
                 return Dispatched(job, pool=pool, account=account, rank=repr(rank))
         return Dispatched(None)
-
-    def undispatch(self, job_id: str, pool: str, account: str, rank: str) -> None:
-        """A dispatched job that was not sent after all goes back to its ready set, its slot and the
-        creation it spent given back."""
-        self.release_unsent(job_id, pool=pool, accounts=[account])
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._keys.ready(pool), {job_id: float(rank)})
-            pipe.zrem(self._keys.dispatched(), job_id)
-            pipe.lpush(self._keys.dispatch_wakes(), "1")
-            pipe.execute()
 
     def acquire_slot(
         self, job_id: str, *, pool: str = DEFAULT_MODEL, accounts: Sequence[str] | None = None
@@ -253,8 +254,8 @@ class QuotaLimiter:
     def _run_dispatch(self, names: Sequence[str], pools: Sequence[str], *, given: str) -> list[Any]:
         """quota_dispatch.lua over ``names`` × ``pools``; with replicas wanted, WAIT on the same connection
         and append False to the reply when too few acknowledged a taken slot."""
-        keys: list[str] = [self._keys.dispatched()]
-        args: list[str | int] = [
+        keys: list[str] = [self._keys.dispatched(), self._keys.waiting(), self._keys.creation_log()]
+        args: list[str | int | float] = [
             self._now(),
             _ms(self.lease_ttl_s),
             _ms(IN_PROGRESS_HINT_CAP_S),
@@ -263,7 +264,12 @@ class QuotaLimiter:
             len(pools),
             given,
             READY_LOOK,
+            STEP_WEIGHT,
+            _ms(self.aging_s),
+            len(self._share_caps),
         ]
+        for principal, share in self._share_caps.items():
+            args += [principal, share]
         settings = [self._account(name) for name in names]
         for account in settings:
             keys += [self._keys.cooldown(account.name), self._keys.pause(account.name)]
@@ -272,9 +278,18 @@ class QuotaLimiter:
             request_window = account.create_requests_window_s + account.window_guard_s
             args += [account.name, account.create_requests_per_window or 0, _ms(request_window)]
         for pool in pools:
-            keys += [self._keys.ready(pool), self._keys.pins(pool)]
+            keys += [
+                self._keys.ready(pool),
+                self._keys.ready_meta(pool),
+                self._keys.fair(pool),
+                self._keys.ready_age(pool),
+            ]
             for account in settings:
-                keys += [self._keys.creations(account.name, pool), self._keys.leases(account.name, pool)]
+                keys += [
+                    self._keys.creations(account.name, pool),
+                    self._keys.leases(account.name, pool),
+                    self._keys.lease_owners(account.name, pool),
+                ]
                 caps = self._caps(account, pool)
                 args += [caps.in_progress, caps.creations, _ms(account.enforced_window_s)]
         wanted = self._replica_acks.wanted()
@@ -307,6 +322,7 @@ class QuotaLimiter:
                 keys.dispatch_wakes(),
                 keys.poll_plan(account),
                 keys.poll_owners(account),
+                keys.lease_owners(account, pool),
             ],
             args=[job_id, WAKES_KEPT],
         )
@@ -352,7 +368,10 @@ class QuotaLimiter:
         reports the ones nobody tripped over first.
         """
         pairs = [(name, pool) for name in self._accounts for pool in MODELS]
-        reply = self._reclaim(keys=[self._keys.leases(name, pool) for name, pool in pairs], args=[self._now()])
+        slot_keys = [
+            key for name, pool in pairs for key in (self._keys.leases(name, pool), self._keys.lease_owners(name, pool))
+        ]
+        reply = self._reclaim(keys=slot_keys, args=[self._now()])
         out: dict[str, list[str]] = {}
         for (name, _pool), jobs in zip(pairs, reply, strict=True):
             if jobs:

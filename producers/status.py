@@ -23,9 +23,10 @@ import redis
 
 from config.celery import QUEUES
 from config.settings import AccountSettings, Settings, redact_url
-from core.catalog import DEFAULT_MODEL
+from core.catalog import DEFAULT_MODEL, MODELS
 from core.clients import Clients
 from core.errors import UpstreamError
+from core.fair_share import PrincipalShare, read_shares
 from core.jobs import Job, JobState
 from core.quota import QuotaLimiter
 from workers.queues import held_by_queue, read_depths
@@ -108,6 +109,9 @@ class Status:
     oldest_queued_job: str | None
     oldest_queued_age_s: float | None
     failures: list[Failure] = field(default_factory=list)
+    #: Fair share per principal (the operator's own jobs as ``@operator``); principals with nothing to
+    #: show are left out.
+    principals: list[PrincipalShare] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -160,7 +164,15 @@ class StatusReader:
             oldest_queued_job=oldest_job,
             oldest_queued_age_s=oldest_age_s,
             failures=self._failures(failures),
+            principals=self.principal_shares(now),
         )
+
+    def principal_shares(self, now: float) -> list[PrincipalShare]:
+        """Every principal with work queued, in progress or created in the last hour."""
+        weights = {principal.name: principal.weight for principal in self.settings.principals()}
+        slots = [(account.name, pool) for account in self.settings.accounts for pool in MODELS]
+        shares = read_shares(self.redis, self.keys, weights, slots, now_s=now)
+        return [share for share in shares if share.queued or share.in_progress or share.creations]
 
     # -- accounts -------------------------------------------------------------------------------------
     def _accounts(

@@ -146,6 +146,7 @@ def render(status: Status, redactor: Redactor) -> Group:
     return Group(
         header,
         _accounts(status, cell),
+        _principals(status, cell),
         _queues(status, cell),
         _jobs(status, cell),
         _failures(status, cell),
@@ -187,6 +188,28 @@ def _accounts(status: Status, cell: Cell) -> Table | Text:
                 cell("", ""),
                 cell("", ""),
             )
+    return table
+
+
+def _principals(status: Status, cell: Cell) -> Table | Text:
+    """Fair share: who waits, who holds slots, who got the last hour's creations against its weight."""
+    if not status.principals:
+        return cell("Principals: nothing queued, in progress or created in the last hour", "dim")
+    table = Table(title="Principals (fair share)", title_justify="left")
+    for column in ("principal", "weight", "queued", "oldest waiting", "in progress", "created 1 h", "share / fair"):
+        table.add_column(column, overflow="fold")
+    for share in status.principals:
+        oldest = "—" if share.oldest_waiting_at is None else duration(max(0.0, status.at - share.oldest_waiting_at))
+        below = share.creations and share.share < 0.9 * share.fair_share
+        table.add_row(
+            cell(share.principal, "bold"),
+            cell(f"{share.weight:g}"),
+            cell(share.queued),
+            cell(oldest),
+            cell(share.in_progress),
+            cell(share.creations),
+            cell(f"{share.share:.0%} / {share.fair_share:.0%}", "yellow" if below else ""),
+        )
     return table
 
 

@@ -5,15 +5,18 @@
 -- KEYS[2]  queued index     <prefix>:state:queued
 -- KEYS[3]  broker queue     <prefix>:celery:submit[:<step>]  where its submit message was pushed
 -- KEYS[4]  ready set        <prefix>:ready:<pool>  the job's pool's (it is there once its message is)
--- KEYS[5]  pins             <prefix>:ready:<pool>:pins
--- KEYS[6]  idempotency key  <prefix>:idem:<key>  only when the job has one
+-- KEYS[5]  meta             <prefix>:ready:<pool>:meta
+-- KEYS[6]  age              <prefix>:ready:<pool>:age
+-- KEYS[7]  waiting          <prefix>:waiting
+-- KEYS[8]  idempotency key  <prefix>:idem:<key>  only when the job has one
 -- ARGV[1]  the job id
 -- ARGV[2]  its submit message as pushed ('' when none was)
 -- Effects: only when the job is still queued: LREM its message, DEL the record, ZREM it from the queued
---   index and its ready set, HDEL its pin, and DEL the idempotency key when that still names it. Every command here frees memory, so the
---   script runs on a Redis that is out of memory (none of them is refused there).
+--   index and its ready sets, and DEL the idempotency key when that still names it. Every command here
+--   frees memory, so the script runs on a Redis that is out of memory (none of them is refused there).
 -- Returns 1 when the job was taken back, 0 when it had moved on (a worker got to it: it stays).
 
+local id = ARGV[1]
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' then
   return 0
@@ -22,10 +25,16 @@ if ARGV[2] ~= '' then
   redis.call('LREM', KEYS[3], 1, ARGV[2])
 end
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-if KEYS[6] and redis.call('GET', KEYS[6]) == ARGV[1] then
-  redis.call('DEL', KEYS[6])
+redis.call('ZREM', KEYS[2], id)
+redis.call('ZREM', KEYS[4], id)
+local held = redis.call('HGET', KEYS[5], id)
+if held then
+  local principal, _, created = string.match(held, '^([^\t]*)\t([^\t]*)\t([^\t]*)')
+  redis.call('ZREM', KEYS[7], principal .. '|' .. created .. '|' .. id)
+  redis.call('HDEL', KEYS[5], id)
+end
+redis.call('ZREM', KEYS[6], id)
+if KEYS[8] and redis.call('GET', KEYS[8]) == id then
+  redis.call('DEL', KEYS[8])
 end
 return 1

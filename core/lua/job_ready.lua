@@ -2,15 +2,17 @@
 -- no submitter took it from there lately (a submitter moves the job it took out of queued within moments;
 -- one still queued well after the take lost its submitter).
 --
--- KEYS[1]  job hash         <prefix>:job:<id>
+-- KEYS[1]  job hash         <prefix>:job:<id>   (its rank, written when it first became ready)
 -- KEYS[2]  ready set        <prefix>:ready:<pool>
 -- KEYS[3]  dispatched       <prefix>:dispatched   sorted set, member = job id, score = ms taken
--- KEYS[4]  pins             <prefix>:ready:<pool>:pins
+-- KEYS[4]  meta             <prefix>:ready:<pool>:meta
 -- KEYS[5]  dispatch wakes   list
+-- KEYS[6]  age              <prefix>:ready:<pool>:age
+-- KEYS[7]  waiting          <prefix>:waiting
 -- ARGV[1]  job id
--- ARGV[2]  its rank (core.messages.ready_rank)
--- ARGV[3]  the account it is pinned to ('' = none)
--- ARGV[4]  ms after a take during which the job is left to its taker
+-- ARGV[2]  its rank when the record has none (a job queued before ranks were written)
+-- ARGV[3..6]  its principal, step, created ms (13 digits), pin ('' = none)
+-- ARGV[7]  ms after a take during which the job is left to its taker
 -- Returns 1 when the job was put back, else 0 (not queued, already ready, or taken lately).
 
 local id = ARGV[1]
@@ -20,14 +22,17 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local taken = tonumber(redis.call('ZSCORE', KEYS[3], id))
-if taken and taken > now - tonumber(ARGV[4]) then
+if taken and taken > now - tonumber(ARGV[7]) then
   return 0
 end
+local principal, step, created, pin = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
 redis.call('ZREM', KEYS[3], id)
-redis.call('ZADD', KEYS[2], ARGV[2], id)
-if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[4], id, ARGV[3])
+redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'rank') or ARGV[2], id)
+redis.call('HSET', KEYS[4], id, principal .. '\t' .. step .. '\t' .. created .. '\t' .. pin)
+if step > 0 then
+  redis.call('ZADD', KEYS[6], created, id)
 end
+redis.call('ZADD', KEYS[7], 0, principal .. '|' .. created .. '|' .. id)
 redis.call('LPUSH', KEYS[5], '1')
 redis.call('LTRIM', KEYS[5], 0, 63)
 redis.call('PEXPIRE', KEYS[5], 60000)

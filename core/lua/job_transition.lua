@@ -23,10 +23,11 @@
 --   then     c, then c pairs field, increment to HINCRBY
 --   then     e: 1 when the target is terminal and an event is to be recorded, then the stream's
 --            approximate maximum length; the stream is then the LAST key ( <prefix>:events ); else 0
---   then     r: 1 when the job's ready set changes with this move, then the job's rank there ('' = the job
---            leaves the set, and the dispatched set) and the account it is pinned to ('' = none); the ready
---            set, the dispatch wake list, the pool's pins and the dispatched set are then the four keys
---            after the task index key
+--   then     r: 1 when the job's ready set changes with this move, then: '1' when the job enters it ('' = it
+--            leaves it, and the dispatched set), its rank when the record has none, its principal, step,
+--            created ms (13 digits) and pin ('' = none); the ready set, the dispatch wake list, the pool's
+--            meta, the dispatched set, the pool's age set and the waiting set are then the six keys after
+--            the task index key (ready_add.lua describes them)
 -- Effects (all or nothing): state = target, at_<target> and updated_at = Redis TIME (float s), the fields;
 --   the id moves from its current state index to the target's (score = ms); task index SET EX when task_id
 --   is written; expiry as above; a job entering ``queued`` is added to its pool's ready set (and one wake
@@ -108,18 +109,28 @@ else
   a = a + 1
 end
 if tonumber(ARGV[a] or '0') == 1 then
-  if ARGV[a + 1] == '' then
-    redis.call('ZREM', KEYS[k], id)
-    redis.call('HDEL', KEYS[k + 2], id)
-    redis.call('ZREM', KEYS[k + 3], id)
-  else
-    redis.call('ZADD', KEYS[k], ARGV[a + 1], id)
-    if ARGV[a + 2] ~= '' then
-      redis.call('HSET', KEYS[k + 2], id, ARGV[a + 2])
+  local ready, wakes, meta, dispatched, age, waiting = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+  local held = redis.call('HGET', meta, id)
+  if held then -- out of the ready set first (also before re-entering it)
+    local principal, _, created = string.match(held, '^([^\t]*)\t([^\t]*)\t([^\t]*)')
+    redis.call('ZREM', waiting, principal .. '|' .. created .. '|' .. id)
+    redis.call('HDEL', meta, id)
+  end
+  redis.call('ZREM', ready, id)
+  redis.call('ZREM', age, id)
+  redis.call('ZREM', dispatched, id)
+  if ARGV[a + 1] == '1' then
+    local rank = redis.call('HGET', job, 'rank') or ARGV[a + 2]
+    local principal, step, created = ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
+    redis.call('ZADD', ready, rank, id)
+    redis.call('HSET', meta, id, principal .. '\t' .. step .. '\t' .. created .. '\t' .. ARGV[a + 6])
+    if step > 0 then
+      redis.call('ZADD', age, created, id)
     end
-    redis.call('LPUSH', KEYS[k + 1], '1')
-    redis.call('LTRIM', KEYS[k + 1], 0, 63)
-    redis.call('PEXPIRE', KEYS[k + 1], 60000)
+    redis.call('ZADD', waiting, 0, principal .. '|' .. created .. '|' .. id)
+    redis.call('LPUSH', wakes, '1')
+    redis.call('LTRIM', wakes, 0, 63)
+    redis.call('PEXPIRE', wakes, 60000)
   end
 end
 

@@ -1,17 +1,22 @@
 -- quota_dispatch.lua: choose the next job to submit and the account it goes to, and take its slot, atomically.
 --
 -- A job goes when its pool has room on an account it may use: an in-progress slot and a creation in the
--- pool's rolling window, the account neither cooling down nor paused and under its createTask request rate.
--- Among the pools' ready jobs that may go, the one with the lowest rank goes (its broker priority step,
--- then its age): a full pool never holds back another pool's jobs. Among the accounts, the one with the
--- most headroom in the job's pool (ties: the earlier one).
+-- pool's rolling window, the account neither cooling down nor paused and under its createTask request rate,
+-- and the job's principal under its share cap there. Among the pools' ready jobs that may go, the one with
+-- the lowest rank goes (its priority step, then its fair-share tag: ready_add.lua): a full pool never holds
+-- back another pool's jobs. A job below interactive priority queued longer than the aging time competes
+-- in the interactive class, as if it had just arrived there. Among the accounts, the one with the most headroom
+-- in the job's pool (ties: the earlier one).
 --
--- KEYS[1]                       dispatched  sorted set  member = job id, score = ms taken (recovery)
+-- KEYS[1]  dispatched     sorted set  member = job id, score = ms taken (recovery)
+-- KEYS[2]  waiting        sorted set  ready jobs by principal (ready_add.lua)
+-- KEYS[3]  creation log   sorted set  member "<job id>:<ms>", score = ms: who got the last hour's creations
 -- then per account a = 0..A-1, 3 keys:
 --   cooldown (string, end ms), pause (string, why), create requests (sorted set, score = ms)
--- then per pool p = 0..P-1, 2 + 2A keys:
---   ready (sorted set, member = job id, score = rank), pins (hash job id -> the account it must run on),
---   then per account a: creations (sorted set, score = ms), leases (sorted set, score = expiry ms)
+-- then per pool p = 0..P-1, 4 + 3A keys:
+--   ready (sorted set, member = job id, score = rank), meta (hash, ready_add.lua), fair (hash, V per step),
+--   age (sorted set, created ms), then per account a: creations (sorted set, score = ms), leases (sorted
+--   set, score = expiry ms), lease owners (hash job id -> principal)
 -- ARGV:
 --   ARGV[1]  now ms: '' in production (redis.call('TIME')); a number only from a test clock (test seam)
 --   ARGV[2]  lease TTL ms
@@ -20,14 +25,17 @@
 --   ARGV[5]  A, ARGV[6] P
 --   ARGV[7]  '' to choose from the ready sets; a job id to take a slot for that job only (pool 0, its
 --            ready set and pins unused), as a submitter of one given job does
---   ARGV[8]  how many of a pool's first ready jobs are looked at (a pinned job may not go where the
---            next one could)
+--   ARGV[8]  how many of a pool's first ready jobs are looked at (a pinned or capped job may not go where
+--            the next one could)
+--   ARGV[9]  STEP (a priority step's weight in a rank), ARGV[10] aging ms
+--   ARGV[11] C, then C pairs: a capped principal, its share of each pool's in-progress slots (0..1]
 --   then per account a: its name, createTask requests allowed per window (0 = no limit), that window ms
 --   then per pool p, per account a: in-progress limit, creations limit, creation window ms
 -- Effects: drops expired leases and creations and requests that left their windows on every account
---   looked at; on success removes the job from its ready set and pins, notes it dispatched, and adds its
---   creation entry, its lease (now + TTL) and its createTask request together. A job that already holds a
---   lease in its pool on a usable account gets that account back, lease extended, with no second creation.
+--   looked at; on success removes the job from its ready sets, notes it dispatched (and its principal's
+--   creation), moves its step's virtual time to its tag, and adds its creation entry, its lease (now +
+--   TTL, owned by its principal) and its createTask request together. A job that already holds a lease in
+--   its pool on a usable account gets that account back, lease extended, with no second creation.
 -- Returns:
 --   {1, job, p, a, rank}    the job (of pool p, rank as it was in its ready set: a string) holds a slot on
 --                           account a
@@ -48,12 +56,21 @@ local paused_wait = tonumber(ARGV[4])
 local A, P = tonumber(ARGV[5]), tonumber(ARGV[6])
 local given = ARGV[7]
 local look = tonumber(ARGV[8])
+local step_weight, aging = tonumber(ARGV[9]), tonumber(ARGV[10])
+local caps = {}
+local C = tonumber(ARGV[11])
+for c = 0, C - 1 do
+  caps[ARGV[12 + 2 * c]] = tonumber(ARGV[13 + 2 * c])
+end
+local account_args = 12 + 2 * C
+local waiting, creation_log = KEYS[2], KEYS[3]
 
 local accounts = {}
 for a = 0, A - 1 do
   local acc = {
-    cooldown = KEYS[2 + 3 * a], pause = KEYS[3 + 3 * a], requests = KEYS[4 + 3 * a],
-    name = ARGV[9 + 3 * a], rate = tonumber(ARGV[10 + 3 * a]), rate_window = tonumber(ARGV[11 + 3 * a]),
+    cooldown = KEYS[4 + 3 * a], pause = KEYS[5 + 3 * a], requests = KEYS[6 + 3 * a],
+    name = ARGV[account_args + 3 * a], rate = tonumber(ARGV[account_args + 1 + 3 * a]),
+    rate_window = tonumber(ARGV[account_args + 2 + 3 * a]),
   }
   acc.cooling = math.max(0, (tonumber(redis.call('GET', acc.cooldown)) or 0) - now)
   acc.paused = redis.call('GET', acc.pause)
@@ -70,26 +87,39 @@ for a = 0, A - 1 do
   accounts[a + 1] = acc
 end
 
-local pool_base = 2 + 3 * A
-local limits_base = 9 + 3 * A
+local pool_base = 4 + 3 * A
+local limits_base = account_args + 3 * A
 local pools = {}
 for p = 0, P - 1 do
-  local k = pool_base + p * (2 + 2 * A)
-  local pool = {ready = KEYS[k], pins = KEYS[k + 1], slots = {}}
+  local k = pool_base + p * (4 + 3 * A)
+  local pool = {ready = KEYS[k], meta = KEYS[k + 1], fair = KEYS[k + 2], age = KEYS[k + 3], slots = {}}
   for a = 0, A - 1 do
     local l = limits_base + 3 * (p * A + a)
     pool.slots[a + 1] = {
-      creations = KEYS[k + 2 + 2 * a], leases = KEYS[k + 3 + 2 * a],
+      creations = KEYS[k + 4 + 3 * a], leases = KEYS[k + 5 + 3 * a], owners = KEYS[k + 6 + 3 * a],
       in_progress_limit = tonumber(ARGV[l]), creations_limit = tonumber(ARGV[l + 1]), window = tonumber(ARGV[l + 2]),
     }
   end
   pools[p + 1] = pool
 end
 
+-- "principal<TAB>step<TAB>created ms<TAB>pin" (ready_add.lua)
+local function parse_meta(text)
+  if not text then
+    return '', 0, '0', false
+  end
+  local principal, step, created, pin = string.match(text, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  return principal or '', tonumber(step) or 0, created or '0', (pin ~= nil and pin ~= '') and pin or false
+end
+
 -- A pool's counts on an account, read (and its logs trimmed) once per call.
 local function slot_state(s)
   if not s.read then
-    redis.call('ZREMRANGEBYSCORE', s.leases, '-inf', now)
+    local expired = redis.call('ZRANGEBYSCORE', s.leases, '-inf', now)
+    if #expired > 0 then
+      redis.call('ZREMRANGEBYSCORE', s.leases, '-inf', now)
+      redis.call('HDEL', s.owners, unpack(expired))
+    end
     redis.call('ZREMRANGEBYSCORE', s.creations, '-inf', now - s.window)
     s.in_progress = redis.call('ZCARD', s.leases)
     s.created = redis.call('ZCARD', s.creations)
@@ -127,9 +157,24 @@ local function wait_for(acc, s)
   return math.max(1, wait), reason
 end
 
+-- Whether `principal` is under its share cap in pool slot `s` (a principal without a cap always is).
+local function under_cap(s, principal)
+  local share = caps[principal]
+  if not share then
+    return true
+  end
+  local held = 0
+  for _, owner in ipairs(redis.call('HVALS', s.owners)) do
+    if owner == principal then
+      held = held + 1
+    end
+  end
+  return held < math.max(1, math.floor(share * s.in_progress_limit + 0.5))
+end
+
 -- Where `job` of `pool` may go now: the account holding its lease (reused), else the one with the most
 -- room; nil when none may take it.
-local function place(pool, job, pin)
+local function place(pool, job, pin, principal)
   for a = 1, #accounts do
     slot_state(pool.slots[a]) -- expired leases and old creations go first, on every account looked at
   end
@@ -140,6 +185,7 @@ local function place(pool, job, pin)
       end
       -- a slot held on an account that cannot take it now is given up (its creation stays spent)
       redis.call('ZREM', pool.slots[a].leases, job)
+      redis.call('HDEL', pool.slots[a].owners, job)
       pool.slots[a].read = false
     end
   end
@@ -148,7 +194,7 @@ local function place(pool, job, pin)
     if acc.usable and (not pin or pin == acc.name) then
       local s = slot_state(pool.slots[a])
       local room = math.min(s.in_progress_limit - s.in_progress, s.creations_limit - s.created)
-      if room > best_room then
+      if room > best_room and under_cap(s, principal) then
         best, best_room = a, room
       end
     end
@@ -156,33 +202,44 @@ local function place(pool, job, pin)
   return best, false
 end
 
-local chosen -- {pool index, job, rank, account, reused}
+local chosen -- {pool index, job, rank, account, reused, rank as stored, principal, step}
 local any_ready = false
+
+local function consider(p, pool, job, rank, stored, meta_text)
+  any_ready = true
+  if chosen and rank >= chosen[3] then
+    return
+  end
+  local principal, step, _, pin = parse_meta(meta_text)
+  local a, reused = place(pool, job, pin, principal)
+  if a then
+    chosen = {p, job, rank, a, reused, stored, principal, step}
+  end
+end
+
 for p, pool in ipairs(pools) do
-  local heads
   if given ~= '' then
     if p == 1 then
-      heads = {given, '0'}
-    else
-      heads = {}
+      consider(p, pool, given, 0, '0', false)
     end
   else
-    heads = redis.call('ZRANGE', pool.ready, 0, look - 1, 'WITHSCORES')
-  end
-  for h = 1, #heads, 2 do
-    any_ready = true
-    local job, rank = heads[h], tonumber(heads[h + 1])
-    if chosen and rank >= chosen[3] then
-      break
+    -- The oldest job below interactive priority, once older than the aging time, competes in the
+    -- interactive class, as if it had just arrived there (at its virtual time): nothing starves.
+    local oldest = redis.call('ZRANGE', pool.age, 0, 0, 'WITHSCORES')
+    if oldest[1] and tonumber(oldest[2]) <= now - aging then
+      local text = redis.call('HGET', pool.meta, oldest[1])
+      local stored = redis.call('ZSCORE', pool.ready, oldest[1])
+      if stored then
+        consider(p, pool, oldest[1], tonumber(redis.call('HGET', pool.fair, 'V:0')) or 0, stored, text)
+      end
     end
-    local pin = false
-    if given == '' then
-      pin = redis.call('HGET', pool.pins, job)
-    end
-    local a, reused = place(pool, job, pin)
-    if a then
-      chosen = {p, job, rank, a, reused, heads[h + 1]}
-      break
+    local heads = redis.call('ZRANGE', pool.ready, 0, look - 1, 'WITHSCORES')
+    for h = 1, #heads, 2 do
+      local rank = tonumber(heads[h + 1])
+      if chosen and rank >= chosen[3] then
+        break
+      end
+      consider(p, pool, heads[h], rank, heads[h + 1], redis.call('HGET', pool.meta, heads[h]))
     end
   end
 end
@@ -191,40 +248,49 @@ if not any_ready then
   return {2}
 end
 
+local function unique(key, base)
+  local member, k = base, 1
+  while redis.call('ZSCORE', key, member) do
+    k = k + 1
+    member = base .. ':' .. k
+  end
+  return member
+end
+
 if chosen then
-  local p, job, rank, a, reused = chosen[1], chosen[2], chosen[3], chosen[4], chosen[5]
+  local p, job, a, reused, stored, principal, step = chosen[1], chosen[2], chosen[4], chosen[5], chosen[6], chosen[7], chosen[8]
   local pool, acc = pools[p], accounts[a]
   local s = pool.slots[a]
   if given == '' then
+    local _, _, created = parse_meta(redis.call('HGET', pool.meta, job))
     redis.call('ZREM', pool.ready, job)
-    redis.call('HDEL', pool.pins, job)
+    redis.call('ZREM', pool.age, job)
+    redis.call('HDEL', pool.meta, job)
+    redis.call('ZREM', waiting, principal .. '|' .. created .. '|' .. job)
     redis.call('ZADD', KEYS[1], now, job)
+    -- the step's virtual time moves to the tag of the job it serves
+    local tag = tonumber(stored) - step * step_weight
+    local v_field = 'V:' .. step
+    if tag > (tonumber(redis.call('HGET', pool.fair, v_field)) or 0) then
+      redis.call('HSET', pool.fair, v_field, string.format('%.6f', tag))
+    end
+    redis.call('ZADD', creation_log, now, job .. ':' .. string.format('%d', now) .. ':' .. principal)
+    redis.call('ZREMRANGEBYSCORE', creation_log, '-inf', now - 3600000)
   end
   if reused then
     local held = tonumber(redis.call('ZSCORE', s.leases, job))
     redis.call('ZADD', s.leases, math.max(held, now + lease_ttl), job)
   else
-    local base = job .. ':' .. string.format('%d', now)
-    local member, k = base, 1
-    while redis.call('ZSCORE', s.creations, member) do
-      k = k + 1
-      member = base .. ':' .. k
-    end
-    redis.call('ZADD', s.creations, now, member)
+    redis.call('ZADD', s.creations, now, unique(s.creations, job .. ':' .. string.format('%d', now)))
     redis.call('PEXPIRE', s.creations, s.window + slack)
     redis.call('ZADD', s.leases, now + lease_ttl, job)
   end
+  redis.call('HSET', s.owners, job, principal)
   if acc.rate > 0 then
-    local base = job .. ':' .. string.format('%d', now)
-    local member, k = base, 1
-    while redis.call('ZSCORE', acc.requests, member) do
-      k = k + 1
-      member = base .. ':' .. k
-    end
-    redis.call('ZADD', acc.requests, now, member)
+    redis.call('ZADD', acc.requests, now, unique(acc.requests, job .. ':' .. string.format('%d', now)))
     redis.call('PEXPIRE', acc.requests, acc.rate_window + slack)
   end
-  return {1, job, p - 1, a - 1, chosen[6]}
+  return {1, job, p - 1, a - 1, stored}
 end
 
 -- Nothing may go: how long until the soonest pool with ready jobs may have room.

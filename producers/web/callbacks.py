@@ -21,9 +21,9 @@ wakes a poll at once (``wake(job)``), which reads the task's record from recordI
 the shared recordInfo budget, and moves the job from that record; the result URL downloaded is always
 the record's. Waking also gives the job's in-progress slot back: only the holder of the job's callback
 secret (the upstream, which got it with createTask) calls back, and only once the task has ended, so the
-upstream's own count already dropped. A job still ``submitting`` gets a wake marker instead, which submit acts on right after
-recording the taskId. The receiver answers at once and never calls the upstream itself. Every outcome
-is counted in the shared counters hash as ``callback:<outcome>``.
+upstream's own count already dropped. A job still ``submitting`` gets a wake marker instead, which submit
+acts on right after recording the taskId. The receiver answers at once and never calls the upstream
+itself. Every outcome is counted in the shared counters hash as ``callback:<outcome>``.
 """
 
 from __future__ import annotations

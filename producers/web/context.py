@@ -13,7 +13,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from config.celery import QUEUES
 from config.settings import PrincipalSettings, Settings
+from core.catalog import MODELS
 from core.clients import Clients
+from core.fair_share import PrincipalShare, read_shares
 from core.jobs import Job, JobState
 from core.quota import QuotaLimiter
 from producers.api import Producer
@@ -50,13 +52,21 @@ class Web:
             max_age_s=settings.callbacks.max_age_s,
             early_ttl_s=settings.early_callback_ttl_s,
         )
-        self.registry = build_registry(RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES))
+        self.registry = build_registry(
+            RedisCollector(self.redis, self.keys, self.jobs, self.quota, QUEUES, shares=self.principal_shares)
+        )
         self.principals = principal_table(settings.principals())
         self.ops_tokens: TokenTable[bool] = TokenTable.of_tokens((token, True) for token in settings.ops_tokens)
         self.limits = EnqueueLimits(self.redis, self.keys)
         self.throttle = AuthThrottle(self.redis, self.keys, settings.web_auth_failures_per_min)
         self._workers: tuple[float, list[str]] = (-1e9, [])
         self._workers_lock = threading.Lock()
+
+    def principal_shares(self) -> list[PrincipalShare]:
+        """Fair share per principal (``core.fair_share``): every configured principal and the operator."""
+        weights = {principal.name: principal.weight for principal in self.settings.principals()}
+        slots = [(account.name, pool) for account in self.settings.accounts for pool in MODELS]
+        return read_shares(self.redis, self.keys, weights, slots)
 
     def wake(self, job: Job) -> None:
         """A callback said the job's task ended: its in-progress slot is free upstream already, so it goes

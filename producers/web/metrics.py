@@ -10,7 +10,8 @@ and the messages workers hold (reserved, or waiting for a poll countdown) as ``i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import redis
@@ -18,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from core.clients import as_text
+from core.fair_share import PrincipalShare
 from core.jobstore import JobStore
 from core.keys import Keys
 from core.quota import AccountQuota, QuotaLimiter
@@ -38,18 +40,49 @@ class RedisCollector(Collector):
         jobs: JobStore,
         quota: QuotaLimiter,
         queues: Iterable[str],
+        shares: Callable[[], list[PrincipalShare]] | None = None,
     ) -> None:
         self._redis = client
         self._keys = keys
         self._jobs = jobs
         self._quota = quota
         self._queues = tuple(queues)
+        self._shares = shares
 
     def collect(self) -> Iterator[Metric]:
         yield self._jobs_by_state()
         yield from self._accounts()
+        yield from self._principals()
         yield from self._queue_depth()
         yield from self._counters()
+
+    def _principals(self) -> Iterator[Metric]:
+        """Fair share per principal: the label set is the configured principals and ``@operator``."""
+        if self._shares is None:
+            return
+        labels = ["principal"]
+        queued = GaugeMetricFamily("imagineq_principal_queued", "Jobs waiting for a slot", labels=labels)
+        held = GaugeMetricFamily("imagineq_principal_in_progress", "In-progress slots held", labels=labels)
+        created = GaugeMetricFamily(
+            "imagineq_principal_creations_last_hour", "Creations in the last hour", labels=labels
+        )
+        share = GaugeMetricFamily("imagineq_principal_share", "Share of the last hour's creations", labels=labels)
+        fair = GaugeMetricFamily(
+            "imagineq_principal_fair_share", "The share its weight entitles it to among the active", labels=labels
+        )
+        oldest = GaugeMetricFamily(
+            "imagineq_principal_oldest_waiting_seconds", "Age of its oldest waiting job", labels=labels
+        )
+        now = time.time()
+        for entry in self._shares():
+            name = [entry.principal]
+            queued.add_metric(name, entry.queued)
+            held.add_metric(name, entry.in_progress)
+            created.add_metric(name, entry.creations)
+            share.add_metric(name, entry.share)
+            fair.add_metric(name, entry.fair_share)
+            oldest.add_metric(name, 0.0 if entry.oldest_waiting_at is None else max(0.0, now - entry.oldest_waiting_at))
+        yield from (queued, held, created, share, fair, oldest)
 
     def _jobs_by_state(self) -> Metric:
         metric = GaugeMetricFamily("imagineq_jobs", "Jobs by state (state index sizes)", labels=["state"])

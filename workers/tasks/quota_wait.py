@@ -26,10 +26,15 @@ def next_dispatch(rt: Runtime, *, wait: bool = True) -> Dispatched:
     if not rt.settings.quota_enforce:
         return rt.quota.take_unlimited(rt.settings.accounts[0].name)  # benchmark baseline: rate_limit alone
     if not wait:
-        return rt.quota.dispatch()
+        dispatched = rt.quota.dispatch()
+        if dispatched.undone is not None and (job := rt.jobs.get(dispatched.undone)) is not None:
+            rt.jobs.make_ready(job, taken_grace_s=0)
+        return dispatched
     deadline = time.monotonic() + rt.settings.quota_wait_max_s
     while True:
         dispatched = rt.quota.dispatch()
+        if dispatched.undone is not None and (job := rt.jobs.get(dispatched.undone)) is not None:
+            rt.jobs.make_ready(job, taken_grace_s=0)
         if dispatched.job_id is not None or dispatched.empty:
             return dispatched
         if dispatched.reason == "paused":
