@@ -40,7 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: the harness is devstack/
 
-from devstack.chaos import HA_SCENARIOS, Report, chaos_stack, run_scenario, scenarios
+from devstack.chaos import chaos_stack
+from devstack.chaos_scenarios import HA_SCENARIOS, Report, run_scenario, scenarios
 
 
 def result_line(reports: list[Report]) -> str:

@@ -25,12 +25,19 @@ from redis.client import Pipeline
 
 from core.job_creation import JobCreation, MessageFactory
 from core.jobs import (
-    MANAGED_FIELDS,
-    TIMESTAMP_PREFIX,
     Job,
     JobRequest,
     JobState,
     allowed_from,
+)
+from core.jobstore_args import (
+    FieldValue,
+    check_writable,
+    field_args,
+    optional_text,
+    states_of,
+    text,
+    update_args,
 )
 from core.keys import Keys
 from core.lua_scripts import evalsha_pipeline, load_script
@@ -41,78 +48,12 @@ from core.replication import ReplicaAcks
 log = logging.getLogger("imagineq.jobs")
 
 
-FieldValue = str | int | float | None
-
 #: A job a submitter took from its ready set is moved out of queued within moments; one still queued this
 #: long after lost its submitter.
 DISPATCH_GRACE_S: Final = 30.0
 #: Extra life of a task index key beyond the terminal TTL (it is written before the job turns terminal).
 TASK_INDEX_SLACK_S: Final = 86400
 _SCAN_COUNT: Final = 1000
-
-
-def _update_args(
-    expect: JobState | Iterable[JobState], fields: Mapping[str, FieldValue], incr: Mapping[str, int]
-) -> list[str]:
-    """job_update.lua's ARGV: the expected states, then the fields and increments."""
-    if "task_id" in fields:
-        raise ValueError("task_id is written by transition(), which also keeps the task index")
-    states = sorted(_states(expect) or (), key=lambda state: state.value)
-    return [str(len(states)), *(state.value for state in states), *_field_args(fields, incr)]
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _optional_text(value: str | bytes | None) -> str | None:
-    return None if value is None else _text(value)
-
-
-def _encode(name: str, value: str | int | float) -> str:
-    if isinstance(value, bool):
-        raise TypeError(f"field {name!r}: booleans are not stored; pass 0 or 1")
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _check_writable(fields: Mapping[str, Any]) -> None:
-    for name in fields:
-        if name in MANAGED_FIELDS or name.startswith(TIMESTAMP_PREFIX):
-            raise ValueError(f"field {name!r} is written by the store itself")
-
-
-def _field_args(fields: Mapping[str, FieldValue], incr: Mapping[str, int]) -> list[str]:
-    """``s, pairs.., d, names.., c, pairs..`` as the scripts read them; '' and None delete."""
-    _check_writable(fields)
-    _check_writable(incr)
-    set_pairs: list[str] = []
-    deletes: list[str] = []
-    for name, value in fields.items():
-        if value is None or value == "":
-            deletes.append(name)
-        else:
-            set_pairs += [name, _encode(name, value)]
-    incr_pairs: list[str] = []
-    for name, by in incr.items():
-        incr_pairs += [name, str(int(by))]
-    return [
-        str(len(set_pairs) // 2),
-        *set_pairs,
-        str(len(deletes)),
-        *deletes,
-        str(len(incr_pairs) // 2),
-        *incr_pairs,
-    ]
-
-
-def _states(expect: JobState | Iterable[JobState] | None) -> frozenset[JobState] | None:
-    if expect is None:
-        return None
-    if isinstance(expect, JobState):
-        return frozenset({expect})
-    return frozenset(expect)
 
 
 class JobStore:
@@ -198,7 +139,7 @@ class JobStore:
                 pipe.hmget(self._keys.job(job_id), ["batch_id", "owner"])
             rows = pipe.execute()
         wanted = [
-            (batch is None or _optional_text(row[0]) == batch) and (owner is None or _optional_text(row[1]) == owner)
+            (batch is None or optional_text(row[0]) == batch) and (owner is None or optional_text(row[1]) == owner)
             for row in rows
         ]
         found = iter(self.get_many([job_id for job_id, keep in zip(job_ids, wanted, strict=True) if keep]))
@@ -207,13 +148,13 @@ class JobStore:
     def by_task_id(self, task_id: str) -> Job | None:
         """The job the upstream task belongs to (its ``task_id`` may since have moved on to a new task)."""
         job_id = cast("str | bytes | None", self._client.get(self._keys.task_index(task_id)))
-        return self.get(_text(job_id)) if job_id is not None else None
+        return self.get(text(job_id)) if job_id is not None else None
 
     def newest_in_state(self, state: JobState, limit: int) -> list[tuple[str, float]]:
         """Up to ``limit`` (id, entered ms) of ``state``, the newest first."""
         index = self._keys.state_index(state.value)
         rows = cast("list[tuple[str | bytes, float]]", self._client.zrevrange(index, 0, limit - 1, withscores=True))
-        return [(_text(job_id), float(score)) for job_id, score in rows]
+        return [(text(job_id), float(score)) for job_id, score in rows]
 
     def ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
         """Up to ``limit`` job ids that start with ``prefix`` (a hex string), read from the state indexes
@@ -224,7 +165,7 @@ class JobStore:
         for state in JobState:
             index = self._keys.state_index(state.value)
             for member, _ in self._client.zscan_iter(index, match=f"{prefix}*", count=1000):
-                job_id = _text(member)
+                job_id = text(member)
                 if job_id not in found:
                     found.append(job_id)
                 if len(found) >= limit:
@@ -247,7 +188,7 @@ class JobStore:
             top = seconds * 1000 + micros // 1000 - older_than_s * 1000
         index = self._keys.state_index(state.value)
         ids = cast("list[str | bytes]", self._client.zrangebyscore(index, "-inf", top, start=0, num=limit))
-        return [_text(job_id) for job_id in ids]
+        return [text(job_id) for job_id in ids]
 
     # -- write --------------------------------------------------------------------------------------
     def transition(
@@ -285,7 +226,7 @@ class JobStore:
         if to is JobState.SUBMITTING:
             incr["attempts"] = incr.get("attempts", 0) + 1
         sources = allowed_from(to)
-        wanted = _states(expect)
+        wanted = states_of(expect)
         if wanted is not None:
             sources &= wanted
         if not sources and pipe is None:
@@ -303,8 +244,8 @@ class JobStore:
                     "list[str | bytes | None]",
                     self._client.hmget(self._keys.job(job_id), ["idempotency_key", "owner"]),
                 )
-                idem = _text(stored[0] or "")
-                owner = _text(stored[1]) if stored[1] else None
+                idem = text(stored[0] or "")
+                owner = text(stored[1]) if stored[1] else None
             if idem:
                 keys.append(self._keys.idempotency(idem, owner))
         task_id = fields.get("task_id")
@@ -318,7 +259,7 @@ class JobStore:
             idem,
             str(len(froms)),
             *(state.value for state in froms),
-            *_field_args(fields, incr),
+            *field_args(fields, incr),
         ]
         # the job's end is recorded in the events stream, in the same step
         args += ["1", str(self.events_max_len)] if to.terminal else ["0"]
@@ -354,7 +295,7 @@ class JobStore:
         Not for ``task_id`` (use :meth:`transition`, which keeps the task index). Returns False, having
         written nothing, when the job is missing or in another state. ``pipe`` as in :meth:`transition`.
         """
-        args = _update_args(expect, fields or {}, incr or {})
+        args = update_args(expect, fields or {}, incr or {})
         keys = [self._keys.job(job_id)]
         if pipe is not None:
             self._update(keys, args, client=pipe)
@@ -367,7 +308,7 @@ class JobStore:
         """:meth:`update`, then ``WAIT`` for the replicas new jobs wait for (on the same connection):
         True when written and acknowledged, False when not written (missing job, another state), None
         when written but no replica acknowledged it in time (a failover could still forget it)."""
-        args = _update_args(expect, fields, {})
+        args = update_args(expect, fields, {})
         wanted = self._replica_acks.wanted()
         (written,), acks = evalsha_pipeline(
             self._client,
@@ -420,7 +361,7 @@ class JobStore:
 
     def incr(self, job_id: str, field: str, by: int = 1) -> int:
         """Add ``by`` to a counter on the record and return the new value; LookupError if no such job."""
-        _check_writable({field: by})
+        check_writable({field: by})
         value = self._incr([self._keys.job(job_id)], [field, by])
         if value is None:
             raise LookupError(f"job {job_id} does not exist")
@@ -437,7 +378,7 @@ class JobStore:
             index = self._keys.state_index(state.value)
             batch: list[str] = []
             for member, _score in self._client.zscan_iter(index, count=_SCAN_COUNT):
-                batch.append(_text(member))
+                batch.append(text(member))
                 if len(batch) >= _SCAN_COUNT:
                     removed += self._drop_missing(index, batch)
                     batch = []

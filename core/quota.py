@@ -21,6 +21,9 @@ every freed slot and every newly ready job pushes to.
 
 Every decision is one Lua script (``core/lua/quota_*.lua``) timed by the Redis server clock.
 
+This module stays whole (a little over 400 lines): every method is one call of the same scripts on the
+same keys, and splitting the limiter would scatter the key layout that all of them must agree on.
+
 Test seam: ``QuotaLimiter(..., clock=...)`` passes ``clock()`` (ms) to the scripts instead of letting
 them read ``TIME``, so property tests can drive time. Production never passes a clock.
 """
@@ -30,7 +33,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -40,6 +42,7 @@ from core.catalog import DEFAULT_MODEL, MODELS, Catalog, PoolCaps, pool_caps
 from core.keys import Keys
 from core.lua_scripts import load_script
 from core.messages import STEP_WEIGHT
+from core.quota_outcomes import AccountQuota, Acquired, Dispatched
 from core.replication import ReplicaAcks
 
 #: Lease members that stand for an unknown task's slot after its job was tried again (see detach_hold).
@@ -70,56 +73,6 @@ CapsFor = Callable[[AccountSettings, str], PoolCaps]
 def default_caps(account: AccountSettings, pool: str) -> PoolCaps:
     """The caps without a deployment's ``models`` settings (the account's own and the catalog's)."""
     return pool_caps(account, MODELS[pool])
-
-
-@dataclass(frozen=True)
-class Dispatched:
-    """The outcome of :meth:`QuotaLimiter.dispatch`: ``job_id`` (of ``pool``) holds a slot on ``account``;
-    or, with ``job_id`` None, ``wait_s`` until a ready job may go (``reason`` as in :class:`Acquired`),
-    or ``empty``: no job is ready at all."""
-
-    job_id: str | None
-    pool: str = DEFAULT_MODEL
-    account: str | None = None
-    rank: str = ""
-    wait_s: float = 0.0
-    reason: str = ""
-    #: A job taken but given back (no replica acknowledged its slot): it goes back to its ready set.
-    undone: str | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.job_id is None and self.reason == ""
-
-
-@dataclass(frozen=True)
-class Acquired:
-    """The outcome of :meth:`QuotaLimiter.acquire_slot`.
-
-    With ``account`` set, the job holds a slot (creation entry + lease) on it. Otherwise ``wait_s`` (> 0)
-    is how long until the account that frees soonest may have room, and ``reason`` says what blocks it:
-    ``in_progress``, ``creations``, ``requests`` (the account's createTask rate), ``cooldown``, ``paused``,
-    or ``replicas`` (no replica acknowledged
-    the slot in time: a failover now could forget it, so the job does not go to the upstream yet).
-    """
-
-    account: str | None
-    wait_s: float = 0.0
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class AccountQuota:
-    """One account's quota state in one pool at an instant (status and metrics)."""
-
-    account: str
-    pool: str
-    creations_in_window: int
-    creations_limit: int
-    in_progress: int
-    in_progress_limit: int
-    cooldown_s: float
-    paused: str | None
 
 
 def _ms(seconds: float) -> int:

@@ -10,11 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
+from simulator.accounts import Account
 from simulator.callbacks import CallbackSender
 from simulator.clips import ClipCache, ClipKind, ImageKind
 from simulator.errors import REASONS, ApiError
 from simulator.files import CHUNK_BYTES, FILE_PATH_RE, expected_sha256, iter_chunks
-from simulator.state import UPLOAD_MAX_BYTES, Account, SimState
+from simulator.state import UPLOAD_MAX_BYTES, SimState
 from simulator.tasks import Task
 
 STATE: web.AppKey[SimState] = web.AppKey("state", SimState)

@@ -6,20 +6,20 @@ it by hand. Errors are raised as :class:`ApiError`; the HTTP layer turns them in
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from simulator import introspection
+from simulator.accounts import Account, Upload, key_id
 from simulator.errors import ApiError
 from simulator.faults import Faults, parse_force_status
 from simulator.files import FILE_PATH_RE, UrlSigner
-from simulator.models import MODELS, POOLS, Parent
+from simulator.models import MODELS, Parent
 from simulator.options import (
     UNLIMITED_CREDITS,
     UNLIMITED_CREDITS_REPORTED,
@@ -27,8 +27,8 @@ from simulator.options import (
     apply_overrides,
     validate_credits,
 )
-from simulator.quota import InProgressSet, SlidingWindowLog
-from simulator.stats import Stats, key_stats_json
+from simulator.quota import InProgressSet
+from simulator.stats import Stats
 from simulator.tasks import Task, TaskState
 from simulator.validation import validate_create
 
@@ -39,52 +39,6 @@ UPLOAD_MAX_BYTES = 100 * 1024 * 1024
 
 MODERATION_FAIL_CODE = "content_moderation"
 INTERNAL_FAIL_CODE = "500"
-
-
-def key_id(api_key: str) -> str:
-    """Public id of an API key: never the key itself."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:10]
-
-
-@dataclass
-class Pool:
-    """One model pool of one key: its tasks in progress and its creations in the rolling window."""
-
-    window: SlidingWindowLog = field(default_factory=SlidingWindowLog)
-    in_progress: InProgressSet = field(default_factory=InProgressSet)
-
-
-@dataclass
-class Upload:
-    """A file uploaded to the key's file store."""
-
-    data: bytes
-    mime_type: str
-    uploaded_at: float
-
-
-@dataclass
-class Account:
-    """One API key: its own quotas (one per model pool), credits and uploaded files."""
-
-    key_id: str
-    credits: int
-    pools: dict[str, Pool] = field(default_factory=lambda: {pool: Pool() for pool in POOLS})
-    #: createTask requests of every model (the optional account-wide request rate).
-    create_requests: SlidingWindowLog = field(default_factory=SlidingWindowLog)
-    #: recordInfo calls answered in the last rolling second (the limit), and every one that arrived.
-    record_info_answered: SlidingWindowLog = field(default_factory=SlidingWindowLog)
-    record_info_arrived: SlidingWindowLog = field(default_factory=SlidingWindowLog)
-    uploads: dict[str, Upload] = field(default_factory=dict)
-
-    @property
-    def window(self) -> SlidingWindowLog:
-        """The text-to-video pool's creation log (the only pool before the other models)."""
-        return self.pools["text-to-video"].window
-
-    @property
-    def in_progress(self) -> InProgressSet:
-        return self.pools["text-to-video"].in_progress
 
 
 class SimState:
@@ -397,75 +351,12 @@ class SimState:
     # -- introspection -----------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        now = self.clock()
-        s = self.stats
-        per_key: dict[str, Any] = {}
-        for account in self.accounts.values():
-            entry = key_stats_json(s.key(account.key_id))
-            entry["in_progress"] = account.in_progress.count(now)
-            entry["in_progress_by_pool"] = {name: pool.in_progress.count(now) for name, pool in account.pools.items()}
-            entry["credits"] = account.credits
-            per_key[account.key_id] = entry
-        pools: dict[str, dict[str, int]] = {}
-        for ks in s.per_key.values():
-            for name, ps in ks.pools.items():
-                agg = pools.setdefault(name, {"created": 0, "peak_in_progress": 0, "max_creations_in_window": 0})
-                agg["created"] += ps.created
-                agg["peak_in_progress"] = max(agg["peak_in_progress"], ps.peak_in_progress)
-                agg["max_creations_in_window"] = max(agg["max_creations_in_window"], ps.max_creations_in_window)
-        return {
-            "in_progress": self.in_progress.count(now),
-            "peak_in_progress": s.peak_in_progress,
-            "max_creations_in_window": max((ks.max_creations_in_window for ks in s.per_key.values()), default=0),
-            "create_calls": s.create_calls,
-            "created": s.created,
-            "rate_limited": s.rate_limited,
-            "record_info_calls": s.record_info_calls,
-            "record_info_rate_limited": sum(ks.record_info_rate_limited for ks in s.per_key.values()),
-            "max_record_info_per_s": max((ks.max_record_info_per_s for ks in s.per_key.values()), default=0),
-            "record_info_per_task": dict(s.record_info_per_task),
-            "callbacks_sent": s.callbacks_sent,
-            "callbacks_delivered": s.callbacks_delivered,
-            "callbacks_failed": s.callbacks_failed,
-            "callbacks_abandoned": s.callbacks_abandoned,
-            "callbacks_dropped": s.callbacks_dropped,
-            "callbacks_duplicated": s.callbacks_duplicated,
-            "downloads": s.downloads,
-            "bytes_served": s.bytes_served,
-            "download_urls_issued": s.download_urls_issued,
-            "forced_errors": s.forced_errors,
-            "errors_by_code": {str(c): n for c, n in sorted(s.errors_by_code.items())},
-            "tasks": len(self.tasks),
-            "uploads": s.uploads,
-            "max_create_requests_in_window": max(
-                (ks.max_create_requests_in_window for ks in s.per_key.values()), default=0
-            ),
-            "pools": pools,
-            "per_key": per_key,
-        }
+        """Counters, peaks and per-key state (``GET /__sim__/stats``)."""
+        return introspection.snapshot(self)
 
     def task_list(self) -> list[dict[str, Any]]:
-        now = self.clock()
-        return [
-            {
-                "taskId": t.task_id,
-                "key_id": t.key_id,
-                "state": t.state_at(now).value,
-                "createTime": int(t.created_at * 1000),
-                "completeTime": int(t.complete_at * 1000),
-                "failCode": t.fail_code,
-                "callBackUrl": t.callback_url,
-                "callback_status": t.callback_status,
-                "callback_attempts": t.callback_attempts,
-                "record_info_calls": t.record_info_calls,
-                "video_bytes": t.video_bytes,
-                "model": t.model,
-                "pool": t.pool,
-                "outputs": t.outputs,
-                "param": t.param,
-            }
-            for t in self.tasks.values()
-        ]
+        """Every task with its state now (``GET /__sim__/tasks``)."""
+        return introspection.task_list(self)
 
 
 def _retry_after(wall_s: float) -> int:

@@ -36,7 +36,7 @@ record says a step should be running when nothing shows it is, each case counted
     ``queued`` jobs with no ``submit`` message (a producer that died between its records and their
     messages, a Redis failure, a hand edit). Every run compares the counts (queued jobs vs. messages queued
     and in flight, :mod:`workers.broker_messages`); on a shortfall with a backlog small enough to read
-    (≤ ``LOST_SCAN_MAX_MESSAGES``) the messages are scanned for job ids, and a job queued for
+    (≤ ``workers.lost_messages.LOST_SCAN_MAX_MESSAGES``) the messages are scanned for job ids, and a job queued for
     ``reconcile_lost_min_age_s`` and missing from two scans in a row gets a new message. A message unacked
     for longer than ``reconcile_submitting_stale_s`` belongs to a dead worker: it does not count. Bigger
     backlogs are only reported: reading millions of messages every minute costs more than the rare loss.
@@ -56,8 +56,6 @@ from typing import Any, Final, cast
 from celery import Celery
 
 from config.celery import (
-    PRIORITY_STEPS,
-    SUBMIT_QUEUE,
     TASK_RECONCILE,
     TIME_LIMITS,
 )
@@ -69,10 +67,10 @@ from core.messages import submit_message
 from core.quota import HELD_PREFIX
 from workers.batch.locations import Files
 from workers.batch.store import BatchStore
-from workers.broker_messages import held_submits, queued_submits
 from workers.celery import app
 from workers.chains import rest_of_job
 from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
+from workers.lost_messages import lost_queued_jobs
 from workers.runtime import Runtime
 from workers.storage import build_s3_client
 from workers.tasks.process import runtime
@@ -89,8 +87,6 @@ HELD_REASONS: Final = frozenset({"outcome_unknown"})
 SALVAGE_CALLS_PER_RUN: Final = 20
 #: Failure reasons of a store that may pass: the store is tried again while the result URL lives.
 STORE_RETRY_REASONS: Final = frozenset({"transfer", "transport", "unavailable", "rate_limited"})
-#: Lost-message scans read at most this many broker messages.
-LOST_SCAN_MAX_MESSAGES: Final = 20_000
 _SCAN: Final = 1000
 
 
@@ -332,52 +328,10 @@ class Reconciler:
                 log.info("reconcile: batch %s finished; manifest written to %s", batch_id, status.manifest)
 
     def lost_messages(self) -> None:
-        queued = int(cast(int, self.rt.redis.zcard(self.rt.keys.state_index(JobState.QUEUED.value))))
-        if not queued:
-            self.rt.redis.delete(self.rt.keys.reconcile_suspects())
-            return
-        lists = [self.rt.keys.broker_queue(SUBMIT_QUEUE, step) for step in PRIORITY_STEPS]
-        # A submit runs, waits and re-publishes itself well within reconcile_submitting_stale_s: a message
-        # delivered before that belongs to a dead worker, and its job counts as having no message.
-        live_since = self._now() - self.settings.reconcile_submitting_stale_s
-        with self.rt.redis.pipeline(transaction=False) as pipe:
-            for key in lists:
-                pipe.llen(key)
-            lengths = pipe.execute()
-        # Only submit messages count: poll and store messages held by the same (dead or live) workers
-        # would otherwise make up for a lost submit message, and it would never be suspected.
-        held = list(held_submits(self.rt.redis, self.rt.keys, live_since))
-        messages = sum(int(n) for n in lengths) + len(held)
-        if queued <= messages:
-            self.rt.redis.delete(self.rt.keys.reconcile_suspects())
-            return
-        self.counts["lost_message_suspected"] += queued - messages
-        log.warning("reconcile: %d queued jobs but %d submit messages queued or in flight", queued, messages)
-        if messages > LOST_SCAN_MAX_MESSAGES:
-            log.warning("reconcile: backlog too big to scan for lost messages (%d)", messages)
-            return
-        found = set(queued_submits(self.rt.redis, lists)) | set(held)
-        missing = [
-            job_id
-            for job_id in self.rt.jobs.ids_in_state(
-                JobState.QUEUED, older_than_s=self.lost_min_age_s, limit=self.settings.reconcile_limit
-            )
-            if job_id not in found
-        ]
-        suspects_key = self.rt.keys.reconcile_suspects()
-        before = cast("set[str]", self.rt.redis.smembers(suspects_key))
-        for job in self.rt.jobs.get_many([job_id for job_id in missing if job_id in before]):
-            if job is not None and job.state is JobState.QUEUED:
-                self._publish_submit(job)
-                self.counts["lost_message"] += 1
-                log.warning("reconcile: job %s was queued without a submit message; re-published", job.id)
-        with self.rt.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(suspects_key)
-            fresh = [job_id for job_id in missing if job_id not in before]
-            if fresh:
-                pipe.sadd(suspects_key, *fresh)
-                pipe.expire(suspects_key, int(max(600.0, 10 * self.settings.reconcile_interval_s)))
-            pipe.execute()
+        for job in lost_queued_jobs(self.rt, min_age_s=self.lost_min_age_s, counts=self.counts):
+            self._publish_submit(job)
+            self.counts["lost_message"] += 1
+            log.warning("reconcile: job %s was queued without a submit message; re-published", job.id)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _jobs_in(self, state: JobState, older_than_s: float) -> list[Job]:

@@ -22,7 +22,8 @@ from core.clients import as_text
 from core.fair_share import PrincipalShare
 from core.jobstore import JobStore
 from core.keys import Keys
-from core.quota import AccountQuota, QuotaLimiter
+from core.quota import QuotaLimiter
+from core.quota_outcomes import AccountQuota
 from workers.queues import read_depths
 
 UPSTREAM_ERROR_PREFIX = "upstream_error:"

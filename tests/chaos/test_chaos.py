@@ -14,16 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.chaos import (
-    HA_CREATIONS_PER_HOUR,
-    HA_SCENARIOS,
-    ChaosStack,
-    Injector,
-    Report,
-    chaos_stack,
-    run_scenario,
-    scenarios,
-)
+from devstack.chaos import HA_CREATIONS_PER_HOUR, ChaosStack, chaos_stack
+from devstack.chaos_scenarios import HA_SCENARIOS, Injector, Report, run_scenario, scenarios
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 

@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from config.settings import AccountSettings, ConfigError
 from core.keys import Keys
-from core.quota import Acquired, QuotaLimiter
+from core.quota import QuotaLimiter
+from core.quota_outcomes import Acquired
 
 pytestmark = pytest.mark.integration
 

@@ -33,9 +33,9 @@ from core.quota import (
     BACKOFF_MAX_S,
     IN_PROGRESS_HINT_CAP_S,
     PAUSED_RECHECK_S,
-    Acquired,
     QuotaLimiter,
 )
+from core.quota_outcomes import Acquired
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from simulator.accounts import Account
 from simulator.errors import ApiError
 from simulator.options import SimOptions, apply_overrides
-from simulator.state import Account, SimState
+from simulator.state import SimState
 from simulator.tasks import TaskState
 
 

@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
+from simulator.accounts import Account, key_id
 from simulator.arguments import parse_args
 from simulator.errors import ApiError
 from simulator.faults import Faults, parse_force_status
 from simulator.files import CHUNK_BYTES, FTYP_BOX, UrlSigner, expected_sha256, iter_chunks
 from simulator.options import SimOptions, apply_overrides
 from simulator.quota import InProgressSet, SlidingWindowLog
-from simulator.state import Account, SimState, key_id
+from simulator.state import SimState
 from simulator.tasks import Task, TaskState
 from simulator.validation import validate_create
 

@@ -8,7 +8,7 @@ import time
 from core.errors import (
     UpstreamError,
 )
-from core.quota import Dispatched
+from core.quota_outcomes import Dispatched
 from workers.runtime import Runtime
 
 log = logging.getLogger("imagineq.tasks")
