@@ -41,7 +41,7 @@ def token_fingerprint(token: SecretStr) -> str:
 LEGACY_PRINCIPAL = "default"
 
 #: What an endpoint may subscribe to (the events stream's types, ``core.events``).
-EVENT_TYPES = ("job.stored", "job.failed", "job.expired", "job.canceled", "batch.completed")
+EVENT_TYPES = ("job.stored", "job.failed", "job.expired", "job.canceled", "batch.completed", "workflow.completed")
 
 
 class WebhookEndpoint(FrozenSettingsModel):

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     fair_share_aging_s: float = Field(default=600.0, gt=0)
     """A batch job (or one below interactive priority) queued longer than this is served in the interactive class,
     as if it had just arrived there, so no backlog starves behind a steady stream of interactive work."""
+    parent_max_age_s: float = Field(default=14 * 86400, gt=0)
+    """A derived job takes a parent's upstream task only while it is younger than this (stored this long ago at
+    most): the upstream keeps a task's files about two weeks. An older parent fails its child ``parent_too_old``."""
+    workflow_max_nodes: int = Field(default=50, ge=1, le=500)
+    """The most jobs one workflow may hold."""
     upload_reuse_s: float = Field(default=2.5 * 86400, gt=0)
     """An image uploaded to an account's upstream file store is named again by later jobs for this long, then
     uploaded again: the store deletes files after 3 days, and a task must find its image there."""

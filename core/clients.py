@@ -19,6 +19,7 @@ from config.settings import Settings, sentinel_nodes
 from core.jobstore import JobStore
 from core.keys import Keys
 from core.lua_scripts import load_script
+from core.workflows import WorkflowStore
 
 
 def redis_client(settings: Settings) -> Redis:
@@ -62,11 +63,12 @@ def data_node_options(settings: Settings) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Clients:
-    """A Redis client with the deployment's keys and job store on it."""
+    """A Redis client with the deployment's keys, job store and workflow store on it."""
 
     redis: Redis
     keys: Keys
     jobs: JobStore
+    workflows: WorkflowStore
 
     @classmethod
     def build(cls, settings: Settings, client: Redis | None = None) -> Clients:
@@ -85,7 +87,9 @@ class Clients:
                 replica_ack_timeout_ms=settings.enqueue_replica_ack_timeout_ms,
                 memory_budget_pct=settings.redis_memory_budget_pct,
                 weight_of=principal_weights(settings),
+                parent_max_age_s=settings.parent_max_age_s,
             ),
+            WorkflowStore(client, keys, ttl_s=settings.job_ttl_s, events_max_len=settings.events_max_len),
         )
 
 

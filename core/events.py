@@ -3,7 +3,8 @@
 
 Entries are written where the change happens, in the same atomic step: a job's move into a terminal state
 (``job_transition.lua``: ``job.stored``, ``job.failed``, ``job.expired``, ``job.canceled``) and a batch's
-finalisation (``batch.completed``). Each has ``type``, ``job``, ``batch``, ``owner`` and ``at`` (Redis
+finalisation (``batch.completed``), and a workflow's end (``workflow.completed``, with its ``workflow`` id and
+final ``state``: ``workflow_done.lua``). Each has ``type``, ``job``, ``batch``, ``owner`` and ``at`` (Redis
 clock, seconds); its stream id orders it and is the id a reader resumes from. The stream keeps about
 ``Settings.events_max_len`` entries; a reader asking to resume from before the oldest one kept is told
 it missed some.
@@ -29,6 +30,9 @@ class Event:
     batch_id: str | None
     owner: str | None
     at: float
+    workflow_id: str | None = None
+    #: A workflow's final state (``workflow.completed`` only).
+    state: str | None = None
 
     @classmethod
     def of(cls, entry_id: str, fields: dict[str, str]) -> Event:
@@ -39,6 +43,8 @@ class Event:
             batch_id=fields.get("batch") or None,
             owner=fields.get("owner") or None,
             at=float(fields.get("at") or 0),
+            workflow_id=fields.get("workflow") or None,
+            state=fields.get("state") or None,
         )
 
     def matches(self, *, batch: str | None, job: str | None, owner: str | None) -> bool:
@@ -47,10 +53,19 @@ class Event:
             return False
         if job is not None and self.job_id != job:
             return False
-        return owner is None or (self.owner == owner and self.job_id is not None)
+        return owner is None or (self.owner == owner and (self.job_id is not None or self.workflow_id is not None))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "job_id": self.job_id, "batch_id": self.batch_id, "at": self.at}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "job_id": self.job_id,
+            "batch_id": self.batch_id,
+            "at": self.at,
+        }
+        if self.workflow_id is not None:
+            out.update(workflow_id=self.workflow_id, state=self.state)
+        return out
 
 
 def valid_event_id(text: str) -> bool:

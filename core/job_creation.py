@@ -55,6 +55,7 @@ class JobCreation:
         replica_ack_timeout_ms: int,
         memory: MemoryBudget | None,
         weight_of: Callable[[str | None], float] = lambda owner: 1.0,
+        release: Callable[[str], object] = lambda parent_id: None,
     ) -> None:
         self._redis = client
         self._keys = keys
@@ -65,6 +66,7 @@ class JobCreation:
         self._create = load_script(client, "job_create")
         self._ready_add = load_script(client, "ready_add")
         self._weight_of = weight_of
+        self._release = release
         self._discard_script = load_script(client, "job_discard")
 
     def create_many(
@@ -95,14 +97,35 @@ class JobCreation:
             for start in range(0, len(jobs), chunk):
                 last = start + chunk >= len(jobs) and message is None
                 out += self._create_chunk(jobs[start : start + chunk], replicas=wanted if last else 0)
-            created = [job for job, fresh in out if fresh]
+            # A job waiting for its parent gets no message and is not ready: its parent's end releases it.
+            created = [job for job, fresh in out if fresh and job.state is JobState.QUEUED]
             if message is not None:
                 pushed = {job.id: message(job) for job in created}
                 self._push(created, pushed, replicas=wanted)
         except BaseException:
             self._discard([job for job, fresh in out if fresh], pushed)
             raise
+        waiting = [job for job, fresh in out if fresh and job.state is JobState.WAITING]
+        if waiting:
+            self._release_ended_parents(waiting)
         return out
+
+    def _release_ended_parents(self, waiting: Sequence[Job]) -> None:
+        """A parent that ended between the producer's look and the children's records released no child
+        of these (they were not in its children set yet): they are released here. Read after the records
+        were written, so either this read or the parent's release sees each child."""
+        parents = sorted({str(job.input["parent"]) for job in waiting})
+        with self._redis.pipeline(transaction=False) as pipe:
+            for parent in parents:
+                pipe.hget(self._keys.job(parent), "state")
+            states = pipe.execute()
+        ended = [
+            parent
+            for parent, state in zip(parents, states, strict=True)
+            if state is None or JobState(_text(state)).terminal
+        ]
+        for parent in ended:
+            self._release(parent)
 
     def _create_chunk(self, jobs: Sequence[Job], *, replicas: int) -> list[tuple[Job, bool]]:
         calls = [self._create_call(job) for job in jobs]
@@ -116,7 +139,7 @@ class JobCreation:
                 failure = failure or result
             elif int(result[0]) == 1:
                 job.created_at = job.updated_at = float(_text(result[2]))
-                job.timestamps[JobState.QUEUED.value] = job.created_at
+                job.timestamps[job.state.value] = job.created_at
                 out[i] = (job, True)
             else:
                 existing[i] = _text(result[1])
@@ -139,7 +162,7 @@ class JobCreation:
         result = script(keys, args)
         if int(result[0]) == 1:
             job.created_at = job.updated_at = float(_text(result[2]))
-            job.timestamps[JobState.QUEUED.value] = job.created_at
+            job.timestamps[job.state.value] = job.created_at
             return job, True
         found = self._reads.get(_text(result[1]))
         if found is None:
@@ -147,12 +170,16 @@ class JobCreation:
         return found, False
 
     def _create_call(self, job: Job, *, stale_id: str = "") -> ScriptCall:
-        keys = [self._keys.job(job.id), self._keys.state_index(JobState.QUEUED.value)]
+        keys = [self._keys.job(job.id), self._keys.state_index(job.state.value)]
         if job.idempotency_key is not None:
             keys.append(self._keys.idempotency(job.idempotency_key, job.owner))
+        waits = job.state is JobState.WAITING
+        if waits:
+            keys.append(self._keys.children(str(job.input["parent"])))
         fields = {name: value for name, value in job.to_hash().items() if name not in MANAGED_FIELDS}
-        fields.pop(TIMESTAMP_PREFIX + JobState.QUEUED.value, None)
-        args: list[str] = [job.id, stale_id]
+        fields.pop(TIMESTAMP_PREFIX + job.state.value, None)
+        has_key = "1" if job.idempotency_key is not None else ""
+        args: list[str] = [job.id, stale_id, job.state.value, has_key, "1" if waits else ""]
         for name, value in fields.items():
             args += [name, value]
         return self._create, keys, args
@@ -209,7 +236,7 @@ class JobCreation:
             )
 
     def _discard(self, jobs: Sequence[Job], pushed: Mapping[str, BrokerMessage]) -> None:
-        """Take back jobs this call created (``job_discard.lua``: only while still queued), with the
+        """Take back jobs this call created (``job_discard.lua``: only while still as created), with the
         messages ``pushed`` for them."""
         if not jobs:
             return
@@ -218,7 +245,7 @@ class JobCreation:
             sent = pushed.get(job.id)
             keys = [
                 self._keys.job(job.id),
-                self._keys.state_index(JobState.QUEUED.value),
+                self._keys.state_index(job.state.value),
                 sent.queue_key if sent is not None else self._keys.job(job.id),
                 self._keys.ready(job.pool),
                 self._keys.ready_meta(job.pool),
@@ -227,6 +254,7 @@ class JobCreation:
             ]
             if job.idempotency_key is not None:
                 keys.append(self._keys.idempotency(job.idempotency_key, job.owner))
-            calls.append((self._discard_script, keys, [job.id, sent.payload if sent is not None else ""]))
+            payload = sent.payload if sent is not None else ""
+            calls.append((self._discard_script, keys, [job.id, payload, job.state.value]))
         evalsha_pipeline(self._redis, calls)
         log.warning("took back %d job(s) of a write that failed part-way (first %s)", len(jobs), jobs[0].id)

@@ -112,6 +112,11 @@ class JobRequest:
     #: set by the producer once it found the parent, never by a caller.
     pin: str | None = None
     parent_output: str | None = None
+    #: The parent is not stored yet: the job waits for it (``waiting``) and is released when it is.
+    waits: bool = False
+    #: The workflow the job is a node of, and its node's name there (set by the workflow's producer).
+    workflow_id: str | None = None
+    node: str | None = None
     #: True once :meth:`validate` passed: a request is checked once, however many hands it goes through.
     _valid: bool = field(default=False, init=False, repr=False, compare=False)
     _values: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -248,4 +253,6 @@ def check_notify_url(name: str, url: object) -> None:
 
 
 #: Request fields no caller may give: the web sets the owner from who is calling, the batch reader the level.
-SERVER_SET_FIELDS: Final = frozenset({"owner", "priority_level", "pin", "parent_output"})
+SERVER_SET_FIELDS: Final = frozenset(
+    {"owner", "priority_level", "pin", "parent_output", "waits", "workflow_id", "node"}
+)

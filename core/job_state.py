@@ -12,6 +12,9 @@ from typing import Final
 
 
 class JobState(StrEnum):
+    #: A derived job waiting for its parent job to be stored (then ``queued``; ``failed`` when the parent
+    #: failed, was canceled or is too old).
+    WAITING = "waiting"
     #: Waiting for a submit worker (and for quota).
     QUEUED = "queued"
     #: Claimed by a submit worker; createTask may be in flight.
@@ -40,6 +43,7 @@ TERMINAL_STATES: Final = frozenset({JobState.STORED, JobState.FAILED, JobState.E
 _S = JobState
 #: Allowed moves, from → to. No self loops: a second writer of the same move sees its CAS fail.
 TRANSITIONS: Final[dict[JobState, frozenset[JobState]]] = {
+    _S.WAITING: frozenset({_S.QUEUED, _S.FAILED, _S.CANCELED}),
     _S.QUEUED: frozenset({_S.SUBMITTING, _S.CANCELED}),
     # Back to queued: quota wait, transient error before createTask, lost claim. Not canceled: the
     # task may already exist upstream.

@@ -91,6 +91,8 @@ _STR_FIELDS: Final = frozenset(
         "account",
         "pin",
         "parent_output",
+        "workflow_id",
+        "node",
         "task_id",
         "reason",
         "error",
@@ -139,6 +141,9 @@ class Job:
     pin: str | None = None
     #: What a derived job's parent made (``video`` or ``image``; an upscale makes the same).
     parent_output: str | None = None
+    #: The workflow the job is a node of, and its node's name there.
+    workflow_id: str | None = None
+    node: str | None = None
     #: The upstream taskId.
     task_id: str | None = None
     #: Times the job was claimed by a submit worker (entered ``submitting``).
@@ -212,16 +217,19 @@ class Job:
             priority_level=self.priority_level,
             pin=self.pin,
             parent_output=self.parent_output,
+            workflow_id=self.workflow_id,
+            node=self.node,
         )
 
     @classmethod
     def new(cls, request: JobRequest, *, job_id: str | None = None, created_at: float = 0.0) -> Job:
-        """A queued job for ``request`` (not yet stored)."""
+        """A queued job for ``request`` (not yet stored); ``waiting`` when it waits for its parent."""
         values = request.values
         prompt = values.pop("prompt", "")
+        state = JobState.WAITING if request.waits else JobState.QUEUED
         return cls(
             id=job_id or new_job_id(),
-            state=JobState.QUEUED,
+            state=state,
             prompt=prompt,
             model=request.spec.short,
             input=values,
@@ -234,9 +242,11 @@ class Job:
             priority_level=request.priority_level,
             pin=request.pin,
             parent_output=request.parent_output,
+            workflow_id=request.workflow_id,
+            node=request.node,
             created_at=created_at,
             updated_at=created_at,
-            timestamps={JobState.QUEUED.value: created_at},
+            timestamps={state.value: created_at},
         )
 
     def to_dict(self) -> dict[str, Any]:

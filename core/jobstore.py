@@ -43,6 +43,7 @@ from core.keys import Keys
 from core.lua_scripts import evalsha_pipeline, load_script
 from core.memory import MemoryBudget
 from core.messages import created_ms, fair_principal, ready_rank, ready_step
+from core.release import Released, release_children
 from core.replication import ReplicaAcks
 
 log = logging.getLogger("imagineq.jobs")
@@ -70,16 +71,19 @@ class JobStore:
         replica_ack_timeout_ms: int = 0,
         memory_budget_pct: float | None = None,
         weight_of: Callable[[str | None], float] | None = None,
+        parent_max_age_s: float = 14 * 86400,
     ) -> None:
         """``memory_budget_pct``: new jobs must fit under this share of Redis's ``maxmemory``
         (:mod:`core.memory`); None: no check. ``weight_of(owner)``: a principal's fair-share weight
-        (default 1 for all)."""
+        (default 1 for all). ``parent_max_age_s``: how old a stored parent may be when it releases its
+        waiting children (:mod:`core.release`)."""
         if terminal_ttl_s < 1:
             raise ValueError("terminal_ttl_s must be at least 1")
         self._client = client
         self._keys = keys
         self.terminal_ttl_s = terminal_ttl_s
         self.events_max_len = events_max_len
+        self.parent_max_age_s = parent_max_age_s
         #: New jobs wait for these replicas (``core.replication``) before create returns them.
         self._replica_acks = ReplicaAcks(client, replica_acks if replica_ack_timeout_ms else 0)
         self._replica_ack_timeout_ms = replica_ack_timeout_ms
@@ -91,6 +95,7 @@ class JobStore:
             replica_ack_timeout_ms=replica_ack_timeout_ms,
             memory=MemoryBudget(client, memory_budget_pct) if memory_budget_pct else None,
             **({"weight_of": weight_of} if weight_of is not None else {}),
+            release=self.release_children,
         )
         self._transition = load_script(client, "job_transition")
         self._ready = load_script(client, "job_ready")
@@ -113,6 +118,10 @@ class JobStore:
         """Like :meth:`create` for many requests, all of them or none (:class:`core.job_creation.JobCreation`):
         ``created`` is False for a request whose idempotency key already named a job."""
         return self._creation.create_many(requests, chunk=chunk, message=message, job_ids=job_ids)
+
+    def release_children(self, parent_id: str) -> Released:
+        """The jobs waiting for ``parent_id`` move on now that it ended (:func:`core.release.release_children`)."""
+        return release_children(self, self._client, self._keys, parent_id)
 
     # -- read ---------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:

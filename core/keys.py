@@ -56,6 +56,22 @@ class Keys:
         """String with PX expiry: the client address has failed too often; its tokens are not even looked at."""
         return f"{self.prefix}:auth-lockout:{address}"
 
+    def children(self, job_id: str) -> str:
+        """Set: the derived jobs waiting for this job (released when it ends)."""
+        return f"{self.prefix}:children:{job_id}"
+
+    def workflow(self, workflow_id: str) -> str:
+        """Hash: a workflow (owner, nodes as JSON, created_at, completed_at)."""
+        return f"{self.prefix}:workflow:{workflow_id}"
+
+    def workflow_idempotency(self, key: str, owner: str | None = None) -> str:
+        """String: a workflow's idempotency key → workflow id (a principal's keys are its own)."""
+        return f"{self.prefix}:wf-idem:{key}" if owner is None else f"{self.prefix}:wf-idem@{owner}:{key}"
+
+    def workflows(self) -> str:
+        """Sorted set: workflows not yet seen expired (score = ms created), for listing."""
+        return f"{self.prefix}:workflows"
+
     def store_claim(self, job_id: str) -> str:
         """String with PX expiry: the token of the store step transferring the job's result."""
         return f"{self.job(job_id)}:store-claim"

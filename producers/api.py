@@ -24,9 +24,12 @@ from core.clients import Clients
 from core.errors import ImagineQError
 from core.jobs import Job, JobRequest, Priority
 from core.messages import BrokerMessage, submit_message
+from core.release import PARENT_REASONS
+from core.workflows import NODE_KEY_PREFIX
 from workers.batch.lines import BATCH_KEY_PREFIX
 
 if TYPE_CHECKING:
+    from core.workflows import Workflow
     from workers.intake import Intake
 
 #: Jobs written and published per Redis round trip by ``enqueue_many``.
@@ -40,6 +43,10 @@ def check_producer_key(request: JobRequest) -> None:
 
     if request.idempotency_key is not None and request.idempotency_key.startswith(BATCH_KEY_PREFIX):
         raise ValidationError("idempotency_key", f"must not start with {BATCH_KEY_PREFIX!r} (the keys of batch lines)")
+    if request.idempotency_key is not None and request.idempotency_key.startswith(NODE_KEY_PREFIX):
+        raise ValidationError(
+            "idempotency_key", f"must not start with {NODE_KEY_PREFIX!r} (the keys of workflow nodes)"
+        )
 
 
 class NotCancelable(ImagineQError):
@@ -80,6 +87,7 @@ class Producer:
         self.settings = settings or get_settings()
         clients = Clients.build(self.settings, client)
         self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
+        self.workflows = clients.workflows
         self.catalog = Catalog(self.settings)
         self._app = app
         self._intake: Intake | None = None
@@ -193,13 +201,39 @@ class Producer:
                 raise TimeoutError(f"job {job_id} still {job.state.value} after {timeout:.0f}s")
             time.sleep(interval_s)
 
+    def submit_workflow(self, body: Mapping[str, Any], *, owner: str | None = None) -> tuple[Workflow, bool]:
+        """Create the workflow ``body`` describes (``{"nodes": [...], "idempotency_key": ...}``: each node a
+        job request with a ``name``, whose ``parent`` may name another node); with whether this call
+        created it. See :mod:`producers.workflows`."""
+        from producers.workflows import submit_workflow
+
+        return submit_workflow(self, body, owner=owner)
+
+    def workflow(self, workflow_id: str) -> dict[str, Any] | None:
+        """The workflow with its state and each node's (job id, model, state, outputs), or None."""
+        from core.workflows import workflow_summary
+
+        if self.workflows.get(workflow_id) is None:
+            return None
+        return workflow_summary(self.workflows, self.jobs, workflow_id)
+
+    def cancel_workflow(self, workflow_id: str, *, by: str) -> list[str]:
+        """Cancel every node of the workflow not yet submitted; the job ids canceled (KeyError: no such
+        workflow)."""
+        from producers.workflows import cancel_workflow
+
+        workflow = self.workflows.get(workflow_id)
+        if workflow is None:
+            raise KeyError(f"workflow {workflow_id} not found")
+        return cancel_workflow(self, workflow, by=by)
+
     def cancel(self, job_id: str, *, by: str) -> Job:
-        """Cancel a queued job (``by`` says where from, in its error); the job as it is now. Raises
-        NotCancelable (its message says why) when it is already past ``queued``."""
+        """Cancel a queued job, or one waiting for its parent (``by`` says where from, in its error); the
+        job as it is now. Raises NotCancelable (its message says why) when it is already past ``queued``."""
         from core.jobs import JobState
 
         fields = {"reason": "canceled", "error": f"canceled {by}"}
-        self.jobs.transition(job_id, JobState.CANCELED, expect=JobState.QUEUED, fields=fields)
+        self.jobs.transition(job_id, JobState.CANCELED, expect={JobState.QUEUED, JobState.WAITING}, fields=fields)
         job = self.jobs.get(job_id)
         if job is None:
             raise KeyError(f"job {job_id} not found")
@@ -217,6 +251,8 @@ class Producer:
 
         if job.state is not JobState.FAILED:
             raise ValueError(f"job {job.id} is {job.state.value}; only failed jobs can be resubmitted")
+        if job.reason in PARENT_REASONS:
+            raise ValueError(f"job {job.id} failed with its parent ({job.reason}); submit a new one")
         if job.reason == "outcome_unknown" and job.account:
             # Its first task may still run upstream: that slot stays taken on its own, and this attempt
             # takes (and logs) a slot and a creation of its own.

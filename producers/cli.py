@@ -12,7 +12,12 @@ from config.settings import ConfigError
 from producers.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 #: Modules with a ``register(subparsers)`` function adding their commands (each handler returns an exit code).
-EXTENSIONS: tuple[str, ...] = ("producers.jobs_cli", "producers.batch_cli", "producers.status_cli")
+EXTENSIONS: tuple[str, ...] = (
+    "producers.jobs_cli",
+    "producers.batch_cli",
+    "producers.status_cli",
+    "producers.workflows_cli",
+)
 
 
 def _cmd_notify_secret(args: argparse.Namespace) -> int:

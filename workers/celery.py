@@ -28,6 +28,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     from workers.notify.dispatch import DispatchStep
 
     app.steps["worker"].add(DispatchStep)  # active only in workers that consume the notify queue
+    from workers.release import ReleaseStep
+
+    app.steps["worker"].add(ReleaseStep)  # active only in workers that consume the submit queue
     return app
 
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import hashlib
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -82,14 +83,19 @@ class Intake:
         return self.values(spec, item, owner=owner, files=files)
 
     def with_parent(self, request: JobRequest) -> JobRequest:
-        """A checked derived request with its parent looked up (``pin``: the parent's account,
-        ``parent_output``: what it made); any other request as it is."""
+        """A checked derived request with its parent looked up (``parent_output``: what it made or will
+        make; ``pin``: the parent's account once it is stored, else the request ``waits`` for it); any
+        other request as it is."""
         if not request.needs_parent:
             return request
         values = request.values
         parent = self.parent(request.spec, values["parent"], owner=request.owner, index=values.get("index"))
         made = parent.spec.output_of(parent.parent_output)
-        return dataclasses.replace(request, pin=parent.account, parent_output=made)
+        if parent.state is not JobState.STORED:
+            return dataclasses.replace(request, waits=True, parent_output=made)
+        assert request.spec.parent is not None
+        pin = parent.account if request.spec.parent.uses_task else request.pin
+        return dataclasses.replace(request, pin=pin, parent_output=made)
 
     # -- images --------------------------------------------------------------------------------------
     def image(self, field: str, value: Any, *, owner: str | None, files: Mapping[str, bytes]) -> Any:
@@ -181,12 +187,21 @@ class Intake:
 
     # -- parents -------------------------------------------------------------------------------------
     def parent(self, spec: ModelSpec, parent_id: str, *, owner: str | None, index: Any = None) -> Job:
-        """The parent job of a derived one: the owner's, finished (stored), of a kind the model takes."""
+        """The parent job of a derived one: the owner's, stored or still on its way (then the child
+        waits for it), of a kind the model takes."""
         assert spec.parent is not None
         parent = self.visible_job("parent", parent_id, owner=owner)
-        if parent.state is not JobState.STORED or not parent.task_id or not parent.account:
+        if parent.state.terminal and parent.state is not JobState.STORED:
             raise ValidationError(
                 "parent", f"job {parent.id} is {parent.state.value}: {spec.short} takes a stored job's result"
+            )
+        if parent.state is JobState.STORED and (not parent.task_id or not parent.account):
+            raise ValidationError("parent", f"job {parent.id} has no upstream task to take a result from")
+        age = self._settings.parent_max_age_s
+        stored_at = parent.timestamps.get(JobState.STORED.value)
+        if stored_at is not None and time.time() - stored_at > age:
+            raise ValidationError(
+                "parent", f"job {parent.id} was stored over {age / 86400:g} days ago: the upstream no longer has it"
             )
         made = parent.spec.output_of(parent.parent_output)
         if made not in spec.parent.outputs:
@@ -197,7 +212,8 @@ class Intake:
                 raise ValidationError(
                     "parent", f"job {parent.id} is {parent.model}; image-to-video takes a text-to-image job"
                 )
-            if isinstance(index, int) and not isinstance(index, bool) and index >= len(parent.result_urls):
+            stored = parent.state is JobState.STORED
+            if stored and isinstance(index, int) and not isinstance(index, bool) and index >= len(parent.result_urls):
                 raise ValidationError(
                     "index", f"job {parent.id} made {len(parent.result_urls)} image(s); there is no image {index}"
                 )

@@ -30,6 +30,10 @@ record says a step should be running when nothing shows it is, each case counted
     own retries: reasons ``transfer``, ``transport``, ``unavailable``, ``rate_limited``) are stored again
     (``failed → downloading``, a fresh retry budget), every ``reconcile_salvage_interval_s`` for
     ``reconcile_salvage_window_s``: the result URL lives on for 24 h.
+``waiting_released`` / ``workflow_finished``
+    ``waiting`` jobs (derived jobs waiting for their parent) whose parent ended more than
+    ``RELEASE_GRACE_S`` ago without releasing them (the release thread died between the parent's end and
+    the release), and workflows whose every node ended without their ``workflow.completed``: done now.
 ``batch_finalised``
     a batch whose every line is terminal gets its manifest, even when nobody waits for it.
 ``lost_message_suspected`` / ``lost_message``
@@ -88,6 +92,8 @@ SALVAGE_CALLS_PER_RUN: Final = 20
 #: Failure reasons of a store that may pass: the store is tried again while the result URL lives.
 STORE_RETRY_REASONS: Final = frozenset({"transfer", "transport", "unavailable", "rate_limited"})
 _SCAN: Final = 1000
+#: A release is taken as lost once a parent ended this long ago and its children still wait.
+RELEASE_GRACE_S: Final = 30.0
 
 
 class Reconciler:
@@ -128,6 +134,7 @@ class Reconciler:
                 self.abandoned_dispatches,
                 self.salvage,
                 self.failed_stores,
+                self.waiting_children,
                 self.finalise_batches,
                 self.lost_messages,
             ]
@@ -319,6 +326,29 @@ class Reconciler:
             self._publish_rest(job_id)
             self.counts["salvaged"] += 1
             log.warning("reconcile: job %s timed out but task %s completed later; salvaged", job_id, task_id)
+
+    def waiting_children(self) -> None:
+        waiting = self.rt.jobs.ids_in_state(
+            JobState.WAITING, older_than_s=RELEASE_GRACE_S, limit=self.settings.reconcile_limit
+        )
+        parents = sorted({str(job.input.get("parent")) for job in self.rt.jobs.get_many(waiting) if job is not None})
+        now = self._now()
+        for parent_id, parent in zip(parents, self.rt.jobs.get_many(parents), strict=True):
+            ended_at = None if parent is None else parent.timestamps.get(parent.state.value, parent.updated_at)
+            if parent is not None and (not parent.state.terminal or now - (ended_at or now) < RELEASE_GRACE_S):
+                continue
+            released = self.rt.jobs.release_children(parent_id)
+            moved = len(released.queued) + len(released.failed)
+            if moved:
+                self.counts["waiting_released"] += moved
+                log.warning("reconcile: %d job(s) still waited for job %s, which ended; released", moved, parent_id)
+        for workflow_id in self.rt.workflows.recent(self.settings.reconcile_limit):
+            workflow = self.rt.workflows.get(workflow_id)
+            if workflow is None or workflow.completed_at is not None or now - workflow.created_at < RELEASE_GRACE_S:
+                continue
+            if self.rt.workflows.finish_if_done(workflow_id) is not None:
+                self.counts["workflow_finished"] += 1
+                log.warning("reconcile: workflow %s had ended without its event; recorded", workflow_id)
 
     def finalise_batches(self) -> None:
         for batch_id in self.batches.active():

@@ -13,6 +13,7 @@ from core.clients import Clients
 from core.jobstore import JobStore
 from core.keys import Keys
 from core.quota import QuotaLimiter
+from core.workflows import WorkflowStore
 from workers.inputs import Inputs
 from workers.poll_plan import PollPlan
 from workers.storage import Storage
@@ -25,6 +26,7 @@ class Runtime:
     redis: redis.Redis
     keys: Keys
     jobs: JobStore
+    workflows: WorkflowStore
     quota: QuotaLimiter
     plan: PollPlan
     storage: Storage
@@ -46,6 +48,7 @@ class Runtime:
             redis=clients.redis,
             keys=clients.keys,
             jobs=clients.jobs,
+            workflows=clients.workflows,
             quota=QuotaLimiter.for_settings(clients.redis, clients.keys, settings),
             plan=PollPlan(clients.redis, clients.keys, settings.accounts),
             storage=storage,

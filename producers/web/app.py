@@ -21,6 +21,7 @@ from producers.web.handlers import method_not_allowed, redis_full, validation_er
 from producers.web.jobs_routes import router as jobs_router
 from producers.web.models import Problem
 from producers.web.ops_routes import router as ops_router
+from producers.web.workflows_routes import router as workflows_router
 
 log = logging.getLogger("imagineq.http")
 
@@ -51,6 +52,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
     app.add_exception_handler(RedisFull, redis_full)  # type: ignore[arg-type]
     app.include_router(jobs_router)
+    app.include_router(workflows_router)
     app.include_router(events_router)
     app.include_router(ops_router)
     app.router.add_event_handler("shutdown", web.close)

@@ -145,6 +145,9 @@ class JobView(BaseModel):
     #: State → when the job last entered it (seconds since the epoch, Redis clock).
     timestamps: dict[str, float]
     notify_url: str | None = None
+    #: The workflow the job is a node of, and the node's name there.
+    workflow_id: str | None = None
+    node: str | None = None
     #: Webhook delivery attempts, oldest first (on ``GET /v1/jobs/{id}`` only).
     deliveries: list[dict[str, Any]] | None = None
 
@@ -162,6 +165,34 @@ class EnqueuedJob(JobView):
 
 class EnqueuedJobs(BaseModel):
     jobs: list[EnqueuedJob]
+
+
+class WorkflowNodeView(BaseModel):
+    name: str
+    job_id: str
+    #: The parent node's name (null: no parent in the workflow).
+    parent: str | None = None
+    model: str | None = None
+    #: The node's job state (``waiting`` while its parent has not been stored); null when its record expired.
+    state: str | None = None
+    reason: str | None = None
+    #: How many outputs it stored.
+    outputs: int = 0
+
+
+class WorkflowView(BaseModel):
+    id: str
+    #: ``running`` while a node has not ended, then ``completed``, ``partly_failed`` or ``failed``.
+    state: str | None
+    created_at: float | None = None
+    completed_at: float | None = None
+    canceled: bool = False
+    nodes: list[WorkflowNodeView]
+
+
+class EnqueuedWorkflow(WorkflowView):
+    #: False when the idempotency key named an existing workflow (nothing new was written).
+    created: bool
 
 
 class JobPage(BaseModel):

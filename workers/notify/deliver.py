@@ -17,6 +17,7 @@ from urllib3.exceptions import ProtocolError
 from config.settings import Settings, redact_url
 from core.jobs import Job, JobState
 from core.jobstore import JobStore
+from core.workflows import WorkflowStore, workflow_summary
 from workers.notify.store import Delivery, DeliveryStore
 from workers.notify.targets import secret_for, tenant_host_allowed, tenant_policy
 from workers.socket_watch import Deadline
@@ -40,10 +41,13 @@ class Attempt:
 class Notifier:
     """Sends deliveries for one worker process (one pooled, guarded HTTP session)."""
 
-    def __init__(self, settings: Settings, store: DeliveryStore, jobs: JobStore) -> None:
+    def __init__(
+        self, settings: Settings, store: DeliveryStore, jobs: JobStore, workflows: WorkflowStore | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
+        self.workflows = workflows
         # The operator's receivers, and one session per tenant (each with its own networks), made on first use.
         self.session = guarded_session(
             AddressPolicy.of(settings.notify.allow_networks), user_agent=USER_AGENT, pool_maxsize=32
@@ -166,6 +170,8 @@ class Notifier:
             data["job"] = job.public_dict() if job is not None else {"id": delivery.job_id}
             if job is not None and self.settings.notify.include_video_url and job.state is JobState.STORED:
                 data["video_url"] = self._video_url(job)
+        if delivery.workflow_id is not None and self.workflows is not None:
+            data["workflow"] = workflow_summary(self.workflows, self.jobs, delivery.workflow_id)
         return {
             "type": delivery.type,
             "timestamp": datetime.fromtimestamp(delivery.at, tz=UTC).isoformat(),

@@ -30,6 +30,8 @@ class Delivery:
     job_id: str | None
     batch_id: str | None
     ref: str
+    #: A workflow's event: its id and final state.
+    workflow_id: str | None
     url: str
     #: The principal whose own ``notify_url`` this is (its trust applies), or None: the operator's receiver.
     tenant: str | None
@@ -47,6 +49,7 @@ class Delivery:
             job_id=raw.get("job") or None,
             batch_id=raw.get("batch") or None,
             ref=raw.get("ref", ""),
+            workflow_id=raw.get("workflow") or None,
             url=raw.get("url", ""),
             tenant=raw.get("tenant") or None,
             at=float(raw.get("at", 0)),
@@ -84,6 +87,8 @@ class DeliveryStore:
             "type": event.type,
             "job": event.job_id or "",
             "batch": event.batch_id or "",
+            "workflow": event.workflow_id or "",
+            "workflow_state": event.state or "",
             "ref": target.ref,
             "url": target.url,
             "tenant": target.tenant or "",

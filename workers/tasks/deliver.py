@@ -21,7 +21,7 @@ def notifier() -> Notifier:
         rt = runtime()
         if _notifier is None or _notifier.jobs is not rt.jobs:
             store = DeliveryStore(rt.redis, rt.keys, rt.settings.notify, job_ttl_s=rt.settings.job_ttl_s)
-            _notifier = Notifier(rt.settings, store, rt.jobs)
+            _notifier = Notifier(rt.settings, store, rt.jobs, rt.workflows)
         return _notifier
 
 

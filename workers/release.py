@@ -1,0 +1,136 @@
+"""The release thread: a job's end releases the derived jobs waiting for it, and ends its workflow.
+
+It runs in each worker that consumes the ``submit`` queue (:class:`ReleaseStep`, a Celery worker bootstep), as
+one consumer of the events stream's ``release`` group: every job's end (``job.stored``, ``job.failed``, ...)
+is handed to one of them, which moves the job's waiting children on (:mod:`core.release`) — so a child's
+submit message goes out moments after its parent was stored, with no polling interval — and, for a
+workflow's node, records the workflow's end once all its nodes ended (``workflow.completed``). Entries a
+dead worker had read but not acknowledged are claimed by another after ``CLAIM_IDLE_MS``; whatever is still
+lost (a release between the stream and a crash) is repaired by the reconciler (``waiting_released``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, ClassVar, Final, cast
+
+import redis
+from celery import bootsteps
+
+from config.celery import SUBMIT_QUEUE
+from config.settings import Settings
+from core.clients import Clients
+from core.events import Event
+
+log = logging.getLogger("imagineq.release")
+
+GROUP: Final = "release"
+#: How long one read of the stream waits for new events.
+BLOCK_MS: Final = 500
+#: Entries read but not acknowledged for this long are taken over from their (dead) reader.
+CLAIM_IDLE_MS: Final = 15_000
+
+
+class Releaser:
+    def __init__(self, settings: Settings, consumer: str) -> None:
+        clients = Clients.build(settings)
+        self.redis, self.keys, self.jobs, self.workflows = clients.redis, clients.keys, clients.jobs, clients.workflows
+        self.consumer = consumer
+        self._stop = threading.Event()
+        try:
+            # From now on: older ends were released when they happened (or are the reconciler's).
+            self.redis.xgroup_create(self.keys.events(), GROUP, id="$", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def run(self) -> None:
+        claimed_at = 0.0
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if now - claimed_at > CLAIM_IDLE_MS / 1000:
+                    self.handle(self._claim_stale())
+                    claimed_at = now
+                self.handle(self._read_new())
+            except redis.RedisError as error:
+                log.warning("release: Redis: %s; trying again", error)
+                self._stop.wait(1.0)
+            except Exception:
+                log.exception("release: unexpected error; trying again")
+                self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _read_new(self) -> list[tuple[str, dict[str, str]]]:
+        reply = self.redis.xreadgroup(GROUP, self.consumer, {self.keys.events(): ">"}, count=200, block=BLOCK_MS)
+        return [entry for _, entries in cast("list[Any]", reply or []) for entry in entries]
+
+    def _claim_stale(self) -> list[tuple[str, dict[str, str]]]:
+        reply = cast(
+            "list[Any]",
+            self.redis.xautoclaim(self.keys.events(), GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=200),
+        )
+        return [entry for entry in reply[1] if entry and entry[1]]
+
+    def handle(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """Each ended job's children released and its workflow looked at, then the entries acknowledged."""
+        if not entries:
+            return
+        events = [Event.of(entry_id, fields) for entry_id, fields in entries]
+        ended = [event.job_id for event in events if event.job_id and event.type.startswith("job.")]
+        if ended:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ended:
+                    pipe.exists(self.keys.children(job_id))
+                    pipe.hget(self.keys.job(job_id), "workflow_id")
+                replies = pipe.execute()
+            workflows: set[str] = set()
+            for index, job_id in enumerate(ended):
+                has_children, workflow_id = replies[2 * index], replies[2 * index + 1]
+                if has_children:
+                    released = self.jobs.release_children(job_id)
+                    if released.queued or released.failed:
+                        log.info(
+                            "release: job %s ended: %d child(ren) queued, %d failed",
+                            job_id,
+                            len(released.queued),
+                            len(released.failed),
+                        )
+                if workflow_id:
+                    workflows.add(workflow_id.decode() if isinstance(workflow_id, bytes) else workflow_id)
+            for workflow_id in sorted(workflows):
+                state = self.workflows.finish_if_done(workflow_id)
+                if state is not None:
+                    log.info("release: workflow %s ended %s", workflow_id, state)
+        self.redis.xack(self.keys.events(), GROUP, *(event.id for event in events))
+
+
+class ReleaseStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Runs a :class:`Releaser` in each worker that consumes the ``submit`` queue."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.releaser: Releaser | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, worker: Any) -> None:
+        queues = set(getattr(worker.app.amqp.queues, "consume_from", None) or {})
+        if SUBMIT_QUEUE not in queues:
+            return
+        from config.settings import get_settings
+
+        self.releaser = Releaser(get_settings(), consumer=worker.hostname)
+        self.thread = threading.Thread(target=self.releaser.run, name="release", daemon=True)
+        self.thread.start()
+        log.info("release thread started as %s", worker.hostname)
+
+    def stop(self, worker: Any) -> None:
+        if self.releaser is not None and self.thread is not None:
+            self.releaser.stop()
+            self.thread.join(timeout=5)
