@@ -21,8 +21,9 @@ lost to a crash. Every move is a compare-and-set from ``waiting``, so doing it t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, Protocol, cast
 
 import redis
 
@@ -30,8 +31,26 @@ from core.jobs import Job, JobState
 from core.keys import Keys
 from core.messages import submit_message
 
-if TYPE_CHECKING:
-    from core.jobstore import JobStore
+
+class JobStore(Protocol):
+    """What a release needs of the job store (``core.jobstore.JobStore`` has it)."""
+
+    parent_max_age_s: float
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]: ...
+
+    def transition(
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        expect: JobState | Iterable[JobState] | None = None,
+        fields: Mapping[str, str | int | float | None] | None = None,
+        read: Job | None = None,
+    ) -> bool: ...
+
 
 #: A parent's end → the reason its waiting children fail with.
 PARENT_FAILURES: Final = {

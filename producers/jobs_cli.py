@@ -170,7 +170,8 @@ def _cmd_resubmit(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from producers.api import NotCancelable, Producer
+    from producers.api import Producer
+    from producers.rules import NotCancelable
 
     producer = Producer()
     job = find_job(producer, args.job_id)

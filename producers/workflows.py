@@ -10,17 +10,46 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from core.catalog import DEFAULT_MODEL, model_named
+from config.settings import Settings
+from core.catalog import DEFAULT_MODEL, Catalog, model_named
 from core.errors import ValidationError
-from core.jobs import JobRequest, JobState, new_job_id
-from core.workflows import NODE_KEY_PREFIX, PlannedNode, Workflow, WorkflowNode, node_job_id, node_key, plan
+from core.jobs import Job, JobRequest, JobState, new_job_id
+from core.jobstore import JobStore
+from core.workflows import (
+    NODE_KEY_PREFIX,
+    PlannedNode,
+    Workflow,
+    WorkflowNode,
+    WorkflowStore,
+    node_job_id,
+    node_key,
+    plan,
+)
+from producers.rules import NotCancelable, check_notify_url_allowed
+from workers.intake import Intake
 
-if TYPE_CHECKING:
-    from producers.api import Producer
+
+class Producer(Protocol):
+    """What workflows need of a producer (``producers.api.Producer`` has it)."""
+
+    settings: Settings
+    jobs: JobStore
+    workflows: WorkflowStore
+    catalog: Catalog
+
+    @property
+    def intake(self) -> Intake: ...
+
+    def enqueue_prepared(
+        self, requests: Sequence[JobRequest], *, job_ids: Sequence[str] | None = None
+    ) -> list[tuple[Job, bool]]: ...
+
+    def cancel(self, job_id: str, *, by: str) -> Job: ...
+
 
 #: Fields of a workflow request besides its nodes.
 WORKFLOW_FIELDS = frozenset({"nodes", "idempotency_key", "priority", "metadata", "notify_url"})
@@ -123,8 +152,6 @@ def _request(
     files: Mapping[str, bytes],
 ) -> JobRequest:
     """A node's checked request: a node whose parent is another node waits for it (``waits``)."""
-    from producers.api import check_notify_url_allowed
-
     fields = dict(node.fields)
     for name in _INHERITED:
         if name in body and name not in fields:
@@ -182,8 +209,6 @@ def get_workflow(producer: Producer, workflow_id: str, *, owner: str | None = No
 def cancel_workflow(producer: Producer, workflow: Workflow, *, by: str) -> list[str]:
     """Cancel every node not yet submitted (queued or waiting); the ids canceled. Nodes already at the
     upstream run on; the children of a canceled node fail ``parent_canceled``."""
-    from producers.api import NotCancelable
-
     producer.workflows.mark_canceled(workflow.id, time.time())
     canceled = []
     for node, job in zip(workflow.nodes, producer.jobs.get_many([n.job_id for n in workflow.nodes]), strict=True):

@@ -150,8 +150,8 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
 def file_kind(task: Task, index: int) -> ClipKind | ImageKind:
     """What output ``index`` of ``task`` shows."""
     if task.kind == "video":
-        return ClipKind(task.aspect_ratio, task.mode, task.resolution, task.duration_s)
-    return ImageKind(task.aspect_ratio, task.resolution, task.image_format, index)
+        return ClipKind(task.aspect_ratio, task.mode, task.resolution, task.duration_s, task.colour)
+    return ImageKind(task.aspect_ratio, task.resolution, task.image_format, index, task.colour)
 
 
 # -- the file store (uploads for image inputs) ---------------------------------------------------

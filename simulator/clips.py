@@ -4,8 +4,9 @@ and a PNG or JPEG image per (aspect ratio, resolution, format, index), rendered 
 A clip has the requested width-to-height ratio, resolution (its shorter side: 480 or 720 pixels) and
 duration, and shows what it is (the simulator, the size, the mode) with a ball whose motion follows the
 mode (steady for normal, bouncing for fun, fast for spicy) and a progress bar, so a player visibly plays
-it. An image shows its index among its task's images. PyAV's wheel brings its own FFmpeg (with libx264),
-Pillow draws the frames.
+it. An image shows its index among its task's images. The ball's colour is the task's lineage: a derived
+task (a video of an image, an upscale, an extension) has its parent's. PyAV's wheel brings its own FFmpeg
+(with libx264), Pillow draws the frames.
 
 Rendering happens once per kind of file, off the event loop, the first time a file of that kind is
 served; every task of that kind then serves the same bytes.
@@ -45,8 +46,19 @@ def _even(value: float) -> int:
 
 
 _BACKGROUND = (24, 26, 40)
-_BALL = (240, 160, 40)
 _BAR = (90, 200, 120)
+#: The ball's colours. A task with no parent gets one from its id; a derived task keeps its parent's, so a
+#: video of an image, its upscale and its extension visibly come from that image.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (240, 160, 40),
+    (220, 60, 60),
+    (60, 170, 230),
+    (120, 210, 90),
+    (200, 90, 220),
+    (240, 230, 80),
+    (80, 220, 200),
+    (250, 130, 180),
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class ClipKind:
     mode: str = "normal"
     resolution: str = "480p"
     seconds: int = 6
+    colour: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class ImageKind:
     resolution: str = "480p"
     format: str = "png"
     index: int = 0
+    colour: int = 0
 
 
 def render(kind: ClipKind) -> bytes:
@@ -89,7 +103,7 @@ def render_image(kind: ImageKind) -> bytes:
     title = ImageFont.load_default(size=max(14, width // 16))
     radius = min(width, height) // 6
     cx, cy = width // 2, height // 2 + height // 10
-    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=_BALL)
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=PALETTE[kind.colour % len(PALETTE)])
     draw.text((width // 2, height // 5), "ImagineQ simulator", font=title, fill="white", anchor="mm")
     label = f"image {kind.index + 1}  {kind.aspect_ratio}  {width}x{height}"
     draw.text((width // 2, height // 5 + width // 12), label, font=title, fill=(180, 180, 200), anchor="mm")
@@ -113,7 +127,8 @@ def _encode(path: Path, kind: ClipKind, width: int, height: int) -> None:
             image = Image.new("RGB", (width, height), _BACKGROUND)
             draw = ImageDraw.Draw(image)
             x, y = _ball(mode, index / FPS, width - 2 * radius, height // 3)
-            draw.ellipse((x, height // 2 + y - radius, x + 2 * radius, height // 2 + y + radius), fill=_BALL)
+            ball = PALETTE[kind.colour % len(PALETTE)]
+            draw.ellipse((x, height // 2 + y - radius, x + 2 * radius, height // 2 + y + radius), fill=ball)
             draw.text((width // 2, height // 5), "ImagineQ simulator", font=title, fill="white", anchor="mm")
             label = f"{aspect_ratio}  {width}x{height}  mode {mode}"
             draw.text((width // 2, height // 5 + title_size + 8), label, font=detail, fill=(180, 180, 200), anchor="mm")

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from simulator.stats import key_stats_json
+from simulator.accounts import Account
+from simulator.quota import InProgressSet
+from simulator.stats import Stats, key_stats_json
+from simulator.tasks import Task
 
-if TYPE_CHECKING:
-    from simulator.state import SimState
+
+class SimState(Protocol):
+    """What is shown of the simulator's state (``simulator.state.SimState`` has it)."""
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def stats(self) -> Stats: ...
+    @property
+    def accounts(self) -> Mapping[str, Account]: ...
+    @property
+    def in_progress(self) -> InProgressSet: ...
+    @property
+    def tasks(self) -> Mapping[str, Task]: ...
 
 
 def snapshot(state: SimState) -> dict[str, Any]:

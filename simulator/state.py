@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from simulator import introspection
 from simulator.accounts import Account, Upload, key_id
+from simulator.clips import PALETTE
 from simulator.errors import ApiError
 from simulator.faults import Faults, parse_force_status
 from simulator.files import FILE_PATH_RE, UrlSigner
@@ -177,6 +178,7 @@ class SimState:
             duration_s=checked.duration_s + (parent.duration_s if model.pool == "extend" and parent else 0),
             outputs=images,
             image_format="jpeg" if model.pool == "image-to-image" else "png",
+            colour=parent.colour if parent is not None else int(task_id[:8], 16) % len(PALETTE),
             url_ttl_wall_s=opts.wall(opts.url_ttl_s),
             fail_code=fail_code,
             fail_msg=fail_msg,

@@ -48,6 +48,8 @@ class Task:
     outputs: int = 1
     #: png or jpeg, for an image task
     image_format: str = "png"
+    #: The ball's colour in its files (``clips.PALETTE``): its parent's for a derived task.
+    colour: int = 0
     fail_code: str = ""  #: empty for a task that will succeed
     fail_msg: str = ""
     record_info_calls: int = 0

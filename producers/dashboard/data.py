@@ -262,3 +262,49 @@ def batch_progress(status: BatchStatus) -> dict[str, Any]:
         "failed_pct": percent(failed),
         "done_pct": percent(stored + failed),
     }
+
+
+#: A workflow graph's node box and the gaps between columns (parents left, children right) and rows.
+NODE_W, NODE_H, GAP_X, GAP_Y, THUMB = 210, 72, 70, 24, 56
+
+
+def workflow_graph(summary: dict[str, Any], thumbs: dict[str, str]) -> dict[str, Any]:
+    """Where each node of a workflow is drawn: a column per depth (a parent left of its children), a row
+    per node of that depth; an edge from each parent's right side to its child's left. ``thumbs``: a
+    picture's link per job id (its first image output), drawn in the box."""
+    nodes = summary["nodes"]
+    depth: dict[str, int] = {}
+    for node in nodes:  # parents come first
+        depth[node["name"]] = depth[node["parent"]] + 1 if node.get("parent") in depth else 0
+    rows: dict[int, int] = {}
+    placed: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        column = depth[node["name"]]
+        row = rows.get(column, 0)
+        rows[column] = row + 1
+        placed[node["name"]] = {
+            **node,
+            "x": 10 + column * (NODE_W + GAP_X),
+            "y": 10 + row * (NODE_H + GAP_Y),
+            "thumb": thumbs.get(node["job_id"]),
+        }
+    edges = [
+        {
+            "x1": placed[node["parent"]]["x"] + NODE_W,
+            "y1": placed[node["parent"]]["y"] + NODE_H // 2,
+            "x2": placed[node["name"]]["x"],
+            "y2": placed[node["name"]]["y"] + NODE_H // 2,
+        }
+        for node in nodes
+        if node.get("parent") in placed
+    ]
+    columns = max(depth.values(), default=0) + 1
+    return {
+        "nodes": list(placed.values()),
+        "edges": edges,
+        "width": 20 + columns * NODE_W + (columns - 1) * GAP_X,
+        "height": 20 + max(rows.values(), default=1) * (NODE_H + GAP_Y) - GAP_Y,
+        "node_w": NODE_W,
+        "node_h": NODE_H,
+        "thumb": THUMB,
+    }

@@ -20,12 +20,14 @@ from fastapi.templating import Jinja2Templates
 
 from config.settings import PrincipalSettings
 from core.jobs import KEY_MAX_CHARS, JobState
-from producers.api import NotCancelable
+from core.workflows import workflow_summary
 from producers.dashboard import formatting
-from producers.dashboard.data import DashboardData, batch_progress, timeline
+from producers.dashboard.data import DashboardData, batch_progress, timeline, workflow_graph
 from producers.dashboard.sessions import COOKIE, Session, SessionStore, csrf_ok
+from producers.rules import NotCancelable
 from producers.web.context import Web, client_address
 from producers.web.jobs_routes import job_or_404
+from producers.web.workflows_routes import workflow_or_404
 from workers.notify.store import delivery_log
 from workers.storage import build_s3_client, presigned_get_url
 from workers.storage.sidecar import read_sidecar
@@ -334,6 +336,35 @@ def act(
             raise
         notice = "over-limit"
     return RedirectResponse(f"/jobs/{job.id}?{urlencode({'notice': notice})}", status_code=303)
+
+
+@router.get("/workflows")
+def workflows(request: Request, dashboard: DashboardDep, session: SessionDep) -> Response:
+    store, principal = dashboard.web.producer.workflows, session.principal
+    rows = []
+    for workflow_id in store.recent(100):
+        workflow = store.get(workflow_id)
+        if workflow is not None and (principal.admin or workflow.owner == principal.name):
+            rows.append(workflow_summary(store, dashboard.web.jobs, workflow_id))
+    return render(request, "workflows.html", session, rows=rows[:50])
+
+
+@router.get("/workflows/{workflow_id}")
+def workflow_page(request: Request, dashboard: DashboardDep, session: SessionDep, workflow_id: str) -> Response:
+    workflow_or_404(dashboard.web, session.principal, workflow_id)
+    summary = workflow_summary(dashboard.web.producer.workflows, dashboard.web.jobs, workflow_id)
+    # Each node's first image, through a short-lived link, drawn in its box.
+    thumbs: dict[str, str] = {}
+    for job in dashboard.web.jobs.get_many([node["job_id"] for node in summary["nodes"]]):
+        if job is None or job.state is not JobState.STORED:
+            continue
+        image = next((o for o in job.outputs if str(o.get("content_type", "")).startswith("image/")), None)
+        link = dashboard.presigned(str(image["uri"])) if image is not None else None
+        if link:
+            thumbs[job.id] = link
+    graph = workflow_graph(summary, thumbs)
+    media = next(iter(thumbs.values()), None)
+    return render(request, "workflow.html", session, media=media, workflow=summary, graph=graph)
 
 
 @router.get("/batches")

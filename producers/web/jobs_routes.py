@@ -17,7 +17,7 @@ from core.jobs import (
     JobState,
     new_job_id,
 )
-from producers.api import NotCancelable
+from producers.rules import NotCancelable
 from producers.web import listing
 from producers.web.context import Caller, Web, WebDep
 from producers.web.models import (

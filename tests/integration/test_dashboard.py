@@ -201,3 +201,48 @@ def test_a_tenant_sees_its_own_jobs_only_and_actions_need_the_csrf_token(dep: De
     # Without a cookie, a page sends the browser to sign in.
     assert requests.get(f"{web.url}/", allow_redirects=False, timeout=10).headers["location"] == "/signin"
     wait_until(lambda: must(dep.producer.get(mine["id"])).state.terminal, 60, "the tenant's job to end")
+
+
+def test_a_workflow_is_drawn_as_a_graph_with_each_nodes_state_and_pictures(
+    dep: Deployment, web: services.Service, chromium: Browser
+) -> None:
+    # Given a tenant's workflow: an image, videos of two of its images, the first one extended.
+    nodes: list[dict[str, Any]] = [
+        {"name": "lighthouse", "model": "text-to-image", "prompt": "a lighthouse at dusk", "aspect_ratio": "16:9"},
+        {"name": "video-0", "model": "image-to-video", "parent": "lighthouse", "index": 0},
+        {"name": "video-3", "model": "image-to-video", "parent": "lighthouse", "index": 3},
+        {"name": "upscaled", "model": "upscale", "parent": "lighthouse"},
+        {"name": "longer", "model": "extend", "parent": "video-0", "extend_times": "6"},
+    ]
+    dep.sim_config(images_per_task=4)
+    try:
+        workflow, _ = dep.producer.submit_workflow({"nodes": nodes}, owner="acme")
+        wait_until(lambda: (dep.producer.workflow(workflow.id) or {}).get("state") != "running", 120, "the workflow")
+    finally:
+        dep.sim_config(images_per_task=1)
+    assert must(dep.producer.workflow(workflow.id))["state"] == "completed", dep.producer.workflow(workflow.id)
+    with browser.session(chromium) as session:
+        page = session.page
+        sign_in(page, web, TENANT_TOKEN)
+        page.click("nav >> text=Workflows")
+        expect(page.locator(f'tr[data-workflow="{workflow.id}"]')).to_contain_text("completed")
+        page.click(f'tr[data-workflow="{workflow.id}"] a')
+        expect(page).to_have_url(f"{web.url}/workflows/{workflow.id}")
+        # Then every node is drawn with its state, an edge per parent, and the images' pictures loaded.
+        for node in nodes:
+            expect(page.locator(f"#graph [data-node={node['name']!r}]")).to_have_attribute("data-state", "stored")
+        expect(page.locator("#graph path.edge")).to_have_count(4)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#graph image')].length === 2 && "
+            "[...document.querySelectorAll('#graph image')].every(i => i.getBBox().width > 0)"
+        )
+        session.screenshot("dashboard-workflow")
+        # A node links to its job's page.
+        page.click('#graph [data-node="video-3"]')
+        expect(page.locator('[data-field="state"]')).to_have_text("stored")
+    # Another tenant's (or nobody's) workflow is not found.
+    others, _ = dep.producer.submit_workflow({"nodes": nodes[:1]})
+    with browser.session(chromium) as session:
+        sign_in(session.page, web, TENANT_TOKEN)
+        answer = session.page.goto(f"{web.url}/workflows/{others.id}")
+        assert answer is not None and answer.status == 404

@@ -260,3 +260,42 @@ def test_the_web_and_the_cli_create_and_show_workflows(dep: Deployment, tmp_path
     assert again_cli.returncode == 0 and "already exists" in again_cli.stdout
     shown_cli = dep.cli("workflow", "show", out.stdout.split()[1].rstrip(":"), "--json")
     assert json.loads(shown_cli.stdout)["state"] == "completed"
+
+
+THREE_LEVELS = {
+    "nodes": [
+        {"name": "image", "model": "text-to-image", "prompt": "a lighthouse in fog"},
+        {"name": "video", "model": "image-to-video", "parent": "image", "index": 2},
+        {"name": "longer", "model": "extend", "parent": "video", "extend_times": "6"},
+    ]
+}
+
+
+def test_three_level_workflows_survive_a_killed_submit_worker_with_each_node_created_once(dep: Deployment) -> None:
+    created_before = dep.stats()["created"]
+    extra = [dep.start_worker("submit", concurrency=2) for _ in range(2)]
+    dep.sim_config(gen_time=[2.0, 2.5])
+    try:
+        made = [dep.producer.submit_workflow(THREE_LEVELS)[0] for _ in range(6)]
+        ids = [node.job_id for workflow in made for node in workflow.nodes]
+
+        def level_busy(level: int) -> bool:
+            # Every node of that level is at the upstream (no createTask in flight: the window where a
+            # killed submitter leaves an unknown outcome is the chaos suite's), the next one waiting.
+            jobs = [must(dep.producer.get(workflow.nodes[level].job_id)) for workflow in made]
+            return all(job.state in (JobState.GENERATING, JobState.DOWNLOADING, JobState.STORED) for job in jobs)
+
+        # When a submit worker (its pool and its release thread) is SIGKILLed while the images generate,
+        # and another while the videos do.
+        wait_until(lambda: level_busy(0), 60, "every image at the upstream")
+        extra[0].kill()
+        wait_until(lambda: level_busy(1), 90, "every video at the upstream")
+        extra[1].kill()
+        summaries = [wait_workflow(dep, workflow.id, timeout=180) for workflow in made]
+    finally:
+        dep.sim_config(gen_time=[0.5, 1.5])
+    # Then every workflow completed, and the upstream made exactly one task per node.
+    assert [s["state"] for s in summaries] == ["completed"] * 6
+    jobs = [must(dep.producer.get(job_id)) for job_id in ids]
+    assert len({job.task_id for job in jobs}) == len(ids) == 18
+    assert dep.stats()["created"] - created_before == 18

@@ -110,8 +110,9 @@ def test_a_submitting_job_cannot_be_canceled_and_the_happy_path_is_allowed():
         assert source in allowed_from(target)
 
 
-def test_every_state_is_reachable_from_queued():
-    seen, frontier = {S.QUEUED}, [S.QUEUED]
+def test_every_state_is_reachable_from_the_first_ones():
+    # A job starts queued, or waiting for its parent.
+    seen, frontier = {S.QUEUED, S.WAITING}, [S.QUEUED, S.WAITING]
     while frontier:
         for target in TRANSITIONS[frontier.pop()]:
             if target not in seen:

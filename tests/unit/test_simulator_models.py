@@ -135,6 +135,33 @@ def test_upscale_takes_either_kind_of_own_task_and_extend_only_a_video() -> None
         create(state, account, "extend", task_id=image.task_id)
 
 
+def test_a_derived_task_shows_its_parents_colour_in_its_files() -> None:
+    state, clock, account = make_state(gen_times={"text-to-image": (1, 2), "image-to-video": (1, 2)})
+    roots = [create(state, account, "text-to-image", prompt=f"p{i}") for i in range(12)]
+    assert len({root.colour for root in roots}) > 1  # roots differ (by task id)
+    finish(state, clock, *roots)
+    for root in roots[:4]:
+        video = create(state, account, "image-to-video", task_id=root.task_id, index=0)
+        finish(state, clock, video)
+        upscaled = create(state, account, "upscale", task_id=root.task_id)
+        extended = create(state, account, "extend", task_id=video.task_id, extend_times="6", prompt="")
+        assert video.colour == upscaled.colour == extended.colour == root.colour
+    # And the colour is in the pixels: the ball of an upscale is its image's.
+    from io import BytesIO
+
+    from PIL import Image
+
+    from simulator.app import file_kind
+    from simulator.clips import PALETTE, render_image
+
+    parent, child = roots[0], create(state, account, "upscale", task_id=roots[0].task_id)
+    for task in (parent, child):
+        kind = file_kind(task, 0)
+        picture = Image.open(BytesIO(render_image(kind))).convert("RGB")  # type: ignore[arg-type]
+        width, height = picture.size
+        assert picture.getpixel((width // 2, height // 2 + height // 10)) == PALETTE[parent.colour]
+
+
 def test_a_task_of_another_account_is_no_parent() -> None:
     state, clock, account = make_state(api_keys=["sim-key", "other-key"])
     image = create(state, account, "text-to-image", prompt="p")
