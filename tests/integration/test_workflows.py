@@ -299,3 +299,28 @@ def test_three_level_workflows_survive_a_killed_submit_worker_with_each_node_cre
     jobs = [must(dep.producer.get(job_id)) for job_id in ids]
     assert len({job.task_id for job in jobs}) == len(ids) == 18
     assert dep.stats()["created"] - created_before == 18
+
+
+def test_a_batch_line_may_take_an_earlier_lines_job_as_its_parent(dep: Deployment, tmp_path: Path) -> None:
+    lines = [
+        {"id": "img", "model": "text-to-image", "prompt": "a lighthouse on a cliff"},
+        {"id": "vid", "model": "image-to-video", "parent": "img", "index": 1},
+        {"id": "ext", "model": "extend", "parent": "vid", "extend_times": "6"},
+        {"id": "bad", "model": "extend", "parent": "img"},  # an image: extend takes a video
+    ]
+    path = tmp_path / "derived.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = dep.cli("batch", "submit", str(path), "--wait", "--timeout", "120", "--json")
+    assert out.returncode in (0, 1), out.stderr
+    manifest = [json.loads(row) for row in (tmp_path / "derived.results.jsonl").read_text().splitlines()]
+    rows = {row["id"]: row for row in manifest}
+    assert [rows[name]["state"] for name in ("img", "vid", "ext")] == ["stored"] * 3, manifest
+    assert "extend takes a video job" in rows["bad"]["error"]
+    image, video, extended = (must(dep.producer.get(rows[name]["job_id"])) for name in ("img", "vid", "ext"))
+    assert video.input["parent"] == image.id and extended.input["parent"] == video.id
+    assert image.account == video.account == extended.account
+    # The same file again is the same batch: nothing new reaches the upstream.
+    created = dep.stats()["created"]
+    again = dep.cli("batch", "submit", str(path), "--json")
+    assert again.returncode in (0, 1) and json.loads(again.stdout)["id"] == json.loads(out.stdout)["id"]
+    assert dep.stats()["created"] == created

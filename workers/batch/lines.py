@@ -2,7 +2,8 @@
 
 Each line is one request: an optional ``model`` (default text-to-video) and that model's fields
 (``prompt``, ``aspect_ratio``, ``duration``, ``image``, ...), an optional ``id``, ``metadata`` and
-``notify_url`` (where the job's end is POSTed, signed: ``workers.notify``). Each
+``notify_url`` (where the job's end is POSTed, signed: ``workers.notify``). A derived line's ``parent`` may
+name an earlier line's ``id``: it then takes that line's job, and waits for it to be stored. Each
 line is validated on its own: a bad line (invalid JSON or UTF-8, a failed validation, a repeated ``id``,
 a line over ``batch_max_line_bytes``) is recorded with its line number and error, and never blocks the
 good ones. Blank lines are skipped.
@@ -52,6 +53,8 @@ class ParsedLine:
     id: str | None
     request: JobRequest | None = None
     error: str | None = None
+    #: Its parent is a line read but not yet written: write the lines read so far, then parse it again.
+    needs_flush: bool = False
 
 
 def batch_id_for(*, name: str | None, identity: str) -> str:
@@ -106,6 +109,8 @@ class LineParser:
         self.intake = intake
         self.parent = parent
         self._seen: dict[str, int] = {}
+        #: The job of each line id written so far (a later line's ``parent`` may name the line).
+        self.jobs_by_id: dict[str, str] = {}
 
     def parse(self, line: int, raw: bytes | None) -> ParsedLine | None:
         """The parsed line; None for a blank one. Whatever a line holds, it never raises: a line that
@@ -141,6 +146,11 @@ class LineParser:
             first = self._seen[line_id]
             return ParsedLine(line, line_id, error=f"duplicate id {line_id!r} (first on line {first})")
         fields: dict[str, Any] = {name: value for name, value in data.items() if name != "id"}
+        parent = fields.get("parent")
+        if isinstance(parent, str) and parent in self._seen:
+            if parent not in self.jobs_by_id:
+                return ParsedLine(line, line_id, needs_flush=True)
+            fields["parent"] = self.jobs_by_id[parent]
         fields.update(
             priority=Priority.BATCH,
             batch_id=self.batch_id,

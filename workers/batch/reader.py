@@ -176,6 +176,8 @@ class BatchSubmitter:
                     continue
                 job, is_new = next(created)
                 entries.append(LineEntry(parsed.line, parsed.id, job_id=job.id))
+                if parsed.id is not None:
+                    parser.jobs_by_id[parsed.id] = job.id
                 pending.append(job.id)
                 new += is_new
             self.batches.add_lines(batch_id, token, entries, created=new, pending=pending)
@@ -186,6 +188,11 @@ class BatchSubmitter:
 
         for number, raw in iter_lines(stream, self.settings.batch_max_line_bytes):
             parsed = parser.parse(number, raw)
+            if parsed is not None and parsed.needs_flush:
+                flush()  # its parent's line is read: written now, so the line can name its job
+                parsed = parser.parse(number, raw)
+                if parsed is not None and parsed.needs_flush:
+                    parsed = ParsedLine(number, parsed.id, error="parent: its line has no job")
             if parsed is None:
                 continue
             lines += 1
