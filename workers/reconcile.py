@@ -75,6 +75,7 @@ from workers.celery import app
 from workers.chains import rest_of_job
 from workers.completion import SALVAGEABLE_REASONS, Applied, apply_terminal
 from workers.lost_messages import lost_queued_jobs
+from workers.release import RELEASE_GRACE_S, repair_releases
 from workers.runtime import Runtime
 from workers.storage import build_s3_client
 from workers.tasks.process import runtime
@@ -92,8 +93,6 @@ SALVAGE_CALLS_PER_RUN: Final = 20
 #: Failure reasons of a store that may pass: the store is tried again while the result URL lives.
 STORE_RETRY_REASONS: Final = frozenset({"transfer", "transport", "unavailable", "rate_limited"})
 _SCAN: Final = 1000
-#: A release is taken as lost once a parent ended this long ago and its children still wait.
-RELEASE_GRACE_S: Final = 30.0
 
 
 class Reconciler:
@@ -106,9 +105,11 @@ class Reconciler:
         *,
         files: Files | None = None,
         lost_min_age_s: float | None = None,
+        release_grace_s: float = RELEASE_GRACE_S,
     ) -> None:
         self.rt = rt
         self.lost_min_age_s = rt.settings.reconcile_lost_min_age_s if lost_min_age_s is None else lost_min_age_s
+        self.release_grace_s = release_grace_s
         self.app = celery_app
         self.settings = rt.settings
         self.batches = BatchStore(
@@ -328,27 +329,7 @@ class Reconciler:
             log.warning("reconcile: job %s timed out but task %s completed later; salvaged", job_id, task_id)
 
     def waiting_children(self) -> None:
-        waiting = self.rt.jobs.ids_in_state(
-            JobState.WAITING, older_than_s=RELEASE_GRACE_S, limit=self.settings.reconcile_limit
-        )
-        parents = sorted({str(job.input.get("parent")) for job in self.rt.jobs.get_many(waiting) if job is not None})
-        now = self._now()
-        for parent_id, parent in zip(parents, self.rt.jobs.get_many(parents), strict=True):
-            ended_at = None if parent is None else parent.timestamps.get(parent.state.value, parent.updated_at)
-            if parent is not None and (not parent.state.terminal or now - (ended_at or now) < RELEASE_GRACE_S):
-                continue
-            released = self.rt.jobs.release_children(parent_id)
-            moved = len(released.queued) + len(released.failed)
-            if moved:
-                self.counts["waiting_released"] += moved
-                log.warning("reconcile: %d job(s) still waited for job %s, which ended; released", moved, parent_id)
-        for workflow_id in self.rt.workflows.recent(self.settings.reconcile_limit):
-            workflow = self.rt.workflows.get(workflow_id)
-            if workflow is None or workflow.completed_at is not None or now - workflow.created_at < RELEASE_GRACE_S:
-                continue
-            if self.rt.workflows.finish_if_done(workflow_id) is not None:
-                self.counts["workflow_finished"] += 1
-                log.warning("reconcile: workflow %s had ended without its event; recorded", workflow_id)
+        repair_releases(self.rt, grace_s=self.release_grace_s, now=self._now(), counts=self.counts)
 
     def finalise_batches(self) -> None:
         for batch_id in self.batches.active():

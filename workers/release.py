@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from typing import Any, ClassVar, Final, cast
 
 import redis
@@ -23,6 +24,8 @@ from config.celery import SUBMIT_QUEUE
 from config.settings import Settings
 from core.clients import Clients
 from core.events import Event
+from core.jobs import JobState
+from workers.runtime import Runtime
 
 log = logging.getLogger("imagineq.release")
 
@@ -31,6 +34,8 @@ GROUP: Final = "release"
 BLOCK_MS: Final = 500
 #: Entries read but not acknowledged for this long are taken over from their (dead) reader.
 CLAIM_IDLE_MS: Final = 15_000
+#: A release is taken as lost once a parent ended this long ago and its children still wait.
+RELEASE_GRACE_S: Final = 30.0
 
 
 class Releaser:
@@ -107,6 +112,34 @@ class Releaser:
                 if state is not None:
                     log.info("release: workflow %s ended %s", workflow_id, state)
         self.redis.xack(self.keys.events(), GROUP, *(event.id for event in events))
+
+
+def repair_releases(rt: Runtime, *, grace_s: float, now: float, counts: Counter[str]) -> None:
+    """The reconciler's repair: children still waiting for a parent that ended more than ``grace_s`` ago
+    (``waiting_released``), and workflows whose every node ended without their event (``workflow_finished``)."""
+    waiting = rt.jobs.ids_in_state(JobState.WAITING, older_than_s=grace_s, limit=rt.settings.reconcile_limit)
+    children: dict[str, list[str]] = {}
+    for job in rt.jobs.get_many(waiting):
+        if job is not None and job.state is JobState.WAITING:
+            children.setdefault(str(job.input.get("parent")), []).append(job.id)
+    for (parent_id, kids), parent in zip(children.items(), rt.jobs.get_many(list(children)), strict=True):
+        ended_at = None if parent is None else parent.timestamps.get(parent.state.value, parent.updated_at)
+        if parent is not None and (not parent.state.terminal or now - (ended_at or now) < grace_s):
+            continue
+        # The children set may be what was lost: each child is put back in it first.
+        rt.redis.sadd(rt.keys.children(parent_id), *kids)
+        released = rt.jobs.release_children(parent_id)
+        moved = len(released.queued) + len(released.failed)
+        if moved:
+            counts["waiting_released"] += moved
+            log.warning("reconcile: %d job(s) still waited for job %s, which ended; released", moved, parent_id)
+    for workflow_id in rt.workflows.recent(rt.settings.reconcile_limit):
+        workflow = rt.workflows.get(workflow_id)
+        if workflow is None or workflow.completed_at is not None or now - workflow.created_at < grace_s:
+            continue
+        if rt.workflows.finish_if_done(workflow_id) is not None:
+            counts["workflow_finished"] += 1
+            log.warning("reconcile: workflow %s had ended without its event; recorded", workflow_id)
 
 
 class ReleaseStep(bootsteps.StartStopStep):  # type: ignore[misc]

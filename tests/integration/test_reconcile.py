@@ -277,3 +277,23 @@ def test_a_message_a_live_worker_holds_is_left_alone(dep: Deployment, rt: Runtim
         rt.redis.zrem("iq:celery:unacked_index", tag)
         rt.jobs.transition(job.id, JobState.CANCELED, expect=JobState.QUEUED)
         patient.close()
+
+
+def test_a_child_whose_release_was_lost_is_released_when_its_parent_has_ended(dep: Deployment, rt: Runtime):
+    # Given a parent and a child waiting for it, and the record of who waits for the parent lost (as a
+    # release thread that died between the parent's end and the release leaves it).
+    parent = orphan(rt, "a parent that will be canceled")
+    child, created = rt.jobs.create(
+        JobRequest(model="upscale", input={"parent": parent.id}, waits=True, parent_output="video")
+    )
+    assert created and child.state is JobState.WAITING
+    rt.redis.delete(rt.keys.children(parent.id))
+    assert rt.jobs.transition(parent.id, JobState.CANCELED, expect=JobState.QUEUED, fields={"reason": "canceled"})
+    assert must(rt.jobs.get(child.id)).state is JobState.WAITING
+    before = counter(rt, "waiting_released")
+    # When the reconciler runs (its grace for the release threads passed).
+    reconcile(dep, rt, release_grace_s=0.0)
+    # Then the child failed as its parent's end says, without reaching the upstream.
+    done = must(rt.jobs.get(child.id))
+    assert (done.state, done.reason, done.task_id) == (JobState.FAILED, "parent_canceled", None)
+    assert counter(rt, "waiting_released") == before + 1
