@@ -10,9 +10,18 @@ and principal B (weight 3) each enqueue 1,000 jobs at once; principal C sends on
 - C's wait: from its enqueue to its createTask (the job's ``submitting`` time), p50 and p95;
 - slot use: the tasks' in-progress time between the first and the last creation ÷ (30 × that span), from
   the simulator's own record, as ``bench/slots.py`` computes it;
-- CPU per creation: every process of the run (Redis, S3, simulator, web, workers), as ``bench/slots.py``.
+- CPU per creation: every process of the run (Redis, S3, simulator, web, workers), as ``bench/slots.py``;
+- c_sent / c_started: C's jobs sent, and those that reached createTask within the run (the waits are
+  those of the started ones: a job still waiting at the end has waited longer than any of them).
 
-    RESULT share_error_max_pct=… c_wait_p50_s=… c_wait_p95_s=… slot_use=… cpu_ms_per_creation=…
+    RESULT share_error_max_pct=… c_wait_p50_s=… c_wait_p95_s=… slot_use=… cpu_ms_per_creation=… c_sent=…
+           c_started=…
+
+What C may expect: fair share gives C its weight's share of the creations, 1/5 with the defaults, about
+0.34 per second with 30 slots turning over every 17.5 s; one job every 2 s is 0.5. C then asks for more than
+its share and queues behind A and B like them; and the account's 300 creations per hour end every creation
+after about three minutes. ``--c-weight`` and ``--creations-per-hour`` (both the account's and the
+simulated upstream's) measure the other case: a C within its share, on an account with a larger plan.
 """
 
 from __future__ import annotations
@@ -39,11 +48,14 @@ from workers.storage import Storage
 SLOTS = 30
 HMAC_KEY = "bench-hmac-key"
 WORKERS = (("submit", 4), ("poll", 8), ("store", 4))
-PRINCIPALS = [
-    {"name": "A", "token": "bench-a-token-0123456789abcdef", "weight": 1},
-    {"name": "B", "token": "bench-b-token-0123456789abcdef", "weight": 3},
-    {"name": "C", "token": "bench-c-token-0123456789abcdef", "weight": 1},
-]
+
+
+def principals(c_weight: float) -> list[dict[str, Any]]:
+    return [
+        {"name": "A", "token": "bench-a-token-0123456789abcdef", "weight": 1},
+        {"name": "B", "token": "bench-b-token-0123456789abcdef", "weight": 3},
+        {"name": "C", "token": "bench-c-token-0123456789abcdef", "weight": c_weight},
+    ]
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -56,11 +68,13 @@ def enqueue_as(producer: Producer, owner: str, count: int, tag: str) -> list[Job
     return [job for job, _ in producer.enqueue_prepared(requests_)]
 
 
-def run(log_dir: Path, seconds: float, backlog: int) -> dict[str, Any]:
+def run(log_dir: Path, seconds: float, backlog: int, *, c_weight: float, per_hour: int) -> dict[str, Any]:
     with services.terminate_on_signals(), services.LocalStack(log_dir) as stack:
         redis_url = stack.redis()
         s3 = stack.s3()
-        simulator = stack.simulator(["--video-bytes", "65536", "--hmac-key", HMAC_KEY])
+        simulator = stack.simulator(
+            ["--video-bytes", "65536", "--hmac-key", HMAC_KEY, "--max-per-window", str(per_hour)]
+        )
         web_socket = services.reserve_port()
         env = services.deployment_env(
             redis_url=redis_url,
@@ -68,7 +82,17 @@ def run(log_dir: Path, seconds: float, backlog: int) -> dict[str, Any]:
             simulator_url=simulator.url,
             bucket="imagineq-bench",
             extra={
-                "IMAGINEQ_INGRESS_PRINCIPALS": json.dumps(PRINCIPALS),
+                "IMAGINEQ_INGRESS_PRINCIPALS": json.dumps(principals(c_weight)),
+                "IMAGINEQ_ACCOUNTS": json.dumps(
+                    [
+                        {
+                            "name": "default",
+                            "api_key": "sim-key",
+                            "base_url": simulator.url,
+                            "max_creations_per_window": per_hour,
+                        }
+                    ]
+                ),
                 "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{web_socket.getsockname()[1]}",
                 "IMAGINEQ_CALLBACKS__HMAC_KEY": HMAC_KEY,
             },
@@ -125,12 +149,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=300.0, help="how long C keeps sending (default 300)")
     parser.add_argument("--backlog", type=int, default=1000, help="jobs A and B each queue at once (default 1000)")
+    parser.add_argument("--c-weight", type=float, default=1.0, help="C's weight (default 1, as A's)")
+    parser.add_argument(
+        "--creations-per-hour", type=int, default=300, help="the account's creations per hour (default 300)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-fairness-") as folder:
-        result = run(Path(folder), args.seconds, args.backlog)
+        result = run(Path(folder), args.seconds, args.backlog, c_weight=args.c_weight, per_hour=args.creations_per_hour)
     print(json.dumps(result), file=sys.stderr)
     names = ("share_error_max_pct", "c_wait_p50_s", "c_wait_p95_s", "slot_use", "cpu_ms_per_creation")
-    print("RESULT " + " ".join(f"{name}={result[name]:.3f}" for name in names))
+    counts = f"c_sent={result['c_sent']} c_started={result['c_started']}"
+    print("RESULT " + " ".join(f"{name}={result[name]:.3f}" for name in names) + " " + counts)
 
 
 if __name__ == "__main__":
