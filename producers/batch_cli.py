@@ -17,7 +17,8 @@ from core.jobs import JobState
 from core.quota import QuotaLimiter
 from producers.exit_codes import EXIT_FAILED, EXIT_OK
 from workers.batch.reader import BAD_LINES_KEPT, PRIORITY_LEVELS, BatchSubmitter, SubmitResult
-from workers.batch.store import BatchStatus, wait_until_finished
+from workers.batch.status import BatchStatus
+from workers.batch.store import wait_until_finished
 
 #: Bad lines printed after a submit (all of them are in the manifest).
 BAD_LINES_SHOWN = 20

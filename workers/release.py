@@ -1,10 +1,13 @@
-"""The release thread: a job's end releases the derived jobs waiting for it, and ends its workflow.
+"""The release thread: a job's end releases the derived jobs waiting for it, ends its workflow, and
+finishes its batch.
 
 It runs in each worker that consumes the ``submit`` queue (:class:`ReleaseStep`, a Celery worker bootstep), as
 one consumer of the events stream's ``release`` group: every job's end (``job.stored``, ``job.failed``, ...)
 is handed to one of them, which moves the job's waiting children on (:mod:`core.release`) — so a child's
 submit message goes out moments after its parent was stored, with no polling interval — and, for a
-workflow's node, records the workflow's end once all its nodes ended (``workflow.completed``). Entries a
+workflow's node, records the workflow's end once all its nodes ended (``workflow.completed``); for a
+batch's job, counts it, and writes the batch's manifest and ``batch.completed`` once its last job ended
+(the reconciler only repairs what a crash left). Entries a
 dead worker had read but not acknowledged are claimed by another after ``CLAIM_IDLE_MS``; whatever is still
 lost (a release between the stream and a crash) is repaired by the reconciler (``waiting_released``).
 """
@@ -25,7 +28,10 @@ from config.settings import Settings
 from core.clients import Clients
 from core.events import Event
 from core.jobs import JobState
+from workers.batch.locations import Files
+from workers.batch.store import BatchStore
 from workers.runtime import Runtime
+from workers.storage import build_s3_client
 
 log = logging.getLogger("imagineq.release")
 
@@ -43,6 +49,10 @@ class Releaser:
         clients = Clients.build(settings)
         self.redis, self.keys, self.jobs, self.workflows = clients.redis, clients.keys, clients.jobs, clients.workflows
         self.consumer = consumer
+        self.batches = BatchStore(
+            self.redis, self.keys, terminal_ttl_s=settings.job_ttl_s, events_max_len=settings.events_max_len
+        )
+        self.files = Files(lambda: build_s3_client(settings.s3, settings.http))
         self._stop = threading.Event()
         try:
             # From now on: older ends were released when they happened (or are the reconciler's).
@@ -70,6 +80,18 @@ class Releaser:
     def stop(self) -> None:
         self._stop.set()
 
+    def _count_batch_ends(self, events: list[Event]) -> None:
+        """Each batch job's end counted; a batch whose last job ended gets its manifest and event now."""
+        by_batch: dict[str, list[tuple[str, str]]] = {}
+        for event in events:
+            if event.batch_id and event.job_id and event.type.startswith("job."):
+                by_batch.setdefault(event.batch_id, []).append((event.job_id, event.type.removeprefix("job.")))
+        for batch_id, ended in by_batch.items():
+            if self.batches.count_ended(batch_id, ended):
+                status = self.batches.finalise(batch_id, self.files)
+                if status is not None and status.done:
+                    log.info("release: batch %s finished; manifest written to %s", batch_id, status.manifest)
+
     def _read_new(self) -> list[tuple[str, dict[str, str]]]:
         reply = self.redis.xreadgroup(GROUP, self.consumer, {self.keys.events(): ">"}, count=200, block=BLOCK_MS)
         return [entry for _, entries in cast("list[Any]", reply or []) for entry in entries]
@@ -87,6 +109,7 @@ class Releaser:
             return
         events = [Event.of(entry_id, fields) for entry_id, fields in entries]
         ended = [event.job_id for event in events if event.job_id and event.type.startswith("job.")]
+        self._count_batch_ends(events)
         if ended:
             with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in ended:

@@ -23,7 +23,8 @@ from config.settings import PrincipalSettings
 from core.jobs import Job, JobState
 from producers.status import CREDITS_TIMEOUT_S, Status, StatusReader
 from producers.web.context import Web
-from workers.batch.store import BatchStatus, BatchStore
+from workers.batch.status import BatchStatus
+from workers.batch.store import BatchStore
 
 CREDITS_EVERY_S = 30.0
 #: Bars in an account's creations chart (its rolling window split evenly).
@@ -244,11 +245,13 @@ def timeline(job: Job) -> list[Step]:
 
 
 def batch_progress(status: BatchStatus) -> dict[str, Any]:
-    """Stored / failed / waiting counts and percentages of a batch's jobs."""
+    """Stored / failed / canceled / waiting counts and percentages of a batch's jobs (expired and missing
+    records count as failed: no result came of them)."""
     total = max(status.created, 0)
     stored = status.states.get(JobState.STORED.value, 0)
-    failed = status.finished - stored
-    waiting = max(0, total - stored - failed)
+    canceled = status.states.get(JobState.CANCELED.value, 0)
+    failed = status.finished - stored - canceled
+    waiting = max(0, total - stored - failed - canceled)
 
     def percent(n: int) -> float:
         return 0.0 if total == 0 else round(100 * n / total, 1)
@@ -257,10 +260,12 @@ def batch_progress(status: BatchStatus) -> dict[str, Any]:
         "total": total,
         "stored": stored,
         "failed": failed,
+        "canceled": canceled,
         "waiting": waiting,
         "stored_pct": percent(stored),
         "failed_pct": percent(failed),
-        "done_pct": percent(stored + failed),
+        "canceled_pct": percent(canceled),
+        "done_pct": percent(stored + failed + canceled),
     }
 
 

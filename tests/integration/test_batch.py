@@ -12,6 +12,7 @@ from typing import cast
 import pytest
 
 from core.jobs import JobState
+from core.quota import QuotaLimiter
 from devstack.deployment import Deployment, deployment, must, wait_until
 from workers.batch.reader import BatchSubmitter
 from workers.batch.store import wait_until_finished
@@ -94,28 +95,50 @@ def test_a_50_line_batch_ends_with_a_correct_manifest_and_a_resubmit_creates_not
     assert dep.stats()["created"] == created_before + 46
 
 
-def test_an_s3_batch_nobody_waits_for_is_finalised_by_the_reconciler(dep: Deployment, submitter: BatchSubmitter):
+def test_an_s3_batch_nobody_waits_for_is_finished_when_its_last_job_ends(dep: Deployment, submitter: BatchSubmitter):
     bucket = dep.settings.s3.bucket
     lines = [json.dumps({"id": i, "prompt": f"A kite number {i}"}) for i in range(6)] + ["[1, 2]"]
     dep.s3.put_object(Bucket=bucket, Key="in/kites.jsonl", Body=("\n".join(lines) + "\n").encode())
-
-    result = submitter.submit(f"s3://{bucket}/in/kites.jsonl", name="kites", priority="normal")
-
-    assert result.status.id == "kites" and result.status.bad == 1
-    pending = cast("set[str]", submitter.redis.smembers(submitter.keys.batch_pending("kites")))
-    jobs = [dep.producer.get(row) for row in pending]
-    dep.wait_all([job for job in jobs if job is not None], timeout=120)
-    reconciler = Reconciler(Runtime.build(dep.settings), dep.producer.app)
-    assert reconciler.run().get("batch_finalised") == 1
-
+    # One of its jobs is canceled before it reaches the upstream (the account paused meanwhile).
+    quota = QuotaLimiter.for_settings(dep.producer.redis, dep.producer.keys, dep.settings)
+    quota.pause("default", "the test holds the jobs")
+    try:
+        result = submitter.submit(f"s3://{bucket}/in/kites.jsonl", name="kites", priority="normal")
+        assert result.status.id == "kites" and result.status.bad == 1
+        pending = sorted(cast("set[str]", submitter.redis.smembers(submitter.keys.batch_pending("kites"))))
+        canceled = dep.producer.cancel(pending[0], by="the test")
+        assert canceled.state is JobState.CANCELED
+    finally:
+        quota.resume("default")
+    # With no beat, no reconciler and nobody waiting, the batch is done once its last job ended.
+    wait_until(lambda: must(submitter.batches.get("kites")).done, 120, "the batch's end")
     body = dep.s3.get_object(Bucket=bucket, Key="in/kites.results.jsonl")["Body"].read().decode()
     rows = [json.loads(line) for line in body.splitlines()]
-    assert [row["state"] for row in rows] == ["stored"] * 6 + ["invalid"]
-    assert [row["id"] for row in rows[:6]] == [str(i) for i in range(6)]
-    assert must(submitter.batches.get("kites")).done
-    assert (
-        int(must(cast("str | None", submitter.redis.hget(submitter.keys.counters(), "reconcile:batch_finalised")))) == 1
+    stored = 5
+    assert sorted(row["state"] for row in rows) == sorted(
+        ["stored"] * stored + ["canceled"] * (6 - stored) + ["invalid"]
     )
+    assert [row["id"] for row in rows[:6]] == [str(i) for i in range(6)]
+    status = must(submitter.batches.get("kites"))
+    assert status.states.get("canceled", 0) == 6 - stored and status.states.get("failed", 0) == 0
+    events = cast("list[tuple[str, dict[str, str]]]", dep.producer.redis.xrange(dep.producer.keys.events()))
+    assert [f["type"] for _, f in events if f.get("batch") == "kites" and not f.get("job")] == ["batch.completed"]
+    # The reconciler only repairs: a batch left unfinished (as a crash between its last job's end and its
+    # manifest leaves it) is finished by it.
+    submitter.redis.hset(submitter.keys.batch("kites"), "status", "submitted")
+    submitter.redis.sadd(submitter.keys.batches_active(), "kites")
+    reconciler = Reconciler(Runtime.build(dep.settings), dep.producer.app)
+    assert reconciler.run().get("batch_finalised") == 1
+    assert must(submitter.batches.get("kites")).done
+
+
+def test_a_batch_with_no_good_line_is_done_at_once(dep: Deployment, submitter: BatchSubmitter, tmp_path: Path):
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"prompt": 7}\n')
+    result = submitter.submit(str(source))
+    assert result.status.done and result.status.bad == 1 and result.status.good == 0
+    rows = [json.loads(line) for line in (tmp_path / "bad.results.jsonl").read_text().splitlines()]
+    assert [row["state"] for row in rows] == ["invalid"]
 
 
 def queued_messages(dep: Deployment, priority: int) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.jobs import Job, JobRequest, JobState
 from producers.dashboard import formatting
 from producers.dashboard.data import batch_progress, row_of, timeline
-from workers.batch.store import BatchStatus
+from workers.batch.status import BatchStatus
 
 
 def job_with(timestamps: dict[str, float], state: JobState) -> Job:
@@ -34,7 +34,7 @@ def test_a_row_has_the_time_taken_only_once_the_job_has_ended():
     assert row_of(ended, now=200.0).took_s == 12.5
 
 
-def test_batch_progress_counts_stored_failed_and_waiting():
+def test_batch_progress_counts_stored_failed_canceled_and_waiting():
     status = BatchStatus(
         id="b",
         name="n",
@@ -48,7 +48,8 @@ def test_batch_progress_counts_stored_failed_and_waiting():
 
     progress = batch_progress(status)
 
-    assert (progress["stored"], progress["failed"], progress["waiting"]) == (6, 2, 2)
+    # A canceled job is counted as canceled, never as failed.
+    assert (progress["stored"], progress["failed"], progress["canceled"], progress["waiting"]) == (6, 1, 1, 2)
     assert (progress["stored_pct"], progress["done_pct"]) == (60.0, 80.0)
     assert (
         batch_progress(BatchStatus(id="e", name="", source="", results="", status="reading", level=9))["done_pct"]

@@ -29,7 +29,8 @@ from core.jobs import Job
 from core.messages import BrokerMessage, submit_message
 from workers.batch.lines import BadLine, LineParser, ParsedLine, batch_id_for, iter_lines
 from workers.batch.locations import Files, Location
-from workers.batch.store import BatchStatus, BatchStore, LineEntry
+from workers.batch.status import BatchStatus
+from workers.batch.store import BatchStore, LineEntry
 from workers.intake import Intake
 from workers.storage import build_s3_client
 
@@ -125,6 +126,9 @@ class BatchSubmitter:
             self.batches.abandon_reading(batch_id, token)
             raise
         status = self.batches.finish_reading(batch_id, token)
+        # Its jobs' ends finish it from now on; any that ended while it was read (or none to wait for: no good
+        # line) are looked at here, once.
+        status = self.batches.finalise(batch_id, self.files) or status
         elapsed = time.monotonic() - started
         log.info(
             "batch %s (%s): %d lines, %d good, %d bad, %d new jobs in %.1fs",

@@ -14,8 +14,11 @@ Layout (keys from :class:`~core.keys.Keys`):
 - ``batches()`` (all, by age) and ``batches_active()`` (read, manifest not yet written) index them.
 
 A batch is finished when it is ``submitted`` and nothing is pending; :meth:`BatchStore.finalise` then
-writes the manifest next to the input (whoever gets there first: ``batch submit --wait`` or the
-reconciler) and sets ``done``. Batch keys expire with the job records (``terminal_ttl_s``) once done.
+writes the manifest next to the input and sets ``done``, whoever gets there first: the release thread that
+counts its last job's end (:meth:`BatchStore.count_ended`, moments after that end), the reader when
+nothing was left pending once the file was read (a file with no good line, or whose jobs all ended
+already), ``batch submit --wait``, or the reconciler. Batch keys expire with the job records
+(``terminal_ttl_s``) once done.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import redis
@@ -36,105 +39,17 @@ from core.jobs import JobState
 from core.keys import Keys
 from core.lua_scripts import load_script
 from workers.batch.locations import Files, Location
+from workers.batch.status import INVALID, MISSING, BatchStatus, BatchStatusValue
 
 #: A reader that stops renewing its claim for this long is taken for dead; its batch may be read again.
 READ_CLAIM_TTL_S: Final = 120.0
 #: A finaliser's claim (writing a manifest of 100,000 lines takes seconds, not minutes).
 FINALISE_CLAIM_TTL_S: Final = 600.0
-#: State name counted for a batch job whose record is gone (expired or deleted by hand).
-MISSING: Final = "missing"
-#: Manifest ``state`` of a line that never became a job.
-INVALID: Final = "invalid"
 _SCAN: Final = 1000
-
-
-class BatchStatusValue:
-    READING = "reading"
-    SUBMITTED = "submitted"
-    DONE = "done"
 
 
 class BatchBusy(ImagineQError):
     """Another process is reading this batch right now."""
-
-
-@dataclass
-class BatchStatus:
-    """A batch's record plus its job counts (live states as of the last :meth:`BatchStore.settle`)."""
-
-    id: str
-    name: str
-    source: str
-    results: str
-    status: str
-    level: int
-    lines: int = 0
-    good: int = 0
-    bad: int = 0
-    created: int = 0
-    pending: int = 0
-    #: Job state → jobs in it (terminal states exact; live states from the last settle, else absent).
-    states: dict[str, int] = field(default_factory=dict)
-    created_at: float = 0.0
-    read_at: float | None = None
-    finished_at: float | None = None
-    manifest: str | None = None
-
-    @property
-    def finished(self) -> int:
-        """Jobs counted terminal."""
-        return sum(n for state, n in self.states.items() if state == MISSING or JobState(state).terminal)
-
-    @property
-    def done(self) -> bool:
-        return self.status == BatchStatusValue.DONE
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "source": self.source,
-            "results": self.results,
-            "status": self.status,
-            "priority_level": self.level,
-            "lines": self.lines,
-            "good": self.good,
-            "bad": self.bad,
-            "created": self.created,
-            "pending": self.pending,
-            "states": dict(self.states),
-            "created_at": self.created_at,
-            "read_at": self.read_at,
-            "finished_at": self.finished_at,
-            "manifest": self.manifest,
-        }
-
-    @classmethod
-    def from_hash(cls, batch_id: str, raw: dict[str, str], pending: int) -> BatchStatus:
-        def number(name: str) -> int:
-            return int(raw.get(name, 0))
-
-        def moment(name: str) -> float | None:
-            return float(raw[name]) if name in raw else None
-
-        return cls(
-            id=batch_id,
-            name=raw.get("name", ""),
-            source=raw.get("source", ""),
-            results=raw.get("results", ""),
-            status=raw.get("status", BatchStatusValue.READING),
-            level=number("level"),
-            lines=number("lines"),
-            good=number("good"),
-            bad=number("bad"),
-            created=number("created"),
-            pending=pending,
-            states={name[2:]: int(n) for name, n in raw.items() if name.startswith("n:") and int(n)},
-            created_at=float(raw.get("created_at", 0)),
-            read_at=moment("read_at"),
-            finished_at=moment("finished_at"),
-            manifest=raw.get("manifest"),
-        )
 
 
 @dataclass(frozen=True)
@@ -286,6 +201,18 @@ class BatchStore:
                 live[state] += 1
         if finished:
             self._settle(keys=[pending_key, batch_key], args=finished)
+
+    def count_ended(self, batch_id: str, ended: Sequence[tuple[str, str]]) -> bool:
+        """Count jobs of the batch that ended (job id, terminal state), each once (``batch_settle.lua``);
+        True when none is pending any more (the batch may be finished)."""
+        args = [value for pair in ended for value in pair]
+        pending_key = self._keys.batch_pending(batch_id)
+        with self._client.pipeline(transaction=False) as pipe:
+            if args:
+                self._settle(keys=[pending_key, self._keys.batch(batch_id)], args=args, client=pipe)
+            pipe.scard(pending_key)
+            replies = pipe.execute()
+        return int(replies[-1]) == 0
 
     def active(self) -> list[str]:
         """Batches read whole whose manifest is not written yet."""
