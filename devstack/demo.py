@@ -3,8 +3,13 @@
 Starts a private Redis (or uses ``IMAGINEQ_REDIS_URL`` when reachable), a SeaweedFS S3 server, the
 Apikley simulator and one Celery worker per queue; enqueues a handful of varied prompts (one of which the
 simulator's moderation rejects); shows the job states live; prints where every video landed in S3 and
-copies each one out as a playable ``.mp4`` under ``var/demo/`` in the checkout (git-ignored), which
-outlives the run; tears everything down. Exits non-zero if a job that should have been stored was not.
+copies each one out as a playable ``.mp4`` under ``var/demo/`` in the checkout (git-ignored: the last run's
+videos only), which outlives the run; tears everything down. Exits non-zero if a job that should have been
+stored was not.
+
+With ``--keep`` (``make demo KEEP=1``) everything stays up until Ctrl-C, with Flower and the web's ``/docs``
+too, and ``var/demo/demo.env`` (mode 0600: it holds the credentials) sets up a shell for the CLI; the
+dashboard's and ``/metrics``' tokens are in ``var/demo/dashboard.token`` and ``var/demo/ops.token``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import sys
 import time
 import uuid
@@ -43,26 +49,34 @@ DEADLINE_S = 240.0
 DEMO_DIR = services.REPO_ROOT / "var" / "demo"
 
 
-def _write_token(token: str) -> Path:
-    """The dashboard's sign-in token, readable by this user only (never printed)."""
-    DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    path = DEMO_DIR / "dashboard.token"
+def _write_private(folder: Path, name: str, text: str) -> Path:
+    """A file under ``folder`` readable by this user only (tokens, credentials: never printed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
+        handle.write(text)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
     return path
+
+
+def _env_file(env: dict[str, str]) -> str:
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in sorted(env.items()))
 
 
 def _size(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
-def _copy_out(producer: Producer, jobs: list[Job]) -> list[Path]:
-    """Each stored video as ``var/demo/<job id>-<aspect>-<mode>.mp4``, checked against its sha256."""
-    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+def _copy_out(producer: Producer, jobs: list[Job], folder: Path) -> list[Path]:
+    """Each stored video as ``<folder>/<job id>-<aspect>-<mode>.mp4``, checked against its sha256; the
+    videos of earlier runs are removed first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.mp4"):
+        old.unlink()
     paths = []
     for job in jobs:
-        path = DEMO_DIR / f"{job.id}-{(job.aspect_ratio or '').replace(':', 'x')}-{job.mode}.mp4"
+        path = folder / f"{job.id}-{(job.aspect_ratio or '').replace(':', 'x')}-{job.mode}.mp4"
         producer.download(job, path)
         paths.append(path)
     producer.close()
@@ -72,15 +86,16 @@ def _copy_out(producer: Producer, jobs: list[Job]) -> list[Path]:
 def _table(jobs: list[Job], started: float, final: bool = False) -> Table:
     title = "ImagineQ demo — results" if final else f"ImagineQ demo — {time.monotonic() - started:5.1f}s"
     table = Table(title=title)
-    for column in ("job", "prompt", "state", "S3 URI / reason", "size", "time"):
-        table.add_column(column, overflow="fold")
+    for column in ("job", "prompt", "state", "S3 object / reason", "size", "time"):
+        # One line per job at any width: long values end in an ellipsis, never mid-word on five lines.
+        table.add_column(column, overflow="ellipsis", no_wrap=True, min_width=5)
     for job in jobs:
         end = job.updated_at if job.state.terminal else time.time()
-        where = job.s3_uri or (f"{job.reason}: {job.error}"[:90] if job.reason else "")
+        where = job.s3_uri.rsplit("/", 1)[-1] if job.s3_uri else (job.reason or "")
         size = _size(job.size) if job.size else ""
         style = STATE_STYLE.get(job.state.value, "white")
         table.add_row(
-            job.id[:12], job.prompt[:38], f"[{style}]{job.state.value}[/]", where, size, f"{end - job.created_at:5.1f}s"
+            job.id[:12], job.prompt, f"[{style}]{job.state.value}[/]", where, size, f"{end - job.created_at:5.1f}s"
         )
     return table
 
@@ -92,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the services (and the dashboard) running until Ctrl-C (make demo KEEP=1)",
     )
+    parser.add_argument(
+        "--dir", type=Path, default=DEMO_DIR, help=f"where the videos and files go (default {DEMO_DIR})"
+    )
     args = parser.parse_args(argv)
+    folder: Path = args.dir
     console = Console(width=None if sys.stdout.isatty() else 150)
     with services.terminate_on_signals(), services.LocalStack() as stack:
         console.print("[bold]Starting private services[/] (Redis, S3 server, simulator, web, 3 workers)…")
@@ -103,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         web_socket = services.reserve_port()
         web_port = web_socket.getsockname()[1]
-        token = secrets.token_urlsafe(24)
+        token, ops_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         env = services.deployment_env(
             redis_url=redis_url,
             s3=s3,
@@ -114,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 # The simulator calls the web back when a video is ready; polling is only a safety net.
                 "IMAGINEQ_CALLBACKS__PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
                 "IMAGINEQ_INGRESS_TOKENS": json.dumps([token]),
+                "IMAGINEQ_OPS_TOKENS": json.dumps([ops_token]),
+                "IMAGINEQ_DOCS_ENABLED": "true" if args.keep else "false",
             },
         )
         web = services.start_web(stack, env, sock=web_socket)
@@ -126,14 +147,21 @@ def main(argv: list[str] | None = None) -> int:
         producer = Producer(settings)
         started = time.monotonic()
         jobs = [producer.enqueue(p, aspect_ratio=ar, mode=mode) for p, ar, mode in PROMPTS]
-        with Live(_table(jobs, started), console=console, refresh_per_second=4) as live:
+        # The live table goes away when it is done: the results are printed once, below it.
+        with Live(_table(jobs, started), console=console, refresh_per_second=4, transient=True) as live:
             while time.monotonic() - started < DEADLINE_S:
                 jobs = [producer.get(job.id) or job for job in jobs]
                 live.update(_table(jobs, started))
                 if all(job.state.terminal for job in jobs):
                     break
                 time.sleep(0.5)
+        console.print()
         console.print(_table(jobs, started, final=True))
+        for job in jobs:
+            if job.s3_uri:
+                console.print(f"  {job.id[:12]}  {job.s3_uri}", overflow="ellipsis", no_wrap=True)
+            elif job.error:
+                console.print(f"  {job.id[:12]}  {job.reason}: {job.error}")
 
         missing = [job for job in jobs if MODERATION_WORD not in job.prompt and job.state is not JobState.STORED]
         moderated = [job for job in jobs if MODERATION_WORD in job.prompt]
@@ -153,19 +181,32 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         stored = [job for job in jobs if job.state is JobState.STORED]
         console.print(f"[green]{len(stored)} videos stored in S3; the moderated prompt failed with its reason.[/]")
-        copies = _copy_out(Producer(settings), stored)
-        console.print(f"Copied out of S3 (they outlive the demo; [bold]rm -rf {DEMO_DIR}[/] cleans up):")
+        copies = _copy_out(Producer(settings), stored, folder)
+        console.print(f"Copied out of S3 (they outlive the demo; [bold]rm -rf {folder}[/] cleans up):")
         for path in copies:
             console.print(f"  {path}")
-        token_file = _write_token(token)
-        console.print(
-            f"Dashboard: [bold]{web.url}/[/] (sign in with the token in {token_file}); "
-            + ("the services run until Ctrl-C." if args.keep else "to keep it open after the run: make demo KEEP=1")
-        )
-        if args.keep:
+        token_file = _write_private(folder, "dashboard.token", token + "\n")
+        if not args.keep:
+            console.print("To keep the services, the dashboard, Flower and the CLI after the run: make demo KEEP=1")
+        else:
+            flower_port = services.free_port()
+            flower_auth = f"admin:{secrets.token_urlsafe(12)}"
+            services.start_flower(stack, env, flower_port, flower_auth, folder / "flower.db")
+            env_file = _write_private(folder, "demo.env", _env_file({**env, "FLOWER_BASIC_AUTH": flower_auth}))
+            ops_file = _write_private(folder, "ops.token", ops_token + "\n")
+            console.print(
+                f"\n  dashboard  {web.url}/   (sign in with the token in {token_file})\n"
+                f"  API docs   {web.url}/docs\n"
+                f'  metrics    curl -H "Authorization: Bearer $(cat {ops_file})" {web.url}/metrics\n'
+                f"  flower     http://127.0.0.1:{flower_port}/   (user admin; password in {env_file})\n"
+                f"  simulator  {simulator.url}\n"
+                f"  CLI        set -a; . {env_file}; set +a; imagineq jobs\n\n"
+                "The services run until Ctrl-C."
+            )
             with contextlib.suppress(KeyboardInterrupt):
                 while all(service.alive() for service in stack.services):
                     time.sleep(1)
+            env_file.unlink(missing_ok=True)
         console.print("Tearing down the private services…")
     return 0
 

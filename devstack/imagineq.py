@@ -10,6 +10,7 @@ import ipaddress
 import json
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from config.settings import DEFAULT_BASE_URL
@@ -146,3 +147,10 @@ def start_beat(stack: LocalStack, env: Mapping[str, str], name: str = "beat") ->
 def flower_argv(port: int, db: str) -> list[str]:
     """The Procfile's Flower on ``port``, its state in ``db``."""
     return command("flower", {"FLOWER_PORT": str(port), "FLOWER_ADDRESS": "127.0.0.1", "FLOWER_DB": db})
+
+
+def start_flower(stack: LocalStack, env: Mapping[str, str], port: int, basic_auth: str, db: Path) -> Service:
+    """The Procfile's Flower on ``port`` behind ``basic_auth`` (``user:password``), its state in ``db``."""
+    service = stack.spawn("flower", flower_argv(port, str(db)), {**env, "FLOWER_BASIC_AUTH": basic_auth})
+    service.url = f"http://127.0.0.1:{port}"
+    return service

@@ -124,3 +124,64 @@ def test_make_run_serves_the_whole_procfile_and_keeps_what_it_stored_for_the_nex
     with av.open(str(tmp_path / "again.mp4")) as container:
         (stream,) = container.streams.video
         assert stream.codec_context.name == "h264" and stream.width == stream.height
+
+
+def test_make_demo_keep_leaves_a_deployment_the_cli_flower_and_metrics_can_use(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "devstack.demo", "--keep", "--dir", str(folder)],
+        cwd=REPO,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            lines.append(line)
+            if "The services run until Ctrl-C" in line:
+                break
+        output = "".join(lines)
+        assert "The services run until Ctrl-C" in output, output[-3000:]
+        env_file = folder / "demo.env"
+        # The files holding credentials and tokens are this user's alone, and no secret is printed.
+        for name in ("demo.env", "ops.token", "dashboard.token"):
+            assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+        ops_token = (folder / "ops.token").read_text().strip()
+        settings_env = read_env_file(env_file)
+        assert ops_token not in output and settings_env["IMAGINEQ_S3__SECRET_ACCESS_KEY"] not in output
+        env = {**clean_env(), **settings_env}
+        # The CLI line it prints works: the demo's jobs are listed, and a video can be fetched.
+        assert f"set -a; . {env_file}; set +a; imagineq jobs" in output
+        jobs = cli(env, tmp_path, "jobs", "--json")
+        assert jobs.returncode == 0, jobs.stderr
+        listed = json.loads(jobs.stdout)
+        stored = [job for job in listed if job["state"] == "stored"]
+        assert len(listed) == 6 and len(stored) == 5, listed
+        fetched = cli(env, tmp_path, "fetch", stored[0]["id"], str(tmp_path / "video.mp4"))
+        assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+        # /metrics takes the ops token from its file; /docs is on; Flower asks for its login.
+        web = next(line.split()[1] for line in output.splitlines() if line.strip().startswith("dashboard"))
+        web = web.rstrip("/")
+        assert requests.get(f"{web}/metrics", timeout=10).status_code == 401
+        metrics = requests.get(f"{web}/metrics", headers={"Authorization": f"Bearer {ops_token}"}, timeout=10)
+        assert metrics.status_code == 200 and "imagineq_jobs" in metrics.text
+        assert requests.get(f"{web}/docs", timeout=10).status_code == 200
+        flower = next(line.split()[1] for line in output.splitlines() if line.strip().startswith("flower"))
+        user, _, password = settings_env["FLOWER_BASIC_AUTH"].partition(":")
+
+        def flower_up() -> bool:
+            try:
+                return requests.get(flower, auth=(user, password), timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(flower_up, 60, "Flower")
+        assert requests.get(flower, timeout=10).status_code == 401
+    finally:
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
+        demo.wait(timeout=90)
+    assert not (folder / "demo.env").exists()  # the credentials go with the services
