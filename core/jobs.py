@@ -48,6 +48,7 @@ from core.job_state import (
 __all__ = [
     "ASPECT_RATIOS",
     "COUNTER_FIELDS",
+    "DETERMINISTIC_REASONS",
     "KEY_MAX_CHARS",
     "MANAGED_FIELDS",
     "METADATA_MAX_BYTES",
@@ -55,6 +56,7 @@ __all__ = [
     "MODES",
     "NOTIFY_URL_MAX_CHARS",
     "NOTIFY_URL_PATTERN",
+    "PARENT_REASONS",
     "PROMPT_MAX_CHARS",
     "SERVER_SET_FIELDS",
     "TERMINAL_STATES",
@@ -77,6 +79,12 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+#: Every reason a derived job fails with, before it reached the upstream, because of its parent.
+PARENT_REASONS: Final = frozenset({"parent_failed", "parent_canceled", "parent_too_old", "parent_output_missing"})
+#: Failure reasons a resubmit would meet again: the request refused as it is, or its parent gone wrong.
+DETERMINISTIC_REASONS: Final = frozenset({"rejected", "invalid_input", "invalid_request", *PARENT_REASONS})
+#: The upstream's failCodes of a generation that fails the same way every time.
+DETERMINISTIC_FAIL_CODES: Final = frozenset({"content_moderation"})
 #: Counters kept on the record (``JobStore.incr``); absent means 0.
 COUNTER_FIELDS: Final = ("attempts", "submit_attempts", "poll_errors", "store_attempts")
 _INT_FIELDS: Final = frozenset({*COUNTER_FIELDS, "size", "priority_level"})
@@ -169,6 +177,9 @@ class Job:
     size: int | None = None
     sha256: str | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    #: Earlier attempts, oldest first (each kept when the job was resubmitted): their reason, error, upstream
+    #: task and account, and the times they entered each state.
+    history: list[dict[str, Any]] = field(default_factory=list)
     #: SHA-256 of the per-job callback token (the token itself is never stored).
     callback_token_hash: str | None = None
     created_at: float = 0.0
@@ -186,6 +197,16 @@ class Job:
     def pool(self) -> str:
         """The quota pool the job counts against (its model's)."""
         return self.spec.pool
+
+    @property
+    def resubmittable(self) -> bool:
+        """A failed job a new attempt may fix: not a refusal that would come again (the request itself
+        refused, a moderation refusal, a parent that failed)."""
+        if self.state is not JobState.FAILED:
+            return False
+        if self.reason in DETERMINISTIC_REASONS:
+            return False
+        return not (self.reason == "generation_failed" and self.fail_code in DETERMINISTIC_FAIL_CODES)
 
     @property
     def aspect_ratio(self) -> str | None:
@@ -347,7 +368,7 @@ class Job:
 
 _STATE_VALUES: Final = frozenset(state.value for state in JobState)
 #: Fields stored as JSON.
-_JSON_FIELDS: Final = ("input", "outputs", "result_urls")
+_JSON_FIELDS: Final = ("input", "outputs", "result_urls", "history")
 
 
 def encode_json(value: Any) -> str:

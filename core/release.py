@@ -59,9 +59,6 @@ PARENT_FAILURES: Final = {
     JobState.CANCELED: "parent_canceled",
 }
 
-#: Every reason a child fails with before it reached the upstream because of its parent.
-PARENT_REASONS: Final = frozenset({"parent_failed", "parent_canceled", "parent_too_old", "parent_output_missing"})
-
 
 @dataclass
 class Released:

@@ -21,9 +21,8 @@ from celery import Celery
 from config.settings import Settings, get_settings
 from core.catalog import DEFAULT_MODEL, Catalog
 from core.clients import Clients
-from core.jobs import Job, JobRequest, Priority
+from core.jobs import Job, JobRequest, Priority, encode_json
 from core.messages import BrokerMessage, submit_message
-from core.release import PARENT_REASONS
 from producers.rules import NotCancelable, check_notify_url_allowed, check_producer_key
 
 if TYPE_CHECKING:
@@ -211,8 +210,11 @@ class Producer:
 
         if job.state is not JobState.FAILED:
             raise ValueError(f"job {job.id} is {job.state.value}; only failed jobs can be resubmitted")
-        if job.reason in PARENT_REASONS:
-            raise ValueError(f"job {job.id} failed with its parent ({job.reason}); submit a new one")
+        if not job.resubmittable:
+            raise ValueError(
+                f"job {job.id} failed {job.reason}{f' ({job.fail_code})' if job.fail_code else ''}: a new attempt "
+                "would fail the same way; change the request and submit a new job"
+            )
         if job.reason == "outcome_unknown" and job.account:
             # Its first task may still run upstream: that slot stays taken on its own, and this attempt
             # takes (and logs) a slot and a creation of its own.
@@ -221,12 +223,23 @@ class Producer:
             QuotaLimiter.for_settings(self.redis, self.keys, self.settings).detach_hold(
                 job.account, job.id, pool=job.pool
             )
-        cleared = dict.fromkeys(
+        cleared: dict[str, str | None] = dict.fromkeys(
             (
                 *("reason", "error", "task_id", "account", "create_sent_at", "submit_attempts"),
                 *("result_url", "result_urls", "outputs", "s3_uri", "size", "sha256", "store_started_at"),
+                *("fail_code", "fail_msg"),
             )
         )
+        # The attempt that failed is kept: its reason, its upstream task and when it entered each state.
+        attempt = {
+            "reason": job.reason,
+            "error": job.error,
+            "fail_code": job.fail_code,
+            "task_id": job.task_id,
+            "account": job.account,
+            "timestamps": dict(job.timestamps),
+        }
+        cleared["history"] = encode_json([*job.history, {k: v for k, v in attempt.items() if v}])
         if not self.jobs.transition(job.id, JobState.QUEUED, expect=JobState.FAILED, fields=cleared):
             raise ValueError(f"job {job.id} changed state meanwhile; look again")
         queued = self.jobs.get(job.id)

@@ -67,6 +67,10 @@ class Step:
     state: str
     at: float
     spent_s: float | None
+    #: Which attempt (1 = the first; a resubmit starts the next) and, for an earlier attempt's failure,
+    #: its reason.
+    attempt: int = 1
+    note: str | None = None
 
 
 class Credits:
@@ -234,13 +238,21 @@ def row_of(job: Job, now: float) -> JobRow:
 
 
 def timeline(job: Job) -> list[Step]:
-    """Every state the job entered (its last entry into each), in order, with the time spent there."""
-    moments = sorted(((at, state) for state, at in job.timestamps.items()), key=lambda item: item[0])
-    steps = []
-    for index, (at, state) in enumerate(moments):
-        following = moments[index + 1][0] if index + 1 < len(moments) else None
-        spent = following - at if following is not None else None
-        steps.append(Step(state=state, at=at, spent_s=spent))
+    """Every state the job entered, in order, with the time spent there: each earlier attempt's (kept when
+    the job was resubmitted, ending in its failure and reason), then the current one's."""
+    steps: list[Step] = []
+    attempts = [(dict(a.get("timestamps") or {}), a.get("reason")) for a in job.history]
+    current = dict(job.timestamps)
+    if attempts:  # the record keeps each state's last entry: the current attempt began at its last queued
+        began = current.get(JobState.QUEUED.value, 0.0)
+        current = {state: at for state, at in current.items() if at >= began}
+    for index, (stamps, reason) in enumerate([*attempts, (current, job.reason)]):
+        moments = sorted(((at, state) for state, at in stamps.items()), key=lambda item: item[0])
+        for position, (at, state) in enumerate(moments):
+            following = moments[position + 1][0] if position + 1 < len(moments) else None
+            spent = following - at if following is not None else None
+            note = reason if state == JobState.FAILED.value and index < len(attempts) else None
+            steps.append(Step(state=state, at=at, spent_s=spent, attempt=index + 1, note=note))
     return steps
 
 

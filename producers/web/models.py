@@ -145,6 +145,10 @@ class JobView(BaseModel):
     #: State → when the job last entered it (seconds since the epoch, Redis clock).
     timestamps: dict[str, float]
     notify_url: str | None = None
+    #: Earlier attempts, oldest first (a resubmit keeps the failed one): reason, error, task, timestamps.
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    #: A failed job a new attempt may fix (not a refusal that would come again, such as moderation).
+    resubmittable: bool = False
     #: The workflow the job is a node of, and the node's name there.
     workflow_id: str | None = None
     node: str | None = None
@@ -155,6 +159,7 @@ class JobView(BaseModel):
     def of(cls, job: Job) -> JobView:
         data = job.public_dict()
         data["aspect_ratio"], data["mode"] = job.aspect_ratio, job.mode
+        data["resubmittable"] = job.resubmittable
         return cls.model_validate({name: data[name] for name in cls.model_fields if name in data})
 
 

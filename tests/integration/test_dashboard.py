@@ -246,3 +246,40 @@ def test_a_workflow_is_drawn_as_a_graph_with_each_nodes_state_and_pictures(
         sign_in(session.page, web, TENANT_TOKEN)
         answer = session.page.goto(f"{web.url}/workflows/{others.id}")
         assert answer is not None and answer.status == 404
+
+
+def test_only_a_failure_a_new_attempt_may_fix_is_offered_a_resubmit_and_every_attempt_is_kept(
+    dep: Deployment, web: services.Service, chromium: Browser
+) -> None:
+    # A moderation refusal fails the same way every time: no resubmit, anywhere.
+    refused = dep.wait_all([dep.producer.enqueue("forbidden fruit, slow pan")])[0]
+    assert (refused.state, refused.fail_code) == (JobState.FAILED, "content_moderation")
+    assert not refused.resubmittable
+    with pytest.raises(ValueError, match="would fail the same way"):
+        dep.producer.resubmit(refused)
+    cli = dep.cli("resubmit", refused.id)
+    assert cli.returncode == 1 and "would fail the same way" in cli.stderr
+    # An internal upstream error may pass: resubmitted, the job keeps its first attempt.
+    dep.sim_config(fail_rate=1.0)
+    try:
+        broken = dep.wait_all([dep.producer.enqueue("A kite over the dunes, wide shot")])[0]
+    finally:
+        dep.sim_config(fail_rate=0.0)
+    assert broken.state is JobState.FAILED and broken.resubmittable, (broken.reason, broken.fail_code)
+    first_task = broken.task_id
+    again = dep.wait_all([dep.producer.resubmit(broken)])[0]
+    assert again.state is JobState.STORED and again.task_id != first_task
+    assert [(a["reason"], a["task_id"]) for a in again.history] == [("generation_failed", first_task)]
+    assert again.history[0]["timestamps"]["queued"] < again.timestamps["queued"]
+    with browser.session(chromium) as session:
+        page = session.page
+        sign_in(page, web, ADMIN_TOKEN)
+        page.goto(f"{web.url}/jobs/{refused.id}")
+        expect(page.locator('[data-field="state"]')).to_have_text("failed")
+        expect(page.locator("form[action$='/resubmit']")).to_have_count(0)
+        page.goto(f"{web.url}/jobs/{again.id}")
+        # The timeline shows both attempts: the first ending in its failure, the second stored.
+        expect(page.locator('table.timeline tr[data-attempt="1"]')).to_contain_text(["queued", "failed"])
+        expect(page.locator('table.timeline tr[data-attempt="1"]').last).to_contain_text("generation_failed")
+        expect(page.locator('table.timeline tr[data-attempt="2"]').last).to_contain_text("stored")
+        session.screenshot("dashboard-resubmitted-job")
