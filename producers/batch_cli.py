@@ -15,7 +15,7 @@ from rich.table import Table
 from config.settings import Settings
 from core.jobs import JobState
 from core.quota import QuotaLimiter
-from producers.exit_codes import EXIT_FAILED, EXIT_OK
+from producers.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from workers.batch.reader import BAD_LINES_KEPT, PRIORITY_LEVELS, BatchSubmitter, SubmitResult
 from workers.batch.status import BatchStatus
 from workers.batch.store import wait_until_finished
@@ -92,7 +92,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             _print_summary(Console(), status)
     finally:
         submitter.close()
-    if args.wait and (status.bad or any(status.states.get(s, 0) for s in END_STATES if s != "stored")):
+    return _exit_code(status, waited=args.wait)
+
+
+def _exit_code(status: BatchStatus, *, waited: bool) -> int:
+    """The rule of ``producers.exit_codes``: bad lines are reported, not failures; a file with no good line
+    is unusable input; accepted lines that did not end stored (or a wait that ran out) are failures."""
+    if status.good == 0:
+        return EXIT_USAGE
+    if waited and (status.pending or any(status.states.get(s, 0) for s in END_STATES if s != "stored")):
         return EXIT_FAILED
     return EXIT_OK
 

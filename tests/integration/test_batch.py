@@ -180,7 +180,8 @@ def test_the_batch_commands_as_an_operator_runs_them(dep: Deployment, tmp_path: 
     write_batch(source, lines=10)  # lines 7 is broken: 9 good, 1 bad
 
     submitted = dep.cli("batch", "submit", str(source), "--name", "cli-batch", "--wait", "--json")
-    assert submitted.returncode == 1, submitted.stderr  # it ended, with a bad line: not all well
+    # Every good line stored, the bad one reported: done as asked (producers.exit_codes).
+    assert submitted.returncode == 0, submitted.stderr
     outcome = json.loads(submitted.stdout)
     assert (outcome["id"], outcome["lines"], outcome["good"], outcome["bad"]) == ("cli-batch", 10, 9, 1)
 
@@ -198,7 +199,15 @@ def test_the_batch_commands_as_an_operator_runs_them(dep: Deployment, tmp_path: 
     assert table.returncode == 0 and "cli-batch" in table.stdout
 
     missing = dep.cli("batch", "status", "no-such-batch")
-    assert missing.returncode != 0 and "no-such-batch" in missing.stderr
+    assert missing.returncode == 1 and "no-such-batch" in missing.stderr
+
+    # A file with no good line is unusable input: 2. A good line that ends failed is a failure: 1.
+    useless = tmp_path / "useless.jsonl"
+    useless.write_text('{"prompt": 7}\n')
+    assert dep.cli("batch", "submit", str(useless), "--wait").returncode == 2
+    failing = tmp_path / "failing.jsonl"
+    failing.write_text(json.dumps({"prompt": "a forbidden line"}) + "\n" + json.dumps({"prompt": "a fine one"}) + "\n")
+    assert dep.cli("batch", "submit", str(failing), "--wait").returncode == 1
 
 
 def test_an_interactive_job_overtakes_the_batch_while_submitters_wait_for_quota(tmp_path: Path):
