@@ -29,7 +29,7 @@ from producers.web.context import Web, client_address
 from producers.web.jobs_routes import job_or_404
 from producers.web.workflows_routes import workflow_or_404
 from workers.notify.store import delivery_log
-from workers.storage import build_s3_client, presigned_get_url
+from workers.storage import build_s3_client
 from workers.storage.sidecar import read_sidecar
 
 HERE = Path(__file__).resolve().parent
@@ -53,17 +53,8 @@ class Dashboard:
     def s3(self) -> Any:
         return build_s3_client(self.web.settings.s3, self.web.settings.http)
 
-    @cached_property
-    def presigner(self) -> Any:
-        """Signs for the endpoint browsers reach (``dashboard.video_endpoint_url``), else the app's."""
-        settings = self.web.settings
-        endpoint = settings.dashboard.video_endpoint_url
-        if not endpoint:
-            return self.s3
-        return build_s3_client(settings.s3.model_copy(update={"endpoint_url": endpoint}), settings.http)
-
     def presigned(self, uri: str) -> str | None:
-        return presigned_get_url(self.presigner, uri, self.web.settings.dashboard.video_url_ttl_s)
+        return self.web.presigned(uri)
 
 
 def _origin(url: str) -> str:

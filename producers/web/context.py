@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Annotated
+from functools import cached_property
+from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import Depends, HTTPException, Path, Request
@@ -61,6 +62,23 @@ class Web:
         self.throttle = AuthThrottle(self.redis, self.keys, settings.web_auth_failures_per_min)
         self._workers: tuple[float, list[str]] = (-1e9, [])
         self._workers_lock = threading.Lock()
+
+    @cached_property
+    def presigner(self) -> Any:
+        """Signs links to stored outputs for the endpoint clients reach (``dashboard.video_endpoint_url``,
+        else the S3 endpoint): built on first use, so a web that never hands one out never builds it."""
+        from workers.storage import build_s3_client
+
+        s3, endpoint = self.settings.s3, self.settings.dashboard.video_endpoint_url
+        if endpoint:
+            s3 = s3.model_copy(update={"endpoint_url": endpoint})
+        return build_s3_client(s3, self.settings.http)
+
+    def presigned(self, uri: str) -> str | None:
+        """A short-lived GET link to a stored object (``dashboard.video_url_ttl_s``)."""
+        from workers.storage import presigned_get_url
+
+        return presigned_get_url(self.presigner, uri, self.settings.dashboard.video_url_ttl_s)
 
     def principal_shares(self) -> list[PrincipalShare]:
         """Fair share per principal (``core.fair_share``): every configured principal and the operator."""

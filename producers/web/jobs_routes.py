@@ -39,12 +39,23 @@ from producers.web.uploads import read_jobs_body
 from workers.notify.store import delivery_log
 
 router = APIRouter()
+#: The shortest id prefix that names a job (as ``imagineq job``).
+PREFIX_MIN = 8
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 def job_or_404(web: Web, caller: PrincipalSettings, job_id: str) -> Job:
-    """The job, when it exists and the caller may see it; else 404 (someone else's job does not exist)."""
+    """The job, when it exists and the caller may see it; else 404 (someone else's job does not exist). A
+    unique prefix of 8 characters or more names a job too, as on the command line."""
     job = web.jobs.get(job_id)
+    if job is None and PREFIX_MIN <= len(job_id) < 32:
+        # A tenant's prefix is looked for among its own jobs only (a scan bounded by its kept records).
+        index = None if caller.admin else web.keys.owner_kept(caller.name)
+        ids = web.jobs.ids_with_prefix(job_id, limit=2, index=index)
+        visible = [found for found in web.jobs.get_many(ids) if found is not None and may_see(caller, found)]
+        if len(visible) > 1:
+            raise HTTPException(404, f"job prefix {job_id} names more than one job; give more of the id")
+        job = visible[0] if visible else None
     if job is None or not may_see(caller, job):
         raise HTTPException(404, f"job {job_id} not found")
     return job
@@ -148,8 +159,15 @@ def _field_path(field: str) -> list[str | int]:
     summary="One job",
 )
 def get_job(web: WebDep, caller: Caller, job_id: JobId) -> JobView:
-    view = JobView.of(job_or_404(web, caller, job_id))
-    view.deliveries = delivery_log(web.redis, web.keys, job_id)
+    """The job (``job_id`` or a unique prefix of 8+ characters). A stored job's outputs each carry a
+    short-lived ``url`` of ImagineQ's own copy (``video_url``: the first video's), for its owner only."""
+    job = job_or_404(web, caller, job_id)
+    view = JobView.of(job)
+    view.deliveries = delivery_log(web.redis, web.keys, job.id)
+    if job.state is JobState.STORED:
+        view.outputs = [{**output, "url": web.presigned(str(output.get("uri", "")))} for output in view.outputs]
+        videos = [o for o in view.outputs if str(o.get("content_type", "video/mp4")).startswith("video/")]
+        view.video_url = videos[0]["url"] if videos else None
     return view
 
 

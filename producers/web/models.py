@@ -138,8 +138,12 @@ class JobView(BaseModel):
     s3_uri: str | None = None
     size: int | None = None
     sha256: str | None = None
-    #: Each stored output: index, uri, content_type, size, sha256.
+    #: Each stored output: index, uri, content_type, size, sha256 (and, on ``GET /v1/jobs/{id}`` of a stored
+    #: job, ``url``: a short-lived link to ImagineQ's copy).
     outputs: list[dict[str, Any]] = Field(default_factory=list)
+    #: On ``GET /v1/jobs/{id}`` of a stored job: a short-lived link to its (first) video in ImagineQ's S3,
+    #: which outlives the upstream's ``result_url`` (dead after 24 h).
+    video_url: str | None = None
     created_at: float
     updated_at: float
     #: State → when the job last entered it (seconds since the epoch, Redis clock).

@@ -5,6 +5,7 @@ the web and the CLI."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -324,3 +325,29 @@ def test_a_batch_line_may_take_an_earlier_lines_job_as_its_parent(dep: Deploymen
     again = dep.cli("batch", "submit", str(path), "--json")
     assert again.returncode in (0, 1) and json.loads(again.stdout)["id"] == json.loads(out.stdout)["id"]
     assert dep.stats()["created"] == created
+
+
+def test_the_api_hands_over_our_copy_of_each_output_and_takes_an_id_prefix(dep: Deployment) -> None:
+    web = services.start_web(dep.stack, dep.env)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    made = requests.post(
+        f"{web.url}/v1/jobs", json={"model": "text-to-image", "prompt": "three kites"}, headers=auth, timeout=30
+    ).json()
+    done = dep.wait_all([must(dep.producer.get(made["id"]))])[0]
+    assert done.state is JobState.STORED and len(done.outputs) == 4
+    # A unique prefix of 8 characters names the job, as on the command line.
+    shown = requests.get(f"{web.url}/v1/jobs/{done.id[:10]}", headers=auth, timeout=30)
+    assert shown.status_code == 200 and shown.json()["id"] == done.id
+    # Each output has a short-lived link to ImagineQ's own copy, whose bytes match its digest.
+    outputs = shown.json()["outputs"]
+    assert [o["index"] for o in outputs] == [0, 1, 2, 3] and shown.json()["video_url"] is None
+    for output in outputs:
+        body = requests.get(output["url"], timeout=30).content
+        assert hashlib.sha256(body).hexdigest() == output["sha256"]
+    # A video job's first output is its video_url; a list of jobs carries no links.
+    clip = dep.wait_all([dep.producer.enqueue("a short clip")])[0]
+    view = requests.get(f"{web.url}/v1/jobs/{clip.id}", headers=auth, timeout=30).json()
+    assert hashlib.sha256(requests.get(view["video_url"], timeout=30).content).hexdigest() == clip.sha256
+    listed = requests.get(f"{web.url}/v1/jobs", params={"state": "stored"}, headers=auth, timeout=30).json()
+    assert all("url" not in o for job in listed["jobs"] for o in job["outputs"])
+    assert requests.get(f"{web.url}/v1/jobs/{done.id[:7]}", headers=auth, timeout=30).status_code == 404
