@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
     submit.set_defaults(handler=_cmd_submit)
 
     status = commands.add_parser("status", help="show a batch's progress")
-    status.add_argument("batch_id")
+    status.add_argument("batch_id", help="the batch's id, or a unique prefix of it")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_cmd_status)
 
@@ -112,8 +112,8 @@ def _print_submitted(console: Console, result: SubmitResult) -> None:
         return
     rate = status.lines / result.elapsed_s if result.elapsed_s > 0 else 0.0
     console.print(
-        f"batch [bold]{status.id}[/]: {status.lines:,} lines read, {status.good:,} good, "
-        f"{status.bad:,} bad, {status.created:,} new jobs ({rate:,.0f} lines/s)"
+        f"batch [bold]{status.id}[/]: {_count(status.lines, 'line')} read, {status.good:,} good, "
+        f"{status.bad:,} bad, {_count(status.created, 'new job')} ({rate:,.0f} lines/s)"
     )
     for bad in result.bad_lines[:BAD_LINES_SHOWN]:
         label = f" (id {bad.id})" if bad.id is not None else ""
@@ -121,7 +121,7 @@ def _print_submitted(console: Console, result: SubmitResult) -> None:
     hidden = status.bad - min(len(result.bad_lines), BAD_LINES_SHOWN)
     if hidden > 0:
         more = "" if status.bad <= BAD_LINES_KEPT else f" (first {BAD_LINES_KEPT} kept in memory)"
-        console.print(f"  ... and {hidden:,} more bad lines{more}: every one is in the manifest")
+        console.print(f"  ... and {hidden:,} more bad {_plural(hidden, 'line')}{more}: every one is in the manifest")
 
 
 def _follow(
@@ -203,7 +203,8 @@ def _print_summary(console: Console, status: BatchStatus) -> None:
 def _cmd_status(args: argparse.Namespace) -> int:
     submitter = BatchSubmitter()
     try:
-        status = submitter.batches.settle(args.batch_id)
+        found = submitter.batches.find(args.batch_id)  # its id, or a unique prefix of it
+        status = submitter.batches.settle(found) if found is not None else None
     finally:
         submitter.close()
     if status is None:
@@ -257,3 +258,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     # Not on a terminal (a pipe, a file): wide enough that no id is cut short.
     Console(width=None if sys.stdout.isatty() else 240).print(table)
     return EXIT_OK
+
+
+def _plural(n: int, noun: str) -> str:
+    return noun if n == 1 else f"{noun}s"
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 line``, ``2 lines``, ``1,000 new jobs``."""
+    return f"{n:,} {_plural(n, noun)}"

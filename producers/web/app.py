@@ -14,6 +14,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from config.settings import Settings, get_settings
 from core.errors import RedisFull
+from producers.web.batches_routes import router as batches_router
 from producers.web.body_limit import BodyLimit
 from producers.web.context import Web
 from producers.web.events_routes import router as events_router
@@ -53,6 +54,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RedisFull, redis_full)  # type: ignore[arg-type]
     app.include_router(jobs_router)
     app.include_router(workflows_router)
+    app.include_router(batches_router)
     app.include_router(events_router)
     app.include_router(ops_router)
     app.router.add_event_handler("shutdown", web.close)

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from functools import cached_property
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from celery import Celery
 from fastapi import Depends, HTTPException, Path, Request
@@ -25,6 +25,9 @@ from producers.web.metrics import RedisCollector, build_registry
 from producers.web.principals import EnqueueLimits, TokenTable, principal_table
 from producers.web.throttle import AuthThrottle
 from workers.chains import rest_of_job
+
+if TYPE_CHECKING:
+    from workers.batch.reader import BatchSubmitter
 
 log = logging.getLogger("imagineq.http")
 
@@ -73,6 +76,13 @@ class Web:
         if endpoint:
             s3 = s3.model_copy(update={"endpoint_url": endpoint})
         return build_s3_client(s3, self.settings.http)
+
+    @cached_property
+    def batch_submitter(self) -> BatchSubmitter:
+        """Reads batches submitted over HTTP (built on first use)."""
+        from workers.batch.reader import BatchSubmitter
+
+        return BatchSubmitter(self.settings, client=self.redis)
 
     def presigned(self, uri: str) -> str | None:
         """A short-lived GET link to a stored object (``dashboard.video_url_ttl_s``)."""

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+import requests
 
 from core.jobs import JobState
 from core.quota import QuotaLimiter
+from devstack import services
 from devstack.deployment import Deployment, deployment, must, wait_until
 from workers.batch.reader import BatchSubmitter
 from workers.batch.store import wait_until_finished
@@ -249,3 +251,36 @@ def test_an_interactive_job_overtakes_the_batch_while_submitters_wait_for_quota(
         overtaken = [job.id for job in later if job is not None and job.timestamps.get("generating", 1e18) < created_at]
         assert overtaken == [], "batch jobs queued behind it were created first"
         assert len(still_queued) >= 8
+
+
+def test_an_operator_submits_follows_and_reads_a_batch_over_http(dep: Deployment) -> None:
+    admin, tenant = "batch-admin-token-0123456789abcdef", "batch-tenant-token-0123456789abcdef"
+    principals = [{"name": "ops", "token": admin, "admin": True}, {"name": "acme", "token": tenant}]
+    web = services.start_web(dep.stack, {**dep.env, "IMAGINEQ_INGRESS_PRINCIPALS": json.dumps(principals)})
+    auth = {"Authorization": f"Bearer {admin}"}
+    body = "".join(json.dumps({"id": f"k{i}", "prompt": f"A kite over the sea {i}"}) + "\n" for i in range(3))
+    body += "not json\n"
+    answer = requests.post(f"{web.url}/v1/batches", params={"priority": "normal"}, data=body, headers=auth, timeout=60)
+    assert answer.status_code == 201, answer.text
+    made = answer.json()
+    assert (made["lines"], made["good"], made["bad"]) == (4, 3, 1) and made["bad_lines"][0]["line"] == 4
+    # The same body again is the same batch: nothing new.
+    again = requests.post(f"{web.url}/v1/batches", params={"priority": "normal"}, data=body, headers=auth, timeout=60)
+    assert again.status_code == 200 and again.json()["id"] == made["id"]
+    # Its progress by a prefix of its id, then its manifest once done.
+    prefix = made["id"][:8]
+    wait_until(
+        lambda: requests.get(f"{web.url}/v1/batches/{prefix}", headers=auth, timeout=30).json()["status"] == "done",
+        120,
+        "the batch over HTTP",
+    )
+    manifest = requests.get(f"{web.url}/v1/batches/{prefix}/manifest", headers=auth, timeout=30)
+    rows = [json.loads(line) for line in manifest.text.splitlines()]
+    assert [row["state"] for row in rows] == ["stored"] * 3 + ["invalid"]
+    listed = requests.get(f"{web.url}/v1/batches", headers=auth, timeout=30).json()["batches"]
+    assert made["id"] in [row["id"] for row in listed]
+    # The CLI takes the prefix too; a tenant's token is refused: batches are the operator's.
+    assert dep.cli("batch", "status", prefix).returncode == 0
+    tenant_auth = {"Authorization": f"Bearer {tenant}"}
+    assert requests.get(f"{web.url}/v1/batches", headers=tenant_auth, timeout=30).status_code == 403
+    assert requests.post(f"{web.url}/v1/batches", data=body, headers=tenant_auth, timeout=30).status_code == 403

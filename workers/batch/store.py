@@ -214,6 +214,18 @@ class BatchStore:
             replies = pipe.execute()
         return int(replies[-1]) == 0
 
+    def find(self, text: str) -> str | None:
+        """The batch id ``text`` names: itself, or the one batch id it is a prefix of (None: none, or
+        several)."""
+        if self._client.exists(self._keys.batch(text)):
+            return text
+        found: list[str] = []
+        for member, _ in self._client.zscan_iter(self._keys.batches(), match=f"{_glob_escape(text)}*", count=_SCAN):
+            found.append(as_text(member))
+            if len(found) > 1:
+                return None
+        return found[0] if found else None
+
     def active(self) -> list[str]:
         """Batches read whole whose manifest is not written yet."""
         members = cast("set[Any]", self._client.smembers(self._keys.batches_active()))
@@ -324,3 +336,8 @@ def wait_until_finished(
         took = time.monotonic() - started
         # A settle reads every unfinished job: for big batches look less often (≤ ~20% of the time).
         time.sleep(max(interval_s, 4 * took))
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern."""
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
