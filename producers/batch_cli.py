@@ -127,10 +127,12 @@ def _print_submitted(console: Console, result: SubmitResult) -> None:
 def _follow(
     console: Console, submitter: BatchSubmitter, status: BatchStatus, *, timeout_s: float | None, quiet: bool
 ) -> BatchStatus:
-    """Settle the batch until every line has ended, with a progress bar: counts per state, throughput and
-    an ETA from the account quotas."""
+    """Settle the batch until every line has ended, with a progress bar on a terminal (counts per state,
+    throughput and an ETA from the account quotas), else a line each time its counts change."""
     quota = QuotaLimiter.for_settings(submitter.redis, submitter.keys, submitter.settings)
     started, done_at_start = time.monotonic(), status.finished
+    plain = not console.is_terminal and not quiet
+    last = ""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -155,6 +157,10 @@ def _follow(
                 rate=f"{per_min:,.1f}/min",
                 eta=_eta(submitter.settings, quota, status),
             )
+            line = f"{status.finished:,}/{status.good:,} ended · {_states_line(status)}"
+            if plain and line != last:
+                print(f"{elapsed:6.1f}s  {line}", file=sys.stderr, flush=True)
+                last = line
     return status
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from core.catalog import MODELS
@@ -14,24 +16,44 @@ from producers.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 MODEL_NAMES = tuple(MODELS)
 
 
+def _size(n: Any) -> str | None:
+    """``10,190 bytes`` everywhere the CLI shows a size."""
+    return f"{int(n):,} bytes" if isinstance(n, int) else None
+
+
+def _when(at: float | None) -> str | None:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if at else None
+
+
 def _job_table(job: Any) -> str:
-    data = job.to_dict()
-    rows = [
-        ("job", data.get("id")),
-        ("state", data.get("state")),
-        ("reason", data.get("reason")),
-        ("error", data.get("error")),
-        ("account", data.get("account")),
-        ("task", data.get("task_id")),
-        ("model", data.get("model")),
-        ("s3", data.get("s3_uri")),
-        ("size", data.get("size")),
-        ("sha256", data.get("sha256")),
+    """A job as a person reads it: what was asked, where it is, what came of it, and its timeline."""
+    rows: list[tuple[str, Any]] = [
+        ("job", job.id),
+        ("state", job.state.value),
+        ("model", job.model),
+        ("prompt", job.prompt),
+        *((name.replace("_", " "), value) for name, value in job.input.items() if not isinstance(value, dict | list)),
+        ("created", _when(job.created_at)),
+        ("reason", job.reason),
+        ("error", job.error),
+        ("account", job.account),
+        ("task", job.task_id),
+        ("s3", job.s3_uri),
+        ("size", _size(job.size)),
+        ("sha256", job.sha256),
     ]
-    outputs = data.get("outputs") or []
-    if len(outputs) > 1:
-        rows += [(f"out {o['index']}", f"{o['uri']} ({o.get('content_type')}, {o.get('size')} bytes)") for o in outputs]
-    return "\n".join(f"{name:8} {value}" for name, value in rows if value not in (None, ""))
+    if len(job.outputs) > 1:
+        rows += [
+            (f"out {o['index']}", f"{o['uri']} ({o.get('content_type')}, {_size(o.get('size'))})") for o in job.outputs
+        ]
+    for attempt in job.history:
+        rows.append(
+            ("earlier", f"{attempt.get('reason')}: {attempt.get('error') or ''} (task {attempt.get('task_id')})")
+        )
+    moments = sorted((at, state) for state, at in job.timestamps.items() if at)
+    steps = "  ".join(f"{state} {time.strftime('%H:%M:%S', time.gmtime(at))}" for at, state in moments)
+    rows.append(("timeline", steps))
+    return "\n".join(f"{name:12} {value}" for name, value in rows if value not in (None, ""))
 
 
 def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,18 +139,33 @@ def find_job(producer: Any, text: str) -> Any:
 
 
 def _follow(producer: Any, job: Any, *, timeout_s: float, out: Any) -> Any:
-    """Wait for ``job`` to end, printing a line at each state it moves to; TimeoutError past ``timeout_s``."""
+    """Wait for ``job`` to end; TimeoutError past ``timeout_s``. On a terminal a live line shows the state
+    and the time so far; otherwise a line is printed at each state the job moves to."""
+    from rich.console import Console
+
     started = time.monotonic()
     state = job.state
-    while not job.state.terminal:
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"job {job.id} is still {job.state.value} after {timeout_s:.0f}s")
-        time.sleep(0.25)
-        job = producer.get(job.id) or job
-        if job.state is not state:
-            state = job.state
-            print(f"{time.monotonic() - started:6.1f}s  {state.value}", file=out, flush=True)
+    live = out.isatty() if hasattr(out, "isatty") else False
+    console = Console(file=out)
+    with console.status(f"{state.value} 0.0s", spinner="dots") if live else _nothing() as status:
+        while not job.state.terminal:
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"job {job.id} is still {job.state.value} after {timeout_s:.0f}s")
+            time.sleep(0.25)
+            job = producer.get(job.id) or job
+            elapsed = time.monotonic() - started
+            if status is not None:
+                status.update(f"{job.state.value} {elapsed:.1f}s")
+            if job.state is not state:
+                state = job.state
+                if status is None:
+                    print(f"{elapsed:6.1f}s  {state.value}", file=out, flush=True)
     return job
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
 
 
 def _cmd_job(args: argparse.Namespace) -> int:

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import time
 from functools import cached_property
-from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
 from config.settings import PrincipalSettings
 from core.jobs import KEY_MAX_CHARS, JobState
 from core.workflows import workflow_summary
-from producers.dashboard import formatting
 from producers.dashboard.data import DashboardData, batch_progress, timeline, workflow_graph
+from producers.dashboard.rendering import HERE, not_found, origin_of, render
 from producers.dashboard.sessions import COOKIE, Session, SessionStore, csrf_ok
 from producers.rules import NotCancelable
 from producers.web.context import Web, client_address
@@ -32,9 +30,6 @@ from workers.notify.store import delivery_log
 from workers.storage import build_s3_client
 from workers.storage.sidecar import read_sidecar
 
-HERE = Path(__file__).resolve().parent
-templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.globals.update(fmt=formatting)
 router = APIRouter(include_in_schema=False)
 PAGE_ROWS = 50
 
@@ -57,11 +52,6 @@ class Dashboard:
         return self.web.presigned(uri)
 
 
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def dashboard_of(request: Request) -> Dashboard:
     dashboard: Dashboard = request.app.state.dashboard
     return dashboard
@@ -82,42 +72,11 @@ DashboardDep = Annotated[Dashboard, Depends(dashboard_of)]
 SessionDep = Annotated[Session, Depends(signed_in)]
 
 
-def render(
-    request: Request,
-    template: str,
-    session: Session | None,
-    status_code: int = 200,
-    media: str | None = None,
-    **context: Any,
-) -> Response:
-    """The page, with its security headers; ``media``: the URL of a video it plays (allowed by the CSP:
-    presigned URLs name their own host, on AWS the bucket's, so the policy takes the URL's origin)."""
-    response = templates.TemplateResponse(
-        request,
-        template,
-        {"session": session, "partial": request.query_params.get("partial") == "1", **context},
-        status_code=status_code,
-    )
-    secure_headers(response, _origin(media) if media else None)
-    return response
-
-
-def secure_headers(response: Response, media_origin: str | None) -> None:
-    media = f"'self' {media_origin}" if media_origin else "'self'"
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'self'; script-src 'self'; style-src 'self'; img-src {media} data:; "
-        f"media-src {media}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    )
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
-    response.headers["Cache-Control"] = "no-store"
-
-
 def check_same_origin(request: Request) -> None:
     """Refuse a POST a browser sent from another site: its ``Origin`` (when sent) must be the dashboard's
     own, and ``Sec-Fetch-Site`` (when sent) must not say cross-site."""
     origin = request.headers.get("origin")
-    if origin is not None and origin != _origin(str(request.base_url)):
+    if origin is not None and origin != origin_of(str(request.base_url)):
         raise HTTPException(403, "cross-origin request refused")
     if request.headers.get("sec-fetch-site") == "cross-site":
         raise HTTPException(403, "cross-site request refused")
@@ -265,7 +224,12 @@ def jobs(
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, dashboard: DashboardDep, session: SessionDep, job_id: str) -> Response:
-    job = job_or_404(dashboard.web, session.principal, job_id)
+    try:
+        job = job_or_404(dashboard.web, session.principal, job_id)
+    except HTTPException as missing:
+        if missing.status_code != 404:
+            raise
+        return not_found(request, session, str(missing.detail), "/jobs", "jobs")
     sidecar = None
     if job.state is JobState.STORED and job.s3_uri:
         bucket, _, key = job.s3_uri.removeprefix("s3://").partition("/")
@@ -342,7 +306,12 @@ def workflows(request: Request, dashboard: DashboardDep, session: SessionDep) ->
 
 @router.get("/workflows/{workflow_id}")
 def workflow_page(request: Request, dashboard: DashboardDep, session: SessionDep, workflow_id: str) -> Response:
-    workflow_or_404(dashboard.web, session.principal, workflow_id)
+    try:
+        workflow_or_404(dashboard.web, session.principal, workflow_id)
+    except HTTPException as missing:
+        if missing.status_code != 404:
+            raise
+        return not_found(request, session, str(missing.detail), "/workflows", "workflows")
     summary = workflow_summary(dashboard.web.producer.workflows, dashboard.web.jobs, workflow_id)
     # Each node's first image, through a short-lived link, drawn in its box.
     thumbs: dict[str, str] = {}

@@ -86,6 +86,8 @@ def healthz(web: WebDep, operator: Operator) -> Any:
         401: {"model": Problem, "description": "An ops token (IMAGINEQ_OPS_TOKENS) is required"},
     },
     summary="Prometheus metrics, read from Redis at scrape time",
+    # Shown with a lock in /docs: the ops token goes in the same bearer header as an ingress token.
+    openapi_extra={"security": [{"HTTPBearer": []}]},
 )
 def metrics(web: WebDep, operator: Operator) -> Response:
     if not operator:

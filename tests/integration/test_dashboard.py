@@ -277,6 +277,13 @@ def test_only_a_failure_a_new_attempt_may_fix_is_offered_a_resubmit_and_every_at
         page.goto(f"{web.url}/jobs/{refused.id}")
         expect(page.locator('[data-field="state"]')).to_have_text("failed")
         expect(page.locator("form[action$='/resubmit']")).to_have_count(0)
+        # The reason is said once, not twice in one sentence.
+        assert page.locator("table.facts").inner_text().count("matched 'forbidden'") == 1
+        session.screenshot("dashboard-failed-job", full_page=False)
+        # A job that does not exist is a page of the dashboard, not an API's JSON.
+        missing = page.goto(f"{web.url}/jobs/{'0' * 32}")
+        assert missing is not None and missing.status == 404
+        expect(page.locator("#not-found")).to_contain_text("not found")
         page.goto(f"{web.url}/jobs/{again.id}")
         # The timeline shows both attempts: the first ending in its failure, the second stored.
         expect(page.locator('table.timeline tr[data-attempt="1"]')).to_contain_text(["queued", "failed"])
