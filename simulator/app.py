@@ -150,7 +150,9 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
 def file_kind(task: Task, index: int) -> ClipKind | ImageKind:
     """What output ``index`` of ``task`` shows."""
     if task.kind == "video":
-        return ClipKind(task.aspect_ratio, task.mode, task.resolution, task.duration_s, task.colour)
+        words = " ".join(str((task.param.get("input") or {}).get("prompt") or "").split()[:6])
+        label = f"{words[:48]}  ·  task {task.task_id[:8]}".strip(" ·")
+        return ClipKind(task.aspect_ratio, task.mode, task.resolution, task.duration_s, task.colour, label)
     return ImageKind(task.aspect_ratio, task.resolution, task.image_format, index, task.colour)
 
 

@@ -4,7 +4,8 @@ and a PNG or JPEG image per (aspect ratio, resolution, format, index), rendered 
 A clip has the requested width-to-height ratio, resolution (its shorter side: 480 or 720 pixels) and
 duration, and shows what it is (the simulator, the size, the mode) with a ball whose motion follows the
 mode (steady for normal, bouncing for fun, fast for spicy) and a progress bar, so a player visibly plays
-it. An image shows its index among its task's images. The ball's colour is the task's lineage: a derived
+it, and the prompt's first words and the task id, so two stored videos can be told apart by looking. An
+image shows its index among its task's images. The ball's colour is the task's lineage: a derived
 task (a video of an image, an upscale, an extension) has its parent's. PyAV's wheel brings its own FFmpeg
 (with libx264), Pillow draws the frames.
 
@@ -19,6 +20,7 @@ import hashlib
 import io
 import math
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,8 @@ class ClipKind:
     resolution: str = "480p"
     seconds: int = 6
     colour: int = 0
+    #: Drawn into every frame (the prompt's first words and the task id), so clips can be told apart.
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,8 @@ def _encode(path: Path, kind: ClipKind, width: int, height: int) -> None:
             draw.text((width // 2, height // 5), "ImagineQ simulator", font=title, fill="white", anchor="mm")
             label = f"{aspect_ratio}  {width}x{height}  mode {mode}"
             draw.text((width // 2, height // 5 + title_size + 8), label, font=detail, fill=(180, 180, 200), anchor="mm")
+            if kind.label:
+                draw.text((width // 2, height - 28), kind.label, font=detail, fill=(230, 230, 240), anchor="mm")
             draw.rectangle((0, height - 8, width * (index + 1) // frames, height), fill=_BAR)
             frame = av.VideoFrame.from_image(image)  # type: ignore[no-untyped-call]
             for packet in stream.encode(frame):
@@ -149,16 +155,23 @@ def _ball(mode: str, t: float, span: int, amplitude: int) -> tuple[int, int]:
 
 
 class ClipCache:
-    """Files by kind, each rendered at most once, in a worker thread."""
+    """Files by kind, each rendered once while it stays among the ``KEPT`` most recently served, in a
+    worker thread (a labelled clip is one task's: the cache must not grow with the tasks)."""
+
+    KEPT = 256
 
     def __init__(self) -> None:
-        self._clips: dict[ClipKind | ImageKind, asyncio.Future[Clip]] = {}
+        self._clips: OrderedDict[ClipKind | ImageKind, asyncio.Future[Clip]] = OrderedDict()
 
     async def get(self, kind: ClipKind | ImageKind) -> Clip:
         future = self._clips.get(kind)
         if future is None:
             future = asyncio.get_running_loop().run_in_executor(None, _make, kind)
             self._clips[kind] = future
+            while len(self._clips) > self.KEPT:
+                self._clips.popitem(last=False)
+        else:
+            self._clips.move_to_end(kind)
         return await asyncio.shield(future)
 
 

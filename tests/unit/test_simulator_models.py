@@ -183,3 +183,14 @@ def test_uploaded_files_expire_after_three_days_and_the_same_name_overwrites() -
     with pytest.raises(ApiError) as caught:
         state.upload(account, b"x", "../up", "a.png", "image/png")
     assert caught.value.code == 400
+
+
+def test_each_task_s_clip_shows_its_prompt_and_id_so_clips_differ_by_task() -> None:
+    from simulator.app import file_kind
+    from simulator.clips import render
+
+    state, _, account = make_state(video_bytes=0, gen_times={"text-to-video": (1, 2)})
+    fox, kite = (create(state, account, "text-to-video", prompt=p) for p in ("A red fox in the snow", "A paper kite"))
+    assert file_kind(fox, 0).label.startswith("A red fox in the snow") and fox.task_id[:8] in file_kind(fox, 0).label
+    assert render(file_kind(fox, 0)) != render(file_kind(kite, 0))
+    assert file_kind(fox, 0) == file_kind(fox, 0)  # one task's clip is the same bytes every time
