@@ -15,13 +15,8 @@ lost (a release between the stream and a crash) is repaired by the reconciler (`
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections import Counter
-from typing import Any, ClassVar, Final, cast
-
-import redis
-from celery import bootsteps
+from typing import Any, Final, cast
 
 from config.celery import SUBMIT_QUEUE
 from config.settings import Settings
@@ -32,6 +27,7 @@ from workers.batch.locations import Files
 from workers.batch.store import BatchStore
 from workers.runtime import Runtime
 from workers.storage import build_s3_client
+from workers.stream_group import GroupReader, GroupReaderStep
 
 log = logging.getLogger("imagineq.release")
 
@@ -44,41 +40,19 @@ CLAIM_IDLE_MS: Final = 15_000
 RELEASE_GRACE_S: Final = 30.0
 
 
-class Releaser:
+class Releaser(GroupReader):
+    group = GROUP
+    block_ms = BLOCK_MS
+    claim_idle_ms = CLAIM_IDLE_MS
+
     def __init__(self, settings: Settings, consumer: str) -> None:
         clients = Clients.build(settings)
-        self.redis, self.keys, self.jobs, self.workflows = clients.redis, clients.keys, clients.jobs, clients.workflows
-        self.consumer = consumer
+        self.jobs, self.workflows = clients.jobs, clients.workflows
+        super().__init__(clients.redis, clients.keys, consumer)
         self.batches = BatchStore(
             self.redis, self.keys, terminal_ttl_s=settings.job_ttl_s, events_max_len=settings.events_max_len
         )
         self.files = Files(lambda: build_s3_client(settings.s3, settings.http))
-        self._stop = threading.Event()
-        try:
-            # From now on: older ends were released when they happened (or are the reconciler's).
-            self.redis.xgroup_create(self.keys.events(), GROUP, id="$", mkstream=True)
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
-
-    def run(self) -> None:
-        claimed_at = 0.0
-        while not self._stop.is_set():
-            try:
-                now = time.monotonic()
-                if now - claimed_at > CLAIM_IDLE_MS / 1000:
-                    self.handle(self._claim_stale())
-                    claimed_at = now
-                self.handle(self._read_new())
-            except redis.RedisError as error:
-                log.warning("release: Redis: %s; trying again", error)
-                self._stop.wait(1.0)
-            except Exception:
-                log.exception("release: unexpected error; trying again")
-                self._stop.wait(1.0)
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def _count_batch_ends(self, events: list[Event]) -> None:
         """Each batch job's end counted; a batch whose last job ended gets its manifest and event now."""
@@ -134,7 +108,7 @@ class Releaser:
                 state = self.workflows.finish_if_done(workflow_id)
                 if state is not None:
                     log.info("release: workflow %s ended %s", workflow_id, state)
-        self.redis.xack(self.keys.events(), GROUP, *(event.id for event in events))
+        self.acknowledge([event.id for event in events])
 
 
 def repair_releases(rt: Runtime, *, grace_s: float, now: float, counts: Counter[str]) -> None:
@@ -165,28 +139,12 @@ def repair_releases(rt: Runtime, *, grace_s: float, now: float, counts: Counter[
             log.warning("reconcile: workflow %s had ended without its event; recorded", workflow_id)
 
 
-class ReleaseStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class ReleaseStep(GroupReaderStep):
     """Runs a :class:`Releaser` in each worker that consumes the ``submit`` queue."""
 
-    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
+    queue = SUBMIT_QUEUE
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.releaser: Releaser | None = None
-        self.thread: threading.Thread | None = None
-
-    def start(self, worker: Any) -> None:
-        queues = set(getattr(worker.app.amqp.queues, "consume_from", None) or {})
-        if SUBMIT_QUEUE not in queues:
-            return
+    def build(self, worker: Any) -> GroupReader:
         from config.settings import get_settings
 
-        self.releaser = Releaser(get_settings(), consumer=worker.hostname)
-        self.thread = threading.Thread(target=self.releaser.run, name="release", daemon=True)
-        self.thread.start()
-        log.info("release thread started as %s", worker.hostname)
-
-    def stop(self, worker: Any) -> None:
-        if self.releaser is not None and self.thread is not None:
-            self.releaser.stop()
-            self.thread.join(timeout=5)
+        return Releaser(get_settings(), consumer=worker.hostname)

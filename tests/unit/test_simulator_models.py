@@ -187,10 +187,12 @@ def test_uploaded_files_expire_after_three_days_and_the_same_name_overwrites() -
 
 def test_each_task_s_clip_shows_its_prompt_and_id_so_clips_differ_by_task() -> None:
     from simulator.app import file_kind
-    from simulator.clips import render
+    from simulator.clips import ClipKind, render
 
     state, _, account = make_state(video_bytes=0, gen_times={"text-to-video": (1, 2)})
     fox, kite = (create(state, account, "text-to-video", prompt=p) for p in ("A red fox in the snow", "A paper kite"))
-    assert file_kind(fox, 0).label.startswith("A red fox in the snow") and fox.task_id[:8] in file_kind(fox, 0).label
-    assert render(file_kind(fox, 0)) != render(file_kind(kite, 0))
+    fox_kind, kite_kind = file_kind(fox, 0), file_kind(kite, 0)
+    assert isinstance(fox_kind, ClipKind) and isinstance(kite_kind, ClipKind)
+    assert fox_kind.label.startswith("A red fox in the snow") and fox.task_id[:8] in fox_kind.label
+    assert render(fox_kind) != render(kite_kind)
     assert file_kind(fox, 0) == file_kind(fox, 0)  # one task's clip is the same bytes every time

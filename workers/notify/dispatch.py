@@ -11,12 +11,9 @@ deliveries written already and publishes no second task for them.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from typing import Any, ClassVar, Final, cast
+from typing import Any, Final
 
-import redis
-from celery import Celery, bootsteps
+from celery import Celery
 
 from config.celery import NOTIFY_QUEUE, TASK_DELIVER
 from config.settings import Settings
@@ -24,6 +21,7 @@ from core.clients import Clients
 from core.events import Event
 from workers.notify.store import DeliveryStore
 from workers.notify.targets import targets_for
+from workers.stream_group import GroupReader, GroupReaderStep
 
 log = logging.getLogger("imagineq.notify")
 
@@ -34,57 +32,25 @@ BLOCK_MS: Final = 250
 CLAIM_IDLE_MS: Final = 30_000
 
 
-class Dispatcher:
+class Dispatcher(GroupReader):
+    group = GROUP
+    block_ms = BLOCK_MS
+    claim_idle_ms = CLAIM_IDLE_MS
+
     def __init__(self, settings: Settings, app: Celery, consumer: str) -> None:
         clients = Clients.build(settings)
         self.settings = settings
-        self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
-        self.store = DeliveryStore(self.redis, self.keys, settings.notify, job_ttl_s=settings.job_ttl_s)
+        self.jobs = clients.jobs
+        self.store = DeliveryStore(clients.redis, clients.keys, settings.notify, job_ttl_s=settings.job_ttl_s)
         self.app = app
-        self.consumer = consumer
-        self._stop = threading.Event()
-        self._ensure_group()
+        super().__init__(clients.redis, clients.keys, consumer)
 
-    def _ensure_group(self) -> None:
-        try:
-            # From now on: a new deployment's first notify worker does not replay older history.
-            self.redis.xgroup_create(self.keys.events(), GROUP, id="$", mkstream=True)
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+    def handle(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        self.dispatch(entries)
 
-    def run(self) -> None:
-        claimed_at = 0.0
-        while not self._stop.is_set():
-            try:
-                now = time.monotonic()
-                if now - claimed_at > CLAIM_IDLE_MS / 1000:
-                    self.dispatch(self._claim_stale())
-                    claimed_at = now
-                self.dispatch(self._read_new())
-                for delivery_id in self.store.pop_due():
-                    self._publish(delivery_id)
-            except redis.RedisError as error:
-                log.warning("notify dispatcher: Redis: %s; trying again", error)
-                self._stop.wait(1.0)
-            except Exception:
-                log.exception("notify dispatcher: unexpected error; trying again")
-                self._stop.wait(1.0)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    # -- the stream --------------------------------------------------------------------------------
-    def _read_new(self) -> list[tuple[str, dict[str, str]]]:
-        reply = self.redis.xreadgroup(GROUP, self.consumer, {self.keys.events(): ">"}, count=200, block=BLOCK_MS)
-        return [entry for _, entries in cast("list[Any]", reply or []) for entry in entries]
-
-    def _claim_stale(self) -> list[tuple[str, dict[str, str]]]:
-        reply = cast(
-            "list[Any]",
-            self.redis.xautoclaim(self.keys.events(), GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=200),
-        )
-        return [entry for entry in reply[1] if entry and entry[1]]
+    def idle(self) -> None:
+        for delivery_id in self.store.pop_due():
+            self._publish(delivery_id)
 
     def dispatch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         """Deliveries for each event, their tasks published, then the events acknowledged."""
@@ -99,34 +65,18 @@ class Dispatcher:
                 delivery_id = self.store.create(event, target)
                 if delivery_id is not None:
                     self._publish(delivery_id)
-        self.redis.xack(self.keys.events(), GROUP, *(event.id for event in events))
+        self.acknowledge([event.id for event in events])
 
     def _publish(self, delivery_id: str) -> None:
         self.app.send_task(TASK_DELIVER, (delivery_id,), queue=NOTIFY_QUEUE)
 
 
-class DispatchStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class DispatchStep(GroupReaderStep):
     """Runs a :class:`Dispatcher` in each worker that consumes the ``notify`` queue."""
 
-    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
+    queue = NOTIFY_QUEUE
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.dispatcher: Dispatcher | None = None
-        self.thread: threading.Thread | None = None
-
-    def start(self, worker: Any) -> None:
-        queues = set(getattr(worker.app.amqp.queues, "consume_from", None) or {})
-        if NOTIFY_QUEUE not in queues:
-            return
+    def build(self, worker: Any) -> GroupReader:
         from config.settings import get_settings
 
-        self.dispatcher = Dispatcher(get_settings(), worker.app, consumer=worker.hostname)
-        self.thread = threading.Thread(target=self.dispatcher.run, name="notify-dispatch", daemon=True)
-        self.thread.start()
-        log.info("notify dispatcher started as %s", worker.hostname)
-
-    def stop(self, worker: Any) -> None:
-        if self.dispatcher is not None and self.thread is not None:
-            self.dispatcher.stop()
-            self.thread.join(timeout=5)
+        return Dispatcher(get_settings(), worker.app, consumer=worker.hostname)
