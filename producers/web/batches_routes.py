@@ -7,6 +7,7 @@ import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -14,8 +15,12 @@ from config.settings import PrincipalSettings
 from core.errors import ValidationError
 from producers.web.context import Caller, Web, WebDep
 from producers.web.models import AUTH_ERRORS, Problem
+from workers.batch.locations import LocationError
 from workers.batch.reader import BatchSubmitter
 from workers.batch.status import BatchStatus
+from workers.batch.store import BatchBusy
+from workers.storage.client import s3_errors
+from workers.storage.errors import StorageError
 
 router = APIRouter()
 BatchId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -52,10 +57,16 @@ def batch_or_404(web: Web, batch_id: str) -> BatchStatus:
         403: {"model": Problem},
         **AUTH_ERRORS,
         413: {"model": Problem},
+        409: {"model": Problem, "description": "The same body is being read by another request right now"},
+        503: {"model": Problem, "description": "The bucket the body is kept in cannot be reached"},
     },
     summary="Submit a JSONL body (one job per line) as a batch; its bad lines are reported, never block it",
     openapi_extra={
-        "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}
+        "requestBody": {
+            "required": True,
+            "description": "JSONL: one job per line (sent as text/plain or application/x-ndjson)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
     },
 )
 async def post_batch(
@@ -75,19 +86,28 @@ async def post_batch(
 
 def _submit(web: Web, response: Response, body: bytes, name: str | None, priority: str) -> dict[str, Any]:
     if not body.strip():
-        raise HTTPException(422, "the body must hold JSONL lines (one job per line)")
+        raise _invalid(["body"], "must hold JSONL lines (one job per line)")
     submitter = _submitter(web)
     bucket = web.settings.s3.bucket
     key = f"{BODIES_PREFIX}/{hashlib.sha256(body).hexdigest()}.jsonl"
-    submitter.files.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
     try:
+        with s3_errors("keeping the batch body"):
+            submitter.files.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
         result = submitter.submit(f"s3://{bucket}/{key}", name=name, priority=priority)
     except ValidationError as error:
-        raise HTTPException(422, str(error)) from None
+        raise _invalid(["query", error.field], error.message) from None
+    except (StorageError, LocationError) as error:
+        raise HTTPException(503, f"the bucket cannot be used now ({error}); try again") from None
+    except BatchBusy:
+        raise HTTPException(409, "the same batch is being read right now; look at it in a moment") from None
     response.status_code = 201 if result.read else 200
     out = result.status.to_dict()
     out["bad_lines"] = [{"line": b.line, "id": b.id, "error": b.error} for b in result.bad_lines]
     return out
+
+
+def _invalid(loc: list[str], message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": tuple(loc), "msg": message, "type": "value_error"}])
 
 
 @router.get("/v1/batches", responses={403: {"model": Problem}, **AUTH_ERRORS}, summary="The newest batches")
@@ -108,7 +128,17 @@ def get_batch(web: WebDep, caller: Caller, batch_id: BatchId) -> Any:
 
 @router.get(
     "/v1/batches/{batch_id}/manifest",
-    responses={403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}, **AUTH_ERRORS},
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            "description": "JSONL: a line per input line (line, id, job_id, state, s3_uri, error)",
+        },
+        403: {"model": Problem},
+        404: {"model": Problem},
+        409: {"model": Problem},
+        **AUTH_ERRORS,
+    },
     summary="A finished batch's manifest (JSONL: a line per input line, with its job's outcome)",
 )
 def get_manifest(web: WebDep, caller: Caller, batch_id: BatchId) -> Any:

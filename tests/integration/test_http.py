@@ -26,9 +26,10 @@ from core.jobstore import JobStore
 from core.keys import Keys
 from core.quota import QuotaLimiter
 from devstack import services
-from devstack.deployment import must
+from devstack.deployment import must, settings_from
 from devstack.services import LocalStack, Service
 from producers.web.callbacks import sign, token_hash
+from workers.storage import Storage
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +135,15 @@ class Web:
 def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Service, str]]:
     with LocalStack(tmp_path_factory.mktemp("web")) as stack:
         redis_url = stack.redis()
+        # A real S3 server: batches submitted over HTTP keep their body in the bucket (and no request may
+        # ever leave loopback for a default endpoint).
+        s3 = stack.s3()
         env = {
+            "IMAGINEQ_S3__ENDPOINT_URL": s3.url,
+            "IMAGINEQ_S3__ACCESS_KEY_ID": s3.extra["access_key_id"],
+            "IMAGINEQ_S3__SECRET_ACCESS_KEY": s3.extra["secret_access_key"],
+            "IMAGINEQ_S3__BUCKET": "imagineq-http",
+            "IMAGINEQ_S3__CREATE_BUCKET": "true",
             "IMAGINEQ_REDIS_URL": redis_url,
             "IMAGINEQ_API_KEY": "sim-key",
             "IMAGINEQ_INGRESS_TOKENS": json.dumps(TOKENS),
@@ -147,6 +156,7 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalS
             "IMAGINEQ_WEB_HEADER_TIMEOUT_S": "1",
             "IMAGINEQ_NOTIFY__SIGNING_SECRET": "whsec_dGVzdC1vbmx5LXNpZ25pbmctc2VjcmV0",
         }
+        Storage(settings_from(env).s3, settings_from(env).http).ensure_bucket()
         yield stack, services.start_web(stack, env), redis_url
 
 

@@ -37,7 +37,11 @@ def test_make_demo_stores_every_prompt_but_the_moderated_one() -> None:
     assert "5 videos stored in S3; the moderated prompt failed with its reason." in demo.stdout
     assert "Tearing down the private services" in demo.stdout
     # Each stored video was copied out of S3 as a playable file that outlives the demo.
-    copies = [Path(line.strip()) for line in demo.stdout.splitlines() if line.strip().endswith(".mp4")]
+    copies = [
+        Path(line.strip())
+        for line in demo.stdout.splitlines()
+        if line.strip().startswith("/") and line.strip().endswith(".mp4")
+    ]
     assert len(copies) == 5, demo.stdout
     for path in copies:
         assert path.parent == REPO / "var" / "demo"

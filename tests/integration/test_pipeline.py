@@ -256,7 +256,7 @@ def test_cli_submit_wait_shows_the_id_at_once_then_each_state_and_job_takes_a_pr
     states = [match[1] for match in progress if match]
     assert states[-1] == "stored" and "generating" in states, submitted.stdout  # a line per state change
     shown = dep.cli("job", job_id[:12])  # the 12 characters the demo shows
-    assert shown.returncode == 0 and f"job      {job_id}" in shown.stdout, shown.stderr
+    assert shown.returncode == 0 and f"job          {job_id}" in shown.stdout, shown.stderr
     too_short = dep.cli("job", job_id[:7])
     assert too_short.returncode == 1
     assert "unique prefix of 8+ characters" in too_short.stderr
