@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from core.jobs import JobState
 from devstack import services
 from devstack.deployment import FAST_POLL, Deployment, wait_until
@@ -20,6 +22,7 @@ RESTARTS = 3
 QUEUES = ("submit", "poll", "store")
 
 
+@pytest.mark.chaos  # a fault scenario of 45 s: run by make chaos (CI runs it after make test)
 def test_workers_survive_redis_restarts(tmp_path: Path) -> None:
     with services.terminate_on_signals(), LocalStack(tmp_path) as stack:
         port = services.free_port()

@@ -207,6 +207,7 @@ def test_every_delivery_is_signed_and_verifies_and_is_logged_on_the_job(
     assert "job.stored" in dep.cli("job", plain["id"]).stdout
 
 
+@pytest.mark.chaos  # a fault scenario of a minute: run by make chaos (CI runs it after make test)
 def test_a_receiver_down_for_60_s_gets_every_event_once_it_is_back(
     dep: Deployment, web: services.Service, receiver: Receiver
 ):
