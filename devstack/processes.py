@@ -168,12 +168,15 @@ def await_ready(service: Service, ready: Callable[[], bool], timeout_s: float) -
 
 @contextlib.contextmanager
 def terminate_on_signals() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so ``with`` blocks unwind and children stop."""
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so ``with`` blocks unwind and children stop. Ctrl-C
+    (SIGINT) stops it too, even when it was started in the background of a shell without job control, which
+    makes it ignore SIGINT (Python then leaves it ignored)."""
 
     def _raise(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:

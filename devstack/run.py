@@ -132,10 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         process_env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
         honcho = subprocess.Popen(honcho_argv(args.env_file), cwd=ROOT, env=process_env, stdin=subprocess.DEVNULL)
         try:
-            return honcho.wait()
+            code = honcho.wait()
         except KeyboardInterrupt:
             print("\nstopping ...", flush=True)
             return _stop(honcho)
+        # honcho stopping everything on a Ctrl-C it received itself is the way make run ends: not a failure.
+        return 0 if code in (130, -signal.SIGINT) else code
 
 
 def _stop(honcho: subprocess.Popen[bytes]) -> int:

@@ -6,54 +6,13 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from core.catalog import MODELS
 from producers.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from producers.job_views import duration_text, event_line, follow, job_table
 
 MODEL_NAMES = tuple(MODELS)
-
-
-def _size(n: Any) -> str | None:
-    """``10,190 bytes`` everywhere the CLI shows a size."""
-    return f"{int(n):,} bytes" if isinstance(n, int) else None
-
-
-def _when(at: float | None) -> str | None:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if at else None
-
-
-def _job_table(job: Any) -> str:
-    """A job as a person reads it: what was asked, where it is, what came of it, and its timeline."""
-    rows: list[tuple[str, Any]] = [
-        ("job", job.id),
-        ("state", job.state.value),
-        ("model", job.model),
-        ("prompt", job.prompt),
-        *((name.replace("_", " "), value) for name, value in job.input.items() if not isinstance(value, dict | list)),
-        ("created", _when(job.created_at)),
-        ("reason", job.reason),
-        ("error", job.error),
-        ("account", job.account),
-        ("task", job.task_id),
-        ("s3", job.s3_uri),
-        ("size", _size(job.size)),
-        ("sha256", job.sha256),
-    ]
-    if len(job.outputs) > 1:
-        rows += [
-            (f"out {o['index']}", f"{o['uri']} ({o.get('content_type')}, {_size(o.get('size'))})") for o in job.outputs
-        ]
-    for attempt in job.history:
-        rows.append(
-            ("earlier", f"{attempt.get('reason')}: {attempt.get('error') or ''} (task {attempt.get('task_id')})")
-        )
-    moments = sorted((at, state) for state, at in job.timestamps.items() if at)
-    steps = "  ".join(f"{state} {time.strftime('%H:%M:%S', time.gmtime(at))}" for at, state in moments)
-    rows.append(("timeline", steps))
-    return "\n".join(f"{name:12} {value}" for name, value in rows if value not in (None, ""))
 
 
 def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,8 +63,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     # The id at once (on stderr with --json, which keeps stdout one JSON document).
     print(f"job {job.id} {job.state.value}", file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.wait:
-        job = _follow(producer, job, timeout_s=args.timeout, out=sys.stderr if args.json else sys.stdout)
-    print(json.dumps(job.to_dict(), indent=2) if args.json else _job_table(job))
+        job = follow(producer, job, timeout_s=args.timeout, out=sys.stderr if args.json else sys.stdout)
+    print(json.dumps(job.to_dict(), indent=2) if args.json else job_table(job))
     if args.wait and job.state.value != "stored":
         return EXIT_FAILED
     return EXIT_OK
@@ -138,36 +97,6 @@ def find_job(producer: Any, text: str) -> Any:
     return job
 
 
-def _follow(producer: Any, job: Any, *, timeout_s: float, out: Any) -> Any:
-    """Wait for ``job`` to end; TimeoutError past ``timeout_s``. On a terminal a live line shows the state
-    and the time so far; otherwise a line is printed at each state the job moves to."""
-    from rich.console import Console
-
-    started = time.monotonic()
-    state = job.state
-    live = out.isatty() if hasattr(out, "isatty") else False
-    console = Console(file=out)
-    with console.status(f"{state.value} 0.0s", spinner="dots") if live else _nothing() as status:
-        while not job.state.terminal:
-            if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"job {job.id} is still {job.state.value} after {timeout_s:.0f}s")
-            time.sleep(0.25)
-            job = producer.get(job.id) or job
-            elapsed = time.monotonic() - started
-            if status is not None:
-                status.update(f"{job.state.value} {elapsed:.1f}s")
-            if job.state is not state:
-                state = job.state
-                if status is None:
-                    print(f"{elapsed:6.1f}s  {state.value}", file=out, flush=True)
-    return job
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
-
-
 def _cmd_job(args: argparse.Namespace) -> int:
     from producers.api import Producer
     from workers.notify.store import delivery_log
@@ -180,7 +109,7 @@ def _cmd_job(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**job.to_dict(), "deliveries": deliveries}, indent=2))
         return EXIT_OK
-    print(_job_table(job))
+    print(job_table(job))
     for entry in deliveries:
         outcome = entry.get("status") or entry.get("error")
         print(
@@ -250,22 +179,14 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         table.add_row(
             job.id,
             job.state.value,
-            _duration(now - job.created_at),
-            "" if took is None else _duration(took),
+            duration_text(now - job.created_at),
+            "" if took is None else duration_text(took),
             job.account or "",
             job.prompt if len(job.prompt) <= 48 else job.prompt[:47] + "…",
         )
     # Not on a terminal (a pipe, a file): wide enough that no id is cut short.
     Console(width=None if sys.stdout.isatty() else 240).print(table)
     return EXIT_OK
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -326,33 +247,13 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                     event = Event.of(entry_id, fields)
                     if not event.matches(batch=args.batch, job=args.job, owner=None):
                         continue
-                    print(_event_line(producer, event, as_json=args.json), flush=True)
+                    print(event_line(producer, event, as_json=args.json), flush=True)
                     shown += 1
                     if args.count is not None and shown >= args.count:
                         return EXIT_OK
     except KeyboardInterrupt:
         pass
     return EXIT_OK
-
-
-def _event_line(producer: Any, event: Any, *, as_json: bool) -> str:
-    job = producer.get(event.job_id) if event.job_id else None
-    if as_json:
-        data = event.to_dict()
-        if job is not None:
-            data["job"] = job.public_dict()
-        return json.dumps(data, ensure_ascii=False)
-    when = time.strftime("%H:%M:%S", time.gmtime(event.at))
-    if event.job_id is None:
-        return f"{when}  {event.type:16} batch {event.batch_id}"
-    if job is None:
-        detail = ""
-    elif job.reason:
-        detail = f"{job.reason}: {job.error}"
-    else:
-        detail = job.s3_uri or ""
-    batch = f"  batch {event.batch_id}" if event.batch_id else ""
-    return f"{when}  {event.type:16} job {event.job_id}{batch}  {detail}".rstrip()
 
 
 def register(commands: Any) -> None:
