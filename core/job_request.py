@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from config.celery import PRIORITY_STEPS
 from core.catalog import DEFAULT_MODEL, ModelSpec, model_named
+from core.catalog.fields import encodable, type_name
 from core.catalog.models import ASPECT_RATIOS as ASPECT_RATIOS
 from core.catalog.models import MODES as MODES
 from core.catalog.models import PROMPT_MAX_CHARS as PROMPT_MAX_CHARS
@@ -25,29 +26,14 @@ METADATA_MAX_DEPTH: Final = 16
 KEY_MAX_CHARS: Final = 200
 
 
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _optional_key(name: str, value: object) -> None:
     if value is None:
         return
     if not isinstance(value, str):
-        raise ValidationError(name, f"must be a string or null (got {_type_name(value)})")
+        raise ValidationError(name, f"must be a string or null (got {type_name(value)})")
     if not 1 <= len(value) <= KEY_MAX_CHARS:
         raise ValidationError(name, f"must be 1 to {KEY_MAX_CHARS} characters (got {len(value)})")
-    _encodable(name, value)
-
-
-def _encodable(name: str, value: str) -> None:
-    """A lone surrogate (JSON ``"\\ud800"``, a CLI argument that was not UTF-8) has no UTF-8
-    form: Redis, the upstream and S3 would all refuse it later, so refuse it here, by name."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValidationError(
-            name, f"must be valid UTF-8 text (unpaired surrogate at character {error.start})"
-        ) from None
+    encodable(name, value)
 
 
 def nesting_depth(value: object) -> int:
@@ -145,7 +131,7 @@ class JobRequest:
 
     def _given(self, spec: ModelSpec) -> dict[str, Any]:
         if not isinstance(self.input, Mapping):
-            raise ValidationError("input", f"must be an object of {spec.short}'s fields (got {_type_name(self.input)})")
+            raise ValidationError("input", f"must be an object of {spec.short}'s fields (got {type_name(self.input)})")
         given = {str(name): value for name, value in self.input.items()}
         takes_prompt = any(f.name == "prompt" for f in spec.fields)
         for name, value in (("prompt", self.prompt), ("aspect_ratio", self.aspect_ratio), ("mode", self.mode)):
@@ -160,7 +146,7 @@ class JobRequest:
         spec = self.spec
         values = spec.validate(self._given(spec))
         if not isinstance(self.metadata, dict):
-            raise ValidationError("metadata", f"must be an object (got {_type_name(self.metadata)})")
+            raise ValidationError("metadata", f"must be an object (got {type_name(self.metadata)})")
         if not all(isinstance(key, str) for key in self.metadata):
             raise ValidationError("metadata", "keys must be strings")
         if nesting_depth(self.metadata) > METADATA_MAX_DEPTH:
@@ -196,7 +182,7 @@ class JobRequest:
         if not set(server_set) <= SERVER_SET_FIELDS:
             raise TypeError(f"only {sorted(SERVER_SET_FIELDS)} are set by the server, not {sorted(server_set)}")
         if not isinstance(data, Mapping):
-            raise ValidationError("request", f"must be an object (got {_type_name(data)})")
+            raise ValidationError("request", f"must be an object (got {type_name(data)})")
         spec = model_named(data.get("model", DEFAULT_MODEL) or DEFAULT_MODEL)
         job_values = {name: data[name] for name in JOB_FIELDS if data.get(name) is not None}
         model_values = {name: value for name, value in data.items() if name not in JOB_FIELDS}
@@ -236,7 +222,7 @@ _NOTIFY_URL = re.compile(NOTIFY_URL_PATTERN)
 def check_notify_url(name: str, url: object) -> None:
     """A webhook URL: http(s), a host, no user info (credentials belong in the signature, not the URL)."""
     if not isinstance(url, str):
-        raise ValidationError(name, f"must be a string (got {_type_name(url)})")
+        raise ValidationError(name, f"must be a string (got {type_name(url)})")
     if len(url) > NOTIFY_URL_MAX_CHARS:
         raise ValidationError(name, f"must be at most {NOTIFY_URL_MAX_CHARS} characters (got {len(url)})")
     parts = urlsplit(url)
