@@ -36,6 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the devstack
 
+from bench.slots import wait_terminal
 from core.jobs import JobState
 from devstack import services
 from devstack.deployment import settings_from
@@ -112,7 +113,7 @@ def run(log_dir: Path, counts: tuple[int, int, int], *, rate: bool) -> dict[str,
             started = time.monotonic()
             enqueued = producer.enqueue_many(burst(*counts))
             print(f"enqueued {len(enqueued)} jobs in {time.monotonic() - started:.1f}s", file=sys.stderr)
-            _wait_terminal(producer, len(enqueued), timeout_s=900)
+            wait_terminal(producer, len(enqueued), timeout_s=900)
             done = [producer.get(job.id) for job in enqueued]
         finally:
             producer.close()
@@ -156,16 +157,6 @@ def run(log_dir: Path, counts: tuple[int, int, int], *, rate: bool) -> dict[str,
         result[f"peak_{SHORT.get(pool, pool)}"] = stats["pools"][pool]["peak_in_progress"]
         result[f"drain_{SHORT.get(pool, pool)}_s"] = max(end for _, end in spans) - first
     return result
-
-
-def _wait_terminal(producer: Producer, jobs: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        counts = producer.jobs.count_by_state()
-        if sum(n for state, n in counts.items() if state.terminal) >= jobs:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"not every job ended within {timeout_s:.0f}s: {producer.jobs.count_by_state()}")
 
 
 def main() -> None:

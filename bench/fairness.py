@@ -38,7 +38,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench reuses the devstack
 
-from bench.slots import _cpu_s
+from bench.slots import cpu_s
 from core.jobs import Job, JobState
 from devstack import services
 from devstack.deployment import settings_from
@@ -103,7 +103,7 @@ def run(log_dir: Path, seconds: float, backlog: int, *, c_weight: float, per_hou
         processes["web"] = services.start_web(stack, env, sock=web_socket)
         for queue, concurrency in WORKERS:
             processes[queue] = services.start_worker(stack, env, queue, concurrency=concurrency)
-        cpu_before = {name: _cpu_s(service.process.pid) for name, service in processes.items()}
+        cpu_before = {name: cpu_s(service.process.pid) for name, service in processes.items()}
         producer = Producer(settings)
         try:
             backlogs = enqueue_as(producer, "A", backlog, "backlog") + enqueue_as(producer, "B", backlog, "backlog")
@@ -112,7 +112,7 @@ def run(log_dir: Path, seconds: float, backlog: int, *, c_weight: float, per_hou
             while time.monotonic() - started < seconds:
                 newcomer += enqueue_as(producer, "C", 1, f"at {time.monotonic() - started:.0f}s")
                 time.sleep(2.0)
-            cpu = sum(_cpu_s(service.process.pid) - cpu_before[name] for name, service in processes.items())
+            cpu = sum(cpu_s(service.process.pid) - cpu_before[name] for name, service in processes.items())
             jobs = [job for job in producer.jobs.get_many([job.id for job in backlogs + newcomer]) if job is not None]
             tasks = requests.get(f"{simulator.url}/__sim__/tasks", timeout=30).json()["tasks"]
         finally:

@@ -127,16 +127,16 @@ def run(mode: str, accounts: int, jobs_per_account: int, log_dir: Path) -> Run:
             web_socket.close()
         for queue, concurrency in WORKERS:
             processes[queue] = services.start_worker(stack, env, queue, concurrency=concurrency)
-        cpu_before = {name: _cpu_s(service.process.pid) for name, service in processes.items()}
+        cpu_before = {name: cpu_s(service.process.pid) for name, service in processes.items()}
         producer = Producer(settings)
         try:
             jobs = jobs_per_account * accounts
             enqueued = producer.enqueue_many([{"prompt": f"a {mode} slot bench shot {i}"} for i in range(jobs)])
-            _wait_terminal(producer, jobs, timeout_s=120 + jobs_per_account * 25 / SLOTS * 2)
+            wait_terminal(producer, jobs, timeout_s=120 + jobs_per_account * 25 / SLOTS * 2)
             done = [producer.get(job.id) for job in enqueued]
         finally:
             producer.close()
-        cpu = {name: _cpu_s(service.process.pid) - cpu_before[name] for name, service in processes.items()}
+        cpu = {name: cpu_s(service.process.pid) - cpu_before[name] for name, service in processes.items()}
         tasks = requests.get(f"{simulator.url}/__sim__/tasks", timeout=30).json()["tasks"]
         stats = requests.get(f"{simulator.url}/__sim__/stats", timeout=30).json()
     completed_at = {task["taskId"]: task["completeTime"] / 1000 for task in tasks}
@@ -164,7 +164,7 @@ def run(mode: str, accounts: int, jobs_per_account: int, log_dir: Path) -> Run:
     )
 
 
-def _wait_terminal(producer: Producer, jobs: int, timeout_s: float) -> None:
+def wait_terminal(producer: Producer, jobs: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         counts = producer.jobs.count_by_state()
@@ -185,7 +185,7 @@ def _ideal_drain_s(durations: list[float], slots: int) -> float:
     return end
 
 
-def _cpu_s(leader: int) -> float:
+def cpu_s(leader: int) -> float:
     """CPU seconds of a service: its process group (a Celery worker and its pool), exited children
     included through the leader's reaped-children counters."""
     total = 0.0
