@@ -188,7 +188,8 @@ class StatusReader:
                 answers.update(zip((a.name for a in to_ask), results, strict=True))
         out = []
         others: dict[str, list[PoolStatus]] = {}
-        for pool_quota in self.quota.snapshot(pool=None):
+        every_pool = self.quota.snapshot(pool=None)  # one round trip: the default pool's rows are in it
+        for pool_quota in every_pool:
             if pool_quota.pool != DEFAULT_MODEL and (pool_quota.in_progress or pool_quota.creations_in_window):
                 others.setdefault(pool_quota.account, []).append(
                     PoolStatus(
@@ -199,7 +200,7 @@ class StatusReader:
                         in_progress_limit=pool_quota.in_progress_limit,
                     )
                 )
-        for quota in self.quota.snapshot():
+        for quota in (row for row in every_pool if row.pool == DEFAULT_MODEL):
             account = self.settings.account(quota.account)
             credits, error = answers.get(quota.account, (None, None))
             out.append(
