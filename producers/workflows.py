@@ -20,7 +20,6 @@ from core.errors import ValidationError
 from core.jobs import Job, JobRequest, JobState, new_job_id
 from core.jobstore import JobStore
 from core.workflows import (
-    NODE_KEY_PREFIX,
     PlannedNode,
     Workflow,
     WorkflowNode,
@@ -198,14 +197,6 @@ def _model_of(body: Mapping[str, Any], name: str) -> str:
     return DEFAULT_MODEL
 
 
-def get_workflow(producer: Producer, workflow_id: str, *, owner: str | None = None) -> Workflow | None:
-    """The workflow, when ``owner`` may see it (None: anyone's)."""
-    workflow: Workflow | None = producer.workflows.get(workflow_id)
-    if workflow is None or (owner is not None and workflow.owner != owner):
-        return None
-    return workflow
-
-
 def cancel_workflow(producer: Producer, workflow: Workflow, *, by: str) -> list[str]:
     """Cancel every node not yet submitted (queued or waiting); the ids canceled. Nodes already at the
     upstream run on; the children of a canceled node fail ``parent_canceled``."""
@@ -220,6 +211,3 @@ def cancel_workflow(producer: Producer, workflow: Workflow, *, by: str) -> list[
         except (NotCancelable, KeyError):
             continue
     return canceled
-
-
-__all__ = ["NODE_KEY_PREFIX", "cancel_workflow", "get_workflow", "submit_workflow"]
