@@ -28,6 +28,7 @@ from typing import Final, Protocol, cast
 import redis
 
 from core.jobs import Job, JobState
+from core.jobstore_args import text
 from core.keys import Keys
 from core.messages import submit_message
 
@@ -72,8 +73,7 @@ def release_children(jobs: JobStore, client: redis.Redis, keys: Keys, parent_id:
     """Move every child waiting for ``parent_id`` on, if the parent ended (see the module docstring)."""
     out = Released()
     children_key = keys.children(parent_id)
-    members = cast("set[str | bytes]", client.smembers(children_key))
-    child_ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+    child_ids = sorted(text(member) for member in cast("set[str | bytes]", client.smembers(children_key)))
     if not child_ids:
         return out
     parent = jobs.get(parent_id)

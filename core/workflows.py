@@ -28,6 +28,7 @@ import redis
 
 from core.errors import ValidationError
 from core.jobs import Job, JobState
+from core.jobstore_args import text
 from core.keys import Keys
 from core.lua_scripts import load_script
 
@@ -75,7 +76,7 @@ class Workflow:
 
     @classmethod
     def from_hash(cls, data: Mapping[Any, Any]) -> Workflow:
-        row = {_text(k): _text(v) for k, v in data.items()}
+        row = {text(k): text(v) for k, v in data.items()}
         nodes = [WorkflowNode(n["name"], n["job"], n.get("parent")) for n in json.loads(row.get("nodes", "[]"))]
         return cls(
             id=row["id"],
@@ -176,8 +177,8 @@ class WorkflowStore:
         """The workflow id an idempotency key names: ``candidate`` when this call claimed it."""
         name = self._keys.workflow_idempotency(key, owner)
         self._redis.set(name, candidate, nx=True, ex=self._ttl_s)
-        found = self._redis.get(name)
-        return _text(found) if found is not None else candidate
+        found = cast("str | bytes | None", self._redis.get(name))
+        return text(found) if found is not None else candidate
 
     def save(self, workflow: Workflow) -> None:
         """Write the record (the same content for every request that creates it) and list it."""
@@ -194,7 +195,7 @@ class WorkflowStore:
 
     def recent(self, limit: int = 50) -> list[str]:
         """The newest workflows' ids (the listing is trimmed of expired records as it is read)."""
-        ids = [_text(i) for i in cast("list[Any]", self._redis.zrevrange(self._keys.workflows(), 0, limit - 1))]
+        ids = [text(i) for i in cast("list[Any]", self._redis.zrevrange(self._keys.workflows(), 0, limit - 1))]
         with self._redis.pipeline(transaction=False) as pipe:
             for workflow_id in ids:
                 pipe.exists(self._keys.workflow(workflow_id))
@@ -216,7 +217,7 @@ class WorkflowStore:
         with self._redis.pipeline(transaction=False) as pipe:
             for node in workflow.nodes:
                 pipe.hget(self._keys.job(node.job_id), "state")
-            states = [JobState(_text(s)) if s is not None else None for s in pipe.execute()]
+            states = [JobState(text(s)) if s is not None else None for s in pipe.execute()]
         state = state_from(states)
         if state == "running":
             return None
@@ -254,7 +255,3 @@ def workflow_summary(workflows: WorkflowStore, jobs: JobReader, workflow_id: str
 
 class JobReader(Protocol):
     def get_many(self, job_ids: Sequence[str]) -> list[Job | None]: ...
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
