@@ -41,7 +41,16 @@ def token_fingerprint(token: SecretStr) -> str:
 LEGACY_PRINCIPAL = "default"
 
 #: What an endpoint may subscribe to (the events stream's types, ``core.events``).
-EVENT_TYPES = ("job.stored", "job.failed", "job.expired", "job.canceled", "batch.completed", "workflow.completed")
+EVENT_TYPES = (
+    "job.stored",
+    "job.failed",
+    "job.expired",
+    "job.canceled",
+    "batch.completed",
+    "workflow.completed",
+    "budget.warning",
+    "account.low_balance",
+)
 
 
 class WebhookEndpoint(FrozenSettingsModel):
@@ -133,6 +142,11 @@ class PrincipalSettings(FrozenSettingsModel):
     """Jobs enqueued per second (a token bucket)."""
     enqueue_burst: int = Field(default=1000, ge=1)
     """The most jobs enqueued at once (the bucket's size)."""
+    budget_day: float | None = Field(default=None, gt=0)
+    """Credits this principal may spend per UTC day, charged and reserved together (unset:
+    ``credits.principal_day``); a request past it is refused (402, nothing written)."""
+    budget_month: float | None = Field(default=None, gt=0)
+    """...and per UTC month (unset: ``credits.principal_month``)."""
     max_live_jobs: int = Field(default=10_000, ge=1)
     """Jobs of this principal not yet finished (queued or on their way) at any time."""
     max_metadata_bytes: int = Field(default=1024 * 1024, ge=0)

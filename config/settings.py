@@ -35,6 +35,7 @@ from config.upstream import (
     DEFAULT_BASE_URL,
     AccountSettings,
     CallbackSettings,
+    CreditSettings,
     HttpSettings,
     ModelSettings,
     PollSettings,
@@ -50,6 +51,7 @@ __all__ = [
     "AccountSettings",
     "CallbackSettings",
     "ConfigError",
+    "CreditSettings",
     "DashboardSettings",
     "DownloadSettings",
     "HttpSettings",
@@ -108,6 +110,8 @@ class Settings(BaseSettings):
     """The models of the family this deployment takes, by name (``text-to-video``, ``image-to-video``,
     ``text-to-image``, ``image-to-image``, ``upscale``, ``extend``): switched off, their pools' default caps,
     their prices. A model not named takes the catalog's defaults."""
+    credits: CreditSettings = CreditSettings()
+    """Estimates, the ledger, budgets and balances (``IMAGINEQ_CREDITS__*``)."""
     s3: S3Settings = S3Settings()
     """Where results are stored (``IMAGINEQ_S3__*``)."""
     callbacks: CallbackSettings = CallbackSettings()

@@ -40,6 +40,9 @@ class AccountSettings(FrozenSettingsModel):
     pools: dict[str, PoolLimits] = Field(default_factory=dict)
     """The caps of the other models' pools (``image-to-video``, ``text-to-image``, ...) where they are not the
     models' defaults (``models``), e.g. ``{"text-to-image": {"max_in_progress": 40}}``."""
+    low_balance: float | None = Field(default=None, ge=0)
+    """Below this many credits the account is low (an ``account.low_balance`` event, the dashboard, an alert);
+    unset: ``credits.low_balance``."""
     create_requests_per_window: int | None = Field(default=None, ge=1)
     """createTask requests of every model together in every rolling ``create_requests_window_s``; unset: not
     limited. kie.ai documents about 20 new generation requests per 10 seconds per account."""
@@ -126,6 +129,29 @@ class ModelSettings(SettingsModel):
     """The estimate of one task, before the per-second part."""
     credits_per_second: dict[str, float] | None = None
     """Credits per second of video by resolution (``{"480p": 2.4, "720p": 4.5}``)."""
+
+
+class CreditSettings(SettingsModel):
+    """What jobs cost: the ledger, the budgets that refuse work before it is spent, the accounts' balances."""
+
+    principal_day: float | None = Field(default=None, gt=0)
+    """Credits each principal may spend (charged and reserved) per UTC day, unless its own ``budget_day`` says
+    otherwise; the jobs of no principal (the Python API, the CLI, batch files) count as principal ``-``. Unset:
+    no limit."""
+    principal_month: float | None = Field(default=None, gt=0)
+    """...and per UTC month (``budget_month``)."""
+    daily_cap: float | None = Field(default=None, gt=0)
+    """Credits the whole deployment may spend per UTC day, everyone's together."""
+    inbox_batch_budget: float | None = Field(default=None, gt=0)
+    """The budget of each batch the nightly inbox run picks up (a file's header line may set its own)."""
+    warn_pct: float = Field(default=80.0, gt=0, le=100)
+    """A budget this full sends one ``budget.warning`` event (and webhook) per period."""
+    ledger_days: int = Field(default=400, ge=1)
+    """How long the ledger keeps each day's and month's totals (and each batch's)."""
+    balance_interval_s: float = Field(default=60.0, ge=5)
+    """How often beat reads every account's balance (``chat/credit``); also read after any 402."""
+    low_balance: float = Field(default=100.0, ge=0)
+    """Below this many credits an account is low, unless its own ``low_balance`` says otherwise."""
 
 
 class CallbackSettings(SettingsModel):

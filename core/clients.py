@@ -16,6 +16,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from config.celery import REDIS_SOCKET_OPTIONS, sentinel_auth, sentinel_data_node
 from config.settings import Settings, sentinel_nodes
+from core.credits import CreditPolicy
 from core.jobstore import JobStore
 from core.keys import Keys
 from core.lua_scripts import load_script
@@ -88,6 +89,7 @@ class Clients:
                 memory_budget_pct=settings.redis_memory_budget_pct,
                 weight_of=principal_weights(settings),
                 parent_max_age_s=settings.parent_max_age_s,
+                credits=CreditPolicy(settings),
             ),
             WorkflowStore(client, keys, ttl_s=settings.job_ttl_s, events_max_len=settings.events_max_len),
         )

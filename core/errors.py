@@ -7,6 +7,7 @@ with the code that raises it; the module is named where it is not this one).
     ├── ConfigError (config.errors)              invalid settings: every bad field named, before anything runs
     ├── ValidationError(field, message)          bad user input; nothing was sent or written
     ├── RedisFull(used, budget, wanted)          Redis is near its maxmemory: new jobs refused, nothing written
+    ├── OverBudget(budget, limit, charged, …)    a budget has no room for a job's estimate: nothing written
     ├── UpstreamError                            status, code, endpoint, request_id, body (≤ 500 chars)
     │   ├── RetryableError(retry_after_s)        try again later; the job is not failed
     │   │   ├── RateLimited                      429 (the whole account cools down)
@@ -100,6 +101,38 @@ class RedisFull(ImagineQError):
             f"{self.wanted_bytes / mb:.1f} MB more, and new jobs may use at most {self.budget_bytes / mb:.1f} MB "
             "(redis_memory_budget_pct of maxmemory); nothing was written, try again later"
         )
+
+
+class OverBudget(ImagineQError):
+    """A budget has no room for a request's estimated credits: nothing was written or spent. Amounts are
+    credits; ``budget`` is ``principal_day``, ``principal_month``, ``batch`` or ``global_day``."""
+
+    _reason = "over_budget"
+
+    def __init__(self, budget: str, limit: float, charged: float, reserved: float, estimate: float) -> None:
+        super().__init__(budget, limit, charged, reserved, estimate)
+        self.budget = budget
+        self.limit = limit
+        self.charged = charged
+        self.reserved = reserved
+        self.estimate = estimate
+
+    def __str__(self) -> str:
+        return (
+            f"over budget {self.budget}: limit {self.limit:g} credits, {self.charged:g} charged and "
+            f"{self.reserved:g} reserved, this needs {self.estimate:g} more; nothing was written"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": "over_budget",
+            "budget": self.budget,
+            "limit": self.limit,
+            "charged": self.charged,
+            "reserved": self.reserved,
+            "estimate": self.estimate,
+            "detail": str(self),
+        }
 
 
 class UpstreamError(ImagineQError):

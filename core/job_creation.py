@@ -18,12 +18,13 @@ from typing import Final, Protocol
 import redis
 from redis.client import Pipeline
 
-from core.errors import ValidationError
+from core.credits import NO_PRINCIPAL, CreditPolicy, from_centi, ledger_keys, to_centi, utc_day
+from core.errors import OverBudget, ValidationError
 from core.jobs import MANAGED_FIELDS, TIMESTAMP_PREFIX, Job, JobRequest, JobState, new_job_id
 from core.keys import Keys
 from core.lua_scripts import ScriptCall, evalsha_pipeline, load_script
 from core.memory import MemoryBudget, record_bytes
-from core.messages import STEP_WEIGHT, BrokerMessage, created_ms, fair_principal, ready_step
+from core.messages import STEP_WEIGHT, BrokerMessage, created_ms, fair_principal, ready_place, ready_step
 from core.replication import ReplicaAcks
 
 log = logging.getLogger("imagineq.jobs")
@@ -44,6 +45,23 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _new_jobs(items: Sequence[tuple[Job, bool] | OverBudget]) -> list[Job]:
+    """The jobs a call wrote (not those an idempotency key named, nor those over budget)."""
+    return [item[0] for item in items if not isinstance(item, OverBudget) and item[1]]
+
+
+def _over_budget(job: Job, result: Sequence[object]) -> OverBudget:
+    """job_create.lua's refusal {2, budget, limit, charged, reserved} (centi-credits) as an error."""
+    budget, limit, charged, reserved = (_text(value) if isinstance(value, bytes) else value for value in result[1:5])
+    return OverBudget(
+        str(budget),
+        from_centi(str(limit)),
+        from_centi(str(charged)),
+        from_centi(str(reserved)),
+        job.estimate or 0.0,
+    )
+
+
 class JobCreation:
     def __init__(
         self,
@@ -56,6 +74,8 @@ class JobCreation:
         memory: MemoryBudget | None,
         weight_of: Callable[[str | None], float] = lambda owner: 1.0,
         release: Callable[[str], object] = lambda parent_id: None,
+        credits: CreditPolicy | None = None,
+        events_max_len: int = 100_000,
     ) -> None:
         self._redis = client
         self._keys = keys
@@ -68,6 +88,8 @@ class JobCreation:
         self._weight_of = weight_of
         self._release = release
         self._discard_script = load_script(client, "job_discard")
+        self._credits = credits
+        self._events_max_len = events_max_len
 
     def create_many(
         self,
@@ -79,7 +101,28 @@ class JobCreation:
     ) -> list[tuple[Job, bool]]:
         """The jobs of ``requests`` (see the module docstring), each with ``created`` (False: its
         idempotency key named an existing job); ``message(job)``: each new job's broker message;
-        ``job_ids``: the ids to give the new jobs, in order (default: fresh ones)."""
+        ``job_ids``: the ids to give the new jobs, in order (default: fresh ones). A budget without room for
+        one of them raises :class:`OverBudget`, none of them written."""
+        out: list[tuple[Job, bool]] = []
+        for item in self.create_within_budget(requests, chunk, message=message, job_ids=job_ids, partial=False):
+            if isinstance(item, OverBudget):
+                raise item
+            out.append(item)
+        return out
+
+    def create_within_budget(
+        self,
+        requests: Sequence[JobRequest],
+        chunk: int = 500,
+        *,
+        message: MessageFactory | None = None,
+        job_ids: Sequence[str] | None = None,
+        batch_budget: float | None = None,
+        partial: bool = True,
+    ) -> list[tuple[Job, bool] | OverBudget]:
+        """:meth:`create_many` for the lines of a batch: a request a budget (``batch_budget``, the batch's
+        limit, among them) has no room for is an :class:`OverBudget` in its place, and costs nothing; the
+        others are written. ``partial`` False: the first one over budget takes every job of the call back."""
         for request in requests:
             request.validate()
             if request.needs_parent:
@@ -88,24 +131,38 @@ class JobCreation:
         if len(ids) != len(requests):
             raise ValueError(f"{len(ids)} job ids for {len(requests)} requests")
         jobs = [Job.new(request, job_id=job_id) for request, job_id in zip(requests, ids, strict=True)]
+        if self._credits is not None:
+            day = utc_day()
+            for job in jobs:
+                job.estimate = self._credits.estimate(job.model, job.values, job.parent_output)
+                job.lday = day
         if self._memory is not None:
             self._memory.check(sum(record_bytes(job) for job in jobs))
-        out: list[tuple[Job, bool]] = []
+        out: list[tuple[Job, bool] | OverBudget] = []
         pushed: dict[str, BrokerMessage] = {}
         wanted = self._replica_acks.wanted()
         try:
             for start in range(0, len(jobs), chunk):
                 last = start + chunk >= len(jobs) and message is None
-                out += self._create_chunk(jobs[start : start + chunk], replicas=wanted if last else 0)
+                out += self._create_chunk(
+                    jobs[start : start + chunk], replicas=wanted if last else 0, batch_budget=batch_budget
+                )
+                if not partial and any(isinstance(item, OverBudget) for item in out):
+                    break
+            new = _new_jobs(out)
+            refused = next((item for item in out if isinstance(item, OverBudget)), None)
+            if refused is not None and not partial:
+                self._discard(new, {})
+                return [refused]
             # A job waiting for its parent gets no message and is not ready: its parent's end releases it.
-            created = [job for job, fresh in out if fresh and job.state is JobState.QUEUED]
+            created = [job for job in new if job.state is JobState.QUEUED]
             if message is not None:
                 pushed = {job.id: message(job) for job in created}
                 self._push(created, pushed, replicas=wanted)
         except BaseException:
-            self._discard([job for job, fresh in out if fresh], pushed)
+            self._discard(_new_jobs(out), pushed)
             raise
-        waiting = [job for job, fresh in out if fresh and job.state is JobState.WAITING]
+        waiting = [job for job in new if job.state is JobState.WAITING]
         if waiting:
             self._release_ended_parents(waiting)
         return out
@@ -127,11 +184,13 @@ class JobCreation:
         for parent in ended:
             self._release(parent)
 
-    def _create_chunk(self, jobs: Sequence[Job], *, replicas: int) -> list[tuple[Job, bool]]:
-        calls = [self._create_call(job) for job in jobs]
+    def _create_chunk(
+        self, jobs: Sequence[Job], *, replicas: int, batch_budget: float | None
+    ) -> list[tuple[Job, bool] | OverBudget]:
+        calls = [self._create_call(job, batch_budget=batch_budget) for job in jobs]
         results, acks = evalsha_pipeline(self._redis, calls, replicas=replicas, timeout_ms=self._replica_ack_timeout_ms)
         self._note_acks(jobs, replicas, acks)
-        out: list[tuple[Job, bool] | None] = [None] * len(jobs)
+        out: list[tuple[Job, bool] | OverBudget | None] = [None] * len(jobs)
         existing: dict[int, str] = {}
         failure: Exception | None = None
         for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
@@ -141,35 +200,39 @@ class JobCreation:
                 job.created_at = job.updated_at = float(_text(result[2]))
                 job.timestamps[job.state.value] = job.created_at
                 out[i] = (job, True)
+            elif int(result[0]) == 2:
+                out[i] = _over_budget(job, result)
             else:
                 existing[i] = _text(result[1])
         if failure is not None:
             # The records this chunk did write go back now; the caller takes back the earlier chunks'.
-            self._discard([item[0] for item in out if item is not None and item[1]], {})
+            self._discard(_new_jobs([item for item in out if item is not None]), {})
             raise failure
         if existing:
             found = self._reads.get_many(list(existing.values()))
             for (i, job_id), job_found in zip(existing.items(), found, strict=True):
                 if job_found is None:
                     # The key outlived its record (deleted by hand): take it over.
-                    out[i] = self._create_one(jobs[i], stale_id=job_id)
+                    out[i] = self._create_one(jobs[i], stale_id=job_id, batch_budget=batch_budget)
                 else:
                     out[i] = (job_found, False)
         return [item for item in out if item is not None]
 
-    def _create_one(self, job: Job, *, stale_id: str) -> tuple[Job, bool]:
-        script, keys, args = self._create_call(job, stale_id=stale_id)
+    def _create_one(self, job: Job, *, stale_id: str, batch_budget: float | None) -> tuple[Job, bool] | OverBudget:
+        script, keys, args = self._create_call(job, stale_id=stale_id, batch_budget=batch_budget)
         result = script(keys, args)
         if int(result[0]) == 1:
             job.created_at = job.updated_at = float(_text(result[2]))
             job.timestamps[job.state.value] = job.created_at
             return job, True
+        if int(result[0]) == 2:
+            return _over_budget(job, result)
         found = self._reads.get(_text(result[1]))
         if found is None:
             raise RuntimeError(f"idempotency key {job.idempotency_key!r} names a job that keeps vanishing")
         return found, False
 
-    def _create_call(self, job: Job, *, stale_id: str = "") -> ScriptCall:
+    def _create_call(self, job: Job, *, stale_id: str = "", batch_budget: float | None = None) -> ScriptCall:
         keys = [self._keys.job(job.id), self._keys.state_index(job.state.value)]
         if job.idempotency_key is not None:
             keys.append(self._keys.idempotency(job.idempotency_key, job.owner))
@@ -180,6 +243,21 @@ class JobCreation:
         fields.pop(TIMESTAMP_PREFIX + job.state.value, None)
         has_key = "1" if job.idempotency_key is not None else ""
         args: list[str] = [job.id, stale_id, job.state.value, has_key, "1" if waits else ""]
+        if self._credits is not None and job.estimate is not None and job.lday is not None:
+            keys += [*ledger_keys(self._keys, job.lday, job.batch_id), self._keys.events()]
+            args += [
+                str(to_centi(job.estimate)),
+                str(self._credits.ttl_s),
+                job.owner or NO_PRINCIPAL,
+                job.model,
+                job.batch_id or "",
+                job.workflow_id or "",
+                *self._credits.budgets(job.owner).limits(batch_budget),
+                repr(self._credits.warn),
+                str(self._events_max_len),
+            ]
+        else:
+            args.append("")
         for name, value in fields.items():
             args += [name, value]
         return self._create, keys, args
@@ -222,7 +300,7 @@ class JobCreation:
         args: list[str | float] = [STEP_WEIGHT, len(jobs)]
         for job in jobs:
             principal = fair_principal(job)
-            args += [job.id, ready_step(job), principal, self._weight_of(job.owner), created_ms(job), job.pin or ""]
+            args += [job.id, ready_step(job), principal, self._weight_of(job.owner), created_ms(job), ready_place(job)]
         self._ready_add(keys=script_keys, args=args, client=pipe)
 
     def _note_acks(self, jobs: Sequence[Job], wanted: int, acks: int) -> None:
@@ -251,10 +329,12 @@ class JobCreation:
                 self._keys.ready_meta(job.pool),
                 self._keys.ready_age(job.pool),
                 self._keys.waiting(),
+                *ledger_keys(self._keys, job.lday or utc_day(), job.batch_id),
             ]
             if job.idempotency_key is not None:
                 keys.append(self._keys.idempotency(job.idempotency_key, job.owner))
             payload = sent.payload if sent is not None else ""
-            calls.append((self._discard_script, keys, [job.id, payload, job.state.value]))
+            ttl = str(self._credits.ttl_s if self._credits is not None else 86400)
+            calls.append((self._discard_script, keys, [job.id, payload, job.state.value, ttl]))
         evalsha_pipeline(self._redis, calls)
         log.warning("took back %d job(s) of a write that failed part-way (first %s)", len(jobs), jobs[0].id)

@@ -88,6 +88,8 @@ DETERMINISTIC_FAIL_CODES: Final = frozenset({"content_moderation"})
 #: Counters kept on the record (``JobStore.incr``); absent means 0.
 COUNTER_FIELDS: Final = ("attempts", "submit_attempts", "poll_errors", "store_attempts")
 _INT_FIELDS: Final = frozenset({*COUNTER_FIELDS, "size", "priority_level"})
+#: Credits (``core.credits``): the estimate at enqueue, and what was charged once the task existed.
+_FLOAT_FIELDS: Final = frozenset({"estimate", "charged"})
 _STR_FIELDS: Final = frozenset(
     {
         "prompt",
@@ -110,6 +112,8 @@ _STR_FIELDS: Final = frozenset(
         "s3_uri",
         "sha256",
         "callback_token_hash",
+        "credits",
+        "lday",
     }
 )
 #: Fields only the store writes (through its Lua scripts), never through ``fields=``.
@@ -180,6 +184,15 @@ class Job:
     #: Earlier attempts, oldest first (each kept when the job was resubmitted): their reason, error, upstream
     #: task and account, and the times they entered each state.
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: Credits the job is estimated to cost (its model's price rule), reserved in the ledger at enqueue.
+    estimate: float | None = None
+    #: Credits charged once its upstream task existed (the upstream's own figure when it gave one).
+    charged: float | None = None
+    #: Where its credits are in the ledger: None (reserved), ``charged``, ``settled`` (on the upstream's
+    #: figure) or ``released`` (it ended without a task).
+    credits: str | None = None
+    #: The UTC day (``YYYY-MM-DD``) its credits count on: the day it was enqueued (or resubmitted).
+    lday: str | None = None
     #: SHA-256 of the per-job callback token (the token itself is never stored).
     callback_token_hash: str | None = None
     created_at: float = 0.0
@@ -315,6 +328,10 @@ class Job:
             number = getattr(self, name)
             if number is not None and (number != 0 or name == "size"):
                 out[name] = str(number)
+        for name in _FLOAT_FIELDS:
+            amount = getattr(self, name)
+            if amount is not None:
+                out[name] = f"{amount:.2f}"
         if self.updated_at != self.created_at:
             out["updated_at"] = repr(self.updated_at)
         for state, at in self.timestamps.items():
@@ -351,6 +368,8 @@ class Job:
                 setattr(job, name, value)
             elif name in _INT_FIELDS:
                 setattr(job, name, int(value))
+            elif name in _FLOAT_FIELDS:
+                setattr(job, name, float(value))
             elif name.startswith(TIMESTAMP_PREFIX) and name[len(TIMESTAMP_PREFIX) :] in _STATE_VALUES:
                 job.timestamps[name[len(TIMESTAMP_PREFIX) :]] = float(value)
             else:

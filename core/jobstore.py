@@ -23,6 +23,8 @@ from typing import Any, Final, cast
 import redis
 from redis.client import Pipeline
 
+from core.credits import CreditPolicy, ledger_keys, to_centi
+from core.errors import OverBudget
 from core.job_creation import JobCreation, MessageFactory
 from core.job_indexes import StateIndexes
 from core.jobs import (
@@ -43,7 +45,7 @@ from core.jobstore_args import (
 from core.keys import Keys
 from core.lua_scripts import evalsha_pipeline, load_script
 from core.memory import MemoryBudget
-from core.messages import created_ms, fair_principal, ready_rank, ready_step
+from core.messages import created_ms, fair_principal, ready_place, ready_rank, ready_step
 from core.release import Released, release_children
 from core.replication import ReplicaAcks
 
@@ -72,11 +74,13 @@ class JobStore(StateIndexes):
         memory_budget_pct: float | None = None,
         weight_of: Callable[[str | None], float] | None = None,
         parent_max_age_s: float = 14 * 86400,
+        credits: CreditPolicy | None = None,
     ) -> None:
         """``memory_budget_pct``: new jobs must fit under this share of Redis's ``maxmemory``
         (:mod:`core.memory`); None: no check. ``weight_of(owner)``: a principal's fair-share weight
         (default 1 for all). ``parent_max_age_s``: how old a stored parent may be when it releases its
-        waiting children (:mod:`core.release`)."""
+        waiting children (:mod:`core.release`). ``credits``: each new job's estimate, reserved in the ledger
+        under its budgets, and moved with its state (:mod:`core.credits`); None: no credits kept."""
         if terminal_ttl_s < 1:
             raise ValueError("terminal_ttl_s must be at least 1")
         self._client = client
@@ -96,7 +100,10 @@ class JobStore(StateIndexes):
             memory=MemoryBudget(client, memory_budget_pct) if memory_budget_pct else None,
             **({"weight_of": weight_of} if weight_of is not None else {}),
             release=self.release_children,
+            credits=credits,
+            events_max_len=events_max_len,
         )
+        self.credits = credits
         self._transition = load_script(client, "job_transition")
         self._ready = load_script(client, "job_ready")
         self._update = load_script(client, "job_update")
@@ -118,6 +125,18 @@ class JobStore(StateIndexes):
         """Like :meth:`create` for many requests, all of them or none (:class:`core.job_creation.JobCreation`):
         ``created`` is False for a request whose idempotency key already named a job."""
         return self._creation.create_many(requests, chunk=chunk, message=message, job_ids=job_ids)
+
+    def create_within_budget(
+        self,
+        requests: Sequence[JobRequest],
+        chunk: int = 500,
+        *,
+        message: MessageFactory | None = None,
+        batch_budget: float | None = None,
+    ) -> list[tuple[Job, bool] | OverBudget]:
+        """:meth:`create_many` for a batch's lines: those over a budget are an :class:`OverBudget` in their
+        place, the others written (:meth:`core.job_creation.JobCreation.create_within_budget`)."""
+        return self._creation.create_within_budget(requests, chunk, message=message, batch_budget=batch_budget)
 
     def release_children(self, parent_id: str) -> Released:
         """The jobs waiting for ``parent_id`` move on now that it ended (:func:`core.release.release_children`)."""
@@ -171,6 +190,8 @@ class JobStore(StateIndexes):
         pipe: Pipeline | None = None,
         read: Job | None = None,
         ready: bool = True,
+        charge: bool = False,
+        upstream_credits: float | None = None,
     ) -> bool:
         """Move the job to ``to`` if its state is in ``expect`` (when given) and ``to`` is allowed from it.
 
@@ -189,6 +210,10 @@ class JobStore(StateIndexes):
         idempotency key (one extra round trip) so the key's expiry follows the job's; passing ``expect``
         keeps moves such as ``submitting → queued`` to a single round trip, and so does ``read``: the
         record the caller has read, whose idempotency key (set at creation, never changed) is used.
+
+        Credits move in the same step (:mod:`core.credits`): the estimate is charged on entering
+        ``generating`` (or on any move with ``charge``: createTask's outcome unknown), released on a terminal
+        move of a job never charged, and a charge settled on ``upstream_credits`` (the upstream's figure).
         """
         fields = dict(fields or {})
         incr = dict(incr or {})
@@ -204,19 +229,24 @@ class JobStore(StateIndexes):
         keys = [self._keys.job(job_id), self._keys.state_index(to.value)]
         keys += [self._keys.state_index(state.value) for state in froms]
         idem = ""
-        if to.terminal or any(state.terminal for state in froms):
+        moves_credits = self.credits is not None and (
+            to is JobState.GENERATING or to.terminal or charge or upstream_credits is not None
+        )
+        lday = batch_id = account = None
+        if to.terminal or any(state.terminal for state in froms) or moves_credits:
             owner: str | None
-            if read is not None and read.id == job_id:
+            if read is not None and read.id == job_id and not moves_credits:
                 idem, owner = read.idempotency_key or "", read.owner
             else:
-                stored = cast(
-                    "list[str | bytes | None]",
-                    self._client.hmget(self._keys.job(job_id), ["idempotency_key", "owner"]),
-                )
-                idem = text(stored[0] or "")
-                owner = text(stored[1]) if stored[1] else None
-            if idem:
+                # The account is read from the record even when the caller has one: it is set on the way.
+                fields_read = ["idempotency_key", "owner", "lday", "batch_id", "account"]
+                stored = cast("list[str | bytes | None]", self._client.hmget(self._keys.job(job_id), fields_read))
+                idem, owner, lday, batch_id, account = (text(value) if value else None for value in stored)  # type: ignore[assignment]
+                idem = idem or ""
+            if idem and (to.terminal or any(state.terminal for state in froms)):
                 keys.append(self._keys.idempotency(idem, owner))
+            elif idem:
+                idem = ""
         task_id = fields.get("task_id")
         if task_id is not None and task_id != "":
             keys.append(self._keys.task_index(str(task_id)))
@@ -241,6 +271,16 @@ class JobStore(StateIndexes):
             keys += self._ready_keys(job)
             entering = "1" if to is JobState.QUEUED and ready else ""
             args += ["1", entering, *self._ready_args(job)]
+        else:
+            args.append("0")
+        if moves_credits and lday is not None and self.credits is not None:
+            keys += ledger_keys(self._keys, lday, batch_id)
+            if account:
+                keys += [self._keys.balance(account), self._keys.balance_holds(account)]
+            else:
+                keys += keys[-2:]  # never touched: the job has no account
+            figure = "" if upstream_credits is None else str(to_centi(upstream_credits))
+            args += ["1", "1" if charge else "", figure, str(self.credits.ttl_s), account or ""]
         else:
             args.append("0")
         if to.terminal:
@@ -325,8 +365,8 @@ class JobStore(StateIndexes):
     @staticmethod
     def _ready_args(job: Job) -> list[str]:
         """What the ready set keeps of a job: its rank (when the record has none), principal, step, created
-        ms and pin."""
-        return [ready_rank(job), fair_principal(job), str(ready_step(job)), created_ms(job), job.pin or ""]
+        ms and place (pin and estimate)."""
+        return [ready_rank(job), fair_principal(job), str(ready_step(job)), created_ms(job), ready_place(job)]
 
     def incr(self, job_id: str, field: str, by: int = 1) -> int:
         """Add ``by`` to a counter on the record and return the new value; LookupError if no such job."""

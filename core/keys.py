@@ -236,6 +236,36 @@ class Keys:
         """Set: batches read whole whose manifest is not written yet (the reconciler finalises them)."""
         return f"{self.prefix}:batches:active"
 
+    # -- credits ------------------------------------------------------------------------------------
+    def ledger_day(self, day: str) -> str:
+        """Hash: one UTC day's credits (``YYYY-MM-DD``), centi-credits by ``kind|principal|dimension``
+        (kind ``r`` reserved, ``c`` charged; dimension ``t`` total, ``m:<model>``, ``a:<account>``,
+        ``b:<batch>``, ``w:<workflow>``; principal ``*`` for everyone's)."""
+        return f"{self.prefix}:ledger:day:{day}"
+
+    def ledger_month(self, month: str) -> str:
+        """Hash: one UTC month's credits (``YYYY-MM``), ``kind|principal|t`` (the monthly budgets)."""
+        return f"{self.prefix}:ledger:month:{month}"
+
+    def ledger_total(self) -> str:
+        """Hash: every credit since the deployment began, ``kind|*|m:<model>`` and ``kind|*|a:<account>``
+        (Prometheus counters), never expiring."""
+        return f"{self.prefix}:ledger:total"
+
+    def ledger_batch(self, batch_id: str) -> str:
+        """Hash: a batch's credits, ``r`` reserved and ``c`` charged (its budget)."""
+        return f"{self.prefix}:ledger:batch:{batch_id}"
+
+    def balance(self, account: str) -> str:
+        """Hash: the account's balance as last read (``credits``, ``at`` ms) and the centi-credits ``spent``
+        since (charges made after the reading): with its holds, what it can still pay."""
+        return f"{self.prefix}:balance:{account}"
+
+    def balance_holds(self, account: str) -> str:
+        """Sorted set: jobs sent towards the account whose task is not charged yet (member = job id, score =
+        estimate in centi-credits), counted against its balance until charged or ended."""
+        return f"{self.prefix}:balance:{account}:holds"
+
     # -- schedules and the reconciler ---------------------------------------------------------------
     def inbox_claim(self, identity: str) -> str:
         """String with expiry: an inbox file (by name and version) being picked up by one run."""

@@ -9,6 +9,7 @@ trip) uses :func:`evalsha_pipeline` instead, which re-sends only the commands th
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Sequence
@@ -24,10 +25,16 @@ _lock = threading.Lock()
 _registered: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
 
 
+#: A line ``--! include <name>`` stands for the whole of ``core/lua/<name>.lua`` (functions several
+#: scripts share; Redis runs each script whole, so they are copied in, not loaded).
+_INCLUDE = re.compile(r"^--! include ([a-z_]+)$", re.MULTILINE)
+
+
 @cache
 def script_source(name: str) -> str:
-    """The text of ``core/lua/{name}.lua``."""
-    return resources.files("core").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    """The text of ``core/lua/{name}.lua``, its includes filled in."""
+    text = resources.files("core").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda match: script_source(match[1]), text)
 
 
 def load_script(client: redis.Redis, name: str) -> Script:

@@ -59,6 +59,14 @@ def created_ms(job: Job) -> str:
     return f"{round(job.created_at * 1000):013d}"
 
 
+def ready_place(job: Job) -> str:
+    """Where the job may go, as its pool's ready meta keeps it: ``pin<TAB>estimate`` (the account it must run
+    on, '' for any; its estimate in centi-credits, '' when unknown), so a dispatch sends it only to an account
+    whose known balance can pay for it."""
+    estimate = "" if job.estimate is None else str(round(job.estimate * 100))
+    return f"{job.pin or ''}\t{estimate}"
+
+
 def ready_rank(job: Job) -> str:
     """The job's rank in its pool's ready set as written when it first became ready; a job from before
     ranks were written goes first in its step."""

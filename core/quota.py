@@ -226,7 +226,11 @@ class QuotaLimiter:
         settings = [self._account(name) for name in names]
         for account in settings:
             keys += [self._keys.cooldown(account.name), self._keys.pause(account.name)]
-            keys.append(self._keys.create_requests(account.name))
+            keys += [
+                self._keys.create_requests(account.name),
+                self._keys.balance(account.name),
+                self._keys.balance_holds(account.name),
+            ]
             # Widened by the guard: a request is logged just before it is sent, the upstream counts it on arrival.
             request_window = account.create_requests_window_s + account.window_guard_s
             args += [account.name, account.create_requests_per_window or 0, _ms(request_window)]

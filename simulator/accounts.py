@@ -36,7 +36,8 @@ class Account:
     """One API key: its own quotas (one per model pool), credits and uploaded files."""
 
     key_id: str
-    credits: int
+    #: The balance, lowered by each task's price (-1: unlimited).
+    credits: float
     pools: dict[str, Pool] = field(default_factory=lambda: {pool: Pool() for pool in POOLS})
     #: createTask requests of every model (the optional account-wide request rate).
     create_requests: SlidingWindowLog = field(default_factory=SlidingWindowLog)

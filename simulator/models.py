@@ -202,6 +202,24 @@ def _extend(inp: Mapping[str, Any], find: FindParent, image: CheckImage) -> Chec
     )
 
 
+#: Credits per second of video by resolution, and per task of the other models (the published price tables:
+#: ``upstream-grok-imagine-family.md``; 1 credit is about $0.005).
+VIDEO_CREDITS_PER_S = {"480p": 2.4, "720p": 4.5}
+TASK_CREDITS = {"grok-imagine/text-to-image": 4.0, "grok-imagine/image-to-image": 4.0}
+UPSCALE_CREDITS = {"image": 10.0, "video": 30.0}
+
+
+def price(model: str, checked: Checked) -> float:
+    """What a task of ``model`` with these inputs costs: video by its seconds and resolution (an extension by
+    the seconds it adds, at 480p), an upscale by its parent's kind, an image per task."""
+    if model == "grok-imagine/upscale":
+        return UPSCALE_CREDITS[checked.kind]
+    if model in TASK_CREDITS:
+        return TASK_CREDITS[model]
+    rate = VIDEO_CREDITS_PER_S["480p" if model == "grok-imagine/extend" else checked.resolution]
+    return round(rate * checked.duration_s, 2)
+
+
 MODELS: dict[str, Model] = {
     model.name: model
     for model in (

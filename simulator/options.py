@@ -37,7 +37,10 @@ class SimOptions:
     window_s: float = 3600.0
     #: recordInfo calls per key per rolling (simulated) second before 429; 0 = unlimited.
     record_info_per_s: float = 10.0
-    credits: int = UNLIMITED_CREDITS
+    #: Every key's balance at start (-1: unlimited); ``/__sim__/config`` may set one key's by its key id.
+    credits: float = UNLIMITED_CREDITS
+    #: recordInfo reports the credits a task consumed (``consumeCredits``), as some upstream models do.
+    report_credits: bool = False
     maintenance: bool = False
     #: Generation time of text-to-video; set at run time or on the command line, of every model.
     gen_time: tuple[float, float] = (10.0, 25.0)
@@ -173,10 +176,19 @@ def _images(name: str, v: Any) -> int:
     return v
 
 
-def _credits(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < UNLIMITED_CREDITS:
-        raise ValueError(f"{name} must be an integer >= -1 (-1 = unlimited)")
+def _credits(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a number >= 0, or -1 (unlimited)")
+    if v < 0 and v != UNLIMITED_CREDITS:
+        raise ValueError(f"{name} must be a number >= 0, or -1 (unlimited)")
     return v
+
+
+def credits_by_key(v: Any) -> float | dict[str, float]:
+    """``credits`` of ``/__sim__/config``: one balance for every key, or ``{key_id: balance}``."""
+    if isinstance(v, dict):
+        return {str(key): _credits(f"credits.{key}", balance) for key, balance in v.items()}
+    return _credits("credits", v)
 
 
 def _words(name: str, v: Any) -> list[str]:
@@ -210,6 +222,7 @@ _RUNTIME_FIELDS: dict[str, Any] = {
     "video_bytes": _positive_int,
     "time_scale": _positive,
     "moderation_words": _words,
+    "report_credits": _bool,
     "delay_s": _non_negative,
     "drop_callbacks": _bool,
     "file_rate_bytes_per_s": _non_negative,
@@ -231,7 +244,7 @@ def apply_overrides(options: SimOptions, changes: Mapping[str, Any]) -> list[str
             raise ValueError(f"unknown config field {name!r}")
         parsed[name] = parser(name, value)
     if "credits" in changes:
-        _credits("credits", changes["credits"])
+        credits_by_key(changes["credits"])
     for name, value in parsed.items():
         setattr(options, name, value)
     if "gen_time" in parsed and "gen_times" not in parsed:
@@ -244,5 +257,5 @@ def runtime_value(name: str, value: Any) -> Any:
     return _RUNTIME_FIELDS[name](name, value)
 
 
-def validate_credits(v: Any) -> int:
-    return _credits("credits", v)
+def validate_credits(v: Any) -> float | dict[str, float]:
+    return credits_by_key(v)

@@ -20,7 +20,7 @@ from simulator.clips import PALETTE
 from simulator.errors import ApiError
 from simulator.faults import Faults, parse_force_status
 from simulator.files import FILE_PATH_RE, UrlSigner
-from simulator.models import MODELS, Parent
+from simulator.models import MODELS, Parent, price
 from simulator.options import (
     UNLIMITED_CREDITS,
     UNLIMITED_CREDITS_REPORTED,
@@ -77,9 +77,17 @@ class SimState:
         apply_overrides(self.options, changes)
         if "credits" in changes:
             credits = validate_credits(changes["credits"])
-            self.options.credits = credits
-            for account in self.accounts.values():
-                account.credits = credits
+            if isinstance(credits, dict):
+                by_id = {account.key_id: account for account in self.accounts.values()}
+                unknown = sorted(set(credits) - set(by_id))
+                if unknown:
+                    raise ValueError(f"credits: no key with id {unknown[0]!r}")
+                for key, balance in credits.items():
+                    by_id[key].credits = balance
+            else:
+                self.options.credits = credits
+                for account in self.accounts.values():
+                    account.credits = credits
         if rules is not None:
             self.faults.rules = rules
         return self.effective_config()
@@ -121,9 +129,10 @@ class SimState:
                 )
             account.create_requests.record(now)
         req = validate_create(body, self._parent_finder(account), self._image_checker(account))
-        if account.credits == 0:
-            raise ApiError(402, "insufficient credits")
         model, checked = req.model, req.checked
+        cost = price(model.name, checked)
+        if account.credits != UNLIMITED_CREDITS and account.credits < cost:
+            raise ApiError(402, f"insufficient credits: this task costs {cost:g}, the balance is {account.credits:g}")
         pool = account.pools[model.pool]
         in_progress_limit, window_limit = self.limits(model.pool)
         window_wall = opts.wall(opts.window_s)
@@ -169,6 +178,8 @@ class SimState:
             created_at=now,
             complete_at=now + opts.wall(gen_s),
             cost_ms=round(gen_s * 1000),
+            credits=cost,
+            report_credits=opts.report_credits,
             video_bytes=opts.video_bytes if checked.kind == "video" else 0,
             aspect_ratio=aspect_ratio,
             mode=checked.mode,
@@ -186,7 +197,9 @@ class SimState:
         )
         self.tasks[task_id] = task
         if account.credits != UNLIMITED_CREDITS:
-            account.credits -= 1
+            account.credits = round(account.credits - cost, 2)
+        spender = self.stats.key(account.key_id)
+        spender.credits_spent = round(spender.credits_spent + cost, 2)
         pool.window.record(now)
         pool.in_progress.add(task.complete_at, task_id)
         self.in_progress.add(task.complete_at, task_id)
@@ -334,7 +347,7 @@ class SimState:
         index = int(match["index"] or 0)
         return self.base_url + self.signer.path(task.task_id, expires_at, index, task.extension)
 
-    def credit(self, account: Account) -> int:
+    def credit(self, account: Account) -> float:
         return UNLIMITED_CREDITS_REPORTED if account.credits == UNLIMITED_CREDITS else account.credits
 
     def file_for(self, task_id: str, token: str) -> Task:

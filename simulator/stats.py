@@ -33,6 +33,8 @@ class KeyStats:
     #: The most createTask requests that arrived in any rolling request-rate window (when one is set).
     max_create_requests_in_window: int = 0
     uploads: int = 0
+    #: Credits its creations took from the balance (whether or not it is unlimited).
+    credits_spent: float = 0.0
     errors_by_code: Counter[int] = field(default_factory=Counter)
     pools: dict[str, PoolStats] = field(default_factory=dict)
 
@@ -96,6 +98,7 @@ def key_stats_json(ks: KeyStats) -> dict[str, Any]:
         "max_creations_in_window": ks.max_creations_in_window,
         "max_create_requests_in_window": ks.max_create_requests_in_window,
         "uploads": ks.uploads,
+        "credits_spent": ks.credits_spent,
         "errors_by_code": {str(c): n for c, n in sorted(ks.errors_by_code.items())},
         "pools": {
             name: {

@@ -38,6 +38,10 @@ class Task:
     #: 0: the result is the playable clip of its aspect ratio and mode; else that many pseudo-random bytes
     video_bytes: int
     url_ttl_wall_s: float
+    #: Credits the task cost (taken from the balance when it was created).
+    credits: float = 0.0
+    #: Whether its record reports ``consumeCredits`` (the upstream does not document it for these models).
+    report_credits: bool = False
     aspect_ratio: str = "2:3"
     mode: str = "normal"
     #: The model's quota pool, what the task makes, and how many files it returns.
@@ -117,6 +121,7 @@ class Task:
             "createTime": _ms(self.created_at),
             "completeTime": _ms(self.complete_at) if terminal else None,
             "updateTime": _ms(self.updated_at(now)),
+            **({"consumeCredits": self.credits} if self.report_credits and terminal else {}),
         }
 
 

@@ -80,7 +80,9 @@ def apply_terminal(jobs: JobStore, quota: QuotaLimiter, job: Job, record: TaskRe
         }
         if salvage:
             fields.update(reason=None, error=None)
-        moved = jobs.transition(job.id, JobState.DOWNLOADING, expect=job.state, fields=fields)
+        moved = jobs.transition(
+            job.id, JobState.DOWNLOADING, expect=job.state, fields=fields, upstream_credits=record.consumed_credits
+        )
         outcome = Applied.DOWNLOADING
     else:
         if record.state is TaskState.SUCCESS:
@@ -92,7 +94,13 @@ def apply_terminal(jobs: JobStore, quota: QuotaLimiter, job: Job, record: TaskRe
                 "fail_msg": record.fail_msg,
                 "error": f"upstream generation failed: {record.fail_code} {record.fail_msg}".strip(),
             }
-        moved = jobs.transition(job.id, JobState.FAILED, expect=JobState.GENERATING, fields=fail_fields)
+        moved = jobs.transition(
+            job.id,
+            JobState.FAILED,
+            expect=JobState.GENERATING,
+            fields=fail_fields,
+            upstream_credits=record.consumed_credits,
+        )
         outcome = Applied.FAILED
     if job.account:
         _release(quota, job.account, job.id, job.pool)

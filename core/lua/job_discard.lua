@@ -8,19 +8,32 @@
 -- KEYS[5]  meta             <prefix>:ready:<pool>:meta
 -- KEYS[6]  age              <prefix>:ready:<pool>:age
 -- KEYS[7]  waiting          <prefix>:waiting
--- KEYS[8]  idempotency key  <prefix>:idem:<key>  only when the job has one
+-- KEYS[8..11]  the ledger's day, month, total and batch keys of the job (Keys.ledger_*)
+-- KEYS[12] idempotency key  <prefix>:idem:<key>  only when the job has one
 -- ARGV[1]  the job id
 -- ARGV[2]  its submit message as pushed ('' when none was)
 -- ARGV[3]  the state it was created in (queued, or waiting for its parent)
--- Effects: only when the job is still in that state: LREM its message, DEL the record, ZREM it from the queued
+-- ARGV[4]  the ledger's TTL s
+-- Effects: only when the job is still in that state: give back its reserved credits (ledger.lua; skipped
+--   on a Redis out of memory, where HINCRBY is refused: the reservation then stays, an over-count that
+--   never lets a budget overshoot), LREM its message, DEL the record, ZREM it from the queued
 --   index and its ready sets, and DEL the idempotency key when that still names it. Every command here
 --   frees memory, so the script runs on a Redis that is out of memory (none of them is refused there).
 -- Returns 1 when the job was taken back, 0 when it had moved on (a worker got to it: it stays).
+
+--! include ledger
 
 local id = ARGV[1]
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= ARGV[3] then
   return 0
+end
+local estimate = tonumber(redis.call('HGET', KEYS[1], 'estimate'))
+if estimate then
+  local who = ledger_who(KEYS[1])
+  who.account = ''
+  local L = {day = KEYS[8], month = KEYS[9], total = KEYS[10], batch = KEYS[11]}
+  pcall(ledger_add, L, 'r', -math.floor(estimate * 100 + 0.5), who, tonumber(ARGV[4]))
 end
 if ARGV[2] ~= '' then
   redis.call('LREM', KEYS[3], 1, ARGV[2])
@@ -35,7 +48,7 @@ if held then
   redis.call('HDEL', KEYS[5], id)
 end
 redis.call('ZREM', KEYS[6], id)
-if KEYS[8] and redis.call('GET', KEYS[8]) == id then
-  redis.call('DEL', KEYS[8])
+if KEYS[12] and redis.call('GET', KEYS[12]) == id then
+  redis.call('DEL', KEYS[12])
 end
 return 1

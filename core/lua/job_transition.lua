@@ -25,15 +25,26 @@
 --            approximate maximum length; the stream is then the LAST key ( <prefix>:events ); else 0
 --   then     r: 1 when the job's ready set changes with this move, then: '1' when the job enters it ('' = it
 --            leaves it, and the dispatched set), its rank when the record has none, its principal, step,
---            created ms (13 digits) and pin ('' = none); the ready set, the dispatch wake list, the pool's
+--            created ms (13 digits) and place (pin<TAB>estimate: core.messages.ready_place); the ready set, the dispatch wake list, the pool's
 --            meta, the dispatched set, the pool's age set and the waiting set are then the six keys after
---            the task index key (ready_add.lua describes them)
+--            the task index key (ready_add.lua describes them); else 0
+--   then     l: 1 when the job's credits may move (ledger.lua), then: '1' to charge the estimate even though the
+--            target is not ``generating`` (createTask's outcome unknown: the task may exist and cost), the
+--            upstream's own figure for the task in centi-credits ('' = none), the ledger's TTL s, the account
+--            whose balance keys are passed ('' = none: they are placeholders, never touched); the
+--            ledger's day, month, total and batch keys, the balance hash and holds of the job's account
+--            (Keys.balance, balance_holds) then follow the ready keys (or the task index key)
 -- Effects (all or nothing): state = target, at_<target> and updated_at = Redis TIME (float s), the fields;
 --   the id moves from its current state index to the target's (score = ms); task index SET EX when task_id
 --   is written; expiry as above; a job entering ``queued`` is added to its pool's ready set (and one wake
 --   posted for the submitters waiting there), one leaving it is removed; for a terminal target, an entry ``type job.<to>, job, batch, owner, at``
---   added to the events stream in the same step (so no job ends without its event).
+--   added to the events stream in the same step (so no job ends without its event). Credits (job fields
+--   ``estimate``, ``credits``, ``charged``): a reserved estimate is charged when the job enters
+--   ``generating`` (its task exists), released when it ends without one; a charge is settled once on the
+--   upstream's figure when one is given.
 -- Returns: 1 done; 0 refused (job missing, or its state not among ARGV[7..6+n]) with nothing written.
+
+--! include ledger
 
 local job, id, to = KEYS[1], ARGV[1], ARGV[2]
 -- (the events stream, when given, is the last key)
@@ -131,6 +142,48 @@ if tonumber(ARGV[a] or '0') == 1 then
     redis.call('LPUSH', wakes, '1')
     redis.call('LTRIM', wakes, 0, 63)
     redis.call('PEXPIRE', wakes, 60000)
+  end
+  k = k + 6
+  a = a + 7
+else
+  a = a + 1
+end
+if tonumber(ARGV[a] or '0') == 1 then
+  local force, figure, ledger_ttl = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local keyed_account = ARGV[a + 4]
+  local f = redis.call('HMGET', job, 'estimate', 'credits', 'charged')
+  local estimate = tonumber(f[1])
+  if estimate then
+    estimate = math.floor(estimate * 100 + 0.5)
+    local L = {day = KEYS[k], month = KEYS[k + 1], total = KEYS[k + 2], batch = KEYS[k + 3]}
+    local balance, holds = KEYS[k + 4], KEYS[k + 5]
+    local who = ledger_who(job)
+    local reserver = {principal = who.principal, model = who.model, batch = who.batch, workflow = who.workflow,
+      account = ''}
+    local credits, charged = f[2] or 'reserved', math.floor((tonumber(f[3]) or 0) * 100 + 0.5)
+    if credits == 'reserved' and (to == 'generating' or force == '1') then
+      ledger_add(L, 'r', -estimate, reserver, ledger_ttl)
+      ledger_add(L, 'c', estimate, who, ledger_ttl)
+      credits, charged = 'charged', estimate
+      redis.call('HSET', job, 'credits', credits, 'charged', string.format('%.2f', charged / 100))
+      if who.account ~= '' and who.account == keyed_account then -- its hold becomes a charge on the balance
+        redis.call('ZREM', holds, id)
+        redis.call('HINCRBY', balance, 'spent', estimate)
+      end
+    elseif credits == 'reserved' and ttl > 0 then
+      ledger_add(L, 'r', -estimate, reserver, ledger_ttl)
+      redis.call('HSET', job, 'credits', 'released')
+    end
+    if who.account ~= '' and who.account == keyed_account and ttl > 0 then
+      redis.call('ZREM', holds, id)
+    end
+    if figure and credits == 'charged' then
+      ledger_add(L, 'c', figure - charged, who, ledger_ttl)
+      if who.account ~= '' and who.account == keyed_account then
+        redis.call('HINCRBY', balance, 'spent', figure - charged)
+      end
+      redis.call('HSET', job, 'credits', 'settled', 'charged', string.format('%.2f', figure / 100))
+    end
   end
 end
 

@@ -2,7 +2,7 @@
 --
 -- A job goes when its pool has room on an account it may use: an in-progress slot and a creation in the
 -- pool's rolling window, the account neither cooling down nor paused and under its createTask request rate,
--- and the job's principal under its share cap there. Among the pools' ready jobs that may go, the one with
+-- its known balance enough for the job's estimate, and the job's principal under its share cap there. Among the pools' ready jobs that may go, the one with
 -- the lowest rank goes (its priority step, then its fair-share tag: ready_add.lua): a full pool never holds
 -- back another pool's jobs. A job below interactive priority queued longer than the aging time competes
 -- in the interactive class, as if it had just arrived there. Among the accounts, the one with the most headroom
@@ -11,8 +11,10 @@
 -- KEYS[1]  dispatched     sorted set  member = job id, score = ms taken (recovery)
 -- KEYS[2]  waiting        sorted set  ready jobs by principal (ready_add.lua)
 -- KEYS[3]  creation log   sorted set  member "<job id>:<ms>", score = ms: who got the last hour's creations
--- then per account a = 0..A-1, 3 keys:
---   cooldown (string, end ms), pause (string, why), create requests (sorted set, score = ms)
+-- then per account a = 0..A-1, 5 keys:
+--   cooldown (string, end ms), pause (string, why), create requests (sorted set, score = ms), balance (hash:
+--   credits as last read, centi-credits spent since; no hash: unknown, any job may go), holds (sorted set:
+--   jobs sent there not charged yet, score = estimate in centi-credits)
 -- then per pool p = 0..P-1, 4 + 3A keys:
 --   ready (sorted set, member = job id, score = rank), meta (hash, ready_add.lua), fair (hash, V per step),
 --   age (sorted set, created ms), then per account a: creations (sorted set, score = ms), leases (sorted
@@ -34,13 +36,14 @@
 -- Effects: drops expired leases and creations and requests that left their windows on every account
 --   looked at; on success removes the job from its ready sets, notes it dispatched (and its principal's
 --   creation), moves its step's virtual time to its tag, and adds its creation entry, its lease (now +
---   TTL, owned by its principal) and its createTask request together. A job that already holds a lease in
+--   TTL, owned by its principal) and its createTask request together, and holds its estimate on the account. A job that already holds a lease in
 --   its pool on a usable account gets that account back, lease extended, with no second creation.
 -- Returns:
 --   {1, job, p, a, rank}    the job (of pool p, rank as it was in its ready set: a string) holds a slot on
 --                           account a
 --   {0, wait_ms, reason}    jobs are ready but none may go; wait_ms (> 0) until the soonest may, reason one of
---                           in_progress | creations | requests | cooldown | paused
+--                           in_progress | creations | requests | cooldown | paused | credits (no account that
+--                           may take them has the balance their estimates need)
 --   {2}                     no job is ready
 
 local now, slack = tonumber(ARGV[1]), 0
@@ -68,7 +71,7 @@ local waiting, creation_log = KEYS[2], KEYS[3]
 local accounts = {}
 for a = 0, A - 1 do
   local acc = {
-    cooldown = KEYS[4 + 3 * a], pause = KEYS[5 + 3 * a], requests = KEYS[6 + 3 * a],
+    cooldown = KEYS[4 + 5 * a], pause = KEYS[5 + 5 * a], requests = KEYS[6 + 5 * a], holds = KEYS[8 + 5 * a],
     name = ARGV[account_args + 3 * a], rate = tonumber(ARGV[account_args + 1 + 3 * a]),
     rate_window = tonumber(ARGV[account_args + 2 + 3 * a]),
   }
@@ -84,10 +87,18 @@ for a = 0, A - 1 do
     end
   end
   acc.usable = (not acc.paused) and acc.cooling == 0 and acc.request_wait == 0
+  local balance = redis.call('HMGET', KEYS[7 + 5 * a], 'credits', 'spent')
+  if balance[1] then
+    acc.available = math.floor(tonumber(balance[1]) * 100 + 0.5) - (tonumber(balance[2]) or 0)
+    local held = redis.call('ZRANGE', acc.holds, 0, -1, 'WITHSCORES')
+    for h = 2, #held, 2 do
+      acc.available = acc.available - tonumber(held[h])
+    end
+  end
   accounts[a + 1] = acc
 end
 
-local pool_base = 4 + 3 * A
+local pool_base = 4 + 5 * A
 local limits_base = account_args + 3 * A
 local pools = {}
 for p = 0, P - 1 do
@@ -103,13 +114,25 @@ for p = 0, P - 1 do
   pools[p + 1] = pool
 end
 
--- "principal<TAB>step<TAB>created ms<TAB>pin" (ready_add.lua)
+-- "principal<TAB>step<TAB>created ms<TAB>pin<TAB>estimate" (ready_add.lua; a meta written before estimates has
+-- no estimate part)
 local function parse_meta(text)
   if not text then
-    return '', 0, '0', false
+    return '', 0, '0', false, 0
   end
-  local principal, step, created, pin = string.match(text, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
-  return principal or '', tonumber(step) or 0, created or '0', (pin ~= nil and pin ~= '') and pin or false
+  local principal, step, created, place = string.match(text, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  local pin, estimate = string.match(place or '', '^([^\t]*)\t?(.*)$')
+  return principal or '', tonumber(step) or 0, created or '0', (pin ~= nil and pin ~= '') and pin or false,
+    tonumber(estimate) or 0
+end
+
+-- Whether `acc` can pay `estimate` (centi-credits) as far as is known; one that cannot is marked short.
+local function pays(acc, estimate)
+  if acc.available == nil or acc.available >= estimate then
+    return true
+  end
+  acc.short = true
+  return false
 end
 
 -- A pool's counts on an account, read (and its logs trimmed) once per call.
@@ -137,6 +160,9 @@ end
 local function wait_for(acc, s)
   if acc.paused then
     return paused_wait, 'paused'
+  end
+  if acc.short and acc.usable then
+    return paused_wait, 'credits'
   end
   local wait, reason = 0, 'in_progress'
   if s.in_progress >= s.in_progress_limit then
@@ -174,13 +200,13 @@ end
 
 -- Where `job` of `pool` may go now: the account holding its lease (reused), else the one with the most
 -- room; nil when none may take it.
-local function place(pool, job, pin, principal)
+local function place(pool, job, pin, principal, estimate)
   for a = 1, #accounts do
     slot_state(pool.slots[a]) -- expired leases and old creations go first, on every account looked at
   end
   for a, acc in ipairs(accounts) do
     if (not pin or pin == acc.name) and redis.call('ZSCORE', pool.slots[a].leases, job) then
-      if acc.usable then
+      if acc.usable and pays(acc, estimate) then
         return a, true
       end
       -- a slot held on an account that cannot take it now is given up (its creation stays spent)
@@ -191,7 +217,7 @@ local function place(pool, job, pin, principal)
   end
   local best, best_room = nil, 0
   for a, acc in ipairs(accounts) do
-    if acc.usable and (not pin or pin == acc.name) then
+    if acc.usable and (not pin or pin == acc.name) and pays(acc, estimate) then
       local s = slot_state(pool.slots[a])
       local room = math.min(s.in_progress_limit - s.in_progress, s.creations_limit - s.created)
       if room > best_room and under_cap(s, principal) then
@@ -202,7 +228,7 @@ local function place(pool, job, pin, principal)
   return best, false
 end
 
-local chosen -- {pool index, job, rank, account, reused, rank as stored, principal, step}
+local chosen -- {pool index, job, rank, account, reused, rank as stored, principal, step, estimate}
 local any_ready = false
 
 local function consider(p, pool, job, rank, stored, meta_text)
@@ -210,10 +236,10 @@ local function consider(p, pool, job, rank, stored, meta_text)
   if chosen and rank >= chosen[3] then
     return
   end
-  local principal, step, _, pin = parse_meta(meta_text)
-  local a, reused = place(pool, job, pin, principal)
+  local principal, step, _, pin, estimate = parse_meta(meta_text)
+  local a, reused = place(pool, job, pin, principal, estimate)
   if a then
-    chosen = {p, job, rank, a, reused, stored, principal, step}
+    chosen = {p, job, rank, a, reused, stored, principal, step, estimate}
   end
 end
 
@@ -286,6 +312,9 @@ if chosen then
     redis.call('ZADD', s.leases, now + lease_ttl, job)
   end
   redis.call('HSET', s.owners, job, principal)
+  if chosen[9] > 0 then
+    redis.call('ZADD', acc.holds, chosen[9], job)
+  end
   if acc.rate > 0 then
     redis.call('ZADD', acc.requests, now, unique(acc.requests, job .. ':' .. string.format('%d', now)))
     redis.call('PEXPIRE', acc.requests, acc.rate_window + slack)

@@ -6,14 +6,15 @@
 -- share the creations by weight, and one that arrives with nothing queued starts at V: at the front.
 --
 -- KEYS[1]  ready set        sorted set  member = job id, score = rank = step * STEP + S
--- KEYS[2]  meta             hash        job id -> "principal<TAB>step<TAB>created ms<TAB>pin"
+-- KEYS[2]  meta             hash        job id -> "principal<TAB>step<TAB>created ms<TAB>pin<TAB>estimate"
 -- KEYS[3]  fair             hash        "V:<step>" -> V, "F:<step>:<principal>" -> F[p]
 -- KEYS[4]  age              sorted set  the jobs below interactive priority, score = created ms (aging)
 -- KEYS[5]  waiting          sorted set  every ready job, score 0, member "principal|created ms|job id"
 -- KEYS[6]  dispatch wakes   list
 -- KEYS[6+i]                 the job hash of job i (its rank is written there, for a later re-queue)
 -- ARGV[1]  STEP (a step's weight in the rank)
--- ARGV[2]  n, then 6 per job: id, step (0 = interactive), principal, weight, created ms, pin ('' = none)
+-- ARGV[2]  n, then 6 per job: id, step (0 = interactive), principal, weight, created ms, and its place:
+--          "pin<TAB>estimate" (pin '' = any account; estimate in centi-credits, '' = unknown: core.messages)
 -- Returns the ranks given, in order.
 
 local ready, meta, fair, age, waiting, wakes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]

@@ -243,14 +243,15 @@ def test_creation_window_slides(sim_factory: Callable[..., Sim]) -> None:
 
 
 def test_credits_run_out_with_402(sim_factory: Callable[..., Sim]) -> None:
-    sim = sim_factory(*FAST, "--credits", "2")
-    assert sim.api("GET", "/api/v1/chat/credit").json() == {"code": 200, "msg": "success", "data": 2}
+    # Two 6-second 480p clips (14.4 each) fit in 30 credits; a third does not.
+    sim = sim_factory(*FAST, "--credits", "30")
+    assert sim.api("GET", "/api/v1/chat/credit").json() == {"code": 200, "msg": "success", "data": 30}
     sim.create_ok()
     sim.create_ok()
     assert sim.create().json()["code"] == 402
-    assert sim.api("GET", "/api/v1/chat/credit").json()["data"] == 0
+    assert sim.api("GET", "/api/v1/chat/credit").json()["data"] == pytest.approx(1.2)
     sim.http.post(f"{sim.url}/__sim__/reset")
-    assert sim.api("GET", "/api/v1/chat/credit").json()["data"] == 2
+    assert sim.api("GET", "/api/v1/chat/credit").json()["data"] == 30
 
 
 def test_unlimited_credits_report_a_large_number(sim: Sim) -> None:

@@ -126,15 +126,32 @@ def test_window_quota_slides_with_time_scale() -> None:
     assert state.snapshot()["max_creations_in_window"] == 3
 
 
-def test_credits_decrease_and_run_out() -> None:
-    state, _, account = make_state(credits=1, gen_time=(0, 0))
+def test_each_task_takes_its_price_and_one_the_balance_cannot_pay_is_refused_402() -> None:
+    # 6 s at 480p costs 6 x 2.4 = 14.4; 10 s at 720p 10 x 4.5 = 45; a text-to-image task 4.
+    state, _, account = make_state(credits=60, gen_time=(0, 0))
     state.create_task(account, body())
-    assert state.credit(account) == 0
+    assert state.credit(account) == pytest.approx(45.6)
+    state.create_task(account, {"model": MODEL, "input": {"prompt": "x", "duration": "10", "resolution": "720p"}})
+    assert state.credit(account) == pytest.approx(0.6)
     with pytest.raises(ApiError) as e:
-        state.create_task(account, body())
-    assert e.value.code == 402
+        state.create_task(account, {"model": "grok-imagine/text-to-image", "input": {"prompt": "x"}})
+    assert e.value.code == 402 and "costs 4" in e.value.msg
+    assert state.snapshot()["per_key"][account.key_id]["credits_spent"] == pytest.approx(59.4)
     state.reset()
-    assert state.credit(state.authenticate("Bearer sim-key")) == 1
+    assert state.credit(state.authenticate("Bearer sim-key")) == 60
+
+
+def test_records_report_consumed_credits_only_when_switched_on() -> None:
+    state, clock, account = make_state(gen_time=(0, 0))
+    quiet = state.create_task(account, body())
+    state.configure({"report_credits": True, "credits": {account.key_id: 100}})
+    told = state.create_task(account, body())
+    clock.now += 1
+    assert "consumeCredits" not in state.record_info(account, quiet.task_id)
+    assert state.record_info(account, told.task_id)["consumeCredits"] == pytest.approx(14.4)
+    assert state.credit(account) == pytest.approx(85.6)
+    with pytest.raises(ValueError, match="no key with id"):
+        state.configure({"credits": {"nobody": 5}})
 
 
 def test_validation_before_credits_and_quota() -> None:

@@ -244,6 +244,7 @@ def fail_unknown(rt: Runtime, job_id: str, fields: dict[str, str]) -> bool:
         JobState.FAILED,
         expect=JobState.SUBMITTING,
         fields={**fields, **({"task_id": task_id} if task_id else {})},
+        charge=True,  # the task may exist: its credits are taken as spent
     )
     if moved and task_id is not None and (job := rt.jobs.get(job_id)):
         log.warning("job %s: createTask's answer was lost but task %s called back; asking for it", job_id, task_id)

@@ -35,7 +35,7 @@ from core.errors import (
     ValidationError,
 )
 from workers.upstream.answers import CREATE_TASK, CREDIT, DOWNLOAD_URL, FILE_UPLOAD, RECORD_INFO, error_from_response
-from workers.upstream.records import TaskRecord, optional_int
+from workers.upstream.records import TaskRecord, optional_number
 
 logger = logging.getLogger("imagineq.upstream")
 
@@ -171,10 +171,10 @@ class UpstreamClient:
             raise TransportError("bad response: no download URL", endpoint=DOWNLOAD_URL, status=200)
         return data.strip()
 
-    def credits(self) -> int:
-        """Credits left on the account."""
+    def credits(self) -> float:
+        """Credits left on the account (a number; the market API's balances may have decimals)."""
         data = self._call(CREDIT, "GET")
-        value = optional_int(data)
+        value = optional_number(data)
         if value is None:
             raise TransportError("bad response: credits is not a number", endpoint=CREDIT, status=200)
         return value

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from core.errors import TransportError
 from workers.upstream.answers import RECORD_INFO
@@ -46,6 +47,8 @@ class TaskRecord:
     create_time_ms: int | None
     complete_time_ms: int | None
     update_time_ms: int | None
+    #: The credits the task consumed, when the record says (undocumented for these models: None otherwise).
+    consumed_credits: float | None = None
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any], *, endpoint: str = RECORD_INFO) -> TaskRecord:
@@ -84,7 +87,37 @@ class TaskRecord:
             create_time_ms=optional_int(data.get("createTime")),
             complete_time_ms=optional_int(data.get("completeTime")),
             update_time_ms=optional_int(data.get("updateTime")),
+            consumed_credits=_consumed_credits(data),
         )
+
+
+#: Where a record may carry the credits its task consumed: none is documented for these models, and the
+#: market API's other models use these names; the first present and sane one is taken.
+CONSUMED_CREDITS_FIELDS: Final = ("consumeCredits", "creditsConsumed", "costCredits", "credits")
+#: A figure above this is not believed (no task of the family costs near it).
+CONSUMED_CREDITS_MAX: Final = 10_000.0
+
+
+def _consumed_credits(data: Mapping[str, Any]) -> float | None:
+    for name in CONSUMED_CREDITS_FIELDS:
+        value = optional_number(data.get(name))
+        if value is not None and 0 <= value <= CONSUMED_CREDITS_MAX:
+            return round(value, 2)
+    return None
+
+
+def optional_number(value: Any) -> float | None:
+    """A finite number the upstream wrote as a number or a string; anything else (bools too) is None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def optional_int(value: Any) -> int | None:
