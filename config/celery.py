@@ -50,6 +50,8 @@ TASK_RECONCILE = "imagineq.reconcile"
 TASK_DELIVER = "imagineq.deliver"
 #: The nightly pickup of batch files from the inbox (beat, ``nightly_cron``).
 TASK_INBOX = "imagineq.batch_inbox"
+#: Every account's balance read from the upstream (beat, ``credits.balance_interval_s``).
+TASK_BALANCES = "imagineq.balances"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ TIME_LIMITS: Final = {
     TASK_DELIVER: TimeLimit(90, 120),
     TASK_RECONCILE: TimeLimit(240, 300),
     TASK_INBOX: TimeLimit(3300, 3400),
+    TASK_BALANCES: TimeLimit(50, 60),
 }
 SUBMIT_TIME_LIMIT_S = TIME_LIMITS[TASK_SUBMIT].hard_s
 POLL_TIME_LIMIT_S = TIME_LIMITS[TASK_POLL].hard_s
@@ -196,6 +199,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_RECONCILE: {"queue": POLL_QUEUE},
             TASK_DELIVER: {"queue": NOTIFY_QUEUE},
             TASK_INBOX: {"queue": POLL_QUEUE},
+            TASK_BALANCES: {"queue": POLL_QUEUE},
         },
         "task_create_missing_queues": False,
         "task_annotations": {name: {"rate_limit": limit} for name, limit in rate_limits(settings).items()},

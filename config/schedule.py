@@ -1,7 +1,8 @@
 """Celery beat's schedule, kept in Redis by celery-redbeat so that only one beat ever schedules.
 
-Two entries: the reconciler every ``reconcile_interval_s`` (its messages expire after one interval, so
-a stopped poll queue never piles them up) and, when an inbox is configured, the nightly inbox pickup at
+Three entries: the reconciler every ``reconcile_interval_s`` (its messages expire after one interval, so
+a stopped poll queue never piles them up), the accounts' balances every ``credits.balance_interval_s``
+(``chat/credit``) and, when an inbox is configured, the nightly inbox pickup at
 ``nightly_cron`` (UTC). Every running beat tries to take redbeat's lock (``<prefix>:redbeat:lock``); the
 one holding it schedules and renews it every loop (at most ``beat_lock_timeout_s / 5``), the others wait,
 and take over at most ``beat_lock_timeout_s`` after the holder died.
@@ -14,10 +15,18 @@ from typing import Any, Final
 
 from celery.schedules import crontab
 
-from config.celery import REDIS_SOCKET_OPTIONS, TASK_INBOX, TASK_RECONCILE, sentinel_auth, sentinel_data_node
+from config.celery import (
+    REDIS_SOCKET_OPTIONS,
+    TASK_BALANCES,
+    TASK_INBOX,
+    TASK_RECONCILE,
+    sentinel_auth,
+    sentinel_data_node,
+)
 from config.settings import Settings, sentinel_nodes
 
 RECONCILE_ENTRY: Final = "imagineq-reconcile"
+BALANCES_ENTRY: Final = "imagineq-balances"
 NIGHTLY_ENTRY: Final = "imagineq-nightly-inbox"
 #: redbeat's own Redis client: notice a dead Redis instead of hanging; retry a lost connection for 60 s.
 REDIS_OPTIONS: Final = {**REDIS_SOCKET_OPTIONS, "retry_period": 60}
@@ -64,6 +73,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": TASK_RECONCILE,
             "schedule": timedelta(seconds=interval),
             "options": {"expires": max(interval, 1.0)},
+        },
+        BALANCES_ENTRY: {
+            "task": TASK_BALANCES,
+            "schedule": timedelta(seconds=settings.credits.balance_interval_s),
+            "options": {"expires": settings.credits.balance_interval_s},
         },
     }
     if settings.inbox:

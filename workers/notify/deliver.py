@@ -172,6 +172,7 @@ class Notifier:
                 data["video_url"] = self._video_url(job)
         if delivery.workflow_id is not None and self.workflows is not None:
             data["workflow"] = workflow_summary(self.workflows, self.jobs, delivery.workflow_id)
+        data.update(delivery.details)
         return {
             "type": delivery.type,
             "timestamp": datetime.fromtimestamp(delivery.at, tz=UTC).isoformat(),

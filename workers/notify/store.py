@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 import redis
 
 from config.settings import NotifySettings
-from core.events import Event
+from core.events import DETAIL_FIELDS, Event
 from core.keys import Keys
 from core.lua_scripts import load_script
 from workers.notify.targets import Target, breaker_scope
@@ -39,6 +39,8 @@ class Delivery:
     created_ms: int
     attempts: int
     status: str  #: pending | delivered | failed
+    #: A budget or balance event's details (``core.events.DETAIL_FIELDS``).
+    details: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, delivery_id: str, raw: dict[str, str]) -> Delivery:
@@ -56,6 +58,7 @@ class Delivery:
             created_ms=int(raw.get("created_ms", 0)),
             attempts=int(raw.get("attempts", 0)),
             status=raw.get("status", "pending"),
+            details={name: raw[name] for name in DETAIL_FIELDS if raw.get(name)},
         )
 
 
@@ -96,6 +99,7 @@ class DeliveryStore:
             "created_ms": str(self.now_ms()),
             "attempts": "0",
             "status": "pending",
+            **event.details,
         }
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=fields)

@@ -45,9 +45,10 @@ def targets_for(event: Event, job: Job | None, settings: Settings) -> list[Targe
         if job is not None and job.notify_url and notify_secret(job.owner, settings) is not None:
             targets.append(Target(JOB_TARGET, job.notify_url, tenant=tenant_of(job.owner, settings)))
         principals = [p for p in settings.principals() if p.name == event.owner] if event.owner else []
-    elif event.workflow_id is not None and event.owner:  # a tenant's workflow: its endpoints
+    elif (event.workflow_id is not None or event.type == "budget.warning") and event.owner:
+        # a tenant's workflow or budget: its endpoints
         principals = [p for p in settings.principals() if p.name == event.owner]
-    else:  # a batch, or a workflow of no principal: the admins' endpoints
+    else:  # a batch, a workflow or budget of no principal, an account: the admins' endpoints
         principals = [p for p in settings.principals() if p.admin]
     for principal in principals:
         for index, endpoint in enumerate(principal.webhooks):

@@ -16,7 +16,7 @@ off; fatal errors fail the job with a reason.
 from __future__ import annotations
 
 # Importing the step modules registers their tasks with the app (``app.conf.imports`` names this package).
-from workers.tasks import deliver, poll, store, submit
+from workers.tasks import balances, deliver, poll, store, submit
 from workers.tasks.process import runtime
 
-__all__ = ["deliver", "poll", "runtime", "store", "submit"]
+__all__ = ["balances", "deliver", "poll", "runtime", "store", "submit"]

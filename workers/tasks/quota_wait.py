@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from core.errors import (
-    UpstreamError,
-)
 from core.quota_outcomes import Dispatched
 from workers.runtime import Runtime
+from workers.tasks.balances import read_balance
 
 log = logging.getLogger("imagineq.tasks")
 
@@ -53,11 +51,11 @@ def resume_paused_accounts(rt: Runtime) -> None:
         gate = rt.keys.pause_check(account.name)
         if not rt.redis.set(gate, "1", nx=True, px=int(rt.settings.pause_check_interval_s * 1000)):
             continue
-        try:
-            credits = rt.upstream(account.name).credits()
-        except UpstreamError as error:
-            log.info("account %s still paused: credits check failed (%s)", account.name, error)
+        # The reading is kept too: the dispatch then sends the account only the jobs it can pay for.
+        credits = read_balance(rt, account)
+        if credits is None:
+            log.info("account %s still paused: credits check failed", account.name)
             continue
         if credits > 0:
             rt.quota.resume(account.name)
-            log.warning("account %s resumed: %d credits available", account.name, credits)
+            log.warning("account %s resumed: %g credits available", account.name, credits)
