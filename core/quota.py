@@ -141,6 +141,10 @@ class QuotaLimiter:
         )
 
     @property
+    def account_names(self) -> list[str]:
+        return list(self._accounts)
+
+    @property
     def pools(self) -> list[str]:
         return list(MODELS)
 

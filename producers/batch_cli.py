@@ -40,6 +40,14 @@ def register(subparsers: Any) -> None:
         help="low (default) or normal; interactive jobs always go first",
     )
     submit.add_argument("--results", default=None, help="manifest location (default: <name>.results.jsonl beside FILE)")
+    submit.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="CREDITS",
+        help="the most credits the batch's jobs may cost (else the file's header line's); lines past it are "
+        "reported over_budget in the manifest and cost nothing",
+    )
     submit.add_argument("--wait", action="store_true", help="follow the batch until every line has ended")
     submit.add_argument("--timeout", type=float, default=None, help="seconds to --wait (default: no limit)")
     submit.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -78,6 +86,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                 priority=args.priority,
                 results=args.results,
                 on_chunk=lambda lines: progress.update(reading, completed=lines),
+                budget=args.budget,
             )
         if not args.json:
             _print_submitted(console, result)
@@ -111,10 +120,13 @@ def _print_submitted(console: Console, result: SubmitResult) -> None:
         console.print(f"batch [bold]{status.id}[/] was submitted before ({status.status}): nothing new sent")
         return
     rate = status.lines / result.elapsed_s if result.elapsed_s > 0 else 0.0
+    over = f", {status.over_budget:,} over budget" if status.over_budget else ""
     console.print(
         f"batch [bold]{status.id}[/]: {_count(status.lines, 'line')} read, {status.good:,} good, "
-        f"{status.bad:,} bad, {_count(status.created, 'new job')} ({rate:,.0f} lines/s)"
+        f"{status.bad:,} bad{over}, {_count(status.created, 'new job')} ({rate:,.0f} lines/s)"
     )
+    if status.budget is not None:
+        console.print(f"  budget {status.budget:g} credits: lines past it are over_budget in the manifest")
     for bad in result.bad_lines[:BAD_LINES_SHOWN]:
         label = f" (id {bad.id})" if bad.id is not None else ""
         console.print(f"  [red]line {bad.line}{label}[/]: {bad.error}", highlight=False)

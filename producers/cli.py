@@ -17,6 +17,7 @@ EXTENSIONS: tuple[str, ...] = (
     "producers.batch_cli",
     "producers.status_cli",
     "producers.workflows_cli",
+    "producers.costs_cli",
 )
 
 

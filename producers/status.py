@@ -23,6 +23,7 @@ import redis
 
 from config.celery import QUEUES
 from config.settings import AccountSettings, Settings, redact_url
+from core.balances import Balance, Balances
 from core.catalog import DEFAULT_MODEL, MODELS
 from core.clients import Clients
 from core.errors import UpstreamError
@@ -64,9 +65,11 @@ class AccountStatus:
     in_progress_limit: int
     cooldown_s: float
     paused: str | None
-    credits: int | None
+    credits: float | None
     #: Why ``credits`` is unknown (None when it is known, or was not asked).
     credits_error: str | None = None
+    #: The balance as beat last read it, with what was charged and held since (None: never read).
+    balance: Balance | None = None
     #: The other pools in use now (a task in progress or a creation in the window).
     pools: tuple[PoolStatus, ...] = ()
 
@@ -145,7 +148,7 @@ class StatusReader:
         credits: bool = True,
         credits_timeout_s: float = CREDITS_TIMEOUT_S,
         failures: int = FAILURES_SHOWN,
-        known_credits: dict[str, tuple[int | None, str | None]] | None = None,
+        known_credits: dict[str, tuple[float | None, str | None]] | None = None,
     ) -> Status:
         """Read everything. ``credits=False`` skips the upstream (``credits`` None); ``known_credits``
         (account → (credits, error)) reuses earlier answers instead of asking again."""
@@ -176,7 +179,7 @@ class StatusReader:
 
     # -- accounts -------------------------------------------------------------------------------------
     def _accounts(
-        self, ask: bool, timeout_s: float, known: dict[str, tuple[int | None, str | None]]
+        self, ask: bool, timeout_s: float, known: dict[str, tuple[float | None, str | None]]
     ) -> list[AccountStatus]:
         if self.quota is None:
             return []
@@ -200,6 +203,7 @@ class StatusReader:
                         in_progress_limit=pool_quota.in_progress_limit,
                     )
                 )
+        balances = {b.account: b for b in Balances(self.redis, self.keys).read(a.name for a in self.settings.accounts)}
         for quota in (row for row in every_pool if row.pool == DEFAULT_MODEL):
             account = self.settings.account(quota.account)
             credits, error = answers.get(quota.account, (None, None))
@@ -215,12 +219,13 @@ class StatusReader:
                     paused=quota.paused,
                     credits=credits,
                     credits_error=error,
+                    balance=balances.get(quota.account),
                     pools=tuple(others.get(quota.account, ())),
                 )
             )
         return out
 
-    def credits_of(self, account: AccountSettings, timeout_s: float) -> tuple[int | None, str | None]:
+    def credits_of(self, account: AccountSettings, timeout_s: float) -> tuple[float | None, str | None]:
         """The account's credits from the upstream, or None and why (never an exception)."""
         http = self.settings.http.model_copy(update={"connect_timeout_s": timeout_s, "read_timeout_s": timeout_s})
         try:

@@ -24,7 +24,7 @@ from config.celery import PRIORITY_STEPS
 from config.settings import get_settings
 from core.jobs import JobState
 from producers.exit_codes import EXIT_FAILED, EXIT_OK
-from producers.status import Status, StatusReader
+from producers.status import AccountStatus, Status, StatusReader
 from workers.logs import Redactor
 
 DEFAULT_WATCH_S = 2.0
@@ -91,7 +91,7 @@ def _show(console: Console, status: Status, redactor: Redactor, *, as_json: bool
 
 def _watch(console: Console, reader: StatusReader, redactor: Redactor, args: argparse.Namespace) -> int:
     interval_s = max(0.2, float(args.watch))
-    known: dict[str, tuple[int | None, str | None]] = {}
+    known: dict[str, tuple[float | None, str | None]] = {}
     asked_at = -1e9
 
     def refresh() -> Status:
@@ -153,11 +153,20 @@ def render(status: Status, redactor: Redactor) -> Group:
     )
 
 
+def _can_pay(account: AccountStatus, cell: Cell) -> Text:
+    """What the account can still pay as ImagineQ counts it (beat's last reading, less charges and holds)."""
+    balance = account.balance
+    if balance is None or balance.available is None:
+        return cell("not read yet", "dim")
+    style = "red" if balance.available <= 0 else ("yellow" if balance.low else "")
+    return cell(f"{balance.available:g}" + (" (low)" if balance.low else ""), style)
+
+
 def _accounts(status: Status, cell: Cell) -> Table | Text:
     if not status.accounts:
         return cell("no upstream account configured (IMAGINEQ_API_KEY / IMAGINEQ_ACCOUNTS)", "yellow")
     table = Table(title="Accounts", title_justify="left")
-    for column in ("account", "created in window", "in progress", "cooldown", "paused", "credits"):
+    for column in ("account", "created in window", "in progress", "cooldown", "paused", "credits", "can pay"):
         table.add_column(column, overflow="fold")
     for account in status.accounts:
         full_window = account.creations_in_window >= account.creations_limit
@@ -178,12 +187,14 @@ def _accounts(status: Status, cell: Cell) -> Table | Text:
             cell(duration(account.cooldown_s), "yellow") if account.cooldown_s > 0 else cell("—", "dim"),
             cell(account.paused, "red") if account.paused else cell("—", "dim"),
             credits,
+            _can_pay(account, cell),
         )
         for pool in account.pools:
             table.add_row(
                 cell(f"  {pool.pool}", "dim"),
                 cell(f"{pool.creations_in_window} / {pool.creations_limit} per {duration(account.window_s)}"),
                 cell(f"{pool.in_progress} / {pool.in_progress_limit}"),
+                cell("", ""),
                 cell("", ""),
                 cell("", ""),
                 cell("", ""),

@@ -78,12 +78,12 @@ class Credits:
 
     def __init__(self, reader: StatusReader) -> None:
         self._reader = reader
-        self._known: dict[str, tuple[int | None, str | None]] = {}
+        self._known: dict[str, tuple[float | None, str | None]] = {}
         self._at = -1e9
         self._lock = threading.Lock()
         self._running = False
 
-    def known(self) -> dict[str, tuple[int | None, str | None]]:
+    def known(self) -> dict[str, tuple[float | None, str | None]]:
         with self._lock:
             stale = time.monotonic() - self._at > CREDITS_EVERY_S
             if stale and not self._running:

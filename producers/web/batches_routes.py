@@ -76,15 +76,18 @@ async def post_batch(
     response: Response,
     name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     priority: Annotated[str, Query(pattern="^(low|normal)$")] = "low",
+    budget: Annotated[float | None, Query(gt=0, description="The most credits the batch's jobs may cost")] = None,
 ) -> Any:
     """The body is kept in the bucket by content (``batches/<sha256>.jsonl``, the manifest beside it), so
     the same body is the same batch: submitted again, it reads nothing and creates nothing."""
     _operator(caller)
     body = await request.body()
-    return await run_in_threadpool(_submit, web, response, body, name, priority)
+    return await run_in_threadpool(_submit, web, response, body, name, priority, budget)
 
 
-def _submit(web: Web, response: Response, body: bytes, name: str | None, priority: str) -> dict[str, Any]:
+def _submit(
+    web: Web, response: Response, body: bytes, name: str | None, priority: str, budget: float | None
+) -> dict[str, Any]:
     if not body.strip():
         raise _invalid(["body"], "must hold JSONL lines (one job per line)")
     submitter = _submitter(web)
@@ -93,7 +96,7 @@ def _submit(web: Web, response: Response, body: bytes, name: str | None, priorit
     try:
         with s3_errors("keeping the batch body"):
             submitter.files.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
-        result = submitter.submit(f"s3://{bucket}/{key}", name=name, priority=priority)
+        result = submitter.submit(f"s3://{bucket}/{key}", name=name, priority=priority, budget=budget)
     except ValidationError as error:
         raise _invalid(["query", error.field], error.message) from None
     except (StorageError, LocationError) as error:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 
-from core.errors import RedisFull
+from core.errors import OverBudget, RedisFull
 
 
 async def method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
@@ -36,3 +36,8 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 async def redis_full(request: Request, exc: RedisFull) -> JSONResponse:
     """503 with Retry-After: the deployment takes no new jobs until room is back (nothing was written)."""
     return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
+
+
+async def over_budget(request: Request, exc: OverBudget) -> JSONResponse:
+    """402 naming the budget, its limit, what it has charged and reserved (nothing was written or spent)."""
+    return JSONResponse(exc.to_dict(), status_code=402)

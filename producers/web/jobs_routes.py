@@ -31,6 +31,7 @@ from producers.web.models import (
     EnqueuedJobs,
     JobPage,
     JobView,
+    OverBudgetProblem,
     Problem,
     jobs_body_schema,
 )
@@ -69,6 +70,7 @@ def job_or_404(web: Web, caller: PrincipalSettings, job_id: str) -> Job:
         200: {"model": EnqueuedJob | EnqueuedJobs, "description": "Every job already existed (idempotency keys)"},
         **AUTH_ERRORS,
         413: {"model": Problem, "description": "Request body, or its metadata, over the principal's limit"},
+        402: {"model": OverBudgetProblem, "description": "A budget has no room for the estimated credits"},
         429: {"model": Problem, "description": "Over the principal's enqueue rate or live-job cap (Retry-After)"},
     },
     summary="Enqueue one job, or a list of up to 1,000, of any model of the family",

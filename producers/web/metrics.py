@@ -18,10 +18,12 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from core.balances import Balances
 from core.clients import as_text
 from core.fair_share import PrincipalShare
 from core.jobstore import JobStore
 from core.keys import Keys
+from core.ledger import Ledger
 from core.quota import QuotaLimiter
 from core.quota_outcomes import AccountQuota
 from workers.queues import read_depths
@@ -56,6 +58,51 @@ class RedisCollector(Collector):
         yield from self._principals()
         yield from self._queue_depth()
         yield from self._counters()
+        yield from self._credits()
+
+    def _credits(self) -> Iterator[Metric]:
+        """The ledger's totals since the deployment began, and each account's balance as ImagineQ counts it."""
+        totals = Ledger(self._redis, self._keys).totals()
+        # CounterMetricFamily adds the _total suffix.
+        by_model = CounterMetricFamily(
+            "imagineq_credits_charged",
+            "Credits charged, by model (estimates, settled on the upstream's figure)",
+            labels=["model"],
+        )
+        by_account = CounterMetricFamily(
+            "imagineq_account_credits_charged", "Credits charged, by upstream account", labels=["account"]
+        )
+        for name, amount in sorted(totals.items()):
+            if name.startswith("c|*|m:"):
+                by_model.add_metric([name.removeprefix("c|*|m:")], amount)
+            elif name.startswith("c|*|a:"):
+                by_account.add_metric([name.removeprefix("c|*|a:")], amount)
+        reserved = GaugeMetricFamily("imagineq_credits_reserved", "Credits reserved by jobs not yet charged")
+        reserved.add_metric([], totals.get("r|*|t", 0.0))
+        yield from (by_model, by_account, reserved)
+        balance = GaugeMetricFamily(
+            "imagineq_account_balance_credits", "The account's credits when last read (chat/credit)", labels=["account"]
+        )
+        available = GaugeMetricFamily(
+            "imagineq_account_available_credits",
+            "What the account can still pay: its last reading less the charges and holds since",
+            labels=["account"],
+        )
+        low = GaugeMetricFamily(
+            "imagineq_account_low_balance", "1 while the account is below its low mark", labels=["account"]
+        )
+        age = GaugeMetricFamily(
+            "imagineq_account_balance_age_seconds", "Seconds since the balance was read", labels=["account"]
+        )
+        now = time.time()
+        for account in Balances(self._redis, self._keys).read(self._quota.account_names):
+            if account.credits is None or account.available is None or account.read_at is None:
+                continue
+            balance.add_metric([account.account], account.credits)
+            available.add_metric([account.account], account.available)
+            low.add_metric([account.account], 1 if account.low else 0)
+            age.add_metric([account.account], max(0.0, now - account.read_at))
+        yield from (balance, available, low, age)
 
     def _principals(self) -> Iterator[Metric]:
         """Fair share per principal: the label set is the configured principals and ``@operator``."""

@@ -156,6 +156,12 @@ class JobView(BaseModel):
     #: The workflow the job is a node of, and the node's name there.
     workflow_id: str | None = None
     node: str | None = None
+    #: Credits the job is estimated to cost (its model's price rule), reserved at enqueue.
+    estimate: float | None = None
+    #: Credits charged once its upstream task existed (the upstream's own figure when it gave one).
+    charged: float | None = None
+    #: Where its credits are: null (reserved), ``charged``, ``settled`` (on the upstream's figure) or ``released``.
+    credits: str | None = None
     #: Webhook delivery attempts, oldest first (on ``GET /v1/jobs/{id}`` only).
     deliveries: list[dict[str, Any]] | None = None
 
@@ -208,6 +214,20 @@ class JobPage(BaseModel):
     jobs: list[JobView]
     #: Pass as ``cursor`` for the next page; null when there is none.
     next_cursor: str | None
+
+
+class OverBudgetProblem(BaseModel):
+    """402: a budget has no room for the request's estimated credits; nothing was written or spent."""
+
+    error: str = "over_budget"
+    #: ``principal_day``, ``principal_month``, ``batch`` or ``global_day``.
+    budget: str
+    #: The budget's limit, what it has charged and reserved, and what the refused request needed (credits).
+    limit: float
+    charged: float
+    reserved: float
+    estimate: float
+    detail: str
 
 
 class Problem(BaseModel):

@@ -12,7 +12,7 @@ from config.settings import PrincipalSettings
 from core.errors import ValidationError
 from core.workflows import Workflow, workflow_summary
 from producers.web.context import Caller, Web, WebDep
-from producers.web.models import AUTH_ERRORS, EnqueuedWorkflow, Problem, WorkflowView
+from producers.web.models import AUTH_ERRORS, EnqueuedWorkflow, OverBudgetProblem, Problem, WorkflowView
 from producers.web.uploads import read_jobs_body
 from producers.workflows import cancel_workflow, prepare_workflow, write_workflow
 
@@ -36,6 +36,7 @@ def workflow_or_404(web: Web, caller: PrincipalSettings, workflow_id: str) -> Wo
         200: {"model": EnqueuedWorkflow, "description": "The idempotency key named an existing workflow"},
         **AUTH_ERRORS,
         413: {"model": Problem, "description": "Request body over the principal's limit"},
+        402: {"model": OverBudgetProblem, "description": "A budget has no room for the estimated credits"},
         429: {"model": Problem, "description": "Over the principal's enqueue rate or live-job cap (Retry-After)"},
     },
     summary="Create a workflow: jobs whose parents may be other jobs of the same request",

@@ -82,7 +82,9 @@ def run_inbox(settings: Settings, submitter: BatchSubmitter | None = None) -> li
                 stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
                 target = processed.child(f"{source.name.removesuffix(BATCH_SUFFIX)}-{stamp}{BATCH_SUFFIX}")
             try:
-                result = submitter.submit(source.uri, results=target.results().uri)
+                result = submitter.submit(
+                    source.uri, results=target.results().uri, budget=settings.credits.inbox_batch_budget
+                )
                 submitter.files.move(source, target)
             except ImagineQError as error:
                 log.error("inbox: %s not submitted: %s", source.uri, error)

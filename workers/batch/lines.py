@@ -90,6 +90,29 @@ def iter_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes |
         yield number, raw.rstrip(b"\r\n")
 
 
+def batch_header(raw: bytes | None) -> dict[str, float] | None:
+    """The batch's own settings when its first line is ``{"batch": {"budget": N}}`` (N credits: the most the
+    batch's jobs may cost), else None (the line is an ordinary one). A header with a bad value is refused
+    whole, naming the field."""
+    if raw is None or not raw.lstrip().startswith(b'{"batch"'):
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or set(data) != {"batch"}:
+        return None
+    header = data["batch"]
+    if not isinstance(header, dict) or not set(header) <= {"budget"}:
+        raise ValidationError("batch", 'the header line takes {"batch": {"budget": N}} only')
+    budget = header.get("budget")
+    if budget is None:
+        return {}
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget < 1e12:
+        raise ValidationError("batch.budget", f"must be a number of credits above 0 (got {budget!r})")
+    return {"budget": float(budget)}
+
+
 class LineParser:
     """Turns lines into requests for one batch; remembers ids so a repeated one is a bad line."""
 

@@ -24,12 +24,12 @@ from config.celery import PRIORITY_BATCH, PRIORITY_STEPS
 from config.settings import Settings, get_settings
 from core.catalog import DEFAULT_MODEL, Catalog, model_named
 from core.clients import Clients
-from core.errors import ValidationError
+from core.errors import OverBudget, ValidationError
 from core.jobs import Job
 from core.messages import BrokerMessage, submit_message
-from workers.batch.lines import BadLine, LineParser, ParsedLine, batch_id_for, iter_lines
+from workers.batch.lines import BadLine, LineParser, ParsedLine, batch_header, batch_id_for, iter_lines
 from workers.batch.locations import Files, Location
-from workers.batch.status import BatchStatus
+from workers.batch.status import OVER_BUDGET, BatchStatus
 from workers.batch.store import BatchStore, LineEntry
 from workers.intake import Intake
 from workers.storage import build_s3_client
@@ -98,9 +98,15 @@ class BatchSubmitter:
         priority: str = "low",
         results: str | None = None,
         on_chunk: Callable[[int], None] | None = None,
+        budget: float | None = None,
     ) -> SubmitResult:
         """Read ``source`` and enqueue its good lines. ``results``: where the manifest goes (default
-        ``<name>.results.jsonl`` next to the input). ``on_chunk(lines_read)`` after every chunk."""
+        ``<name>.results.jsonl`` next to the input). ``on_chunk(lines_read)`` after every chunk. ``budget``:
+        the most credits the batch's jobs may cost (else its header line's, ``{"batch": {"budget": N}}``); a
+        line past it, or past its principal's or the daily budget, is reported ``over_budget`` and costs
+        nothing."""
+        if budget is not None and not budget > 0:
+            raise ValidationError("budget", f"must be a number of credits above 0 (got {budget!r})")
         if priority not in PRIORITY_LEVELS:
             allowed = ", ".join(PRIORITY_LEVELS)
             raise ValidationError("priority", f"must be one of {allowed} (got {priority!r})")
@@ -121,7 +127,7 @@ class BatchSubmitter:
         bad: list[BadLine] = []
         try:
             with self.files.open(location) as stream:
-                self._read(stream, batch_id, token, status.level, bad, on_chunk)
+                self._read(stream, batch_id, token, status.level, bad, on_chunk, budget)
         except BaseException:
             self.batches.abandon_reading(batch_id, token)
             raise
@@ -150,6 +156,7 @@ class BatchSubmitter:
         level: int,
         bad: list[BadLine],
         on_chunk: Callable[[int], None] | None,
+        budget: float | None,
     ) -> None:
         parser = LineParser(
             batch_id,
@@ -167,7 +174,11 @@ class BatchSubmitter:
         def flush() -> None:
             nonlocal good
             requests = [parsed.request for parsed in chunk if parsed.request is not None]
-            created = iter(self.jobs.create_many(requests, chunk=CHUNK, message=message) if requests else [])
+            created = iter(
+                self.jobs.create_within_budget(requests, chunk=CHUNK, message=message, batch_budget=budget)
+                if requests
+                else []
+            )
             entries: list[LineEntry] = []
             pending: list[str] = []
             new = 0
@@ -178,7 +189,11 @@ class BatchSubmitter:
                     if len(bad) < BAD_LINES_KEPT:
                         bad.append(BadLine(parsed.line, parsed.id, parsed.error))
                     continue
-                job, is_new = next(created)
+                made = next(created)
+                if isinstance(made, OverBudget):
+                    entries.append(LineEntry(parsed.line, parsed.id, error=f"{OVER_BUDGET}: {made}"))
+                    continue
+                job, is_new = made
                 entries.append(LineEntry(parsed.line, parsed.id, job_id=job.id))
                 if parsed.id is not None:
                     parser.jobs_by_id[parsed.id] = job.id
@@ -191,6 +206,13 @@ class BatchSubmitter:
                 on_chunk(lines)
 
         for number, raw in iter_lines(stream, self.settings.batch_max_line_bytes):
+            if number == 1 and (header := batch_header(raw)) is not None:
+                budget = budget if budget is not None else header.get("budget")
+                if budget is not None:
+                    self.batches.set_budget(batch_id, budget)
+                continue
+            if number == 1 and budget is not None:
+                self.batches.set_budget(batch_id, budget)
             parsed = parser.parse(number, raw)
             if parsed is not None and parsed.needs_flush:
                 flush()  # its parent's line is read: written now, so the line can name its job

@@ -11,6 +11,8 @@ from core.jobs import JobState
 MISSING: Final = "missing"
 #: Manifest ``state`` of a line that never became a job.
 INVALID: Final = "invalid"
+#: A line a budget had no room for: no job was made, nothing was spent (its ``error`` says which budget).
+OVER_BUDGET: Final = "over_budget"
 
 
 class BatchStatusValue:
@@ -34,6 +36,9 @@ class BatchStatus:
     bad: int = 0
     created: int = 0
     pending: int = 0
+    #: Lines refused because a budget had no room for them (they cost nothing), and the batch's own budget.
+    over_budget: int = 0
+    budget: float | None = None
     #: Job state → jobs in it (terminal states exact; live states from the last settle, else absent).
     states: dict[str, int] = field(default_factory=dict)
     created_at: float = 0.0
@@ -63,6 +68,8 @@ class BatchStatus:
             "bad": self.bad,
             "created": self.created,
             "pending": self.pending,
+            "over_budget": self.over_budget,
+            "budget": self.budget,
             "states": dict(self.states),
             "created_at": self.created_at,
             "read_at": self.read_at,
@@ -90,6 +97,8 @@ class BatchStatus:
             bad=number("bad"),
             created=number("created"),
             pending=pending,
+            over_budget=number("over_budget"),
+            budget=float(raw["budget"]) if raw.get("budget") else None,
             states={name[2:]: int(n) for name, n in raw.items() if name.startswith("n:") and int(n)},
             created_at=float(raw.get("created_at", 0)),
             read_at=moment("read_at"),

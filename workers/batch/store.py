@@ -39,7 +39,7 @@ from core.jobs import JobState
 from core.keys import Keys
 from core.lua_scripts import load_script
 from workers.batch.locations import Files, Location
-from workers.batch.status import INVALID, MISSING, BatchStatus, BatchStatusValue
+from workers.batch.status import INVALID, MISSING, OVER_BUDGET, BatchStatus, BatchStatusValue
 
 #: A reader that stops renewing its claim for this long is taken for dead; its batch may be read again.
 READ_CLAIM_TTL_S: Final = 120.0
@@ -60,6 +60,11 @@ class LineEntry:
     id: str | None
     job_id: str | None = None
     error: str | None = None
+
+    @property
+    def over_budget(self) -> bool:
+        """A good line a budget had no room for (its ``error`` names the budget)."""
+        return self.job_id is None and (self.error or "").startswith(OVER_BUDGET + ":")
 
     def encode(self) -> str:
         return json.dumps([self.line, self.id, self.job_id, self.error], separators=(",", ":"))
@@ -125,6 +130,7 @@ class BatchStore:
         """Append one chunk of lines (in line order) and renew the read claim, in one round trip."""
         key = self._keys.batch(batch_id)
         good = sum(1 for entry in entries if entry.job_id is not None)
+        over = sum(1 for entry in entries if entry.over_budget)
         with self._client.pipeline(transaction=False) as pipe:
             if entries:
                 pipe.rpush(self._keys.batch_jobs(batch_id), *(entry.encode() for entry in entries))
@@ -132,10 +138,16 @@ class BatchStore:
                 pipe.sadd(self._keys.batch_pending(batch_id), *pending)
             pipe.hincrby(key, "lines", len(entries))
             pipe.hincrby(key, "good", good)
-            pipe.hincrby(key, "bad", len(entries) - good)
+            pipe.hincrby(key, "bad", len(entries) - good - over)
+            if over:
+                pipe.hincrby(key, "over_budget", over)
             pipe.hincrby(key, "created", created)
             pipe.pexpire(self._keys.batch_lock(batch_id, "read"), int(READ_CLAIM_TTL_S * 1000))
             pipe.execute()
+
+    def set_budget(self, batch_id: str, budget: float) -> None:
+        """The batch's budget (credits), shown with its status; the ledger enforces it."""
+        self._client.hset(self._keys.batch(batch_id), "budget", repr(float(budget)))
 
     def finish_reading(self, batch_id: str, token: str) -> BatchStatus:
         """Every line is in: the batch now waits for its jobs (and the reconciler watches it)."""
@@ -296,7 +308,7 @@ class BatchStore:
             for entry in entries:
                 row: dict[str, Any] = {"line": entry.line, "id": entry.id, "job_id": entry.job_id}
                 if entry.job_id is None:
-                    row.update(state=INVALID, s3_uri=None, error=entry.error)
+                    row.update(state=OVER_BUDGET if entry.over_budget else INVALID, s3_uri=None, error=entry.error)
                 else:
                     state, s3_uri, error, reason = (
                         as_text(value) if value is not None else None for value in next(records)
