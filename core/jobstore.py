@@ -23,7 +23,7 @@ from typing import Any, Final, cast
 import redis
 from redis.client import Pipeline
 
-from core.credits import CreditPolicy, ledger_keys, to_centi
+from core.credits import CreditPolicy, from_centi, ledger_keys, to_centi, utc_day
 from core.errors import OverBudget
 from core.job_creation import JobCreation, MessageFactory
 from core.job_indexes import StateIndexes
@@ -137,6 +137,30 @@ class JobStore(StateIndexes):
         """:meth:`create_many` for a batch's lines: those over a budget are an :class:`OverBudget` in their
         place, the others written (:meth:`core.job_creation.JobCreation.create_within_budget`)."""
         return self._creation.create_within_budget(requests, chunk, message=message, batch_budget=batch_budget)
+
+    def reserve_attempt(self, job: Job) -> None:
+        """Reserve a failed job's next attempt in the ledger under its budgets (a resubmit), before it is queued
+        again; raises :class:`OverBudget` (nothing written) when a budget has no room, ValueError when the
+        job is no longer failed."""
+        if self.credits is None:
+            return
+        estimate = self.credits.estimate(job.model, job.values, job.parent_output)
+        day = utc_day()
+        keys = [self._keys.job(job.id), *ledger_keys(self._keys, day, job.batch_id), self._keys.events()]
+        args = [
+            str(to_centi(estimate)),
+            day,
+            str(self.credits.ttl_s),
+            *self.credits.budgets(job.owner).limits(None),
+            repr(self.credits.warn),
+            str(self.events_max_len),
+        ]
+        reply = load_script(self._client, "ledger_reattempt")(keys, args)
+        if int(reply[0]) == 0:
+            raise ValueError(f"job {job.id} is no longer failed; look again")
+        if int(reply[0]) == 2:
+            budget, limit, charged, reserved = (text(value) for value in reply[1:5])
+            raise OverBudget(budget, from_centi(limit), from_centi(charged), from_centi(reserved), estimate)
 
     def release_children(self, parent_id: str) -> Released:
         """The jobs waiting for ``parent_id`` move on now that it ended (:func:`core.release.release_children`)."""

@@ -215,6 +215,8 @@ class Producer:
                 f"job {job.id} failed {job.reason}{f' ({job.fail_code})' if job.fail_code else ''}: a new attempt "
                 "would fail the same way; change the request and submit a new job"
             )
+        # The new attempt's credits are reserved first, under the budgets (OverBudget: nothing changed).
+        self.jobs.reserve_attempt(job)
         if job.reason == "outcome_unknown" and job.account:
             # Its first task may still run upstream: that slot stays taken on its own, and this attempt
             # takes (and logs) a slot and a creation of its own.
@@ -237,6 +239,7 @@ class Producer:
             "fail_code": job.fail_code,
             "task_id": job.task_id,
             "account": job.account,
+            "charged": job.charged,
             "timestamps": dict(job.timestamps),
         }
         cleared["history"] = encode_json([*job.history, {k: v for k, v in attempt.items() if v}])

@@ -27,6 +27,8 @@ def job_table(job: Any) -> str:
         ("prompt", job.prompt),
         *((name.replace("_", " "), value) for name, value in job.input.items() if not isinstance(value, dict | list)),
         ("created", when_text(job.created_at)),
+        ("estimate", None if job.estimate is None else f"{job.estimate:g} credits"),
+        ("charged", None if job.charged is None else f"{job.charged:g} credits ({job.credits})"),
         ("reason", job.reason),
         ("error", job.error),
         ("account", job.account),
@@ -96,6 +98,8 @@ def event_line(producer: Any, event: Any, *, as_json: bool) -> str:
             data["job"] = job.public_dict()
         return json.dumps(data, ensure_ascii=False)
     when = time.strftime("%H:%M:%S", time.gmtime(event.at))
+    if event.job_id is None and event.details:
+        return f"{when}  {event.type:16} " + " ".join(f"{name} {value}" for name, value in event.details.items())
     if event.job_id is None:
         return f"{when}  {event.type:16} batch {event.batch_id}"
     if job is None:

@@ -61,7 +61,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         **fields,
     )
     # The id at once (on stderr with --json, which keeps stdout one JSON document).
-    print(f"job {job.id} {job.state.value}", file=sys.stderr if args.json else sys.stdout, flush=True)
+    estimate = f" (estimate {job.estimate:g} credits)" if job.estimate is not None else ""
+    print(f"job {job.id} {job.state.value}{estimate}", file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.wait:
         job = follow(producer, job, timeout_s=args.timeout, out=sys.stderr if args.json else sys.stdout)
     print(json.dumps(job.to_dict(), indent=2) if args.json else job_table(job))

@@ -16,7 +16,7 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local credits, threshold = tonumber(ARGV[1]), tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'credits', ARGV[1], 'at', now_ms)
-redis.call('HINCRBY', KEYS[1], 'spent', -tonumber(ARGV[2]))
+redis.call('HINCRBY', KEYS[1], 'spent', 0 - tonumber(ARGV[2])) -- never '-0', which HINCRBY refuses
 if credits >= threshold then
   redis.call('HDEL', KEYS[1], 'low')
   return 0

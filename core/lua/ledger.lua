@@ -82,7 +82,8 @@ local function ledger_reserve(L, who, amount, limits, warn, events, maxlen, ttl,
       if redis.call('HSETNX', budgets[i][2], flag, now) == 1 then
         redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'budget.warning', 'job', '',
           'batch', i == 3 and who.batch or '', 'owner', (i == 4 or p == '-') and '' or p, 'at', now,
-          'budget', budgets[i][1], 'limit', limit, 'used', before + amount)
+          'budget', budgets[i][1], 'limit', string.format('%.2f', limit / 100),
+          'used', string.format('%.2f', (before + amount) / 100))
       end
     end
   end

@@ -250,7 +250,8 @@ def test_cli_submit_wait_shows_the_id_at_once_then_each_state_and_job_takes_a_pr
     submitted = dep.cli("submit", "A lighthouse at dusk", "--wait", "--timeout", "60")
     assert submitted.returncode == 0, submitted.stderr
     lines = submitted.stdout.splitlines()
-    assert lines[0].startswith("job ") and lines[0].endswith(" queued")
+    # The id and state at once, with what the job is estimated to cost (6 s at 480p: 14.4 credits).
+    assert lines[0].startswith("job ") and lines[0].endswith(" queued (estimate 14.4 credits)"), lines[0]
     job_id = lines[0].split()[1]
     progress = [re.fullmatch(r"\s*\d+\.\ds  (\w+)", line) for line in lines[1:]]
     states = [match[1] for match in progress if match]
