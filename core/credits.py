@@ -11,6 +11,7 @@ count on the UTC day and month it was enqueued (``lday``), so every later move l
 
 from __future__ import annotations
 
+import calendar
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -38,6 +39,16 @@ def from_centi(centi: int | float | str | bytes) -> float:
 
 def utc_day(at: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if at is None else at))
+
+
+def day_start(day: str) -> int:
+    """When the UTC day ``YYYY-MM-DD`` starts, in epoch seconds."""
+    return calendar.timegm(time.strptime(day, "%Y-%m-%d"))
+
+
+def credits_text(amount: float) -> str:
+    """An amount as a record keeps it: at most two decimals, no trailing zeros (``14.4``, ``45``)."""
+    return f"{amount:.2f}".rstrip("0").rstrip(".")
 
 
 def ledger_keys(keys: Keys, day: str, batch_id: str | None) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Final, Protocol
 import redis
 from redis.client import Pipeline
 
-from core.credits import NO_PRINCIPAL, CreditPolicy, from_centi, ledger_keys, to_centi, utc_day
+from core.credits import NO_PRINCIPAL, CreditPolicy, day_start, from_centi, ledger_keys, to_centi, utc_day
 from core.errors import OverBudget, ValidationError
 from core.jobs import MANAGED_FIELDS, TIMESTAMP_PREFIX, Job, JobRequest, JobState, new_job_id
 from core.keys import Keys
@@ -255,7 +255,10 @@ class JobCreation:
                 *self._credits.budgets(job.owner).limits(batch_budget),
                 repr(self._credits.warn),
                 str(self._events_max_len),
+                job.lday,
+                str(day_start(job.lday)),
             ]
+            fields.pop("lday", None)  # kept only when the Redis clock's day is another (job_create.lua)
         else:
             args.append("")
         for name, value in fields.items():

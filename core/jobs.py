@@ -14,6 +14,7 @@ from the state indexes (scored by time), not from the id.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -331,7 +332,7 @@ class Job:
         for name in _FLOAT_FIELDS:
             amount = getattr(self, name)
             if amount is not None:
-                out[name] = f"{amount:.2f}"
+                out[name] = f"{amount:.2f}".rstrip("0").rstrip(".")
         if self.updated_at != self.created_at:
             out["updated_at"] = repr(self.updated_at)
         for state, at in self.timestamps.items():
@@ -374,6 +375,9 @@ class Job:
                 job.timestamps[name[len(TIMESTAMP_PREFIX) :]] = float(value)
             else:
                 job.extra[name] = value
+        if job.estimate is not None and job.lday is None:
+            # Kept only when it is not the day of created_at (job_create.lua).
+            job.lday = time.strftime("%Y-%m-%d", time.gmtime(created_at))
         if job.result_url and not job.result_urls:
             job.result_urls = [job.result_url]
         if job.s3_uri and not job.outputs:

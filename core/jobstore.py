@@ -263,10 +263,12 @@ class JobStore(StateIndexes):
                 idem, owner = read.idempotency_key or "", read.owner
             else:
                 # The account is read from the record even when the caller has one: it is set on the way.
-                fields_read = ["idempotency_key", "owner", "lday", "batch_id", "account"]
+                fields_read = ["idempotency_key", "owner", "lday", "batch_id", "account", "created_at"]
                 stored = cast("list[str | bytes | None]", self._client.hmget(self._keys.job(job_id), fields_read))
-                idem, owner, lday, batch_id, account = (text(value) if value else None for value in stored)  # type: ignore[assignment]
+                idem, owner, lday, batch_id, account, created = (text(value) if value else None for value in stored)  # type: ignore[assignment]
                 idem = idem or ""
+                if lday is None and created is not None:  # its ledger day is the day it was created
+                    lday = utc_day(float(created))
             if idem and (to.terminal or any(state.terminal for state in froms)):
                 keys.append(self._keys.idempotency(idem, owner))
             elif idem:

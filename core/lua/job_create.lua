@@ -12,10 +12,12 @@
 --   ARGV[3]  its first state: queued, or waiting (a derived job whose parent is not stored yet)
 --   ARGV[4]  '1' when the request has an idempotency key
 --   ARGV[5]  '1' when the job waits for its parent (it joins the parent's children set)
---   ARGV[6]  '' (no credits kept), or the job's estimate in centi-credits, then ARGV[7..17]: the ledger's TTL s,
+--   ARGV[6]  '' (no credits kept), or the job's estimate in centi-credits, then ARGV[7..18]: the ledger's TTL s,
 --            the principal ('-' when none), model, batch id, workflow id ('' when none), the limits of the
 --            budgets principal_day, principal_month, batch, global_day (centi-credits, '' = none), the warning
---            fraction, the events stream's approximate maximum length
+--            fraction, the events stream's approximate maximum length, the ledger day (YYYY-MM-DD) the keys
+--            name and when it starts (epoch s): a job created on another day by the Redis clock (midnight, a
+--            skewed host) keeps its day in ``lday``; otherwise its day is that of its created_at
 --   then     field, value pairs of the request (never id, state or created_at)
 -- Effects: when every budget has room (ledger.lua: ledger_reserve), reserve the estimate in the ledger and
 --   SET idempotency key (no expiry while the job lives); HSET id, state, created_at (Redis
@@ -42,7 +44,7 @@ if ARGV[5] == '1' then
   k = k + 1
 end
 local estimate = tonumber(ARGV[6])
-local first_field = estimate and 18 or 7
+local first_field = estimate and 20 or 7
 if idem then
   local existing = redis.call('GET', idem)
   if existing and existing ~= stale then
@@ -75,5 +77,11 @@ if children then
 end
 
 redis.call('HSET', KEYS[1], 'id', id, 'state', state, 'created_at', now, unpack(ARGV, first_field))
+if estimate then
+  local day_start = tonumber(ARGV[19])
+  if tonumber(t[1]) < day_start or tonumber(t[1]) >= day_start + 86400 then
+    redis.call('HSET', KEYS[1], 'lday', ARGV[18])
+  end
+end
 redis.call('ZADD', KEYS[2], now_ms, id)
 return {1, id, now}

@@ -30,7 +30,8 @@ for i = 0, n - 1 do
   local start = math.max(v, tonumber(redis.call('HGET', fair, f_field)) or 0)
   redis.call('HSET', fair, f_field, start + 1 / weight)
   local rank = step * step_weight + start
-  local text = string.format('%.6f', rank)
+  -- six decimals, trailing zeros dropped ('17', not '17.000000'): every queued record keeps it
+  local text = string.gsub(string.gsub(string.format('%.6f', rank), '0+$', ''), '%.$', '')
   redis.call('HSET', KEYS[7 + i], 'rank', text)
   redis.call('ZADD', ready, text, id)
   redis.call('HSET', meta, id, principal .. '\t' .. step .. '\t' .. created .. '\t' .. pin)

@@ -259,7 +259,8 @@ def test_http_refuses_past_a_budget_with_402_and_reports_costs_to_each_their_own
     assert body["limit"] == pytest.approx(2 * CLIP + 1) and body["charged"] + body["reserved"] == pytest.approx(
         2 * CLIP
     )
-    dep.wait_all([must(dep.producer.get(r.json()["id"])) for r in made], timeout=90)
+    operators = dep.producer.enqueue("the operator's own")  # a job of no principal: '-'
+    dep.wait_all([must(dep.producer.get(r.json()["id"])) for r in made] + [operators], timeout=90)
     own = requests.get(f"{web.url}/v1/costs", params={"by": "model"}, headers=tenant).json()
     assert own["principal"] == "tenant" and own["charged"] == pytest.approx(2 * CLIP)
     assert [row["key"] for row in own["rows"]] == ["text-to-video"]
