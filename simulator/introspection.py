@@ -93,6 +93,7 @@ def task_list(state: SimState) -> list[dict[str, Any]]:
             "model": t.model,
             "pool": t.pool,
             "outputs": t.outputs,
+            "credits": t.credits,
             "param": t.param,
         }
         for t in state.tasks.values()
