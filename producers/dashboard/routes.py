@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from config.settings import PrincipalSettings
 from core.jobs import KEY_MAX_CHARS, JobState
 from core.workflows import workflow_summary
+from producers.dashboard.costs import costs_view
 from producers.dashboard.data import DashboardData, batch_progress, timeline, workflow_graph
 from producers.dashboard.rendering import HERE, not_found, origin_of, render
 from producers.dashboard.sessions import COOKIE, Session, SessionStore, csrf_ok
@@ -325,6 +326,12 @@ def workflow_page(request: Request, dashboard: DashboardDep, session: SessionDep
     graph = workflow_graph(summary, thumbs)
     media = next(iter(thumbs.values()), None)
     return render(request, "workflow.html", session, media=media, workflow=summary, graph=graph)
+
+
+@router.get("/costs")
+def costs(request: Request, dashboard: DashboardDep, session: SessionDep) -> Response:
+    view = costs_view(dashboard.web, session.principal)
+    return render(request, "costs.html", session, costs=view, admin=session.principal.admin)
 
 
 @router.get("/batches")

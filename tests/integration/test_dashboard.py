@@ -16,7 +16,9 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect
 
+from core.credits import CreditPolicy, utc_day
 from core.jobs import JobState
+from core.ledger import Ledger
 from devstack import services
 from devstack.deployment import Deployment, deployment, must, wait_until
 from tests.integration import browser
@@ -27,7 +29,7 @@ ADMIN_TOKEN = f"admin-{uuid.uuid4().hex}"
 TENANT_TOKEN = f"acme-{uuid.uuid4().hex}"
 PRINCIPALS = [
     {"name": "ops", "token": ADMIN_TOKEN, "admin": True},
-    {"name": "acme", "token": TENANT_TOKEN},
+    {"name": "acme", "token": TENANT_TOKEN, "budget_day": 500},
 ]
 
 
@@ -36,7 +38,7 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     with deployment(
         tmp_path_factory.mktemp("dashboard"),
         simulator_args=("--gen-time", "0.3:0.8"),  # results: playable clips
-        env={"IMAGINEQ_INGRESS_PRINCIPALS": json.dumps(PRINCIPALS)},
+        env={"IMAGINEQ_INGRESS_PRINCIPALS": json.dumps(PRINCIPALS), "IMAGINEQ_CREDITS__BALANCE_INTERVAL_S": "5"},
     ) as deployed:
         yield deployed
 
@@ -290,3 +292,59 @@ def test_only_a_failure_a_new_attempt_may_fix_is_offered_a_resubmit_and_every_at
         expect(page.locator('table.timeline tr[data-attempt="1"]').last).to_contain_text("generation_failed")
         expect(page.locator('table.timeline tr[data-attempt="2"]').last).to_contain_text("stored")
         session.screenshot("dashboard-resubmitted-job")
+
+
+def test_the_costs_page_shows_spend_per_day_and_model_budgets_and_balances_to_each_their_own(
+    dep: Deployment, web: services.Service, chromium: Browser, tmp_path: Path
+):
+    dep.sim_config(credits=25_000)
+    services.start_beat(dep.stack, dep.env)
+    tenant = requests.post(
+        f"{web.url}/v1/jobs",
+        json=[{"prompt": "Acme's clip", "duration": "10"}, {"model": "text-to-image", "prompt": "Acme's still"}],
+        headers={"Authorization": f"Bearer {TENANT_TOKEN}"},
+        timeout=30,
+    )
+    assert tenant.status_code == 201, tenant.text
+    mine = [must(dep.producer.get(job["id"])) for job in tenant.json()["jobs"]]
+    operators = [dep.producer.enqueue("An operator's 720p clip", resolution="720p", duration="15")]
+    lines = tmp_path / "budgeted.jsonl"
+    lines.write_text('{"batch": {"budget": 40}}\n' + "".join(f'{{"prompt": "dusk {i}"}}\n' for i in range(3)))
+    submitted = dep.cli("batch", "submit", str(lines), "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    batch = json.loads(submitted.stdout)
+    assert batch["over_budget"] == 1 and batch["created"] == 2  # two 14.4-credit clips fit in 40
+    done = dep.wait_all([*mine, *operators])
+    assert all(job.state is JobState.STORED for job in done)
+    ledger = Ledger(dep.producer.redis, dep.producer.keys)
+    today = utc_day()
+
+    def shown(principal: str | None, model: str) -> str:
+        (row,) = [row for row in ledger.costs("model", today, today, principal=principal) if row.key == model]
+        return f"{row.charged:,.2f}"
+
+    with browser.session(chromium) as session:
+        page = session.page
+        sign_in(page, web, ADMIN_TOKEN)
+        page.click("nav >> text=Costs")
+        expect(page).to_have_url(f"{web.url}/costs")
+        # Everyone's, per model, as the ledger holds them (this test's 24 + 67.5 and 4 credits among them).
+        expect(page.locator('tr[data-model="text-to-video"] td').nth(1)).to_have_text(shown(None, "text-to-video"))
+        expect(page.locator('tr[data-model="text-to-image"] td').nth(1)).to_have_text(shown(None, "text-to-image"))
+        expect(page.locator('tr[data-budget="principal_day"][data-whose="acme"]')).to_contain_text("500.00")
+        expect(page.locator("table.top-batches")).to_contain_text(batch["id"][:16])
+        available = page.locator('tr[data-account="default"] [data-field="available"]')
+        expect(available).not_to_have_text("—", timeout=30_000)  # beat read the balance
+        session.screenshot("dashboard-costs")
+        assert not session.refused, session.refused
+    use = ledger.budgets(CreditPolicy(dep.settings), "acme")[0]
+    assert use.limit == 500 and use.charged >= 28
+    with browser.session(chromium) as session:
+        page = session.page
+        sign_in(page, web, TENANT_TOKEN)
+        page.goto(f"{web.url}/costs")
+        # Its own only, with what its budget has left.
+        expect(page.locator('tr[data-model="text-to-video"] td').nth(1)).to_have_text(shown("acme", "text-to-video"))
+        left = page.locator('tr[data-budget="principal_day"][data-whose="acme"] [data-field="left"]')
+        expect(left).to_have_text(f"{use.left:,.2f}")
+        expect(page.locator("table.balances")).to_have_count(0)
