@@ -22,6 +22,11 @@ Figures:
   no worker reads (goal ≥ 5,000);
 - **refill_resume_s**: from the refill to the first job that waited for it being created.
 
+``--skew PCT`` prices every video PCT % below what the simulator takes, and has the simulator report each
+task's consumed credits in its record (as some upstream models do): the estimates are then wrong by that
+much, and the ledger must still equal the balances (charges settled on the upstream's figure); a budget,
+checked against estimates, may then be overshot by up to the skew.
+
 Prints ``RESULT ledger_minus_upstream=… budget_overshoot=… upstream_402=… estimate_error_pct=…
 enqueue_per_s=… …`` as its last line.
 """
@@ -156,12 +161,16 @@ def enqueue_rate(redis_url: str, env: dict[str, str], jobs: int) -> float:
         producer.close()
 
 
-def run(jobs: int, producers: int, fail_rate: float, enqueue_jobs: int, log_dir: Path) -> dict[str, float]:
+def run(
+    jobs: int, producers: int, fail_rate: float, enqueue_jobs: int, skew_pct: float, log_dir: Path
+) -> dict[str, float]:
     with services.terminate_on_signals(), services.LocalStack(log_dir) as stack:
         redis_url = stack.redis()
         s3 = stack.s3()
         sim_args = ["--images-per-task", "4", "--video-bytes", "65536", "--hmac-key", HMAC_KEY]
         sim_args += ["--fail-rate", str(fail_rate), "--credits", "0"]
+        if skew_pct:
+            sim_args.append("--report-credits")
         sim_args += [arg for key in KEYS for arg in ("--api-key", key)]
         simulator = stack.simulator(sim_args)
         sim = f"{simulator.url}/__sim__"
@@ -184,6 +193,10 @@ def run(jobs: int, producers: int, fail_rate: float, enqueue_jobs: int, log_dir:
                 ]
             ),
         }
+        if skew_pct:
+            per_second = {"480p": 2.4 * (1 - skew_pct / 100), "720p": 4.5 * (1 - skew_pct / 100)}
+            video = {"credits_per_second": per_second}
+            extra["IMAGINEQ_MODELS"] = json.dumps({"text-to-video": video, "image-to-video": video})
         env = services.deployment_env(
             redis_url=redis_url, s3=s3, simulator_url=simulator.url, bucket="imagineq-bench", extra=extra
         )
@@ -294,9 +307,12 @@ def main() -> None:
     parser.add_argument("--producers", type=int, default=20, help="concurrent producers, one principal each")
     parser.add_argument("--fail-rate", type=float, default=0.08, help="tasks the simulator fails (default 0.08)")
     parser.add_argument("--enqueue", type=int, default=20_000, help="jobs for the enqueue_many rate (default 20000)")
+    parser.add_argument(
+        "--skew", type=float, default=0.0, help="price videos this %% below the upstream, which reports its own figures"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imagineq-bench-credits-") as folder:
-        result = run(args.jobs, args.producers, args.fail_rate, args.enqueue, Path(folder))
+        result = run(args.jobs, args.producers, args.fail_rate, args.enqueue, args.skew, Path(folder))
     print("RESULT " + " ".join(f"{name}={value}" for name, value in result.items()))
 
 

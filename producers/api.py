@@ -27,6 +27,7 @@ from producers.rules import NotCancelable, check_notify_url_allowed, check_produ
 
 if TYPE_CHECKING:
     from core.workflows import Workflow
+    from producers.costs import Estimate
     from workers.intake import Intake
 
 #: Jobs written and published per Redis round trip by ``enqueue_many``.
@@ -159,6 +160,13 @@ class Producer:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {job.state.value} after {timeout:.0f}s")
             time.sleep(interval_s)
+
+    def estimate(self, items: Iterable[Mapping[str, Any]], *, owner: str | None = None) -> Estimate:
+        """What these requests would cost (each one's credits, the total) and the budgets they would meet
+        (``owner``'s, today); nothing is written. See :mod:`producers.costs`."""
+        from producers.costs import Estimator
+
+        return Estimator(self).requests(list(items), owner=owner)
 
     def submit_workflow(self, body: Mapping[str, Any], *, owner: str | None = None) -> tuple[Workflow, bool]:
         """Create the workflow ``body`` describes (``{"nodes": [...], "idempotency_key": ...}``: each node a

@@ -244,6 +244,8 @@ def test_http_refuses_past_a_budget_with_402_and_reports_costs_to_each_their_own
     web = services.start_web(dep.stack, dep.env)
     tenant = {"Authorization": f"Bearer {TENANT}"}
     admin = {"Authorization": f"Bearer {ADMIN}"}
+    priced = dep.producer.estimate([{"model": "upscale", "parent": dep.producer.enqueue("a parent").id}])
+    assert priced.total == 30.0 and priced.items[0].model == "upscale"  # a video's upscale
     estimate = requests.post(
         f"{web.url}/v1/estimate", json=[{"prompt": "x"}, {"prompt": "y", "resolution": "720p"}], headers=tenant
     )
