@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import calendar
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+import redis
 
 from config.settings import Settings
 from core.catalog import MODELS
+from core.errors import OverBudget
+from core.jobs import Job
 from core.keys import Keys
+from core.lua_scripts import load_script
 
 #: Ledger amounts are kept in hundredths of a credit.
 CENTI: Final = 100
@@ -113,3 +119,31 @@ class CreditPolicy:
         if owner is None:
             return self._default
         return self._budgets.get(owner, self._default)
+
+
+def over_budget_of(reply: Sequence[Any], estimate: float) -> OverBudget:
+    """A ledger script's refusal ``{2, budget, limit, charged, reserved}`` (centi-credits) as the error."""
+    budget, limit, charged, reserved = (value.decode() if isinstance(value, bytes) else value for value in reply[1:5])
+    return OverBudget(str(budget), from_centi(limit), from_centi(charged), from_centi(reserved), estimate)
+
+
+def reserve_attempt(client: redis.Redis, keys: Keys, policy: CreditPolicy, job: Job, *, events_max_len: int) -> None:
+    """Reserve a failed job's next attempt (a resubmit) in the ledger under its budgets, today, before it is
+    queued again (``ledger_reattempt.lua``); :class:`OverBudget` (nothing written) when a budget has no room,
+    ValueError when the job is no longer failed."""
+    estimate = policy.estimate(job.model, job.values, job.parent_output)
+    day = utc_day()
+    args = [
+        str(to_centi(estimate)),
+        day,
+        str(policy.ttl_s),
+        *policy.budgets(job.owner).limits(None),
+        repr(policy.warn),
+        str(events_max_len),
+    ]
+    script = load_script(client, "ledger_reattempt")
+    reply = script([keys.job(job.id), *ledger_keys(keys, day, job.batch_id), keys.events()], args)
+    if int(reply[0]) == 0:
+        raise ValueError(f"job {job.id} is no longer failed; look again")
+    if int(reply[0]) == 2:
+        raise over_budget_of(reply, estimate)

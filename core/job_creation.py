@@ -18,7 +18,7 @@ from typing import Final, Protocol
 import redis
 from redis.client import Pipeline
 
-from core.credits import NO_PRINCIPAL, CreditPolicy, day_start, from_centi, ledger_keys, to_centi, utc_day
+from core.credits import NO_PRINCIPAL, CreditPolicy, day_start, ledger_keys, over_budget_of, to_centi, utc_day
 from core.errors import OverBudget, ValidationError
 from core.jobs import MANAGED_FIELDS, TIMESTAMP_PREFIX, Job, JobRequest, JobState, new_job_id
 from core.keys import Keys
@@ -48,18 +48,6 @@ def _text(value: str | bytes) -> str:
 def _new_jobs(items: Sequence[tuple[Job, bool] | OverBudget]) -> list[Job]:
     """The jobs a call wrote (not those an idempotency key named, nor those over budget)."""
     return [item[0] for item in items if not isinstance(item, OverBudget) and item[1]]
-
-
-def _over_budget(job: Job, result: Sequence[object]) -> OverBudget:
-    """job_create.lua's refusal {2, budget, limit, charged, reserved} (centi-credits) as an error."""
-    budget, limit, charged, reserved = (_text(value) if isinstance(value, bytes) else value for value in result[1:5])
-    return OverBudget(
-        str(budget),
-        from_centi(str(limit)),
-        from_centi(str(charged)),
-        from_centi(str(reserved)),
-        job.estimate or 0.0,
-    )
 
 
 class JobCreation:
@@ -201,7 +189,7 @@ class JobCreation:
                 job.timestamps[job.state.value] = job.created_at
                 out[i] = (job, True)
             elif int(result[0]) == 2:
-                out[i] = _over_budget(job, result)
+                out[i] = over_budget_of(result, job.estimate or 0.0)
             else:
                 existing[i] = _text(result[1])
         if failure is not None:
@@ -226,7 +214,7 @@ class JobCreation:
             job.timestamps[job.state.value] = job.created_at
             return job, True
         if int(result[0]) == 2:
-            return _over_budget(job, result)
+            return over_budget_of(result, job.estimate or 0.0)
         found = self._reads.get(_text(result[1]))
         if found is None:
             raise RuntimeError(f"idempotency key {job.idempotency_key!r} names a job that keeps vanishing")

@@ -23,7 +23,7 @@ from typing import Any, Final, cast
 import redis
 from redis.client import Pipeline
 
-from core.credits import CreditPolicy, from_centi, ledger_keys, to_centi, utc_day
+from core.credits import CreditPolicy, ledger_keys, reserve_attempt, to_centi, utc_day
 from core.errors import OverBudget
 from core.job_creation import JobCreation, MessageFactory
 from core.job_indexes import StateIndexes
@@ -139,28 +139,10 @@ class JobStore(StateIndexes):
         return self._creation.create_within_budget(requests, chunk, message=message, batch_budget=batch_budget)
 
     def reserve_attempt(self, job: Job) -> None:
-        """Reserve a failed job's next attempt in the ledger under its budgets (a resubmit), before it is queued
-        again; raises :class:`OverBudget` (nothing written) when a budget has no room, ValueError when the
-        job is no longer failed."""
-        if self.credits is None:
-            return
-        estimate = self.credits.estimate(job.model, job.values, job.parent_output)
-        day = utc_day()
-        keys = [self._keys.job(job.id), *ledger_keys(self._keys, day, job.batch_id), self._keys.events()]
-        args = [
-            str(to_centi(estimate)),
-            day,
-            str(self.credits.ttl_s),
-            *self.credits.budgets(job.owner).limits(None),
-            repr(self.credits.warn),
-            str(self.events_max_len),
-        ]
-        reply = load_script(self._client, "ledger_reattempt")(keys, args)
-        if int(reply[0]) == 0:
-            raise ValueError(f"job {job.id} is no longer failed; look again")
-        if int(reply[0]) == 2:
-            budget, limit, charged, reserved = (text(value) for value in reply[1:5])
-            raise OverBudget(budget, from_centi(limit), from_centi(charged), from_centi(reserved), estimate)
+        """Reserve a failed job's next attempt under its budgets before it is queued again (a resubmit):
+        :func:`core.credits.reserve_attempt`."""
+        if self.credits is not None:
+            reserve_attempt(self._client, self._keys, self.credits, job, events_max_len=self.events_max_len)
 
     def release_children(self, parent_id: str) -> Released:
         """The jobs waiting for ``parent_id`` move on now that it ended (:func:`core.release.release_children`)."""

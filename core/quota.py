@@ -12,7 +12,9 @@ Each (account, pool) has, under :class:`~core.keys.Keys` (a pool is a model of t
   state, so a dead worker leaks a slot for at most one lease TTL.
 
 Each account has, for all its pools together: a cooldown (upstream 429/455), a pause (402/433/...), a
-rolling log of createTask requests (``create_requests_per_window``, when set) and one of recordInfo calls.
+rolling log of createTask requests (``create_requests_per_window``, when set), one of recordInfo calls, and
+its balance with the estimates of the jobs sent there (:mod:`core.balances`): a job goes only where it can
+be paid for.
 
 Submitters take work with :meth:`QuotaLimiter.dispatch`: among the jobs the pools' ready sets hold, the
 first by rank whose pool has room goes, on the account with the most headroom there, so a full pool never

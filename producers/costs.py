@@ -12,16 +12,30 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from core.catalog import DEFAULT_MODEL
+import redis
+
+from config.settings import Settings
+from core.catalog import DEFAULT_MODEL, Catalog
 from core.credits import CreditPolicy
 from core.errors import ValidationError
+from core.keys import Keys
 from core.ledger import BudgetUse, Ledger
 from workers.batch.lines import batch_header
+from workers.intake import Intake
 
-if TYPE_CHECKING:
-    from producers.api import Producer
+
+class Producer(Protocol):
+    """What an estimate needs of a producer (``producers.api.Producer`` has it)."""
+
+    settings: Settings
+    catalog: Catalog
+    redis: redis.Redis
+    keys: Keys
+
+    @property
+    def intake(self) -> Intake: ...
 
 
 @dataclass(frozen=True)
