@@ -31,6 +31,7 @@ pytestmark = pytest.mark.integration
 KEYS = ("credit-key-a", "credit-key-b")
 ADMIN = "credits-admin-token-0123456789abcdef"
 TENANT = "credits-tenant-token-0123456789abcdef"
+OPS = "credits-ops-token-0123456789abcdef"
 #: 6 s at 480p: 6 x 2.4 credits.
 CLIP = 14.4
 
@@ -57,6 +58,7 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
             "IMAGINEQ_ACCOUNTS": json.dumps(accounts),
             "IMAGINEQ_INGRESS_PRINCIPALS": json.dumps(principals),
             "IMAGINEQ_CREDITS__BALANCE_INTERVAL_S": "5",
+            "IMAGINEQ_OPS_TOKENS": json.dumps([OPS]),
         },
         workers={"submit": 2, "poll": 2, "store": 2},
     ) as deployed:
@@ -136,6 +138,26 @@ def test_fifty_producers_racing_for_room_for_exactly_ten_jobs_get_exactly_ten(de
     producer.close()
 
 
+def test_a_request_of_several_jobs_past_a_budget_is_refused_whole_and_reserves_nothing(dep: Deployment):
+    producer = producer_with(dep, budgets={"principal_day": 3 * CLIP})
+    owner = f"whole-{uuid.uuid4().hex[:8]}"
+    five = [JobRequest.from_mapping({"prompt": f"one of five {i}"}, owner=owner) for i in range(5)]
+    with pytest.raises(OverBudget) as refused:
+        producer.enqueue_prepared(producer.prepare(five))
+    assert refused.value.charged == 0 and refused.value.reserved == 3 * CLIP  # the first three, taken back
+    use = Ledger(dep.producer.redis, dep.producer.keys).budgets(CreditPolicy(producer.settings), owner)[0]
+    assert use.charged == 0 and use.reserved == 0
+    assert not [
+        key
+        for key in dep.producer.redis.scan_iter(match=dep.producer.keys.job("*"))
+        if owner in str(dep.producer.redis.hget(key, "owner"))
+    ]
+    three = producer.enqueue_prepared(producer.prepare(five[:3]))
+    assert [created for _, created in three] == [True] * 3
+    dep.wait_all([job for job, _ in three], timeout=90)
+    producer.close()
+
+
 def test_the_ledger_charges_what_the_upstream_balance_lost_across_failures_cancels_and_rejections(dep: Deployment):
     before_upstream, before_ledger = spent_upstream(dep), charged_here(dep)
     producer = dep.producer
@@ -173,9 +195,15 @@ def test_a_job_goes_to_the_account_that_can_pay_and_no_402_is_met(dep: Deploymen
     moment = time.time()
     dep.sim_config(credits={key_id(KEYS[0]): 20, key_id(KEYS[1]): 5000})
     balances_read_after(dep, moment)
+    # Below its low mark (100 credits by default): one account.low_balance event, however often it is read.
+    low = [e for e in events_since(dep, "0-0") if e["type"] == "account.low_balance" and e["account"] == "acct0"]
+    assert len(low) == 1 and float(low[0]["balance"]) == 20 and float(low[0]["threshold"]) == 100
     jobs = [dep.producer.enqueue(f"a 720p clip {i}", resolution="720p") for i in range(3)]  # 27 credits each
     done = dep.wait_all(jobs, timeout=120)
     assert all(job.state is JobState.STORED and job.account == "acct1" for job in done)
+    balances_read_after(dep, time.time())  # read again: still low, no second event
+    low = [e for e in events_since(dep, "0-0") if e["type"] == "account.low_balance" and e["account"] == "acct0"]
+    assert len(low) == 1
     assert dep.stats()["errors_by_code"].get("402", 0) == errors_before
     cheap = dep.wait_all([dep.producer.enqueue("an image", model="text-to-image")], timeout=60)[0]
     assert cheap.state is JobState.STORED  # 4 credits: either account may take it
@@ -267,6 +295,9 @@ def test_http_refuses_past_a_budget_with_402_and_reports_costs_to_each_their_own
     assert own["principal"] == "tenant" and own["charged"] == pytest.approx(2 * CLIP)
     assert [row["key"] for row in own["rows"]] == ["text-to-video"]
     assert requests.get(f"{web.url}/v1/costs", params={"principal": "ops"}, headers=tenant).status_code == 403
+    metrics = requests.get(f"{web.url}/metrics", headers={"Authorization": f"Bearer {OPS}"}, timeout=30).text
+    assert 'imagineq_credits_charged_total{model="text-to-video"}' in metrics
+    assert 'imagineq_account_available_credits{account="acct0"}' in metrics
     everyone = requests.get(f"{web.url}/v1/costs", params={"by": "principal"}, headers=admin).json()
     assert {"tenant", "-"} <= {row["key"] for row in everyone["rows"]}
     # The CLI's report and dry run read the same ledger.
@@ -274,24 +305,30 @@ def test_http_refuses_past_a_budget_with_402_and_reports_costs_to_each_their_own
     assert report.returncode == 0 and json.loads(report.stdout)["charged"] == pytest.approx(everyone["charged"])
     batch = tmp_path / "priced.jsonl"
     batch.write_text('{"id": "a", "model": "text-to-image", "prompt": "p"}\n{"model": "upscale", "parent": "a"}\n')
-    priced = dep.cli("estimate", str(batch), "--json")
-    assert priced.returncode == 0 and json.loads(priced.stdout)["total"] == pytest.approx(4 + 10)
+    dry_run = dep.cli("estimate", str(batch), "--json")
+    assert dry_run.returncode == 0 and json.loads(dry_run.stdout)["total"] == pytest.approx(4 + 10)
 
 
 def test_a_budget_eighty_percent_full_sends_one_warning(dep: Deployment):
     producer = producer_with(dep, budgets={"principal_day": 5 * CLIP})
     owner = f"warned-{uuid.uuid4().hex[:8]}"
-    events = dep.producer.redis
-    newest = cast("list[tuple[Any, dict[Any, Any]]]", events.xrevrange(dep.producer.keys.events(), count=1))
+    newest = cast("list[tuple[Any, Any]]", dep.producer.redis.xrevrange(dep.producer.keys.events(), count=1))
     last = _text(newest[0][0]) if newest else "0-0"
     for _ in range(5):
         enqueue_as(producer, owner)
-    entries = cast("list[tuple[Any, dict[Any, Any]]]", events.xrange(dep.producer.keys.events(), min=f"({last}"))
-    seen = [{_text(k): _text(v) for k, v in fields.items()} for _, fields in entries]
+    seen = events_since(dep, last)
     mine = [event for event in seen if event.get("type") == "budget.warning" and event.get("owner") == owner]
     assert len(mine) == 1
     assert mine[0]["budget"] == "principal_day" and float(mine[0]["used"]) == pytest.approx(4 * CLIP)
     producer.close()
+
+
+def events_since(dep: Deployment, after: str) -> list[dict[str, str]]:
+    """The events stream's entries after ``after``, as text."""
+    entries = cast(
+        "list[tuple[Any, dict[Any, Any]]]", dep.producer.redis.xrange(dep.producer.keys.events(), min=f"({after}")
+    )
+    return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in entries]
 
 
 def _text(value: Any) -> str:
