@@ -2,11 +2,11 @@
 --
 -- A job goes when its pool has room on an account it may use: an in-progress slot and a creation in the
 -- pool's rolling window, the account neither cooling down nor paused and under its createTask request rate,
--- its known balance enough for the job's estimate, and the job's principal under its share cap there. Among the pools' ready jobs that may go, the one with
--- the lowest rank goes (its priority step, then its fair-share tag: ready_add.lua): a full pool never holds
--- back another pool's jobs. A job below interactive priority queued longer than the aging time competes
--- in the interactive class, as if it had just arrived there. Among the accounts, the one with the most headroom
--- in the job's pool (ties: the earlier one).
+-- its known balance enough for the job's estimate, and the job's principal under its share cap there.
+-- Among the pools' ready jobs that may go, the one with the lowest rank goes (its priority step, then its
+-- fair-share tag: ready_add.lua): a full pool never holds back another pool's jobs. A job below interactive
+-- priority queued longer than the aging time competes in the interactive class, as if it had just arrived
+-- there. Among the accounts, the one with the most headroom in the job's pool (ties: the earlier one).
 --
 -- KEYS[1]  dispatched     sorted set  member = job id, score = ms taken (recovery)
 -- KEYS[2]  waiting        sorted set  ready jobs by principal (ready_add.lua)
@@ -36,8 +36,9 @@
 -- Effects: drops expired leases and creations and requests that left their windows on every account
 --   looked at; on success removes the job from its ready sets, notes it dispatched (and its principal's
 --   creation), moves its step's virtual time to its tag, and adds its creation entry, its lease (now +
---   TTL, owned by its principal) and its createTask request together, and holds its estimate on the account. A job that already holds a lease in
---   its pool on a usable account gets that account back, lease extended, with no second creation.
+--   TTL, owned by its principal) and its createTask request together, and holds its estimate on the
+--   account. A job that already holds a lease in its pool on a usable account gets that account back, lease
+--   extended, with no second creation.
 -- Returns:
 --   {1, job, p, a, rank}    the job (of pool p, rank as it was in its ready set: a string) holds a slot on
 --                           account a
