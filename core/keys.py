@@ -261,6 +261,10 @@ class Keys:
         since (charges made after the reading): with its holds, what it can still pay."""
         return f"{self.prefix}:balance:{account}"
 
+    def balance_check(self, account: str) -> str:
+        """String with PX expiry: one balance reading of an account that cannot pay its jobs at a time."""
+        return f"{self.balance(account)}:check"
+
     def balance_holds(self, account: str) -> str:
         """Sorted set: jobs sent towards the account whose task is not charged yet (member = job id, score =
         estimate in centi-credits), counted against its balance until charged or ended."""

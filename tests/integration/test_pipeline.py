@@ -17,6 +17,7 @@ from typing import cast
 import av
 import pytest
 
+from core.balances import Balances
 from core.jobs import JobRequest, JobState
 from devstack.deployment import Deployment, deployment, must, wait_until
 
@@ -180,6 +181,15 @@ def test_no_credits_pauses_the_account_until_credits_return(dep: Deployment):
     job = dep.producer.wait(job.id, timeout=60)
     assert job.state is JobState.STORED, (job.reason, job.error)
     assert job.submit_attempts == 0  # a pause never consumes the job's retries
+
+
+def test_a_stale_balance_reading_holds_no_job_back_without_beat(dep: Deployment):
+    # A reading says the account cannot pay (as one taken during an outage would), and no beat runs here to
+    # read it again: the submitter that meets it reads the balance itself (the simulator's is unlimited).
+    Balances(dep.producer.redis, dep.producer.keys).record("default", 1.0, spent_before=0, low_below=0)
+    job = dep.producer.wait(dep.producer.enqueue("Not held back by an old reading").id, timeout=60)
+    assert job.state is JobState.STORED, (job.reason, job.error)
+    assert Balances(dep.producer.redis, dep.producer.keys).read(["default"])[0].credits == 10**9
 
 
 def test_an_expired_result_url_is_refreshed_and_stored(dep: Deployment):

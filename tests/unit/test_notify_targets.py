@@ -81,3 +81,15 @@ def test_a_bad_notify_url_is_refused_naming_the_field(url: str, message: str):
     with pytest.raises(ValidationError) as refused:
         JobRequest(prompt="p", notify_url=url).validate()
     assert refused.value.field == "notify_url" and message in refused.value.message
+
+
+def test_a_principals_budget_warning_goes_to_it_and_an_account_or_everyones_to_the_admins():
+    def warned(owner: str | None, kind: str = "budget.warning") -> list[str]:
+        fields = {"type": kind, "job": "", "batch": "", "owner": owner or "", "at": "1", "budget": "principal_day"}
+        return [t.ref for t in targets_for(Event.of("2-0", fields), None, SETTINGS)]
+
+    assert warned("acme") == ["principal:acme:0"]
+    assert warned(None) == ["principal:ops:0"]  # everyone's daily cap, or the operator's own budget
+    assert warned(None, "account.low_balance") == ["principal:ops:0"]
+    details = Event.of("3-0", {"type": "budget.warning", "owner": "acme", "at": "1", "limit": "100.00", "used": "80"})
+    assert details.to_dict()["limit"] == "100.00" and details.matches(batch=None, job=None, owner="acme")

@@ -1,4 +1,5 @@
-"""Waiting in a submit for a job that may go, and resuming paused accounts once their credits are back."""
+"""Waiting in a submit for a job that may go, and resuming paused accounts (or reading the balances again) once
+their credits are back."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def next_dispatch(rt: Runtime, *, wait: bool = True) -> Dispatched:
             return dispatched
         if dispatched.reason == "paused":
             resume_paused_accounts(rt)
+        elif dispatched.reason == "credits":
+            refresh_short_balances(rt)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return dispatched
@@ -59,3 +62,13 @@ def resume_paused_accounts(rt: Runtime) -> None:
         if credits > 0:
             rt.quota.resume(account.name)
             log.warning("account %s resumed: %g credits available", account.name, credits)
+
+
+def refresh_short_balances(rt: Runtime) -> None:
+    """Jobs wait because no account they may use can pay them, as far as the last readings say: read the
+    balances again (one reader per account every ``pause_check_interval_s``), so a refill, or a reading
+    grown stale with beat away, holds no job back for longer than that."""
+    for account in rt.settings.accounts:
+        gate = rt.keys.balance_check(account.name)
+        if rt.redis.set(gate, "1", nx=True, px=int(rt.settings.pause_check_interval_s * 1000)):
+            read_balance(rt, account)
