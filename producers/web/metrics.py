@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from core.balances import Balances
 from core.clients import as_text
 from core.fair_share import PrincipalShare
+from core.jobs import JobState
 from core.jobstore import JobStore
 from core.keys import Keys
 from core.ledger import Ledger
@@ -31,6 +32,7 @@ from workers.queues import read_depths
 UPSTREAM_ERROR_PREFIX = "upstream_error:"
 CALLBACK_PREFIX = "callback:"
 RECONCILE_PREFIX = "reconcile:"
+WEBHOOK_PREFIX = "webhook:"
 
 
 class RedisCollector(Collector):
@@ -53,7 +55,7 @@ class RedisCollector(Collector):
         self._shares = shares
 
     def collect(self) -> Iterator[Metric]:
-        yield self._jobs_by_state()
+        yield from self._jobs_by_state()
         yield from self._accounts()
         yield from self._principals()
         yield from self._queue_depth()
@@ -132,11 +134,21 @@ class RedisCollector(Collector):
             oldest.add_metric(name, 0.0 if entry.oldest_waiting_at is None else max(0.0, now - entry.oldest_waiting_at))
         yield from (queued, held, created, share, fair, oldest)
 
-    def _jobs_by_state(self) -> Metric:
+    def _jobs_by_state(self) -> Iterator[Metric]:
         metric = GaugeMetricFamily("imagineq_jobs", "Jobs by state (state index sizes)", labels=["state"])
         for state, count in self._jobs.count_by_state().items():
             metric.add_metric([state.value], count)
-        return metric
+        yield metric
+        oldest = GaugeMetricFamily(
+            "imagineq_jobs_oldest_seconds",
+            "How long the job longest in each unfinished state has been there (0: none there)",
+            labels=["state"],
+        )
+        now_ms = time.time() * 1000
+        unfinished = [state for state in JobState if not state.terminal]
+        for state, entered in self._jobs.oldest_entered_ms(unfinished).items():
+            oldest.add_metric([state.value], 0.0 if entered is None else max(0.0, (now_ms - entered) / 1000))
+        yield oldest
 
     def _accounts(self) -> Iterator[Metric]:
         labels = ["account", "pool"]
@@ -207,6 +219,13 @@ class RedisCollector(Collector):
         reconciled = CounterMetricFamily(
             "imagineq_reconciled", "Jobs the reconciler re-drove or repaired, by case", labels=["case"]
         )
+        webhooks = CounterMetricFamily(
+            "imagineq_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered, retry (failed, tried again later), failed (given up)",
+            labels=["outcome"],
+        )
+        for outcome in ("delivered", "retry", "failed"):  # each always present: rates need a series at 0
+            webhooks.add_metric([outcome], counters.get(WEBHOOK_PREFIX + outcome, 0))
         for name, value in sorted(counters.items()):
             if name.startswith(UPSTREAM_ERROR_PREFIX):
                 errors.add_metric([name.removeprefix(UPSTREAM_ERROR_PREFIX)], value)
@@ -217,6 +236,7 @@ class RedisCollector(Collector):
         yield errors
         yield callbacks
         yield reconciled
+        yield webhooks
         record_info = CounterMetricFamily("imagineq_record_info_calls", "recordInfo calls made by polls")
         record_info.add_metric([], counters.get("record_info_calls", 0))
         yield record_info

@@ -122,11 +122,14 @@ class DeliveryStore:
         return attempt
 
     def finish(self, delivery: Delivery, *, status: str, retry_at_ms: int | None = None) -> None:
+        """The delivery is ``delivered``, ``failed`` (given up), or ``pending`` again (``retry_at_ms``); each
+        outcome counted (``webhook:<delivered|failed|retry>``, exported by ``/metrics``)."""
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self._keys.deliveries_sending(), delivery.id)
             pipe.hset(self._keys.delivery(delivery.id), "status", status)
             if retry_at_ms is not None:
                 pipe.zadd(self._keys.deliveries_due(), {delivery.id: retry_at_ms})
+            pipe.hincrby(self._keys.counters(), f"webhook:{'retry' if retry_at_ms is not None else status}", 1)
             pipe.execute()
 
     def hold(self, delivery: Delivery, until_ms: int, now_ms: int) -> bool:
