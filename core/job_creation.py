@@ -18,6 +18,7 @@ from typing import Final, Protocol
 import redis
 from redis.client import Pipeline
 
+from core import tracing
 from core.credits import NO_PRINCIPAL, CreditPolicy, day_start, ledger_keys, over_budget_of, to_centi, utc_day
 from core.errors import OverBudget, ValidationError
 from core.jobs import MANAGED_FIELDS, TIMESTAMP_PREFIX, Job, JobRequest, JobState, new_job_id
@@ -119,6 +120,9 @@ class JobCreation:
         if len(ids) != len(requests):
             raise ValueError(f"{len(ids)} job ids for {len(requests)} requests")
         jobs = [Job.new(request, job_id=job_id) for request, job_id in zip(requests, ids, strict=True)]
+        if tracing.enabled():
+            for job in jobs:
+                job.extra[tracing.TRACE_FIELD] = tracing.new_job_trace(job) or ""
         if self._credits is not None:
             day = utc_day()
             for job in jobs:

@@ -19,6 +19,7 @@ import redis
 from celery import Celery
 
 from config.settings import Settings, get_settings
+from core import tracing
 from core.catalog import DEFAULT_MODEL, Catalog
 from core.clients import Clients
 from core.jobs import Job, JobRequest, Priority, encode_json
@@ -45,6 +46,7 @@ class Producer:
         app: Celery | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        tracing.setup("producer")  # a no-op unless the OTEL_* variables ask for traces (or already on)
         clients = Clients.build(self.settings, client)
         self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
         self.workflows = clients.workflows

@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import redis
 
+from core import tracing
 from core.errors import ImagineQError, TransportError
 from core.jobs import Job, JobState
 from core.jobstore import JobStore
@@ -244,9 +245,11 @@ class CallbackReceiver:
             return Received(Outcome.IGNORED)
         if job.task_id is not None and job.task_id != record.task_id:
             return Received(Outcome.IGNORED)
-        if job.state is JobState.SUBMITTING:
-            return self._early(job, record.task_id)
-        return self._wake_poll(job, record.task_id)
+        with tracing.job_span("imagineq.callback", job, task_state=record.state.value) as span:
+            received = self._early(job, record.task_id) if job.state is JobState.SUBMITTING else None
+            received = received or self._wake_poll(job, record.task_id)
+            tracing.set_outcome(span, received.outcome.value)
+        return received
 
     def _first_time(self, task_id: str, timestamp: str, signature: str) -> bool:
         """Record the signed pair once for the signature window; False when it was recorded before."""

@@ -22,6 +22,7 @@ import redis
 
 from config.celery import PRIORITY_BATCH, PRIORITY_STEPS
 from config.settings import Settings, get_settings
+from core import tracing
 from core.catalog import DEFAULT_MODEL, Catalog, model_named
 from core.clients import Clients
 from core.errors import OverBudget, ValidationError
@@ -67,6 +68,7 @@ class BatchSubmitter:
         files: Files | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        tracing.setup("batch")  # each line's job starts its own trace, linked to nothing: a no-op when off
         clients = Clients.build(self.settings, client)
         self.redis, self.keys, self.jobs = clients.redis, clients.keys, clients.jobs
         self.batches = BatchStore(

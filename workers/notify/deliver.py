@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from urllib3.exceptions import ProtocolError
 
 from config.settings import Settings, redact_url
+from core import tracing
 from core.jobs import Job, JobState
 from core.jobstore import JobStore
 from core.workflows import WorkflowStore, workflow_summary
@@ -91,13 +92,23 @@ class Notifier:
         # The attempt ends by its deadline: its lease outlasts it, so no other worker sends it meanwhile.
         attempt_no = self.store.sending(delivery, lease_s=self.settings.notify.attempt_deadline_s + 10)
         try:
-            attempt = self.post(delivery, secret)
+            attempt = self._post_traced(delivery, secret, attempt_no)
         except SoftTimeLimitExceeded:
             # Never expected (the deadline is far shorter), but an attempt must always be counted.
             attempt = Attempt(None, 0.0, "the task's time limit ended the attempt")
             self._conclude(delivery, attempt_no, attempt)
             raise
         self._conclude(delivery, attempt_no, attempt)
+
+    def _post_traced(self, delivery: Delivery, secret: str, attempt_no: int) -> Attempt:
+        """:meth:`post`, as a span of the job's trace when traces are on (a job's event)."""
+        job = self.jobs.get(delivery.job_id) if tracing.enabled() and delivery.job_id else None
+        if job is None:
+            return self.post(delivery, secret)
+        with tracing.job_span("imagineq.webhook", job, event=delivery.type, attempt=attempt_no) as span:
+            attempt = self.post(delivery, secret)
+            tracing.set_outcome(span, "delivered" if attempt.ok else f"failed: {attempt.status or 'no answer'}")
+        return attempt
 
     def _conclude(self, delivery: Delivery, attempt_no: int, attempt: Attempt) -> None:
         """Record the attempt, tell the breaker, and finish the delivery or schedule its next attempt."""

@@ -13,6 +13,7 @@ from typing import NoReturn
 from celery import Task
 
 from config.celery import TASK_POLL, TIME_LIMITS
+from core import tracing
 from core.errors import (
     AccountError,
     FatalError,
@@ -81,7 +82,9 @@ def poll(self: Task, job_id: str, woken: bool = False) -> str | None:
         requeue(self, countdown=1.0)  # the account's budget stayed spent (woken polls, salvage): soon
     count(rt, "record_info_calls")  # exported by /metrics
     try:
-        record = rt.upstream(job.account).record_info(job.task_id)
+        with tracing.job_span("imagineq.poll", job, woken=woken) as span:
+            record = rt.upstream(job.account).record_info(job.task_id)
+            tracing.set_outcome(span, record.state.value)
     except FatalError as error:
         rt.quota.release(job.account, job_id, pool=job.pool)
         count(rt, f"upstream_error:{error.code or error.status}")

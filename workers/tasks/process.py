@@ -10,6 +10,7 @@ from typing import Any
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from config.settings import ConfigError, get_settings
+from core import tracing
 from workers.runtime import Runtime
 
 log = logging.getLogger("imagineq.tasks")
@@ -44,9 +45,23 @@ def _require_accounts(**_: Any) -> None:
 def _reset_after_fork(**_: Any) -> None:
     global _runtime
     _runtime = None
+    # Each pool process traces on its own (an exporter's thread does not survive a fork), named by the
+    # worker's queues: imagineq-submit, imagineq-poll, imagineq-store, imagineq-notify.
+    tracing.setup(worker_role(sys.argv))
 
 
 @worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
+    tracing.flush()
     if _runtime is not None:
         _runtime.close()
+
+
+def worker_role(argv: list[str]) -> str:
+    """The queues a worker consumes (``-Q submit``), from its command line: its role in traces."""
+    for index, arg in enumerate(argv):
+        if arg in ("-Q", "--queues") and index + 1 < len(argv):
+            return argv[index + 1].replace(",", "+")
+        if arg.startswith("--queues="):
+            return arg.split("=", 1)[1].replace(",", "+")
+    return "worker"

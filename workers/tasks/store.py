@@ -12,11 +12,12 @@ from typing import Any
 from celery import Task
 
 from config.celery import TASK_STORE, TIME_LIMITS
+from core import tracing
 from core.errors import (
     NotFound,
     UpstreamError,
 )
-from core.jobs import JobState, encode_json
+from core.jobs import Job, JobState, encode_json
 from workers.celery import app
 from workers.runtime import Runtime
 from workers.schedule import backoff_s
@@ -51,30 +52,9 @@ def store(self: Task, job_id: str) -> str | None:
             rt.jobs.update(job_id, expect=JobState.DOWNLOADING, fields={"store_started_at": time.time()})
         # Outputs already stored by an earlier attempt stay; the others are fetched, in order.
         outputs = {int(output["index"]): output for output in job.outputs if "index" in output}
-        fresh_bytes = 0
         try:
-            for index, url in enumerate(urls):
-                if index in outputs:
-                    continue
-                stored = rt.storage.store(
-                    job_id=job_id,
-                    task_id=job.task_id,
-                    account=account,
-                    url=url,
-                    created_at=datetime.fromtimestamp(job.created_at, tz=UTC),
-                    prompt_sha256=hashlib.sha256(job.prompt.encode()).hexdigest(),
-                    sidecar=job.to_dict(),
-                    refresh=refresh,
-                    first_attempt=first_attempt,
-                    index=index,
-                    kind=job.spec.output_of(job.parent_output),
-                )
-                outputs[index] = stored.output(index)
-                fresh_bytes += stored.size if stored.created else 0
-                if len(urls) > 1:  # progress kept, so a retry fetches only what is missing
-                    rt.jobs.update(
-                        job_id, expect=JobState.DOWNLOADING, fields={"outputs": encode_json(_in_order(outputs))}
-                    )
+            with tracing.job_span("imagineq.store", job, outputs=len(urls)):
+                fresh_bytes = _store_outputs(rt, job, urls, outputs, refresh, first_attempt=first_attempt)
         except ResultGone as error:
             rt.jobs.transition(
                 job_id,
@@ -137,3 +117,37 @@ def _refresher(rt: Runtime, account: str) -> Callable[[str], str]:
             raise ResultGone(f"the upstream no longer has the file: {error}", url=url) from error
 
     return refresh
+
+
+def _store_outputs(
+    rt: Runtime,
+    job: Job,
+    urls: list[str],
+    outputs: dict[int, dict[str, Any]],
+    refresh: Any,
+    *,
+    first_attempt: bool,
+) -> int:
+    """Fetch each result not stored yet into S3, in order (``outputs`` gains them); the new bytes."""
+    fresh_bytes = 0
+    for index, url in enumerate(urls):
+        if index in outputs:
+            continue
+        stored = rt.storage.store(
+            job_id=job.id,
+            task_id=job.task_id,
+            account=job.account,
+            url=url,
+            created_at=datetime.fromtimestamp(job.created_at, tz=UTC),
+            prompt_sha256=hashlib.sha256(job.prompt.encode()).hexdigest(),
+            sidecar=job.to_dict(),
+            refresh=refresh,
+            first_attempt=first_attempt,
+            index=index,
+            kind=job.spec.output_of(job.parent_output),
+        )
+        outputs[index] = stored.output(index)
+        fresh_bytes += stored.size if stored.created else 0
+        if len(urls) > 1:  # progress kept, so a retry fetches only what is missing
+            rt.jobs.update(job.id, expect=JobState.DOWNLOADING, fields={"outputs": encode_json(_in_order(outputs))})
+    return fresh_bytes

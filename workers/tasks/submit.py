@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from celery import Task
 
 from config.celery import SUBMIT_TIME_LIMIT_S, TASK_SUBMIT, TIME_LIMITS
+from core import tracing
 from core.catalog import Resolved
 from core.errors import (
     AccountError,
@@ -78,7 +79,11 @@ def submit(self: Task, job_id: str) -> str | None:
             # Canceled (or gone) since it was made ready: its slot goes back, and the ticket takes another.
             rt.quota.release_unsent(dispatched.job_id, pool=dispatched.pool, accounts=[dispatched.account])
             continue
-        result = _submit_job(rt, job, dispatched.account)
+        # The job's wait in the queue (from its record), then its submit: spans of its trace.
+        tracing.past_span("imagineq.quota_wait", job, job.timestamps.get(JobState.QUEUED.value, job.created_at))
+        with tracing.job_span("imagineq.submit", job, account=dispatched.account) as span:
+            result = _submit_job(rt, job, dispatched.account)
+            tracing.set_outcome(span, "requeued" if isinstance(result, _Requeue) else "created" if result else "ended")
         if isinstance(result, _Requeue):
             requeue(self, countdown=result.countdown)
         submitted = result or submitted
