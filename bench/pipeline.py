@@ -19,6 +19,13 @@ Runs 2 and 3 happen once per S3 server of ``--s3`` (default ``seaweedfs,moto``: 
 the in-memory mock it replaced, side by side); RESULT names the first plainly and prefixes the others
 (``moto_pipeline_jobs_per_s=…``).
 
+``--tracing``: instead, the pipeline alone, with traces off and on (exported over OTLP/HTTP to a sink in the
+bench process, which discards them), interleaved; ``tracing_overhead_pct`` is the pipeline's CPU per job with
+traces on over off, less 1 (the sink's own CPU is the collector's, not counted), and
+``tracing_throughput_pct`` the drop in jobs per second.
+
+    RESULT tracing_overhead_pct=… tracing_throughput_pct=… cpu_ms_per_job_off=… cpu_ms_per_job_on=…
+
 Medians of ``--rounds`` interleaved rounds (the machine is shared and noisy); every round is printed.
 overhead_ratio = raw ÷ pipeline (the issue's figure); io_floor_ratio = raw ÷ io_floor (what the calls
 alone cost); overhead_vs_io_floor = io_floor ÷ pipeline (what ImagineQ adds to them).
@@ -123,12 +130,17 @@ def _cpu_line(spent: dict[str, float], jobs: int, elapsed: float) -> str:
     return f"{total / jobs * 1000:.1f} ms CPU/job ({total / elapsed:.2f} cores busy): {parts}"
 
 
-def run_pipeline(jobs: int, concurrency: int, log_dir: Path, s3_kind: str) -> tuple[float, str, dict[str, str]]:
+def run_pipeline(
+    jobs: int, concurrency: int, log_dir: Path, s3_kind: str, *, otlp: str | None = None
+) -> tuple[float, str, dict[str, str]]:
+    env = {"IMAGINEQ_ACCOUNTS": UNLIMITED, "IMAGINEQ_SUBMIT_RATE_LIMIT": "0/s", "IMAGINEQ_POLL_RATE_LIMIT": "0/s"}
+    if otlp is not None:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
     with deployment(
         log_dir,
         s3_kind=s3_kind,
         simulator_args=SIMULATOR_ARGS,
-        env={"IMAGINEQ_ACCOUNTS": UNLIMITED, "IMAGINEQ_SUBMIT_RATE_LIMIT": "0/s", "IMAGINEQ_POLL_RATE_LIMIT": "0/s"},
+        env=env,
         workers={"submit": concurrency, "poll": concurrency, "store": concurrency},
     ) as dep:
         dep.producer.enqueue_many([{"prompt": "warm-up"}])
@@ -139,12 +151,19 @@ def run_pipeline(jobs: int, concurrency: int, log_dir: Path, s3_kind: str) -> tu
         dep.producer.enqueue_many(requests)
         dep.wait_for(lambda: _terminal(dep) >= jobs + 1, 600, "every job to end")
         elapsed = time.perf_counter() - started
-        cpu = _cpu_line(cpu_by_role(before, cpu_snapshot()), jobs, elapsed)
+        spent = cpu_by_role(before, cpu_snapshot())
+        cpu = _cpu_line(spent, jobs, elapsed)
         counts = {k.value: v for k, v in dep.producer.jobs.count_by_state().items() if v}
         return (
             elapsed,
             dep.env["IMAGINEQ_REDIS_URL"],
-            {"states": json.dumps(counts), "stages": _stages(dep), "cpu": cpu},
+            {
+                "states": json.dumps(counts),
+                "stages": _stages(dep),
+                "cpu": cpu,
+                # The pipeline's own processes: not the bench (the producer, and the traces' sink).
+                "cpu_ms_per_job": f"{sum(v for role, v in spent.items() if role != 'bench') / jobs * 1000:.3f}",
+            },
         )
 
 
@@ -204,6 +223,48 @@ def run_baseline(jobs: int, concurrency: int, log_dir: Path, *, io: bool, s3_kin
         return elapsed, _cpu_line(cpu_by_role(before, cpu_snapshot()), jobs, elapsed)
 
 
+def otlp_sink() -> str:
+    """An OTLP/HTTP endpoint in this process that takes spans and discards them (a collector's stand-in)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def tracing_overhead(jobs: int, concurrency: int, rounds: int, root: Path) -> None:
+    sink = otlp_sink()
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    rate: dict[str, list[float]] = {"off": [], "on": []}
+    for n in range(1, rounds + 1):
+        print(f"round {n}: {jobs} jobs each")
+        for mode in ("off", "on") if n % 2 else ("on", "off"):
+            otlp = sink if mode == "on" else None
+            elapsed, _, info = run_pipeline(jobs, concurrency, root / f"tracing-{mode}-{n}", "seaweedfs", otlp=otlp)
+            cpu[mode].append(float(info["cpu_ms_per_job"]))
+            rate[mode].append(jobs / elapsed)
+            print(f"  traces {mode:3} {elapsed:5.1f}s  {info['cpu']}")
+        sys.stdout.flush()
+    off, on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    rate_off, rate_on = statistics.median(rate["off"]), statistics.median(rate["on"])
+    overhead, slower = (on / off - 1) * 100, (1 - rate_on / rate_off) * 100
+    print(
+        f"RESULT tracing_overhead_pct={overhead:.1f} tracing_throughput_pct={slower:.1f} cpu_ms_per_job_off={off:.2f}"
+        f" cpu_ms_per_job_on={on:.2f} jobs_per_s_off={rate_off:.1f} jobs_per_s_on={rate_on:.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=300)
@@ -214,9 +275,13 @@ def main() -> None:
     parser.add_argument(
         "--s3", default="seaweedfs,moto", help="S3 servers to run the I/O floor and the pipeline on (first: RESULT)"
     )
+    parser.add_argument("--tracing", action="store_true", help="measure traces' overhead instead (see above)")
     args = parser.parse_args()
     kinds = args.s3.split(",")
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    if args.tracing:
+        tracing_overhead(args.jobs, args.concurrency, args.rounds, root)
+        return
     rates: dict[str, list[float]] = {"raw": []}
     for n in range(1, args.rounds + 1):
         raw_s, raw_cpu = run_baseline(args.jobs, args.concurrency, root / f"raw-{n}", io=False)
