@@ -22,7 +22,8 @@ the in-memory mock it replaced, side by side); RESULT names the first plainly an
 ``--tracing``: instead, the pipeline alone, with traces off and on (exported over OTLP/HTTP to a sink in the
 bench process, which discards them), interleaved; ``tracing_overhead_pct`` is the pipeline's CPU per job with
 traces on over off, less 1 (the sink's own CPU is the collector's, not counted), and
-``tracing_throughput_pct`` the drop in jobs per second.
+``tracing_throughput_pct`` the drop in jobs per second. The producer (this process) starts each job's trace in
+both; ``--sample R`` keeps a share R of the traces (``OTEL_TRACES_SAMPLER=parentbased_traceidratio``).
 
     RESULT tracing_overhead_pct=… tracing_throughput_pct=… cpu_ms_per_job_off=… cpu_ms_per_job_on=…
 
@@ -37,6 +38,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -131,11 +133,17 @@ def _cpu_line(spent: dict[str, float], jobs: int, elapsed: float) -> str:
 
 
 def run_pipeline(
-    jobs: int, concurrency: int, log_dir: Path, s3_kind: str, *, otlp: str | None = None
+    jobs: int,
+    concurrency: int,
+    log_dir: Path,
+    s3_kind: str,
+    *,
+    otlp: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> tuple[float, str, dict[str, str]]:
     env = {"IMAGINEQ_ACCOUNTS": UNLIMITED, "IMAGINEQ_SUBMIT_RATE_LIMIT": "0/s", "IMAGINEQ_POLL_RATE_LIMIT": "0/s"}
     if otlp is not None:
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
+        env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, **(extra or {})})
     with deployment(
         log_dir,
         s3_kind=s3_kind,
@@ -243,15 +251,24 @@ def otlp_sink() -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def tracing_overhead(jobs: int, concurrency: int, rounds: int, root: Path) -> None:
+def tracing_overhead(jobs: int, concurrency: int, rounds: int, root: Path, sample: float | None) -> None:
     sink = otlp_sink()
+    # The producer (this process) starts each job's trace, as a traced deployment's producers do; its CPU is
+    # not counted (nor the sink's). With a ratio, the root's sampling decision holds for the whole trace.
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink
+    sampling: dict[str, str] = {}
+    if sample is not None:
+        sampling = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(sample)}
+        os.environ.update(sampling)
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     rate: dict[str, list[float]] = {"off": [], "on": []}
     for n in range(1, rounds + 1):
         print(f"round {n}: {jobs} jobs each")
         for mode in ("off", "on") if n % 2 else ("on", "off"):
             otlp = sink if mode == "on" else None
-            elapsed, _, info = run_pipeline(jobs, concurrency, root / f"tracing-{mode}-{n}", "seaweedfs", otlp=otlp)
+            elapsed, _, info = run_pipeline(
+                jobs, concurrency, root / f"tracing-{mode}-{n}", "seaweedfs", otlp=otlp, extra=sampling
+            )
             cpu[mode].append(float(info["cpu_ms_per_job"]))
             rate[mode].append(jobs / elapsed)
             print(f"  traces {mode:3} {elapsed:5.1f}s  {info['cpu']}")
@@ -276,11 +293,14 @@ def main() -> None:
         "--s3", default="seaweedfs,moto", help="S3 servers to run the I/O floor and the pipeline on (first: RESULT)"
     )
     parser.add_argument("--tracing", action="store_true", help="measure traces' overhead instead (see above)")
+    parser.add_argument(
+        "--sample", type=float, default=None, help="with --tracing: keep this share of the traces (parent-based ratio)"
+    )
     args = parser.parse_args()
     kinds = args.s3.split(",")
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     if args.tracing:
-        tracing_overhead(args.jobs, args.concurrency, args.rounds, root)
+        tracing_overhead(args.jobs, args.concurrency, args.rounds, root, args.sample)
         return
     rates: dict[str, list[float]] = {"raw": []}
     for n in range(1, args.rounds + 1):
