@@ -216,7 +216,9 @@ def test_a_refill_resumes_an_account_that_could_not_pay(dep: Deployment):
     dep.sim_config(credits=1)
     balances_read_after(dep, moment)
     job = dep.producer.enqueue("waits for credits")
-    time.sleep(3)  # a dispatch that sent it would have sent it by now
+    checks = [dep.producer.keys.balance_check(name) for name in ("acct0", "acct1")]
+    # A submitter met it, found no account that can pay it, and asked for the balances again: still queued.
+    wait_until(lambda: bool(dep.producer.redis.exists(*checks)), 30, "a submitter to find it cannot be paid for")
     assert must(dep.producer.get(job.id)).state is JobState.QUEUED
     status = dep.cli("status", "--json", "--no-credits")
     accounts = json.loads(status.stdout)["accounts"]
@@ -295,6 +297,7 @@ def test_http_refuses_past_a_budget_with_402_and_reports_costs_to_each_their_own
     assert own["principal"] == "tenant" and own["charged"] == pytest.approx(2 * CLIP)
     assert [row["key"] for row in own["rows"]] == ["text-to-video"]
     assert requests.get(f"{web.url}/v1/costs", params={"principal": "ops"}, headers=tenant).status_code == 403
+    balances_read_after(dep, 0.0)  # beat's first reading: the balance metrics exist from then on
     metrics = requests.get(f"{web.url}/metrics", headers={"Authorization": f"Bearer {OPS}"}, timeout=30).text
     assert 'imagineq_credits_charged_total{model="text-to-video"}' in metrics
     assert 'imagineq_account_available_credits{account="acct0"}' in metrics
