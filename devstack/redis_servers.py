@@ -130,12 +130,15 @@ def start_sentinel(
     master: str,
     master_port: int,
     quorum: int = 2,
-    down_after_ms: int = 1000,
+    down_after_ms: int = 2000,
     master_password: str | None = None,
     password: str | None = None,
 ) -> Service:
     """A Sentinel (the same redis-server, ``--sentinel``) watching the primary on ``master_port`` as
-    ``master``, on a free port; its config file (which Sentinel rewrites) in its own folder, mode 0600.
+    ``master``, on a free port. ``down_after_ms``: 2 s without an answer; at 1 s, on a 2-core machine running a
+    whole deployment, a Sentinel took a primary promoted a second before (busy with every client reconnecting)
+    for a dead one, and a second failover went to the lagging replica, losing what only the first held. Its
+    config file (which Sentinel rewrites) is in its own folder, mode 0600.
     ``master_password`` is the data nodes' password; ``password`` the Sentinels' own (``requirepass``, also
     used between Sentinels), in the service's URL."""
     for attempt in range(5):
