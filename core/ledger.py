@@ -57,6 +57,36 @@ class BudgetUse:
         }
 
 
+@dataclass(frozen=True)
+class CostReport:
+    """What ``imagineq costs`` and ``GET /v1/costs`` show: the grouped rows, their totals, the budgets."""
+
+    by: By
+    since: str
+    until: str
+    rows: list[CostRow]
+    budgets: list[BudgetUse]
+
+    @property
+    def charged(self) -> float:
+        return round(sum(row.charged for row in self.rows), 2)
+
+    @property
+    def reserved(self) -> float:
+        return round(sum(row.reserved for row in self.rows), 2)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "by": self.by,
+            "since": self.since,
+            "until": self.until,
+            "rows": [row.to_dict() for row in self.rows],
+            "charged": self.charged,
+            "reserved": self.reserved,
+            "budgets": [budget.to_dict() for budget in self.budgets],
+        }
+
+
 def parse_day(value: str, *, today: str | None = None) -> str:
     """``YYYY-MM-DD``, or ``Nd`` (N days before today, UTC); ValueError otherwise."""
     value = value.strip()
@@ -113,6 +143,13 @@ class Ledger:
         if by == "day":
             return sorted(rows, key=lambda row: row.key)
         return sorted(rows, key=lambda row: (-row.charged, -row.reserved, row.key))
+
+    def report(
+        self, policy: CreditPolicy, by: By, since: str, until: str, *, principal: str | None = None
+    ) -> CostReport:
+        """:meth:`costs` with ``principal``'s budgets today (None: jobs of no principal)."""
+        rows = self.costs(by, since, until, principal=principal)
+        return CostReport(by, since, until, rows, self.budgets(policy, principal))
 
     def batch(self, batch_id: str) -> CostRow:
         raw = cast("dict[bytes | str, bytes | str]", self._redis.hgetall(self._keys.ledger_batch(batch_id)))

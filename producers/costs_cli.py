@@ -64,34 +64,22 @@ def _cmd_costs(args: argparse.Namespace) -> int:
         until = parse_day(args.until) if args.until else utc_day()
         producer = Producer()
         ledger = Ledger(producer.redis, producer.keys)
-        rows = ledger.costs(args.by, since, until, principal=args.principal)
+        report = ledger.report(CreditPolicy(producer.settings), args.by, since, until, principal=args.principal)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    policy = CreditPolicy(producer.settings)
-    budgets = ledger.budgets(policy, args.principal)
     if args.json:
-        out = {
-            "by": args.by,
-            "since": since,
-            "until": until,
-            "rows": [row.to_dict() for row in rows],
-            "charged": round(sum(row.charged for row in rows), 2),
-            "reserved": round(sum(row.reserved for row in rows), 2),
-            "budgets": [budget.to_dict() for budget in budgets],
-        }
-        print(json.dumps(out, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return EXIT_OK
     print(f"credits by {args.by}, {since} to {until} (UTC){' for ' + args.principal if args.principal else ''}")
     print(f"  {args.by:<36} {'charged':>14} {'reserved':>14}")
-    for row in rows:
+    for row in report.rows:
         print(f"  {row.key:<36} {_credits(row.charged):>14} {_credits(row.reserved):>14}")
-    if not rows:
+    if not report.rows:
         print("  (nothing in this range)")
-    charged = sum(row.charged for row in rows) if args.by != "account" else None
-    if charged is not None:
-        print(f"  {'total':<36} {_credits(charged):>14} {_credits(sum(row.reserved for row in rows)):>14}")
-    for budget in budgets:
+    if args.by != "account":
+        print(f"  {'total':<36} {_credits(report.charged):>14} {_credits(report.reserved):>14}")
+    for budget in report.budgets:
         if budget.limit is not None:
             print(f"budget {budget.budget} ({budget.period}): {_credits(budget.limit)}, {_credits(budget.left)} left")
     return EXIT_OK

@@ -68,20 +68,10 @@ def get_costs(
         first = parse_day(since or "6d")
         last = parse_day(until) if until else utc_day()
         ledger = Ledger(web.producer.redis, web.producer.keys)
-        rows = ledger.costs(_by(by), first, last, principal=whose)
+        report = ledger.report(CreditPolicy(web.settings), _by(by), first, last, principal=whose)
     except ValueError as error:
         raise _invalid(["query"], str(error)) from None
-    budgets = ledger.budgets(CreditPolicy(web.settings), whose if whose is not None else None)
-    return {
-        "by": by,
-        "since": first,
-        "until": last,
-        "principal": whose,
-        "rows": [row.to_dict() for row in rows],
-        "charged": round(sum(row.charged for row in rows), 2),
-        "reserved": round(sum(row.reserved for row in rows), 2),
-        "budgets": [budget.to_dict() for budget in budgets],
-    }
+    return {**report.to_dict(), "principal": whose}
 
 
 def _by(value: str) -> By:
