@@ -19,10 +19,12 @@ from typing import Any, Final
 
 import redis
 
-from config.settings import Settings
+from config.settings import ModelSettings, Settings
 from core.catalog import MODELS
+from core.catalog.spec import PriceRule
 from core.errors import OverBudget
 from core.jobs import Job
+from core.jobstore_args import text
 from core.keys import Keys
 from core.lua_scripts import load_script
 
@@ -86,7 +88,6 @@ class CreditPolicy:
     """The deployment's prices, budgets and ledger settings (``credits``, ``models``, the principals')."""
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
         credits = settings.credits
         self.warn = credits.warn_pct / 100
         self.ttl_s = credits.ledger_days * 86400
@@ -97,23 +98,14 @@ class CreditPolicy:
             for p in settings.ingress_principals
         }
         self._default = Budgets(credits.principal_day, credits.principal_month, credits.daily_cap)
+        # Each model's rule with the deployment's prices, resolved once (estimate runs for every new job).
+        self._rules = {name: _priced(spec.price, settings.models.get(name)) for name, spec in MODELS.items()}
 
     def estimate(self, model: str, values: dict[str, object], parent_output: str | None = None) -> float:
         """Credits a job of ``model`` with ``values`` (its prompt and fields) is estimated to cost: the
         model's price rule with the deployment's prices (``models.<name>.credits_per_task`` and
         ``credits_per_second``) where set."""
-        spec = MODELS[model]
-        chosen = self._settings.models.get(spec.short)
-        rule = spec.price
-        if chosen is not None and (chosen.credits_per_task is not None or chosen.credits_per_second is not None):
-            per_task = chosen.credits_per_task
-            rule = type(rule)(
-                per_task=rule.per_task if per_task is None else per_task,
-                per_second=rule.per_second if chosen.credits_per_second is None else chosen.credits_per_second,
-                seconds_field=rule.seconds_field,
-                per_parent={} if per_task is not None else rule.per_parent,
-            )
-        return rule.estimate(values, parent_output)
+        return self._rules[model].estimate(values, parent_output)
 
     def budgets(self, owner: str | None) -> Budgets:
         if owner is None:
@@ -121,10 +113,24 @@ class CreditPolicy:
         return self._budgets.get(owner, self._default)
 
 
+def _priced(rule: PriceRule, chosen: ModelSettings | None) -> PriceRule:
+    """``rule`` with the prices a deployment sets for its model (a per-task price then replaces the
+    parent-dependent ones)."""
+    if chosen is None or (chosen.credits_per_task is None and chosen.credits_per_second is None):
+        return rule
+    per_task = chosen.credits_per_task
+    return PriceRule(
+        per_task=rule.per_task if per_task is None else per_task,
+        per_second=rule.per_second if chosen.credits_per_second is None else chosen.credits_per_second,
+        seconds_field=rule.seconds_field,
+        per_parent={} if per_task is not None else rule.per_parent,
+    )
+
+
 def over_budget_of(reply: Sequence[Any], estimate: float) -> OverBudget:
     """A ledger script's refusal ``{2, budget, limit, charged, reserved}`` (centi-credits) as the error."""
-    budget, limit, charged, reserved = (value.decode() if isinstance(value, bytes) else value for value in reply[1:5])
-    return OverBudget(str(budget), from_centi(limit), from_centi(charged), from_centi(reserved), estimate)
+    budget, limit, charged, reserved = reply[1:5]
+    return OverBudget(text(budget), from_centi(limit), from_centi(charged), from_centi(reserved), estimate)
 
 
 def reserve_attempt(client: redis.Redis, keys: Keys, policy: CreditPolicy, job: Job, *, events_max_len: int) -> None:
