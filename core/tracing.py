@@ -24,11 +24,12 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -151,20 +152,23 @@ def new_job_trace(job: Any) -> str | None:
     return carrier.get("traceparent")
 
 
+def _job_context(job: Any) -> Context:
+    """The context a step of ``job`` starts its span in: under the trace its record keeps, else a new one."""
+    traceparent = job.extra.get(TRACE_FIELD)
+    return _PROPAGATOR.extract({"traceparent": traceparent} if traceparent else {})
+
+
 @contextmanager
 def job_span(name: str, job: Any, **attributes: Any) -> Iterator[Span | None]:
     """A span of one step of ``job`` under its trace (the record's ``trace``; a job enqueued while traces were
     off starts a trace of its own), current while the block runs; ``job.outcome`` may be set on it. A
     no-op when traces are off."""
     if not _enabled:
-        with nullcontext():
-            yield None
+        yield None
         return
-    carrier = {"traceparent": job.extra.get(TRACE_FIELD, "")} if job.extra.get(TRACE_FIELD) else {}
-    context = _PROPAGATOR.extract(carrier)
     tracer = trace.get_tracer("imagineq")
     with tracer.start_as_current_span(
-        name, context=context, attributes=job_attributes(job, **attributes), record_exception=False
+        name, context=_job_context(job), attributes=job_attributes(job, **attributes), record_exception=False
     ) as span:
         try:
             yield span
@@ -177,11 +181,10 @@ def past_span(name: str, job: Any, started_at: float, ended_at: float | None = N
     """A span of ``job`` that already happened (a wait measured from the record's timestamps)."""
     if not _enabled:
         return
-    carrier = {"traceparent": job.extra.get(TRACE_FIELD, "")} if job.extra.get(TRACE_FIELD) else {}
     tracer = trace.get_tracer("imagineq")
     span = tracer.start_span(
         name,
-        context=_PROPAGATOR.extract(carrier),
+        context=_job_context(job),
         attributes=job_attributes(job, **attributes),
         start_time=int(started_at * 1e9),
     )
