@@ -87,13 +87,16 @@ class CostReport:
         }
 
 
-def parse_day(value: str, *, today: str | None = None) -> str:
-    """``YYYY-MM-DD``, or ``Nd`` (N days before today, UTC); ValueError otherwise."""
+def parse_day(value: str, *, field: str = "day", today: str | None = None) -> str:
+    """``YYYY-MM-DD``, or ``Nd`` (N days before today, UTC); ValueError naming ``field`` otherwise."""
     value = value.strip()
     if value.endswith("d") and value[:-1].isdigit():
         base = dt.date.fromisoformat(today or utc_day())
         return (base - dt.timedelta(days=int(value[:-1]))).isoformat()
-    return dt.date.fromisoformat(value).isoformat()
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ValueError(f"{field}: must be a UTC day, YYYY-MM-DD, or Nd: N days ago (got {value[:40]!r})") from None
 
 
 def days_between(since: str, until: str) -> list[str]:

@@ -60,8 +60,8 @@ def _cmd_costs(args: argparse.Namespace) -> int:
     from producers.api import Producer
 
     try:
-        since = parse_day(args.since)
-        until = parse_day(args.until) if args.until else utc_day()
+        since = parse_day(args.since, field="--since")
+        until = parse_day(args.until, field="--until") if args.until else utc_day()
         producer = Producer()
         ledger = Ledger(producer.redis, producer.keys)
         report = ledger.report(CreditPolicy(producer.settings), args.by, since, until, principal=args.principal)

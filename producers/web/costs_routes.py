@@ -65,8 +65,8 @@ def get_costs(
         raise HTTPException(403, "only an admin may read another principal's costs")
     whose = principal if caller.admin else caller.name
     try:
-        first = parse_day(since or "6d")
-        last = parse_day(until) if until else utc_day()
+        first = parse_day(since or "6d", field="since")
+        last = parse_day(until, field="until") if until else utc_day()
         ledger = Ledger(web.producer.redis, web.producer.keys)
         report = ledger.report(CreditPolicy(web.settings), _by(by), first, last, principal=whose)
     except ValueError as error:

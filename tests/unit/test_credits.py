@@ -84,8 +84,9 @@ def test_amounts_and_days() -> None:
         days_between("2026-03-01", "2026-02-27")
     with pytest.raises(ValueError, match="at most 400 days"):
         days_between("2020-01-01", "2026-01-01")
-    with pytest.raises(ValueError):
-        parse_day("yesterday")
+    refused = r"--since: must be a UTC day, YYYY-MM-DD, or Nd: N days ago \(got 'yesterday'\)"
+    with pytest.raises(ValueError, match=refused):
+        parse_day("yesterday", field="--since")
 
 
 @pytest.mark.parametrize(
