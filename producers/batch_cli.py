@@ -202,10 +202,18 @@ def _eta(settings: Settings, quota: QuotaLimiter, status: BatchStatus) -> str:
     return f"≥{hours}h{rest // 60:02d}m" if hours else f"≥{rest // 60}m{rest % 60:02d}s"
 
 
+def _over_budget(status: BatchStatus) -> str:
+    """Lines past a budget: how many, and the batch's own budget when it has one."""
+    budget = f" (the batch's budget: {status.budget:g} credits)" if status.budget is not None else ""
+    return f"{status.over_budget:,}{budget}"
+
+
 def _print_summary(console: Console, status: BatchStatus) -> None:
     table = Table(title=f"batch {status.id} ({status.name})", show_header=False)
     table.add_row("lines", f"{status.lines:,}")
     table.add_row("bad lines", f"{status.bad:,}")
+    if status.over_budget:
+        table.add_row("over budget", _over_budget(status))
     for state in END_STATES:
         if status.states.get(state):
             table.add_row(state, f"{status.states[state]:,}")
@@ -243,6 +251,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         ("new jobs", f"{status.created:,}"),
     ):
         table.add_row(name, value)
+    if status.over_budget:
+        table.add_row("over budget", _over_budget(status))
     for state in (*LIVE_STATES, *END_STATES):
         if status.states.get(state):
             table.add_row(state, f"{status.states[state]:,}")

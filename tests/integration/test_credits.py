@@ -251,6 +251,8 @@ def test_a_batch_stops_at_its_budget_and_the_manifest_names_the_lines_over_it(de
         "image": "stored",
     }
     assert "over budget batch: limit 50 credits" in next(r["error"] for r in manifest if r["id"] == "clip-3")
+    shown = dep.cli("batch", "status", status["id"])  # as a person reads it
+    assert shown.returncode == 0 and "2 (the batch's budget: 50 credits)" in shown.stdout
     spent = Ledger(dep.producer.redis, dep.producer.keys).batch(status["id"])
     assert spent.charged == pytest.approx(3 * CLIP + 4) and spent.reserved == 0
 

@@ -336,6 +336,8 @@ def test_the_costs_page_shows_spend_per_day_and_model_budgets_and_balances_to_ea
         available = page.locator('tr[data-account="default"] [data-field="available"]')
         expect(available).not_to_have_text("—", timeout=30_000)  # beat read the balance
         session.screenshot("dashboard-costs")
+        page.goto(f"{web.url}/batches")  # the batch's line past its budget, as the CLI and manifest say
+        expect(page.locator(f'tr[data-batch="{batch["id"]}"]')).to_contain_text("1 over budget")
         assert not session.refused, session.refused
     use = ledger.budgets(CreditPolicy(dep.settings), "acme")[0]
     assert use.limit == 500 and use.charged >= 28
