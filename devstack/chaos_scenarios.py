@@ -10,7 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 import requests
@@ -130,7 +130,7 @@ def _check(chaos: ChaosStack, name: str, accepted: list[Job]) -> Report:
             report.violations.append(f"job {job_id} vanished")
         elif not job.terminal:
             report.lost += 1
-            report.violations.append(f"job {job_id} lost in {job.state.value}")
+            report.violations.append(f"job {job_id} lost in {job.state.value} ({_whereabouts(chaos, job)})")
         elif job.state is JobState.STORED:
             report.stored += 1
         else:
@@ -163,6 +163,27 @@ def _check(chaos: ChaosStack, name: str, accepted: list[Job]) -> Report:
     report.duplicate_s3_writes, problems = _s3_check(chaos, [j for j in jobs.values() if j is not None])
     report.violations.extend(problems)
     return report
+
+
+def _whereabouts(chaos: ChaosStack, job: Job) -> str:
+    """Where a job that never ended stands: its counters and timestamps, whether a submitter can see it,
+    and how full its pool's quota is on every account (so a failure explains itself)."""
+    r, keys = chaos.dep.producer.redis, chaos.dep.producer.keys
+    parts = [f"attempts={job.attempts}", f"submit_attempts={job.submit_attempts}", f"account={job.account}"]
+    parts.append(
+        "times=" + ",".join(f"{state}:{at:.1f}" for state, at in sorted(job.timestamps.items(), key=lambda x: x[1]))
+    )
+    with contextlib.suppress(redis.RedisError):
+        parts.append(f"ready={r.zscore(keys.ready(job.pool), job.id) is not None}")
+        parts.append(f"dispatched={r.zscore(keys.dispatched(), job.id) is not None}")
+        for account in chaos.dep.settings.accounts:
+            creations = cast("list[bytes | str]", r.zrange(keys.creations(account.name, job.pool), 0, -1))
+            mine = sum(1 for c in creations if (c.decode() if isinstance(c, bytes) else c).startswith(job.id))
+            parts.append(
+                f"{account.name}: creations={len(creations)} (its own {mine}) "
+                f"leases={r.zcard(keys.leases(account.name, job.pool))}"
+            )
+    return " ".join(parts)
 
 
 def _s3_check(chaos: ChaosStack, jobs: list[Job]) -> tuple[int, list[str]]:
