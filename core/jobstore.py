@@ -339,10 +339,20 @@ class JobStore(StateIndexes):
             return False
         return True if acks >= wanted else None
 
-    def make_ready(self, job: Job, *, taken_grace_s: float = DISPATCH_GRACE_S) -> bool:
+    def make_ready(self, job: Job, *, taken_grace_s: float = DISPATCH_GRACE_S, accounts: Sequence[str] = ()) -> bool:
         """Put the queued ``job`` back in its pool's ready set when it is not there and no submitter took it
-        from there in the last ``taken_grace_s`` (``job_ready.lua``); True when it was put back."""
+        from there in the last ``taken_grace_s`` (``job_ready.lua``); True when it was put back. A take
+        whose submitter vanished before claiming the job gives back the quota it took on ``accounts``."""
         keys = self._keys
+        quota: list[str] = [keys.creation_log()] if accounts else []
+        for name in accounts:
+            quota += [
+                keys.creations(name, job.pool),
+                keys.leases(name, job.pool),
+                keys.lease_owners(name, job.pool),
+                keys.create_requests(name),
+                keys.balance_holds(name),
+            ]
         return bool(
             self._ready(
                 keys=[
@@ -353,8 +363,9 @@ class JobStore(StateIndexes):
                     keys.dispatch_wakes(),
                     keys.ready_age(job.pool),
                     keys.waiting(),
+                    *quota,
                 ],
-                args=[job.id, *self._ready_args(job), round(taken_grace_s * 1000)],
+                args=[job.id, *self._ready_args(job), round(taken_grace_s * 1000), len(accounts)],
             )
         )
 

@@ -17,7 +17,8 @@ record says a step should be running when nothing shows it is, each case counted
     ``downloading`` for ``reconcile_store_silent_s`` with no store running (no store claim): a new store.
 ``abandoned_dispatch``
     ``queued`` jobs a submitter took from their ready set (``keys.dispatched``) more than
-    ``DISPATCH_GRACE_S`` ago without moving them on (it died in between): back in their ready sets.
+    ``DISPATCH_GRACE_S`` ago without moving them on (it died in between): back in their ready sets, with
+    the creation, request rate and lease the take spent given back (nothing was sent).
 ``terminal_lease`` / ``expired_lease``
     leases held by terminal (or vanished) jobs are released — except ``outcome_unknown`` holds, which run
     out by themselves — and expired leases are reclaimed.
@@ -252,7 +253,11 @@ class Reconciler:
         key = self.rt.keys.dispatched()
         stale = cast("list[str]", self.rt.redis.zrangebyscore(key, "-inf", before_ms, start=0, num=_SCAN))
         for job in self.rt.jobs.get_many(stale):
-            if job is not None and job.state is JobState.QUEUED and self.rt.jobs.make_ready(job):
+            if (
+                job is not None
+                and job.state is JobState.QUEUED
+                and self.rt.jobs.make_ready(job, accounts=self.rt.quota.account_names)
+            ):
                 self.counts["abandoned_dispatch"] += 1
                 log.warning("reconcile: job %s was taken by a submitter that vanished; ready again", job.id)
         if stale:

@@ -104,6 +104,42 @@ def test_a_taken_job_whose_submitter_died_is_ready_again(redis_client: redis.Red
     assert limiter.dispatch().job_id == job_id
 
 
+def test_an_abandoned_take_gives_back_the_creation_it_spent(redis_client: redis.Redis, jobs: JobStore) -> None:
+    """A submitter that vanished between the take and the claim sent nothing: once its lease has lapsed,
+    the job's next take must not spend a second creation of the window for one job."""
+    clock = [time.time() * 1000 - 60_000]  # a minute ago: the take is past any grace by Redis's clock
+    limiter = QuotaLimiter(
+        redis_client,
+        KEYS,
+        [account(max_creations_per_window=2, create_requests_per_window=5)],
+        lease_ttl_s=10,
+        clock=lambda: int(clock[0]),
+    )
+    first, second = enqueue(jobs, JobRequest("orphan"), JobRequest("next"))
+    assert limiter.dispatch().job_id == first  # the submitter dies before claiming it
+    clock[0] += 20_000  # past the lease: a lapsed lease is not reused by the next take
+    assert jobs.make_ready(must_get(jobs, first), taken_grace_s=0, accounts=["a"])
+    creations = KEYS.creations("a", "text-to-video")
+    assert redis_client.zcard(creations) == 0
+    assert redis_client.zcard(KEYS.create_requests("a")) == 0
+    assert redis_client.zcard(KEYS.creation_log()) == 0
+    assert limiter.dispatch().job_id == first
+    assert limiter.dispatch().job_id == second  # the window of 2 still had room for both
+    assert redis_client.zcard(creations) == 2
+
+
+def test_a_claimed_job_back_in_the_queue_keeps_its_spent_creation(redis_client: redis.Redis, jobs: JobStore) -> None:
+    """A job claimed after its take may have had its createTask sent (a transient error, retried later):
+    putting it back gives nothing back."""
+    limiter = QuotaLimiter(redis_client, KEYS, [account()], clock=lambda: int(time.time() * 1000) - 60_000)
+    [job_id] = enqueue(jobs, JobRequest("claimed"))
+    assert limiter.dispatch().job_id == job_id
+    assert jobs.transition(job_id, JobState.SUBMITTING, expect=JobState.QUEUED)
+    assert jobs.transition(job_id, JobState.QUEUED, expect=JobState.SUBMITTING, ready=False)
+    assert jobs.make_ready(must_get(jobs, job_id), taken_grace_s=0, accounts=["a"])
+    assert redis_client.zcard(KEYS.creations("a", "text-to-video")) == 1
+
+
 # -- fair share ------------------------------------------------------------------------------------------
 
 

@@ -27,13 +27,13 @@ def next_dispatch(rt: Runtime, *, wait: bool = True) -> Dispatched:
     if not wait:
         dispatched = rt.quota.dispatch()
         if dispatched.undone is not None and (job := rt.jobs.get(dispatched.undone)) is not None:
-            rt.jobs.make_ready(job, taken_grace_s=0)
+            rt.jobs.make_ready(job, taken_grace_s=0, accounts=rt.quota.account_names)
         return dispatched
     deadline = time.monotonic() + rt.settings.quota_wait_max_s
     while True:
         dispatched = rt.quota.dispatch()
         if dispatched.undone is not None and (job := rt.jobs.get(dispatched.undone)) is not None:
-            rt.jobs.make_ready(job, taken_grace_s=0)
+            rt.jobs.make_ready(job, taken_grace_s=0, accounts=rt.quota.account_names)
         if dispatched.job_id is not None or dispatched.empty:
             return dispatched
         if dispatched.reason == "paused":

@@ -55,7 +55,7 @@ def submit(self: Task, job_id: str) -> str | None:
             requeue(self, countdown=SUBMIT_TIME_LIMIT_S - claimed_s + 1)
         recover_interrupted_submit(rt, own)
     elif own is not None and own.state is JobState.QUEUED:
-        rt.jobs.make_ready(own)  # back from a delay, or its taker died: it competes again
+        rt.jobs.make_ready(own, accounts=rt.quota.account_names)  # back from a delay, or its taker died
 
     submitted: str | None = None
     # Without the Redis quota (a benchmark's baseline) Celery's rate_limit alone paces submits: one each.
