@@ -121,10 +121,16 @@ def reserve_port() -> socket.socket:
 
 
 def start_web(
-    stack: LocalStack, env: Mapping[str, str], *, port: int | None = None, sock: socket.socket | None = None
+    stack: LocalStack,
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    sock: socket.socket | None = None,
+    ready_path: str = "/healthz",
 ) -> Service:
-    """The web process, ready when ``/healthz`` answers: on ``port``, or serving ``sock`` (from
-    :func:`reserve_port`; a new one when neither is given)."""
+    """The web process, ready when ``ready_path`` answers 2xx (``/healthz``: Redis too; ``/livez``: the
+    process alone): on ``port``, or serving ``sock`` (from :func:`reserve_port`; a new one when neither
+    is given)."""
     if port is not None:
         argv, url = web_argv(port), f"http://127.0.0.1:{port}"
         service = stack.spawn(f"web-{port}", argv, env)
@@ -135,7 +141,7 @@ def start_web(
         service = stack.add(spawn(f"web-{bound}", argv, log_dir=stack.log_dir, env=env, pass_fds=(sock.fileno(),)))
         sock.close()  # the child has its own copy
     service.url = url
-    await_ready(service, lambda: http_ok(f"{service.url}/healthz"), 60)
+    await_ready(service, lambda: http_ok(f"{service.url}{ready_path}"), 60)
     return service
 
 

@@ -19,6 +19,7 @@ plain ``def``s, so FastAPI runs them in its thread pool and the event loop never
   a job that changes state between pages can be missed or seen twice. ``batch`` filters the entries read,
   so a page may hold fewer than ``limit`` jobs while ``next_cursor`` is still set (at most
   ``SCAN_BUDGET_FACTOR`` × ``limit`` entries are read per page).
+- ``/livez``: 200 while the process's event loop answers (a liveness probe; nothing else is asked).
 - ``/healthz``: Redis ``PING`` decides the status code (503 when it fails); workers are "seen" when they
   answer a Celery ``control.ping`` (0.5 s timeout, result cached ``health_workers_cache_s``) — no worker
   makes the status ``degraded`` but stays 200, because the web itself can still take jobs.

@@ -18,6 +18,8 @@ import redis
 from redbeat.schedulers import RedBeatScheduler
 from redis.exceptions import LockError
 
+from workers import liveness
+
 log = logging.getLogger("imagineq.beat")
 
 #: Seconds between tries while Redis cannot be reached.
@@ -27,6 +29,7 @@ UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
 
 class Scheduler(RedBeatScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        liveness.touch()  # a tick that returns, even one that skips for a Redis outage, is a live beat
         try:
             return float(super().tick(*args, **kwargs))
         except UNREACHABLE as error:

@@ -10,6 +10,7 @@ from celery.signals import setup_logging
 from config.celery import celery_config
 from config.schedule import beat_config
 from config.settings import Settings, get_settings
+from workers import liveness
 from workers.broker import use_for_redis_urls
 from workers.logs import configure_logging
 
@@ -32,6 +33,10 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     app.steps["worker"].add(ReleaseStep)  # active only in workers that consume the submit queue
     return app
+
+
+#: Its heartbeat receiver touches the alive file (``workers.liveness``) in every worker of this app.
+_LIVENESS = liveness
 
 
 @setup_logging.connect

@@ -1,4 +1,4 @@
-"""The upstream's callbacks and the operational endpoints: ``/healthz`` and ``/metrics``."""
+"""The upstream's callbacks and the operational endpoints: ``/livez``, ``/healthz`` and ``/metrics``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,13 @@ async def callback(
     body = await request.body()
     received = await run_in_threadpool(web.callbacks.receive, job_id, token, body, request.headers)
     return JSONResponse({"code": received.outcome.status, "msg": received.message}, status_code=received.outcome.status)
+
+
+@router.get("/livez", summary="Liveness of this process alone: answered by its event loop, Redis not asked")
+async def livez() -> dict[str, str]:
+    # A probe that restarts the process must not fail for what a restart cannot mend (Redis away: that
+    # is /healthz's 503, which takes the process out of a load balancer instead).
+    return {"status": "ok"}
 
 
 @router.get(

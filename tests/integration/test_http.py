@@ -27,6 +27,7 @@ from core.keys import Keys
 from core.quota import QuotaLimiter
 from devstack import services
 from devstack.deployment import must, settings_from
+from devstack.processes import free_port
 from devstack.services import LocalStack, Service
 from producers.web.callbacks import sign, token_hash
 from workers.storage import Storage
@@ -464,6 +465,20 @@ def test_a_callback_before_submit_recorded_the_task_id_leaves_submit_a_wake_mark
 def test_healthz_reports_redis_and_workers(web: Web):
     body = web.get("/healthz", headers=OPS).json()
     assert body == {"status": "degraded", "redis": True, "workers": []}  # no worker runs in this module
+
+
+def test_livez_answers_while_redis_is_away_and_healthz_does_not(web_stack: tuple[LocalStack, Service, str]):
+    """A liveness probe restarts the process: it must not fail for Redis being away (a restart mends
+    nothing), while the readiness probe (/healthz) must, so a load balancer stops sending it jobs."""
+    stack, _, _ = web_stack
+    nobody = f"redis://127.0.0.1:{free_port()}/0"  # a loopback port no server listens on
+    env = {"IMAGINEQ_REDIS_URL": nobody, "IMAGINEQ_API_KEY": "sim-key", "IMAGINEQ_INGRESS_TOKENS": json.dumps(TOKENS)}
+    service = services.start_web(stack, env, ready_path="/livez")
+    try:
+        assert requests.get(f"{service.url}/livez", timeout=10).json() == {"status": "ok"}
+        assert requests.get(f"{service.url}/healthz", timeout=10).status_code == 503
+    finally:
+        service.stop()
 
 
 def test_metrics_read_the_deployment_state_from_redis(web: Web):
