@@ -266,6 +266,10 @@ class Settings(BaseSettings):
     """Root log level. Unset: Celery's ``-l`` for workers and beat, INFO for the web, WARNING for the CLI."""
     # -- end of logging settings ------------------------------------------------------------------------
 
+    alive_file: str | None = Field(default=None, max_length=4096)
+    """A file workers (each event heartbeat) and beat (each tick) touch while their main loop runs, for a
+    liveness probe: ``python -m workers.liveness --max-age 120``. Unset: none is written."""
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
