@@ -919,6 +919,26 @@ def test_a_worker_without_an_api_key_refuses_to_start(redis_url: str, tmp_path: 
     )
 
 
+def test_a_notify_worker_needs_no_api_key(redis_url: str, tmp_path: Path):
+    """Notify calls no upstream, and deployments give it no key: it starts without one."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("IMAGINEQ_")}
+    env["IMAGINEQ_REDIS_URL"] = redis_url
+    log = tmp_path / "notify.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            services.worker_argv("notify", concurrency=1), env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while b" ready." not in log.read_bytes():
+            assert worker.poll() is None, log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "the notify worker never became ready"
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+
+
 def test_the_settings_object_refuses_a_missing_key_for_upstream_processes():
     with pytest.raises(ConfigError, match="no upstream account configured; set IMAGINEQ_API_KEY"):
         Settings(_env_file=None).require_accounts()  # type: ignore[call-arg]

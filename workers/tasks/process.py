@@ -9,6 +9,7 @@ from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
+from config.celery import POLL_QUEUE, STORE_QUEUE, SUBMIT_QUEUE
 from config.settings import ConfigError, get_settings
 from core import tracing
 from workers.runtime import Runtime
@@ -18,6 +19,8 @@ log = logging.getLogger("imagineq.tasks")
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
+#: The queues whose tasks call the upstream: a worker of any of them needs an account.
+UPSTREAM_QUEUES = frozenset({SUBMIT_QUEUE, POLL_QUEUE, STORE_QUEUE})
 
 
 def runtime() -> Runtime:
@@ -30,10 +33,14 @@ def runtime() -> Runtime:
 
 
 @worker_init.connect
-def _require_accounts(**_: Any) -> None:
-    """A worker without an upstream account would fail every submit and strand its jobs in
-    ``submitting``: refuse to start instead, naming the missing setting (exit status 2, like the CLI).
-    SystemExit, because Celery logs and ignores exceptions raised by signal receivers."""
+def _require_accounts(sender: Any = None, **_: Any) -> None:
+    """A worker of a queue that calls the upstream (submit, poll, store) without an upstream account
+    would fail every job and strand it: refuse to start instead, naming the missing setting (exit status
+    2, like the CLI). A notify worker calls no upstream and is given no key (compose, Kubernetes): it
+    starts without one. SystemExit, because Celery logs and ignores exceptions raised by signal receivers."""
+    selected = sender.app.amqp.queues.consume_from if sender is not None else None  # None: every queue
+    if selected and not set(selected) & UPSTREAM_QUEUES:
+        return
     try:
         get_settings().require_accounts()
     except ConfigError as error:
