@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every ImagineQ process; docker-compose.yml picks the command (the Procfile line).
 
 # -- build: wheels for the project and all its dependencies ------------------------------------------

