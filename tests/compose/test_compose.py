@@ -159,8 +159,9 @@ def test_the_compose_file_runs_jobs_keeps_them_across_down_and_up_and_survives_l
     stack.project.write_env({**stack.env, "REDIS_HA_URL": sentinels}, stack.settings)
     stack.up(HA_PROFILES)
     stack.wait_stored(stack.enqueue(2, "through the sentinels"))
-    stopped_at = time.monotonic()
+    stopping = time.monotonic()
     stack.project("stop", "redis", profiles=HA_PROFILES)
+    stopped_at = time.monotonic()
     ids: list[str] = []
 
     def accepted() -> bool:
@@ -169,4 +170,7 @@ def test_the_compose_file_runs_jobs_keeps_them_across_down_and_up_and_survives_l
 
     wait_for(accepted, 120, "the web to take jobs again through the promoted replica")
     stack.wait_stored(ids)
-    print(f"COMPOSE failover: jobs accepted again {time.monotonic() - stopped_at:.1f} s after the primary stopped")
+    print(
+        f"COMPOSE failover: the primary took {stopped_at - stopping:.1f} s to stop; "
+        f"jobs were accepted again {time.monotonic() - stopped_at:.1f} s after it had"
+    )
