@@ -169,10 +169,14 @@ class Settings(BaseSettings):
     quota_replica_ack_timeout_ms: int = Field(default=200, ge=1, le=10_000)
     """How long an acquire waits for them; without them in time the slot goes back and the job waits."""
     enqueue_replica_ack_timeout_ms: int = Field(default=1000, ge=0, le=60_000)
-    """How long an enqueue waits for them (0: it does not wait). Without them in time the jobs are still accepted
-    (they are on the primary) and a warning is logged. A submit's createTask marker waits as long; unacknowledged,
-    createTask is not sent and the job goes back to the queue.
+    """How long an enqueue waits for them (0: it does not wait). Without them in time see
+    ``enqueue_unacknowledged``. A submit's createTask marker waits as long; unacknowledged, createTask is not sent
+    and the job goes back to the queue.
     """
+    enqueue_unacknowledged: Literal["refuse", "accept"] = "refuse"
+    """New jobs no replica acknowledged in time: ``refuse`` takes them back and the producer gets a retryable error
+    (HTTP 503, ``NotReplicated``), since a primary cut off from its replicas would lose them at the failover;
+    ``accept`` keeps them with a warning (a failover in the next moment could forget them)."""
 
     # -- HTTP ingress: the ``web`` process (producers/web/) ------------------------------------------
     ingress_principals: list[PrincipalSettings] = []

@@ -86,6 +86,7 @@ class Clients:
                 events_max_len=settings.events_max_len,
                 replica_acks=settings.replica_acks,
                 replica_ack_timeout_ms=settings.enqueue_replica_ack_timeout_ms,
+                refuse_unacknowledged=settings.enqueue_unacknowledged == "refuse",
                 memory_budget_pct=settings.redis_memory_budget_pct,
                 weight_of=principal_weights(settings),
                 parent_max_age_s=settings.parent_max_age_s,

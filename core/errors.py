@@ -103,6 +103,28 @@ class RedisFull(ImagineQError):
         )
 
 
+class NotReplicated(ImagineQError):
+    """No Redis replica acknowledged new jobs in time: they were taken back and not accepted, since a
+    failover in the next moment would forget them (the primary may be cut off from its replicas, and a
+    replica promoted in its place). Retryable: with the same idempotency keys a job that did get through
+    is returned, never created twice."""
+
+    _reason = "not_replicated"
+    retry_after_s: ClassVar[int] = 2
+
+    def __init__(self, jobs: int, timeout_ms: int) -> None:
+        super().__init__(jobs, timeout_ms)
+        self.jobs = jobs
+        self.timeout_ms = timeout_ms
+
+    def __str__(self) -> str:
+        return (
+            f"no Redis replica acknowledged {self.jobs} new job(s) within {self.timeout_ms} ms "
+            "(enqueue_replica_ack_timeout_ms): they were not accepted; try again (with the same idempotency "
+            "keys, a job that did get through is returned, not created twice)"
+        )
+
+
 class OverBudget(ImagineQError):
     """A budget has no room for a request's estimated credits: nothing was written or spent. Amounts are
     credits; ``budget`` is ``principal_day``, ``principal_month``, ``batch`` or ``global_day``."""

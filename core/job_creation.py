@@ -20,7 +20,7 @@ from redis.client import Pipeline
 
 from core import tracing
 from core.credits import NO_PRINCIPAL, CreditPolicy, day_start, ledger_keys, over_budget_of, to_centi, utc_day
-from core.errors import OverBudget, ValidationError
+from core.errors import NotReplicated, OverBudget, ValidationError
 from core.jobs import MANAGED_FIELDS, TIMESTAMP_PREFIX, Job, JobRequest, JobState, new_job_id
 from core.keys import Keys
 from core.lua_scripts import ScriptCall, evalsha_pipeline, load_script
@@ -60,6 +60,7 @@ class JobCreation:
         *,
         replica_acks: ReplicaAcks,
         replica_ack_timeout_ms: int,
+        refuse_unacknowledged: bool = False,
         memory: MemoryBudget | None,
         weight_of: Callable[[str | None], float] = lambda owner: 1.0,
         release: Callable[[str], object] = lambda parent_id: None,
@@ -71,6 +72,7 @@ class JobCreation:
         self._reads = reads
         self._replica_acks = replica_acks
         self._replica_ack_timeout_ms = replica_ack_timeout_ms
+        self._refuse_unacknowledged = refuse_unacknowledged
         self._memory = memory
         self._create = load_script(client, "job_create")
         self._ready_add = load_script(client, "ready_add")
@@ -181,7 +183,6 @@ class JobCreation:
     ) -> list[tuple[Job, bool] | OverBudget]:
         calls = [self._create_call(job, batch_budget=batch_budget) for job in jobs]
         results, acks = evalsha_pipeline(self._redis, calls, replicas=replicas, timeout_ms=self._replica_ack_timeout_ms)
-        self._note_acks(jobs, replicas, acks)
         out: list[tuple[Job, bool] | OverBudget | None] = [None] * len(jobs)
         existing: dict[int, str] = {}
         failure: Exception | None = None
@@ -200,6 +201,11 @@ class JobCreation:
             # The records this chunk did write go back now; the caller takes back the earlier chunks'.
             self._discard(_new_jobs([item for item in out if item is not None]), {})
             raise failure
+        try:
+            self._note_acks(jobs, replicas, acks)
+        except NotReplicated:
+            self._discard(_new_jobs([item for item in out if item is not None]), {})
+            raise
         if existing:
             found = self._reads.get_many(list(existing.values()))
             for (i, job_id), job_found in zip(existing.items(), found, strict=True):
@@ -299,7 +305,11 @@ class JobCreation:
         self._ready_add(keys=script_keys, args=args, client=pipe)
 
     def _note_acks(self, jobs: Sequence[Job], wanted: int, acks: int) -> None:
+        """Too few replicas acknowledged the call's writes: refused (the caller takes every job of the
+        call back), or accepted with a warning (``enqueue_unacknowledged``)."""
         if wanted and jobs and acks < wanted:
+            if self._refuse_unacknowledged:
+                raise NotReplicated(len(jobs), self._replica_ack_timeout_ms)
             # They are on the primary and accepted; only a failover in the next moment could lose them.
             log.warning(
                 "%d job(s) accepted without a replica's acknowledgement in %d ms (first %s)",

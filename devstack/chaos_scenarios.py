@@ -10,13 +10,15 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import redis
 import requests
 
+from core.errors import NotReplicated
 from core.jobs import Job, JobState
 from devstack.chaos import BUCKET, HMAC_KEY, IN_PROGRESS_LIMIT, SIM_DEFAULTS, VIDEO_BYTES, ChaosStack
+from devstack.deployment import Deployment
 from producers.web.callbacks import sign
 
 # -- one scenario -----------------------------------------------------------------------------------------
@@ -57,11 +59,38 @@ class Report:
         )
 
 
+class ScenarioStack(Protocol):
+    """What a scenario's run and checks need of a stack (:class:`~devstack.chaos.ChaosStack`, or the
+    network-fault stack of :mod:`devstack.chaos_net`)."""
+
+    dep: Deployment
+    figures: dict[str, float]
+    crashes: Counter[str]
+    creations_per_hour: int
+
+    @property
+    def ha(self) -> bool: ...
+
+    @property
+    def jobs(self) -> Any: ...
+
+    def sim(self, **changes: Any) -> None: ...
+
+    def reset_simulator(self) -> None: ...
+
+
+S = TypeVar("S", bound=ScenarioStack)
 Injector = Callable[[ChaosStack, list[Job]], None]
 
 
 def run_scenario(
-    chaos: ChaosStack, name: str, inject: Injector, *, jobs: int, drain_s: float, spread_s: float = 10.0
+    chaos: S,
+    name: str,
+    inject: Callable[[S, list[Job]], None],
+    *,
+    jobs: int,
+    drain_s: float,
+    spread_s: float = 10.0,
 ) -> Report:
     """Enqueue ``jobs`` over ``spread_s`` (a stream, not one burst) while ``inject`` runs; drain; check."""
     chaos.reset_simulator()
@@ -74,8 +103,9 @@ def run_scenario(
     run = uuid.uuid4().hex[:8]
 
     def feed() -> None:
-        """A careful producer: when Redis is down it retries with the same idempotency keys, so a chunk
-        that was written before the connection broke is returned, not written twice."""
+        """A careful producer: when Redis is down, or its replicas did not acknowledge a chunk, it retries
+        with the same idempotency keys, so a chunk that was written before the connection broke is
+        returned, not written twice."""
         try:
             batches = max(1, int(spread_s))
             for step in range(batches):
@@ -93,7 +123,7 @@ def run_scenario(
                     try:
                         accepted.extend(chaos.dep.producer.enqueue_many(chunk))
                         break
-                    except redis.RedisError:
+                    except (redis.RedisError, NotReplicated):
                         if time.monotonic() > deadline:
                             raise
                         time.sleep(0.5)
@@ -107,7 +137,7 @@ def run_scenario(
     feeder_done.wait()
     chaos.sim(**SIM_DEFAULTS)
     deadline = time.monotonic() + drain_s
-    while time.monotonic() < deadline and not _all_terminal(chaos, accepted):
+    while time.monotonic() < deadline and not all_terminal(chaos, accepted):
         time.sleep(1.0)
     report = _check(chaos, name, accepted)
     report.worker_crashes = sum(chaos.crashes.values()) - crashes_before
@@ -116,13 +146,13 @@ def run_scenario(
     return report
 
 
-def _all_terminal(chaos: ChaosStack, jobs: list[Job]) -> bool:
+def all_terminal(chaos: ScenarioStack, jobs: list[Job]) -> bool:
     with contextlib.suppress(redis.RedisError):
         return all(job is not None and job.terminal for job in chaos.jobs.get_many([j.id for j in jobs]))
     return False
 
 
-def _check(chaos: ChaosStack, name: str, accepted: list[Job]) -> Report:
+def _check(chaos: ScenarioStack, name: str, accepted: list[Job]) -> Report:
     report = Report(name, accepted=len(accepted))
     jobs = dict(zip((j.id for j in accepted), chaos.jobs.get_many([j.id for j in accepted]), strict=True))
     for job_id, job in jobs.items():
@@ -165,7 +195,7 @@ def _check(chaos: ChaosStack, name: str, accepted: list[Job]) -> Report:
     return report
 
 
-def _whereabouts(chaos: ChaosStack, job: Job) -> str:
+def _whereabouts(chaos: ScenarioStack, job: Job) -> str:
     """Where a job that never ended stands: its counters and timestamps, whether a submitter can see it,
     and how full its pool's quota is on every account (so a failure explains itself)."""
     r, keys = chaos.dep.producer.redis, chaos.dep.producer.keys
@@ -186,7 +216,7 @@ def _whereabouts(chaos: ChaosStack, job: Job) -> str:
     return " ".join(parts)
 
 
-def _s3_check(chaos: ChaosStack, jobs: list[Job]) -> tuple[int, list[str]]:
+def _s3_check(chaos: ScenarioStack, jobs: list[Job]) -> tuple[int, list[str]]:
     """Versions per video key (a second write of one job's video is a duplicate) and the stored bytes."""
     s3 = chaos.dep.s3
     versions: Counter[str] = Counter()

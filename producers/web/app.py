@@ -13,13 +13,13 @@ from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from config.settings import Settings, get_settings
-from core.errors import OverBudget, RedisFull
+from core.errors import NotReplicated, OverBudget, RedisFull
 from producers.web.batches_routes import router as batches_router
 from producers.web.body_limit import BodyLimit
 from producers.web.context import Web
 from producers.web.costs_routes import router as costs_router
 from producers.web.events_routes import router as events_router
-from producers.web.handlers import method_not_allowed, over_budget, redis_full, validation_error
+from producers.web.handlers import method_not_allowed, not_accepted, over_budget, validation_error
 from producers.web.jobs_routes import router as jobs_router
 from producers.web.models import Problem
 from producers.web.ops_routes import router as ops_router
@@ -52,7 +52,8 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.web_trusted_proxies)
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
-    app.add_exception_handler(RedisFull, redis_full)  # type: ignore[arg-type]
+    app.add_exception_handler(RedisFull, not_accepted)  # type: ignore[arg-type]
+    app.add_exception_handler(NotReplicated, not_accepted)  # type: ignore[arg-type]
     app.add_exception_handler(OverBudget, over_budget)  # type: ignore[arg-type]
     app.include_router(jobs_router)
     app.include_router(workflows_router)

@@ -1,5 +1,5 @@
 """Error answers in the API's own shapes: 405 with every allowed method, 422 naming the field as sent,
-503 when Redis has no room for new jobs."""
+503 when Redis has no room for new jobs or no replica acknowledged them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 
-from core.errors import OverBudget, RedisFull
+from core.errors import NotReplicated, OverBudget, RedisFull
 
 
 async def method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
@@ -33,8 +33,9 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": jsonable_encoder(issues)}, status_code=422)
 
 
-async def redis_full(request: Request, exc: RedisFull) -> JSONResponse:
-    """503 with Retry-After: the deployment takes no new jobs until room is back (nothing was written)."""
+async def not_accepted(request: Request, exc: RedisFull | NotReplicated) -> JSONResponse:
+    """503 with Retry-After: Redis has no room for new jobs, or no replica acknowledged them in time (nothing
+    was accepted; the same request may be sent again)."""
     return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
 
 

@@ -217,6 +217,33 @@ def test_an_enqueue_returns_once_a_replica_has_the_jobs(tmp_path: Path, caplog: 
         on_replica.close()
 
 
+def test_jobs_no_replica_acknowledged_are_refused_and_taken_back(tmp_path: Path):
+    """What a deployment does by default (``enqueue_unacknowledged=refuse``): a primary whose replica
+    acknowledges nothing (frozen here; cut off from it in a network split) refuses new jobs instead of
+    accepting what a failover would forget, takes back what it wrote, and a retry with the same
+    idempotency key, once the replica answers, creates the job exactly once."""
+    from core.errors import NotReplicated
+
+    with services.LocalStack(tmp_path) as stack:
+        nodes = services.start_replicated_redis(stack, replicas=1, sentinels=0)
+        (replica,) = nodes.replicas
+        settings = load_settings(redis_url=nodes.primary.url, api_key="sim-key", enqueue_replica_ack_timeout_ms=500)
+        assert settings.enqueue_unacknowledged == "refuse"
+        clients = Clients.build(settings)
+        request = JobRequest(prompt="held by a replica or by nobody", idempotency_key="order-1")
+        os.killpg(replica.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NotReplicated, match="no Redis replica acknowledged 1 new job"):
+                clients.jobs.create(request)
+            assert clients.jobs.count_by_state()[JobState.QUEUED] == 0  # taken back: no job, no key
+        finally:
+            os.killpg(replica.process.pid, signal.SIGCONT)
+        job, created = clients.jobs.create(request)
+        assert created and clients.jobs.create(request) == (clients.jobs.get(job.id), False)
+        assert clients.jobs.count_by_state()[JobState.QUEUED] == 1
+        clients.redis.close()
+
+
 def test_passwords_of_the_data_nodes_and_of_the_sentinels_work_and_are_never_printed(tmp_path: Path):
     """Data nodes with one password, Sentinels with another (``requirepass`` on both tiers): the sentinel://
     URL carries the data nodes' password, IMAGINEQ_REDIS_SENTINEL_PASSWORD the Sentinels'. Jobs run through
