@@ -15,8 +15,9 @@ Debian packages, tagged with the names the file uses:
 
 The compose file itself is run exactly as a user on the internet runs it; the test writes only its ``.env``
 (and ``imagineq.env``) next to a copy of it. The engine is Debian's ``docker.io`` (``dockerd``), started
-here with its own data and exec roots and socket, its bridge and address pools in 198.18.0.0/15 (a
-benchmarking range no real network uses here: no container ever gets a private-range address), and
+here with its own data and exec roots and socket, its bridge and address pools in 198.18.0.0/16 (half
+of RFC 2544's benchmarking range, which no real network uses here: no container ever gets a
+private-range address; the network-fault harness takes the other half, so both can run at once), and
 stopped by its pid. Its data root is kept between runs under ``/var/tmp/imagineq-compose`` so the stand-in
 images are built once per machine (tagged by what they are built from); containers, networks and volumes
 are removed at the end of every run, failed or not.
@@ -56,8 +57,8 @@ PACKAGES: Final = (
 )
 #: The engine's bridge and the pools compose networks are carved from (RFC 2544's benchmarking range).
 BRIDGE_IP: Final = "198.18.0.1/24"
-ADDRESS_POOL: Final = "base=198.18.0.0/15,size=24"
-NETWORKS: Final = "198.18.0.0/15"
+ADDRESS_POOL: Final = "base=198.18.0.0/16,size=24"
+NETWORKS: Final = "198.18.0.0/16"
 APP_IMAGE: Final = "imagineq:compose-test"
 
 _PYTHON_STANDIN = """\

@@ -2,9 +2,10 @@
 loss and rate limits between them (root only: the developers' machines and CI run as root).
 
 Each host is a namespace ``<prefix>-<name>`` with its loopback and an ``eth0`` (a veth whose peer sits on a
-bridge in the namespace ``<prefix>-sw``) addressed in 198.18.0.0/16, RFC 2544's benchmarking range, which
-exists only inside these namespaces: no packet between hosts ever reaches a real network. The root
-namespace (the test itself) joins the bridge as 198.18.0.1, so a test reaches every host and every host
+bridge in the namespace ``<prefix>-sw``) addressed in 198.19.0.0/16 (half of RFC 2544's benchmarking
+range 198.18.0.0/15; the compose test's Docker engine takes the other half), which exists only inside
+these namespaces: no packet between hosts ever reaches a real network. The root
+namespace (the test itself) joins the bridge as 198.19.0.1, so a test reaches every host and every host
 reaches the test, and nothing else.
 
 - ``partition(a, b)``: iptables DROP between the two hosts, both directions, in both namespaces (so a
@@ -29,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-SUBNET: Final = ipaddress.ip_network("198.18.0.0/16")
+SUBNET: Final = ipaddress.ip_network("198.19.0.0/16")
 #: The root namespace's address on the bridge (the test's own).
-ROOT_ADDRESS: Final = "198.18.0.1"
+ROOT_ADDRESS: Final = "198.19.0.1"
 
 
 class NetError(RuntimeError):

@@ -1,6 +1,6 @@
 """The network-fault harness's hosts (devstack/netns.py): real namespaces on a bridge, an echo server on one
 host, clients on another and in the test itself; partitions, loss and rate limits do what they say, and
-nothing is left behind. Every address is in 198.18.0.0/16, inside the namespaces."""
+nothing is left behind. Every address is in 198.19.0.0/16, inside the namespaces."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def wait_until(predicate: object, timeout_s: float, what: str) -> None:
 def test_partitions_loss_and_rate_limits_between_hosts() -> None:
     with hosts("a", "b", "c", prefix="iqt1") as (net, made):
         a, b, c = made["a"], made["b"], made["c"]
-        assert all(ip.startswith("198.18.") for ip in (a.address, b.address, c.address))
+        assert all(ip.startswith("198.19.") for ip in (a.address, b.address, c.address))
         server = b.popen([sys.executable, "-c", ECHO, b.address, str(PORT)], env=child_environment())
         try:
             wait_until(lambda: root_reaches(b), 30, "the echo server on b")
@@ -96,7 +96,7 @@ def test_partitions_loss_and_rate_limits_between_hosts() -> None:
 
 
 def test_the_root_namespace_gets_no_route_but_the_hosts_own() -> None:
-    """The test's port on the bridge carries 198.18.0.0/16 only: nothing else is routed into the namespaces."""
+    """The test's port on the bridge carries 198.19.0.0/16 only: nothing else is routed into the namespaces."""
     with Net(prefix="iqt2") as net:
         host = net.host("a")
         assert "default" not in host.run("ip", "route").stdout  # a host can reach nothing outside the bridge
