@@ -244,6 +244,36 @@ def test_jobs_no_replica_acknowledged_are_refused_and_taken_back(tmp_path: Path)
         clients.redis.close()
 
 
+def test_a_store_claim_no_replica_holds_does_not_start_a_transfer(tmp_path: Path):
+    """A store on a primary cut off from its replicas (frozen here) must not upload: a replica promoted
+    meanwhile never saw the claim nor the result, and the job would be stored a second time there. The
+    claim stays until it lapses, and the store is tried again then."""
+    from workers.runtime import Runtime
+    from workers.tasks.store_claim import store_claim
+
+    with services.LocalStack(tmp_path) as stack:
+        nodes = services.start_replicated_redis(stack, replicas=1, sentinels=0)
+        (replica,) = nodes.replicas
+        settings = load_settings(
+            redis_url=nodes.primary.url,
+            api_key="sim-key",
+            enqueue_replica_ack_timeout_ms=300,
+            s3={"endpoint_url": "http://127.0.0.1:9", "bucket": "never-reached"},
+        )
+        rt = Runtime.build(settings)
+        with store_claim(rt, "job-1") as claimed:
+            assert claimed  # a replica holds it: the transfer may start
+        os.killpg(replica.process.pid, signal.SIGSTOP)
+        try:
+            with store_claim(rt, "job-2") as claimed:
+                assert not claimed
+            left_ms = int(cast(int, rt.redis.pttl(rt.keys.store_claim("job-2"))))
+            assert 0 < left_ms <= 15_000  # kept until it lapses
+        finally:
+            os.killpg(replica.process.pid, signal.SIGCONT)
+        rt.close()
+
+
 def test_passwords_of_the_data_nodes_and_of_the_sentinels_work_and_are_never_printed(tmp_path: Path):
     """Data nodes with one password, Sentinels with another (``requirepass`` on both tiers): the sentinel://
     URL carries the data nodes' password, IMAGINEQ_REDIS_SENTINEL_PASSWORD the Sentinels'. Jobs run through

@@ -38,7 +38,8 @@ def store(self: Task, job_id: str) -> str | None:
         return None
     with store_claim(rt, job_id) as claimed:
         if not claimed:
-            # Another store runs (or died < STORE_CLAIM_TTL_S ago): look again once its claim lapses.
+            # Another store runs (or died < STORE_CLAIM_TTL_S ago), or no replica holds this claim: look
+            # again once the claim lapses.
             remaining_ms = int(rt.redis.pttl(rt.keys.store_claim(job_id)))  # type: ignore[arg-type]
             requeue(self, countdown=max(remaining_ms, 0) / 1000 + 0.5)
         urls = job.result_urls or ([job.result_url] if job.result_url else [])

@@ -1,4 +1,5 @@
-"""A store's claim on a job: short-lived, renewed by a heartbeat while the transfer runs."""
+"""A store's claim on a job: short-lived, renewed by a heartbeat while the transfer runs, and held by a
+replica before the transfer starts."""
 
 from __future__ import annotations
 
@@ -16,11 +17,21 @@ STORE_CLAIM_TTL_S = 15.0
 
 @contextlib.contextmanager
 def store_claim(rt: Runtime, job_id: str) -> Iterator[bool]:
-    """A short-lived claim renewed by a heartbeat while the transfer runs."""
+    """A short-lived claim renewed by a heartbeat while the transfer runs. False when another store holds
+    it, or when no replica acknowledged this one in time (``replica_acks``): a primary cut off from its
+    replicas may be replaced by one that never saw the claim nor the store's result, and the job would be
+    stored a second time there. The unacknowledged claim is kept until it lapses, so the store is tried
+    again then (through whichever primary the Sentinels name by that time)."""
     key = rt.keys.store_claim(job_id)
     token = uuid.uuid4().hex
     ttl_ms = int(STORE_CLAIM_TTL_S * 1000)
-    if not rt.redis.set(key, token, nx=True, px=ttl_ms):
+    wanted = rt.replica_acks.wanted()
+    with rt.redis.pipeline(transaction=False) as pipe:
+        pipe.set(key, token, nx=True, px=ttl_ms)
+        if wanted:
+            pipe.execute_command("WAIT", wanted, rt.settings.enqueue_replica_ack_timeout_ms)  # type: ignore[no-untyped-call]
+        replies = pipe.execute()
+    if not replies[0] or (wanted and int(replies[1]) < wanted):
         yield False
         return
     done = threading.Event()
