@@ -38,9 +38,11 @@ class Report:
     violations: list[str] = field(default_factory=list)
     #: Workers that exited by themselves during the scenario (restarted by the supervisor).
     worker_crashes: int = 0
-    #: The most creations the upstream saw in one rolling window, and its 429 refusals.
+    #: The most creations the upstream saw in one rolling window, and its 429 refusals of createTask and of
+    #: recordInfo (the quotas ImagineQ keeps: a creation past the caps, a poll past 10 per second).
     max_creations_in_window: int = 0
     upstream_refusals: int = 0
+    record_info_refusals: int = 0
     #: What the scenario measured itself (seconds to promote, to recover, ...).
     figures: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -53,7 +55,8 @@ class Report:
             f"duplicate_creations={self.duplicate_creations} unknown_outcome={self.unknown_outcome} "
             f"duplicate_s3_writes={self.duplicate_s3_writes} peak_in_progress={self.peak_in_progress} "
             f"worker_crashes={self.worker_crashes} max_creations_in_window={self.max_creations_in_window} "
-            f"upstream_refusals={self.upstream_refusals} violations={len(self.violations)} "
+            f"upstream_refusals={self.upstream_refusals} record_info_refusals={self.record_info_refusals} "
+            f"violations={len(self.violations)} "
             + "".join(f"{key}={value:.1f} " for key, value in self.figures.items())
             + f"elapsed_s={self.elapsed_s:.0f}"
         )
@@ -175,7 +178,8 @@ def _check(chaos: ScenarioStack, name: str, accepted: list[Job]) -> Report:
     report.max_creations_in_window = int(stats["max_creations_in_window"])
     if report.max_creations_in_window > chaos.creations_per_hour:
         report.violations.append(f"{report.max_creations_in_window} creations in a window > {chaos.creations_per_hour}")
-    report.upstream_refusals = int(stats["rate_limited"])
+    report.record_info_refusals = sum(int(key["record_info_rate_limited"]) for key in stats["per_key"].values())
+    report.upstream_refusals = int(stats["rate_limited"]) - report.record_info_refusals
     if chaos.ha and report.upstream_refusals:
         # Nothing here forces a 429: one means ImagineQ sent past a quota it should have known.
         report.violations.append(f"the upstream refused {report.upstream_refusals} createTask calls (429)")
