@@ -101,8 +101,10 @@ def test_an_s3_batch_nobody_waits_for_is_finished_when_its_last_job_ends(dep: De
     bucket = dep.settings.s3.bucket
     lines = [json.dumps({"id": i, "prompt": f"A kite number {i}"}) for i in range(6)] + ["[1, 2]"]
     dep.s3.put_object(Bucket=bucket, Key="in/kites.jsonl", Body=("\n".join(lines) + "\n").encode())
-    # One of its jobs is canceled before it reaches the upstream (the account paused meanwhile).
+    # One of its jobs is canceled before it reaches the upstream (the account paused meanwhile, with no
+    # credits to show: a submitter's credits check would otherwise resume it at once).
     quota = QuotaLimiter.for_settings(dep.producer.redis, dep.producer.keys, dep.settings)
+    dep.sim_config(credits=0)
     quota.pause("default", "the test holds the jobs")
     try:
         result = submitter.submit(f"s3://{bucket}/in/kites.jsonl", name="kites", priority="normal")
@@ -111,6 +113,7 @@ def test_an_s3_batch_nobody_waits_for_is_finished_when_its_last_job_ends(dep: De
         canceled = dep.producer.cancel(pending[0], by="the test")
         assert canceled.state is JobState.CANCELED
     finally:
+        dep.sim_config(credits=-1)
         quota.resume("default")
     # With no beat, no reconciler and nobody waiting, the batch is done once its last job ended.
     wait_until(lambda: must(submitter.batches.get("kites")).done, 120, "the batch's end")
