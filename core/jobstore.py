@@ -341,6 +341,16 @@ class JobStore(StateIndexes):
             return False
         return True if acks >= wanted else None
 
+    @property
+    def replica_acks(self) -> ReplicaAcks:
+        """The replicas a write relied on must reach (none when ``replica_ack_timeout_ms`` is 0: ``WAIT`` with
+        timeout 0 would block until they answer)."""
+        return self._replica_acks
+
+    @property
+    def replica_ack_timeout_ms(self) -> int:
+        return self._replica_ack_timeout_ms
+
     def make_ready(self, job: Job, *, taken_grace_s: float = DISPATCH_GRACE_S, accounts: Sequence[str] = ()) -> bool:
         """Put the queued ``job`` back in its pool's ready set when it is not there and no submitter took it
         from there in the last ``taken_grace_s`` (``job_ready.lua``); True when it was put back. A take

@@ -13,7 +13,6 @@ from core.clients import Clients
 from core.jobstore import JobStore
 from core.keys import Keys
 from core.quota import QuotaLimiter
-from core.replication import ReplicaAcks
 from core.workflows import WorkflowStore
 from workers.inputs import Inputs
 from workers.poll_plan import PollPlan
@@ -34,7 +33,6 @@ class Runtime:
     catalog: Catalog
     _clients: dict[str, UpstreamClient] = field(default_factory=dict)
     _inputs: Inputs | None = None
-    _acks: ReplicaAcks | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -64,14 +62,6 @@ class Runtime:
             if self._inputs is None:
                 self._inputs = Inputs(self.settings, self.redis, self.keys, self.jobs, self.storage)
             return self._inputs
-
-    @property
-    def replica_acks(self) -> ReplicaAcks:
-        """The replicas a write must reach before it is relied on (``replica_acks``; built on first use)."""
-        with self._lock:
-            if self._acks is None:
-                self._acks = ReplicaAcks(self.redis, self.settings.replica_acks)
-            return self._acks
 
     def upstream(self, account: str) -> UpstreamClient:
         """The client for ``account`` (one pooled session per account per process)."""

@@ -25,11 +25,12 @@ def store_claim(rt: Runtime, job_id: str) -> Iterator[bool]:
     key = rt.keys.store_claim(job_id)
     token = uuid.uuid4().hex
     ttl_ms = int(STORE_CLAIM_TTL_S * 1000)
-    wanted = rt.replica_acks.wanted()
+    # The same replicas and wait as a createTask marker's (JobStore.update_acknowledged).
+    wanted = rt.jobs.replica_acks.wanted()
     with rt.redis.pipeline(transaction=False) as pipe:
         pipe.set(key, token, nx=True, px=ttl_ms)
         if wanted:
-            pipe.execute_command("WAIT", wanted, rt.settings.enqueue_replica_ack_timeout_ms)  # type: ignore[no-untyped-call]
+            pipe.execute_command("WAIT", wanted, rt.jobs.replica_ack_timeout_ms)  # type: ignore[no-untyped-call]
         replies = pipe.execute()
     if not replies[0] or (wanted and int(replies[1]) < wanted):
         yield False
