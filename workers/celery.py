@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import heartbeat_sent, setup_logging
 
 from config.celery import celery_config
 from config.schedule import beat_config
@@ -35,8 +35,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-#: Its heartbeat receiver touches the alive file (``workers.liveness``) in every worker of this app.
-_LIVENESS = liveness
+# Each event heartbeat of a worker's main loop touches its alive file (workers.liveness).
+heartbeat_sent.connect(liveness.on_heartbeat)
 
 
 @setup_logging.connect

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from celery.signals import heartbeat_sent
-
 from config.settings import get_settings
 
 #: The ``alive_file`` setting's variable.
@@ -43,8 +41,8 @@ def touch() -> None:
         Path(path).touch()
 
 
-@heartbeat_sent.connect
-def _on_heartbeat(**_: Any) -> None:
+def on_heartbeat(**_: Any) -> None:
+    """Celery's ``heartbeat_sent`` receiver (connected by ``workers.celery``)."""
     touch()
 
 
