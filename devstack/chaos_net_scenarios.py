@@ -18,34 +18,30 @@ from typing import Final
 
 from core.jobs import Job, JobState
 from devstack.chaos_net import NetStack
-from devstack.chaos_scenarios import all_terminal
+from devstack.chaos_scenarios import all_terminal, records
+from devstack.processes import ServiceError, wait_until
 
 NetInjector = Callable[[NetStack, list[Job]], None]
 #: How long a scenario waits for what it needs to see before its fault (jobs generating, ...).
 SETUP_TIMEOUT_S: Final = 120
 RECOVER_TIMEOUT_S: Final = 180
+#: How often a scenario looks at the jobs (each look reads every job's record).
+POLL_S: Final = 0.2
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.2)
+def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait at the scenarios' pace; ServiceError naming ``what`` after ``timeout_s``."""
+    wait_until(predicate, timeout_s, what)
 
 
 def _generating(net: NetStack, jobs: list[Job], at_least: int) -> bool:
-    try:
-        current = net.jobs.get_many([job.id for job in list(jobs)])
-    except Exception:
-        return False
+    current = records(net, jobs) or []
     return sum(1 for job in current if job is not None and job.state is JobState.GENERATING) >= at_least
 
 
 def _stored_since(net: NetStack, jobs: list[Job], since: float) -> bool:
-    try:
-        current = net.jobs.get_many([job.id for job in list(jobs)])
-    except Exception:
+    current = records(net, jobs)
+    if current is None:
         return False
     return any(job is not None and job.timestamps.get(JobState.STORED.value, 0.0) > since for job in current) or all(
         job is not None and job.terminal for job in current
@@ -60,9 +56,9 @@ def _heal_figures(net: NetStack, jobs: list[Job], healed_at: float, *, total: in
         ("heal_to_done_s", lambda: len(jobs) == total and all_terminal(net, jobs), 600.0),
     ):
         try:
-            _wait(done, timeout_s, figure)
+            _until(done, timeout_s, figure)
             net.figures[figure] = time.time() - healed_at
-        except AssertionError:
+        except ServiceError:
             net.figures[figure] = float("nan")
             return
 
@@ -86,7 +82,7 @@ def latency(total: int, slots: int) -> NetInjector:
         for host in net.hosts.values():
             net.net.loss(host, 1)
         try:
-            _wait(lambda: len(jobs) == total and all_terminal(net, jobs), 1200, "every job to end")
+            _until(lambda: len(jobs) == total and all_terminal(net, jobs), 1200, "every job to end")
             net.figures["slot_use"] = slot_use(net, slots)
         finally:
             for host in net.hosts.values():
@@ -102,7 +98,7 @@ def worker_partition(total: int, cut_s: float) -> NetInjector:
 
     def inject(net: NetStack, jobs: list[Job]) -> None:
         net.sim(delay_s=0.5)
-        _wait(lambda: _generating(net, jobs, 20), SETUP_TIMEOUT_S, "20 jobs generating")
+        _until(lambda: _generating(net, jobs, 20), SETUP_TIMEOUT_S, "20 jobs generating")
         worker = net.host("worker1")
         for name in ("redis1", "redis2", "redis3"):
             net.net.partition(worker, net.host(name))
@@ -119,7 +115,7 @@ def upstream_partition(total: int, cut_s: float) -> NetInjector:
     """The upstream unreachable from both worker hosts (callbacks to the web still arrive)."""
 
     def inject(net: NetStack, jobs: list[Job]) -> None:
-        _wait(lambda: _generating(net, jobs, 20), SETUP_TIMEOUT_S, "20 jobs generating")
+        _until(lambda: _generating(net, jobs, 20), SETUP_TIMEOUT_S, "20 jobs generating")
         for name in ("worker1", "worker2"):
             net.net.partition(net.host(name), net.host("upstream"))
         time.sleep(cut_s)
@@ -134,7 +130,7 @@ def redis_split(total: int, cut_s: float) -> NetInjector:
     majority promotes a replica; the old primary takes the minority's writes until healed."""
 
     def inject(net: NetStack, jobs: list[Job]) -> None:
-        _wait(lambda: _generating(net, jobs, 20), SETUP_TIMEOUT_S, "20 jobs generating")
+        _until(lambda: _generating(net, jobs, 20), SETUP_TIMEOUT_S, "20 jobs generating")
         before = net.primary()
         minority = [net.host(name) for name in (before, "worker1")]
         majority = [net.host(name) for name in ("redis1", "redis2", "redis3", "worker2") if name != before]
@@ -142,7 +138,11 @@ def redis_split(total: int, cut_s: float) -> NetInjector:
         for a in minority:
             for b in majority:
                 net.net.partition(a, b)
-        _wait(lambda: net.primary() not in ("", before), cut_s + 60, "the majority to promote a replica")
+        _until(
+            lambda: net.primary() not in ("", before),
+            cut_s + 60,
+            "the majority to promote a replica",
+        )
         net.figures["promote_s"] = time.monotonic() - cut_at
         remaining = cut_s - (time.monotonic() - cut_at)
         if remaining > 0:
@@ -157,7 +157,7 @@ def s3_slow(total: int, slow_s: float) -> NetInjector:
     """S3's link limited to 64 kbit/s each way."""
 
     def inject(net: NetStack, jobs: list[Job]) -> None:
-        _wait(lambda: _generating(net, jobs, 20), SETUP_TIMEOUT_S, "20 jobs generating")
+        _until(lambda: _generating(net, jobs, 20), SETUP_TIMEOUT_S, "20 jobs generating")
         net.net.rate(net.host("s3"), 64)
         time.sleep(slow_s)
         net.net.rate(net.host("s3"), None)
@@ -174,7 +174,7 @@ def clock_skew(total: int) -> NetInjector:
             net.stop_workers(host)  # warm: what they run finishes first, as in a redeploy
             net.start_workers(host, offset)
         try:
-            _wait(lambda: len(jobs) == total and all_terminal(net, jobs), 1200, "every job to end")
+            _until(lambda: len(jobs) == total and all_terminal(net, jobs), 1200, "every job to end")
         finally:
             for host in ("worker1", "worker2"):
                 net.stop_workers(host)

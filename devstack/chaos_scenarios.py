@@ -149,10 +149,18 @@ def run_scenario(
     return report
 
 
-def all_terminal(chaos: ScenarioStack, jobs: list[Job]) -> bool:
+def records(chaos: ScenarioStack, jobs: list[Job]) -> list[Job | None] | None:
+    """The jobs' records now (a copy of the list: a feeder may still be adding to it); None while Redis
+    cannot answer (a fault under way)."""
     with contextlib.suppress(redis.RedisError):
-        return all(job is not None and job.terminal for job in chaos.jobs.get_many([j.id for j in jobs]))
-    return False
+        current: list[Job | None] = chaos.jobs.get_many([j.id for j in list(jobs)])
+        return current
+    return None
+
+
+def all_terminal(chaos: ScenarioStack, jobs: list[Job]) -> bool:
+    current = records(chaos, jobs)
+    return current is not None and all(job is not None and job.terminal for job in current)
 
 
 def _check(chaos: ScenarioStack, name: str, accepted: list[Job]) -> Report:
@@ -252,10 +260,9 @@ def _s3_check(chaos: ScenarioStack, jobs: list[Job]) -> tuple[int, list[str]]:
 def _wait_for_state(chaos: ChaosStack, jobs: list[Job], state: JobState, timeout_s: float = 30) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(redis.RedisError):
-            current = chaos.jobs.get_many([j.id for j in list(jobs)])
-            if any(job is not None and job.state is state for job in current):
-                return True
+        current = records(chaos, jobs)
+        if current is not None and any(job is not None and job.state is state for job in current):
+            return True
         time.sleep(0.1)
     return False
 
