@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 jobs = args.failover_jobs if name == "redis_failover" else args.jobs
                 report = run_scenario(chaos, name, table[name], jobs=jobs, drain_s=args.drain_s)
                 reports.append(report)
-                print(report.line(), flush=True)
-                for violation in report.violations[:10]:
-                    print(f"  violation: {violation}", flush=True)
+                report.show()
     print(f"logs: {log_dir}")
     print(result_line(reports), flush=True)
     return 0 if all(not r.violations for r in reports) else 1

@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             report = run_scenario(net, name, table[name], jobs=args.jobs, drain_s=args.drain_s)
             reports.append(report)
-            print(report.line(), flush=True)
-            for violation in report.violations[:10]:
-                print(f"  violation: {violation}", flush=True)
+            report.show()
     print(f"logs: {log_dir}")
     print(result_line(reports), flush=True)
     return 0 if all(not r.violations for r in reports) else 1

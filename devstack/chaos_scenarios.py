@@ -47,6 +47,12 @@ class Report:
     figures: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
+    def show(self, violations: int = 10) -> None:
+        """Print the SCENARIO line and the first ``violations`` violations (a bench's running output)."""
+        print(self.line(), flush=True)
+        for violation in self.violations[:violations]:
+            print(f"  violation: {violation}", flush=True)
+
     def line(self) -> str:
         reasons = ",".join(f"{reason}:{n}" for reason, n in sorted(self.failed.items())) or "-"
         return (
