@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from devstack.deployment import wait_until
 from devstack.netns import ROOT_ADDRESS, Host, Net, hosts, sh
 from devstack.processes import child_environment
 
@@ -49,13 +50,6 @@ def root_reaches(server: Host, timeout_s: float = 2.0) -> bool:
             return conn.recv(4) == b"ping"
     except OSError:
         return False
-
-
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_partitions_loss_and_rate_limits_between_hosts() -> None:
