@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import struct
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, Final
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from requests.exceptions import ProxyError, SSLError
+from urllib3.connection import HTTPConnection
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry
 
@@ -82,12 +84,37 @@ class Session(requests.Session):
         return {**found, "proxies": dict(found["proxies"])}
 
 
+#: ``SO_LINGER`` on, 0 s: closing a connection resets it and drops whatever the kernel has not yet sent.
+ABORT_ON_CLOSE: Final = (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class AbortingAdapter(HTTPAdapter):
+    """Connections that are reset when closed, not shut down gracefully.
+
+    A request given up after its timeout is closed by urllib3; a graceful close leaves its unacknowledged
+    bytes to the kernel, which keeps sending them for minutes (a partitioned link) and can deliver a
+    createTask after the heal — past the grace its slot is held for, so the upstream runs a task no
+    quota counts. A reset discards them: what the upstream did not receive by the timeout, it never will.
+    Answers are always read whole before a connection goes back to the pool or is closed, so nothing
+    else is lost.
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["socket_options"] = [*HTTPConnection.default_socket_options, ABORT_ON_CLOSE]
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        proxy_kwargs.setdefault("socket_options", [*HTTPConnection.default_socket_options, ABORT_ON_CLOSE])
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+
 def build_session(http: HttpSettings, pool_maxsize: int = 32) -> requests.Session:
-    """A pooled session with a real User-Agent and no urllib3 retries (we decide retries)."""
+    """A pooled session with a real User-Agent and no urllib3 retries (we decide retries); its
+    connections are reset when closed (:class:`AbortingAdapter`)."""
     session = Session()
     # total=0 with read=False: fail on the first error, and surface read errors as themselves
     # (not MaxRetryError) so a failure after sending can be told from a failure to connect.
-    adapter = HTTPAdapter(pool_maxsize=pool_maxsize, max_retries=Retry(total=0, read=False, redirect=False))
+    adapter = AbortingAdapter(pool_maxsize=pool_maxsize, max_retries=Retry(total=0, read=False, redirect=False))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = http.user_agent
