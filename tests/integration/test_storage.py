@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import re
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -215,6 +217,72 @@ def store(storage: Storage, url: str, job_id: str = "job1", **kwargs: Any) -> An
     )
 
 
+def versions_of(s3: Any, bucket: str, key: str) -> int:
+    return sum(1 for v in s3.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", []) if v["Key"] == key)
+
+
+class AnswerLosingProxy:
+    """An HTTP proxy on loopback in front of S3 that forwards every request (its Host header kept, so
+    signatures hold) and, for the first request ``lose(method, path)`` picks, lets S3 act on it but
+    hangs up instead of passing the answer back: a request that landed, its answer lost."""
+
+    def __init__(self, upstream: str, lose: Any) -> None:
+        self.upstream = upstream.split("://", 1)[1]
+        self.lose = lose
+        self.lost = 0
+        self.requests: Counter[str] = Counter()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests[self.command] += 1
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=10)
+                try:
+                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for name, value in self.headers.items():
+                        if name.lower() != "expect":
+                            conn.putheader(name, value)
+                    conn.endheaders(body)
+                    answer = conn.getresponse()
+                    data = answer.read()
+                finally:
+                    conn.close()
+                if proxy.lost == 0 and proxy.lose(self.command, self.path.split("?", 1)[0]):
+                    proxy.lost += 1
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in {"transfer-encoding", "connection", "content-length"}:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="s3-proxy", daemon=True)
+
+    def __enter__(self) -> AnswerLosingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
 def keys_in(s3: Any, bucket: str) -> list[str]:
     return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
@@ -268,7 +336,8 @@ def test_a_small_result_goes_up_in_one_put(make_storage, file_server, s3, s3_buc
     assert (stored.size, stored.sha256) == (1000, sha256_of(1000))
     obj = s3.head_object(Bucket=s3_bucket, Key=stored.key)
     assert "-" not in obj["ETag"]
-    assert obj["Metadata"] == {"job-id": "job1", "prompt-sha256": PROMPT_SHA}
+    # Its own sha256 and size ride along: the bytes were in hand before the PUT
+    assert obj["Metadata"] == {"job-id": "job1", "prompt-sha256": PROMPT_SHA, "sha256": stored.sha256, "size": "1000"}
 
 
 def test_a_second_store_returns_the_object_without_downloading(make_storage, file_server):
@@ -282,10 +351,10 @@ def test_a_second_store_returns_the_object_without_downloading(make_storage, fil
     assert file_server.hits[path] == 1
 
 
-def test_a_video_without_its_sidecar_is_downloaded_again(make_storage, file_server, s3, s3_bucket):
-    # Given a store that died between the video and its sidecar
+def test_a_multipart_video_without_its_sidecar_is_downloaded_again(make_storage, file_server, s3, s3_bucket):
+    # Given a store that died between a multipart video and its sidecar
     storage = make_storage()
-    path = "/files/2000.mp4"
+    path = f"/files/{6 * MB}.mp4"
     stored = store(storage, file_server.url(path))
     s3.delete_object(Bucket=s3_bucket, Key="videos/2025/03/07/job1.json")
 
@@ -293,6 +362,57 @@ def test_a_video_without_its_sidecar_is_downloaded_again(make_storage, file_serv
 
     assert again.created and again.sha256 == stored.sha256
     assert file_server.hits[path] == 2
+
+
+def test_a_single_put_video_without_its_sidecar_is_sealed_not_written_again(make_storage, file_server, s3, s3_bucket):
+    # Given a store that died between a single-PUT video and its sidecar, in a versioned bucket
+    s3.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    storage = make_storage()
+    path = "/files/2000.mp4"
+    stored = store(storage, file_server.url(path))
+    s3.delete_object(Bucket=s3_bucket, Key="videos/2025/03/07/job1.json")
+
+    again = store(storage, file_server.url(path))
+
+    # Then its own metadata shows it complete: only the sidecar is written, one version of the video
+    assert again == dataclasses.replace(stored, created=False)
+    assert file_server.hits[path] == 1
+    assert versions_of(s3, s3_bucket, stored.key) == 1
+    side = json.loads(s3.get_object(Bucket=s3_bucket, Key="videos/2025/03/07/job1.json")["Body"].read())
+    assert (side["size"], side["sha256"], side["prompt"]) == (2000, stored.sha256, "a cat surfing")
+
+
+def test_a_put_whose_answer_is_lost_is_not_written_twice(s3_endpoint, s3, s3_bucket, file_server):
+    # Given a link to S3 that loses the answer to the first video PUT (it landed), in a versioned bucket
+    s3.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    with AnswerLosingProxy(s3_endpoint, lose=lambda method, path: method == "PUT" and path.endswith(".mp4")) as proxy:
+        http = HttpSettings(connect_timeout_s=2, read_timeout_s=10, download_read_timeout_s=10)
+        storage = Storage(s3_settings(proxy.url, s3_bucket), http, downloads=local_files(file_server.base_url))
+        try:
+            # When a small video is stored (the S3 client retries the PUT it got no answer to)
+            stored = store(storage, file_server.url("/files/3000.mp4"))
+        finally:
+            storage.close()
+        assert proxy.lost == 1 and proxy.requests["PUT"] >= 3  # the lost PUT, its retry and the sidecar
+
+    # Then the retry found its own bytes there and wrote nothing: one version, the right bytes
+    assert versions_of(s3, s3_bucket, stored.key) == 1
+    assert stored.sha256 == sha256_of(3000)
+    body = s3.get_object(Bucket=s3_bucket, Key=stored.key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == stored.sha256
+
+
+def test_a_conditional_put_refused_for_another_object_is_a_transfer_error(make_storage, file_server, s3, s3_bucket):
+    # Given another job's object lands at the key between the look and the PUT (first_attempt: no look)
+    key = "videos/2025/03/07/job1.mp4"
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=b"theirs", Metadata={"job-id": "someone-else"})
+
+    with pytest.raises(TransferError, match="another object appeared"):
+        store(make_storage(), file_server.url("/files/3000.mp4"), first_attempt=True)
+
+    # Then theirs is untouched until a later attempt looks and replaces it
+    assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"theirs"
+    assert store(make_storage(), file_server.url("/files/3000.mp4")).sha256 == sha256_of(3000)
 
 
 def test_a_same_host_redirect_is_followed(make_storage, file_server):

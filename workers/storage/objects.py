@@ -8,7 +8,12 @@ Choices worth knowing:
   is no substitute: for multipart objects it is a checksum of part checksums.
 - **The sidecar is the commit mark.** It is written after the video is uploaded and verified, so
   :meth:`Storage.find` counts a video as stored only when its sidecar exists too; a crash in between
-  means the next attempt downloads again and overwrites (same key).
+  means the next attempt downloads again and overwrites (same key) — except for a single-PUT object,
+  whose sha256 and size travel in its metadata (the bytes are in hand before the PUT): one that is
+  complete is sealed with its sidecar instead of written again.
+- **One write per output.** A PUT to a key found empty is conditional (``If-None-Match: *``), so a
+  retried request whose first copy did land (a slow link's read timeout) is refused instead of writing
+  a second version; the refusal is then checked to be this job's own bytes.
 - **No half objects.** The reader raises mid-stream (cap exceeded, body shorter or longer than
   announced), which aborts the multipart upload; a mismatch seen only afterwards deletes the object.
 - **Memory** per transfer ≈ ``part_size × (UPLOAD_CONCURRENCY + 2)``: parts waiting or in flight, the
@@ -25,10 +30,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import requests
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from config.settings import DownloadSettings, HttpSettings, S3Settings, redact_url
 from workers.socket_watch import SocketWatch
-from workers.storage.client import build_s3_client, s3_errors
+from workers.storage.client import build_s3_client, client_error_code, s3_errors
 from workers.storage.deadline import TransferTooSlow, TransferWatchdog
 from workers.storage.errors import BadResult, ObjectMissing, ResultTooLarge, StorageError, TransferError
 from workers.storage.fetch import ResultFetcher, content_length
@@ -74,6 +80,11 @@ def extension_for(url: str, kind: str) -> str:
     return suffix if suffix in known else DEFAULT_EXTENSIONS[kind]
 
 
+#: Metadata a single-PUT object carries about its own bytes (so a later attempt can tell it is complete).
+_SHA256_META: Final = "sha256"
+_SIZE_META: Final = "size"
+
+
 @dataclass(frozen=True)
 class StoredObject:
     uri: str
@@ -94,6 +105,19 @@ class StoredObject:
             "size": self.size,
             "sha256": self.sha256,
         }
+
+
+@dataclass(frozen=True)
+class _Found:
+    """An object of the job's at its key, complete."""
+
+    obj: StoredObject
+    #: False: complete by its own metadata, its sidecar still to be written.
+    sealed: bool
+
+
+class _Absent:
+    """Nothing at the key."""
 
 
 class Storage:
@@ -131,6 +155,8 @@ class Storage:
         )
         # s3transfer's default lets 10 parts wait in memory; bound it to what is being sent.
         self._transfer_config.max_in_memory_upload_chunks = UPLOAD_CONCURRENCY
+        #: Cleared when the server answers a conditional PUT with NotImplemented.
+        self._conditional_puts = True
 
     @property
     def client(self) -> S3Client:
@@ -169,27 +195,41 @@ class Storage:
     def find(self, key: str, *, job_id: str | None = None) -> StoredObject | None:
         """The stored video at ``key`` if it is complete (its sidecar exists) and, when ``job_id`` is
         given, its ``job-id`` metadata matches; else None."""
+        found = self._look(key, job_id)
+        return found.obj if isinstance(found, _Found) and found.sealed else None
+
+    def _look(self, key: str, job_id: str | None) -> _Found | _Absent | None:
+        """What is at ``key``: :class:`_Absent` (nothing), :class:`_Found` (an object of ``job_id``'s that
+        is complete: sealed by its sidecar, or carrying its own sha256 and size), or None (an object to
+        be replaced: another job's, or an interrupted store's)."""
         try:
             with s3_errors(f"cannot look up {key!r}"):
                 head = self._client.head_object(Bucket=self.bucket, Key=key)
         except ObjectMissing:
-            return None
-        if job_id is not None and head.get("Metadata", {}).get("job-id") != job_id:
+            return _Absent()
+        metadata = head.get("Metadata", {})
+        if job_id is not None and metadata.get("job-id") != job_id:
             logger.warning("object %s exists but is not marked as job %s's; it will be replaced", key, job_id)
             return None
-        sidecar = read_sidecar(self._client, self.bucket, key)
         size = int(head["ContentLength"])
-        if sidecar is None or sidecar.get("size") != size or not isinstance(sidecar.get("sha256"), str):
-            logger.warning("object %s has no matching sidecar (an interrupted store); it will be replaced", key)
-            return None
+        content_type = str(head.get("ContentType") or VIDEO_CONTENT_TYPE)
+        sidecar = read_sidecar(self._client, self.bucket, key)
+        if sidecar is not None and sidecar.get("size") == size and isinstance(sidecar.get("sha256"), str):
+            return _Found(self._stored(key, size, sidecar["sha256"], content_type, created=False), sealed=True)
+        if _SHA256_META in metadata and metadata.get(_SIZE_META) == str(size):
+            return _Found(self._stored(key, size, metadata[_SHA256_META], content_type, created=False), sealed=False)
+        logger.warning("object %s has no matching sidecar (an interrupted store); it will be replaced", key)
+        return None
+
+    def _stored(self, key: str, size: int, sha256: str, content_type: str, *, created: bool) -> StoredObject:
         return StoredObject(
             uri=f"s3://{self.bucket}/{key}",
             bucket=self.bucket,
             key=key,
             size=size,
-            sha256=sidecar["sha256"],
-            created=False,
-            content_type=str(head.get("ContentType") or VIDEO_CONTENT_TYPE),
+            sha256=sha256,
+            created=created,
+            content_type=content_type,
         )
 
     def store(
@@ -223,10 +263,14 @@ class Storage:
         key = output_key(key, index, extension_for(url, kind))
         # ``first_attempt``: the caller knows no earlier attempt ever began an upload for this job, so
         # there is nothing to find (saves a HEAD per job).
-        existing = None if first_attempt else self.find(key, job_id=job_id)
-        if existing is not None:
-            logger.info("job %s already stored at %s; not downloading again", job_id, existing.uri)
-            return existing
+        found = _Absent() if first_attempt else self._look(key, job_id)
+        if isinstance(found, _Found):
+            if found.sealed:
+                logger.info("job %s already stored at %s; not downloading again", job_id, found.obj.uri)
+            else:
+                logger.info("job %s's object %s is complete; writing its sidecar only", job_id, found.obj.uri)
+                self._seal(found.obj, job_id, task_id, index, sidecar)
+            return found.obj
         metadata = {"job-id": job_id, "prompt-sha256": prompt_sha256}
         if task_id is not None:
             metadata["task-id"] = task_id
@@ -251,26 +295,34 @@ class Storage:
             with response:
                 announced = content_length(response)
                 declared = (response.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-                size, sha256, content_type = self._upload(response, key, metadata, announced, watchdog, declared, kind)
+                size, sha256, content_type = self._upload(
+                    response, key, metadata, announced, watchdog, declared, kind, if_absent=isinstance(found, _Absent)
+                )
         if not self._fits_one_put(announced):
             self._verify(key, expected=size, url=url)
-        uri = f"s3://{self.bucket}/{key}"
+        stored = self._stored(key, size, sha256, content_type, created=True)
+        self._seal(stored, job_id, task_id, index, sidecar)
+        logger.info(
+            "stored job %s output %d at %s (%d bytes) from %s", job_id, index, stored.uri, size, redact_url(url)
+        )
+        return stored
+
+    def _seal(
+        self, stored: StoredObject, job_id: str, task_id: str | None, index: int, sidecar: Mapping[str, Any]
+    ) -> None:
+        """Write the sidecar that marks ``stored`` complete."""
         document = {
             **sidecar,
             "job_id": job_id,
             "task_id": task_id,
-            "s3_uri": uri,
+            "s3_uri": stored.uri,
             "output": index,
-            "content_type": content_type,
-            "size": size,
-            "sha256": sha256,
+            "content_type": stored.content_type,
+            "size": stored.size,
+            "sha256": stored.sha256,
             "stored_at": datetime.now(UTC).isoformat(),
         }
-        put_sidecar(self._client, self.bucket, key, document, job_id)
-        logger.info("stored job %s output %d at %s (%d bytes) from %s", job_id, index, uri, size, redact_url(url))
-        return StoredObject(
-            uri=uri, bucket=self.bucket, key=key, size=size, sha256=sha256, created=True, content_type=content_type
-        )
+        put_sidecar(self._client, self.bucket, stored.key, document, job_id)
 
     # -- upload -------------------------------------------------------------------------------------
     def _fits_one_put(self, announced: int | None) -> bool:
@@ -287,10 +339,13 @@ class Storage:
         watchdog: TransferWatchdog,
         declared: str,
         kind: str,
+        *,
+        if_absent: bool,
     ) -> tuple[int, str, str]:
         """Stream the body into ``key`` under ``watchdog``; (size, sha256, content type). Any failure
         leaves no object. The content type is what the first bytes say, when they say, and must be of
-        ``kind``; else the declared one."""
+        ``kind``; else the declared one. ``if_absent``: the key was found empty, so a single PUT is
+        made only if it still is."""
         url = response.url
         reader = HashingReader(
             watchdog.stream(response.iter_content(chunk_size=DOWNLOAD_CHUNK_BYTES)),
@@ -306,10 +361,8 @@ class Storage:
             if self._fits_one_put(announced):
                 body = reader.read(announced or 0)
                 reader.read(1)  # reaches the end: raises LengthMismatch if more (or fewer) bytes arrive
-                with s3_errors(f"upload of {key!r} failed", url=url):
-                    self._client.put_object(
-                        Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, Metadata=metadata
-                    )
+                own = {**metadata, _SHA256_META: reader.hexdigest(), _SIZE_META: str(len(body))}
+                self._put_once(key, body, content_type, own, if_absent=if_absent, url=url)
             else:
                 with s3_errors(f"upload of {key!r} failed", url=url):
                     self._client.upload_fileobj(
@@ -340,6 +393,34 @@ class Storage:
                 ) from e
             raise TransferError(f"download failed: {type(e).__name__}", url=url) from e
         return reader.bytes_read, reader.hexdigest(), content_type
+
+    def _put_once(
+        self, key: str, body: bytes, content_type: str, metadata: dict[str, str], *, if_absent: bool, url: str
+    ) -> None:
+        """PUT ``body`` at ``key``; with ``if_absent``, only while the key is empty. A refusal means an
+        object appeared: this PUT's own, when a retry follows a first copy that landed unanswered
+        (fine), else another's (TransferError: the next attempt looks again)."""
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent and self._conditional_puts else {}
+        try:
+            with s3_errors(f"upload of {key!r} failed", url=url):
+                self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, Metadata=metadata, **condition
+                )
+        except TransferError as e:
+            code = client_error_code(e.__cause__) if isinstance(e.__cause__, ClientError) else ""
+            if condition and code == "NotImplemented":
+                # A server without conditional writes: plain PUTs from now on (a retry may then write twice).
+                logger.warning("the S3 server refuses If-None-Match on PUT; storing without it")
+                self._conditional_puts = False
+                self._put_once(key, body, content_type, metadata, if_absent=False, url=url)
+                return
+            if not condition or code not in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                raise
+            with s3_errors(f"cannot look up {key!r}", url=url):
+                landed = self._client.head_object(Bucket=self.bucket, Key=key).get("Metadata", {})
+            if any(landed.get(name) != metadata[name] for name in ("job-id", _SHA256_META, _SIZE_META)):
+                raise TransferError(f"another object appeared at {key!r} during the upload", url=url) from e
+            logger.info("the PUT of %s had landed before its answer was lost; not writing it again", key)
 
     def _verify(self, key: str, *, expected: int, url: str) -> None:
         """The object holds exactly ``expected`` bytes, or it is deleted and BadResult raised."""
