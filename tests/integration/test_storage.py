@@ -221,14 +221,24 @@ def versions_of(s3: Any, bucket: str, key: str) -> int:
     return sum(1 for v in s3.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", []) if v["Key"] == key)
 
 
+NOT_IMPLEMENTED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code>'
+    b"<Message>A header you provided implies functionality that is not implemented</Message></Error>"
+)
+
+
 class AnswerLosingProxy:
     """An HTTP proxy on loopback in front of S3 that forwards every request (its Host header kept, so
     signatures hold) and, for the first request ``lose(method, path)`` picks, lets S3 act on it but
-    hangs up instead of passing the answer back: a request that landed, its answer lost."""
+    hangs up instead of passing the answer back: a request that landed, its answer lost. With
+    ``no_conditions``, it answers a conditional request 501 NotImplemented itself, as an S3 server
+    without conditional writes does."""
 
-    def __init__(self, upstream: str, lose: Any) -> None:
+    def __init__(self, upstream: str, lose: Any = None, *, no_conditions: bool = False) -> None:
         self.upstream = upstream.split("://", 1)[1]
-        self.lose = lose
+        self.lose = lose or (lambda method, path: False)
+        self.no_conditions = no_conditions
+        self.refused = 0
         self.lost = 0
         self.requests: Counter[str] = Counter()
         proxy = self
@@ -242,6 +252,14 @@ class AnswerLosingProxy:
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 proxy.requests[self.command] += 1
+                if proxy.no_conditions and "If-None-Match" in self.headers:
+                    proxy.refused += 1
+                    self.send_response(501)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(NOT_IMPLEMENTED)))
+                    self.end_headers()
+                    self.wfile.write(NOT_IMPLEMENTED)
+                    return
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=10)
                 try:
                     conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -262,7 +280,10 @@ class AnswerLosingProxy:
                 for name, value in answer.getheaders():
                     if name.lower() not in {"transfer-encoding", "connection", "content-length"}:
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer announces the object's length, with no body
+                self.send_header(
+                    "Content-Length", answer.getheader("Content-Length", "0") if not data else str(len(data))
+                )
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -400,6 +421,26 @@ def test_a_put_whose_answer_is_lost_is_not_written_twice(s3_endpoint, s3, s3_buc
     assert stored.sha256 == sha256_of(3000)
     body = s3.get_object(Bucket=s3_bucket, Key=stored.key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == stored.sha256
+
+
+def test_a_server_without_conditional_writes_gets_plain_puts(s3_endpoint, s3, s3_bucket, file_server, caplog):
+    # Given an S3 server that answers If-None-Match with NotImplemented
+    with AnswerLosingProxy(s3_endpoint, no_conditions=True) as proxy:
+        http = HttpSettings(connect_timeout_s=2, read_timeout_s=10, download_read_timeout_s=10)
+        storage = Storage(s3_settings(proxy.url, s3_bucket), http, downloads=local_files(file_server.base_url))
+        try:
+            # When two small results are stored
+            with caplog.at_level("WARNING", logger="workers.storage"):
+                first = store(storage, file_server.url("/files/3000.mp4"), job_id="job1")
+                second = store(storage, file_server.url("/files/4000.mp4"), job_id="job2")
+        finally:
+            storage.close()
+
+    # Then the first PUT was refused once, said so, and both went up plainly
+    assert proxy.refused == 1
+    assert "refuses If-None-Match" in caplog.text
+    assert (first.sha256, second.sha256) == (sha256_of(3000), sha256_of(4000))
+    assert s3.head_object(Bucket=s3_bucket, Key=second.key)["ContentLength"] == 4000
 
 
 def test_a_conditional_put_refused_for_another_object_is_a_transfer_error(make_storage, file_server, s3, s3_bucket):
