@@ -162,6 +162,9 @@ def test_the_compose_file_runs_jobs_keeps_them_across_down_and_up_and_survives_l
     stopping = time.monotonic()
     stack.project("stop", "redis", profiles=HA_PROFILES)
     stopped_at = time.monotonic()
+    # redis-server is PID 1 and got the SIGTERM itself: it wrote its AOF and exited 0 (137: SIGKILLed)
+    primary = next(s for s in stack.project.services(HA_PROFILES) if s["Service"] == "redis")
+    assert (primary["State"], primary["ExitCode"]) == ("exited", 0), primary
     ids: list[str] = []
 
     def accepted() -> bool:
