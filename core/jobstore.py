@@ -223,16 +223,68 @@ class JobStore(StateIndexes):
         ``generating`` (or on any move with ``charge``: createTask's outcome unknown), released on a terminal
         move of a job never charged, and a charge settled on ``upstream_credits`` (the upstream's figure).
         """
+        sources = self._sources(to, expect)
+        if not sources and pipe is None:
+            return False
+        keys, args = self._transition_call(job_id, to, sources, fields, incr, read, ready, charge, upstream_credits)
+        if pipe is not None:
+            self._transition(keys, args, client=pipe)
+            return True
+        return bool(self._transition(keys, args))
+
+    def transition_acknowledged(
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        expect: JobState | Iterable[JobState],
+        fields: Mapping[str, FieldValue] | None = None,
+        read: Job | None = None,
+    ) -> bool | None:
+        """:meth:`transition`, then ``WAIT`` for the replicas new jobs wait for, in the same round trip:
+        True when moved and acknowledged, False when not moved, None when moved but no replica
+        acknowledged it in time. Replication offsets are global, so the acknowledgement covers every
+        write made before this one, on any connection (a slot taken just before, say)."""
+        sources = self._sources(to, expect)
+        if not sources:
+            return False
+        keys, args = self._transition_call(job_id, to, sources, fields, None, read, True, False, None)
+        wanted = self._replica_acks.wanted()
+        (moved,), acks = evalsha_pipeline(
+            self._client, [(self._transition, keys, args)], replicas=wanted, timeout_ms=self._replica_ack_timeout_ms
+        )
+        if isinstance(moved, Exception):
+            raise moved
+        if not moved:
+            return False
+        return True if acks >= wanted else None
+
+    @staticmethod
+    def _sources(to: JobState, expect: JobState | Iterable[JobState] | None) -> set[JobState]:
+        """The states a move to ``to`` may start from, narrowed to ``expect``."""
+        sources = set(allowed_from(to))
+        wanted = states_of(expect)
+        if wanted is not None:
+            sources &= wanted
+        return sources
+
+    def _transition_call(
+        self,
+        job_id: str,
+        to: JobState,
+        sources: set[JobState],
+        fields: Mapping[str, FieldValue] | None,
+        incr: Mapping[str, int] | None,
+        read: Job | None,
+        ready: bool,
+        charge: bool,
+        upstream_credits: float | None,
+    ) -> tuple[list[str], list[str]]:
+        """The transition script's keys and arguments (see :meth:`transition`)."""
         fields = dict(fields or {})
         incr = dict(incr or {})
         if to is JobState.SUBMITTING:
             incr["attempts"] = incr.get("attempts", 0) + 1
-        sources = allowed_from(to)
-        wanted = states_of(expect)
-        if wanted is not None:
-            sources &= wanted
-        if not sources and pipe is None:
-            return False
         froms = sorted(sources, key=lambda state: state.value)
         keys = [self._keys.job(job_id), self._keys.state_index(to.value)]
         keys += [self._keys.state_index(state.value) for state in froms]
@@ -295,10 +347,7 @@ class JobStore(StateIndexes):
             args.append("0")
         if to.terminal:
             keys.append(self._keys.events())
-        if pipe is not None:
-            self._transition(keys, args, client=pipe)
-            return True
-        return bool(self._transition(keys, args))
+        return keys, args
 
     def update(
         self,

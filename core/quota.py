@@ -156,21 +156,20 @@ class QuotaLimiter:
     # -- slots ----------------------------------------------------------------------------------------
     def dispatch(self, *, pools: Sequence[str] | None = None) -> Dispatched:
         """Take the next job to submit from the ready sets of ``pools`` (default: all) with a slot for it:
-        the first by rank whose pool has room on an account it may use (see the module docstring)."""
+        the first by rank whose pool has room on an account it may use (see the module docstring).
+
+        No ``WAIT`` for the replicas here: the createTask marker a submit writes before any createTask
+        waits for them, and replication offsets are global, so that acknowledgement covers the slot taken
+        before it (one WAIT, not two, between a free slot and the next createTask)."""
         names = list(self._accounts)
         chosen_pools = list(pools if pools is not None else MODELS)
-        reply = self._run_dispatch(names, chosen_pools, given="")
+        reply = self._run_dispatch(names, chosen_pools, given="", acknowledge=False)
         if int(reply[0]) == 2:
             return Dispatched(None)
         if int(reply[0]) == 0:
             return Dispatched(None, wait_s=int(reply[1]) / 1000, reason=_text(reply[2]))
         job, pool, account = _text(reply[1]), chosen_pools[int(reply[2])], names[int(reply[3])]
-        rank = _text(reply[4])
-        if reply[-1] is False:  # no replica acknowledged the slot in time (see _run_dispatch)
-            # The slot and its creation go back; the caller puts the job back in its ready set.
-            self.release_unsent(job, pool=pool, accounts=[account])
-            return Dispatched(None, pool=pool, wait_s=self.replica_ack_timeout_ms / 1000, reason="replicas", undone=job)
-        return Dispatched(job, pool=pool, account=account, rank=rank)
+        return Dispatched(job, pool=pool, account=account, rank=_text(reply[4]))
 
     def take_unlimited(self, account: str) -> Dispatched:
         """The first ready job by rank, with no quota at all (a benchmark's baseline, ``quota_enforce``
@@ -210,7 +209,9 @@ class QuotaLimiter:
             return Acquired(None, wait_s=self.replica_ack_timeout_ms / 1000, reason="replicas")
         return Acquired(chosen)
 
-    def _run_dispatch(self, names: Sequence[str], pools: Sequence[str], *, given: str) -> list[Any]:
+    def _run_dispatch(
+        self, names: Sequence[str], pools: Sequence[str], *, given: str, acknowledge: bool = True
+    ) -> list[Any]:
         """quota_dispatch.lua over ``names`` × ``pools``; with replicas wanted, WAIT on the same connection
         and append False to the reply when too few acknowledged a taken slot."""
         keys: list[str] = [self._keys.dispatched(), self._keys.waiting(), self._keys.creation_log()]
@@ -255,7 +256,7 @@ class QuotaLimiter:
                 ]
                 caps = self._caps(account, pool)
                 args += [caps.in_progress, caps.creations, _ms(account.enforced_window_s)]
-        wanted = self._replica_acks.wanted()
+        wanted = self._replica_acks.wanted() if acknowledge else 0
         if not wanted:
             return list(self._dispatch(keys=keys, args=args))
         with self._redis.pipeline(transaction=False) as pipe:

@@ -20,8 +20,6 @@ class Dispatched:
     rank: str = ""
     wait_s: float = 0.0
     reason: str = ""
-    #: A job taken but given back (no replica acknowledged its slot): it goes back to its ready set.
-    undone: str | None = None
 
     @property
     def empty(self) -> bool:

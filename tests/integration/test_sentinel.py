@@ -183,6 +183,51 @@ def test_a_quota_slot_is_used_only_once_a_replica_has_it(tmp_path: Path):
         client.close()
 
 
+def test_a_submit_claim_acknowledged_by_a_replica_covers_the_slot_taken_before_it(tmp_path: Path):
+    """A submit WAITs once between a free slot and createTask: on its claim (which carries the createTask
+    marker), not on the slot it took just before, on whichever connection. Replication offsets are global,
+    so the claim's acknowledgement means the replica holds the slot too; unacknowledged, it says so."""
+    from pydantic import SecretStr
+
+    from config.settings import AccountSettings
+    from core.jobstore import JobStore
+    from core.keys import Keys
+    from core.quota import QuotaLimiter
+
+    with services.LocalStack(tmp_path) as stack:
+        nodes = services.start_replicated_redis(stack, replicas=1, sentinels=0)
+        (replica,) = nodes.replicas
+        takes, claims = (redis.Redis.from_url(nodes.primary.url, decode_responses=True) for _ in range(2))
+        on_replica = redis.Redis.from_url(replica.url, decode_responses=True)
+        keys = Keys("iq")
+        account = AccountSettings(name="a", api_key=SecretStr("k"))
+        limiter = QuotaLimiter(takes, keys, [account], replica_acks=-1, replica_ack_timeout_ms=300)
+        jobs = JobStore(claims, keys, replica_acks=-1, replica_ack_timeout_ms=2000)
+        first, _ = jobs.create(JobRequest(prompt="claimed with a replica's acknowledgement"))
+        jobs.make_ready(first, accounts=["a"])
+
+        # The slot is taken on one connection, the claim made and acknowledged on another
+        assert limiter.dispatch().job_id == first.id
+        marker = {"claim": "c1", "account": "a", "create_sent_at": time.time()}
+        assert jobs.transition_acknowledged(first.id, JobState.SUBMITTING, expect=JobState.QUEUED, fields=marker)
+        # the replica holds both: the claim's marker and the slot written before it
+        assert on_replica.hget(keys.job(first.id), "create_sent_at") is not None
+        assert on_replica.zscore(keys.leases("a"), first.id) is not None
+
+        second, _ = jobs.create(JobRequest(prompt="no replica answers"))
+        jobs.make_ready(second, accounts=["a"])
+        os.killpg(replica.process.pid, signal.SIGSTOP)  # connected, but it acknowledges nothing
+        try:
+            assert limiter.dispatch().job_id == second.id  # the take itself does not wait
+            assert jobs.transition_acknowledged(second.id, JobState.SUBMITTING, expect=JobState.QUEUED) is None
+        finally:
+            os.killpg(replica.process.pid, signal.SIGCONT)
+        # a claim of a job no longer queued is refused, not written
+        assert jobs.transition_acknowledged(first.id, JobState.SUBMITTING, expect=JobState.QUEUED) is False
+        for client in (takes, claims, on_replica):
+            client.close()
+
+
 def test_an_enqueue_returns_once_a_replica_has_the_jobs(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     from core.jobstore import JobStore
     from core.keys import Keys

@@ -25,15 +25,10 @@ def next_dispatch(rt: Runtime, *, wait: bool = True) -> Dispatched:
     if not rt.settings.quota_enforce:
         return rt.quota.take_unlimited(rt.settings.accounts[0].name)  # benchmark baseline: rate_limit alone
     if not wait:
-        dispatched = rt.quota.dispatch()
-        if dispatched.undone is not None and (job := rt.jobs.get(dispatched.undone)) is not None:
-            rt.jobs.make_ready(job, taken_grace_s=0, accounts=rt.quota.account_names)
-        return dispatched
+        return rt.quota.dispatch()
     deadline = time.monotonic() + rt.settings.quota_wait_max_s
     while True:
         dispatched = rt.quota.dispatch()
-        if dispatched.undone is not None and (job := rt.jobs.get(dispatched.undone)) is not None:
-            rt.jobs.make_ready(job, taken_grace_s=0, accounts=rt.quota.account_names)
         if dispatched.job_id is not None or dispatched.empty:
             return dispatched
         if dispatched.reason == "paused":

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Literal
 
 from celery import Task
 
@@ -21,6 +22,7 @@ from core.errors import (
     UpstreamError,
 )
 from core.jobs import Job, JobState
+from core.jobstore_args import FieldValue
 from core.messages import broker_priority
 from workers.celery import app
 from workers.completion import take_wake
@@ -72,17 +74,18 @@ def submit(self: Task, job_id: str) -> str | None:
             break
         assert dispatched.account is not None
         job = rt.jobs.get(dispatched.job_id)
-        claim = uuid.uuid4().hex[:12]
-        if job is None or not rt.jobs.transition(
-            job.id, JobState.SUBMITTING, expect=JobState.QUEUED, read=job, fields={"claim": claim}
-        ):
+        claimed = _claim(rt, job, dispatched.account) if job is not None else False
+        if job is None or claimed is False:
             # Canceled (or gone) since it was made ready: its slot goes back, and the ticket takes another.
             rt.quota.release_unsent(dispatched.job_id, pool=dispatched.pool, accounts=[dispatched.account])
             continue
+        if claimed is None:
+            _not_acknowledged(rt, job)
+            requeue(self)
         # The job's wait in the queue (from its record), then its submit: spans of its trace.
         tracing.past_span("imagineq.quota_wait", job, job.timestamps.get(JobState.QUEUED.value, job.created_at))
         with tracing.job_span("imagineq.submit", job, account=dispatched.account) as span:
-            result = _submit_job(rt, job, dispatched.account)
+            result = _submit_job(rt, job, dispatched.account, claimed)
             tracing.set_outcome(span, "requeued" if isinstance(result, _Requeue) else "created" if result else "ended")
         if isinstance(result, _Requeue):
             requeue(self, countdown=result.countdown)
@@ -98,7 +101,54 @@ class _Requeue:
     countdown: float = 0.0
 
 
-def _submit_job(rt: Runtime, job: Job, account: str) -> str | _Requeue | None:
+@dataclass(frozen=True)
+class _Claimed:
+    """A job claimed (``submitting``) for createTask. ``marked``: the createTask marker went with the claim
+    (acknowledged by a replica), and ``callback_url`` is the one it holds the secret of."""
+
+    marked: bool
+    callback_url: str | None = None
+
+
+def _claim(rt: Runtime, job: Job, account: str) -> _Claimed | Literal[False] | None:
+    """Move ``job`` from ``queued`` to ``submitting``: False when it is no longer queued, None when moved
+    but no replica acknowledged the move (the marker's case, see :func:`_not_acknowledged`).
+
+    A job without inputs has nothing left to do between its claim and createTask, so the createTask
+    marker goes with the claim and one replica acknowledgement covers both, and the slot taken before
+    them (a round trip and a WAIT fewer between a free slot and the next createTask). A job with inputs
+    is marked only once they are ready (:func:`_submit_job`): a submit that dies while uploading them
+    has sent nothing, and its job is queued again rather than failed ``outcome_unknown``."""
+    claim = uuid.uuid4().hex[:12]
+    if job.spec.takes_inputs:
+        moved = rt.jobs.transition(
+            job.id, JobState.SUBMITTING, expect=JobState.QUEUED, read=job, fields={"claim": claim}
+        )
+        return _Claimed(marked=False) if moved else False
+    callback_url, marker = _marker(rt, job.id, account)
+    acknowledged = rt.jobs.transition_acknowledged(
+        job.id, JobState.SUBMITTING, expect=JobState.QUEUED, read=job, fields={"claim": claim, **marker}
+    )
+    if acknowledged is None:
+        return None
+    return _Claimed(marked=True, callback_url=callback_url) if acknowledged else False
+
+
+def _marker(rt: Runtime, job_id: str, account: str) -> tuple[str | None, dict[str, FieldValue]]:
+    """The job's callBackUrl and the createTask marker's fields (the record keeps the URL's secret hashed)."""
+    callback_url, token_hash = _callback_url(rt, job_id)
+    return callback_url, {"account": account, "create_sent_at": time.time(), "callback_token_hash": token_hash}
+
+
+def _not_acknowledged(rt: Runtime, job: Job) -> None:
+    """The createTask marker is what tells a recovery that createTask may have gone out; one a failover
+    could forget must not precede it. Not sent: the slot and its creation go back, the job waits."""
+    log.warning("submit: job %s: no replica acknowledged its createTask marker; queued again", job.id)
+    rt.quota.release_unsent(job.id, pool=job.pool)
+    _back_to_queue(rt, job)
+
+
+def _submit_job(rt: Runtime, job: Job, account: str, claimed: _Claimed) -> str | _Requeue | None:
     """createTask for ``job`` (claimed: ``submitting``) on ``account``, where it holds a slot in its pool.
     The job id once its task exists; None when the job is finished with (failed, or its outcome unknown);
     a :class:`_Requeue` when it went back to the queue."""
@@ -110,19 +160,12 @@ def _submit_job(rt: Runtime, job: Job, account: str) -> str | _Requeue | None:
         # Nothing was sent: the slot and the creation it spent go back.
         rt.quota.release_unsent(job_id, pool=pool, accounts=[account])
         return _input_failed(rt, job, account, error)
-    callback_url, token_hash = _callback_url(rt, job_id)
-    marked = rt.jobs.update_acknowledged(
-        job_id,
-        expect=JobState.SUBMITTING,
-        fields={"account": account, "create_sent_at": time.time(), "callback_token_hash": token_hash},
-    )
-    if marked is None:
-        # The marker is what tells a recovery that createTask may have gone out; one a failover could
-        # forget must not precede it. Not sent: the slot and its creation go back, the job waits.
-        log.warning("submit: job %s: no replica acknowledged its createTask marker; queued again", job_id)
-        rt.quota.release_unsent(job_id, pool=pool)
-        _back_to_queue(rt, job)
-        return _Requeue()
+    callback_url = claimed.callback_url
+    if not claimed.marked:
+        callback_url, fields = _marker(rt, job_id, account)
+        if not rt.jobs.update_acknowledged(job_id, expect=JobState.SUBMITTING, fields=fields):
+            _not_acknowledged(rt, job)
+            return _Requeue()
     try:
         task_id = client.create_task(
             job.spec.upstream_input(job.values, resolved), model=job.spec.name, callback_url=callback_url
