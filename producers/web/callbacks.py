@@ -18,12 +18,13 @@ Each job's ``callBackUrl`` is ``{public_base_url}/v1/callbacks/{job_id}/{token}`
 A callback is a **wake-up**, never a source of truth: the upstream signs only ``taskId.timestamp``, so a
 signed callback proves who sent it, not what its body says. An accepted callback about the job's task
 wakes a poll at once (``wake(job)``), which reads the task's record from recordInfo with our key, from
-the shared recordInfo budget, and moves the job from that record; the result URL downloaded is always
-the record's. Waking also gives the job's in-progress slot back: only the holder of the job's callback
-secret (the upstream, which got it with createTask) calls back, and only once the task has ended, so the
-upstream's own count already dropped. A job still ``submitting`` gets a wake marker instead, which submit
-acts on right after recording the taskId. The receiver answers at once and never calls the upstream
-itself. Every outcome is counted in the shared counters hash as ``callback:<outcome>``.
+the shared recordInfo budget, and moves the job from that record; the result URL downloaded is always the
+record's. Before waking it, the job's in-progress slot is given back: only the holder of the job's
+callback secret (the upstream, which got it with createTask) calls back, and only once the task has
+ended, so the upstream's own count already dropped. A job still ``submitting`` gets a wake marker
+instead, which submit acts on right after recording the taskId. The receiver answers at once and never
+calls the upstream itself. Every outcome is counted in the shared counters hash as
+``callback:<outcome>``.
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ class Received:
 
 
 class CallbackReceiver:
-    """Verifies callbacks and wakes the job's poll; ``wake(job)`` publishes that poll."""
+    """Verifies callbacks and wakes the job's poll; ``wake(job)`` publishes that poll, ``release(job)``
+    gives the job's in-progress slot back."""
 
     def __init__(
         self,
@@ -203,6 +205,7 @@ class CallbackReceiver:
         keys: Keys,
         jobs: JobStore,
         wake: Callable[[Job], None],
+        release: Callable[[Job], None],
         *,
         hmac_key: bytes | None,
         max_age_s: float,
@@ -213,6 +216,7 @@ class CallbackReceiver:
         self._keys = keys
         self._jobs = jobs
         self._wake = wake
+        self._release = release
         self._hmac_key = hmac_key
         self._max_age_s = max_age_s
         self._early_ttl_s = early_ttl_s
@@ -265,6 +269,8 @@ class CallbackReceiver:
             # createTask's answer was lost: the signed callback names the task, which the woken poll
             # then reads from the upstream with our key (a task that is not ours is not found there).
             self._jobs.update(job.id, expect=JobState.FAILED, fields={"task_id": task_id})
+        # The slot first, the next job's createTask waits for it; a duplicate releases nothing more.
+        self._release(job)
         if not self._redis.set(self._keys.callback_wake(job.id), "1", nx=True, px=WAKE_DEDUP_MS):
             return Received(Outcome.DUPLICATE)
         self._wake(job)  # the poll reads the record itself: the job is passed for its id and priority

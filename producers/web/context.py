@@ -52,6 +52,7 @@ class Web:
             self.keys,
             self.jobs,
             self.wake,
+            self.release,
             hmac_key=hmac_key.get_secret_value().encode() if hmac_key is not None else None,
             max_age_s=settings.callbacks.max_age_s,
             early_ttl_s=settings.early_callback_ttl_s,
@@ -96,12 +97,14 @@ class Web:
         slots = [(account.name, pool) for account in self.settings.accounts for pool in MODELS]
         return read_shares(self.redis, self.keys, weights, slots)
 
-    def wake(self, job: Job) -> None:
+    def release(self, job: Job) -> None:
         """A callback said the job's task ended: its in-progress slot is free upstream already, so it goes
-        back at once (the next job need not wait for the record to be read); a poll reads the record now,
-        then store follows."""
+        back at once (the next job need not wait for the record to be read). Idempotent."""
         if job.account is not None and job.state is JobState.GENERATING:
             self.quota.release(job.account, job.id, pool=job.pool)
+
+    def wake(self, job: Job) -> None:
+        """A poll reads the job's record now, then store follows."""
         rest_of_job(self.celery, job, woken=True).apply_async()
 
     def workers_seen(self) -> list[str]:
