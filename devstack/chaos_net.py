@@ -55,6 +55,10 @@ WINDOW_S: Final = 120
 HOSTS: Final = ("redis1", "redis2", "redis3", "s3", "upstream", "web", "worker1", "worker2", "beat")
 WORKER_HOSTS: Final = ("worker1", "worker2")
 QUEUES: Final = ("submit", "poll", "store")
+#: Processes per worker host and queue. Each submit and poll is a chain of round trips (Redis, replicas'
+#: WAIT, the upstream) that a slow link stretches: 100 ms each way makes a submit take about 2 s, so
+#: keeping 30 slots busy at 10-25 s per task takes four submitters a host, not two (docs/operating.md).
+WORKER_CONCURRENCY: Final = {"submit": 4, "poll": 4, "store": 4}
 #: The Sentinels wait this long without an answer (the chaos stack's 2 s, plus the latency scenario's
 #: 100 ms each way and 1 % loss: a retransmission takes 200 ms and more).
 DOWN_AFTER_MS: Final = 5000
@@ -167,7 +171,10 @@ class NetStack:
             self._spawn(
                 host,
                 f"{queue}-{host_name}",
-                [*prefix, *services.worker_argv(queue, concurrency=2, name=f"{queue}-{host_name}@%h")],
+                [
+                    *prefix,
+                    *services.worker_argv(queue, concurrency=WORKER_CONCURRENCY[queue], name=f"{queue}-{host_name}@%h"),
+                ],
                 env=self.env,
             )
             for queue in QUEUES

@@ -63,7 +63,7 @@ class Report:
             f"worker_crashes={self.worker_crashes} max_creations_in_window={self.max_creations_in_window} "
             f"upstream_refusals={self.upstream_refusals} record_info_refusals={self.record_info_refusals} "
             f"violations={len(self.violations)} "
-            + "".join(f"{key}={value:.1f} " for key, value in self.figures.items())
+            + "".join(f"{key}={value:.2f} " for key, value in self.figures.items())
             + f"elapsed_s={self.elapsed_s:.0f}"
         )
 
