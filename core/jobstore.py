@@ -22,6 +22,7 @@ from typing import Any, Final, cast
 
 import redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 
 from core.credits import CreditPolicy, ledger_keys, reserve_attempt, to_centi, utc_day
 from core.errors import OverBudget
@@ -249,15 +250,7 @@ class JobStore(StateIndexes):
         if not sources:
             return False
         keys, args = self._transition_call(job_id, to, sources, fields, None, read, True, False, None)
-        wanted = self._replica_acks.wanted()
-        (moved,), acks = evalsha_pipeline(
-            self._client, [(self._transition, keys, args)], replicas=wanted, timeout_ms=self._replica_ack_timeout_ms
-        )
-        if isinstance(moved, Exception):
-            raise moved
-        if not moved:
-            return False
-        return True if acks >= wanted else None
+        return self._acknowledged(self._transition, keys, args)
 
     @staticmethod
     def _sources(to: JobState, expect: JobState | Iterable[JobState] | None) -> set[JobState]:
@@ -377,12 +370,14 @@ class JobStore(StateIndexes):
         True when written and acknowledged, False when not written (missing job, another state), None
         when written but no replica acknowledged it in time (a failover could still forget it)."""
         args = update_args(expect, fields, {})
+        return self._acknowledged(self._update, [self._keys.job(job_id)], args)
+
+    def _acknowledged(self, script: Script, keys: list[str], args: list[Any]) -> bool | None:
+        """Run ``script`` then ``WAIT`` in one round trip: True when it wrote and a replica acknowledged,
+        False when it wrote nothing, None when written but unacknowledged in time."""
         wanted = self._replica_acks.wanted()
         (written,), acks = evalsha_pipeline(
-            self._client,
-            [(self._update, [self._keys.job(job_id)], args)],
-            replicas=wanted,
-            timeout_ms=self._replica_ack_timeout_ms,
+            self._client, [(script, keys, args)], replicas=wanted, timeout_ms=self._replica_ack_timeout_ms
         )
         if isinstance(written, Exception):
             raise written
