@@ -237,11 +237,17 @@ class CallbackReceiver:
             raise CallbackRejected(Outcome.UNKNOWN_JOB, "unknown job")
         check_token(token, job.callback_token_hash)
         _, record = parse_body(body)
+        released = False
         if self._hmac_key is not None:
             timestamp, signature = headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER)
             check_signature(
                 self._hmac_key, record.task_id, timestamp, signature, now_s=self._clock(), max_age_s=self._max_age_s
             )
+            if record.state.terminal and job.state is JobState.GENERATING and job.task_id == record.task_id:
+                # The upstream says the job's own task ended (signed: a replay says the same), so its slot
+                # goes back first: the next job's createTask waits for it, not for the checks below.
+                self._release(job)
+                released = True
             if not self._first_time(record.task_id, str(timestamp), str(signature)):
                 log.warning("callback for job %s: a replayed signature, ignored", job_id)
                 return Received(Outcome.REPLAYED, "duplicate")
@@ -251,7 +257,7 @@ class CallbackReceiver:
             return Received(Outcome.IGNORED)
         with tracing.job_span("imagineq.callback", job, task_state=record.state.value) as span:
             received = self._early(job, record.task_id) if job.state is JobState.SUBMITTING else None
-            received = received or self._wake_poll(job, record.task_id)
+            received = received or self._wake_poll(job, record.task_id, released=released)
             tracing.set_outcome(span, received.outcome.value)
         return received
 
@@ -261,7 +267,8 @@ class CallbackReceiver:
         ttl_s = int(self._max_age_s + MAX_FUTURE_SKEW_S) + 1
         return bool(self._redis.set(self._keys.callback_seen(digest), "1", nx=True, ex=ttl_s))
 
-    def _wake_poll(self, job: Job, task_id: str) -> Received:
+    def _wake_poll(self, job: Job, task_id: str, *, released: bool = False) -> Received:
+        """Give the job's slot back (unless ``released`` already) and wake its poll, once."""
         salvage = job.state is JobState.FAILED and job.reason in SALVAGEABLE_REASONS
         if job.state is not JobState.GENERATING and not salvage:
             return Received(Outcome.DUPLICATE)
@@ -269,8 +276,8 @@ class CallbackReceiver:
             # createTask's answer was lost: the signed callback names the task, which the woken poll
             # then reads from the upstream with our key (a task that is not ours is not found there).
             self._jobs.update(job.id, expect=JobState.FAILED, fields={"task_id": task_id})
-        # The slot first, the next job's createTask waits for it; a duplicate releases nothing more.
-        self._release(job)
+        if not released:
+            self._release(job)
         if not self._redis.set(self._keys.callback_wake(job.id), "1", nx=True, px=WAKE_DEDUP_MS):
             return Received(Outcome.DUPLICATE)
         self._wake(job)  # the poll reads the record itself: the job is passed for its id and priority

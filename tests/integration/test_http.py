@@ -407,6 +407,18 @@ def test_a_replayed_signature_changes_nothing_whatever_the_body(web: Web):
     assert web.counters()["callback:replayed"] == "2"
 
 
+def test_a_signed_callback_about_another_task_gives_no_slot_back(web: Web):
+    # The job's slot goes back as soon as a signed callback says the job's own task ended, before the
+    # replay and wake-up checks: one about any other task (or one still running) leaves it taken
+    job_id = web.generating_job("task-mine")
+    assert web.callback(job_id, "per-job-secret", "task-other").status_code == 200
+    assert web.callback(job_id, "per-job-secret", "task-mine", state="generating", code=200).status_code == 200
+    assert web.quota.snapshot()[0].in_progress == 1
+    assert web.poll_messages() == []
+    assert web.callback(job_id, "per-job-secret", "task-mine").status_code == 200
+    assert web.quota.snapshot()[0].in_progress == 0
+
+
 def test_a_callback_nested_too_deeply_is_a_400(web: Web):
     job_id = web.generating_job("task-deep")
     deep = b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
