@@ -208,7 +208,7 @@ def test_a_submit_claim_acknowledged_by_a_replica_covers_the_slot_taken_before_i
 
         # The slot is taken on one connection, the claim made and acknowledged on another
         assert limiter.dispatch().job_id == first.id
-        marker = {"claim": "c1", "account": "a", "create_sent_at": time.time()}
+        marker: dict[str, str | float] = {"claim": "c1", "account": "a", "create_sent_at": time.time()}
         assert jobs.transition_acknowledged(first.id, JobState.SUBMITTING, expect=JobState.QUEUED, fields=marker)
         # the replica holds both: the claim's marker and the slot written before it
         assert on_replica.hget(keys.job(first.id), "create_sent_at") is not None
