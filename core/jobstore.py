@@ -60,6 +60,11 @@ DISPATCH_GRACE_S: Final = 30.0
 TASK_INDEX_SLACK_S: Final = 86400
 
 
+#: What job_transition.lua's ready block is given for a job leaving the ready set (it reads what it
+#: removes from the set's own entry; these describe a job entering it).
+LEAVING_READY_ARGS: Final = ("", "", "0", "0", "")
+
+
 class JobStore(StateIndexes):
     """Create, read and move jobs; all writes are atomic Lua scripts timed by the Redis clock."""
 
@@ -111,6 +116,7 @@ class JobStore(StateIndexes):
         self._ready = load_script(client, "job_ready")
         self._update = load_script(client, "job_update")
         self._incr = load_script(client, "job_incr")
+        self._read = load_script(client, "job_read")
 
     # -- create -------------------------------------------------------------------------------------
     def create(self, request: JobRequest, *, message: MessageFactory | None = None) -> tuple[Job, bool]:
@@ -252,6 +258,33 @@ class JobStore(StateIndexes):
         keys, args = self._transition_call(job_id, to, sources, fields, None, read, True, False, None)
         return self._acknowledged(self._transition, keys, args)
 
+    def claim(
+        self, job_id: str, *, pool: str, fields: Mapping[str, FieldValue], acknowledge: bool
+    ) -> tuple[Job | None, bool | None]:
+        """Read the job and move it from ``queued`` to ``submitting`` with ``fields``, in one round trip
+        (with ``acknowledge``, ``WAIT`` for the replicas in it too): the record as it was before the move
+        (None when missing), and True when moved (and acknowledged), False when not moved, None when moved
+        but no replica acknowledged it in time."""
+        sources = self._sources(JobState.SUBMITTING, JobState.QUEUED)
+        keys, args = self._transition_call(
+            job_id, JobState.SUBMITTING, sources, fields, None, None, True, False, None, pool=pool
+        )
+        wanted = self._replica_acks.wanted() if acknowledge else 0
+        (record, moved), acks = evalsha_pipeline(
+            self._client,
+            [(self._read, [self._keys.job(job_id)], []), (self._transition, keys, args)],
+            replicas=wanted,
+            timeout_ms=self._replica_ack_timeout_ms,
+        )
+        for result in (record, moved):
+            if isinstance(result, Exception):
+                raise result
+        pairs = list(record or [])
+        job = Job.from_hash(dict(zip(pairs[::2], pairs[1::2], strict=True))) if pairs else None
+        if not moved:
+            return job, False
+        return job, True if acks >= wanted else None
+
     @staticmethod
     def _sources(to: JobState, expect: JobState | Iterable[JobState] | None) -> set[JobState]:
         """The states a move to ``to`` may start from, narrowed to ``expect``."""
@@ -272,8 +305,12 @@ class JobStore(StateIndexes):
         ready: bool,
         charge: bool,
         upstream_credits: float | None,
+        *,
+        pool: str | None = None,
     ) -> tuple[list[str], list[str]]:
-        """The transition script's keys and arguments (see :meth:`transition`)."""
+        """The transition script's keys and arguments (see :meth:`transition`). ``pool``: the pool of a job
+        leaving ``queued`` whose record is not in hand (the script reads what it removes from the ready
+        set's own entry; the ready arguments only describe a job entering it)."""
         fields = dict(fields or {})
         incr = dict(incr or {})
         if to is JobState.SUBMITTING:
@@ -318,16 +355,20 @@ class JobStore(StateIndexes):
         # the job's end is recorded in the events stream, in the same step
         args += ["1", str(self.events_max_len)] if to.terminal else ["0"]
         job = None
-        if to is JobState.QUEUED or JobState.QUEUED in sources:
-            # Entering or leaving queued moves the job into or out of its pool's ready set (a job that
-            # is missing is refused by the script).
-            job = read if read is not None and read.id == job_id else self.get(job_id)
-        if job is not None:
-            keys += self._ready_keys(job)
-            entering = "1" if to is JobState.QUEUED and ready else ""
-            args += ["1", entering, *self._ready_args(job)]
+        if pool is not None and to is not JobState.QUEUED and JobState.QUEUED in sources:
+            keys += self._ready_keys_of(pool)
+            args += ["1", "", *LEAVING_READY_ARGS]
         else:
-            args.append("0")
+            if to is JobState.QUEUED or JobState.QUEUED in sources:
+                # Entering or leaving queued moves the job into or out of its pool's ready set (a job that
+                # is missing is refused by the script).
+                job = read if read is not None and read.id == job_id else self.get(job_id)
+            if job is not None:
+                keys += self._ready_keys(job)
+                entering = "1" if to is JobState.QUEUED and ready else ""
+                args += ["1", entering, *self._ready_args(job)]
+            else:
+                args.append("0")
         if moves_credits and lday is not None and self.credits is not None:
             keys += ledger_keys(self._keys, lday, batch_id)
             if account:
@@ -427,13 +468,16 @@ class JobStore(StateIndexes):
 
     def _ready_keys(self, job: Job) -> list[str]:
         """The keys job_transition.lua's ready block reads, in its order."""
+        return self._ready_keys_of(job.pool)
+
+    def _ready_keys_of(self, pool: str) -> list[str]:
         keys = self._keys
         return [
-            keys.ready(job.pool),
+            keys.ready(pool),
             keys.dispatch_wakes(),
-            keys.ready_meta(job.pool),
+            keys.ready_meta(pool),
             keys.dispatched(),
-            keys.ready_age(job.pool),
+            keys.ready_age(pool),
             keys.waiting(),
         ]
 

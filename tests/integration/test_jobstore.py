@@ -252,3 +252,27 @@ def test_bytes_clients_work_too(redis_url):
         assert store.get_many([job.id, "nope"])[0].state is S.SUBMITTING  # type: ignore[union-attr]
     finally:
         client.close()
+
+
+def test_a_claim_reads_the_job_and_moves_it_out_of_the_ready_set_in_one_step(store, redis_client):
+    keys = KEYS
+    job, _ = store.create(JobRequest(prompt="claim me"))
+    store.make_ready(job)
+    assert redis_client.zscore(keys.ready(job.pool), job.id) is not None
+
+    read, moved = store.claim(job.id, pool=job.pool, fields={"claim": "c1"}, acknowledge=False)
+
+    # The record as it was before the move, and the move itself, out of the ready set and its entry
+    assert (
+        moved is True
+        and read is not None
+        and (read.id, read.state, read.prompt) == (job.id, JobState.QUEUED, "claim me")
+    )
+    now = store.get(job.id)
+    assert now is not None and now.state is JobState.SUBMITTING and now.extra["claim"] == "c1" and now.attempts == 1
+    assert redis_client.zscore(keys.ready(job.pool), job.id) is None
+    assert redis_client.hget(keys.ready_meta(job.pool), job.id) is None
+    # A job no longer queued is not claimed again; a missing one reads as None
+    assert store.claim(job.id, pool=job.pool, fields={"claim": "c2"}, acknowledge=False)[1] is False
+    assert store.get(job.id).extra["claim"] == "c1"
+    assert store.claim("0" * 32, pool=job.pool, fields={"claim": "c3"}, acknowledge=False) == (None, False)

@@ -13,7 +13,7 @@ from celery import Task
 
 from config.celery import SUBMIT_TIME_LIMIT_S, TASK_SUBMIT, TIME_LIMITS
 from core import tracing
-from core.catalog import Resolved
+from core.catalog import MODELS, Resolved
 from core.errors import (
     AccountError,
     FatalError,
@@ -73,8 +73,7 @@ def submit(self: Task, job_id: str) -> str | None:
                 requeue(self)  # jobs wait for quota: the ticket goes back to the queue
             break
         assert dispatched.account is not None
-        job = rt.jobs.get(dispatched.job_id)
-        claimed = _claim(rt, job, dispatched.account) if job is not None else False
+        job, claimed = _claim(rt, dispatched.job_id, dispatched.pool, dispatched.account)
         if job is None or claimed is False:
             # Canceled (or gone) since it was made ready: its slot goes back, and the ticket takes another.
             rt.quota.release_unsent(dispatched.job_id, pool=dispatched.pool, accounts=[dispatched.account])
@@ -110,28 +109,22 @@ class _Claimed:
     callback_url: str | None = None
 
 
-def _claim(rt: Runtime, job: Job, account: str) -> _Claimed | Literal[False] | None:
-    """Move ``job`` from ``queued`` to ``submitting``: False when it is no longer queued, None when moved
-    but no replica acknowledged the move (the marker's case, see :func:`_not_acknowledged`).
+def _claim(rt: Runtime, job_id: str, pool: str, account: str) -> tuple[Job | None, _Claimed | Literal[False] | None]:
+    """Read the dispatched job and move it from ``queued`` to ``submitting``, in one round trip: its record
+    (None when gone) and the claim, False when it is no longer queued, None when moved but no replica
+    acknowledged the move (the marker's case, see :func:`_not_acknowledged`).
 
-    A job without inputs has nothing left to do between its claim and createTask, so the createTask
-    marker goes with the claim and one replica acknowledgement covers both, and the slot taken before
-    them (a round trip and a WAIT fewer between a free slot and the next createTask). A job with inputs
-    is marked only once they are ready (:func:`_submit_job`): a submit that dies while uploading them
-    has sent nothing, and its job is queued again rather than failed ``outcome_unknown``."""
-    claim = uuid.uuid4().hex[:12]
-    if job.spec.takes_inputs:
-        moved = rt.jobs.transition(
-            job.id, JobState.SUBMITTING, expect=JobState.QUEUED, read=job, fields={"claim": claim}
-        )
-        return _Claimed(marked=False) if moved else False
-    callback_url, marker = _marker(rt, job.id, account)
-    acknowledged = rt.jobs.transition_acknowledged(
-        job.id, JobState.SUBMITTING, expect=JobState.QUEUED, read=job, fields={"claim": claim, **marker}
-    )
-    if acknowledged is None:
-        return None
-    return _Claimed(marked=True, callback_url=callback_url) if acknowledged else False
+    A job of a model without inputs has nothing left to do between its claim and createTask, so the
+    createTask marker goes with the claim and one replica acknowledgement covers both, and the slot taken
+    before them (a round trip and a WAIT fewer between a free slot and the next createTask). A job with
+    inputs is marked only once they are ready (:func:`_submit_job`): a submit that dies while uploading
+    them has sent nothing, and its job is queued again rather than failed ``outcome_unknown``."""
+    marked = not MODELS[pool].takes_inputs
+    callback_url, marker = _marker(rt, job_id, account) if marked else (None, {})
+    job, moved = rt.jobs.claim(job_id, pool=pool, fields={"claim": uuid.uuid4().hex[:12], **marker}, acknowledge=marked)
+    if moved is None or moved is False:
+        return job, moved
+    return job, _Claimed(marked=marked, callback_url=callback_url)
 
 
 def _marker(rt: Runtime, job_id: str, account: str) -> tuple[str | None, dict[str, FieldValue]]:
