@@ -262,9 +262,11 @@ class JobStore(StateIndexes):
         self, job_id: str, *, pool: str, fields: Mapping[str, FieldValue], acknowledge: bool
     ) -> tuple[Job | None, bool | None]:
         """Read the job and move it from ``queued`` to ``submitting`` with ``fields``, in one round trip
-        (with ``acknowledge``, ``WAIT`` for the replicas in it too): the record as it was before the move
-        (None when missing), and True when moved (and acknowledged), False when not moved, None when moved
-        but no replica acknowledged it in time."""
+        (with ``acknowledge``, ``WAIT`` for the replicas in it too): the record (None when missing), and True
+        when moved (and acknowledged), False when not moved, None when moved but no replica acknowledged it
+        in time. The record is read just before the move, or just after it when Redis had to be given the
+        read's script again (a restart, a failover): what the move changes (state, ``fields``, attempts) is
+        not what a caller may rely on it for."""
         sources = self._sources(JobState.SUBMITTING, JobState.QUEUED)
         keys, args = self._transition_call(
             job_id, JobState.SUBMITTING, sources, fields, None, None, True, False, None, pool=pool
