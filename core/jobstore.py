@@ -239,34 +239,16 @@ class JobStore(StateIndexes):
             return True
         return bool(self._transition(keys, args))
 
-    def transition_acknowledged(
-        self,
-        job_id: str,
-        to: JobState,
-        *,
-        expect: JobState | Iterable[JobState],
-        fields: Mapping[str, FieldValue] | None = None,
-        read: Job | None = None,
-    ) -> bool | None:
-        """:meth:`transition`, then ``WAIT`` for the replicas new jobs wait for, in the same round trip:
-        True when moved and acknowledged, False when not moved, None when moved but no replica
-        acknowledged it in time. Replication offsets are global, so the acknowledgement covers every
-        write made before this one, on any connection (a slot taken just before, say)."""
-        sources = self._sources(to, expect)
-        if not sources:
-            return False
-        keys, args = self._transition_call(job_id, to, sources, fields, None, read, True, False, None)
-        return self._acknowledged(self._transition, keys, args)
-
     def claim(
         self, job_id: str, *, pool: str, fields: Mapping[str, FieldValue], acknowledge: bool
     ) -> tuple[Job | None, bool | None]:
-        """Read the job and move it from ``queued`` to ``submitting`` with ``fields``, in one round trip
-        (with ``acknowledge``, ``WAIT`` for the replicas in it too): the record (None when missing), and True
-        when moved (and acknowledged), False when not moved, None when moved but no replica acknowledged it
-        in time. The record is read just before the move, or just after it when Redis had to be given the
-        read's script again (a restart, a failover): what the move changes (state, ``fields``, attempts) is
-        not what a caller may rely on it for."""
+        """Read the job and move it from ``queued`` to ``submitting`` with ``fields``, in one round trip (with
+        ``acknowledge``, ``WAIT`` for the replicas in it too): the record (None when missing), and True when
+        moved (and acknowledged), False when not moved, None when moved but no replica acknowledged it in
+        time; replication offsets are global, so the acknowledgement covers every write made before the move,
+        on any connection (the slot taken just before it). The record is read just before the move, or just
+        after it when Redis had to be given the read's script again (a restart, a failover): what the move
+        changes (state, ``fields``, attempts) is not what a caller may rely on it for."""
         sources = self._sources(JobState.SUBMITTING, JobState.QUEUED)
         keys, args = self._transition_call(
             job_id, JobState.SUBMITTING, sources, fields, None, None, True, False, None, pool=pool

@@ -209,7 +209,7 @@ def test_a_submit_claim_acknowledged_by_a_replica_covers_the_slot_taken_before_i
         # The slot is taken on one connection, the claim made and acknowledged on another
         assert limiter.dispatch().job_id == first.id
         marker: dict[str, str | float] = {"claim": "c1", "account": "a", "create_sent_at": time.time()}
-        assert jobs.transition_acknowledged(first.id, JobState.SUBMITTING, expect=JobState.QUEUED, fields=marker)
+        assert jobs.claim(first.id, pool=first.pool, fields=marker, acknowledge=True)[1] is True
         # the replica holds both: the claim's marker and the slot written before it
         assert on_replica.hget(keys.job(first.id), "create_sent_at") is not None
         assert on_replica.zscore(keys.leases("a"), first.id) is not None
@@ -219,11 +219,11 @@ def test_a_submit_claim_acknowledged_by_a_replica_covers_the_slot_taken_before_i
         os.killpg(replica.process.pid, signal.SIGSTOP)  # connected, but it acknowledges nothing
         try:
             assert limiter.dispatch().job_id == second.id  # the take itself does not wait
-            assert jobs.transition_acknowledged(second.id, JobState.SUBMITTING, expect=JobState.QUEUED) is None
+            assert jobs.claim(second.id, pool=second.pool, fields={"claim": "c2"}, acknowledge=True)[1] is None
         finally:
             os.killpg(replica.process.pid, signal.SIGCONT)
         # a claim of a job no longer queued is refused, not written
-        assert jobs.transition_acknowledged(first.id, JobState.SUBMITTING, expect=JobState.QUEUED) is False
+        assert jobs.claim(first.id, pool=first.pool, fields={"claim": "c3"}, acknowledge=True)[1] is False
         for client in (takes, claims, on_replica):
             client.close()
 
